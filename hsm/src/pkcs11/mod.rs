@@ -1,0 +1,415 @@
+//! PKCS#11 custody through cryptoki: open and generate P-256 keys named by `pkcs11:` URIs.
+
+mod pool;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use cryptoki::types::AuthPin;
+use p256::ecdsa::Signature;
+use p256::ecdsa::signature::hazmat::PrehashVerifier;
+
+use crate::key::{Algorithm, Backend, CustodyKey, KeyFact, PublicKey, signature_from_scalars};
+use crate::uri::Pkcs11Uri;
+use crate::CustodyError;
+
+pub use pool::PoolStats;
+use pool::SessionPool;
+
+/// DER of the named-curve OID for P-256 (1.2.840.10045.3.1.7), the value of `CKA_EC_PARAMS`.
+const P256_EC_PARAMS: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+
+/// A P-256 private key on a PKCS#11 token, used through a pool of logged-in sessions.
+#[derive(Debug)]
+pub struct Pkcs11Key {
+    uri: String,
+    public: PublicKey,
+    facts: Vec<KeyFact>,
+    pool: SessionPool,
+}
+
+impl Pkcs11Key {
+    /// Opens an existing key. Refuses keys that are extractable, not sensitive, not private, or not
+    /// P-256 signing keys, and checks that the private key and the public key object belong together.
+    pub fn open(uri: &Pkcs11Uri) -> Result<Self, CustodyError> {
+        let module_path = uri.module()?;
+        let module = load_module(&module_path)?;
+        let slot = find_token(&module, &uri.token)?;
+        let pin = AuthPin::from(uri.pin_source().read()?.as_str());
+        let session = open_session(&module, slot, &pin, &uri.token, false)?;
+        let name = uri.to_string();
+        let (private, public_obj) = find_key_pair(&session, uri, &name)?;
+        let facts = check_private_key(&session, private, &name)?;
+        let public = read_public_key(&session, public_obj, &name)?;
+        let pool = SessionPool::new(module, slot, pin, uri.token.clone(), key_template(uri), private);
+        pool.check_in(session, pool.generation());
+        let key = Pkcs11Key { uri: name, public, facts, pool };
+        key.self_test()?;
+        Ok(key)
+    }
+
+    /// Generates a new P-256 key pair on the token: private, sensitive, non-extractable, sign-only.
+    /// Refuses if any object already carries that label (and id, if given). Returns the opened key.
+    pub fn generate(uri: &Pkcs11Uri) -> Result<Self, CustodyError> {
+        let module_path = uri.module()?;
+        let module = load_module(&module_path)?;
+        let slot = find_token(&module, &uri.token)?;
+        let pin = AuthPin::from(uri.pin_source().read()?.as_str());
+        let session = open_session(&module, slot, &pin, &uri.token, true)?;
+        let existing = session
+            .find_objects(&[Attribute::Label(uri.object.as_bytes().to_vec())])
+            .map_err(|e| CustodyError::pkcs11("C_FindObjects", e))?;
+        if !existing.is_empty() {
+            return Err(CustodyError::KeyExists(uri.to_string()));
+        }
+        let id = match &uri.id {
+            Some(id) => id.clone(),
+            None => {
+                let mut id = vec![0u8; 16];
+                getrandom::fill(&mut id).map_err(|e| CustodyError::Pkcs11 {
+                    op: "key id generation",
+                    reason: e.to_string(),
+                })?;
+                id
+            }
+        };
+        let label = uri.object.as_bytes().to_vec();
+        let public_template = [
+            Attribute::Token(true),
+            Attribute::Private(false),
+            Attribute::Verify(true),
+            Attribute::EcParams(P256_EC_PARAMS.to_vec()),
+            Attribute::Label(label.clone()),
+            Attribute::Id(id.clone()),
+        ];
+        let private_template = [
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Sign(true),
+            Attribute::Derive(false),
+            Attribute::Label(label),
+            Attribute::Id(id.clone()),
+        ];
+        session
+            .generate_key_pair(&Mechanism::EccKeyPairGen, &public_template, &private_template)
+            .map_err(|e| CustodyError::pkcs11("C_GenerateKeyPair", e))?;
+        drop(session);
+        let mut pinned = uri.clone();
+        pinned.id = Some(id);
+        Self::open(&pinned)
+    }
+
+    /// Session pool counters, for diagnostics and tests.
+    pub fn pool_stats(&self) -> PoolStats {
+        self.pool.stats()
+    }
+
+    /// Signs a fixed probe and verifies it: catches a public key object that does not belong to the
+    /// private key, and a token that cannot sign, before anyone relies on the key.
+    fn self_test(&self) -> Result<(), CustodyError> {
+        let probe = [0x5au8; 32];
+        let sig = self.sign_digest(&probe)?;
+        self.public.verifying_key().verify_prehash(&probe, &sig).map_err(|_| {
+            CustodyError::UnsafeKey {
+                key: self.uri.clone(),
+                reason: "the public key object does not match the private key".into(),
+            }
+        })
+    }
+}
+
+impl CustodyKey for Pkcs11Key {
+    fn sign_digest(&self, digest: &[u8; 32]) -> Result<Signature, CustodyError> {
+        let raw = self.pool.sign(digest)?;
+        match (raw.get(..32), raw.get(32..)) {
+            (Some(r), Some(s)) if raw.len() == 64 => signature_from_scalars(r, s),
+            _ => Err(CustodyError::BadSignature(format!(
+                "CKM_ECDSA returned {} bytes, expected 64",
+                raw.len()
+            ))),
+        }
+    }
+
+    fn algorithm(&self) -> Algorithm {
+        Algorithm::EcdsaP256Sha256
+    }
+
+    fn public_key(&self) -> &PublicKey {
+        &self.public
+    }
+
+    fn backend(&self) -> Backend {
+        Backend::Pkcs11
+    }
+
+    fn hardware_backed(&self) -> bool {
+        true
+    }
+
+    fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    fn facts(&self) -> &[KeyFact] {
+        &self.facts
+    }
+}
+
+/// The modules this process has loaded and initialised, by path.
+///
+/// A PKCS#11 module is initialised once per process: a second `C_Initialize` fails and a
+/// `C_Finalize` by one user would close every other user's sessions. So every key that names the
+/// same module shares one `Pkcs11` handle, kept for the life of the process.
+fn modules() -> &'static Mutex<HashMap<PathBuf, Pkcs11>> {
+    static MODULES: OnceLock<Mutex<HashMap<PathBuf, Pkcs11>>> = OnceLock::new();
+    MODULES.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// Loads and initialises a module, or returns the handle this process already holds for it.
+pub fn load_module(path: &Path) -> Result<Pkcs11, CustodyError> {
+    let unavailable = |reason: String| CustodyError::ModuleUnavailable { path: path.to_path_buf(), reason };
+    let mut map = modules().lock().map_err(|_| unavailable("module registry poisoned".into()))?;
+    if let Some(m) = map.get(path) {
+        return Ok(m.clone());
+    }
+    if !path.is_file() {
+        return Err(unavailable("no such file".into()));
+    }
+    let module = Pkcs11::new(path).map_err(|e| unavailable(e.to_string()))?;
+    match module.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+        Err(e) => return Err(unavailable(format!("C_Initialize: {e}"))),
+    }
+    map.insert(path.to_path_buf(), module.clone());
+    Ok(module)
+}
+
+/// Finds the slot whose token carries `label` (slot ids are not stable; labels are).
+fn find_token(module: &Pkcs11, label: &str) -> Result<Slot, CustodyError> {
+    let slots = module
+        .get_slots_with_token()
+        .map_err(|e| CustodyError::pkcs11("C_GetSlotList", e))?;
+    let mut present = Vec::new();
+    for slot in slots {
+        let info = module
+            .get_token_info(slot)
+            .map_err(|e| CustodyError::pkcs11("C_GetTokenInfo", e))?;
+        let token_label = info.label().trim_end();
+        if token_label == label {
+            return Ok(slot);
+        }
+        if !token_label.is_empty() {
+            present.push(format!("{token_label:?}"));
+        }
+    }
+    Err(CustodyError::TokenNotFound {
+        label: label.to_string(),
+        present: if present.is_empty() { "none".into() } else { present.join(", ") },
+    })
+}
+
+/// Opens a session and logs the user in. Login is per application and token, so a second session's
+/// `CKR_USER_ALREADY_LOGGED_IN` means it is already done.
+fn open_session(
+    module: &Pkcs11,
+    slot: Slot,
+    pin: &AuthPin,
+    token: &str,
+    read_write: bool,
+) -> Result<Session, CustodyError> {
+    let session = if read_write {
+        module.open_rw_session(slot)
+    } else {
+        module.open_ro_session(slot)
+    }
+    .map_err(|e| CustodyError::pkcs11("C_OpenSession", e))?;
+    login(&session, pin, token)?;
+    Ok(session)
+}
+
+fn login(session: &Session, pin: &AuthPin, token: &str) -> Result<(), CustodyError> {
+    match session.login(UserType::User, Some(pin)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
+        Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => {
+            Err(CustodyError::WrongPin { label: token.to_string() })
+        }
+        Err(CkError::Pkcs11(rv, _)) => {
+            Err(CustodyError::LoginFailed { label: token.to_string(), reason: rv.to_string() })
+        }
+        Err(e) => Err(CustodyError::LoginFailed { label: token.to_string(), reason: e.to_string() }),
+    }
+}
+
+fn key_template(uri: &Pkcs11Uri) -> Vec<Attribute> {
+    let mut t = vec![
+        Attribute::Class(ObjectClass::PRIVATE_KEY),
+        Attribute::Label(uri.object.as_bytes().to_vec()),
+    ];
+    if let Some(id) = &uri.id {
+        t.push(Attribute::Id(id.clone()));
+    }
+    t
+}
+
+/// Finds exactly one private key and its public key object.
+fn find_key_pair(
+    session: &Session,
+    uri: &Pkcs11Uri,
+    name: &str,
+) -> Result<(ObjectHandle, ObjectHandle), CustodyError> {
+    let private = find_one(session, &key_template(uri), name)?;
+    // The public object is looked up by the private key's id, so a stray public object with the same
+    // label but another id cannot be paired with it.
+    let id = match session
+        .get_attributes(private, &[AttributeType::Id])
+        .map_err(|e| CustodyError::pkcs11("C_GetAttributeValue", e))?
+        .into_iter()
+        .next()
+    {
+        Some(Attribute::Id(id)) => id,
+        _ => {
+            return Err(CustodyError::UnsupportedKey {
+                key: name.to_string(),
+                reason: "private key has no CKA_ID".into(),
+            });
+        }
+    };
+    let public_template = [
+        Attribute::Class(ObjectClass::PUBLIC_KEY),
+        Attribute::Label(uri.object.as_bytes().to_vec()),
+        Attribute::Id(id),
+    ];
+    let public = find_one(session, &public_template, name).map_err(|e| match e {
+        CustodyError::KeyNotFound(k) => CustodyError::UnsupportedKey {
+            key: k,
+            reason: "no public key object with the private key's label and id".into(),
+        },
+        other => other,
+    })?;
+    Ok((private, public))
+}
+
+pub(crate) fn find_one(
+    session: &Session,
+    template: &[Attribute],
+    name: &str,
+) -> Result<ObjectHandle, CustodyError> {
+    let found = session
+        .find_objects(template)
+        .map_err(|e| CustodyError::pkcs11("C_FindObjects", e))?;
+    match found.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(CustodyError::KeyNotFound(name.to_string())),
+        _ => Err(CustodyError::KeyAmbiguous(name.to_string())),
+    }
+}
+
+/// Reads the private key's attributes and refuses anything unsafe or unsupported.
+fn check_private_key(
+    session: &Session,
+    key: ObjectHandle,
+    name: &str,
+) -> Result<Vec<KeyFact>, CustodyError> {
+    let wanted = [
+        AttributeType::KeyType,
+        AttributeType::EcParams,
+        AttributeType::Sensitive,
+        AttributeType::Extractable,
+        AttributeType::Private,
+        AttributeType::Sign,
+        AttributeType::AlwaysSensitive,
+        AttributeType::NeverExtractable,
+        AttributeType::Token,
+    ];
+    let attrs = session
+        .get_attributes(key, &wanted)
+        .map_err(|e| CustodyError::pkcs11("C_GetAttributeValue", e))?;
+    let mut key_type = None;
+    let mut ec_params = None;
+    let (mut sensitive, mut extractable, mut private, mut sign) = (None, None, None, None);
+    let (mut always_sensitive, mut never_extractable, mut token) = (None, None, None);
+    for a in attrs {
+        match a {
+            Attribute::KeyType(t) => key_type = Some(t),
+            Attribute::EcParams(p) => ec_params = Some(p),
+            Attribute::Sensitive(v) => sensitive = Some(v),
+            Attribute::Extractable(v) => extractable = Some(v),
+            Attribute::Private(v) => private = Some(v),
+            Attribute::Sign(v) => sign = Some(v),
+            Attribute::AlwaysSensitive(v) => always_sensitive = Some(v),
+            Attribute::NeverExtractable(v) => never_extractable = Some(v),
+            Attribute::Token(v) => token = Some(v),
+            _ => {}
+        }
+    }
+    let unsafe_key = |reason: &str| CustodyError::UnsafeKey { key: name.to_string(), reason: reason.to_string() };
+    let unsupported = |reason: &str| CustodyError::UnsupportedKey { key: name.to_string(), reason: reason.to_string() };
+    if key_type != Some(KeyType::EC) {
+        return Err(unsupported("not an EC key (CKA_KEY_TYPE)"));
+    }
+    if ec_params.as_deref() != Some(&P256_EC_PARAMS[..]) {
+        return Err(unsupported("not a P-256 key (CKA_EC_PARAMS)"));
+    }
+    // Unknown (unreadable) counts as unsafe: fail closed.
+    if extractable != Some(false) {
+        return Err(unsafe_key("CKA_EXTRACTABLE is true: the private key can leave the token"));
+    }
+    if sensitive != Some(true) {
+        return Err(unsafe_key("CKA_SENSITIVE is false: the private key value can be read"));
+    }
+    if private != Some(true) {
+        return Err(unsafe_key("CKA_PRIVATE is false: the key is usable without logging in"));
+    }
+    if sign != Some(true) {
+        return Err(unsupported("CKA_SIGN is false"));
+    }
+    let show = |v: Option<bool>| v.map_or("unknown".to_string(), |b| b.to_string());
+    Ok(vec![
+        KeyFact::new("CKA_KEY_TYPE", "CKK_EC (P-256)"),
+        KeyFact::new("CKA_SENSITIVE", show(sensitive)),
+        KeyFact::new("CKA_EXTRACTABLE", show(extractable)),
+        KeyFact::new("CKA_PRIVATE", show(private)),
+        KeyFact::new("CKA_ALWAYS_SENSITIVE", show(always_sensitive)),
+        KeyFact::new("CKA_NEVER_EXTRACTABLE", show(never_extractable)),
+        KeyFact::new("CKA_TOKEN", show(token)),
+        KeyFact::new("CKA_SIGN", show(sign)),
+    ])
+}
+
+/// Reads `CKA_EC_POINT` (a DER OCTET STRING around the SEC1 point; some tokens give the bare point).
+fn read_public_key(
+    session: &Session,
+    public: ObjectHandle,
+    name: &str,
+) -> Result<PublicKey, CustodyError> {
+    let attrs = session
+        .get_attributes(public, &[AttributeType::EcPoint])
+        .map_err(|e| CustodyError::pkcs11("C_GetAttributeValue", e))?;
+    let point = attrs
+        .into_iter()
+        .find_map(|a| match a {
+            Attribute::EcPoint(p) => Some(p),
+            _ => None,
+        })
+        .ok_or_else(|| CustodyError::UnsupportedKey {
+            key: name.to_string(),
+            reason: "public key object has no CKA_EC_POINT".into(),
+        })?;
+    let sec1 = match point.as_slice() {
+        [0x04, len, rest @ ..] if usize::from(*len) == rest.len() => rest,
+        bare => bare,
+    };
+    PublicKey::from_sec1(sec1).map_err(|reason| CustodyError::UnsupportedKey {
+        key: name.to_string(),
+        reason: format!("CKA_EC_POINT: {reason}"),
+    })
+}

@@ -1,0 +1,190 @@
+//! A pool of logged-in sessions so that concurrent signers do not queue behind one session.
+//!
+//! `cryptoki::Session` is `Send` but not `Sync`: a session may be used by one thread at a time. Each
+//! signature checks a session out, signs, and checks it back in; the pool's lock is held only for the
+//! pop and the push, never across a device call. When the token reports a stale session
+//! (`CKR_SESSION_HANDLE_INVALID`, `CKR_SESSION_CLOSED`, `CKR_USER_NOT_LOGGED_IN`: the token was
+//! reset, the module re-initialised, or someone logged the application out), every idle session is
+//! discarded, the key handle is looked up again in a fresh logged-in session, and the signature is
+//! retried once. A second failure is returned to the caller.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use cryptoki::context::Pkcs11;
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, ObjectHandle};
+use cryptoki::session::Session;
+use cryptoki::slot::Slot;
+use cryptoki::types::AuthPin;
+
+use crate::CustodyError;
+
+/// Idle sessions kept for reuse; more concurrent signers than this open extra sessions, which are
+/// closed when they come back.
+const MAX_IDLE: usize = 16;
+
+/// Counters of a pool's life, for diagnostics and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PoolStats {
+    /// Sessions opened since the key was opened (including the first).
+    pub sessions_opened: u64,
+    /// Times a stale session was detected and the pool rebuilt.
+    pub stale_recoveries: u64,
+}
+
+pub(super) struct SessionPool {
+    module: Pkcs11,
+    slot: Slot,
+    pin: AuthPin,
+    token: String,
+    key_template: Vec<Attribute>,
+    state: Mutex<State>,
+    sessions_opened: AtomicU64,
+    stale_recoveries: AtomicU64,
+}
+
+struct State {
+    idle: Vec<Session>,
+    key: ObjectHandle,
+    /// Bumped whenever the pool is rebuilt; sessions checked out before that are not taken back.
+    generation: u64,
+}
+
+impl std::fmt::Debug for SessionPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The PIN is deliberately absent.
+        f.debug_struct("SessionPool")
+            .field("token", &self.token)
+            .field("slot", &self.slot)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+fn is_stale(e: &CkError) -> bool {
+    matches!(
+        e,
+        CkError::Pkcs11(
+            RvError::SessionHandleInvalid
+                | RvError::SessionClosed
+                | RvError::UserNotLoggedIn
+                | RvError::KeyHandleInvalid
+                | RvError::ObjectHandleInvalid,
+            _
+        )
+    )
+}
+
+impl SessionPool {
+    pub(super) fn new(
+        module: Pkcs11,
+        slot: Slot,
+        pin: AuthPin,
+        token: String,
+        key_template: Vec<Attribute>,
+        key: ObjectHandle,
+    ) -> Self {
+        SessionPool {
+            module,
+            slot,
+            pin,
+            token,
+            key_template,
+            state: Mutex::new(State { idle: Vec::new(), key, generation: 0 }),
+            sessions_opened: AtomicU64::new(1),
+            stale_recoveries: AtomicU64::new(0),
+        }
+    }
+
+    pub(super) fn stats(&self) -> PoolStats {
+        PoolStats {
+            sessions_opened: self.sessions_opened.load(Ordering::Relaxed),
+            stale_recoveries: self.stale_recoveries.load(Ordering::Relaxed),
+        }
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, State>, CustodyError> {
+        self.state.lock().map_err(|_| CustodyError::Pkcs11 {
+            op: "session pool",
+            reason: "pool lock poisoned".into(),
+        })
+    }
+
+    pub(super) fn generation(&self) -> u64 {
+        self.lock().map(|s| s.generation).unwrap_or(u64::MAX)
+    }
+
+    /// Signs a 32-byte digest with CKM_ECDSA; returns the raw r||s from the token.
+    pub(super) fn sign(&self, digest: &[u8; 32]) -> Result<Vec<u8>, CustodyError> {
+        let (session, key, generation) = self.check_out()?;
+        match session.sign(&Mechanism::Ecdsa, key, digest) {
+            Ok(sig) => {
+                self.check_in(session, generation);
+                Ok(sig)
+            }
+            Err(e) if is_stale(&e) => {
+                tracing::warn!(token = %self.token, error = %e, "PKCS#11 session stale; reopening and retrying once");
+                drop(session);
+                self.rebuild(generation)?;
+                let (session, key, generation) = self.check_out()?;
+                let sig = session
+                    .sign(&Mechanism::Ecdsa, key, digest)
+                    .map_err(|e| CustodyError::pkcs11("C_Sign (after reopening the session)", e))?;
+                self.check_in(session, generation);
+                Ok(sig)
+            }
+            // A session whose operation failed may be left mid-operation: do not reuse it.
+            Err(e) => Err(CustodyError::pkcs11("C_Sign", e)),
+        }
+    }
+
+    fn check_out(&self) -> Result<(Session, ObjectHandle, u64), CustodyError> {
+        let (idle, key, generation) = {
+            let mut state = self.lock()?;
+            (state.idle.pop(), state.key, state.generation)
+        };
+        match idle {
+            Some(s) => Ok((s, key, generation)),
+            None => Ok((self.open()?, key, generation)),
+        }
+    }
+
+    pub(super) fn check_in(&self, session: Session, generation: u64) {
+        if let Ok(mut state) = self.lock()
+            && state.generation == generation
+            && state.idle.len() < MAX_IDLE
+        {
+            state.idle.push(session);
+        }
+    }
+
+    fn open(&self) -> Result<Session, CustodyError> {
+        let session = super::open_session(&self.module, self.slot, &self.pin, &self.token, false)?;
+        self.sessions_opened.fetch_add(1, Ordering::Relaxed);
+        Ok(session)
+    }
+
+    /// Drops every idle session and finds the key again in a fresh one. Only the first signer to
+    /// notice a given generation's staleness rebuilds; later ones just use the new generation.
+    fn rebuild(&self, stale_generation: u64) -> Result<(), CustodyError> {
+        {
+            let state = self.lock()?;
+            if state.generation != stale_generation {
+                return Ok(());
+            }
+        }
+        let session = self.open()?;
+        let key = super::find_one(&session, &self.key_template, &self.token)?;
+        let mut state = self.lock()?;
+        if state.generation == stale_generation {
+            state.idle.clear();
+            state.key = key;
+            state.generation = state.generation.wrapping_add(1);
+            state.idle.push(session);
+            self.stale_recoveries.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}

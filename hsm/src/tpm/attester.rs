@@ -1,0 +1,632 @@
+//! The TPM operations of an attester: what `writ agent` does on a runtime.
+//!
+//! * read the EK certificates from NV (RSA 2048, ECC P-256 and P-384 where present);
+//! * create an AK (restricted ECDSA P-256 signing key under the RSA EK) and load it;
+//! * ActivateCredential for the appliance's MakeCredential challenge;
+//! * TPM2_Quote over a PCR selection with a nonce;
+//! * create a holder key (unrestricted P-256 signing key under an ECC storage key) and have the AK
+//!   certify it (TPM2_Certify) over a nonce;
+//! * read and extend PCRs; read the firmware event log.
+//!
+//! Structures cross this boundary in the TPM's own wire encoding (TPMT_PUBLIC, TPMS_ATTEST,
+//! TPMT_SIGNATURE, ...) so the pure `attestation` crate can parse and verify them without a TPM
+//! library.
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use tss_esapi::abstraction::{ak, ek, nv, pcr, AsymmetricAlgorithmSelection};
+use tss_esapi::attributes::{ObjectAttributesBuilder, SessionAttributesBuilder};
+use tss_esapi::constants::SessionType;
+use tss_esapi::handles::{AuthHandle, KeyHandle, NvIndexTpmHandle, ObjectHandle, PcrHandle, PersistentTpmHandle, TpmHandle};
+use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm, SignatureSchemeAlgorithm};
+use tss_esapi::interface_types::dynamic_handles::Persistent;
+use tss_esapi::interface_types::ecc::EccCurve;
+use tss_esapi::interface_types::key_bits::RsaKeyBits;
+use tss_esapi::interface_types::resource_handles::{Hierarchy, NvAuth, Provision};
+use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
+use tss_esapi::structures::{
+    Auth, Data, Digest, DigestValues, EccPoint, EccScheme, EncryptedSecret, HashScheme, IdObject,
+    PcrSelectionList, PcrSelectionListBuilder, PcrSlot, Private, Public, PublicBuilder,
+    PublicEccParametersBuilder, SignatureScheme, SymmetricDefinition, SymmetricDefinitionObject,
+};
+use tss_esapi::traits::{Marshall, UnMarshall};
+use tss_esapi::Context;
+use zeroize::Zeroizing;
+
+use super::{retry, TpmDevice};
+use crate::uri::resolve_tcti;
+use crate::CustodyError;
+
+/// NV indices of EK certificates (TCG EK Credential Profile 2.0, section 2.2.1.5).
+const EK_CERT_RSA_2048: u32 = 0x01c0_0002;
+const EK_CERT_ECC_P256: u32 = 0x01c0_000a;
+const EK_CERT_ECC_P384: u32 = 0x01c0_0016;
+/// Largest nonce (qualifyingData) the attester passes on: a TPM2B_DATA holds at most a digest's size.
+pub const MAX_NONCE: usize = 64;
+/// Largest firmware event log read; real logs are tens of KiB.
+pub const MAX_EVENT_LOG: u64 = 16 * 1024 * 1024;
+/// Where Linux exposes the firmware event log.
+pub const DEFAULT_EVENT_LOG: &str = "/sys/kernel/security/tpm0/binary_bios_measurements";
+
+/// The kind of an EK and its certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EkKind {
+    /// RSA 2048 (the low range template).
+    Rsa2048,
+    /// ECC NIST P-256.
+    EccP256,
+    /// ECC NIST P-384 (swtpm provisions this one, not P-256).
+    EccP384,
+}
+
+/// An EK certificate as stored in the TPM's NV.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EkCertificate {
+    /// Which EK it certifies.
+    pub kind: EkKind,
+    /// The NV index it was read from.
+    pub nv_index: u32,
+    /// The certificate, DER.
+    pub der: Vec<u8>,
+}
+
+/// A key created in the TPM, as blobs the agent can store and load again (only into this TPM).
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyBlob {
+    /// TPMT_PUBLIC, marshalled.
+    pub public: Vec<u8>,
+    /// The TPM2B_PRIVATE buffer (wrapped by the parent; useless outside this TPM).
+    pub private: Vec<u8>,
+    /// The key's TPM name: nameAlg (0x000B) || SHA-256(TPMT_PUBLIC).
+    pub name: Vec<u8>,
+}
+
+impl fmt::Debug for KeyBlob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyBlob").field("name", &hex::encode(&self.name)).finish_non_exhaustive()
+    }
+}
+
+/// A signed TPM attestation (quote or certification): TPMS_ATTEST and TPMT_SIGNATURE, marshalled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedAttest {
+    /// TPMS_ATTEST bytes, exactly as signed.
+    pub attest: Vec<u8>,
+    /// TPMT_SIGNATURE bytes.
+    pub signature: Vec<u8>,
+}
+
+/// PCR banks writ reads and quotes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum PcrBank {
+    /// SHA-1 (legacy logs).
+    Sha1,
+    /// SHA-256.
+    Sha256,
+    /// SHA-384.
+    Sha384,
+}
+
+impl PcrBank {
+    fn hashing_algorithm(self) -> HashingAlgorithm {
+        match self {
+            PcrBank::Sha1 => HashingAlgorithm::Sha1,
+            PcrBank::Sha256 => HashingAlgorithm::Sha256,
+            PcrBank::Sha384 => HashingAlgorithm::Sha384,
+        }
+    }
+
+    /// The tpm2-tools name of the bank.
+    pub fn name(self) -> &'static str {
+        match self {
+            PcrBank::Sha1 => "sha1",
+            PcrBank::Sha256 => "sha256",
+            PcrBank::Sha384 => "sha384",
+        }
+    }
+}
+
+/// A PCR selection in tpm2-tools syntax: `sha256:0,1,2,7`, banks joined with `+`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PcrSelection {
+    banks: Vec<(PcrBank, Vec<u8>)>,
+}
+
+impl PcrSelection {
+    /// The selected (bank, PCR indices) pairs, indices ascending.
+    pub fn banks(&self) -> &[(PcrBank, Vec<u8>)] {
+        &self.banks
+    }
+
+    fn to_tss(&self) -> Result<PcrSelectionList, CustodyError> {
+        let mut builder = PcrSelectionListBuilder::new();
+        for (bank, pcrs) in &self.banks {
+            let slots = pcrs
+                .iter()
+                .map(|i| PcrSlot::try_from(1u32 << i).map_err(|e| CustodyError::tpm("PCR selection", e)))
+                .collect::<Result<Vec<_>, _>>()?;
+            builder = builder.with_selection(bank.hashing_algorithm(), &slots);
+        }
+        builder.build().map_err(|e| CustodyError::tpm("PCR selection", e))
+    }
+}
+
+impl FromStr for PcrSelection {
+    type Err = CustodyError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = |why: &str| CustodyError::InvalidInput(format!("PCR selection {s:?}: {why}"));
+        let mut banks: Vec<(PcrBank, Vec<u8>)> = Vec::new();
+        for part in s.split('+') {
+            let (alg, list) = part.split_once(':').ok_or_else(|| bad("expected BANK:N,N,..."))?;
+            let bank = match alg {
+                "sha1" => PcrBank::Sha1,
+                "sha256" => PcrBank::Sha256,
+                "sha384" => PcrBank::Sha384,
+                _ => return Err(bad("unknown bank (sha1, sha256, sha384)")),
+            };
+            if banks.iter().any(|(b, _)| *b == bank) {
+                return Err(bad("bank repeated"));
+            }
+            let mut pcrs = Vec::new();
+            for n in list.split(',') {
+                let i: u8 = n.trim().parse().map_err(|_| bad("PCR index is not a number"))?;
+                if i > 23 {
+                    return Err(bad("PCR index above 23"));
+                }
+                if pcrs.contains(&i) {
+                    return Err(bad("PCR index repeated"));
+                }
+                pcrs.push(i);
+            }
+            pcrs.sort_unstable();
+            banks.push((bank, pcrs));
+        }
+        if banks.is_empty() {
+            return Err(bad("empty"));
+        }
+        Ok(PcrSelection { banks })
+    }
+}
+
+impl fmt::Display for PcrSelection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (n, (bank, pcrs)) in self.banks.iter().enumerate() {
+            if n > 0 {
+                f.write_str("+")?;
+            }
+            let list: Vec<String> = pcrs.iter().map(u8::to_string).collect();
+            write!(f, "{}:{}", bank.name(), list.join(","))?;
+        }
+        Ok(())
+    }
+}
+
+/// One PCR's value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PcrValue {
+    /// Its bank.
+    pub bank: PcrBank,
+    /// Its index.
+    pub index: u8,
+    /// Its value.
+    pub value: Vec<u8>,
+}
+
+/// A key loaded in the TPM; flushed when dropped (swtpm has three transient slots).
+pub struct LoadedKey {
+    device: Arc<TpmDevice>,
+    handle: KeyHandle,
+}
+
+impl fmt::Debug for LoadedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadedKey").field("tpm", &self.device.tcti()).finish_non_exhaustive()
+    }
+}
+
+impl Drop for LoadedKey {
+    fn drop(&mut self) {
+        if let Ok(mut ctx) = self.device.lock()
+            && let Err(e) = ctx.flush_context(self.handle.into())
+        {
+            tracing::warn!(error = %e, "could not flush a transient TPM key");
+        }
+    }
+}
+
+/// The attester's view of one TPM.
+#[derive(Debug)]
+pub struct Attester {
+    device: Arc<TpmDevice>,
+}
+
+impl Attester {
+    /// Opens the TPM behind `tcti`, or behind `TPM2TOOLS_TCTI` / `TCTI` / `/dev/tpmrm0`.
+    pub fn open(tcti: Option<&str>) -> Result<Self, CustodyError> {
+        Ok(Attester { device: TpmDevice::open(&resolve_tcti(tcti))? })
+    }
+
+    /// Reads every EK certificate present in NV. Fails if there is none.
+    pub fn ek_certificates(&self) -> Result<Vec<EkCertificate>, CustodyError> {
+        let mut ctx = self.device.lock()?;
+        let mut found = Vec::new();
+        for (kind, index) in
+            [(EkKind::Rsa2048, EK_CERT_RSA_2048), (EkKind::EccP256, EK_CERT_ECC_P256), (EkKind::EccP384, EK_CERT_ECC_P384)]
+        {
+            if let Some(der) = read_nv(&mut ctx, index)? {
+                found.push(EkCertificate { kind, nv_index: index, der });
+            }
+        }
+        if found.is_empty() {
+            return Err(CustodyError::Tpm { op: "NV_Read", reason: "no EK certificate in NV".into() });
+        }
+        Ok(found)
+    }
+
+    /// The RSA 2048 EK's public area (TPMT_PUBLIC), created from the default template. The appliance
+    /// never trusts this: it takes the EK key from the certificate. It is useful to compare.
+    pub fn ek_public(&self) -> Result<Vec<u8>, CustodyError> {
+        let mut ctx = self.device.lock()?;
+        let ek = create_ek(&mut ctx)?;
+        let public = retry("ReadPublic", || ctx.execute_without_session(|c| c.read_public(ek)));
+        flush(&mut ctx, ek.into());
+        public?.0.marshall().map_err(|e| CustodyError::tpm("marshal", e))
+    }
+
+    /// Creates an AK: a restricted ECDSA P-256 / SHA-256 signing key, fixedTPM and fixedParent,
+    /// under the RSA 2048 EK.
+    pub fn create_ak(&self) -> Result<KeyBlob, CustodyError> {
+        let mut ctx = self.device.lock()?;
+        let ek = create_ek(&mut ctx)?;
+        let created = retry("Create (AK)", || {
+            ak::create_ak_2(
+                &mut ctx,
+                ek,
+                HashingAlgorithm::Sha256,
+                AsymmetricAlgorithmSelection::Ecc(EccCurve::NistP256),
+                SignatureSchemeAlgorithm::EcDsa,
+                None,
+                None,
+            )
+        });
+        flush(&mut ctx, ek.into());
+        let created = created?;
+        blob(&created.out_public, &created.out_private)
+    }
+
+    /// Loads an AK made by [`create_ak`](Self::create_ak) (the EK is recreated as its parent and
+    /// flushed again).
+    pub fn load_ak(&self, ak_blob: &KeyBlob) -> Result<LoadedKey, CustodyError> {
+        let (public, private) = unblob(ak_blob)?;
+        let mut ctx = self.device.lock()?;
+        let ek = create_ek(&mut ctx)?;
+        let loaded = retry("Load (AK)", || ak::load_ak(&mut ctx, ek, None, private.clone(), public.clone()));
+        flush(&mut ctx, ek.into());
+        Ok(LoadedKey { device: self.device.clone(), handle: loaded? })
+    }
+
+    /// Answers a MakeCredential challenge for `ak_blob`: decrypts the credential with the EK, which
+    /// the TPM does only if the AK named in the challenge is loaded beside it. `id_object` and
+    /// `encrypted_secret` are the buffers of TPM2B_ID_OBJECT and TPM2B_ENCRYPTED_SECRET (no size
+    /// prefix).
+    pub fn activate_credential(
+        &self,
+        ak_blob: &KeyBlob,
+        id_object: &[u8],
+        encrypted_secret: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CustodyError> {
+        let (public, private) = unblob(ak_blob)?;
+        let id_object = IdObject::try_from(id_object.to_vec())
+            .map_err(|_| CustodyError::InvalidInput("credential blob too large".into()))?;
+        let secret = EncryptedSecret::try_from(encrypted_secret.to_vec())
+            .map_err(|_| CustodyError::InvalidInput("encrypted secret too large".into()))?;
+        let mut ctx = self.device.lock()?;
+        let ek = create_ek(&mut ctx)?;
+        let result = (|| {
+            let ak = retry("Load (AK)", || ak::load_ak(&mut ctx, ek, None, private.clone(), public.clone()))?;
+            let result = activate(&mut ctx, ak, ek, id_object, secret);
+            flush(&mut ctx, ak.into());
+            result
+        })();
+        flush(&mut ctx, ek.into());
+        result
+    }
+
+    /// TPM2_Quote by `ak` over `selection`, with `nonce` as qualifyingData.
+    pub fn quote(&self, ak: &LoadedKey, nonce: &[u8], selection: &PcrSelection) -> Result<SignedAttest, CustodyError> {
+        let data = nonce_data(nonce)?;
+        let list = selection.to_tss()?;
+        let mut ctx = self.device.lock()?;
+        let (attest, signature) = retry("Quote", || {
+            let (data, list) = (data.clone(), list.clone());
+            ctx.execute_with_nullauth_session(|c| c.quote(ak.handle, data, SignatureScheme::Null, list))
+        })?;
+        signed(attest.marshall(), signature.marshall())
+    }
+
+    /// Creates a holder key: an unrestricted ECDSA P-256 / SHA-256 signing key, fixedTPM and
+    /// fixedParent, under an ECC P-256 storage primary of the owner hierarchy, with `auth` as its
+    /// authValue.
+    pub fn create_holder_key(&self, auth: Option<&[u8]>) -> Result<KeyBlob, CustodyError> {
+        let auth = auth.map(auth_value).transpose()?;
+        let template = tss_esapi::utils::create_unrestricted_signing_ecc_public(
+            EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)),
+            EccCurve::NistP256,
+        )
+        .map_err(|e| CustodyError::tpm("template", e))?;
+        let mut ctx = self.device.lock()?;
+        let srk = create_srk(&mut ctx)?;
+        let created = retry("Create (holder key)", || {
+            let (template, auth) = (template.clone(), auth.clone());
+            ctx.execute_with_nullauth_session(|c| c.create(srk, template, auth, None, None, None))
+        });
+        flush(&mut ctx, srk.into());
+        let created = created?;
+        blob(&created.out_public, &created.out_private)
+    }
+
+    /// Loads a holder key made by [`create_holder_key`](Self::create_holder_key).
+    pub fn load_holder_key(&self, key: &KeyBlob, auth: Option<&[u8]>) -> Result<LoadedKey, CustodyError> {
+        let (public, private) = unblob(key)?;
+        let auth = auth.map(auth_value).transpose()?;
+        let mut ctx = self.device.lock()?;
+        let srk = create_srk(&mut ctx)?;
+        let loaded = retry("Load (holder key)", || {
+            let (public, private) = (public.clone(), private.clone());
+            ctx.execute_with_nullauth_session(|c| c.load(srk, private, public))
+        });
+        flush(&mut ctx, srk.into());
+        let handle = loaded?;
+        let key = LoadedKey { device: self.device.clone(), handle };
+        if let Some(auth) = auth {
+            ctx.tr_set_auth(handle.into(), auth).map_err(|e| CustodyError::tpm("TR_SetAuth", e))?;
+        }
+        Ok(key)
+    }
+
+    /// TPM2_Certify: `ak` attests that `key` is loaded in this TPM, over `nonce`.
+    pub fn certify(&self, ak: &LoadedKey, key: &LoadedKey, nonce: &[u8]) -> Result<SignedAttest, CustodyError> {
+        let data = nonce_data(nonce)?;
+        let mut ctx = self.device.lock()?;
+        let (attest, signature) = retry("Certify", || {
+            let data = data.clone();
+            ctx.execute_with_sessions((Some(AuthSession::Password), Some(AuthSession::Password), None), |c| {
+                c.certify(key.handle.into(), ak.handle, data, SignatureScheme::Null)
+            })
+        })?;
+        signed(attest.marshall(), signature.marshall())
+    }
+
+    /// Signs a SHA-256 digest with a loaded holder key (the agent's proof of possession).
+    pub fn sign_digest(&self, key: &LoadedKey, digest: &[u8; 32]) -> Result<p256::ecdsa::Signature, CustodyError> {
+        let digest = Digest::try_from(digest.to_vec()).map_err(|e| CustodyError::tpm("Sign", e))?;
+        let ticket = super::key::null_ticket()?;
+        let scheme = SignatureScheme::EcDsa { hash_scheme: HashScheme::new(HashingAlgorithm::Sha256) };
+        let mut ctx = self.device.lock()?;
+        let sig = retry("Sign", || {
+            let (digest, ticket) = (digest.clone(), ticket.clone());
+            ctx.execute_with_nullauth_session(|c| c.sign(key.handle, digest, scheme, ticket))
+        })?;
+        match sig {
+            tss_esapi::structures::Signature::EcDsa(s) => {
+                crate::key::signature_from_scalars(s.signature_r().value(), s.signature_s().value())
+            }
+            _ => Err(CustodyError::BadSignature("TPM returned a non-ECDSA signature".into())),
+        }
+    }
+
+    /// Makes a loaded key persistent at `handle` (owner hierarchy, empty owner auth).
+    pub fn persist(&self, key: &LoadedKey, handle: u32) -> Result<(), CustodyError> {
+        let persistent = PersistentTpmHandle::new(handle)
+            .map_err(|_| CustodyError::InvalidInput(format!("{handle:#010x} is not a persistent handle")))?;
+        let mut ctx = self.device.lock()?;
+        let mut object = retry("EvictControl", || {
+            ctx.execute_with_nullauth_session(|c| {
+                c.evict_control(Provision::Owner, key.handle.into(), Persistent::Persistent(persistent))
+            })
+        })?;
+        let _ = ctx.tr_close(&mut object);
+        Ok(())
+    }
+
+    /// Reads the selected PCRs.
+    pub fn read_pcrs(&self, selection: &PcrSelection) -> Result<Vec<PcrValue>, CustodyError> {
+        let list = selection.to_tss()?;
+        let mut ctx = self.device.lock()?;
+        // PCR_Read is sent without sessions: swtpm refuses it with one (0x984).
+        ctx.clear_sessions();
+        let data = retry("PCR_Read", || pcr::read_all(&mut ctx, list.clone()))?;
+        let mut out = Vec::new();
+        for (bank, pcrs) in selection.banks() {
+            let values = data.pcr_bank(bank.hashing_algorithm()).ok_or_else(|| CustodyError::Tpm {
+                op: "PCR_Read",
+                reason: format!("bank {} not returned (not active in this TPM?)", bank.name()),
+            })?;
+            for &index in pcrs {
+                let slot = PcrSlot::try_from(1u32 << index).map_err(|e| CustodyError::tpm("PCR_Read", e))?;
+                let value = values.get_digest(slot).ok_or_else(|| CustodyError::Tpm {
+                    op: "PCR_Read",
+                    reason: format!("PCR {}:{index} not returned", bank.name()),
+                })?;
+                out.push(PcrValue { bank: *bank, index, value: value.value().to_vec() });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Extends PCR `index` of the SHA-256 bank with `digest` (measured-boot simulation, tests).
+    pub fn extend_pcr(&self, index: u8, digest: &[u8; 32]) -> Result<(), CustodyError> {
+        let handle = pcr_handle(index)?;
+        let mut values = DigestValues::new();
+        values.set(HashingAlgorithm::Sha256, Digest::try_from(digest.to_vec()).map_err(|e| CustodyError::tpm("PCR_Extend", e))?);
+        let mut ctx = self.device.lock()?;
+        retry("PCR_Extend", || {
+            let values = values.clone();
+            ctx.execute_with_session(Some(AuthSession::Password), |c| c.pcr_extend(handle, values))
+        })
+    }
+}
+
+/// Reads a firmware event log (default [`DEFAULT_EVENT_LOG`]), refusing logs over [`MAX_EVENT_LOG`].
+pub fn read_event_log(path: Option<&Path>) -> Result<Vec<u8>, CustodyError> {
+    use std::io::Read;
+    let path = path.unwrap_or(Path::new(DEFAULT_EVENT_LOG));
+    let err = |reason: String| CustodyError::File { what: "event log", path: path.to_path_buf(), reason };
+    let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+    let mut buf = Vec::new();
+    file.take(MAX_EVENT_LOG + 1).read_to_end(&mut buf).map_err(|e| err(e.to_string()))?;
+    if buf.len() as u64 > MAX_EVENT_LOG {
+        return Err(err(format!("larger than {MAX_EVENT_LOG} bytes")));
+    }
+    Ok(buf)
+}
+
+fn pcr_handle(index: u8) -> Result<PcrHandle, CustodyError> {
+    PcrHandle::try_from(u32::from(index))
+        .map_err(|_| CustodyError::InvalidInput(format!("PCR {index} does not exist")))
+}
+
+fn nonce_data(nonce: &[u8]) -> Result<Data, CustodyError> {
+    if nonce.is_empty() || nonce.len() > MAX_NONCE {
+        return Err(CustodyError::InvalidInput(format!("nonce must be 1..={MAX_NONCE} bytes")));
+    }
+    Data::try_from(nonce.to_vec()).map_err(|_| CustodyError::InvalidInput("nonce too long for this TPM".into()))
+}
+
+fn auth_value(auth: &[u8]) -> Result<Auth, CustodyError> {
+    Auth::try_from(auth.to_vec()).map_err(|_| CustodyError::InvalidInput("authValue too long".into()))
+}
+
+fn signed(
+    attest: tss_esapi::Result<Vec<u8>>,
+    signature: tss_esapi::Result<Vec<u8>>,
+) -> Result<SignedAttest, CustodyError> {
+    Ok(SignedAttest {
+        attest: attest.map_err(|e| CustodyError::tpm("marshal", e))?,
+        signature: signature.map_err(|e| CustodyError::tpm("marshal", e))?,
+    })
+}
+
+fn blob(public: &Public, private: &Private) -> Result<KeyBlob, CustodyError> {
+    use sha2::{Digest as _, Sha256};
+    let public = public.marshall().map_err(|e| CustodyError::tpm("marshal", e))?;
+    let mut name = vec![0x00, 0x0b];
+    name.extend_from_slice(&Sha256::digest(&public));
+    Ok(KeyBlob { public, private: private.value().to_vec(), name })
+}
+
+fn unblob(key: &KeyBlob) -> Result<(Public, Private), CustodyError> {
+    let public = Public::unmarshall(&key.public)
+        .map_err(|_| CustodyError::InvalidInput("key blob: public area does not parse".into()))?;
+    let private = Private::try_from(key.private.clone())
+        .map_err(|_| CustodyError::InvalidInput("key blob: private part too large".into()))?;
+    Ok((public, private))
+}
+
+fn flush(ctx: &mut Context, handle: ObjectHandle) {
+    if let Err(e) = ctx.flush_context(handle) {
+        tracing::warn!(error = %e, "could not flush a transient TPM object");
+    }
+}
+
+fn create_ek(ctx: &mut Context) -> Result<KeyHandle, CustodyError> {
+    retry("CreatePrimary (EK)", || {
+        ek::create_ek_object_2(ctx, AsymmetricAlgorithmSelection::Rsa(RsaKeyBits::Rsa2048), None)
+    })
+}
+
+/// An ECC P-256 storage primary (restricted decryption, AES-128-CFB) in the owner hierarchy.
+fn create_srk(ctx: &mut Context) -> Result<KeyHandle, CustodyError> {
+    let attributes = ObjectAttributesBuilder::new()
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        .with_sensitive_data_origin(true)
+        .with_user_with_auth(true)
+        .with_no_da(true)
+        .with_restricted(true)
+        .with_decrypt(true)
+        .build()
+        .map_err(|e| CustodyError::tpm("template", e))?;
+    let template = PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::Ecc)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attributes)
+        .with_ecc_parameters(
+            PublicEccParametersBuilder::new_restricted_decryption_key(
+                SymmetricDefinitionObject::AES_128_CFB,
+                EccCurve::NistP256,
+            )
+            .build()
+            .map_err(|e| CustodyError::tpm("template", e))?,
+        )
+        .with_ecc_unique_identifier(EccPoint::default())
+        .build()
+        .map_err(|e| CustodyError::tpm("template", e))?;
+    let created = retry("CreatePrimary (SRK)", || {
+        let template = template.clone();
+        ctx.execute_with_nullauth_session(|c| c.create_primary(Hierarchy::Owner, template, None, None, None, None))
+    })?;
+    Ok(created.key_handle)
+}
+
+fn read_nv(ctx: &mut Context, index: u32) -> Result<Option<Vec<u8>>, CustodyError> {
+    let nv_index = NvIndexTpmHandle::new(index).map_err(|e| CustodyError::tpm("NV index", e))?;
+    let object = match ctx.execute_without_session(|c| c.tr_from_tpm_public(TpmHandle::NvIndex(nv_index))) {
+        Ok(o) => o,
+        Err(e) if super::key::is_missing_handle(&e) => return Ok(None),
+        Err(e) => return Err(CustodyError::tpm("TR_FromTPMPublic (NV)", e)),
+    };
+    let auth = NvAuth::NvIndex(object.into());
+    let data = retry("NV_Read", || ctx.execute_with_nullauth_session(|c| nv::read_full(c, auth, nv_index)));
+    let mut object = object;
+    let _ = ctx.tr_close(&mut object);
+    data.map(Some)
+}
+
+fn activate(
+    ctx: &mut Context,
+    ak: KeyHandle,
+    ek: KeyHandle,
+    id_object: IdObject,
+    secret: EncryptedSecret,
+) -> Result<Zeroizing<Vec<u8>>, CustodyError> {
+    let (attrs, mask) = SessionAttributesBuilder::new().build();
+    let start = |ctx: &mut Context, kind| {
+        retry("StartAuthSession", || {
+            ctx.start_auth_session(None, None, None, kind, SymmetricDefinition::AES_128_CFB, HashingAlgorithm::Sha256)
+        })?
+        .ok_or_else(|| CustodyError::Tpm { op: "StartAuthSession", reason: "no session returned".into() })
+    };
+    let hmac = start(ctx, SessionType::Hmac)?;
+    let policy = match start(ctx, SessionType::Policy) {
+        Ok(p) => p,
+        Err(e) => {
+            flush(ctx, tss_esapi::handles::SessionHandle::from(hmac).into());
+            return Err(e);
+        }
+    };
+    let result = (|| {
+        ctx.tr_sess_set_attributes(hmac, attrs, mask).map_err(|e| CustodyError::tpm("TR_SessSetAttributes", e))?;
+        ctx.tr_sess_set_attributes(policy, attrs, mask).map_err(|e| CustodyError::tpm("TR_SessSetAttributes", e))?;
+        let policy_session = PolicySession::try_from(policy).map_err(|e| CustodyError::tpm("PolicySession", e))?;
+        // The EK's authPolicy is PolicySecret(TPM_RH_ENDORSEMENT): satisfy it in the policy session.
+        retry("PolicySecret", || {
+            ctx.execute_with_session(Some(hmac), |c| {
+                c.policy_secret(policy_session, AuthHandle::Endorsement, Default::default(), Default::default(), Default::default(), None)
+            })
+        })?;
+        let cred = ctx.execute_with_sessions((Some(hmac), Some(policy), None), |c| {
+            c.activate_credential(ak, ek, id_object, secret)
+        });
+        cred.map(|d| Zeroizing::new(d.value().to_vec())).map_err(|e| CustodyError::tpm("ActivateCredential", e))
+    })();
+    flush(ctx, tss_esapi::handles::SessionHandle::from(hmac).into());
+    flush(ctx, tss_esapi::handles::SessionHandle::from(policy).into());
+    result
+}

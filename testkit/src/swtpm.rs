@@ -1,0 +1,149 @@
+//! A private swtpm per test.
+
+use std::fs::File;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// A running swtpm with its own state, ports and EK certificates. Killed and deleted on drop.
+#[derive(Debug)]
+pub struct Swtpm {
+    dir: TempDir,
+    child: Child,
+    port: u16,
+    template: PathBuf,
+}
+
+impl Swtpm {
+    /// Starts a fresh TPM: a copy of a provisioned template state (EK certificates from the local
+    /// CA, nothing else), listening on two fresh loopback ports.
+    pub fn start() -> Swtpm {
+        let template = template_dir();
+        let dir = tempfile::Builder::new().prefix("writ-swtpm-").tempdir().expect("tempdir");
+        std::fs::copy(template.join("state/tpm2-00.permall"), dir.path().join("tpm2-00.permall"))
+            .expect("copy TPM state template");
+        for attempt in 0..10 {
+            let port = crate::free_port_pair();
+            let mut child = Command::new("swtpm")
+                .args(["socket", "--tpm2"])
+                .arg("--server")
+                .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
+                .arg("--ctrl")
+                .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
+                .arg("--tpmstate")
+                .arg(format!("dir={}", dir.path().display()))
+                .args(["--flags", "not-need-init,startup-clear"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn swtpm (is the swtpm package installed?)");
+            if wait_listening(&mut child, port + 1) {
+                return Swtpm { dir, child, port, template };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            eprintln!("swtpm did not come up on port {port} (attempt {attempt}); retrying");
+        }
+        panic!("swtpm would not start");
+    }
+
+    /// The TCTI configuration string for this TPM.
+    pub fn tcti(&self) -> String {
+        format!("swtpm:host=127.0.0.1,port={}", self.port)
+    }
+
+    /// The data port (the control port is one above).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The local CA that issued this TPM's EK certificate (root and intermediate PEM files).
+    pub fn ca_dir(&self) -> PathBuf {
+        self.template.join("ca")
+    }
+
+    /// The EK certificate files written at provisioning (`ek-rsa2048.crt`, `ek-secp384r1.crt`).
+    pub fn ek_cert_file(&self, name: &str) -> PathBuf {
+        self.template.join("state").join(name)
+    }
+
+    /// Reboots the TPM: TPM2_Init through the control channel, then TPM2_Startup(CLEAR). PCRs reset,
+    /// resetCount increments, persistent objects stay.
+    pub fn reboot(&self) {
+        let ctrl = format!("127.0.0.1:{}", self.port + 1);
+        run(Command::new("swtpm_ioctl").args(["--tcp", &ctrl, "-i"]));
+        run(Command::new("tpm2_startup").args(["-c", "-T", &self.tcti()]).env("TSS2_LOG", "all+NONE"));
+    }
+}
+
+impl Drop for Swtpm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().expect("run tool");
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn wait_listening(child: &mut Child, port: u16) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+/// A provisioned TPM state shared by every test of this user: provisioning takes about a second,
+/// copying the state a millisecond. Made once, under a file lock, by whichever test comes first.
+fn template_dir() -> PathBuf {
+    let base = std::env::temp_dir().join(format!("writ-testkit-{}", uid()));
+    let dir = base.join("swtpm-template-v1");
+    if dir.join("state/tpm2-00.permall").is_file() {
+        return dir;
+    }
+    std::fs::create_dir_all(&base).expect("create testkit dir");
+    let lock = File::create(base.join("swtpm-template.lock")).expect("lock file");
+    lock.lock().expect("lock template");
+    if !dir.join("state/tpm2-00.permall").is_file() {
+        let staging = tempfile::Builder::new().prefix("staging-").tempdir_in(&base).expect("staging");
+        let script = crate::repo_root().join("deploy/dev/provision-swtpm.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg(staging.path().join("state"))
+            .arg(staging.path().join("ca"))
+            .output()
+            .expect("run provision-swtpm.sh");
+        assert!(
+            out.status.success(),
+            "provision-swtpm.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let staged = staging.keep();
+        std::fs::rename(&staged, &dir).expect("publish template");
+    }
+    dir
+}
+
+fn uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(std::env::temp_dir()).map(|m| m.uid()).unwrap_or(0)
+        ^ std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(0)
+}
