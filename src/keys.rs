@@ -87,13 +87,19 @@ pub fn run(cmd: KeysCommand) -> Result<(), CustodyError> {
         KeysCommand::Show { key, purpose } => (key, purpose, false),
     };
     let uri: KeyUri = args.key.parse()?;
-    let options = OpenOptions { allow_software_keys: args.allow_software_keys };
+    let options = OpenOptions {
+        allow_software_keys: args.allow_software_keys,
+    };
     let key = if generate {
         writ_hsm::generate_key(&uri, &options)?
     } else {
         writ_hsm::open_key(&uri, &options)?
     };
-    let out = if args.json { render_json(&key, purpose, generate)? } else { render_text(&key, purpose, generate)? };
+    let out = if args.json {
+        render_json(&key, purpose, generate)?
+    } else {
+        render_text(&key, purpose, generate)?
+    };
     print!("{out}");
     Ok(())
 }
@@ -102,10 +108,17 @@ fn public_pem(key: &Arc<dyn CustodyKey>) -> Result<String, CustodyError> {
     key.public_key()
         .verifying_key()
         .to_public_key_pem(p256::pkcs8::LineEnding::LF)
-        .map_err(|e| CustodyError::UnsupportedKey { key: key.uri().to_string(), reason: e.to_string() })
+        .map_err(|e| CustodyError::UnsupportedKey {
+            key: key.uri().to_string(),
+            reason: e.to_string(),
+        })
 }
 
-fn render_text(key: &Arc<dyn CustodyKey>, purpose: Option<Purpose>, generated: bool) -> Result<String, CustodyError> {
+fn render_text(
+    key: &Arc<dyn CustodyKey>,
+    purpose: Option<Purpose>,
+    generated: bool,
+) -> Result<String, CustodyError> {
     let jwk = EcJwk::from_verifying_key(key.public_key().verifying_key());
     let mut s = String::new();
     let _ = writeln!(s, "{}", if generated { "generated key" } else { "key" });
@@ -117,10 +130,22 @@ fn render_text(key: &Arc<dyn CustodyKey>, purpose: Option<Purpose>, generated: b
         s,
         "  backend:    {} ({})",
         key.backend(),
-        if key.hardware_backed() { "hardware-backed" } else { "SOFTWARE, tests only" }
+        if key.hardware_backed() {
+            "hardware-backed"
+        } else {
+            "SOFTWARE, tests only"
+        }
     );
-    let _ = writeln!(s, "  algorithm:  {} (ECDSA P-256 with SHA-256)", key.algorithm().jws_name());
-    let _ = writeln!(s, "  kid:        {} (RFC 7638 thumbprint)", jwk.thumbprint());
+    let _ = writeln!(
+        s,
+        "  algorithm:  {} (ECDSA P-256 with SHA-256)",
+        key.algorithm().jws_name()
+    );
+    let _ = writeln!(
+        s,
+        "  kid:        {} (RFC 7638 thumbprint)",
+        jwk.thumbprint()
+    );
     let _ = writeln!(s, "  attributes:");
     for f in key.facts() {
         let _ = writeln!(s, "    {} = {}", f.name, f.value);
@@ -132,10 +157,22 @@ fn render_text(key: &Arc<dyn CustodyKey>, purpose: Option<Purpose>, generated: b
     Ok(s)
 }
 
-fn render_json(key: &Arc<dyn CustodyKey>, purpose: Option<Purpose>, generated: bool) -> Result<String, CustodyError> {
+fn render_json(
+    key: &Arc<dyn CustodyKey>,
+    purpose: Option<Purpose>,
+    generated: bool,
+) -> Result<String, CustodyError> {
     let jwk = EcJwk::from_verifying_key(key.public_key().verifying_key());
-    let facts: serde_json::Map<String, serde_json::Value> =
-        key.facts().iter().map(|f| (f.name.to_string(), serde_json::Value::String(f.value.clone()))).collect();
+    let facts: serde_json::Map<String, serde_json::Value> = key
+        .facts()
+        .iter()
+        .map(|f| {
+            (
+                f.name.to_string(),
+                serde_json::Value::String(f.value.clone()),
+            )
+        })
+        .collect();
     let v = serde_json::json!({
         "generated": generated,
         "uri": key.uri(),

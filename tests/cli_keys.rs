@@ -1,6 +1,11 @@
 //! `writ keys generate` and `writ keys show` as a user runs them: separate processes against a real
 //! SoftHSM2 token and a real swtpm, so persistence is across processes.
-#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::process::{Command, Output};
 
@@ -16,7 +21,11 @@ fn writ(args: &[&str], softhsm: Option<&SoftHsm>) -> Output {
 }
 
 fn json(out: &Output) -> serde_json::Value {
-    assert!(out.status.success(), "writ failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "writ failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("JSON output")
 }
 
@@ -24,29 +33,62 @@ fn json(out: &Output) -> serde_json::Value {
 fn pkcs11_generate_then_show_in_another_process() {
     let hsm = SoftHsm::new();
     let uri = hsm.key_uri("issuer");
-    let generated = json(&writ(&["keys", "generate", "--key", &uri, "--purpose", "issuer", "--json"], Some(&hsm)));
+    let generated = json(&writ(
+        &[
+            "keys",
+            "generate",
+            "--key",
+            &uri,
+            "--purpose",
+            "issuer",
+            "--json",
+        ],
+        Some(&hsm),
+    ));
     assert_eq!(generated["backend"], "pkcs11");
     assert_eq!(generated["hardware_backed"], true);
     assert_eq!(generated["jwk"]["use"], "issuer");
     assert_eq!(generated["attributes"]["CKA_EXTRACTABLE"], "false");
     assert_eq!(generated["attributes"]["CKA_SENSITIVE"], "true");
-    let shown = json(&writ(&["keys", "show", "--key", &uri, "--json"], Some(&hsm)));
+    let shown = json(&writ(
+        &["keys", "show", "--key", &uri, "--json"],
+        Some(&hsm),
+    ));
     assert_eq!(shown["kid"], generated["kid"]);
     assert_eq!(shown["public_key_pem"], generated["public_key_pem"]);
     // Text output names the same things for a person.
     let text = writ(&["keys", "show", "--key", &uri], Some(&hsm));
     let text = String::from_utf8(text.stdout).unwrap();
-    assert!(text.contains("BEGIN PUBLIC KEY") && text.contains("hardware-backed") && text.contains("CKA_SENSITIVE = true"), "{text}");
+    assert!(
+        text.contains("BEGIN PUBLIC KEY")
+            && text.contains("hardware-backed")
+            && text.contains("CKA_SENSITIVE = true"),
+        "{text}"
+    );
 }
 
 #[test]
 fn tpm_generate_then_show_in_another_process() {
     let tpm = Swtpm::start();
     let uri = format!("tpm:handle=0x81000101?tcti={}", tpm.tcti());
-    let generated = json(&writ(&["keys", "generate", "--key", &uri, "--purpose", "checkpoint", "--json"], None));
+    let generated = json(&writ(
+        &[
+            "keys",
+            "generate",
+            "--key",
+            &uri,
+            "--purpose",
+            "checkpoint",
+            "--json",
+        ],
+        None,
+    ));
     assert_eq!(generated["backend"], "tpm");
     assert_eq!(generated["attributes"]["fixedTPM"], "true");
-    assert!(generated["jwk"].get("use").is_none(), "checkpoint keys are not published as JWKs");
+    assert!(
+        generated["jwk"].get("use").is_none(),
+        "checkpoint keys are not published as JWKs"
+    );
     tpm.reboot();
     let shown = json(&writ(&["keys", "show", "--key", &uri, "--json"], None));
     assert_eq!(shown["kid"], generated["kid"]);
@@ -56,8 +98,22 @@ fn tpm_generate_then_show_in_another_process() {
 fn generate_never_overwrites() {
     let hsm = SoftHsm::new();
     let uri = hsm.key_uri("ca");
-    json(&writ(&["keys", "generate", "--key", &uri, "--purpose", "ca", "--json"], Some(&hsm)));
-    let again = writ(&["keys", "generate", "--key", &uri, "--purpose", "ca"], Some(&hsm));
+    json(&writ(
+        &[
+            "keys",
+            "generate",
+            "--key",
+            &uri,
+            "--purpose",
+            "ca",
+            "--json",
+        ],
+        Some(&hsm),
+    ));
+    let again = writ(
+        &["keys", "generate", "--key", &uri, "--purpose", "ca"],
+        Some(&hsm),
+    );
     assert_eq!(again.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
 }
@@ -79,14 +135,19 @@ fn wrong_pin_exits_2_without_showing_the_pin() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("wrong PIN"), "{stderr}");
-    assert!(!stderr.contains("31337999") && !String::from_utf8_lossy(&out.stdout).contains("31337999"));
+    assert!(
+        !stderr.contains("31337999") && !String::from_utf8_lossy(&out.stdout).contains("31337999")
+    );
 }
 
 #[test]
 fn software_keys_are_refused_without_the_flag() {
     let dir = tempfile::tempdir().unwrap();
     let uri = format!("soft:path={}", dir.path().join("k").display());
-    let out = writ(&["keys", "generate", "--key", &uri, "--purpose", "issuer"], None);
+    let out = writ(
+        &["keys", "generate", "--key", &uri, "--purpose", "issuer"],
+        None,
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("software keys refused"));
     assert!(!dir.path().join("k").exists());
@@ -94,7 +155,15 @@ fn software_keys_are_refused_without_the_flag() {
 
 #[test]
 fn pin_in_the_uri_is_refused() {
-    let out = writ(&["keys", "show", "--key", "pkcs11:token=t;object=o?pin-value=1234"], None);
+    let out = writ(
+        &[
+            "keys",
+            "show",
+            "--key",
+            "pkcs11:token=t;object=o?pin-value=1234",
+        ],
+        None,
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("pin-value is refused"));
 }

@@ -1,7 +1,7 @@
 //! P-256 public keys as JSON Web Keys (RFC 7517/7518) and their RFC 7638 thumbprints.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use p256::ecdsa::VerifyingKey;
 use sha2::{Digest, Sha256};
 
@@ -117,7 +117,13 @@ mod tests {
     fn refuses_other_curves_types_and_points_off_the_curve() {
         assert!(EcJwk::from_members("RSA", "P-256", RFC9449_X, RFC9449_Y).is_err());
         assert!(EcJwk::from_members("EC", "P-384", RFC9449_X, RFC9449_Y).is_err());
-        assert!(EcJwk::from_members("EC", "P-256", RFC9449_X, RFC9449_X).is_err(), "off the curve");
-        assert!(EcJwk::from_members("EC", "P-256", "AAAA", RFC9449_Y).is_err(), "short x");
+        assert!(
+            EcJwk::from_members("EC", "P-256", RFC9449_X, RFC9449_X).is_err(),
+            "off the curve"
+        );
+        assert!(
+            EcJwk::from_members("EC", "P-256", "AAAA", RFC9449_Y).is_err(),
+            "short x"
+        );
     }
 }

@@ -18,7 +18,9 @@ pub enum CustodyError {
     ModuleUnavailable { path: PathBuf, reason: String },
 
     /// No PKCS#11 module path was given in the URI (`module-path`) or `WRIT_PKCS11_MODULE`.
-    #[error("no PKCS#11 module configured: set module-path in the pkcs11: URI or WRIT_PKCS11_MODULE")]
+    #[error(
+        "no PKCS#11 module configured: set module-path in the pkcs11: URI or WRIT_PKCS11_MODULE"
+    )]
     ModuleNotConfigured,
 
     /// No slot holds a token with the requested label.
@@ -71,7 +73,11 @@ pub enum CustodyError {
 
     /// The TPM kept answering RETRY / YIELDED / TESTING past the retry bound.
     #[error("TPM {op} still busy after {attempts} attempts ({reason})")]
-    TpmBusy { op: &'static str, attempts: u32, reason: String },
+    TpmBusy {
+        op: &'static str,
+        attempts: u32,
+        reason: String,
+    },
 
     /// The device returned a signature that does not parse or does not verify under the key's
     /// public key. Nothing is returned to the caller in that case.
@@ -84,7 +90,11 @@ pub enum CustodyError {
 
     /// A local file (event log, key file) could not be read or written.
     #[error("{what} {path}: {reason}")]
-    File { what: &'static str, path: PathBuf, reason: String },
+    File {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
 
     /// Input handed to the attester operations is malformed (bad nonce size, empty selection, ...).
     #[error("invalid input: {0}")]
@@ -93,10 +103,16 @@ pub enum CustodyError {
 
 impl CustodyError {
     pub(crate) fn tpm(op: &'static str, e: tss_esapi::Error) -> Self {
-        CustodyError::Tpm { op, reason: e.to_string() }
+        CustodyError::Tpm {
+            op,
+            reason: e.to_string(),
+        }
     }
 
     pub(crate) fn pkcs11(op: &'static str, e: cryptoki::error::Error) -> Self {
-        CustodyError::Pkcs11 { op, reason: e.to_string() }
+        CustodyError::Pkcs11 {
+            op,
+            reason: e.to_string(),
+        }
     }
 }

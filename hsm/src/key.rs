@@ -101,7 +101,10 @@ pub struct KeyFact {
 
 impl KeyFact {
     pub(crate) fn new(name: &'static str, value: impl fmt::Display) -> Self {
-        KeyFact { name, value: value.to_string() }
+        KeyFact {
+            name,
+            value: value.to_string(),
+        }
     }
 }
 
@@ -114,7 +117,9 @@ pub struct PublicKey {
 
 impl fmt::Debug for PublicKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PublicKey").field("spki_der", &hex::encode(&self.spki_der)).finish()
+        f.debug_struct("PublicKey")
+            .field("spki_der", &hex::encode(&self.spki_der))
+            .finish()
     }
 }
 
@@ -143,7 +148,10 @@ impl PublicKey {
             .to_public_key_der()
             .map_err(|e| format!("SPKI encoding failed: {e}"))?
             .into_vec();
-        Ok(PublicKey { verifying_key, spki_der })
+        Ok(PublicKey {
+            verifying_key,
+            spki_der,
+        })
     }
 
     /// The SubjectPublicKeyInfo, DER.
@@ -198,7 +206,8 @@ mod tests {
     fn signatures_are_normalised_to_low_s() {
         // s = n - 1 is high-S; its low-S form is 1.
         let n_minus_1 =
-            hex::decode("ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632550").unwrap();
+            hex::decode("ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632550")
+                .unwrap();
         let sig = signature_from_scalars(&[5], &n_minus_1).unwrap();
         let bytes = sig.to_bytes();
         assert_eq!(bytes[63], 1);

@@ -42,7 +42,10 @@ impl SignatureAlgorithmIdentifier for CustodySigner {
     type Params = AnyRef<'static>;
 
     const SIGNATURE_ALGORITHM_IDENTIFIER: AlgorithmIdentifier<AnyRef<'static>> =
-        AlgorithmIdentifier { oid: ecdsa::ECDSA_SHA256_OID, parameters: None };
+        AlgorithmIdentifier {
+            oid: ecdsa::ECDSA_SHA256_OID,
+            parameters: None,
+        };
 }
 
 impl Signer<Signature> for CustodySigner {

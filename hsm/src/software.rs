@@ -10,9 +10,9 @@ use p256::ecdsa::{Signature, SigningKey};
 use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use zeroize::Zeroizing;
 
+use crate::CustodyError;
 use crate::key::{Algorithm, Backend, CustodyKey, KeyFact, PublicKey};
 use crate::uri::SoftUri;
-use crate::CustodyError;
 
 /// A key in process memory. Not hardware-backed.
 pub struct SoftwareKey {
@@ -25,7 +25,9 @@ pub struct SoftwareKey {
 impl std::fmt::Debug for SoftwareKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the private scalar.
-        f.debug_struct("SoftwareKey").field("uri", &self.uri).finish_non_exhaustive()
+        f.debug_struct("SoftwareKey")
+            .field("uri", &self.uri)
+            .finish_non_exhaustive()
     }
 }
 
@@ -35,13 +37,19 @@ impl SoftwareKey {
     /// Opens an existing key file.
     pub fn open(uri: &SoftUri) -> Result<Self, CustodyError> {
         use std::io::Read;
-        let file_err = |reason: String| CustodyError::File { what: "software key", path: uri.path.clone(), reason };
+        let file_err = |reason: String| CustodyError::File {
+            what: "software key",
+            path: uri.path.clone(),
+            reason,
+        };
         let file = std::fs::File::open(&uri.path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => CustodyError::KeyNotFound(uri.to_string()),
             _ => file_err(e.to_string()),
         })?;
         let mut der = Zeroizing::new(Vec::new());
-        file.take(MAX_KEY_FILE).read_to_end(&mut der).map_err(|e| file_err(e.to_string()))?;
+        file.take(MAX_KEY_FILE)
+            .read_to_end(&mut der)
+            .map_err(|e| file_err(e.to_string()))?;
         let signing_key = SigningKey::from_pkcs8_der(&der)
             .map_err(|_| file_err("not a PKCS#8 P-256 private key".into()))?;
         Self::from_signing_key(uri, signing_key)
@@ -49,7 +57,11 @@ impl SoftwareKey {
 
     /// Creates a new key file; refuses to overwrite one.
     pub fn generate(uri: &SoftUri) -> Result<Self, CustodyError> {
-        let file_err = |reason: String| CustodyError::File { what: "software key", path: uri.path.clone(), reason };
+        let file_err = |reason: String| CustodyError::File {
+            what: "software key",
+            path: uri.path.clone(),
+            reason,
+        };
         let signing_key = random_key()?;
         let der = signing_key
             .to_pkcs8_der()
@@ -63,7 +75,8 @@ impl SoftwareKey {
                 std::io::ErrorKind::AlreadyExists => CustodyError::KeyExists(uri.to_string()),
                 _ => file_err(e.to_string()),
             })?;
-        file.write_all(der.as_bytes()).map_err(|e| file_err(e.to_string()))?;
+        file.write_all(der.as_bytes())
+            .map_err(|e| file_err(e.to_string()))?;
         file.sync_all().map_err(|e| file_err(e.to_string()))?;
         Self::from_signing_key(uri, signing_key)
     }
@@ -74,13 +87,21 @@ impl SoftwareKey {
             "SOFTWARE KEY IN USE: the private key is in process memory and a file, not in a TPM or HSM. \
              Tests only; never use this for a real deployment."
         );
-        let public = PublicKey::from_verifying_key(*signing_key.verifying_key())
-            .map_err(|reason| CustodyError::UnsupportedKey { key: uri.to_string(), reason })?;
+        let public =
+            PublicKey::from_verifying_key(*signing_key.verifying_key()).map_err(|reason| {
+                CustodyError::UnsupportedKey {
+                    key: uri.to_string(),
+                    reason,
+                }
+            })?;
         Ok(SoftwareKey {
             uri: uri.to_string(),
             signing_key,
             public,
-            facts: vec![KeyFact::new("storage", "process memory and a 0600 PKCS#8 file (tests only)")],
+            facts: vec![KeyFact::new(
+                "storage",
+                "process memory and a 0600 PKCS#8 file (tests only)",
+            )],
         })
     }
 }
@@ -96,7 +117,9 @@ fn random_key() -> Result<SigningKey, CustodyError> {
             return Ok(k);
         }
     }
-    Err(CustodyError::SoftwareKeysRefused("could not draw a valid P-256 scalar".into()))
+    Err(CustodyError::SoftwareKeysRefused(
+        "could not draw a valid P-256 scalar".into(),
+    ))
 }
 
 impl CustodyKey for SoftwareKey {

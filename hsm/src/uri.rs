@@ -87,7 +87,9 @@ impl SecretSource {
     fn parse(value: &str) -> Result<Self, CustodyError> {
         if let Some(var) = value.strip_prefix("env:") {
             if var.is_empty() {
-                return Err(CustodyError::InvalidUri("env: secret source names no variable".into()));
+                return Err(CustodyError::InvalidUri(
+                    "env: secret source names no variable".into(),
+                ));
             }
             return Ok(SecretSource::Env(var.to_string()));
         }
@@ -184,7 +186,9 @@ impl Pkcs11Uri {
                 }
             };
             if slot.replace(value).is_some() {
-                return Err(CustodyError::InvalidUri(format!("pkcs11: attribute {k:?} repeated")));
+                return Err(CustodyError::InvalidUri(format!(
+                    "pkcs11: attribute {k:?} repeated"
+                )));
             }
         }
         let mut module_path = None;
@@ -212,16 +216,24 @@ impl Pkcs11Uri {
                 }
             }
         }
-        let token = utf8(token.ok_or_else(|| {
-            CustodyError::InvalidUri("pkcs11: token= is required".into())
-        })?)?;
-        let object = utf8(object.ok_or_else(|| {
-            CustodyError::InvalidUri("pkcs11: object= is required".into())
-        })?)?;
+        let token = utf8(
+            token.ok_or_else(|| CustodyError::InvalidUri("pkcs11: token= is required".into()))?,
+        )?;
+        let object = utf8(
+            object.ok_or_else(|| CustodyError::InvalidUri("pkcs11: object= is required".into()))?,
+        )?;
         if token.is_empty() || object.is_empty() {
-            return Err(CustodyError::InvalidUri("pkcs11: token and object must not be empty".into()));
+            return Err(CustodyError::InvalidUri(
+                "pkcs11: token and object must not be empty".into(),
+            ));
         }
-        Ok(Pkcs11Uri { token, object, id, module_path, pin_source })
+        Ok(Pkcs11Uri {
+            token,
+            object,
+            id,
+            module_path,
+            pin_source,
+        })
     }
 
     /// The module to load: `module-path`, else `WRIT_PKCS11_MODULE`.
@@ -237,13 +249,20 @@ impl Pkcs11Uri {
 
     /// Where the PIN comes from: `pin-source`, else `WRIT_PKCS11_PIN`.
     pub fn pin_source(&self) -> SecretSource {
-        self.pin_source.clone().unwrap_or_else(|| SecretSource::Env(ENV_PKCS11_PIN.to_string()))
+        self.pin_source
+            .clone()
+            .unwrap_or_else(|| SecretSource::Env(ENV_PKCS11_PIN.to_string()))
     }
 }
 
 impl fmt::Display for Pkcs11Uri {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "pkcs11:token={};object={}", percent_encode(self.token.as_bytes()), percent_encode(self.object.as_bytes()))?;
+        write!(
+            f,
+            "pkcs11:token={};object={}",
+            percent_encode(self.token.as_bytes()),
+            percent_encode(self.object.as_bytes())
+        )?;
         if let Some(id) = &self.id {
             write!(f, ";id=")?;
             for b in id {
@@ -252,11 +271,19 @@ impl fmt::Display for Pkcs11Uri {
         }
         let mut sep = '?';
         if let Some(m) = &self.module_path {
-            write!(f, "{sep}module-path={}", percent_encode(m.to_string_lossy().as_bytes()))?;
+            write!(
+                f,
+                "{sep}module-path={}",
+                percent_encode(m.to_string_lossy().as_bytes())
+            )?;
             sep = '&';
         }
         if let Some(p) = &self.pin_source {
-            write!(f, "{sep}pin-source={}", percent_encode(p.to_string().as_bytes()))?;
+            write!(
+                f,
+                "{sep}pin-source={}",
+                percent_encode(p.to_string().as_bytes())
+            )?;
         }
         Ok(())
     }
@@ -284,9 +311,14 @@ impl TpmUri {
         for attr in path.split(';').filter(|a| !a.is_empty()) {
             match attr.split_once('=') {
                 Some(("handle", v)) => {
-                    let digits = v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")).ok_or_else(
-                        || CustodyError::InvalidUri("tpm: handle must be hex, e.g. 0x81000101".into()),
-                    )?;
+                    let digits = v
+                        .strip_prefix("0x")
+                        .or_else(|| v.strip_prefix("0X"))
+                        .ok_or_else(|| {
+                            CustodyError::InvalidUri(
+                                "tpm: handle must be hex, e.g. 0x81000101".into(),
+                            )
+                        })?;
                     let h = u32::from_str_radix(digits, 16).map_err(|_| {
                         CustodyError::InvalidUri(format!("tpm: handle {v:?} is not a hex number"))
                     })?;
@@ -329,7 +361,11 @@ impl TpmUri {
         }
         let handle =
             handle.ok_or_else(|| CustodyError::InvalidUri("tpm: handle= is required".into()))?;
-        Ok(TpmUri { handle, tcti, auth_source })
+        Ok(TpmUri {
+            handle,
+            tcti,
+            auth_source,
+        })
     }
 
     /// The TCTI to open: from the URI, else `TPM2TOOLS_TCTI`, `TCTI`, else the kernel's resource
@@ -379,10 +415,12 @@ pub struct SoftUri {
 impl SoftUri {
     fn parse(rest: &str) -> Result<Self, CustodyError> {
         match rest.split_once('=') {
-            Some(("path", p)) if p.starts_with('/') => {
-                Ok(SoftUri { path: PathBuf::from(utf8(percent_decode(p)?)?) })
-            }
-            _ => Err(CustodyError::InvalidUri("soft: expected soft:path=/ABSOLUTE/PATH".into())),
+            Some(("path", p)) if p.starts_with('/') => Ok(SoftUri {
+                path: PathBuf::from(utf8(percent_decode(p)?)?),
+            }),
+            _ => Err(CustodyError::InvalidUri(
+                "soft: expected soft:path=/ABSOLUTE/PATH".into(),
+            )),
         }
     }
 }
@@ -406,7 +444,11 @@ fn percent_decode(s: &str) -> Result<Vec<u8>, CustodyError> {
             let lo = bytes.next().and_then(hex_val);
             match (hi, lo) {
                 (Some(h), Some(l)) => out.push(h << 4 | l),
-                _ => return Err(CustodyError::InvalidUri(format!("bad percent-encoding in {s:?}"))),
+                _ => {
+                    return Err(CustodyError::InvalidUri(format!(
+                        "bad percent-encoding in {s:?}"
+                    )));
+                }
             }
         } else {
             out.push(b);
@@ -455,7 +497,10 @@ mod tests {
         assert_eq!(u.token, "writ dev");
         assert_eq!(u.object, "issuer");
         assert_eq!(u.id, Some(vec![1, 0xff]));
-        assert_eq!(u.module_path, Some(PathBuf::from("/usr/lib/softhsm/libsofthsm2.so")));
+        assert_eq!(
+            u.module_path,
+            Some(PathBuf::from("/usr/lib/softhsm/libsofthsm2.so"))
+        );
         assert_eq!(u.pin_source, Some(SecretSource::File("/run/pin".into())));
         // Display round-trips.
         assert_eq!(pkcs11(&u.to_string()), u);
@@ -471,13 +516,22 @@ mod tests {
             pkcs11("pkcs11:token=t;object=o?pin-source=env:X").pin_source(),
             SecretSource::Env("X".into())
         );
-        assert_eq!(pkcs11("pkcs11:token=t;object=o").pin_source(), SecretSource::Env(ENV_PKCS11_PIN.into()));
-        assert!("pkcs11:token=t;object=o?pin-source=relative".parse::<KeyUri>().is_err());
+        assert_eq!(
+            pkcs11("pkcs11:token=t;object=o").pin_source(),
+            SecretSource::Env(ENV_PKCS11_PIN.into())
+        );
+        assert!(
+            "pkcs11:token=t;object=o?pin-source=relative"
+                .parse::<KeyUri>()
+                .is_err()
+        );
     }
 
     #[test]
     fn pkcs11_pin_value_is_refused() {
-        let e = "pkcs11:token=t;object=o?pin-value=1234".parse::<KeyUri>().unwrap_err();
+        let e = "pkcs11:token=t;object=o?pin-value=1234"
+            .parse::<KeyUri>()
+            .unwrap_err();
         assert!(e.to_string().contains("pin-value is refused"), "{e}");
         assert!(!e.to_string().contains("1234"));
     }
@@ -486,7 +540,11 @@ mod tests {
     fn pkcs11_requires_token_and_object_and_refuses_unknown() {
         assert!("pkcs11:object=o".parse::<KeyUri>().is_err());
         assert!("pkcs11:token=t".parse::<KeyUri>().is_err());
-        assert!("pkcs11:token=t;object=o;serial=1".parse::<KeyUri>().is_err());
+        assert!(
+            "pkcs11:token=t;object=o;serial=1"
+                .parse::<KeyUri>()
+                .is_err()
+        );
         assert!("pkcs11:token=t;token=u;object=o".parse::<KeyUri>().is_err());
         assert!("pkcs11:token=t;object=o;id=%zz".parse::<KeyUri>().is_err());
     }
@@ -503,7 +561,10 @@ mod tests {
         assert_eq!(u.handle, 0x8100_0101);
         assert_eq!(u.tcti.as_deref(), Some("swtpm:host=127.0.0.1,port=2321"));
         assert_eq!(u.auth_source, Some(SecretSource::Env("A".into())));
-        assert_eq!(u.to_string(), "tpm:handle=0x81000101?tcti=swtpm:host=127.0.0.1,port=2321&auth-source=env:A");
+        assert_eq!(
+            u.to_string(),
+            "tpm:handle=0x81000101?tcti=swtpm:host=127.0.0.1,port=2321&auth-source=env:A"
+        );
     }
 
     #[test]
@@ -511,7 +572,11 @@ mod tests {
         assert!("tpm:handle=0x80000001".parse::<KeyUri>().is_err());
         assert!("tpm:handle=81000001".parse::<KeyUri>().is_err());
         assert!("tpm:".parse::<KeyUri>().is_err());
-        assert!("tpm:handle=0x81000001?auth-value=x".parse::<KeyUri>().is_err());
+        assert!(
+            "tpm:handle=0x81000001?auth-value=x"
+                .parse::<KeyUri>()
+                .is_err()
+        );
     }
 
     #[test]
@@ -525,10 +590,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("pin");
         std::fs::write(&p, "1234\n").unwrap();
-        assert_eq!(SecretSource::File(p.clone()).read().unwrap().as_str(), "1234");
+        assert_eq!(
+            SecretSource::File(p.clone()).read().unwrap().as_str(),
+            "1234"
+        );
         std::fs::write(&p, vec![b'1'; 2000]).unwrap();
         assert!(SecretSource::File(p).read().is_err());
-        let missing = SecretSource::File(dir.path().join("none")).read().unwrap_err();
+        let missing = SecretSource::File(dir.path().join("none"))
+            .read()
+            .unwrap_err();
         assert!(matches!(missing, CustodyError::SecretSource { .. }));
     }
 }

@@ -1,7 +1,12 @@
 //! The attester's TPM operations against a real swtpm. The checks here use independent oracles
 //! (tss-esapi's own parsers, p256, tpm2-tools' software MakeCredential), not writ's verifier,
 //! which is the `attestation` crate's business.
-#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::process::Command;
 
@@ -10,8 +15,10 @@ use p256::ecdsa::signature::hazmat::PrehashVerifier;
 use sha2::{Digest, Sha256};
 use tss_esapi::structures::{Attest, AttestInfo, Public, Signature as TpmSignature};
 use tss_esapi::traits::UnMarshall;
-use writ_hsm::tpm::attester::{read_event_log, Attester, EkKind, KeyBlob, PcrSelection, SignedAttest};
 use writ_hsm::CustodyError;
+use writ_hsm::tpm::attester::{
+    Attester, EkKind, KeyBlob, PcrSelection, SignedAttest, read_event_log,
+};
 use writ_testkit::Swtpm;
 
 fn verifying_key(blob: &KeyBlob) -> p256::ecdsa::VerifyingKey {
@@ -35,17 +42,23 @@ fn pad(v: &[u8]) -> [u8; 32] {
 /// Parses and signature-checks a TPMS_ATTEST with the AK's public key.
 fn check_signed(ak: &KeyBlob, signed: &SignedAttest) -> Attest {
     let sig = match TpmSignature::unmarshall(&signed.signature).unwrap() {
-        TpmSignature::EcDsa(s) => {
-            p256::ecdsa::Signature::from_scalars(pad(s.signature_r().value()), pad(s.signature_s().value())).unwrap()
-        }
+        TpmSignature::EcDsa(s) => p256::ecdsa::Signature::from_scalars(
+            pad(s.signature_r().value()),
+            pad(s.signature_s().value()),
+        )
+        .unwrap(),
         other => panic!("not ECDSA: {other:?}"),
     };
     let vk = verifying_key(ak);
-    vk.verify(&signed.attest, &sig).expect("AK signature over TPMS_ATTEST verifies");
+    vk.verify(&signed.attest, &sig)
+        .expect("AK signature over TPMS_ATTEST verifies");
     let mut tampered = signed.attest.clone();
     let last = tampered.len() - 1;
     tampered[last] ^= 1;
-    assert!(vk.verify(&tampered, &sig).is_err(), "a changed attestation does not verify");
+    assert!(
+        vk.verify(&tampered, &sig).is_err(),
+        "a changed attestation does not verify"
+    );
     Attest::unmarshall(&signed.attest).unwrap()
 }
 
@@ -54,15 +67,29 @@ fn ek_certificates_are_read_and_match_the_ek() {
     let tpm = Swtpm::start();
     let attester = Attester::open(Some(&tpm.tcti())).unwrap();
     let certs = attester.ek_certificates().unwrap();
-    let rsa = certs.iter().find(|c| c.kind == EkKind::Rsa2048).expect("RSA EK certificate");
+    let rsa = certs
+        .iter()
+        .find(|c| c.kind == EkKind::Rsa2048)
+        .expect("RSA EK certificate");
     assert_eq!(rsa.nv_index, 0x01c0_0002);
-    assert!(certs.iter().any(|c| c.kind == EkKind::EccP384), "swtpm provisions a P-384 EK cert too");
+    assert!(
+        certs.iter().any(|c| c.kind == EkKind::EccP384),
+        "swtpm provisions a P-384 EK cert too"
+    );
     // The NV content is the certificate written at provisioning.
-    assert_eq!(rsa.der, std::fs::read(tpm.ek_cert_file("ek-rsa2048.crt")).unwrap());
+    assert_eq!(
+        rsa.der,
+        std::fs::read(tpm.ek_cert_file("ek-rsa2048.crt")).unwrap()
+    );
     // And it certifies the EK that the default template produces.
     use x509_cert::der::Decode;
     let cert = x509_cert::Certificate::from_der(&rsa.der).unwrap();
-    let spki_bits = cert.tbs_certificate().subject_public_key_info().subject_public_key.raw_bytes().to_vec();
+    let spki_bits = cert
+        .tbs_certificate()
+        .subject_public_key_info()
+        .subject_public_key
+        .raw_bytes()
+        .to_vec();
     let ek = match Public::unmarshall(&attester.ek_public().unwrap()).unwrap() {
         Public::Rsa { unique, .. } => unique.value().to_vec(),
         other => panic!("EK not RSA: {other:?}"),
@@ -80,7 +107,9 @@ fn quote_verifies_and_covers_the_pcrs_and_nonce() {
     let ak_blob = attester.create_ak().unwrap();
     let ak = attester.load_ak(&ak_blob).unwrap();
     let selection: PcrSelection = "sha256:0,1,2,7,16".parse().unwrap();
-    attester.extend_pcr(16, &Sha256::digest(b"writ test measurement").into()).unwrap();
+    attester
+        .extend_pcr(16, &Sha256::digest(b"writ test measurement").into())
+        .unwrap();
     let nonce = [0x42u8; 32];
     let quote = attester.quote(&ak, &nonce, &selection).unwrap();
     let attest = check_signed(&ak_blob, &quote);
@@ -95,7 +124,11 @@ fn quote_verifies_and_covers_the_pcrs_and_nonce() {
     }
     match attest.attested() {
         AttestInfo::Quote { info } => {
-            assert_eq!(info.pcr_digest().value(), h.finalize().as_slice(), "pcrDigest is over the read PCRs");
+            assert_eq!(
+                info.pcr_digest().value(),
+                h.finalize().as_slice(),
+                "pcrDigest is over the read PCRs"
+            );
         }
         other => panic!("not a quote: {other:?}"),
     }
@@ -124,8 +157,14 @@ fn quote_refuses_empty_and_oversized_nonces() {
     let attester = Attester::open(Some(&tpm.tcti())).unwrap();
     let ak = attester.load_ak(&attester.create_ak().unwrap()).unwrap();
     let selection: PcrSelection = "sha256:0".parse().unwrap();
-    assert!(matches!(attester.quote(&ak, b"", &selection), Err(CustodyError::InvalidInput(_))));
-    assert!(matches!(attester.quote(&ak, &[0u8; 65], &selection), Err(CustodyError::InvalidInput(_))));
+    assert!(matches!(
+        attester.quote(&ak, b"", &selection),
+        Err(CustodyError::InvalidInput(_))
+    ));
+    assert!(matches!(
+        attester.quote(&ak, &[0u8; 65], &selection),
+        Err(CustodyError::InvalidInput(_))
+    ));
 }
 
 /// Runs tpm2-tools' software MakeCredential (no TPM) for the EK certificate's key and `name`.
@@ -150,7 +189,11 @@ fn make_credential(tpm: &Swtpm, name: &[u8], secret: &[u8]) -> (Vec<u8>, Vec<u8>
         .arg(dir.path().join("cred"))
         .output()
         .expect("tpm2_makecredential");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // tpm2-tools credential file: magic 0xBADCC0DE, version 1, TPM2B_ID_OBJECT, TPM2B_ENCRYPTED_SECRET.
     let f = std::fs::read(dir.path().join("cred")).unwrap();
     assert_eq!(f[..4], [0xba, 0xdc, 0xc0, 0xde]);
@@ -180,8 +223,19 @@ fn activate_credential_for_another_ak_fails() {
     let other = attester.create_ak().unwrap();
     assert_ne!(ak.name, other.name);
     let (id, enc) = make_credential(&tpm, &other.name, &[1u8; 32]);
-    let err = attester.activate_credential(&ak, &id, &enc).expect_err("credential bound to another AK");
-    assert!(matches!(err, CustodyError::Tpm { op: "ActivateCredential", .. }), "{err}");
+    let err = attester
+        .activate_credential(&ak, &id, &enc)
+        .expect_err("credential bound to another AK");
+    assert!(
+        matches!(
+            err,
+            CustodyError::Tpm {
+                op: "ActivateCredential",
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -191,18 +245,24 @@ fn holder_key_is_certified_by_the_ak_and_signs() {
     let ak_blob = attester.create_ak().unwrap();
     let ak = attester.load_ak(&ak_blob).unwrap();
     let holder_blob = attester.create_holder_key(Some(b"agent secret")).unwrap();
-    let holder = attester.load_holder_key(&holder_blob, Some(b"agent secret")).unwrap();
+    let holder = attester
+        .load_holder_key(&holder_blob, Some(b"agent secret"))
+        .unwrap();
     let nonce = [9u8; 32];
     let cert = attester.certify(&ak, &holder, &nonce).unwrap();
     let attest = check_signed(&ak_blob, &cert);
     assert_eq!(attest.extra_data().value(), &nonce);
     match attest.attested() {
-        AttestInfo::Certify { info } => assert_eq!(info.name().value(), holder_blob.name.as_slice()),
+        AttestInfo::Certify { info } => {
+            assert_eq!(info.name().value(), holder_blob.name.as_slice())
+        }
         other => panic!("not a certification: {other:?}"),
     }
     let digest: [u8; 32] = Sha256::digest(b"dpop proof").into();
     let sig = attester.sign_digest(&holder, &digest).unwrap();
-    verifying_key(&holder_blob).verify_prehash(&digest, &sig).unwrap();
+    verifying_key(&holder_blob)
+        .verify_prehash(&digest, &sig)
+        .unwrap();
 }
 
 #[test]
@@ -211,7 +271,9 @@ fn holder_key_with_wrong_auth_cannot_sign() {
     let attester = Attester::open(Some(&tpm.tcti())).unwrap();
     let blob = attester.create_holder_key(Some(b"right")).unwrap();
     let holder = attester.load_holder_key(&blob, Some(b"wrong")).unwrap();
-    let err = attester.sign_digest(&holder, &[1u8; 32]).expect_err("wrong authValue");
+    let err = attester
+        .sign_digest(&holder, &[1u8; 32])
+        .expect_err("wrong authValue");
     assert!(matches!(err, CustodyError::Tpm { op: "Sign", .. }), "{err}");
 }
 
@@ -219,15 +281,27 @@ fn holder_key_with_wrong_auth_cannot_sign() {
 fn pcr_selection_syntax() {
     let s: PcrSelection = "sha256:7,0,1+sha1:0".parse().unwrap();
     assert_eq!(s.to_string(), "sha256:0,1,7+sha1:0");
-    for bad in ["", "sha256", "sha256:", "md5:0", "sha256:24", "sha256:1,1", "sha256:0+sha256:1"] {
-        assert!(bad.parse::<PcrSelection>().is_err(), "{bad:?} must be refused");
+    for bad in [
+        "",
+        "sha256",
+        "sha256:",
+        "md5:0",
+        "sha256:24",
+        "sha256:1,1",
+        "sha256:0+sha256:1",
+    ] {
+        assert!(
+            bad.parse::<PcrSelection>().is_err(),
+            "{bad:?} must be refused"
+        );
     }
 }
 
 #[test]
 fn event_log_is_read_with_a_bound() {
     let dir = tempfile::tempdir().unwrap();
-    let vectors = writ_testkit::repo_root().join("../shared/vectors/eventlogs/keylime_binary_bios_measurements.bin");
+    let vectors = writ_testkit::repo_root()
+        .join("../shared/vectors/eventlogs/keylime_binary_bios_measurements.bin");
     let path = if vectors.is_file() {
         vectors
     } else {
@@ -235,11 +309,24 @@ fn event_log_is_read_with_a_bound() {
         std::fs::write(&p, b"\x00\x00\x00\x00event log bytes").unwrap();
         p
     };
-    assert_eq!(read_event_log(Some(&path)).unwrap(), std::fs::read(&path).unwrap());
+    assert_eq!(
+        read_event_log(Some(&path)).unwrap(),
+        std::fs::read(&path).unwrap()
+    );
     let missing = read_event_log(Some(&dir.path().join("none"))).expect_err("missing file");
-    assert!(matches!(missing, CustodyError::File { what: "event log", .. }), "{missing}");
+    assert!(
+        matches!(
+            missing,
+            CustodyError::File {
+                what: "event log",
+                ..
+            }
+        ),
+        "{missing}"
+    );
     let big = dir.path().join("big");
     let f = std::fs::File::create(&big).unwrap();
-    f.set_len(writ_hsm::tpm::attester::MAX_EVENT_LOG + 1).unwrap();
+    f.set_len(writ_hsm::tpm::attester::MAX_EVENT_LOG + 1)
+        .unwrap();
     assert!(read_event_log(Some(&big)).is_err(), "oversized log refused");
 }

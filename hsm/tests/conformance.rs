@@ -1,4 +1,9 @@
-#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 //! One conformance suite, run against every custody backend: PKCS#11 on a private SoftHSM2 token,
 //! TPM on a private swtpm, and the software backend. Backend-specific error cases follow each
 //! backend's instantiation of the suite.
@@ -6,13 +11,13 @@
 use std::str::FromStr;
 use std::sync::Arc;
 
-use p256::ecdsa::signature::hazmat::PrehashVerifier;
 use p256::ecdsa::signature::Verifier;
+use p256::ecdsa::signature::hazmat::PrehashVerifier;
 use p256::ecdsa::{DerSignature, Signature};
 use p256::pkcs8::{DecodePublicKey, EncodePublicKey};
 use sha2::{Digest, Sha256};
 use writ_hsm::signer::CustodySigner;
-use writ_hsm::{generate_key, open_key, CustodyError, CustodyKey, KeyUri, OpenOptions};
+use writ_hsm::{CustodyError, CustodyKey, KeyUri, OpenOptions, generate_key, open_key};
 
 /// What a backend's tests need: names for fresh keys, and a way to restart the device.
 struct Fixture<'a> {
@@ -45,24 +50,36 @@ mod suite {
         for i in 0..20u32 {
             let msg = format!("writ conformance message {i}");
             let sig = key.sign(msg.as_bytes()).expect("sign");
-            vk.verify(msg.as_bytes(), &sig).expect("signature verifies over the message");
+            vk.verify(msg.as_bytes(), &sig)
+                .expect("signature verifies over the message");
             assert_eq!(sig.normalize_s(), sig, "custody signatures are low-S");
-            assert!(vk.verify(b"another message", &sig).is_err(), "a signature is bound to its message");
+            assert!(
+                vk.verify(b"another message", &sig).is_err(),
+                "a signature is bound to its message"
+            );
         }
         let digest: [u8; 32] = Sha256::digest(b"prehashed").into();
         let sig = key.sign_digest(&digest).expect("sign digest");
-        vk.verify_prehash(&digest, &sig).expect("digest signature verifies");
-        vk.verify(b"prehashed", &sig).expect("sign_digest(SHA-256(m)) is a signature over m");
+        vk.verify_prehash(&digest, &sig)
+            .expect("digest signature verifies");
+        vk.verify(b"prehashed", &sig)
+            .expect("sign_digest(SHA-256(m)) is a signature over m");
     }
 
     pub fn public_key_round_trip(fx: &Fixture) {
         let key = fx.generate("pub");
         let der = key.public_key().spki_der();
         let parsed = p256::PublicKey::from_public_key_der(der).expect("SPKI DER parses as P-256");
-        assert_eq!(&p256::ecdsa::VerifyingKey::from(parsed), key.public_key().verifying_key());
+        assert_eq!(
+            &p256::ecdsa::VerifyingKey::from(parsed),
+            key.public_key().verifying_key()
+        );
         assert_eq!(parsed.to_public_key_der().expect("encode").as_bytes(), der);
         let pem = parsed.to_public_key_pem(Default::default()).expect("pem");
-        assert_eq!(p256::PublicKey::from_public_key_pem(&pem).expect("pem parses"), parsed);
+        assert_eq!(
+            p256::PublicKey::from_public_key_pem(&pem).expect("pem parses"),
+            parsed
+        );
     }
 
     pub fn persistence_across_reopen(fx: &Fixture) {
@@ -75,9 +92,11 @@ mod suite {
         let again = fx.open("persist").expect("reopen after restart");
         assert_eq!(again.public_key().spki_der(), spki.as_slice());
         let sig = again.sign(b"after reopen").expect("sign after reopen");
-        vk.verify(b"after reopen", &sig).expect("verifies under the original public key");
+        vk.verify(b"after reopen", &sig)
+            .expect("verifies under the original public key");
         // The canonical URI names the same key.
-        let by_uri = open_key(&uri.parse().expect("canonical URI parses"), &fx.options).expect("open by canonical URI");
+        let by_uri = open_key(&uri.parse().expect("canonical URI parses"), &fx.options)
+            .expect("open by canonical URI");
         assert_eq!(by_uri.public_key().spki_der(), spki.as_slice());
     }
 
@@ -91,7 +110,8 @@ mod suite {
                     for i in 0..50 {
                         let msg = format!("thread {t} message {i}");
                         let sig = key.sign(msg.as_bytes()).expect("concurrent sign");
-                        vk.verify(msg.as_bytes(), &sig).expect("concurrent signature verifies");
+                        vk.verify(msg.as_bytes(), &sig)
+                            .expect("concurrent signature verifies");
                     }
                 })
             })
@@ -103,7 +123,7 @@ mod suite {
 
     pub fn x509_builder_signs_with_custody_key(fx: &Fixture) {
         use std::time::Duration;
-        use x509_cert::builder::{profile::cabf::Root, Builder, CertificateBuilder};
+        use x509_cert::builder::{Builder, CertificateBuilder, profile::cabf::Root};
         use x509_cert::der::{Decode, Encode};
         use x509_cert::name::Name;
         use x509_cert::serial_number::SerialNumber;
@@ -121,16 +141,22 @@ mod suite {
             spki,
         )
         .expect("builder");
-        let cert = builder.build::<_, DerSignature>(&signer).expect("certificate signed in custody");
+        let cert = builder
+            .build::<_, DerSignature>(&signer)
+            .expect("certificate signed in custody");
         let tbs = cert.tbs_certificate().to_der().expect("tbs der");
         let sig = DerSignature::from_bytes(cert.signature().raw_bytes()).expect("DER signature");
         let sig = Signature::from_der(sig.as_bytes()).expect("signature");
-        key.public_key().verifying_key().verify(&tbs, &sig).expect("certificate signature verifies");
+        key.public_key()
+            .verifying_key()
+            .verify(&tbs, &sig)
+            .expect("certificate signature verifies");
     }
 
     pub fn generate_refuses_existing_key(fx: &Fixture) {
         let first = fx.generate("exists");
-        let err = generate_key(&fx.key_uri("exists"), &fx.options).expect_err("second generate must fail");
+        let err = generate_key(&fx.key_uri("exists"), &fx.options)
+            .expect_err("second generate must fail");
         assert!(matches!(err, CustodyError::KeyExists(_)), "{err}");
         // And the first key is untouched.
         let again = fx.open("exists").expect("reopen");
@@ -148,33 +174,47 @@ macro_rules! conformance_suite {
     ($with:ident) => {
         #[test]
         fn sign_verify() {
-            $with(module_path!(), "sign_verify", |fx| crate::suite::sign_verify(fx));
-        }
-        #[test]
-        fn public_key_round_trip() {
-            $with(module_path!(), "public_key_round_trip", |fx| crate::suite::public_key_round_trip(fx));
-        }
-        #[test]
-        fn persistence_across_reopen() {
-            $with(module_path!(), "persistence_across_reopen", |fx| crate::suite::persistence_across_reopen(fx));
-        }
-        #[test]
-        fn concurrent_signing() {
-            $with(module_path!(), "concurrent_signing", |fx| crate::suite::concurrent_signing(fx));
-        }
-        #[test]
-        fn x509_builder_signs_with_custody_key() {
-            $with(module_path!(), "x509_builder_signs_with_custody_key", |fx| {
-                crate::suite::x509_builder_signs_with_custody_key(fx)
+            $with(module_path!(), "sign_verify", |fx| {
+                crate::suite::sign_verify(fx)
             });
         }
         #[test]
+        fn public_key_round_trip() {
+            $with(module_path!(), "public_key_round_trip", |fx| {
+                crate::suite::public_key_round_trip(fx)
+            });
+        }
+        #[test]
+        fn persistence_across_reopen() {
+            $with(module_path!(), "persistence_across_reopen", |fx| {
+                crate::suite::persistence_across_reopen(fx)
+            });
+        }
+        #[test]
+        fn concurrent_signing() {
+            $with(module_path!(), "concurrent_signing", |fx| {
+                crate::suite::concurrent_signing(fx)
+            });
+        }
+        #[test]
+        fn x509_builder_signs_with_custody_key() {
+            $with(
+                module_path!(),
+                "x509_builder_signs_with_custody_key",
+                |fx| crate::suite::x509_builder_signs_with_custody_key(fx),
+            );
+        }
+        #[test]
         fn generate_refuses_existing_key() {
-            $with(module_path!(), "generate_refuses_existing_key", |fx| crate::suite::generate_refuses_existing_key(fx));
+            $with(module_path!(), "generate_refuses_existing_key", |fx| {
+                crate::suite::generate_refuses_existing_key(fx)
+            });
         }
         #[test]
         fn missing_key_is_named() {
-            $with(module_path!(), "missing_key_is_named", |fx| crate::suite::missing_key_is_named(fx));
+            $with(module_path!(), "missing_key_is_named", |fx| {
+                crate::suite::missing_key_is_named(fx)
+            });
         }
     };
 }
@@ -184,7 +224,7 @@ mod pkcs11 {
     use cryptoki::mechanism::Mechanism;
     use cryptoki::object::Attribute;
     use cryptoki::session::UserType;
-    use writ_testkit::{isolated, SoftHsm, SOFTHSM2_MODULE};
+    use writ_testkit::{SOFTHSM2_MODULE, SoftHsm, isolated};
 
     fn with(module_path: &str, name: &str, body: impl FnOnce(&Fixture)) {
         isolated(module_path, name, |hsm| {
@@ -216,32 +256,59 @@ mod pkcs11 {
         let session = module.open_rw_session(slot).unwrap();
         let _ = session.login(UserType::User, Some(&hsm.pin().as_str().into()));
         let params = vec![0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
-        let common = [Attribute::Token(true), Attribute::Label(label.into()), Attribute::Id(vec![9, 9])];
+        let common = [
+            Attribute::Token(true),
+            Attribute::Label(label.into()),
+            Attribute::Id(vec![9, 9]),
+        ];
         let mut public = vec![Attribute::Verify(true), Attribute::EcParams(params)];
         public.extend_from_slice(&common);
         let mut private = vec![Attribute::Sign(true)];
         private.extend_from_slice(&common);
         private.extend_from_slice(private_attrs);
-        session.generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private).expect("raw keygen");
+        session
+            .generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)
+            .expect("raw keygen");
     }
 
     #[test]
     fn generated_keys_are_sensitive_non_extractable_and_private() {
-        isolated(module_path!(), "generated_keys_are_sensitive_non_extractable_and_private", |hsm| {
-            let key = generate_key(&hsm.key_uri("attrs").parse().unwrap(), &OpenOptions::default()).unwrap();
-            let fact = |n: &str| key.facts().iter().find(|f| f.name == n).map(|f| f.value.clone());
-            assert_eq!(fact("CKA_SENSITIVE").as_deref(), Some("true"));
-            assert_eq!(fact("CKA_EXTRACTABLE").as_deref(), Some("false"));
-            assert_eq!(fact("CKA_PRIVATE").as_deref(), Some("true"));
-            assert_eq!(fact("CKA_NEVER_EXTRACTABLE").as_deref(), Some("true"));
-            assert_eq!(key.backend(), writ_hsm::Backend::Pkcs11);
-        });
+        isolated(
+            module_path!(),
+            "generated_keys_are_sensitive_non_extractable_and_private",
+            |hsm| {
+                let key = generate_key(
+                    &hsm.key_uri("attrs").parse().unwrap(),
+                    &OpenOptions::default(),
+                )
+                .unwrap();
+                let fact = |n: &str| {
+                    key.facts()
+                        .iter()
+                        .find(|f| f.name == n)
+                        .map(|f| f.value.clone())
+                };
+                assert_eq!(fact("CKA_SENSITIVE").as_deref(), Some("true"));
+                assert_eq!(fact("CKA_EXTRACTABLE").as_deref(), Some("false"));
+                assert_eq!(fact("CKA_PRIVATE").as_deref(), Some("true"));
+                assert_eq!(fact("CKA_NEVER_EXTRACTABLE").as_deref(), Some("true"));
+                assert_eq!(key.backend(), writ_hsm::Backend::Pkcs11);
+            },
+        );
     }
 
     #[test]
     fn extractable_key_is_refused() {
         isolated(module_path!(), "extractable_key_is_refused", |hsm| {
-            raw_key(hsm, "leaky", &[Attribute::Private(true), Attribute::Sensitive(true), Attribute::Extractable(true)]);
+            raw_key(
+                hsm,
+                "leaky",
+                &[
+                    Attribute::Private(true),
+                    Attribute::Sensitive(true),
+                    Attribute::Extractable(true),
+                ],
+            );
             let err = open_err(&hsm.key_uri("leaky"));
             assert!(matches!(err, CustodyError::UnsafeKey { .. }), "{err}");
             assert!(err.to_string().contains("CKA_EXTRACTABLE"), "{err}");
@@ -251,7 +318,15 @@ mod pkcs11 {
     #[test]
     fn non_sensitive_key_is_refused() {
         isolated(module_path!(), "non_sensitive_key_is_refused", |hsm| {
-            raw_key(hsm, "readable", &[Attribute::Private(true), Attribute::Sensitive(false), Attribute::Extractable(false)]);
+            raw_key(
+                hsm,
+                "readable",
+                &[
+                    Attribute::Private(true),
+                    Attribute::Sensitive(false),
+                    Attribute::Extractable(false),
+                ],
+            );
             let err = open_err(&hsm.key_uri("readable"));
             assert!(matches!(err, CustodyError::UnsafeKey { .. }), "{err}");
             assert!(err.to_string().contains("CKA_SENSITIVE"), "{err}");
@@ -261,7 +336,15 @@ mod pkcs11 {
     #[test]
     fn public_object_key_is_refused() {
         isolated(module_path!(), "public_object_key_is_refused", |hsm| {
-            raw_key(hsm, "nologin", &[Attribute::Private(false), Attribute::Sensitive(true), Attribute::Extractable(false)]);
+            raw_key(
+                hsm,
+                "nologin",
+                &[
+                    Attribute::Private(false),
+                    Attribute::Sensitive(true),
+                    Attribute::Extractable(false),
+                ],
+            );
             let err = open_err(&hsm.key_uri("nologin"));
             assert!(err.to_string().contains("CKA_PRIVATE"), "{err}");
         });
@@ -269,9 +352,17 @@ mod pkcs11 {
 
     #[test]
     fn missing_module_is_named() {
-        let err = open_err("pkcs11:token=t;object=o?module-path=/nonexistent/libnothing.so&pin-source=env:X");
-        assert!(matches!(err, CustodyError::ModuleUnavailable { .. }), "{err}");
-        assert!(err.to_string().contains("/nonexistent/libnothing.so"), "{err}");
+        let err = open_err(
+            "pkcs11:token=t;object=o?module-path=/nonexistent/libnothing.so&pin-source=env:X",
+        );
+        assert!(
+            matches!(err, CustodyError::ModuleUnavailable { .. }),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("/nonexistent/libnothing.so"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -294,15 +385,19 @@ mod pkcs11 {
 
     #[test]
     fn missing_token_is_named_with_the_tokens_present() {
-        isolated(module_path!(), "missing_token_is_named_with_the_tokens_present", |hsm| {
-            let uri = format!(
-                "pkcs11:token=no-such-token;object=o?module-path={SOFTHSM2_MODULE}&pin-source=file:{}",
-                hsm.pin_file().display()
-            );
-            let err = open_err(&uri);
-            assert!(matches!(err, CustodyError::TokenNotFound { .. }), "{err}");
-            assert!(err.to_string().contains(hsm.label()), "{err}");
-        });
+        isolated(
+            module_path!(),
+            "missing_token_is_named_with_the_tokens_present",
+            |hsm| {
+                let uri = format!(
+                    "pkcs11:token=no-such-token;object=o?module-path={SOFTHSM2_MODULE}&pin-source=file:{}",
+                    hsm.pin_file().display()
+                );
+                let err = open_err(&uri);
+                assert!(matches!(err, CustodyError::TokenNotFound { .. }), "{err}");
+                assert!(err.to_string().contains(hsm.label()), "{err}");
+            },
+        );
     }
 
     #[test]
@@ -322,7 +417,11 @@ mod pkcs11 {
     fn key_on_another_token_is_not_found() {
         isolated(module_path!(), "key_on_another_token_is_not_found", |hsm| {
             hsm.add_token("second");
-            generate_key(&hsm.key_uri("only-here").parse().unwrap(), &OpenOptions::default()).unwrap();
+            generate_key(
+                &hsm.key_uri("only-here").parse().unwrap(),
+                &OpenOptions::default(),
+            )
+            .unwrap();
             let other = hsm.key_uri("only-here").replace(hsm.label(), "second");
             let err = open_err(&other);
             assert!(matches!(err, CustodyError::KeyNotFound(_)), "{err}");
@@ -331,48 +430,75 @@ mod pkcs11 {
 
     #[test]
     fn stale_sessions_after_logout_are_reopened() {
-        isolated(module_path!(), "stale_sessions_after_logout_are_reopened", |hsm| {
-            let key = writ_hsm::pkcs11::Pkcs11Key::generate(match &hsm.key_uri("stale").parse().unwrap() {
-                KeyUri::Pkcs11(u) => u,
-                _ => unreachable!(),
-            })
-            .unwrap();
-            key.sign(b"before").unwrap();
-            // Log the whole application out from another session: every pooled session now answers
-            // CKR_USER_NOT_LOGGED_IN.
-            let module = writ_hsm::pkcs11::load_module(SOFTHSM2_MODULE.as_ref()).unwrap();
-            let slot = module.get_slots_with_token().unwrap().into_iter().find(|s| {
-                module.get_token_info(*s).unwrap().label().trim_end() == hsm.label()
-            }).unwrap();
-            let other = module.open_ro_session(slot).unwrap();
-            other.logout().expect("logout");
-            let before = key.pool_stats().stale_recoveries;
-            let sig = key.sign(b"after logout").expect("sign recovers by logging in again");
-            key.public_key().verifying_key().verify(b"after logout", &sig).unwrap();
-            assert_eq!(key.pool_stats().stale_recoveries, before + 1);
-        });
+        isolated(
+            module_path!(),
+            "stale_sessions_after_logout_are_reopened",
+            |hsm| {
+                let key = writ_hsm::pkcs11::Pkcs11Key::generate(
+                    match &hsm.key_uri("stale").parse().unwrap() {
+                        KeyUri::Pkcs11(u) => u,
+                        _ => unreachable!(),
+                    },
+                )
+                .unwrap();
+                key.sign(b"before").unwrap();
+                // Log the whole application out from another session: every pooled session now answers
+                // CKR_USER_NOT_LOGGED_IN.
+                let module = writ_hsm::pkcs11::load_module(SOFTHSM2_MODULE.as_ref()).unwrap();
+                let slot = module
+                    .get_slots_with_token()
+                    .unwrap()
+                    .into_iter()
+                    .find(|s| module.get_token_info(*s).unwrap().label().trim_end() == hsm.label())
+                    .unwrap();
+                let other = module.open_ro_session(slot).unwrap();
+                other.logout().expect("logout");
+                let before = key.pool_stats().stale_recoveries;
+                let sig = key
+                    .sign(b"after logout")
+                    .expect("sign recovers by logging in again");
+                key.public_key()
+                    .verifying_key()
+                    .verify(b"after logout", &sig)
+                    .unwrap();
+                assert_eq!(key.pool_stats().stale_recoveries, before + 1);
+            },
+        );
     }
 
     #[test]
     fn stale_sessions_after_module_reinitialisation_are_reopened() {
-        isolated(module_path!(), "stale_sessions_after_module_reinitialisation_are_reopened", |hsm| {
-            let key = writ_hsm::pkcs11::Pkcs11Key::generate(match &hsm.key_uri("reinit").parse().unwrap() {
-                KeyUri::Pkcs11(u) => u,
-                _ => unreachable!(),
-            })
-            .unwrap();
-            key.sign(b"before").unwrap();
-            // C_Finalize + C_Initialize: every session handle the pool holds is now invalid, as after
-            // an HSM client restart.
-            let module = writ_hsm::pkcs11::load_module(SOFTHSM2_MODULE.as_ref()).unwrap();
-            module.clone().finalize().expect("finalize");
-            module
-                .initialize(cryptoki::context::CInitializeArgs::new(cryptoki::context::CInitializeFlags::OS_LOCKING_OK))
-                .expect("initialize again");
-            let sig = key.sign(b"after reinit").expect("sign recovers with a fresh session");
-            key.public_key().verifying_key().verify(b"after reinit", &sig).unwrap();
-            assert_eq!(key.pool_stats().stale_recoveries, 1);
-        });
+        isolated(
+            module_path!(),
+            "stale_sessions_after_module_reinitialisation_are_reopened",
+            |hsm| {
+                let key = writ_hsm::pkcs11::Pkcs11Key::generate(
+                    match &hsm.key_uri("reinit").parse().unwrap() {
+                        KeyUri::Pkcs11(u) => u,
+                        _ => unreachable!(),
+                    },
+                )
+                .unwrap();
+                key.sign(b"before").unwrap();
+                // C_Finalize + C_Initialize: every session handle the pool holds is now invalid, as after
+                // an HSM client restart.
+                let module = writ_hsm::pkcs11::load_module(SOFTHSM2_MODULE.as_ref()).unwrap();
+                module.clone().finalize().expect("finalize");
+                module
+                    .initialize(cryptoki::context::CInitializeArgs::new(
+                        cryptoki::context::CInitializeFlags::OS_LOCKING_OK,
+                    ))
+                    .expect("initialize again");
+                let sig = key
+                    .sign(b"after reinit")
+                    .expect("sign recovers with a fresh session");
+                key.public_key()
+                    .verifying_key()
+                    .verify(b"after reinit", &sig)
+                    .unwrap();
+                assert_eq!(key.pool_stats().stale_recoveries, 1);
+            },
+        );
     }
 }
 
@@ -386,10 +512,13 @@ mod tpm {
         let names = std::cell::RefCell::new(std::collections::HashMap::<String, u32>::new());
         let fx = Fixture {
             uri: Box::new(|name| {
-                let h = *names.borrow_mut().entry(name.to_string()).or_insert_with(|| {
-                    handle.set(handle.get() + 1);
-                    handle.get()
-                });
+                let h = *names
+                    .borrow_mut()
+                    .entry(name.to_string())
+                    .or_insert_with(|| {
+                        handle.set(handle.get() + 1);
+                        handle.get()
+                    });
                 format!("tpm:handle={h:#010x}?tcti={}", tpm.tcti())
             }),
             restart: Box::new(|| tpm.reboot()),
@@ -402,7 +531,9 @@ mod tpm {
     conformance_suite!(with);
 
     fn uri(tpm_tcti: &str, handle: u32) -> KeyUri {
-        format!("tpm:handle={handle:#010x}?tcti={tpm_tcti}").parse().unwrap()
+        format!("tpm:handle={handle:#010x}?tcti={tpm_tcti}")
+            .parse()
+            .unwrap()
     }
 
     #[test]
@@ -411,8 +542,11 @@ mod tpm {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let err = open_key(&uri(&format!("swtpm:host=127.0.0.1,port={port}"), 0x8100_0001), &OpenOptions::default())
-            .expect_err("no TPM there");
+        let err = open_key(
+            &uri(&format!("swtpm:host=127.0.0.1,port={port}"), 0x8100_0001),
+            &OpenOptions::default(),
+        )
+        .expect_err("no TPM there");
         assert!(matches!(err, CustodyError::TpmUnavailable { .. }), "{err}");
     }
 
@@ -423,7 +557,14 @@ mod tpm {
         let vk = *key.public_key().verifying_key();
         drop(key);
         // TPM2_Sign (0x15D) answered with TPM_RC_RETRY (0x922) three times, then forwarded.
-        let proxy = FaultProxy::start(&tpm, Fault { command_code: 0x15D, rc: 0x922, count: 3 });
+        let proxy = FaultProxy::start(
+            &tpm,
+            Fault {
+                command_code: 0x15D,
+                rc: 0x922,
+                count: 3,
+            },
+        );
         let key = open_key(&uri(&proxy.tcti(), 0x8100_0002), &OpenOptions::default()).unwrap();
         let sig = key.sign(b"through the proxy").expect("retried to success");
         vk.verify(b"through the proxy", &sig).unwrap();
@@ -436,14 +577,28 @@ mod tpm {
         let key = generate_key(&uri(&tpm.tcti(), 0x8100_0003), &OpenOptions::default()).unwrap();
         drop(key);
         // TPM_RC_YIELDED (0x908) forever for TPM2_Sign: the open-time self-test must give up.
-        let proxy = FaultProxy::start(&tpm, Fault { command_code: 0x15D, rc: 0x908, count: u32::MAX });
+        let proxy = FaultProxy::start(
+            &tpm,
+            Fault {
+                command_code: 0x15D,
+                rc: 0x908,
+                count: u32::MAX,
+            },
+        );
         let started = std::time::Instant::now();
-        let err = open_key(&uri(&proxy.tcti(), 0x8100_0003), &OpenOptions::default()).expect_err("busy TPM");
+        let err = open_key(&uri(&proxy.tcti(), 0x8100_0003), &OpenOptions::default())
+            .expect_err("busy TPM");
         assert!(matches!(err, CustodyError::TpmBusy { .. }), "{err}");
-        assert!(started.elapsed() < std::time::Duration::from_secs(10), "the bound is bounded in time");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "the bound is bounded in time"
+        );
         let sent = proxy.injected();
         assert!(sent >= writ_hsm::tpm::MAX_ATTEMPTS, "retried: {sent}");
-        assert!(sent <= writ_hsm::tpm::MAX_ATTEMPTS * 10, "but not forever: {sent}");
+        assert!(
+            sent <= writ_hsm::tpm::MAX_ATTEMPTS * 10,
+            "but not forever: {sent}"
+        );
     }
 
     #[test]
@@ -452,12 +607,22 @@ mod tpm {
         let dir = tempfile::tempdir().unwrap();
         let auth = dir.path().join("auth");
         std::fs::write(&auth, "correct horse").unwrap();
-        let with_auth: KeyUri =
-            format!("tpm:handle=0x81000004?tcti={}&auth-source=file:{}", tpm.tcti(), auth.display()).parse().unwrap();
+        let with_auth: KeyUri = format!(
+            "tpm:handle=0x81000004?tcti={}&auth-source=file:{}",
+            tpm.tcti(),
+            auth.display()
+        )
+        .parse()
+        .unwrap();
         let key = generate_key(&with_auth, &OpenOptions::default()).unwrap();
-        assert!(key.facts().iter().any(|f| f.name == "authValue" && f.value == "set"));
+        assert!(
+            key.facts()
+                .iter()
+                .any(|f| f.name == "authValue" && f.value == "set")
+        );
         drop(key);
-        let err = open_key(&uri(&tpm.tcti(), 0x8100_0004), &OpenOptions::default()).expect_err("no auth");
+        let err =
+            open_key(&uri(&tpm.tcti(), 0x8100_0004), &OpenOptions::default()).expect_err("no auth");
         assert!(matches!(err, CustodyError::Tpm { op: "Sign", .. }), "{err}");
         open_key(&with_auth, &OpenOptions::default()).expect("right auth opens");
     }
@@ -473,7 +638,8 @@ mod tpm {
         attester.persist(&loaded, 0x8100_0005).unwrap();
         drop(loaded);
         drop(attester);
-        let err = open_key(&uri(&tpm.tcti(), 0x8100_0005), &OpenOptions::default()).expect_err("AK refused");
+        let err = open_key(&uri(&tpm.tcti(), 0x8100_0005), &OpenOptions::default())
+            .expect_err("AK refused");
         assert!(matches!(err, CustodyError::UnsupportedKey { .. }), "{err}");
         assert!(err.to_string().contains("restricted"), "{err}");
     }
@@ -488,7 +654,9 @@ mod software {
         let fx = Fixture {
             uri: Box::new(|name| format!("soft:path={}", dir.path().join(name).display())),
             restart: Box::new(|| {}),
-            options: OpenOptions { allow_software_keys: true },
+            options: OpenOptions {
+                allow_software_keys: true,
+            },
             hardware: false,
         };
         body(&fx);
@@ -499,8 +667,11 @@ mod software {
     #[test]
     fn software_keys_need_the_run_time_flag() {
         let dir = tempfile::tempdir().unwrap();
-        let uri: KeyUri = format!("soft:path={}", dir.path().join("k").display()).parse().unwrap();
-        let err = generate_key(&uri, &OpenOptions::default()).expect_err("refused without the flag");
+        let uri: KeyUri = format!("soft:path={}", dir.path().join("k").display())
+            .parse()
+            .unwrap();
+        let err =
+            generate_key(&uri, &OpenOptions::default()).expect_err("refused without the flag");
         assert!(matches!(err, CustodyError::SoftwareKeysRefused(_)), "{err}");
         assert!(!dir.path().join("k").exists(), "nothing was written");
     }
@@ -508,13 +679,56 @@ mod software {
     #[test]
     fn debug_output_has_no_private_key() {
         let dir = tempfile::tempdir().unwrap();
-        let uri: KeyUri = format!("soft:path={}", dir.path().join("k").display()).parse().unwrap();
-        let key = generate_key(&uri, &OpenOptions { allow_software_keys: true }).unwrap();
+        let uri: KeyUri = format!("soft:path={}", dir.path().join("k").display())
+            .parse()
+            .unwrap();
+        let key = generate_key(
+            &uri,
+            &OpenOptions {
+                allow_software_keys: true,
+            },
+        )
+        .unwrap();
         use p256::pkcs8::DecodePrivateKey;
         let der = std::fs::read(dir.path().join("k")).unwrap();
-        let scalar = p256::ecdsa::SigningKey::from_pkcs8_der(&der).unwrap().to_bytes();
+        let scalar = p256::ecdsa::SigningKey::from_pkcs8_der(&der)
+            .unwrap()
+            .to_bytes();
         let debug = format!("{key:?}");
         assert!(!debug.contains(&hex::encode(scalar)), "{debug}");
-        assert!(!debug.contains(&format!("{:?}", scalar.as_slice())), "{debug}");
+        assert!(
+            !debug.contains(&format!("{:?}", scalar.as_slice())),
+            "{debug}"
+        );
+    }
+}
+
+mod tpm_session {
+    use super::*;
+    use writ_testkit::Swtpm;
+
+    #[test]
+    fn an_open_key_keeps_signing_across_a_tpm_reboot() {
+        // The key's shared HMAC session dies with the reboot; the next signature must start a new
+        // one rather than fail.
+        // Only keys with an authValue use the shared HMAC session (see ObjectAuth).
+        let tpm = Swtpm::start();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("auth"), "s3cret").unwrap();
+        let uri: KeyUri = format!(
+            "tpm:handle=0x81000010?tcti={}&auth-source=file:{}",
+            tpm.tcti(),
+            dir.path().join("auth").display()
+        )
+        .parse()
+        .unwrap();
+        let key = generate_key(&uri, &OpenOptions::default()).unwrap();
+        key.sign(b"before").unwrap();
+        tpm.reboot();
+        let sig = key.sign(b"after reboot").expect("signs after the reboot");
+        key.public_key()
+            .verifying_key()
+            .verify(b"after reboot", &sig)
+            .unwrap();
     }
 }

@@ -13,14 +13,19 @@
 //! This crate contains no `unsafe` code.
 #![forbid(unsafe_code)]
 // A harness reports broken set-up by panicking: that is how a test fails.
-#![allow(clippy::panic, clippy::expect_used, clippy::unwrap_used, clippy::indexing_slicing)]
+#![allow(
+    clippy::panic,
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::indexing_slicing
+)]
 
 mod proxy;
 mod softhsm;
 mod swtpm;
 
 pub use proxy::{Fault, FaultProxy};
-pub use softhsm::{isolated, SoftHsm, SOFTHSM2_MODULE};
+pub use softhsm::{SOFTHSM2_MODULE, SoftHsm, isolated};
 pub use swtpm::Swtpm;
 
 use std::path::PathBuf;

@@ -8,8 +8,8 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::thread;
 
 use crate::Swtpm;
@@ -72,7 +72,11 @@ impl FaultProxy {
                 }
             });
         }
-        FaultProxy { port, injected, stop }
+        FaultProxy {
+            port,
+            injected,
+            stop,
+        }
     }
 
     /// The TCTI string that goes through the proxy.
@@ -108,14 +112,21 @@ fn read_message(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     Ok(msg)
 }
 
-fn serve_data(mut client: TcpStream, upstream: u16, fault: Fault, injected: &AtomicU32) -> std::io::Result<()> {
+fn serve_data(
+    mut client: TcpStream,
+    upstream: u16,
+    fault: Fault,
+    injected: &AtomicU32,
+) -> std::io::Result<()> {
     let mut tpm = TcpStream::connect(("127.0.0.1", upstream))?;
     loop {
         let command = read_message(&mut client)?;
         let cc = u32::from_be_bytes([command[6], command[7], command[8], command[9]]);
         if cc == fault.command_code
             && injected
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < fault.count).then_some(n + 1))
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                    (n < fault.count).then_some(n + 1)
+                })
                 .is_ok()
         {
             let mut response = vec![0x80, 0x01, 0, 0, 0, 10];

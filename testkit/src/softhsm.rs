@@ -23,7 +23,10 @@ pub struct SoftHsm {
 impl SoftHsm {
     /// Creates a fresh token directory with one token (random label, PINs in files).
     pub fn new() -> SoftHsm {
-        let owned = tempfile::Builder::new().prefix("writ-softhsm-").tempdir().expect("tempdir");
+        let owned = tempfile::Builder::new()
+            .prefix("writ-softhsm-")
+            .tempdir()
+            .expect("tempdir");
         let dir = owned.path().to_path_buf();
         let label = format!("writ-test-{}", crate::random_hex(4));
         std::fs::create_dir(dir.join("tokens")).expect("tokens dir");
@@ -41,7 +44,16 @@ impl SoftHsm {
         std::fs::write(dir.join("so.pin"), &so_pin).expect("write so pin");
         let out = Command::new("softhsm2-util")
             .env("SOFTHSM2_CONF", dir.join("softhsm2.conf"))
-            .args(["--init-token", "--free", "--label", &label, "--so-pin", &so_pin, "--pin", &pin])
+            .args([
+                "--init-token",
+                "--free",
+                "--label",
+                &label,
+                "--so-pin",
+                &so_pin,
+                "--pin",
+                &pin,
+            ])
             .output()
             .expect("run softhsm2-util (is the softhsm2 package installed?)");
         assert!(
@@ -49,7 +61,11 @@ impl SoftHsm {
             "softhsm2-util --init-token failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        SoftHsm { dir, label, _owned: Some(owned) }
+        SoftHsm {
+            dir,
+            label,
+            _owned: Some(owned),
+        }
     }
 
     /// The configuration file to put in `SOFTHSM2_CONF`.
@@ -90,10 +106,23 @@ impl SoftHsm {
     pub fn add_token(&self, label: &str) {
         let out = Command::new("softhsm2-util")
             .env("SOFTHSM2_CONF", self.conf())
-            .args(["--init-token", "--free", "--label", label, "--so-pin", "0000", "--pin", &self.pin()])
+            .args([
+                "--init-token",
+                "--free",
+                "--label",
+                label,
+                "--so-pin",
+                "0000",
+                "--pin",
+                &self.pin(),
+            ])
             .output()
             .expect("run softhsm2-util");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -117,7 +146,11 @@ pub fn isolated(module_path: &str, test: &str, body: impl FnOnce(&SoftHsm)) {
     if std::env::var(ENV_CHILD).as_deref() == Ok(name.as_str()) {
         let dir = PathBuf::from(std::env::var(ENV_DIR).expect("child without token dir"));
         let label = std::env::var(ENV_LABEL).expect("child without token label");
-        let hsm = SoftHsm { dir, label, _owned: None };
+        let hsm = SoftHsm {
+            dir,
+            label,
+            _owned: None,
+        };
         body(&hsm);
         // Proof for the parent that the body ran (a wrong --exact name would run nothing and pass).
         std::fs::write(hsm.dir().join("child-ran"), b"ok").expect("write marker");
@@ -125,15 +158,30 @@ pub fn isolated(module_path: &str, test: &str, body: impl FnOnce(&SoftHsm)) {
     }
     let hsm = SoftHsm::new();
     let exe = std::env::current_exe().expect("current test binary");
-    let status = Command::new(exe)
+    // The child's own libtest summary is kept out of the parent's output unless it failed.
+    let out = Command::new(exe)
         .args([name.as_str(), "--exact", "--nocapture", "--test-threads=1"])
         .env(ENV_CHILD, &name)
         .env(ENV_DIR, hsm.dir())
         .env(ENV_LABEL, hsm.label())
         .env("SOFTHSM2_CONF", hsm.conf())
-        .status()
+        .output()
         .expect("re-run test in a child process");
-    assert!(status.success(), "test {name} failed in its SoftHSM2 child process ({status})");
+    if !out.status.success() {
+        eprintln!(
+            "--- child stdout ---\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        eprintln!(
+            "--- child stderr ---\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(
+        out.status.success(),
+        "test {name} failed in its SoftHSM2 child process ({})",
+        out.status
+    );
     assert!(
         hsm.dir().join("child-ran").is_file(),
         "the child process ran no test named {name}: check the module path given to isolated()"

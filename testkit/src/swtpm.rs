@@ -22,9 +22,15 @@ impl Swtpm {
     /// CA, nothing else), listening on two fresh loopback ports.
     pub fn start() -> Swtpm {
         let template = template_dir();
-        let dir = tempfile::Builder::new().prefix("writ-swtpm-").tempdir().expect("tempdir");
-        std::fs::copy(template.join("state/tpm2-00.permall"), dir.path().join("tpm2-00.permall"))
-            .expect("copy TPM state template");
+        let dir = tempfile::Builder::new()
+            .prefix("writ-swtpm-")
+            .tempdir()
+            .expect("tempdir");
+        std::fs::copy(
+            template.join("state/tpm2-00.permall"),
+            dir.path().join("tpm2-00.permall"),
+        )
+        .expect("copy TPM state template");
         for attempt in 0..10 {
             let port = crate::free_port_pair();
             let mut child = Command::new("swtpm")
@@ -42,7 +48,12 @@ impl Swtpm {
                 .spawn()
                 .expect("spawn swtpm (is the swtpm package installed?)");
             if wait_listening(&mut child, port + 1) {
-                return Swtpm { dir, child, port, template };
+                return Swtpm {
+                    dir,
+                    child,
+                    port,
+                    template,
+                };
             }
             let _ = child.kill();
             let _ = child.wait();
@@ -81,7 +92,9 @@ impl Swtpm {
     pub fn reboot(&self) {
         let ctrl = format!("127.0.0.1:{}", self.port + 1);
         run(Command::new("swtpm_ioctl").args(["--tcp", &ctrl, "-i"]));
-        run(Command::new("tpm2_startup").args(["-c", "-T", &self.tcti()]).env("TSS2_LOG", "all+NONE"));
+        run(Command::new("tpm2_startup")
+            .args(["-c", "-T", &self.tcti()])
+            .env("TSS2_LOG", "all+NONE"));
     }
 }
 
@@ -94,7 +107,11 @@ impl Drop for Swtpm {
 
 fn run(cmd: &mut Command) {
     let out = cmd.output().expect("run tool");
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn wait_listening(child: &mut Child, port: u16) -> bool {
@@ -123,7 +140,10 @@ fn template_dir() -> PathBuf {
     let lock = File::create(base.join("swtpm-template.lock")).expect("lock file");
     lock.lock().expect("lock template");
     if !dir.join("state/tpm2-00.permall").is_file() {
-        let staging = tempfile::Builder::new().prefix("staging-").tempdir_in(&base).expect("staging");
+        let staging = tempfile::Builder::new()
+            .prefix("staging-")
+            .tempdir_in(&base)
+            .expect("staging");
         let script = crate::repo_root().join("deploy/dev/provision-swtpm.sh");
         let out = Command::new("bash")
             .arg(&script)
@@ -144,6 +164,10 @@ fn template_dir() -> PathBuf {
 
 fn uid() -> u32 {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(std::env::temp_dir()).map(|m| m.uid()).unwrap_or(0)
-        ^ std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(0)
+    std::fs::metadata(std::env::temp_dir())
+        .map(|m| m.uid())
+        .unwrap_or(0)
+        ^ std::fs::metadata("/proc/self")
+            .map(|m| m.uid())
+            .unwrap_or(0)
 }

@@ -16,9 +16,9 @@ use cryptoki::types::AuthPin;
 use p256::ecdsa::Signature;
 use p256::ecdsa::signature::hazmat::PrehashVerifier;
 
+use crate::CustodyError;
 use crate::key::{Algorithm, Backend, CustodyKey, KeyFact, PublicKey, signature_from_scalars};
 use crate::uri::Pkcs11Uri;
-use crate::CustodyError;
 
 pub use pool::PoolStats;
 use pool::SessionPool;
@@ -48,9 +48,21 @@ impl Pkcs11Key {
         let (private, public_obj) = find_key_pair(&session, uri, &name)?;
         let facts = check_private_key(&session, private, &name)?;
         let public = read_public_key(&session, public_obj, &name)?;
-        let pool = SessionPool::new(module, slot, pin, uri.token.clone(), key_template(uri), private);
+        let pool = SessionPool::new(
+            module,
+            slot,
+            pin,
+            uri.token.clone(),
+            key_template(uri),
+            private,
+        );
         pool.check_in(session, pool.generation());
-        let key = Pkcs11Key { uri: name, public, facts, pool };
+        let key = Pkcs11Key {
+            uri: name,
+            public,
+            facts,
+            pool,
+        };
         key.self_test()?;
         Ok(key)
     }
@@ -100,7 +112,11 @@ impl Pkcs11Key {
             Attribute::Id(id.clone()),
         ];
         session
-            .generate_key_pair(&Mechanism::EccKeyPairGen, &public_template, &private_template)
+            .generate_key_pair(
+                &Mechanism::EccKeyPairGen,
+                &public_template,
+                &private_template,
+            )
             .map_err(|e| CustodyError::pkcs11("C_GenerateKeyPair", e))?;
         drop(session);
         let mut pinned = uri.clone();
@@ -118,12 +134,13 @@ impl Pkcs11Key {
     fn self_test(&self) -> Result<(), CustodyError> {
         let probe = [0x5au8; 32];
         let sig = self.sign_digest(&probe)?;
-        self.public.verifying_key().verify_prehash(&probe, &sig).map_err(|_| {
-            CustodyError::UnsafeKey {
+        self.public
+            .verifying_key()
+            .verify_prehash(&probe, &sig)
+            .map_err(|_| CustodyError::UnsafeKey {
                 key: self.uri.clone(),
                 reason: "the public key object does not match the private key".into(),
-            }
-        })
+            })
     }
 }
 
@@ -176,8 +193,13 @@ fn modules() -> &'static Mutex<HashMap<PathBuf, Pkcs11>> {
 
 /// Loads and initialises a module, or returns the handle this process already holds for it.
 pub fn load_module(path: &Path) -> Result<Pkcs11, CustodyError> {
-    let unavailable = |reason: String| CustodyError::ModuleUnavailable { path: path.to_path_buf(), reason };
-    let mut map = modules().lock().map_err(|_| unavailable("module registry poisoned".into()))?;
+    let unavailable = |reason: String| CustodyError::ModuleUnavailable {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut map = modules()
+        .lock()
+        .map_err(|_| unavailable("module registry poisoned".into()))?;
     if let Some(m) = map.get(path) {
         return Ok(m.clone());
     }
@@ -213,7 +235,11 @@ fn find_token(module: &Pkcs11, label: &str) -> Result<Slot, CustodyError> {
     }
     Err(CustodyError::TokenNotFound {
         label: label.to_string(),
-        present: if present.is_empty() { "none".into() } else { present.join(", ") },
+        present: if present.is_empty() {
+            "none".into()
+        } else {
+            present.join(", ")
+        },
     })
 }
 
@@ -239,13 +265,17 @@ fn open_session(
 fn login(session: &Session, pin: &AuthPin, token: &str) -> Result<(), CustodyError> {
     match session.login(UserType::User, Some(pin)) {
         Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
-        Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => {
-            Err(CustodyError::WrongPin { label: token.to_string() })
-        }
-        Err(CkError::Pkcs11(rv, _)) => {
-            Err(CustodyError::LoginFailed { label: token.to_string(), reason: rv.to_string() })
-        }
-        Err(e) => Err(CustodyError::LoginFailed { label: token.to_string(), reason: e.to_string() }),
+        Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => Err(CustodyError::WrongPin {
+            label: token.to_string(),
+        }),
+        Err(CkError::Pkcs11(rv, _)) => Err(CustodyError::LoginFailed {
+            label: token.to_string(),
+            reason: rv.to_string(),
+        }),
+        Err(e) => Err(CustodyError::LoginFailed {
+            label: token.to_string(),
+            reason: e.to_string(),
+        }),
     }
 }
 
@@ -351,8 +381,14 @@ fn check_private_key(
             _ => {}
         }
     }
-    let unsafe_key = |reason: &str| CustodyError::UnsafeKey { key: name.to_string(), reason: reason.to_string() };
-    let unsupported = |reason: &str| CustodyError::UnsupportedKey { key: name.to_string(), reason: reason.to_string() };
+    let unsafe_key = |reason: &str| CustodyError::UnsafeKey {
+        key: name.to_string(),
+        reason: reason.to_string(),
+    };
+    let unsupported = |reason: &str| CustodyError::UnsupportedKey {
+        key: name.to_string(),
+        reason: reason.to_string(),
+    };
     if key_type != Some(KeyType::EC) {
         return Err(unsupported("not an EC key (CKA_KEY_TYPE)"));
     }
@@ -361,13 +397,19 @@ fn check_private_key(
     }
     // Unknown (unreadable) counts as unsafe: fail closed.
     if extractable != Some(false) {
-        return Err(unsafe_key("CKA_EXTRACTABLE is true: the private key can leave the token"));
+        return Err(unsafe_key(
+            "CKA_EXTRACTABLE is true: the private key can leave the token",
+        ));
     }
     if sensitive != Some(true) {
-        return Err(unsafe_key("CKA_SENSITIVE is false: the private key value can be read"));
+        return Err(unsafe_key(
+            "CKA_SENSITIVE is false: the private key value can be read",
+        ));
     }
     if private != Some(true) {
-        return Err(unsafe_key("CKA_PRIVATE is false: the key is usable without logging in"));
+        return Err(unsafe_key(
+            "CKA_PRIVATE is false: the key is usable without logging in",
+        ));
     }
     if sign != Some(true) {
         return Err(unsupported("CKA_SIGN is false"));

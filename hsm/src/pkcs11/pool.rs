@@ -92,7 +92,11 @@ impl SessionPool {
             pin,
             token,
             key_template,
-            state: Mutex::new(State { idle: Vec::new(), key, generation: 0 }),
+            state: Mutex::new(State {
+                idle: Vec::new(),
+                key,
+                generation: 0,
+            }),
             sessions_opened: AtomicU64::new(1),
             stale_recoveries: AtomicU64::new(0),
         }

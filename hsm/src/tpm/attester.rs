@@ -17,11 +17,17 @@ use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use tss_esapi::abstraction::{ak, ek, nv, pcr, AsymmetricAlgorithmSelection};
+use tss_esapi::Context;
+use tss_esapi::abstraction::{AsymmetricAlgorithmSelection, ak, ek, nv, pcr};
 use tss_esapi::attributes::{ObjectAttributesBuilder, SessionAttributesBuilder};
 use tss_esapi::constants::SessionType;
-use tss_esapi::handles::{AuthHandle, KeyHandle, NvIndexTpmHandle, ObjectHandle, PcrHandle, PersistentTpmHandle, TpmHandle};
-use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm, SignatureSchemeAlgorithm};
+use tss_esapi::handles::{
+    AuthHandle, KeyHandle, NvIndexTpmHandle, ObjectHandle, PcrHandle, PersistentTpmHandle,
+    TpmHandle,
+};
+use tss_esapi::interface_types::algorithm::{
+    HashingAlgorithm, PublicAlgorithm, SignatureSchemeAlgorithm,
+};
 use tss_esapi::interface_types::dynamic_handles::Persistent;
 use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::interface_types::key_bits::RsaKeyBits;
@@ -33,12 +39,11 @@ use tss_esapi::structures::{
     PublicEccParametersBuilder, SignatureScheme, SymmetricDefinition, SymmetricDefinitionObject,
 };
 use tss_esapi::traits::{Marshall, UnMarshall};
-use tss_esapi::Context;
 use zeroize::Zeroizing;
 
-use super::{retry, TpmDevice};
-use crate::uri::resolve_tcti;
+use super::{ObjectAuth, TpmDevice, retry};
 use crate::CustodyError;
+use crate::uri::resolve_tcti;
 
 /// NV indices of EK certificates (TCG EK Credential Profile 2.0, section 2.2.1.5).
 const EK_CERT_RSA_2048: u32 = 0x01c0_0002;
@@ -87,7 +92,9 @@ pub struct KeyBlob {
 
 impl fmt::Debug for KeyBlob {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KeyBlob").field("name", &hex::encode(&self.name)).finish_non_exhaustive()
+        f.debug_struct("KeyBlob")
+            .field("name", &hex::encode(&self.name))
+            .finish_non_exhaustive()
     }
 }
 
@@ -148,11 +155,15 @@ impl PcrSelection {
         for (bank, pcrs) in &self.banks {
             let slots = pcrs
                 .iter()
-                .map(|i| PcrSlot::try_from(1u32 << i).map_err(|e| CustodyError::tpm("PCR selection", e)))
+                .map(|i| {
+                    PcrSlot::try_from(1u32 << i).map_err(|e| CustodyError::tpm("PCR selection", e))
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             builder = builder.with_selection(bank.hashing_algorithm(), &slots);
         }
-        builder.build().map_err(|e| CustodyError::tpm("PCR selection", e))
+        builder
+            .build()
+            .map_err(|e| CustodyError::tpm("PCR selection", e))
     }
 }
 
@@ -163,7 +174,9 @@ impl FromStr for PcrSelection {
         let bad = |why: &str| CustodyError::InvalidInput(format!("PCR selection {s:?}: {why}"));
         let mut banks: Vec<(PcrBank, Vec<u8>)> = Vec::new();
         for part in s.split('+') {
-            let (alg, list) = part.split_once(':').ok_or_else(|| bad("expected BANK:N,N,..."))?;
+            let (alg, list) = part
+                .split_once(':')
+                .ok_or_else(|| bad("expected BANK:N,N,..."))?;
             let bank = match alg {
                 "sha1" => PcrBank::Sha1,
                 "sha256" => PcrBank::Sha256,
@@ -175,7 +188,10 @@ impl FromStr for PcrSelection {
             }
             let mut pcrs = Vec::new();
             for n in list.split(',') {
-                let i: u8 = n.trim().parse().map_err(|_| bad("PCR index is not a number"))?;
+                let i: u8 = n
+                    .trim()
+                    .parse()
+                    .map_err(|_| bad("PCR index is not a number"))?;
                 if i > 23 {
                     return Err(bad("PCR index above 23"));
                 }
@@ -222,11 +238,14 @@ pub struct PcrValue {
 pub struct LoadedKey {
     device: Arc<TpmDevice>,
     handle: KeyHandle,
+    auth: ObjectAuth,
 }
 
 impl fmt::Debug for LoadedKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LoadedKey").field("tpm", &self.device.tcti()).finish_non_exhaustive()
+        f.debug_struct("LoadedKey")
+            .field("tpm", &self.device.tcti())
+            .finish_non_exhaustive()
     }
 }
 
@@ -249,22 +268,33 @@ pub struct Attester {
 impl Attester {
     /// Opens the TPM behind `tcti`, or behind `TPM2TOOLS_TCTI` / `TCTI` / `/dev/tpmrm0`.
     pub fn open(tcti: Option<&str>) -> Result<Self, CustodyError> {
-        Ok(Attester { device: TpmDevice::open(&resolve_tcti(tcti))? })
+        Ok(Attester {
+            device: TpmDevice::open(&resolve_tcti(tcti))?,
+        })
     }
 
     /// Reads every EK certificate present in NV. Fails if there is none.
     pub fn ek_certificates(&self) -> Result<Vec<EkCertificate>, CustodyError> {
         let mut ctx = self.device.lock()?;
         let mut found = Vec::new();
-        for (kind, index) in
-            [(EkKind::Rsa2048, EK_CERT_RSA_2048), (EkKind::EccP256, EK_CERT_ECC_P256), (EkKind::EccP384, EK_CERT_ECC_P384)]
-        {
+        for (kind, index) in [
+            (EkKind::Rsa2048, EK_CERT_RSA_2048),
+            (EkKind::EccP256, EK_CERT_ECC_P256),
+            (EkKind::EccP384, EK_CERT_ECC_P384),
+        ] {
             if let Some(der) = read_nv(&mut ctx, index)? {
-                found.push(EkCertificate { kind, nv_index: index, der });
+                found.push(EkCertificate {
+                    kind,
+                    nv_index: index,
+                    der,
+                });
             }
         }
         if found.is_empty() {
-            return Err(CustodyError::Tpm { op: "NV_Read", reason: "no EK certificate in NV".into() });
+            return Err(CustodyError::Tpm {
+                op: "NV_Read",
+                reason: "no EK certificate in NV".into(),
+            });
         }
         Ok(found)
     }
@@ -274,9 +304,14 @@ impl Attester {
     pub fn ek_public(&self) -> Result<Vec<u8>, CustodyError> {
         let mut ctx = self.device.lock()?;
         let ek = create_ek(&mut ctx)?;
-        let public = retry("ReadPublic", || ctx.execute_without_session(|c| c.read_public(ek)));
+        let public = retry("ReadPublic", || {
+            ctx.execute_without_session(|c| c.read_public(ek))
+        });
         flush(&mut ctx, ek.into());
-        public?.0.marshall().map_err(|e| CustodyError::tpm("marshal", e))
+        public?
+            .0
+            .marshall()
+            .map_err(|e| CustodyError::tpm("marshal", e))
     }
 
     /// Creates an AK: a restricted ECDSA P-256 / SHA-256 signing key, fixedTPM and fixedParent,
@@ -306,9 +341,16 @@ impl Attester {
         let (public, private) = unblob(ak_blob)?;
         let mut ctx = self.device.lock()?;
         let ek = create_ek(&mut ctx)?;
-        let loaded = retry("Load (AK)", || ak::load_ak(&mut ctx, ek, None, private.clone(), public.clone()));
+        let loaded = retry("Load (AK)", || {
+            ak::load_ak(&mut ctx, ek, None, private.clone(), public.clone())
+        });
         flush(&mut ctx, ek.into());
-        Ok(LoadedKey { device: self.device.clone(), handle: loaded? })
+        // AKs are created with an empty authValue.
+        Ok(LoadedKey {
+            device: self.device.clone(),
+            handle: loaded?,
+            auth: ObjectAuth::Empty,
+        })
     }
 
     /// Answers a MakeCredential challenge for `ak_blob`: decrypts the credential with the EK, which
@@ -329,7 +371,9 @@ impl Attester {
         let mut ctx = self.device.lock()?;
         let ek = create_ek(&mut ctx)?;
         let result = (|| {
-            let ak = retry("Load (AK)", || ak::load_ak(&mut ctx, ek, None, private.clone(), public.clone()))?;
+            let ak = retry("Load (AK)", || {
+                ak::load_ak(&mut ctx, ek, None, private.clone(), public.clone())
+            })?;
             let result = activate(&mut ctx, ak, ek, id_object, secret);
             flush(&mut ctx, ak.into());
             result
@@ -339,13 +383,17 @@ impl Attester {
     }
 
     /// TPM2_Quote by `ak` over `selection`, with `nonce` as qualifyingData.
-    pub fn quote(&self, ak: &LoadedKey, nonce: &[u8], selection: &PcrSelection) -> Result<SignedAttest, CustodyError> {
+    pub fn quote(
+        &self,
+        ak: &LoadedKey,
+        nonce: &[u8],
+        selection: &PcrSelection,
+    ) -> Result<SignedAttest, CustodyError> {
         let data = nonce_data(nonce)?;
         let list = selection.to_tss()?;
         let mut ctx = self.device.lock()?;
-        let (attest, signature) = retry("Quote", || {
-            let (data, list) = (data.clone(), list.clone());
-            ctx.execute_with_nullauth_session(|c| c.quote(ak.handle, data, SignatureScheme::Null, list))
+        let (attest, signature) = ctx.with_session("Quote", ObjectAuth::Empty, |c| {
+            c.quote(ak.handle, data.clone(), SignatureScheme::Null, list.clone())
         })?;
         signed(attest.marshall(), signature.marshall())
     }
@@ -372,7 +420,11 @@ impl Attester {
     }
 
     /// Loads a holder key made by [`create_holder_key`](Self::create_holder_key).
-    pub fn load_holder_key(&self, key: &KeyBlob, auth: Option<&[u8]>) -> Result<LoadedKey, CustodyError> {
+    pub fn load_holder_key(
+        &self,
+        key: &KeyBlob,
+        auth: Option<&[u8]>,
+    ) -> Result<LoadedKey, CustodyError> {
         let (public, private) = unblob(key)?;
         let auth = auth.map(auth_value).transpose()?;
         let mut ctx = self.device.lock()?;
@@ -383,52 +435,83 @@ impl Attester {
         });
         flush(&mut ctx, srk.into());
         let handle = loaded?;
-        let key = LoadedKey { device: self.device.clone(), handle };
+        let key = LoadedKey {
+            device: self.device.clone(),
+            handle,
+            auth: if auth.is_some() {
+                ObjectAuth::Set
+            } else {
+                ObjectAuth::Empty
+            },
+        };
         if let Some(auth) = auth {
-            ctx.tr_set_auth(handle.into(), auth).map_err(|e| CustodyError::tpm("TR_SetAuth", e))?;
+            ctx.tr_set_auth(handle.into(), auth)
+                .map_err(|e| CustodyError::tpm("TR_SetAuth", e))?;
         }
         Ok(key)
     }
 
     /// TPM2_Certify: `ak` attests that `key` is loaded in this TPM, over `nonce`.
-    pub fn certify(&self, ak: &LoadedKey, key: &LoadedKey, nonce: &[u8]) -> Result<SignedAttest, CustodyError> {
+    pub fn certify(
+        &self,
+        ak: &LoadedKey,
+        key: &LoadedKey,
+        nonce: &[u8],
+    ) -> Result<SignedAttest, CustodyError> {
         let data = nonce_data(nonce)?;
         let mut ctx = self.device.lock()?;
         let (attest, signature) = retry("Certify", || {
             let data = data.clone();
-            ctx.execute_with_sessions((Some(AuthSession::Password), Some(AuthSession::Password), None), |c| {
-                c.certify(key.handle.into(), ak.handle, data, SignatureScheme::Null)
-            })
+            ctx.execute_with_sessions(
+                (
+                    Some(AuthSession::Password),
+                    Some(AuthSession::Password),
+                    None,
+                ),
+                |c| c.certify(key.handle.into(), ak.handle, data, SignatureScheme::Null),
+            )
         })?;
         signed(attest.marshall(), signature.marshall())
     }
 
     /// Signs a SHA-256 digest with a loaded holder key (the agent's proof of possession).
-    pub fn sign_digest(&self, key: &LoadedKey, digest: &[u8; 32]) -> Result<p256::ecdsa::Signature, CustodyError> {
+    pub fn sign_digest(
+        &self,
+        key: &LoadedKey,
+        digest: &[u8; 32],
+    ) -> Result<p256::ecdsa::Signature, CustodyError> {
         let digest = Digest::try_from(digest.to_vec()).map_err(|e| CustodyError::tpm("Sign", e))?;
         let ticket = super::key::null_ticket()?;
-        let scheme = SignatureScheme::EcDsa { hash_scheme: HashScheme::new(HashingAlgorithm::Sha256) };
+        let scheme = SignatureScheme::EcDsa {
+            hash_scheme: HashScheme::new(HashingAlgorithm::Sha256),
+        };
         let mut ctx = self.device.lock()?;
-        let sig = retry("Sign", || {
-            let (digest, ticket) = (digest.clone(), ticket.clone());
-            ctx.execute_with_nullauth_session(|c| c.sign(key.handle, digest, scheme, ticket))
+        let sig = ctx.with_session("Sign", key.auth, |c| {
+            c.sign(key.handle, digest.clone(), scheme, ticket.clone())
         })?;
         match sig {
             tss_esapi::structures::Signature::EcDsa(s) => {
                 crate::key::signature_from_scalars(s.signature_r().value(), s.signature_s().value())
             }
-            _ => Err(CustodyError::BadSignature("TPM returned a non-ECDSA signature".into())),
+            _ => Err(CustodyError::BadSignature(
+                "TPM returned a non-ECDSA signature".into(),
+            )),
         }
     }
 
     /// Makes a loaded key persistent at `handle` (owner hierarchy, empty owner auth).
     pub fn persist(&self, key: &LoadedKey, handle: u32) -> Result<(), CustodyError> {
-        let persistent = PersistentTpmHandle::new(handle)
-            .map_err(|_| CustodyError::InvalidInput(format!("{handle:#010x} is not a persistent handle")))?;
+        let persistent = PersistentTpmHandle::new(handle).map_err(|_| {
+            CustodyError::InvalidInput(format!("{handle:#010x} is not a persistent handle"))
+        })?;
         let mut ctx = self.device.lock()?;
         let mut object = retry("EvictControl", || {
             ctx.execute_with_nullauth_session(|c| {
-                c.evict_control(Provision::Owner, key.handle.into(), Persistent::Persistent(persistent))
+                c.evict_control(
+                    Provision::Owner,
+                    key.handle.into(),
+                    Persistent::Persistent(persistent),
+                )
             })
         })?;
         let _ = ctx.tr_close(&mut object);
@@ -444,17 +527,27 @@ impl Attester {
         let data = retry("PCR_Read", || pcr::read_all(&mut ctx, list.clone()))?;
         let mut out = Vec::new();
         for (bank, pcrs) in selection.banks() {
-            let values = data.pcr_bank(bank.hashing_algorithm()).ok_or_else(|| CustodyError::Tpm {
-                op: "PCR_Read",
-                reason: format!("bank {} not returned (not active in this TPM?)", bank.name()),
-            })?;
+            let values =
+                data.pcr_bank(bank.hashing_algorithm())
+                    .ok_or_else(|| CustodyError::Tpm {
+                        op: "PCR_Read",
+                        reason: format!(
+                            "bank {} not returned (not active in this TPM?)",
+                            bank.name()
+                        ),
+                    })?;
             for &index in pcrs {
-                let slot = PcrSlot::try_from(1u32 << index).map_err(|e| CustodyError::tpm("PCR_Read", e))?;
+                let slot = PcrSlot::try_from(1u32 << index)
+                    .map_err(|e| CustodyError::tpm("PCR_Read", e))?;
                 let value = values.get_digest(slot).ok_or_else(|| CustodyError::Tpm {
                     op: "PCR_Read",
                     reason: format!("PCR {}:{index} not returned", bank.name()),
                 })?;
-                out.push(PcrValue { bank: *bank, index, value: value.value().to_vec() });
+                out.push(PcrValue {
+                    bank: *bank,
+                    index,
+                    value: value.value().to_vec(),
+                });
             }
         }
         Ok(out)
@@ -464,11 +557,16 @@ impl Attester {
     pub fn extend_pcr(&self, index: u8, digest: &[u8; 32]) -> Result<(), CustodyError> {
         let handle = pcr_handle(index)?;
         let mut values = DigestValues::new();
-        values.set(HashingAlgorithm::Sha256, Digest::try_from(digest.to_vec()).map_err(|e| CustodyError::tpm("PCR_Extend", e))?);
+        values.set(
+            HashingAlgorithm::Sha256,
+            Digest::try_from(digest.to_vec()).map_err(|e| CustodyError::tpm("PCR_Extend", e))?,
+        );
         let mut ctx = self.device.lock()?;
         retry("PCR_Extend", || {
             let values = values.clone();
-            ctx.execute_with_session(Some(AuthSession::Password), |c| c.pcr_extend(handle, values))
+            ctx.execute_with_session(Some(AuthSession::Password), |c| {
+                c.pcr_extend(handle, values)
+            })
         })
     }
 }
@@ -477,10 +575,16 @@ impl Attester {
 pub fn read_event_log(path: Option<&Path>) -> Result<Vec<u8>, CustodyError> {
     use std::io::Read;
     let path = path.unwrap_or(Path::new(DEFAULT_EVENT_LOG));
-    let err = |reason: String| CustodyError::File { what: "event log", path: path.to_path_buf(), reason };
+    let err = |reason: String| CustodyError::File {
+        what: "event log",
+        path: path.to_path_buf(),
+        reason,
+    };
     let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
     let mut buf = Vec::new();
-    file.take(MAX_EVENT_LOG + 1).read_to_end(&mut buf).map_err(|e| err(e.to_string()))?;
+    file.take(MAX_EVENT_LOG + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| err(e.to_string()))?;
     if buf.len() as u64 > MAX_EVENT_LOG {
         return Err(err(format!("larger than {MAX_EVENT_LOG} bytes")));
     }
@@ -494,13 +598,17 @@ fn pcr_handle(index: u8) -> Result<PcrHandle, CustodyError> {
 
 fn nonce_data(nonce: &[u8]) -> Result<Data, CustodyError> {
     if nonce.is_empty() || nonce.len() > MAX_NONCE {
-        return Err(CustodyError::InvalidInput(format!("nonce must be 1..={MAX_NONCE} bytes")));
+        return Err(CustodyError::InvalidInput(format!(
+            "nonce must be 1..={MAX_NONCE} bytes"
+        )));
     }
-    Data::try_from(nonce.to_vec()).map_err(|_| CustodyError::InvalidInput("nonce too long for this TPM".into()))
+    Data::try_from(nonce.to_vec())
+        .map_err(|_| CustodyError::InvalidInput("nonce too long for this TPM".into()))
 }
 
 fn auth_value(auth: &[u8]) -> Result<Auth, CustodyError> {
-    Auth::try_from(auth.to_vec()).map_err(|_| CustodyError::InvalidInput("authValue too long".into()))
+    Auth::try_from(auth.to_vec())
+        .map_err(|_| CustodyError::InvalidInput("authValue too long".into()))
 }
 
 fn signed(
@@ -515,10 +623,16 @@ fn signed(
 
 fn blob(public: &Public, private: &Private) -> Result<KeyBlob, CustodyError> {
     use sha2::{Digest as _, Sha256};
-    let public = public.marshall().map_err(|e| CustodyError::tpm("marshal", e))?;
+    let public = public
+        .marshall()
+        .map_err(|e| CustodyError::tpm("marshal", e))?;
     let mut name = vec![0x00, 0x0b];
     name.extend_from_slice(&Sha256::digest(&public));
-    Ok(KeyBlob { public, private: private.value().to_vec(), name })
+    Ok(KeyBlob {
+        public,
+        private: private.value().to_vec(),
+        name,
+    })
 }
 
 fn unblob(key: &KeyBlob) -> Result<(Public, Private), CustodyError> {
@@ -537,7 +651,11 @@ fn flush(ctx: &mut Context, handle: ObjectHandle) {
 
 fn create_ek(ctx: &mut Context) -> Result<KeyHandle, CustodyError> {
     retry("CreatePrimary (EK)", || {
-        ek::create_ek_object_2(ctx, AsymmetricAlgorithmSelection::Rsa(RsaKeyBits::Rsa2048), None)
+        ek::create_ek_object_2(
+            ctx,
+            AsymmetricAlgorithmSelection::Rsa(RsaKeyBits::Rsa2048),
+            None,
+        )
     })
 }
 
@@ -570,20 +688,25 @@ fn create_srk(ctx: &mut Context) -> Result<KeyHandle, CustodyError> {
         .map_err(|e| CustodyError::tpm("template", e))?;
     let created = retry("CreatePrimary (SRK)", || {
         let template = template.clone();
-        ctx.execute_with_nullauth_session(|c| c.create_primary(Hierarchy::Owner, template, None, None, None, None))
+        ctx.execute_with_nullauth_session(|c| {
+            c.create_primary(Hierarchy::Owner, template, None, None, None, None)
+        })
     })?;
     Ok(created.key_handle)
 }
 
 fn read_nv(ctx: &mut Context, index: u32) -> Result<Option<Vec<u8>>, CustodyError> {
     let nv_index = NvIndexTpmHandle::new(index).map_err(|e| CustodyError::tpm("NV index", e))?;
-    let object = match ctx.execute_without_session(|c| c.tr_from_tpm_public(TpmHandle::NvIndex(nv_index))) {
-        Ok(o) => o,
-        Err(e) if super::key::is_missing_handle(&e) => return Ok(None),
-        Err(e) => return Err(CustodyError::tpm("TR_FromTPMPublic (NV)", e)),
-    };
+    let object =
+        match ctx.execute_without_session(|c| c.tr_from_tpm_public(TpmHandle::NvIndex(nv_index))) {
+            Ok(o) => o,
+            Err(e) if super::key::is_missing_handle(&e) => return Ok(None),
+            Err(e) => return Err(CustodyError::tpm("TR_FromTPMPublic (NV)", e)),
+        };
     let auth = NvAuth::NvIndex(object.into());
-    let data = retry("NV_Read", || ctx.execute_with_nullauth_session(|c| nv::read_full(c, auth, nv_index)));
+    let data = retry("NV_Read", || {
+        ctx.execute_with_nullauth_session(|c| nv::read_full(c, auth, nv_index))
+    });
     let mut object = object;
     let _ = ctx.tr_close(&mut object);
     data.map(Some)
@@ -599,9 +722,19 @@ fn activate(
     let (attrs, mask) = SessionAttributesBuilder::new().build();
     let start = |ctx: &mut Context, kind| {
         retry("StartAuthSession", || {
-            ctx.start_auth_session(None, None, None, kind, SymmetricDefinition::AES_128_CFB, HashingAlgorithm::Sha256)
+            ctx.start_auth_session(
+                None,
+                None,
+                None,
+                kind,
+                SymmetricDefinition::AES_128_CFB,
+                HashingAlgorithm::Sha256,
+            )
         })?
-        .ok_or_else(|| CustodyError::Tpm { op: "StartAuthSession", reason: "no session returned".into() })
+        .ok_or_else(|| CustodyError::Tpm {
+            op: "StartAuthSession",
+            reason: "no session returned".into(),
+        })
     };
     let hmac = start(ctx, SessionType::Hmac)?;
     let policy = match start(ctx, SessionType::Policy) {
@@ -612,19 +745,30 @@ fn activate(
         }
     };
     let result = (|| {
-        ctx.tr_sess_set_attributes(hmac, attrs, mask).map_err(|e| CustodyError::tpm("TR_SessSetAttributes", e))?;
-        ctx.tr_sess_set_attributes(policy, attrs, mask).map_err(|e| CustodyError::tpm("TR_SessSetAttributes", e))?;
-        let policy_session = PolicySession::try_from(policy).map_err(|e| CustodyError::tpm("PolicySession", e))?;
+        ctx.tr_sess_set_attributes(hmac, attrs, mask)
+            .map_err(|e| CustodyError::tpm("TR_SessSetAttributes", e))?;
+        ctx.tr_sess_set_attributes(policy, attrs, mask)
+            .map_err(|e| CustodyError::tpm("TR_SessSetAttributes", e))?;
+        let policy_session =
+            PolicySession::try_from(policy).map_err(|e| CustodyError::tpm("PolicySession", e))?;
         // The EK's authPolicy is PolicySecret(TPM_RH_ENDORSEMENT): satisfy it in the policy session.
         retry("PolicySecret", || {
             ctx.execute_with_session(Some(hmac), |c| {
-                c.policy_secret(policy_session, AuthHandle::Endorsement, Default::default(), Default::default(), Default::default(), None)
+                c.policy_secret(
+                    policy_session,
+                    AuthHandle::Endorsement,
+                    Default::default(),
+                    Default::default(),
+                    Default::default(),
+                    None,
+                )
             })
         })?;
         let cred = ctx.execute_with_sessions((Some(hmac), Some(policy), None), |c| {
             c.activate_credential(ak, ek, id_object, secret)
         });
-        cred.map(|d| Zeroizing::new(d.value().to_vec())).map_err(|e| CustodyError::tpm("ActivateCredential", e))
+        cred.map(|d| Zeroizing::new(d.value().to_vec()))
+            .map_err(|e| CustodyError::tpm("ActivateCredential", e))
     })();
     flush(ctx, tss_esapi::handles::SessionHandle::from(hmac).into());
     flush(ctx, tss_esapi::handles::SessionHandle::from(policy).into());

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use p256::ecdsa::Signature;
 use tss_esapi::attributes::ObjectAttributes;
-use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK};
 use tss_esapi::constants::response_code::Tss2ResponseCodeKind;
+use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK};
 use tss_esapi::handles::{KeyHandle, ObjectHandle, PersistentTpmHandle, TpmHandle};
 use tss_esapi::interface_types::algorithm::HashingAlgorithm;
 use tss_esapi::interface_types::dynamic_handles::Persistent;
@@ -23,10 +23,10 @@ use tss_esapi::tss2_esys::TPMT_TK_HASHCHECK;
 use tss_esapi::utils::create_unrestricted_signing_ecc_public;
 use zeroize::Zeroizing;
 
-use super::{retry, retry_raw, TpmDevice};
-use crate::key::{signature_from_scalars, Algorithm, Backend, CustodyKey, KeyFact, PublicKey};
-use crate::uri::TpmUri;
+use super::{ObjectAuth, TpmDevice, retry, retry_raw};
 use crate::CustodyError;
+use crate::key::{Algorithm, Backend, CustodyKey, KeyFact, PublicKey, signature_from_scalars};
+use crate::uri::TpmUri;
 
 /// A P-256 signing key persisted in a TPM.
 #[derive(Debug)]
@@ -34,6 +34,7 @@ pub struct TpmKey {
     uri: String,
     device: Arc<TpmDevice>,
     handle: KeyHandle,
+    auth: ObjectAuth,
     public: PublicKey,
     facts: Vec<KeyFact>,
 }
@@ -49,10 +50,14 @@ impl TpmKey {
             let mut ctx = device.lock()?;
             let persistent = persistent_handle(uri.handle)?;
             let object = match retry_raw("TR_FromTPMPublic", || {
-                ctx.execute_without_session(|c| c.tr_from_tpm_public(TpmHandle::Persistent(persistent)))
+                ctx.execute_without_session(|c| {
+                    c.tr_from_tpm_public(TpmHandle::Persistent(persistent))
+                })
             }) {
                 Ok(o) => o,
-                Err((e, _)) if is_missing_handle(&e) => return Err(CustodyError::KeyNotFound(name)),
+                Err((e, _)) if is_missing_handle(&e) => {
+                    return Err(CustodyError::KeyNotFound(name));
+                }
                 Err((e, _)) => return Err(CustodyError::tpm("TR_FromTPMPublic", e)),
             };
             let handle = KeyHandle::from(object);
@@ -66,14 +71,33 @@ impl TpmKey {
                         reason: "authValue longer than the TPM accepts".into(),
                     }
                 })?;
-                ctx.tr_set_auth(object, value).map_err(|e| CustodyError::tpm("TR_SetAuth", e))?;
+                ctx.tr_set_auth(object, value)
+                    .map_err(|e| CustodyError::tpm("TR_SetAuth", e))?;
             }
             (handle, public)
         };
         let (public_key, mut facts) = check_public(&public, &name)?;
-        facts.push(KeyFact::new("persistent handle", format!("{:#010x}", uri.handle)));
-        facts.push(KeyFact::new("authValue", if auth.is_some() { "set" } else { "empty" }));
-        let key = TpmKey { uri: name, device, handle, public: public_key, facts };
+        facts.push(KeyFact::new(
+            "persistent handle",
+            format!("{:#010x}", uri.handle),
+        ));
+        facts.push(KeyFact::new(
+            "authValue",
+            if auth.is_some() { "set" } else { "empty" },
+        ));
+        let auth = if auth.is_some() {
+            ObjectAuth::Set
+        } else {
+            ObjectAuth::Empty
+        };
+        let key = TpmKey {
+            uri: name,
+            device,
+            handle,
+            auth,
+            public: public_key,
+            facts,
+        };
         key.self_test()?;
         Ok(key)
     }
@@ -85,7 +109,9 @@ impl TpmKey {
         let persistent = persistent_handle(uri.handle)?;
         {
             let mut ctx = device.lock()?;
-            match ctx.execute_without_session(|c| c.tr_from_tpm_public(TpmHandle::Persistent(persistent))) {
+            match ctx.execute_without_session(|c| {
+                c.tr_from_tpm_public(TpmHandle::Persistent(persistent))
+            }) {
                 Ok(mut existing) => {
                     let _ = ctx.tr_close(&mut existing);
                     return Err(CustodyError::KeyExists(uri.to_string()));
@@ -113,7 +139,11 @@ impl TpmKey {
             let transient = ObjectHandle::from(created.key_handle);
             let persisted = retry("EvictControl", || {
                 ctx.execute_with_nullauth_session(|c| {
-                    c.evict_control(Provision::Owner, transient, Persistent::Persistent(persistent))
+                    c.evict_control(
+                        Provision::Owner,
+                        transient,
+                        Persistent::Persistent(persistent),
+                    )
                 })
             });
             // The transient copy is no longer needed either way; slots are scarce.
@@ -141,12 +171,13 @@ impl TpmKey {
 impl CustodyKey for TpmKey {
     fn sign_digest(&self, digest: &[u8; 32]) -> Result<Signature, CustodyError> {
         let digest = Digest::try_from(digest.to_vec()).map_err(|e| CustodyError::tpm("Sign", e))?;
-        let scheme = SignatureScheme::EcDsa { hash_scheme: HashScheme::new(HashingAlgorithm::Sha256) };
+        let scheme = SignatureScheme::EcDsa {
+            hash_scheme: HashScheme::new(HashingAlgorithm::Sha256),
+        };
         let ticket = null_ticket()?;
         let mut ctx = self.device.lock()?;
-        let signature = retry("Sign", || {
-            let (digest, ticket) = (digest.clone(), ticket.clone());
-            ctx.execute_with_nullauth_session(|c| c.sign(self.handle, digest, scheme, ticket))
+        let signature = ctx.with_session("Sign", self.auth, |c| {
+            c.sign(self.handle, digest.clone(), scheme, ticket.clone())
         })?;
         drop(ctx);
         match signature {
@@ -208,12 +239,22 @@ fn signing_template() -> Result<Public, CustodyError> {
     )
     .map_err(|e| CustodyError::tpm("template", e))?;
     let mut nonce = [0u8; 32];
-    getrandom::fill(&mut nonce)
-        .map_err(|e| CustodyError::Tpm { op: "template", reason: e.to_string() })?;
+    getrandom::fill(&mut nonce).map_err(|e| CustodyError::Tpm {
+        op: "template",
+        reason: e.to_string(),
+    })?;
     match base {
-        Public::Ecc { object_attributes, name_hashing_algorithm, auth_policy, parameters, .. } => {
-            let x = EccParameter::try_from(nonce.to_vec()).map_err(|e| CustodyError::tpm("template", e))?;
-            let y = EccParameter::try_from(Vec::new()).map_err(|e| CustodyError::tpm("template", e))?;
+        Public::Ecc {
+            object_attributes,
+            name_hashing_algorithm,
+            auth_policy,
+            parameters,
+            ..
+        } => {
+            let x = EccParameter::try_from(nonce.to_vec())
+                .map_err(|e| CustodyError::tpm("template", e))?;
+            let y =
+                EccParameter::try_from(Vec::new()).map_err(|e| CustodyError::tpm("template", e))?;
             Ok(Public::Ecc {
                 object_attributes,
                 name_hashing_algorithm,
@@ -222,7 +263,10 @@ fn signing_template() -> Result<Public, CustodyError> {
                 unique: EccPoint::new(x, y),
             })
         }
-        _ => Err(CustodyError::Tpm { op: "template", reason: "not an ECC template".into() }),
+        _ => Err(CustodyError::Tpm {
+            op: "template",
+            reason: "not an ECC template".into(),
+        }),
     }
 }
 
@@ -238,31 +282,58 @@ pub(crate) fn null_ticket() -> Result<HashcheckTicket, CustodyError> {
 /// Checks the public area of a custody key and returns its public key and the facts that make it
 /// safe.
 fn check_public(public: &Public, name: &str) -> Result<(PublicKey, Vec<KeyFact>), CustodyError> {
-    let unsafe_key = |reason: &str| CustodyError::UnsafeKey { key: name.to_string(), reason: reason.to_string() };
-    let unsupported = |reason: String| CustodyError::UnsupportedKey { key: name.to_string(), reason };
-    let Public::Ecc { object_attributes, parameters, unique, .. } = public else {
+    let unsafe_key = |reason: &str| CustodyError::UnsafeKey {
+        key: name.to_string(),
+        reason: reason.to_string(),
+    };
+    let unsupported = |reason: String| CustodyError::UnsupportedKey {
+        key: name.to_string(),
+        reason,
+    };
+    let Public::Ecc {
+        object_attributes,
+        parameters,
+        unique,
+        ..
+    } = public
+    else {
         return Err(unsupported("not an ECC key".into()));
     };
     let a: ObjectAttributes = *object_attributes;
     if parameters.ecc_curve() != EccCurve::NistP256 {
-        return Err(unsupported(format!("curve {:?}, expected NIST P-256", parameters.ecc_curve())));
+        return Err(unsupported(format!(
+            "curve {:?}, expected NIST P-256",
+            parameters.ecc_curve()
+        )));
     }
     match parameters.ecc_scheme() {
         EccScheme::EcDsa(h) if h.hashing_algorithm() == HashingAlgorithm::Sha256 => {}
         EccScheme::Null => {}
-        other => return Err(unsupported(format!("scheme {other:?}, expected ECDSA-SHA256"))),
+        other => {
+            return Err(unsupported(format!(
+                "scheme {other:?}, expected ECDSA-SHA256"
+            )));
+        }
     }
     if !a.sign_encrypt() || a.decrypt() {
-        return Err(unsupported("not a sign-only key (sign set, decrypt clear)".into()));
+        return Err(unsupported(
+            "not a sign-only key (sign set, decrypt clear)".into(),
+        ));
     }
     if a.restricted() {
-        return Err(unsupported("restricted keys sign only TPM-generated data".into()));
+        return Err(unsupported(
+            "restricted keys sign only TPM-generated data".into(),
+        ));
     }
     if !a.fixed_tpm() || !a.fixed_parent() {
-        return Err(unsafe_key("not fixedTPM/fixedParent: the key can be duplicated out of this TPM"));
+        return Err(unsafe_key(
+            "not fixedTPM/fixedParent: the key can be duplicated out of this TPM",
+        ));
     }
     if !a.sensitive_data_origin() {
-        return Err(unsafe_key("not sensitiveDataOrigin: the private key was imported, not generated in the TPM"));
+        return Err(unsafe_key(
+            "not sensitiveDataOrigin: the private key was imported, not generated in the TPM",
+        ));
     }
     let public_key = PublicKey::from_affine(unique.x().value(), unique.y().value())
         .map_err(|e| unsupported(format!("public point: {e}")))?;

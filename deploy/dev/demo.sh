@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The main job, as far as it is built: bring up the local devices and put writ's keys in them.
+#
+# What this does today (numbered steps below): installs missing packages, builds writ, starts a
+# private SoftHSM2 token and a private swtpm (deploy/dev/stack.sh), generates the appliance's keys by
+# purpose in the token and one in the TPM, and shows what makes each key safe. It runs again on the
+# same machine without clean-up: existing keys are shown, never overwritten.
+#
+# Not built yet (see README): enrollment, attestation, issuance, the decision log, the gateway.
+# When they land, this script grows into the full chain (issue 17).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+cd "$root"
+step=0
+say() { step=$((step + 1)); printf '\n== %d. %s\n' "$step" "$*"; }
+
+say "Installing missing Debian packages (swtpm, softhsm2, tpm2-tools, libtss2-dev)"
+bash "$here/install-deps.sh"
+echo "ok"
+
+say "Building writ"
+cargo build --locked --quiet --bin writ
+writ="${CARGO_TARGET_DIR:-$root/target}/debug/writ"
+echo "$writ"
+
+say "Starting the local devices (private to ${WRIT_DEV_DIR:-$root/.dev})"
+"$here/stack.sh" up
+eval "$("$here/stack.sh" env)"
+export TSS2_LOG=all+NONE
+
+key() { # purpose uri
+  if "$writ" keys show --key "$2" --purpose "$1" >/tmp/writ-demo-key.$$ 2>/dev/null; then
+    echo "(already there: shown, not regenerated)"; cat /tmp/writ-demo-key.$$
+  else
+    "$writ" keys generate --key "$2" --purpose "$1"
+  fi
+  rm -f /tmp/writ-demo-key.$$
+}
+
+pkcs11_uri() { echo "pkcs11:token=$WRIT_DEV_PKCS11_TOKEN;object=$1?module-path=$WRIT_PKCS11_MODULE&pin-source=file:$WRIT_DEV_PKCS11_PIN_FILE"; }
+
+for purpose in issuer ear ca checkpoint; do
+  say "The '$purpose' key in the SoftHSM2 token: sensitive, non-extractable, private"
+  key "$purpose" "$(pkcs11_uri "writ-$purpose")"
+done
+
+say "A key in the TPM (persistent handle 0x81000101): fixedTPM, fixedParent, generated inside"
+key issuer "tpm:handle=0x81000101?tcti=$TPM2TOOLS_TCTI"
+
+say "Done"
+cat <<DONE
+Checked at each step: the key exists in the device, its attributes forbid export, and a probe
+signature made by the device verifies under the public key it reported.
+State lives in ${WRIT_DEV_DIR}. Stop the devices: deploy/dev/stack.sh down.
+Start over from factory-new devices: deploy/dev/stack.sh reset.
+Not built yet: enrollment, attestation, issuance, the decision log and the gateway (see README).
+DONE

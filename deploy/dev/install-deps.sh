@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs the Debian packages writ's build, tests and dev stack need, if any are missing.
+# Idempotent and quiet when everything is present. Needs root (or sudo) only when it installs.
+set -euo pipefail
+packages=(swtpm swtpm-tools tpm2-tools libtss2-dev softhsm2 opensc pkg-config)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+echo "install-deps: installing ${missing[*]}" >&2
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null; then sudo="sudo"; else
+    echo "install-deps: not root and no sudo; run: apt-get install -y ${missing[*]}" >&2; exit 1
+  fi
+fi
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
