@@ -70,7 +70,7 @@ fn pkcs11_generate_then_show_in_another_process() {
 #[test]
 fn tpm_generate_then_show_in_another_process() {
     let tpm = Swtpm::start();
-    let uri = format!("tpm:handle=0x81000101?tcti={}", tpm.tcti());
+    let uri = tpm.key_uri(0x8100_0101);
     let generated = json(&writ(
         &[
             "keys",
@@ -166,4 +166,52 @@ fn pin_in_the_uri_is_refused() {
     );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("pin-value is refused"));
+}
+
+#[test]
+fn tcti_comes_from_the_environment_when_the_uri_has_none() {
+    let tpm = Swtpm::start();
+    let out = Command::new(env!("CARGO_BIN_EXE_writ"))
+        .args([
+            "keys",
+            "generate",
+            "--key",
+            &format!(
+                "tpm:handle=0x81000102?auth-source=file:{}",
+                tpm.auth_file().display()
+            ),
+            "--purpose",
+            "issuer",
+            "--json",
+        ])
+        .env("TPM2TOOLS_TCTI", tpm.tcti())
+        .env("TSS2_LOG", "all+NONE")
+        .output()
+        .unwrap();
+    let v = json(&out);
+    assert_eq!(v["backend"], "tpm");
+    // The same key through an explicit TCTI in the URI.
+    let shown = json(&writ(
+        &["keys", "show", "--key", &tpm.key_uri(0x8100_0102), "--json"],
+        None,
+    ));
+    assert_eq!(shown["kid"], v["kid"]);
+}
+
+#[test]
+fn tpm_key_without_auth_value_is_refused() {
+    let tpm = Swtpm::start();
+    let out = writ(
+        &[
+            "keys",
+            "generate",
+            "--key",
+            &format!("tpm:handle=0x81000103?tcti={}", tpm.tcti()),
+            "--purpose",
+            "ca",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no authValue configured"));
 }

@@ -94,9 +94,7 @@ fn main() {
     row("writ PKCS#11 (sign, 256-byte message)", m1, f64::NAN);
 
     let tpm = Swtpm::start();
-    let tpm_uri: KeyUri = format!("tpm:handle=0x81000101?tcti={}", tpm.tcti())
-        .parse()
-        .unwrap();
+    let tpm_uri: KeyUri = tpm.key_uri(0x8100_0101).parse().unwrap();
     let tpm_key = writ_hsm::generate_key(&tpm_uri, &OpenOptions::default()).unwrap();
     let t1 = throughput(1, window, || {
         tpm_key.sign_digest(&digest).unwrap();
@@ -104,7 +102,11 @@ fn main() {
     let t2 = throughput(2, window, || {
         tpm_key.sign_digest(&digest).unwrap();
     });
-    row("writ TPM on swtpm (sign_digest)", t1, t2);
+    row(
+        "writ TPM on swtpm (sign_digest, salted HMAC session)",
+        t1,
+        t2,
+    );
 
     let soft_dir = tempfile::tempdir().unwrap();
     let soft_uri: KeyUri = format!("soft:path={}", soft_dir.path().join("k").display())

@@ -29,13 +29,14 @@ say "Starting the local devices (private to ${WRIT_DEV_DIR:-$root/.dev})"
 eval "$("$here/stack.sh" env)"
 export TSS2_LOG=all+NONE
 
+shown=$(mktemp)
+trap 'rm -f "$shown"' EXIT
 key() { # purpose uri
-  if "$writ" keys show --key "$2" --purpose "$1" >/tmp/writ-demo-key.$$ 2>/dev/null; then
-    echo "(already there: shown, not regenerated)"; cat /tmp/writ-demo-key.$$
+  if "$writ" keys show --key "$2" --purpose "$1" >"$shown" 2>/dev/null; then
+    echo "(already there: shown, not regenerated)"; cat "$shown"
   else
     "$writ" keys generate --key "$2" --purpose "$1"
   fi
-  rm -f /tmp/writ-demo-key.$$
 }
 
 pkcs11_uri() { echo "pkcs11:token=$WRIT_DEV_PKCS11_TOKEN;object=$1?module-path=$WRIT_PKCS11_MODULE&pin-source=file:$WRIT_DEV_PKCS11_PIN_FILE"; }
@@ -45,12 +46,13 @@ for purpose in issuer ear ca checkpoint; do
   key "$purpose" "$(pkcs11_uri "writ-$purpose")"
 done
 
-say "A key in the TPM (persistent handle 0x81000101): fixedTPM, fixedParent, generated inside"
-key issuer "tpm:handle=0x81000101?tcti=$TPM2TOOLS_TCTI"
+say "A key in the TPM (persistent handle 0x81000101): generated inside, fixedTPM, fixedParent, with an authValue"
+key issuer "tpm:handle=0x81000101?tcti=$TPM2TOOLS_TCTI&auth-source=file:$WRIT_DEV_TPM_AUTH_FILE"
 
 say "Done"
 cat <<DONE
-Checked at each step: the key exists in the device, its attributes forbid export, and a probe
+Checked at each step: the key exists in the device, its attributes forbid export (and say it was
+never exportable), its PIN or authValue comes from a file only its owner can read, and a probe
 signature made by the device verifies under the public key it reported.
 State lives in ${WRIT_DEV_DIR}. Stop the devices: deploy/dev/stack.sh down.
 Start over from factory-new devices: deploy/dev/stack.sh reset.

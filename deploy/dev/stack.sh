@@ -22,7 +22,8 @@ say() { echo "stack: $*" >&2; }
 swtpm_pid() {
   [ -f "$dir/swtpm/swtpm.pid" ] || return 1
   local pid; pid=$(cat "$dir/swtpm/swtpm.pid")
-  kill -0 "$pid" 2>/dev/null && echo "$pid"
+  # A stale pid file may name an unrelated process by now: only a swtpm counts.
+  [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = swtpm ] && echo "$pid"
 }
 
 softhsm_up() {
@@ -42,15 +43,22 @@ softhsm_up() {
 
 swtpm_up() {
   local t="$dir/swtpm"
+  if [ ! -s "$t/key.auth" ]; then
+    mkdir -p "$t"
+    (umask 077; head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$t/key.auth")
+  fi
   if [ ! -s "$t/state/tpm2-00.permall" ]; then
     mkdir -p "$t"
     "$here/provision-swtpm.sh" "$t/state" "$t/ca"
     say "swtpm provisioned in $t/state (EK certificates from the local CA in $t/ca)"
   fi
   if swtpm_pid >/dev/null; then return 0; fi
-  swtpm socket --tpm2 --daemon --pid "file=$t/swtpm.pid" --log "file=$t/swtpm.log,level=1" \
+  if ! swtpm socket --tpm2 --daemon --pid "file=$t/swtpm.pid" --log "file=$t/swtpm.log,level=1" \
     --server "type=tcp,port=$port,bindaddr=127.0.0.1" --ctrl "type=tcp,port=$((port + 1)),bindaddr=127.0.0.1" \
-    --tpmstate "dir=$t/state" --flags not-need-init,startup-clear
+    --tpmstate "dir=$t/state" --flags not-need-init,startup-clear; then
+    say "swtpm failed to start: $(tail -n 1 "$t/swtpm.log" 2>/dev/null) (port $port; set WRIT_DEV_SWTPM_PORT to use another)"
+    exit 1
+  fi
   for _ in $(seq 50); do swtpm_pid >/dev/null && break; sleep 0.1; done
   swtpm_pid >/dev/null || { say "swtpm failed to start; see $t/swtpm.log"; exit 1; }
   say "swtpm running on 127.0.0.1:$port (control $((port + 1))), pid $(swtpm_pid)"
@@ -73,6 +81,7 @@ export WRIT_PKCS11_MODULE='$module'
 export TPM2TOOLS_TCTI='swtpm:host=127.0.0.1,port=$port'
 export WRIT_DEV_PKCS11_TOKEN='$label'
 export WRIT_DEV_PKCS11_PIN_FILE='$dir/softhsm/user.pin'
+export WRIT_DEV_TPM_AUTH_FILE='$dir/swtpm/key.auth'
 ENV
 }
 

@@ -79,8 +79,9 @@ pub enum CustodyError {
         reason: String,
     },
 
-    /// The device returned a signature that does not parse or does not verify under the key's
-    /// public key. Nothing is returned to the caller in that case.
+    /// The device returned a signature that does not parse, or the open-time probe signature does
+    /// not verify under the key's public key. (Signatures are not verified one by one: that would
+    /// halve the PKCS#11 rate; the probe at open and after every session rebuild checks the pair.)
     #[error("device returned an invalid signature: {0}")]
     BadSignature(String),
 

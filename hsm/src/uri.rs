@@ -98,9 +98,10 @@ impl SecretSource {
             .or_else(|| value.strip_prefix("file:"))
             .unwrap_or(value);
         if !path.starts_with('/') {
-            return Err(CustodyError::InvalidUri(format!(
-                "secret source {value:?} must be file:/ABSOLUTE/PATH or env:VAR"
-            )));
+            // The value is not echoed: it may be a secret typed in the wrong place.
+            return Err(CustodyError::InvalidUri(
+                "a secret source must be file:/ABSOLUTE/PATH or env:VAR".into(),
+            ));
         }
         Ok(SecretSource::File(PathBuf::from(path)))
     }
@@ -117,12 +118,26 @@ impl SecretSource {
             },
             SecretSource::File(path) => {
                 use std::io::Read;
+                use std::os::unix::fs::PermissionsExt;
                 let err = |reason: String| CustodyError::SecretSource {
                     source_name: self.to_string(),
                     reason,
                 };
                 let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
-                let mut buf = Zeroizing::new(Vec::new());
+                let mode = file
+                    .metadata()
+                    .map_err(|e| err(e.to_string()))?
+                    .permissions()
+                    .mode();
+                if mode & 0o007 != 0 {
+                    return Err(err(format!(
+                        "mode {:o} lets other users read or change it; chmod o-rwx",
+                        mode & 0o777
+                    )));
+                }
+                // Room for the whole bound up front, so the secret is never copied by a regrowth
+                // into memory that is freed without being zeroized.
+                let mut buf = Zeroizing::new(Vec::with_capacity(MAX_SECRET_LEN as usize + 1));
                 file.take(MAX_SECRET_LEN + 1)
                     .read_to_end(&mut buf)
                     .map_err(|e| err(e.to_string()))?;
@@ -199,9 +214,17 @@ impl Pkcs11Uri {
             })?;
             match k {
                 "module-path" => {
-                    module_path = Some(PathBuf::from(utf8(percent_decode(v)?)?));
+                    let path = PathBuf::from(utf8(percent_decode(v)?)?);
+                    if module_path.replace(path).is_some() {
+                        return Err(repeated("pkcs11", k));
+                    }
                 }
-                "pin-source" => pin_source = Some(SecretSource::parse(&utf8(percent_decode(v)?)?)?),
+                "pin-source" => {
+                    let source = SecretSource::parse(&utf8(percent_decode(v)?)?)?;
+                    if pin_source.replace(source).is_some() {
+                        return Err(repeated("pkcs11", k));
+                    }
+                }
                 "pin-value" => {
                     return Err(CustodyError::InvalidUri(
                         "pkcs11: pin-value is refused: give the PIN through pin-source=file:... or \
@@ -319,6 +342,11 @@ impl TpmUri {
                                 "tpm: handle must be hex, e.g. 0x81000101".into(),
                             )
                         })?;
+                    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        return Err(CustodyError::InvalidUri(format!(
+                            "tpm: handle {v:?} is not a hex number"
+                        )));
+                    }
                     let h = u32::from_str_radix(digits, 16).map_err(|_| {
                         CustodyError::InvalidUri(format!("tpm: handle {v:?} is not a hex number"))
                     })?;
@@ -333,8 +361,9 @@ impl TpmUri {
                     }
                 }
                 _ => {
+                    let key = attr.split('=').next().unwrap_or_default();
                     return Err(CustodyError::InvalidUri(format!(
-                        "tpm: attribute {attr:?} is not supported (use handle=0x81......)"
+                        "tpm: attribute {key:?} is not supported (use handle=0x81......)"
                     )));
                 }
             }
@@ -343,9 +372,16 @@ impl TpmUri {
         let mut auth_source = None;
         for attr in query.split('&').filter(|a| !a.is_empty()) {
             match attr.split_once('=') {
-                Some(("tcti", v)) => tcti = Some(utf8(percent_decode(v)?)?),
+                Some(("tcti", v)) => {
+                    if tcti.replace(utf8(percent_decode(v)?)?).is_some() {
+                        return Err(repeated("tpm", "tcti"));
+                    }
+                }
                 Some(("auth-source", v)) => {
-                    auth_source = Some(SecretSource::parse(&utf8(percent_decode(v)?)?)?)
+                    let source = SecretSource::parse(&utf8(percent_decode(v)?)?)?;
+                    if auth_source.replace(source).is_some() {
+                        return Err(repeated("tpm", "auth-source"));
+                    }
                 }
                 Some(("auth-value", _)) => {
                     return Err(CustodyError::InvalidUri(
@@ -353,8 +389,9 @@ impl TpmUri {
                     ));
                 }
                 _ => {
+                    let key = attr.split('=').next().unwrap_or_default();
                     return Err(CustodyError::InvalidUri(format!(
-                        "tpm: query attribute {attr:?} is not supported (use tcti, auth-source)"
+                        "tpm: query attribute {key:?} is not supported (use tcti, auth-source)"
                     )));
                 }
             }
@@ -395,11 +432,11 @@ impl fmt::Display for TpmUri {
         write!(f, "tpm:handle={:#010x}", self.handle)?;
         let mut sep = '?';
         if let Some(t) = &self.tcti {
-            write!(f, "{sep}tcti={t}")?;
+            write!(f, "{sep}tcti={}", escape_query(t))?;
             sep = '&';
         }
         if let Some(a) = &self.auth_source {
-            write!(f, "{sep}auth-source={a}")?;
+            write!(f, "{sep}auth-source={}", escape_query(&a.to_string()))?;
         }
         Ok(())
     }
@@ -429,6 +466,15 @@ impl fmt::Display for SoftUri {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "soft:path={}", self.path.display())
     }
+}
+
+fn repeated(scheme: &str, key: &str) -> CustodyError {
+    CustodyError::InvalidUri(format!("{scheme}: attribute {key:?} repeated"))
+}
+
+/// Escapes what would change how a query value parses (`%`, `&`), leaving TCTI strings readable.
+fn escape_query(value: &str) -> String {
+    value.replace('%', "%25").replace('&', "%26")
 }
 
 fn utf8(bytes: Vec<u8>) -> Result<String, CustodyError> {
@@ -579,6 +625,88 @@ mod tests {
         );
     }
 
+    fn set_mode(p: &std::path::Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn secret_files_readable_by_others_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pin");
+        std::fs::write(&p, "1234").unwrap();
+        for mode in [0o604, 0o602, 0o644] {
+            set_mode(&p, mode);
+            let e = SecretSource::File(p.clone()).read().unwrap_err();
+            assert!(e.to_string().contains("other users"), "{mode:o}: {e}");
+        }
+        set_mode(&p, 0o640);
+        assert!(
+            SecretSource::File(p).read().is_ok(),
+            "group-readable is a deployment choice"
+        );
+    }
+
+    #[test]
+    fn repeated_query_attributes_are_refused() {
+        assert!(
+            "pkcs11:token=t;object=o?pin-source=env:A&pin-source=env:B"
+                .parse::<KeyUri>()
+                .is_err()
+        );
+        assert!(
+            "pkcs11:token=t;object=o?module-path=/a&module-path=/b"
+                .parse::<KeyUri>()
+                .is_err()
+        );
+        assert!(
+            "tpm:handle=0x81000001?tcti=a&tcti=b"
+                .parse::<KeyUri>()
+                .is_err()
+        );
+        assert!(
+            "tpm:handle=0x81000001?auth-source=env:A&auth-source=env:B"
+                .parse::<KeyUri>()
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn errors_do_not_echo_values() {
+        for uri in [
+            "tpm:handle=0x81000001?authvalue=hunter2",
+            "tpm:authvalue=hunter2",
+            "pkcs11:token=t;object=o?pin-source=hunter2",
+        ] {
+            let e = uri.parse::<KeyUri>().unwrap_err();
+            assert!(!e.to_string().contains("hunter2"), "{uri}: {e}");
+        }
+    }
+
+    #[test]
+    fn handles_must_be_plain_hex() {
+        assert!("tpm:handle=0x+81000001".parse::<KeyUri>().is_err());
+        assert!("tpm:handle=0x".parse::<KeyUri>().is_err());
+    }
+
+    #[test]
+    fn tpm_display_round_trips_values_with_separators() {
+        let u = match "tpm:handle=0x81000001?tcti=a%26auth-source=env:X"
+            .parse::<KeyUri>()
+            .unwrap()
+        {
+            KeyUri::Tpm(u) => u,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(u.tcti.as_deref(), Some("a&auth-source=env:X"));
+        assert_eq!(u.auth_source, None);
+        let again = match u.to_string().parse::<KeyUri>().unwrap() {
+            KeyUri::Tpm(u) => u,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(again, u);
+    }
+
     #[test]
     fn unknown_scheme_is_refused() {
         assert!("file:/x".parse::<KeyUri>().is_err());
@@ -590,6 +718,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("pin");
         std::fs::write(&p, "1234\n").unwrap();
+        set_mode(&p, 0o600);
         assert_eq!(
             SecretSource::File(p.clone()).read().unwrap().as_str(),
             "1234"

@@ -230,12 +230,24 @@ mod pkcs11 {
         isolated(module_path, name, |hsm| {
             let fx = Fixture {
                 uri: Box::new(|object| hsm.key_uri(object)),
-                restart: Box::new(|| {}),
+                // C_Finalize + C_Initialize: the process's view of the token starts over, as after
+                // an HSM client restart.
+                restart: Box::new(reinitialise_module),
                 options: OpenOptions::default(),
                 hardware: true,
             };
             body(&fx)
         });
+    }
+
+    fn reinitialise_module() {
+        let module = writ_hsm::pkcs11::load_module(SOFTHSM2_MODULE.as_ref()).unwrap();
+        module.clone().finalize().expect("finalize");
+        module
+            .initialize(cryptoki::context::CInitializeArgs::new(
+                cryptoki::context::CInitializeFlags::OS_LOCKING_OK,
+            ))
+            .expect("initialize again");
     }
 
     conformance_suite!(with);
@@ -245,7 +257,15 @@ mod pkcs11 {
     }
 
     /// Creates a key pair directly through cryptoki with the given private-key attributes.
-    fn raw_key(hsm: &SoftHsm, label: &str, private_attrs: &[Attribute]) {
+    const P256: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    const P384: [u8; 7] = [0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
+    const SAFE: [Attribute; 3] = [
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+    ];
+
+    fn raw_session(hsm: &SoftHsm) -> cryptoki::session::Session {
         let module = writ_hsm::pkcs11::load_module(SOFTHSM2_MODULE.as_ref()).expect("module");
         let slot = module
             .get_slots_with_token()
@@ -255,20 +275,128 @@ mod pkcs11 {
             .expect("slot");
         let session = module.open_rw_session(slot).unwrap();
         let _ = session.login(UserType::User, Some(&hsm.pin().as_str().into()));
-        let params = vec![0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+        session
+    }
+
+    /// Creates a P-256 key pair directly through cryptoki with the given private-key attributes.
+    fn raw_key(hsm: &SoftHsm, label: &str, private_attrs: &[Attribute]) {
+        raw_key_with(hsm, label, &P256, private_attrs);
+    }
+
+    fn raw_key_with(hsm: &SoftHsm, label: &str, params: &[u8], private_attrs: &[Attribute]) {
+        let session = raw_session(hsm);
         let common = [
             Attribute::Token(true),
             Attribute::Label(label.into()),
             Attribute::Id(vec![9, 9]),
         ];
-        let mut public = vec![Attribute::Verify(true), Attribute::EcParams(params)];
+        let mut public = vec![
+            Attribute::Verify(true),
+            Attribute::EcParams(params.to_vec()),
+        ];
         public.extend_from_slice(&common);
-        let mut private = vec![Attribute::Sign(true)];
+        let mut private = vec![];
+        if !private_attrs
+            .iter()
+            .any(|a| matches!(a, Attribute::Sign(_)))
+        {
+            private.push(Attribute::Sign(true));
+        }
         private.extend_from_slice(&common);
         private.extend_from_slice(private_attrs);
         session
             .generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)
             .expect("raw keygen");
+    }
+
+    #[test]
+    fn p384_key_is_refused() {
+        isolated(module_path!(), "p384_key_is_refused", |hsm| {
+            raw_key_with(hsm, "p384", &P384, &SAFE);
+            let err = open_err(&hsm.key_uri("p384"));
+            assert!(matches!(err, CustodyError::UnsupportedKey { .. }), "{err}");
+            assert!(err.to_string().contains("P-256"), "{err}");
+        });
+    }
+
+    #[test]
+    fn key_without_sign_is_refused() {
+        isolated(module_path!(), "key_without_sign_is_refused", |hsm| {
+            let mut attrs = SAFE.to_vec();
+            attrs.push(Attribute::Sign(false));
+            raw_key(hsm, "nosign", &attrs);
+            let err = open_err(&hsm.key_uri("nosign"));
+            assert!(err.to_string().contains("CKA_SIGN"), "{err}");
+        });
+    }
+
+    #[test]
+    fn public_object_of_another_key_is_refused() {
+        isolated(
+            module_path!(),
+            "public_object_of_another_key_is_refused",
+            |hsm| {
+                raw_key(hsm, "swapped", &SAFE);
+                let session = raw_session(hsm);
+                let public = session
+                    .find_objects(&[
+                        Attribute::Class(cryptoki::object::ObjectClass::PUBLIC_KEY),
+                        Attribute::Label(b"swapped".to_vec()),
+                    ])
+                    .unwrap();
+                session.destroy_object(public[0]).unwrap();
+                // A public object with the same label and id, holding someone else's point.
+                let other = p256::ecdsa::SigningKey::from_slice(&[7u8; 32]).unwrap();
+                let point = other.verifying_key().to_sec1_bytes();
+                let mut der = vec![0x04, point.len() as u8];
+                der.extend_from_slice(&point);
+                session
+                    .create_object(&[
+                        Attribute::Class(cryptoki::object::ObjectClass::PUBLIC_KEY),
+                        Attribute::KeyType(cryptoki::object::KeyType::EC),
+                        Attribute::Token(true),
+                        Attribute::Verify(true),
+                        Attribute::EcParams(P256.to_vec()),
+                        Attribute::EcPoint(der),
+                        Attribute::Label(b"swapped".to_vec()),
+                        Attribute::Id(vec![9, 9]),
+                    ])
+                    .unwrap();
+                let err = open_err(&hsm.key_uri("swapped"));
+                assert!(matches!(err, CustodyError::UnsafeKey { .. }), "{err}");
+                assert!(err.to_string().contains("does not match"), "{err}");
+            },
+        );
+    }
+
+    #[test]
+    fn ambiguous_label_is_refused() {
+        isolated(module_path!(), "ambiguous_label_is_refused", |hsm| {
+            raw_key(hsm, "twice", &SAFE);
+            let session = raw_session(hsm);
+            let common = [
+                Attribute::Token(true),
+                Attribute::Label(b"twice".to_vec()),
+                Attribute::Id(vec![8]),
+            ];
+            let mut public = vec![Attribute::Verify(true), Attribute::EcParams(P256.to_vec())];
+            public.extend_from_slice(&common);
+            let mut private = vec![Attribute::Sign(true)];
+            private.extend_from_slice(&common);
+            private.extend_from_slice(&SAFE);
+            session
+                .generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)
+                .unwrap();
+            let err = open_err(&hsm.key_uri("twice"));
+            assert!(matches!(err, CustodyError::KeyAmbiguous(_)), "{err}");
+            // Naming the id picks one.
+            let by_id = format!(
+                "{};id=%08{}",
+                hsm.key_uri("twice").split('?').next().unwrap(),
+                &hsm.key_uri("twice")[hsm.key_uri("twice").find('?').unwrap()..]
+            );
+            open_key(&by_id.parse().unwrap(), &OpenOptions::default()).expect("id disambiguates");
+        });
     }
 
     #[test]
@@ -370,7 +498,7 @@ mod pkcs11 {
         isolated(module_path!(), "wrong_pin_is_named_and_not_shown", |hsm| {
             let dir = tempfile::tempdir().unwrap();
             let bad = dir.path().join("bad.pin");
-            std::fs::write(&bad, "99999999").unwrap();
+            writ_testkit::write_secret(&bad, "99999999");
             let uri = format!(
                 "pkcs11:token={};object=any?module-path={SOFTHSM2_MODULE}&pin-source=file:{}",
                 hsm.label(),
@@ -502,6 +630,189 @@ mod pkcs11 {
     }
 }
 
+mod pkcs11_more {
+    use super::*;
+    use cryptoki::mechanism::Mechanism;
+    use cryptoki::object::{Attribute, AttributeType, ObjectClass};
+    use cryptoki::session::UserType;
+    use writ_testkit::{SOFTHSM2_MODULE, SoftHsm, isolated};
+
+    fn raw_session(hsm: &SoftHsm, label: &str) -> cryptoki::session::Session {
+        let module = writ_hsm::pkcs11::load_module(SOFTHSM2_MODULE.as_ref()).unwrap();
+        let slot = module
+            .get_slots_with_token()
+            .unwrap()
+            .into_iter()
+            .find(|s| module.get_token_info(*s).unwrap().label().trim_end() == label)
+            .unwrap();
+        let session = module.open_rw_session(slot).unwrap();
+        let _ = session.login(UserType::User, Some(&hsm.pin().as_str().into()));
+        session
+    }
+
+    /// A key pair made with `first` private attributes, then changed to `then`.
+    fn key_changed_later(hsm: &SoftHsm, label: &str, first: &[Attribute], then: &[Attribute]) {
+        let session = raw_session(hsm, hsm.label());
+        let params = vec![0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+        let common = [
+            Attribute::Token(true),
+            Attribute::Label(label.into()),
+            Attribute::Id(vec![5]),
+        ];
+        let mut public = vec![Attribute::Verify(true), Attribute::EcParams(params)];
+        public.extend_from_slice(&common);
+        let mut private = vec![Attribute::Sign(true), Attribute::Private(true)];
+        private.extend_from_slice(&common);
+        private.extend_from_slice(first);
+        let (_, key) = session
+            .generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)
+            .unwrap();
+        session.update_attributes(key, then).unwrap();
+    }
+
+    fn open_err(uri: &str) -> CustodyError {
+        open_key(&uri.parse().unwrap(), &OpenOptions::default()).expect_err("open must fail")
+    }
+
+    #[test]
+    fn key_that_was_once_readable_is_refused() {
+        isolated(
+            module_path!(),
+            "key_that_was_once_readable_is_refused",
+            |hsm| {
+                key_changed_later(
+                    hsm,
+                    "was-readable",
+                    &[Attribute::Sensitive(false), Attribute::Extractable(false)],
+                    &[Attribute::Sensitive(true)],
+                );
+                let err = open_err(&hsm.key_uri("was-readable"));
+                assert!(matches!(err, CustodyError::UnsafeKey { .. }), "{err}");
+                assert!(err.to_string().contains("CKA_ALWAYS_SENSITIVE"), "{err}");
+            },
+        );
+    }
+
+    #[test]
+    fn key_that_was_once_exportable_is_refused() {
+        isolated(
+            module_path!(),
+            "key_that_was_once_exportable_is_refused",
+            |hsm| {
+                key_changed_later(
+                    hsm,
+                    "was-exportable",
+                    &[Attribute::Sensitive(true), Attribute::Extractable(true)],
+                    &[Attribute::Extractable(false)],
+                );
+                let err = open_err(&hsm.key_uri("was-exportable"));
+                assert!(matches!(err, CustodyError::UnsafeKey { .. }), "{err}");
+                assert!(err.to_string().contains("CKA_NEVER_EXTRACTABLE"), "{err}");
+            },
+        );
+    }
+
+    #[test]
+    fn two_tokens_with_one_label_are_refused() {
+        isolated(
+            module_path!(),
+            "two_tokens_with_one_label_are_refused",
+            |hsm| {
+                hsm.add_token(hsm.label());
+                let err = open_err(&hsm.key_uri("any"));
+                assert!(err.to_string().contains("labels must be unique"), "{err}");
+            },
+        );
+    }
+
+    #[test]
+    fn wrong_pin_is_refused_even_when_already_logged_in() {
+        isolated(
+            module_path!(),
+            "wrong_pin_is_refused_even_when_already_logged_in",
+            |hsm| {
+                let _first = generate_key(
+                    &hsm.key_uri("first").parse().unwrap(),
+                    &OpenOptions::default(),
+                )
+                .unwrap();
+                let dir = tempfile::tempdir().unwrap();
+                let bad = dir.path().join("bad.pin");
+                writ_testkit::write_secret(&bad, "00000000");
+                let uri = format!(
+                    "pkcs11:token={};object=first?module-path={SOFTHSM2_MODULE}&pin-source=file:{}",
+                    hsm.label(),
+                    bad.display()
+                );
+                let err = open_err(&uri);
+                assert!(matches!(err, CustodyError::WrongPin { .. }), "{err}");
+            },
+        );
+    }
+
+    #[test]
+    fn rebuild_refuses_a_different_key_under_the_same_name() {
+        isolated(
+            module_path!(),
+            "rebuild_refuses_a_different_key_under_the_same_name",
+            |hsm| {
+                let key = generate_key(
+                    &hsm.key_uri("swap").parse().unwrap(),
+                    &OpenOptions::default(),
+                )
+                .unwrap();
+                key.sign(b"before").unwrap();
+                // Replace the pair with another one carrying the same label and id, then log out so
+                // the pool has to reopen and look the key up again.
+                let session = raw_session(hsm, hsm.label());
+                let objects = session
+                    .find_objects(&[Attribute::Label(b"swap".to_vec())])
+                    .unwrap();
+                let id = match session
+                    .get_attributes(objects[0], &[AttributeType::Id])
+                    .unwrap()
+                    .remove(0)
+                {
+                    Attribute::Id(id) => id,
+                    other => panic!("{other:?}"),
+                };
+                for o in objects {
+                    session.destroy_object(o).unwrap();
+                }
+                let params = vec![0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+                let common = [
+                    Attribute::Token(true),
+                    Attribute::Label(b"swap".to_vec()),
+                    Attribute::Id(id),
+                ];
+                let mut public = vec![Attribute::Verify(true), Attribute::EcParams(params)];
+                public.extend_from_slice(&common);
+                let mut private = vec![
+                    Attribute::Sign(true),
+                    Attribute::Private(true),
+                    Attribute::Sensitive(true),
+                    Attribute::Extractable(false),
+                ];
+                private.extend_from_slice(&common);
+                session
+                    .generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)
+                    .unwrap();
+                assert!(
+                    !session
+                        .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY)])
+                        .unwrap()
+                        .is_empty()
+                );
+                session.logout().unwrap();
+                let err = key
+                    .sign(b"after the swap")
+                    .expect_err("a different key must not sign");
+                assert!(err.to_string().contains("different key"), "{err}");
+            },
+        );
+    }
+}
+
 mod tpm {
     use super::*;
     use writ_testkit::{Fault, FaultProxy, Swtpm};
@@ -519,7 +830,7 @@ mod tpm {
                         handle.set(handle.get() + 1);
                         handle.get()
                     });
-                format!("tpm:handle={h:#010x}?tcti={}", tpm.tcti())
+                tpm.key_uri(h)
             }),
             restart: Box::new(|| tpm.reboot()),
             options: OpenOptions::default(),
@@ -530,18 +841,28 @@ mod tpm {
 
     conformance_suite!(with);
 
+    /// A URI without an authValue (for keys that must be refused before it matters).
     fn uri(tpm_tcti: &str, handle: u32) -> KeyUri {
         format!("tpm:handle={handle:#010x}?tcti={tpm_tcti}")
             .parse()
             .unwrap()
     }
 
+    /// The key at `handle`, reached through `tcti`, with the TPM's test authValue.
+    fn auth_uri(tpm: &Swtpm, tcti: &str, handle: u32) -> KeyUri {
+        format!(
+            "tpm:handle={handle:#010x}?tcti={tcti}&auth-source=file:{}",
+            tpm.auth_file().display()
+        )
+        .parse()
+        .unwrap()
+    }
+
     #[test]
     fn unreachable_tpm_is_named() {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
+        // Leased, never bound: nothing listens there, and no other test's swtpm can take it.
+        let lease = writ_testkit::lease_port_pair();
+        let port = lease.port;
         let err = open_key(
             &uri(&format!("swtpm:host=127.0.0.1,port={port}"), 0x8100_0001),
             &OpenOptions::default(),
@@ -553,28 +874,42 @@ mod tpm {
     #[test]
     fn transient_retry_answers_are_retried() {
         let tpm = Swtpm::start();
-        let key = generate_key(&uri(&tpm.tcti(), 0x8100_0002), &OpenOptions::default()).unwrap();
+        let key = generate_key(
+            &auth_uri(&tpm, &tpm.tcti(), 0x8100_0002),
+            &OpenOptions::default(),
+        )
+        .unwrap();
         let vk = *key.public_key().verifying_key();
         drop(key);
-        // TPM2_Sign (0x15D) answered with TPM_RC_RETRY (0x922) three times, then forwarded.
+        // TPM2_Sign (0x15D) answered with TPM_RC_RETRY (0x922) twelve times, then forwarded. ESYS
+        // resubmits a few times by itself and then gives up; only writ's own bounded retry gets
+        // through twelve.
         let proxy = FaultProxy::start(
             &tpm,
             Fault {
                 command_code: 0x15D,
                 rc: 0x922,
-                count: 3,
+                count: 12,
             },
         );
-        let key = open_key(&uri(&proxy.tcti(), 0x8100_0002), &OpenOptions::default()).unwrap();
+        let key = open_key(
+            &auth_uri(&tpm, &proxy.tcti(), 0x8100_0002),
+            &OpenOptions::default(),
+        )
+        .unwrap();
         let sig = key.sign(b"through the proxy").expect("retried to success");
         vk.verify(b"through the proxy", &sig).unwrap();
-        assert_eq!(proxy.injected(), 3);
+        assert_eq!(proxy.injected(), 12);
     }
 
     #[test]
     fn busy_tpm_fails_after_the_retry_bound() {
         let tpm = Swtpm::start();
-        let key = generate_key(&uri(&tpm.tcti(), 0x8100_0003), &OpenOptions::default()).unwrap();
+        let key = generate_key(
+            &auth_uri(&tpm, &tpm.tcti(), 0x8100_0003),
+            &OpenOptions::default(),
+        )
+        .unwrap();
         drop(key);
         // TPM_RC_YIELDED (0x908) forever for TPM2_Sign: the open-time self-test must give up.
         let proxy = FaultProxy::start(
@@ -586,15 +921,26 @@ mod tpm {
             },
         );
         let started = std::time::Instant::now();
-        let err = open_key(&uri(&proxy.tcti(), 0x8100_0003), &OpenOptions::default())
-            .expect_err("busy TPM");
-        assert!(matches!(err, CustodyError::TpmBusy { .. }), "{err}");
+        let err = open_key(
+            &auth_uri(&tpm, &proxy.tcti(), 0x8100_0003),
+            &OpenOptions::default(),
+        )
+        .expect_err("busy TPM");
+        match err {
+            CustodyError::TpmBusy { attempts, .. } => {
+                assert_eq!(attempts, writ_hsm::tpm::MAX_ATTEMPTS)
+            }
+            other => panic!("expected TpmBusy, got {other}"),
+        }
         assert!(
             started.elapsed() < std::time::Duration::from_secs(10),
             "the bound is bounded in time"
         );
         let sent = proxy.injected();
-        assert!(sent >= writ_hsm::tpm::MAX_ATTEMPTS, "retried: {sent}");
+        assert!(
+            sent > writ_hsm::tpm::MAX_ATTEMPTS,
+            "ESYS and writ both retried: {sent}"
+        );
         assert!(
             sent <= writ_hsm::tpm::MAX_ATTEMPTS * 10,
             "but not forever: {sent}"
@@ -602,29 +948,280 @@ mod tpm {
     }
 
     #[test]
-    fn auth_value_is_required_when_set() {
+    fn keys_without_an_auth_value_are_refused() {
         let tpm = Swtpm::start();
+        let err = generate_key(&uri(&tpm.tcti(), 0x8100_0004), &OpenOptions::default())
+            .expect_err("no auth");
+        assert!(matches!(err, CustodyError::UnsafeKey { .. }), "{err}");
+        assert!(err.to_string().contains("authValue"), "{err}");
+        // Nothing was created at the handle.
+        generate_key(
+            &auth_uri(&tpm, &tpm.tcti(), 0x8100_0004),
+            &OpenOptions::default(),
+        )
+        .expect("handle still free");
+        let err =
+            open_key(&uri(&tpm.tcti(), 0x8100_0004), &OpenOptions::default()).expect_err("no auth");
+        assert!(matches!(err, CustodyError::UnsafeKey { .. }), "{err}");
+    }
+
+    #[test]
+    fn wrong_auth_value_is_refused_at_open() {
+        let tpm = Swtpm::start();
+        generate_key(
+            &auth_uri(&tpm, &tpm.tcti(), 0x8100_0005),
+            &OpenOptions::default(),
+        )
+        .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let auth = dir.path().join("auth");
-        std::fs::write(&auth, "correct horse").unwrap();
-        let with_auth: KeyUri = format!(
-            "tpm:handle=0x81000004?tcti={}&auth-source=file:{}",
+        writ_testkit::write_secret(&dir.path().join("wrong"), "not the auth value");
+        let wrong: KeyUri = format!(
+            "tpm:handle=0x81000005?tcti={}&auth-source=file:{}",
             tpm.tcti(),
-            auth.display()
+            dir.path().join("wrong").display()
         )
         .parse()
         .unwrap();
-        let key = generate_key(&with_auth, &OpenOptions::default()).unwrap();
-        assert!(
-            key.facts()
-                .iter()
-                .any(|f| f.name == "authValue" && f.value == "set")
-        );
-        drop(key);
-        let err =
-            open_key(&uri(&tpm.tcti(), 0x8100_0004), &OpenOptions::default()).expect_err("no auth");
+        let err = open_key(&wrong, &OpenOptions::default()).expect_err("wrong authValue");
         assert!(matches!(err, CustodyError::Tpm { op: "Sign", .. }), "{err}");
-        open_key(&with_auth, &OpenOptions::default()).expect("right auth opens");
+        assert!(!format!("{err} {err:?}").contains("not the auth value"));
+    }
+
+    #[test]
+    fn an_open_key_keeps_signing_across_a_tpm_reboot() {
+        // The shared HMAC session dies with the reboot; the next signature must start a new one.
+        let tpm = Swtpm::start();
+        let key = generate_key(
+            &auth_uri(&tpm, &tpm.tcti(), 0x8100_0010),
+            &OpenOptions::default(),
+        )
+        .unwrap();
+        key.sign(b"before").unwrap();
+        tpm.reboot();
+        let sig = key.sign(b"after reboot").expect("signs after the reboot");
+        key.public_key()
+            .verifying_key()
+            .verify(b"after reboot", &sig)
+            .unwrap();
+    }
+
+    // TPM outages are played by the fault proxy rather than by killing swtpm: a freed port could be
+    // taken by another test's swtpm meanwhile, and the key would reconnect to the wrong TPM.
+
+    #[test]
+    fn an_open_key_keeps_signing_after_its_connection_is_cut() {
+        let tpm = Swtpm::start();
+        generate_key(
+            &auth_uri(&tpm, &tpm.tcti(), 0x8100_0011),
+            &OpenOptions::default(),
+        )
+        .unwrap();
+        let proxy = FaultProxy::start(
+            &tpm,
+            Fault {
+                command_code: 0,
+                rc: 0,
+                count: 0,
+            },
+        );
+        let key = open_key(
+            &auth_uri(&tpm, &proxy.tcti(), 0x8100_0011),
+            &OpenOptions::default(),
+        )
+        .unwrap();
+        key.sign(b"before").unwrap();
+        proxy.cut_connections();
+        let sig = key
+            .sign(b"after the cut")
+            .expect("signs after reconnecting");
+        key.public_key()
+            .verifying_key()
+            .verify(b"after the cut", &sig)
+            .unwrap();
+    }
+
+    #[test]
+    fn a_tpm_that_was_down_is_used_again_when_it_returns() {
+        let tpm = Swtpm::start();
+        generate_key(
+            &auth_uri(&tpm, &tpm.tcti(), 0x8100_0013),
+            &OpenOptions::default(),
+        )
+        .unwrap();
+        let proxy = FaultProxy::start(
+            &tpm,
+            Fault {
+                command_code: 0,
+                rc: 0,
+                count: 0,
+            },
+        );
+        let key = open_key(
+            &auth_uri(&tpm, &proxy.tcti(), 0x8100_0013),
+            &OpenOptions::default(),
+        )
+        .unwrap();
+        proxy.set_down(true);
+        let err = key.sign(b"nobody there").expect_err("TPM down");
+        assert!(matches!(err, CustodyError::TpmUnavailable { .. }), "{err}");
+        let err = key.sign(b"still nobody").expect_err("TPM still down");
+        assert!(matches!(err, CustodyError::TpmUnavailable { .. }), "{err}");
+        proxy.set_down(false);
+        let sig = key.sign(b"back").expect("signs once the TPM is back");
+        key.public_key()
+            .verifying_key()
+            .verify(b"back", &sig)
+            .unwrap();
+    }
+
+    /// Persists a key built from `public` at `handle`, through a tss-esapi context of the test's own
+    /// (writ holds no connection to this swtpm at that moment).
+    fn persist_raw(
+        tpm: &Swtpm,
+        public: tss_esapi::structures::Public,
+        handle: u32,
+        as_child: bool,
+    ) {
+        use std::str::FromStr;
+        use tss_esapi::handles::PersistentTpmHandle;
+        use tss_esapi::interface_types::dynamic_handles::Persistent;
+        use tss_esapi::interface_types::resource_handles::{Hierarchy, Provision};
+        let mut ctx = tss_esapi::Context::new(
+            tss_esapi::tcti_ldr::TctiNameConf::from_str(&tpm.tcti()).unwrap(),
+        )
+        .unwrap();
+        let object = ctx
+            .execute_with_nullauth_session(
+                |c| -> tss_esapi::Result<tss_esapi::handles::ObjectHandle> {
+                    if as_child {
+                        let parent = c
+                            .create_primary(
+                                Hierarchy::Owner,
+                                tss_esapi::utils::create_restricted_decryption_rsa_public(
+                                    tss_esapi::structures::SymmetricDefinitionObject::AES_128_CFB,
+                                    tss_esapi::interface_types::key_bits::RsaKeyBits::Rsa2048,
+                                    tss_esapi::structures::RsaExponent::default(),
+                                )?,
+                                None,
+                                None,
+                                None,
+                                None,
+                            )?
+                            .key_handle;
+                        let created = c.create(parent, public, None, None, None, None)?;
+                        let key = c.load(parent, created.out_private, created.out_public)?;
+                        c.flush_context(parent.into())?;
+                        Ok(key.into())
+                    } else {
+                        Ok(
+                            c.create_primary(Hierarchy::Owner, public, None, None, None, None)?
+                                .key_handle
+                                .into(),
+                        )
+                    }
+                },
+            )
+            .unwrap();
+        ctx.execute_with_nullauth_session(|c| {
+            c.evict_control(
+                Provision::Owner,
+                object,
+                Persistent::Persistent(PersistentTpmHandle::new(handle).unwrap()),
+            )
+        })
+        .unwrap();
+    }
+
+    fn ecc_signing_public(
+        curve: tss_esapi::interface_types::ecc::EccCurve,
+        duplicable: bool,
+        decrypt: bool,
+    ) -> tss_esapi::structures::Public {
+        use tss_esapi::attributes::ObjectAttributesBuilder;
+        use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
+        use tss_esapi::structures::{
+            EccPoint, EccScheme, HashScheme, PublicBuilder, PublicEccParametersBuilder,
+        };
+        let attrs = ObjectAttributesBuilder::new()
+            .with_fixed_tpm(!duplicable)
+            .with_fixed_parent(!duplicable)
+            .with_sensitive_data_origin(true)
+            .with_user_with_auth(true)
+            .with_sign_encrypt(true)
+            .with_decrypt(decrypt)
+            .build()
+            .unwrap();
+        let scheme = if decrypt {
+            EccScheme::Null
+        } else {
+            EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256))
+        };
+        PublicBuilder::new()
+            .with_public_algorithm(PublicAlgorithm::Ecc)
+            .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+            .with_object_attributes(attrs)
+            .with_ecc_parameters(
+                PublicEccParametersBuilder::new()
+                    .with_ecc_scheme(scheme)
+                    .with_curve(curve)
+                    // tss-esapi's builder refuses sign+decrypt; the TPM does not. The flags only
+                    // steer the builder's checks; the object attributes above are what counts.
+                    .with_is_signing_key(!decrypt)
+                    .with_is_decryption_key(false)
+                    .with_restricted(false)
+                    .with_key_derivation_function_scheme(
+                        tss_esapi::structures::KeyDerivationFunctionScheme::Null,
+                    )
+                    .build()
+                    .unwrap(),
+            )
+            .with_ecc_unique_identifier(EccPoint::default())
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn duplicable_key_is_refused() {
+        let tpm = Swtpm::start();
+        let public = ecc_signing_public(
+            tss_esapi::interface_types::ecc::EccCurve::NistP256,
+            true,
+            false,
+        );
+        persist_raw(&tpm, public, 0x8100_0030, true);
+        let err = open_key(&uri(&tpm.tcti(), 0x8100_0030), &OpenOptions::default())
+            .expect_err("duplicable");
+        assert!(matches!(err, CustodyError::UnsafeKey { .. }), "{err}");
+        assert!(err.to_string().contains("fixedTPM"), "{err}");
+    }
+
+    #[test]
+    fn p384_key_is_refused() {
+        let tpm = Swtpm::start();
+        let public = ecc_signing_public(
+            tss_esapi::interface_types::ecc::EccCurve::NistP384,
+            false,
+            false,
+        );
+        persist_raw(&tpm, public, 0x8100_0031, false);
+        let err =
+            open_key(&uri(&tpm.tcti(), 0x8100_0031), &OpenOptions::default()).expect_err("P-384");
+        assert!(matches!(err, CustodyError::UnsupportedKey { .. }), "{err}");
+        assert!(err.to_string().contains("P-256"), "{err}");
+    }
+
+    #[test]
+    fn sign_and_decrypt_key_is_refused() {
+        let tpm = Swtpm::start();
+        let public = ecc_signing_public(
+            tss_esapi::interface_types::ecc::EccCurve::NistP256,
+            false,
+            true,
+        );
+        persist_raw(&tpm, public, 0x8100_0032, false);
+        let err =
+            open_key(&uri(&tpm.tcti(), 0x8100_0032), &OpenOptions::default()).expect_err("decrypt");
+        assert!(err.to_string().contains("sign-only"), "{err}");
     }
 
     #[test]
@@ -700,35 +1297,5 @@ mod software {
             !debug.contains(&format!("{:?}", scalar.as_slice())),
             "{debug}"
         );
-    }
-}
-
-mod tpm_session {
-    use super::*;
-    use writ_testkit::Swtpm;
-
-    #[test]
-    fn an_open_key_keeps_signing_across_a_tpm_reboot() {
-        // The key's shared HMAC session dies with the reboot; the next signature must start a new
-        // one rather than fail.
-        // Only keys with an authValue use the shared HMAC session (see ObjectAuth).
-        let tpm = Swtpm::start();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("auth"), "s3cret").unwrap();
-        let uri: KeyUri = format!(
-            "tpm:handle=0x81000010?tcti={}&auth-source=file:{}",
-            tpm.tcti(),
-            dir.path().join("auth").display()
-        )
-        .parse()
-        .unwrap();
-        let key = generate_key(&uri, &OpenOptions::default()).unwrap();
-        key.sign(b"before").unwrap();
-        tpm.reboot();
-        let sig = key.sign(b"after reboot").expect("signs after the reboot");
-        key.public_key()
-            .verifying_key()
-            .verify(b"after reboot", &sig)
-            .unwrap();
     }
 }

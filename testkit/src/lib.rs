@@ -35,6 +35,20 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// Writes a secret file readable by its owner only (writ refuses secret files others can read).
+pub fn write_secret(path: &std::path::Path, contents: &str) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .expect("create secret file");
+    f.write_all(contents.as_bytes()).expect("write secret file");
+}
+
 /// A random lowercase hex string of `bytes` bytes.
 pub fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
@@ -42,17 +56,34 @@ pub fn random_hex(bytes: usize) -> String {
     hex::encode(buf)
 }
 
-/// Finds two consecutive free loopback TCP ports (swtpm and the swtpm TCTI use P and P+1).
-pub(crate) fn free_port_pair() -> u16 {
+/// Two consecutive loopback TCP ports (swtpm and the swtpm TCTI use P and P+1), leased to one
+/// user of this harness for as long as the lease lives.
+///
+/// The ports are free when chosen but not bound until swtpm (or the proxy) binds them, so two tests
+/// could pick the same pair in between. A lease holds a lock file per port in a per-user directory;
+/// every test process of this harness skips ports another one holds.
+#[derive(Debug)]
+pub struct PortLease {
+    pub port: u16,
+    _locks: [std::fs::File; 2],
+}
+
+pub fn lease_port_pair() -> PortLease {
     use std::net::TcpListener;
-    for _ in 0..200 {
+    let dir = swtpm::user_dir().join("ports");
+    std::fs::create_dir_all(&dir).expect("port lock dir");
+    let lock = |p: u16| -> Option<std::fs::File> {
+        let f = std::fs::File::create(dir.join(p.to_string())).expect("port lock file");
+        f.try_lock().ok().map(|()| f)
+    };
+    for _ in 0..500 {
         let a = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
         let p = a.local_addr().expect("local addr").port();
-        if p == u16::MAX {
+        if p == u16::MAX || TcpListener::bind(("127.0.0.1", p + 1)).is_err() {
             continue;
         }
-        if TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
-            return p;
+        if let (Some(l0), Some(l1)) = (lock(p), lock(p + 1)) {
+            return PortLease { port: p, _locks: [l0, l1] };
         }
     }
     panic!("no two consecutive free loopback ports");

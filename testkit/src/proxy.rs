@@ -8,8 +8,8 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
 
 use crate::Swtpm;
@@ -31,26 +31,42 @@ pub struct FaultProxy {
     port: u16,
     injected: Arc<AtomicU32>,
     stop: Arc<AtomicBool>,
+    /// While set, the proxy plays a TPM that is gone: connections are closed at once.
+    down: Arc<AtomicBool>,
+    live: Arc<Mutex<Vec<TcpStream>>>,
+    _lease: crate::PortLease,
 }
 
 impl FaultProxy {
     /// Starts a proxy to `tpm` that applies `fault`.
     pub fn start(tpm: &Swtpm, fault: Fault) -> FaultProxy {
-        let port = crate::free_port_pair();
+        let lease = crate::lease_port_pair();
+        let port = lease.port;
         let data = TcpListener::bind(("127.0.0.1", port)).expect("bind proxy data port");
         let ctrl = TcpListener::bind(("127.0.0.1", port + 1)).expect("bind proxy ctrl port");
         let injected = Arc::new(AtomicU32::new(0));
         let stop = Arc::new(AtomicBool::new(false));
+        let down = Arc::new(AtomicBool::new(false));
+        let live = Arc::new(Mutex::new(Vec::new()));
         let upstream = tpm.port();
         {
             let injected = injected.clone();
             let stop = stop.clone();
+            let down = down.clone();
+            let live = live.clone();
             thread::spawn(move || {
                 for client in data.incoming() {
                     if stop.load(Ordering::Relaxed) {
                         break;
                     }
                     let Ok(client) = client else { continue };
+                    if down.load(Ordering::SeqCst) {
+                        drop(client);
+                        continue;
+                    }
+                    if let Ok(clone) = client.try_clone() {
+                        live.lock().unwrap().push(clone);
+                    }
                     let injected = injected.clone();
                     thread::spawn(move || {
                         let _ = serve_data(client, upstream, fault, &injected);
@@ -60,22 +76,39 @@ impl FaultProxy {
         }
         {
             let stop = stop.clone();
+            let down = down.clone();
             thread::spawn(move || {
                 for client in ctrl.incoming() {
                     if stop.load(Ordering::Relaxed) {
                         break;
                     }
                     let Ok(client) = client else { continue };
+                    if down.load(Ordering::SeqCst) {
+                        drop(client);
+                        continue;
+                    }
                     thread::spawn(move || {
                         let _ = splice(client, upstream + 1);
                     });
                 }
             });
         }
-        FaultProxy {
-            port,
-            injected,
-            stop,
+        FaultProxy { port, injected, stop, down, live, _lease: lease }
+    }
+
+    /// Plays a TPM that went away (`true`: open connections are cut, new ones closed at once) or
+    /// came back (`false`). The ports stay bound, so no other test can take them meanwhile.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+        if down {
+            self.cut_connections();
+        }
+    }
+
+    /// Cuts every open connection, as a TPM daemon restart would; new ones are accepted.
+    pub fn cut_connections(&self) {
+        for stream in self.live.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
         }
     }
 

@@ -40,8 +40,8 @@ impl SoftHsm {
         .expect("write softhsm2.conf");
         let pin = crate::random_hex(8);
         let so_pin = crate::random_hex(8);
-        std::fs::write(dir.join("user.pin"), &pin).expect("write pin");
-        std::fs::write(dir.join("so.pin"), &so_pin).expect("write so pin");
+        crate::write_secret(&dir.join("user.pin"), &pin);
+        crate::write_secret(&dir.join("so.pin"), &so_pin);
         let out = Command::new("softhsm2-util")
             .env("SOFTHSM2_CONF", dir.join("softhsm2.conf"))
             .args([

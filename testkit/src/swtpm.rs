@@ -15,6 +15,7 @@ pub struct Swtpm {
     child: Child,
     port: u16,
     template: PathBuf,
+    _lease: crate::PortLease,
 }
 
 impl Swtpm {
@@ -32,28 +33,12 @@ impl Swtpm {
         )
         .expect("copy TPM state template");
         for attempt in 0..10 {
-            let port = crate::free_port_pair();
-            let mut child = Command::new("swtpm")
-                .args(["socket", "--tpm2"])
-                .arg("--server")
-                .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
-                .arg("--ctrl")
-                .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
-                .arg("--tpmstate")
-                .arg(format!("dir={}", dir.path().display()))
-                .args(["--flags", "not-need-init,startup-clear"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn swtpm (is the swtpm package installed?)");
+            let lease = crate::lease_port_pair();
+            let port = lease.port;
+            let mut child = spawn(port, dir.path());
             if wait_listening(&mut child, port + 1) {
-                return Swtpm {
-                    dir,
-                    child,
-                    port,
-                    template,
-                };
+                crate::write_secret(&dir.path().join("key.auth"), &crate::random_hex(12));
+                return Swtpm { dir, child, port, template, _lease: lease };
             }
             let _ = child.kill();
             let _ = child.wait();
@@ -65,6 +50,21 @@ impl Swtpm {
     /// The TCTI configuration string for this TPM.
     pub fn tcti(&self) -> String {
         format!("swtpm:host=127.0.0.1,port={}", self.port)
+    }
+
+    /// A file (mode 0600) holding a random authValue for custody keys in this TPM.
+    pub fn auth_file(&self) -> PathBuf {
+        self.dir.path().join("key.auth")
+    }
+
+    /// A `tpm:` URI for a custody key at `handle` in this TPM, with [`auth_file`](Self::auth_file)
+    /// as its authValue.
+    pub fn key_uri(&self, handle: u32) -> String {
+        format!(
+            "tpm:handle={handle:#010x}?tcti={}&auth-source=file:{}",
+            self.tcti(),
+            self.auth_file().display()
+        )
     }
 
     /// The data port (the control port is one above).
@@ -105,6 +105,23 @@ impl Drop for Swtpm {
     }
 }
 
+fn spawn(port: u16, state: &Path) -> Child {
+    Command::new("swtpm")
+        .args(["socket", "--tpm2"])
+        .arg("--server")
+        .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
+        .arg("--ctrl")
+        .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
+        .arg("--tpmstate")
+        .arg(format!("dir={}", state.display()))
+        .args(["--flags", "not-need-init,startup-clear"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn swtpm (is the swtpm package installed?)")
+}
+
 fn run(cmd: &mut Command) {
     let out = cmd.output().expect("run tool");
     assert!(
@@ -130,13 +147,29 @@ fn wait_listening(child: &mut Child, port: u16) -> bool {
 
 /// A provisioned TPM state shared by every test of this user: provisioning takes about a second,
 /// copying the state a millisecond. Made once, under a file lock, by whichever test comes first.
+/// This user's directory for the harness's shared state (template TPM, port leases).
+pub(crate) fn user_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("writ-testkit-{}", current_uid()))
+}
+
 fn template_dir() -> PathBuf {
-    let base = std::env::temp_dir().join(format!("writ-testkit-{}", uid()));
+    let base = user_dir();
     let dir = base.join("swtpm-template-v1");
     if dir.join("state/tpm2-00.permall").is_file() {
         return dir;
     }
     std::fs::create_dir_all(&base).expect("create testkit dir");
+    {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let meta = std::fs::metadata(&base).expect("testkit dir");
+        assert_eq!(
+            meta.uid(),
+            current_uid(),
+            "{} belongs to another user",
+            base.display()
+        );
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    }
     let lock = File::create(base.join("swtpm-template.lock")).expect("lock file");
     lock.lock().expect("lock template");
     if !dir.join("state/tpm2-00.permall").is_file() {
@@ -162,12 +195,11 @@ fn template_dir() -> PathBuf {
     dir
 }
 
-fn uid() -> u32 {
+
+
+fn current_uid() -> u32 {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(std::env::temp_dir())
+    std::fs::metadata("/proc/self")
         .map(|m| m.uid())
-        .unwrap_or(0)
-        ^ std::fs::metadata("/proc/self")
-            .map(|m| m.uid())
-            .unwrap_or(0)
+        .expect("own uid")
 }

@@ -48,13 +48,23 @@ impl Pkcs11Key {
         let (private, public_obj) = find_key_pair(&session, uri, &name)?;
         let facts = check_private_key(&session, private, &name)?;
         let public = read_public_key(&session, public_obj, &name)?;
+        // From here on the key is the object with this label *and* this id: a rebuild after a stale
+        // session must find the same key, not another one that took its label.
+        let mut pinned = uri.clone();
+        pinned.id = Some(key_id(&session, private, &name)?);
+        let expected = Expected {
+            facts: facts.clone(),
+            public: public.clone(),
+            name: name.clone(),
+        };
         let pool = SessionPool::new(
             module,
             slot,
             pin,
             uri.token.clone(),
-            key_template(uri),
+            key_template(&pinned),
             private,
+            expected,
         );
         pool.check_in(session, pool.generation());
         let key = Pkcs11Key {
@@ -221,26 +231,37 @@ fn find_token(module: &Pkcs11, label: &str) -> Result<Slot, CustodyError> {
         .get_slots_with_token()
         .map_err(|e| CustodyError::pkcs11("C_GetSlotList", e))?;
     let mut present = Vec::new();
+    let mut matching = Vec::new();
     for slot in slots {
         let info = module
             .get_token_info(slot)
             .map_err(|e| CustodyError::pkcs11("C_GetTokenInfo", e))?;
         let token_label = info.label().trim_end();
         if token_label == label {
-            return Ok(slot);
-        }
-        if !token_label.is_empty() {
+            matching.push(slot);
+        } else if !token_label.is_empty() {
             present.push(format!("{token_label:?}"));
         }
     }
-    Err(CustodyError::TokenNotFound {
-        label: label.to_string(),
-        present: if present.is_empty() {
-            "none".into()
-        } else {
-            present.join(", ")
-        },
-    })
+    match matching.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(CustodyError::TokenNotFound {
+            label: label.to_string(),
+            present: if present.is_empty() {
+                "none".into()
+            } else {
+                present.join(", ")
+            },
+        }),
+        // Two tokens with one label: refuse rather than sign with whichever comes first.
+        _ => Err(CustodyError::Pkcs11 {
+            op: "token lookup",
+            reason: format!(
+                "{} tokens carry the label {label:?}; labels must be unique",
+                matching.len()
+            ),
+        }),
+    }
 }
 
 /// Opens a session and logs the user in. Login is per application and token, so a second session's
@@ -262,9 +283,47 @@ fn open_session(
     Ok(session)
 }
 
+/// SHA-256 of the PIN that logged this process in, per token label. PKCS#11 login is per
+/// application: once one key logged in, a later login answers CKR_USER_ALREADY_LOGGED_IN whatever
+/// PIN it carries. Comparing against the PIN that worked keeps a misconfigured key from opening.
+fn logged_in() -> &'static Mutex<HashMap<String, [u8; 32]>> {
+    static LOGGED_IN: OnceLock<Mutex<HashMap<String, [u8; 32]>>> = OnceLock::new();
+    LOGGED_IN.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+fn pin_digest(pin: &AuthPin) -> [u8; 32] {
+    use secrecy::ExposeSecret;
+    use sha2::{Digest, Sha256};
+    Sha256::digest(pin.expose_secret().as_bytes()).into()
+}
+
 fn login(session: &Session, pin: &AuthPin, token: &str) -> Result<(), CustodyError> {
+    let poisoned = || CustodyError::LoginFailed {
+        label: token.to_string(),
+        reason: "login registry poisoned".into(),
+    };
     match session.login(UserType::User, Some(pin)) {
-        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
+        Ok(()) => {
+            logged_in()
+                .lock()
+                .map_err(|_| poisoned())?
+                .insert(token.to_string(), pin_digest(pin));
+            Ok(())
+        }
+        Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {
+            let known = logged_in()
+                .lock()
+                .map_err(|_| poisoned())?
+                .get(token)
+                .copied();
+            match known {
+                Some(digest) if digest != pin_digest(pin) => Err(CustodyError::WrongPin {
+                    label: token.to_string(),
+                }),
+                // Logged in by another part of this process, not through writ: nothing to compare.
+                _ => Ok(()),
+            }
+        }
         Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => Err(CustodyError::WrongPin {
             label: token.to_string(),
         }),
@@ -290,6 +349,60 @@ fn key_template(uri: &Pkcs11Uri) -> Vec<Attribute> {
     t
 }
 
+/// What a rebuilt pool must find again: the same attributes and the same public key.
+#[derive(Debug)]
+pub(crate) struct Expected {
+    facts: Vec<KeyFact>,
+    public: PublicKey,
+    name: String,
+}
+
+impl Expected {
+    /// Re-reads `key` in `session` and refuses it unless it is the key first opened.
+    pub(crate) fn check(
+        &self,
+        session: &Session,
+        key: ObjectHandle,
+        template: &[Attribute],
+    ) -> Result<(), CustodyError> {
+        let facts = check_private_key(session, key, &self.name)?;
+        let id = template.iter().find_map(|a| match a {
+            Attribute::Id(id) => Some(id.clone()),
+            _ => None,
+        });
+        let public_template = [
+            Attribute::Class(ObjectClass::PUBLIC_KEY),
+            Attribute::Id(id.unwrap_or_default()),
+        ];
+        let public_obj = find_one(session, &public_template, &self.name)?;
+        let public = read_public_key(session, public_obj, &self.name)?;
+        if facts != self.facts || public != self.public {
+            return Err(CustodyError::UnsafeKey {
+                key: self.name.clone(),
+                reason:
+                    "after reopening the session the token holds a different key under this name"
+                        .into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn key_id(session: &Session, key: ObjectHandle, name: &str) -> Result<Vec<u8>, CustodyError> {
+    match session
+        .get_attributes(key, &[AttributeType::Id])
+        .map_err(|e| CustodyError::pkcs11("C_GetAttributeValue", e))?
+        .into_iter()
+        .next()
+    {
+        Some(Attribute::Id(id)) => Ok(id),
+        _ => Err(CustodyError::UnsupportedKey {
+            key: name.to_string(),
+            reason: "private key has no CKA_ID".into(),
+        }),
+    }
+}
+
 /// Finds exactly one private key and its public key object.
 fn find_key_pair(
     session: &Session,
@@ -299,20 +412,7 @@ fn find_key_pair(
     let private = find_one(session, &key_template(uri), name)?;
     // The public object is looked up by the private key's id, so a stray public object with the same
     // label but another id cannot be paired with it.
-    let id = match session
-        .get_attributes(private, &[AttributeType::Id])
-        .map_err(|e| CustodyError::pkcs11("C_GetAttributeValue", e))?
-        .into_iter()
-        .next()
-    {
-        Some(Attribute::Id(id)) => id,
-        _ => {
-            return Err(CustodyError::UnsupportedKey {
-                key: name.to_string(),
-                reason: "private key has no CKA_ID".into(),
-            });
-        }
-    };
+    let id = key_id(session, private, name)?;
     let public_template = [
         Attribute::Class(ObjectClass::PUBLIC_KEY),
         Attribute::Label(uri.object.as_bytes().to_vec()),
@@ -414,6 +514,18 @@ fn check_private_key(
     if sign != Some(true) {
         return Err(unsupported("CKA_SIGN is false"));
     }
+    // A key that was ever readable or exportable (imported, or made sensitive later) may exist
+    // outside the token: CKA_ALWAYS_SENSITIVE and CKA_NEVER_EXTRACTABLE say it never was.
+    if always_sensitive != Some(true) {
+        return Err(unsafe_key(
+            "CKA_ALWAYS_SENSITIVE is false: the private key was readable at some point",
+        ));
+    }
+    if never_extractable != Some(true) {
+        return Err(unsafe_key(
+            "CKA_NEVER_EXTRACTABLE is false: the private key was exportable at some point",
+        ));
+    }
     let show = |v: Option<bool>| v.map_or("unknown".to_string(), |b| b.to_string());
     Ok(vec![
         KeyFact::new("CKA_KEY_TYPE", "CKK_EC (P-256)"),
@@ -446,8 +558,10 @@ fn read_public_key(
             key: name.to_string(),
             reason: "public key object has no CKA_EC_POINT".into(),
         })?;
+    // DER OCTET STRING (04 41 || 65-byte uncompressed point) as PKCS#11 specifies; some tokens
+    // return the bare point.
     let sec1 = match point.as_slice() {
-        [0x04, len, rest @ ..] if usize::from(*len) == rest.len() => rest,
+        [0x04, 0x41, rest @ ..] if rest.len() == 0x41 => rest,
         bare => bare,
     };
     PublicKey::from_sec1(sec1).map_err(|reason| CustodyError::UnsupportedKey {

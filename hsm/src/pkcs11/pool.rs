@@ -5,8 +5,9 @@
 //! pop and the push, never across a device call. When the token reports a stale session
 //! (`CKR_SESSION_HANDLE_INVALID`, `CKR_SESSION_CLOSED`, `CKR_USER_NOT_LOGGED_IN`: the token was
 //! reset, the module re-initialised, or someone logged the application out), every idle session is
-//! discarded, the key handle is looked up again in a fresh logged-in session, and the signature is
-//! retried once. A second failure is returned to the caller.
+//! discarded, the key (by label and the id it had when first opened) is looked up again in a fresh
+//! logged-in session and checked to be the same key with the same safe attributes, and the
+//! signature is retried once. A second failure is returned to the caller.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -40,6 +41,7 @@ pub(super) struct SessionPool {
     pin: AuthPin,
     token: String,
     key_template: Vec<Attribute>,
+    expected: super::Expected,
     state: Mutex<State>,
     sessions_opened: AtomicU64,
     stale_recoveries: AtomicU64,
@@ -85,6 +87,7 @@ impl SessionPool {
         token: String,
         key_template: Vec<Attribute>,
         key: ObjectHandle,
+        expected: super::Expected,
     ) -> Self {
         SessionPool {
             module,
@@ -92,6 +95,7 @@ impl SessionPool {
             pin,
             token,
             key_template,
+            expected,
             state: Mutex::new(State {
                 idle: Vec::new(),
                 key,
@@ -181,6 +185,8 @@ impl SessionPool {
         }
         let session = self.open()?;
         let key = super::find_one(&session, &self.key_template, &self.token)?;
+        // The same label and id, the same safe attributes, the same public key: else refuse.
+        self.expected.check(&session, key, &self.key_template)?;
         let mut state = self.lock()?;
         if state.generation == stale_generation {
             state.idle.clear();

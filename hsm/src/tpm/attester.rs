@@ -15,33 +15,31 @@
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard};
 
 use tss_esapi::Context;
 use tss_esapi::abstraction::{AsymmetricAlgorithmSelection, ak, ek, nv, pcr};
-use tss_esapi::attributes::{ObjectAttributesBuilder, SessionAttributesBuilder};
+use tss_esapi::attributes::SessionAttributesBuilder;
 use tss_esapi::constants::SessionType;
 use tss_esapi::handles::{
-    AuthHandle, KeyHandle, NvIndexTpmHandle, ObjectHandle, PcrHandle, PersistentTpmHandle,
+    AuthHandle, KeyHandle, NvIndexTpmHandle, PcrHandle, PersistentTpmHandle, SessionHandle,
     TpmHandle,
 };
-use tss_esapi::interface_types::algorithm::{
-    HashingAlgorithm, PublicAlgorithm, SignatureSchemeAlgorithm,
-};
+use tss_esapi::interface_types::algorithm::{HashingAlgorithm, SignatureSchemeAlgorithm};
 use tss_esapi::interface_types::dynamic_handles::Persistent;
 use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::interface_types::key_bits::RsaKeyBits;
-use tss_esapi::interface_types::resource_handles::{Hierarchy, NvAuth, Provision};
+use tss_esapi::interface_types::resource_handles::{NvAuth, Provision};
 use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
 use tss_esapi::structures::{
-    Auth, Data, Digest, DigestValues, EccPoint, EccScheme, EncryptedSecret, HashScheme, IdObject,
-    PcrSelectionList, PcrSelectionListBuilder, PcrSlot, Private, Public, PublicBuilder,
-    PublicEccParametersBuilder, SignatureScheme, SymmetricDefinition, SymmetricDefinitionObject,
+    Auth, Data, Digest, DigestValues, EccScheme, EncryptedSecret, HashScheme, IdObject,
+    PcrSelectionList, PcrSelectionListBuilder, PcrSlot, Private, Public, SignatureScheme,
+    SymmetricDefinition,
 };
 use tss_esapi::traits::{Marshall, UnMarshall};
 use zeroize::Zeroizing;
 
-use super::{ObjectAuth, TpmDevice, retry};
+use super::{DeviceState, ObjectAuth, TpmDevice, create_srk, flush, retry_raw};
 use crate::CustodyError;
 use crate::uri::resolve_tcti;
 
@@ -234,11 +232,14 @@ pub struct PcrValue {
     pub value: Vec<u8>,
 }
 
-/// A key loaded in the TPM; flushed when dropped (swtpm has three transient slots).
+/// A key loaded in the TPM; flushed when dropped (swtpm has three transient slots). Usable only
+/// with the [`Attester`] that loaded it, and only until the TPM connection is re-established
+/// (transient objects do not survive that).
 pub struct LoadedKey {
     device: Arc<TpmDevice>,
     handle: KeyHandle,
     auth: ObjectAuth,
+    generation: u64,
 }
 
 impl fmt::Debug for LoadedKey {
@@ -251,10 +252,10 @@ impl fmt::Debug for LoadedKey {
 
 impl Drop for LoadedKey {
     fn drop(&mut self) {
-        if let Ok(mut ctx) = self.device.lock()
-            && let Err(e) = ctx.flush_context(self.handle.into())
+        if let Ok(mut st) = self.device.lock()
+            && st.generation() == self.generation
         {
-            tracing::warn!(error = %e, "could not flush a transient TPM key");
+            flush(&mut st, self.handle.into());
         }
     }
 }
@@ -273,16 +274,44 @@ impl Attester {
         })
     }
 
+    /// Locks the device and checks that `keys` were loaded by this attester in the current
+    /// connection.
+    fn lock_for(&self, keys: &[&LoadedKey]) -> Result<MutexGuard<'_, DeviceState>, CustodyError> {
+        let st = self.device.lock()?;
+        for key in keys {
+            if !Arc::ptr_eq(&key.device, &self.device) {
+                return Err(CustodyError::InvalidInput(
+                    "the key was loaded into another TPM".into(),
+                ));
+            }
+            if key.generation != st.generation() {
+                return Err(CustodyError::InvalidInput(
+                    "the key was loaded before the TPM connection was re-established; load it again".into(),
+                ));
+            }
+        }
+        Ok(st)
+    }
+
+    fn loaded(&self, st: &DeviceState, handle: KeyHandle, auth: ObjectAuth) -> LoadedKey {
+        LoadedKey {
+            device: self.device.clone(),
+            handle,
+            auth,
+            generation: st.generation(),
+        }
+    }
+
     /// Reads every EK certificate present in NV. Fails if there is none.
     pub fn ek_certificates(&self) -> Result<Vec<EkCertificate>, CustodyError> {
-        let mut ctx = self.device.lock()?;
+        let mut st = self.device.lock()?;
         let mut found = Vec::new();
         for (kind, index) in [
             (EkKind::Rsa2048, EK_CERT_RSA_2048),
             (EkKind::EccP256, EK_CERT_ECC_P256),
             (EkKind::EccP384, EK_CERT_ECC_P384),
         ] {
-            if let Some(der) = read_nv(&mut ctx, index)? {
+            if let Some(der) = read_nv(&mut st, index)? {
                 found.push(EkCertificate {
                     kind,
                     nv_index: index,
@@ -302,12 +331,12 @@ impl Attester {
     /// The RSA 2048 EK's public area (TPMT_PUBLIC), created from the default template. The appliance
     /// never trusts this: it takes the EK key from the certificate. It is useful to compare.
     pub fn ek_public(&self) -> Result<Vec<u8>, CustodyError> {
-        let mut ctx = self.device.lock()?;
-        let ek = create_ek(&mut ctx)?;
-        let public = retry("ReadPublic", || {
-            ctx.execute_without_session(|c| c.read_public(ek))
+        let mut st = self.device.lock()?;
+        let ek = create_ek(&mut st)?;
+        let public = st.retry("ReadPublic", |c| {
+            c.execute_without_session(|c| c.read_public(ek))
         });
-        flush(&mut ctx, ek.into());
+        flush(&mut st, ek.into());
         public?
             .0
             .marshall()
@@ -315,13 +344,13 @@ impl Attester {
     }
 
     /// Creates an AK: a restricted ECDSA P-256 / SHA-256 signing key, fixedTPM and fixedParent,
-    /// under the RSA 2048 EK.
+    /// under the RSA 2048 EK, with an empty authValue (it signs only TPM-generated structures).
     pub fn create_ak(&self) -> Result<KeyBlob, CustodyError> {
-        let mut ctx = self.device.lock()?;
-        let ek = create_ek(&mut ctx)?;
-        let created = retry("Create (AK)", || {
+        let mut st = self.device.lock()?;
+        let ek = create_ek(&mut st)?;
+        let created = st.retry("Create (AK)", |c| {
             ak::create_ak_2(
-                &mut ctx,
+                c,
                 ek,
                 HashingAlgorithm::Sha256,
                 AsymmetricAlgorithmSelection::Ecc(EccCurve::NistP256),
@@ -330,7 +359,7 @@ impl Attester {
                 None,
             )
         });
-        flush(&mut ctx, ek.into());
+        flush(&mut st, ek.into());
         let created = created?;
         blob(&created.out_public, &created.out_private)
     }
@@ -339,18 +368,13 @@ impl Attester {
     /// flushed again).
     pub fn load_ak(&self, ak_blob: &KeyBlob) -> Result<LoadedKey, CustodyError> {
         let (public, private) = unblob(ak_blob)?;
-        let mut ctx = self.device.lock()?;
-        let ek = create_ek(&mut ctx)?;
-        let loaded = retry("Load (AK)", || {
-            ak::load_ak(&mut ctx, ek, None, private.clone(), public.clone())
+        let mut st = self.device.lock()?;
+        let ek = create_ek(&mut st)?;
+        let loaded = st.retry("Load (AK)", |c| {
+            ak::load_ak(c, ek, None, private.clone(), public.clone())
         });
-        flush(&mut ctx, ek.into());
-        // AKs are created with an empty authValue.
-        Ok(LoadedKey {
-            device: self.device.clone(),
-            handle: loaded?,
-            auth: ObjectAuth::Empty,
-        })
+        flush(&mut st, ek.into());
+        Ok(self.loaded(&st, loaded?, ObjectAuth::Empty))
     }
 
     /// Answers a MakeCredential challenge for `ak_blob`: decrypts the credential with the EK, which
@@ -368,17 +392,17 @@ impl Attester {
             .map_err(|_| CustodyError::InvalidInput("credential blob too large".into()))?;
         let secret = EncryptedSecret::try_from(encrypted_secret.to_vec())
             .map_err(|_| CustodyError::InvalidInput("encrypted secret too large".into()))?;
-        let mut ctx = self.device.lock()?;
-        let ek = create_ek(&mut ctx)?;
+        let mut st = self.device.lock()?;
+        let ek = create_ek(&mut st)?;
         let result = (|| {
-            let ak = retry("Load (AK)", || {
-                ak::load_ak(&mut ctx, ek, None, private.clone(), public.clone())
+            let ak = st.retry("Load (AK)", |c| {
+                ak::load_ak(c, ek, None, private.clone(), public.clone())
             })?;
-            let result = activate(&mut ctx, ak, ek, id_object, secret);
-            flush(&mut ctx, ak.into());
+            let result = activate(&mut st, ak, ek, id_object, secret);
+            flush(&mut st, ak.into());
             result
         })();
-        flush(&mut ctx, ek.into());
+        flush(&mut st, ek.into());
         result
     }
 
@@ -391,16 +415,16 @@ impl Attester {
     ) -> Result<SignedAttest, CustodyError> {
         let data = nonce_data(nonce)?;
         let list = selection.to_tss()?;
-        let mut ctx = self.device.lock()?;
-        let (attest, signature) = ctx.with_session("Quote", ObjectAuth::Empty, |c| {
+        let mut st = self.lock_for(&[ak])?;
+        let (attest, signature) = st.with_session("Quote", ak.auth, |c| {
             c.quote(ak.handle, data.clone(), SignatureScheme::Null, list.clone())
         })?;
         signed(attest.marshall(), signature.marshall())
     }
 
     /// Creates a holder key: an unrestricted ECDSA P-256 / SHA-256 signing key, fixedTPM and
-    /// fixedParent, under an ECC P-256 storage primary of the owner hierarchy, with `auth` as its
-    /// authValue.
+    /// fixedParent, under the owner hierarchy's ECC storage key, with `auth` as its authValue (sent
+    /// inside the salted session).
     pub fn create_holder_key(&self, auth: Option<&[u8]>) -> Result<KeyBlob, CustodyError> {
         let auth = auth.map(auth_value).transpose()?;
         let template = tss_esapi::utils::create_unrestricted_signing_ecc_public(
@@ -408,13 +432,12 @@ impl Attester {
             EccCurve::NistP256,
         )
         .map_err(|e| CustodyError::tpm("template", e))?;
-        let mut ctx = self.device.lock()?;
-        let srk = create_srk(&mut ctx)?;
-        let created = retry("Create (holder key)", || {
-            let (template, auth) = (template.clone(), auth.clone());
-            ctx.execute_with_nullauth_session(|c| c.create(srk, template, auth, None, None, None))
+        let mut st = self.device.lock()?;
+        let srk = create_srk(&mut st)?;
+        let created = st.with_session("Create (holder key)", ObjectAuth::Set, |c| {
+            c.create(srk, template.clone(), auth.clone(), None, None, None)
         });
-        flush(&mut ctx, srk.into());
+        flush(&mut st, srk.into());
         let created = created?;
         blob(&created.out_public, &created.out_private)
     }
@@ -427,31 +450,30 @@ impl Attester {
     ) -> Result<LoadedKey, CustodyError> {
         let (public, private) = unblob(key)?;
         let auth = auth.map(auth_value).transpose()?;
-        let mut ctx = self.device.lock()?;
-        let srk = create_srk(&mut ctx)?;
-        let loaded = retry("Load (holder key)", || {
-            let (public, private) = (public.clone(), private.clone());
-            ctx.execute_with_nullauth_session(|c| c.load(srk, private, public))
+        let mut st = self.device.lock()?;
+        let srk = create_srk(&mut st)?;
+        let loaded = st.with_session("Load (holder key)", ObjectAuth::Empty, |c| {
+            c.load(srk, private.clone(), public.clone())
         });
-        flush(&mut ctx, srk.into());
+        flush(&mut st, srk.into());
         let handle = loaded?;
-        let key = LoadedKey {
-            device: self.device.clone(),
-            handle,
-            auth: if auth.is_some() {
+        // Set the authValue before the LoadedKey exists: its Drop takes the device lock, which is
+        // held here.
+        let object_auth = match auth {
+            Some(auth) => {
+                if let Err(e) = st.tr_set_auth(handle.into(), auth) {
+                    flush(&mut st, handle.into());
+                    return Err(CustodyError::tpm("TR_SetAuth", e));
+                }
                 ObjectAuth::Set
-            } else {
-                ObjectAuth::Empty
-            },
+            }
+            None => ObjectAuth::Empty,
         };
-        if let Some(auth) = auth {
-            ctx.tr_set_auth(handle.into(), auth)
-                .map_err(|e| CustodyError::tpm("TR_SetAuth", e))?;
-        }
-        Ok(key)
+        Ok(self.loaded(&st, handle, object_auth))
     }
 
-    /// TPM2_Certify: `ak` attests that `key` is loaded in this TPM, over `nonce`.
+    /// TPM2_Certify: `ak` attests that `key` is loaded in this TPM, over `nonce`. The key's
+    /// authorization goes through the salted session when it has an authValue.
     pub fn certify(
         &self,
         ak: &LoadedKey,
@@ -459,18 +481,28 @@ impl Attester {
         nonce: &[u8],
     ) -> Result<SignedAttest, CustodyError> {
         let data = nonce_data(nonce)?;
-        let mut ctx = self.device.lock()?;
-        let (attest, signature) = retry("Certify", || {
-            let data = data.clone();
-            ctx.execute_with_sessions(
-                (
-                    Some(AuthSession::Password),
-                    Some(AuthSession::Password),
-                    None,
-                ),
-                |c| c.certify(key.handle.into(), ak.handle, data, SignatureScheme::Null),
+        let mut st = self.lock_for(&[ak, key])?;
+        let mut command = |c: &mut Context| {
+            c.certify(
+                key.handle.into(),
+                ak.handle,
+                data.clone(),
+                SignatureScheme::Null,
             )
-        })?;
+        };
+        let (attest, signature) = match key.auth {
+            ObjectAuth::Set => st.with_salted_and_password("Certify", &mut command)?,
+            ObjectAuth::Empty => st.retry("Certify", |c| {
+                c.execute_with_sessions(
+                    (
+                        Some(AuthSession::Password),
+                        Some(AuthSession::Password),
+                        None,
+                    ),
+                    |c| command(c),
+                )
+            })?,
+        };
         signed(attest.marshall(), signature.marshall())
     }
 
@@ -485,8 +517,8 @@ impl Attester {
         let scheme = SignatureScheme::EcDsa {
             hash_scheme: HashScheme::new(HashingAlgorithm::Sha256),
         };
-        let mut ctx = self.device.lock()?;
-        let sig = ctx.with_session("Sign", key.auth, |c| {
+        let mut st = self.lock_for(&[key])?;
+        let sig = st.with_session("Sign", key.auth, |c| {
             c.sign(key.handle, digest.clone(), scheme, ticket.clone())
         })?;
         match sig {
@@ -504,27 +536,25 @@ impl Attester {
         let persistent = PersistentTpmHandle::new(handle).map_err(|_| {
             CustodyError::InvalidInput(format!("{handle:#010x} is not a persistent handle"))
         })?;
-        let mut ctx = self.device.lock()?;
-        let mut object = retry("EvictControl", || {
-            ctx.execute_with_nullauth_session(|c| {
-                c.evict_control(
-                    Provision::Owner,
-                    key.handle.into(),
-                    Persistent::Persistent(persistent),
-                )
-            })
+        let mut st = self.lock_for(&[key])?;
+        let mut object = st.with_session("EvictControl", ObjectAuth::Empty, |c| {
+            c.evict_control(
+                Provision::Owner,
+                key.handle.into(),
+                Persistent::Persistent(persistent),
+            )
         })?;
-        let _ = ctx.tr_close(&mut object);
+        let _ = st.tr_close(&mut object);
         Ok(())
     }
 
     /// Reads the selected PCRs.
     pub fn read_pcrs(&self, selection: &PcrSelection) -> Result<Vec<PcrValue>, CustodyError> {
         let list = selection.to_tss()?;
-        let mut ctx = self.device.lock()?;
+        let mut st = self.device.lock()?;
         // PCR_Read is sent without sessions: swtpm refuses it with one (0x984).
-        ctx.clear_sessions();
-        let data = retry("PCR_Read", || pcr::read_all(&mut ctx, list.clone()))?;
+        st.clear_sessions();
+        let data = st.retry("PCR_Read", |c| pcr::read_all(c, list.clone()))?;
         let mut out = Vec::new();
         for (bank, pcrs) in selection.banks() {
             let values =
@@ -561,12 +591,9 @@ impl Attester {
             HashingAlgorithm::Sha256,
             Digest::try_from(digest.to_vec()).map_err(|e| CustodyError::tpm("PCR_Extend", e))?,
         );
-        let mut ctx = self.device.lock()?;
-        retry("PCR_Extend", || {
-            let values = values.clone();
-            ctx.execute_with_session(Some(AuthSession::Password), |c| {
-                c.pcr_extend(handle, values)
-            })
+        let mut st = self.device.lock()?;
+        st.with_session("PCR_Extend", ObjectAuth::Empty, |c| {
+            c.pcr_extend(handle, values.clone())
         })
     }
 }
@@ -643,86 +670,45 @@ fn unblob(key: &KeyBlob) -> Result<(Public, Private), CustodyError> {
     Ok((public, private))
 }
 
-fn flush(ctx: &mut Context, handle: ObjectHandle) {
-    if let Err(e) = ctx.flush_context(handle) {
-        tracing::warn!(error = %e, "could not flush a transient TPM object");
-    }
-}
-
-fn create_ek(ctx: &mut Context) -> Result<KeyHandle, CustodyError> {
-    retry("CreatePrimary (EK)", || {
+fn create_ek(st: &mut DeviceState) -> Result<KeyHandle, CustodyError> {
+    st.retry("CreatePrimary (EK)", |c| {
         ek::create_ek_object_2(
-            ctx,
+            c,
             AsymmetricAlgorithmSelection::Rsa(RsaKeyBits::Rsa2048),
             None,
         )
     })
 }
 
-/// An ECC P-256 storage primary (restricted decryption, AES-128-CFB) in the owner hierarchy.
-fn create_srk(ctx: &mut Context) -> Result<KeyHandle, CustodyError> {
-    let attributes = ObjectAttributesBuilder::new()
-        .with_fixed_tpm(true)
-        .with_fixed_parent(true)
-        .with_sensitive_data_origin(true)
-        .with_user_with_auth(true)
-        .with_no_da(true)
-        .with_restricted(true)
-        .with_decrypt(true)
-        .build()
-        .map_err(|e| CustodyError::tpm("template", e))?;
-    let template = PublicBuilder::new()
-        .with_public_algorithm(PublicAlgorithm::Ecc)
-        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
-        .with_object_attributes(attributes)
-        .with_ecc_parameters(
-            PublicEccParametersBuilder::new_restricted_decryption_key(
-                SymmetricDefinitionObject::AES_128_CFB,
-                EccCurve::NistP256,
-            )
-            .build()
-            .map_err(|e| CustodyError::tpm("template", e))?,
-        )
-        .with_ecc_unique_identifier(EccPoint::default())
-        .build()
-        .map_err(|e| CustodyError::tpm("template", e))?;
-    let created = retry("CreatePrimary (SRK)", || {
-        let template = template.clone();
-        ctx.execute_with_nullauth_session(|c| {
-            c.create_primary(Hierarchy::Owner, template, None, None, None, None)
-        })
-    })?;
-    Ok(created.key_handle)
-}
-
-fn read_nv(ctx: &mut Context, index: u32) -> Result<Option<Vec<u8>>, CustodyError> {
+fn read_nv(st: &mut DeviceState, index: u32) -> Result<Option<Vec<u8>>, CustodyError> {
     let nv_index = NvIndexTpmHandle::new(index).map_err(|e| CustodyError::tpm("NV index", e))?;
-    let object =
-        match ctx.execute_without_session(|c| c.tr_from_tpm_public(TpmHandle::NvIndex(nv_index))) {
-            Ok(o) => o,
-            Err(e) if super::key::is_missing_handle(&e) => return Ok(None),
-            Err(e) => return Err(CustodyError::tpm("TR_FromTPMPublic (NV)", e)),
-        };
-    let auth = NvAuth::NvIndex(object.into());
-    let data = retry("NV_Read", || {
-        ctx.execute_with_nullauth_session(|c| nv::read_full(c, auth, nv_index))
+    let found = retry_raw("TR_FromTPMPublic (NV)", || {
+        st.execute_without_session(|c| c.tr_from_tpm_public(TpmHandle::NvIndex(nv_index)))
     });
-    let mut object = object;
-    let _ = ctx.tr_close(&mut object);
+    let mut object = match found {
+        Ok(o) => o,
+        Err((e, _)) if super::key::is_missing_handle(&e) => return Ok(None),
+        Err((e, n)) => return Err(st.classify("TR_FromTPMPublic (NV)", e, n)),
+    };
+    let auth = NvAuth::NvIndex(object.into());
+    let data = st.with_session("NV_Read", ObjectAuth::Empty, |c| {
+        nv::read_full(c, auth, nv_index)
+    });
+    let _ = st.tr_close(&mut object);
     data.map(Some)
 }
 
 fn activate(
-    ctx: &mut Context,
+    st: &mut DeviceState,
     ak: KeyHandle,
     ek: KeyHandle,
     id_object: IdObject,
     secret: EncryptedSecret,
 ) -> Result<Zeroizing<Vec<u8>>, CustodyError> {
     let (attrs, mask) = SessionAttributesBuilder::new().build();
-    let start = |ctx: &mut Context, kind| {
-        retry("StartAuthSession", || {
-            ctx.start_auth_session(
+    let start = |st: &mut DeviceState, kind| {
+        st.retry("StartAuthSession", |c| {
+            c.start_auth_session(
                 None,
                 None,
                 None,
@@ -736,24 +722,24 @@ fn activate(
             reason: "no session returned".into(),
         })
     };
-    let hmac = start(ctx, SessionType::Hmac)?;
-    let policy = match start(ctx, SessionType::Policy) {
+    let hmac = start(st, SessionType::Hmac)?;
+    let policy = match start(st, SessionType::Policy) {
         Ok(p) => p,
         Err(e) => {
-            flush(ctx, tss_esapi::handles::SessionHandle::from(hmac).into());
+            flush(st, SessionHandle::from(hmac).into());
             return Err(e);
         }
     };
     let result = (|| {
-        ctx.tr_sess_set_attributes(hmac, attrs, mask)
+        st.tr_sess_set_attributes(hmac, attrs, mask)
             .map_err(|e| CustodyError::tpm("TR_SessSetAttributes", e))?;
-        ctx.tr_sess_set_attributes(policy, attrs, mask)
+        st.tr_sess_set_attributes(policy, attrs, mask)
             .map_err(|e| CustodyError::tpm("TR_SessSetAttributes", e))?;
         let policy_session =
             PolicySession::try_from(policy).map_err(|e| CustodyError::tpm("PolicySession", e))?;
         // The EK's authPolicy is PolicySecret(TPM_RH_ENDORSEMENT): satisfy it in the policy session.
-        retry("PolicySecret", || {
-            ctx.execute_with_session(Some(hmac), |c| {
+        st.retry("PolicySecret", |c| {
+            c.execute_with_session(Some(hmac), |c| {
                 c.policy_secret(
                     policy_session,
                     AuthHandle::Endorsement,
@@ -764,13 +750,16 @@ fn activate(
                 )
             })
         })?;
-        let cred = ctx.execute_with_sessions((Some(hmac), Some(policy), None), |c| {
+        // Not retried: the policy session's state is consumed by the attempt.
+        let cred = st.execute_with_sessions((Some(hmac), Some(policy), None), |c| {
             c.activate_credential(ak, ek, id_object, secret)
         });
-        cred.map(|d| Zeroizing::new(d.value().to_vec()))
-            .map_err(|e| CustodyError::tpm("ActivateCredential", e))
+        match cred {
+            Ok(d) => Ok(Zeroizing::new(d.value().to_vec())),
+            Err(e) => Err(st.classify("ActivateCredential", e, 1)),
+        }
     })();
-    flush(ctx, tss_esapi::handles::SessionHandle::from(hmac).into());
-    flush(ctx, tss_esapi::handles::SessionHandle::from(policy).into());
+    flush(st, SessionHandle::from(hmac).into());
+    flush(st, SessionHandle::from(policy).into());
     result
 }

@@ -1,10 +1,15 @@
 //! Custody keys in a TPM: P-256 signing keys persisted at an owner handle.
 //!
-//! A key is generated as a primary object of the owner hierarchy with a random `unique` field (so
-//! two keys never derive to the same value), then made persistent with TPM2_EvictControl. It
-//! survives TPM restarts and reboots; it is lost only when the owner hierarchy is cleared.
+//! A key is generated inside the TPM (TPM2_Create under the owner hierarchy's ECC storage key, so
+//! its private part comes from the TPM's RNG and derives from nothing a caller knows), loaded, and
+//! made persistent with TPM2_EvictControl. It survives TPM restarts and reboots and is lost only
+//! when the owner hierarchy is cleared.
+//!
+//! Custody keys must have an authValue (`auth-source=` in the URI): with an empty one, any process
+//! that can open the TPM device could sign with the key, the TPM analogue of a PKCS#11 key usable
+//! without login. The authValue travels only inside the salted session (see `DeviceState`).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use p256::ecdsa::Signature;
 use tss_esapi::attributes::ObjectAttributes;
@@ -14,87 +19,69 @@ use tss_esapi::handles::{KeyHandle, ObjectHandle, PersistentTpmHandle, TpmHandle
 use tss_esapi::interface_types::algorithm::HashingAlgorithm;
 use tss_esapi::interface_types::dynamic_handles::Persistent;
 use tss_esapi::interface_types::ecc::EccCurve;
-use tss_esapi::interface_types::resource_handles::{Hierarchy, Provision};
+use tss_esapi::interface_types::resource_handles::Provision;
 use tss_esapi::structures::{
-    Auth, Digest, EccParameter, EccPoint, EccScheme, HashScheme, HashcheckTicket, Public,
-    SignatureScheme,
+    Auth, Digest, EccScheme, HashScheme, HashcheckTicket, Public, SignatureScheme,
 };
 use tss_esapi::tss2_esys::TPMT_TK_HASHCHECK;
 use tss_esapi::utils::create_unrestricted_signing_ecc_public;
 use zeroize::Zeroizing;
 
-use super::{ObjectAuth, TpmDevice, retry, retry_raw};
+use super::{DeviceState, ObjectAuth, TpmDevice, create_srk, flush, retry_raw};
 use crate::CustodyError;
 use crate::key::{Algorithm, Backend, CustodyKey, KeyFact, PublicKey, signature_from_scalars};
 use crate::uri::TpmUri;
 
 /// A P-256 signing key persisted in a TPM.
-#[derive(Debug)]
 pub struct TpmKey {
     uri: String,
     device: Arc<TpmDevice>,
-    handle: KeyHandle,
-    auth: ObjectAuth,
+    persistent: PersistentTpmHandle,
+    auth: Zeroizing<Vec<u8>>,
+    /// The ESYS handle for the key in the device's current connection, by connection generation.
+    handle: Mutex<Option<(u64, KeyHandle)>>,
     public: PublicKey,
     facts: Vec<KeyFact>,
 }
 
+impl std::fmt::Debug for TpmKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The authValue is deliberately absent.
+        f.debug_struct("TpmKey")
+            .field("uri", &self.uri)
+            .field("public", &self.public)
+            .finish_non_exhaustive()
+    }
+}
+
 impl TpmKey {
     /// Opens the persistent key named by `uri`, refusing anything that is not a non-duplicable,
-    /// TPM-generated, unrestricted P-256 ECDSA signing key.
+    /// TPM-generated, unrestricted P-256 ECDSA signing key, and any URI without an authValue.
     pub fn open(uri: &TpmUri) -> Result<Self, CustodyError> {
         let device = TpmDevice::open(&uri.tcti())?;
         let name = uri.to_string();
-        let auth = read_auth(uri)?;
-        let (handle, public) = {
-            let mut ctx = device.lock()?;
-            let persistent = persistent_handle(uri.handle)?;
-            let object = match retry_raw("TR_FromTPMPublic", || {
-                ctx.execute_without_session(|c| {
-                    c.tr_from_tpm_public(TpmHandle::Persistent(persistent))
-                })
-            }) {
-                Ok(o) => o,
-                Err((e, _)) if is_missing_handle(&e) => {
-                    return Err(CustodyError::KeyNotFound(name));
-                }
-                Err((e, _)) => return Err(CustodyError::tpm("TR_FromTPMPublic", e)),
-            };
-            let handle = KeyHandle::from(object);
-            let (public, _, _) = retry("ReadPublic", || {
-                ctx.execute_without_session(|c| c.read_public(handle))
-            })?;
-            if let Some(auth) = &auth {
-                let value = Auth::try_from(auth.as_bytes().to_vec()).map_err(|_| {
-                    CustodyError::SecretSource {
-                        source_name: "auth-source".into(),
-                        reason: "authValue longer than the TPM accepts".into(),
-                    }
-                })?;
-                ctx.tr_set_auth(object, value)
-                    .map_err(|e| CustodyError::tpm("TR_SetAuth", e))?;
-            }
-            (handle, public)
+        let persistent = persistent_handle(uri.handle)?;
+        let public = {
+            let mut st = device.lock()?;
+            let mut object = translate(&mut st, persistent, &name)?;
+            let public = st.retry("ReadPublic", |c| c.read_public(object.into()));
+            let _ = st.tr_close(&mut object);
+            public?.0
         };
+        // Attributes first: they are readable without the authValue and say the most.
         let (public_key, mut facts) = check_public(&public, &name)?;
+        let auth = read_auth(uri, &name)?;
         facts.push(KeyFact::new(
             "persistent handle",
             format!("{:#010x}", uri.handle),
         ));
-        facts.push(KeyFact::new(
-            "authValue",
-            if auth.is_some() { "set" } else { "empty" },
-        ));
-        let auth = if auth.is_some() {
-            ObjectAuth::Set
-        } else {
-            ObjectAuth::Empty
-        };
+        facts.push(KeyFact::new("authValue", "set (from auth-source)"));
         let key = TpmKey {
             uri: name,
             device,
-            handle,
+            persistent,
             auth,
+            handle: Mutex::new(None),
             public: public_key,
             facts,
         };
@@ -102,61 +89,99 @@ impl TpmKey {
         Ok(key)
     }
 
-    /// Generates a new key and persists it at the URI's handle. Refuses if the handle is taken.
+    /// Generates a new key inside the TPM and persists it at the URI's handle. Refuses if the
+    /// handle is taken or the URI names no authValue.
     pub fn generate(uri: &TpmUri) -> Result<Self, CustodyError> {
+        let name = uri.to_string();
+        let auth = read_auth(uri, &name)?;
+        let auth_value = tpm_auth(&auth)?;
         let device = TpmDevice::open(&uri.tcti())?;
-        let auth = read_auth(uri)?;
         let persistent = persistent_handle(uri.handle)?;
         {
-            let mut ctx = device.lock()?;
-            match ctx.execute_without_session(|c| {
-                c.tr_from_tpm_public(TpmHandle::Persistent(persistent))
-            }) {
+            let mut st = device.lock()?;
+            match translate(&mut st, persistent, &name) {
                 Ok(mut existing) => {
-                    let _ = ctx.tr_close(&mut existing);
-                    return Err(CustodyError::KeyExists(uri.to_string()));
+                    let _ = st.tr_close(&mut existing);
+                    return Err(CustodyError::KeyExists(name));
                 }
-                Err(e) if is_missing_handle(&e) => {}
-                Err(e) => return Err(CustodyError::tpm("TR_FromTPMPublic", e)),
+                Err(CustodyError::KeyNotFound(_)) => {}
+                Err(e) => return Err(e),
             }
-            let template = signing_template()?;
-            let auth_value = match &auth {
-                Some(a) => Some(Auth::try_from(a.as_bytes().to_vec()).map_err(|_| {
-                    CustodyError::SecretSource {
-                        source_name: "auth-source".into(),
-                        reason: "authValue longer than the TPM accepts".into(),
-                    }
-                })?),
-                None => None,
-            };
-            let created = retry("CreatePrimary", || {
-                let auth_value = auth_value.clone();
-                let template = template.clone();
-                ctx.execute_with_nullauth_session(|c| {
-                    c.create_primary(Hierarchy::Owner, template, auth_value, None, None, None)
-                })
-            })?;
-            let transient = ObjectHandle::from(created.key_handle);
-            let persisted = retry("EvictControl", || {
-                ctx.execute_with_nullauth_session(|c| {
+            let template = create_unrestricted_signing_ecc_public(
+                EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)),
+                EccCurve::NistP256,
+            )
+            .map_err(|e| CustodyError::tpm("template", e))?;
+            let srk = create_srk(&mut st)?;
+            let made = (|| {
+                // The salted session encrypts inSensitive, which carries the new authValue.
+                let created = st.with_session("Create", ObjectAuth::Set, |c| {
+                    c.create(
+                        srk,
+                        template.clone(),
+                        Some(auth_value.clone()),
+                        None,
+                        None,
+                        None,
+                    )
+                })?;
+                let loaded = st.with_session("Load", ObjectAuth::Empty, |c| {
+                    c.load(srk, created.out_private.clone(), created.out_public.clone())
+                })?;
+                let transient = ObjectHandle::from(loaded);
+                let persisted = st.with_session("EvictControl", ObjectAuth::Empty, |c| {
                     c.evict_control(
                         Provision::Owner,
                         transient,
                         Persistent::Persistent(persistent),
                     )
-                })
-            });
-            // The transient copy is no longer needed either way; slots are scarce.
-            let flushed = ctx.flush_context(transient);
-            let mut persisted = persisted?;
-            flushed.map_err(|e| CustodyError::tpm("FlushContext", e))?;
-            let _ = ctx.tr_close(&mut persisted);
+                });
+                flush(&mut st, transient);
+                let mut persisted = persisted?;
+                let _ = st.tr_close(&mut persisted);
+                Ok::<(), CustodyError>(())
+            })();
+            flush(&mut st, srk.into());
+            made?;
         }
         drop(device);
         Self::open(uri)
     }
 
-    /// Signs a probe and verifies it with the public area the TPM reported.
+    /// The ESYS handle of the key in the current connection, translated (and its authValue set)
+    /// again after a reconnection.
+    fn handle(&self, st: &mut DeviceState) -> Result<KeyHandle, CustodyError> {
+        let mut cached = self.handle.lock().map_err(|_| CustodyError::Tpm {
+            op: "lock",
+            reason: "key handle cache poisoned".into(),
+        })?;
+        if let Some((generation, handle)) = *cached
+            && generation == st.generation()
+        {
+            return Ok(handle);
+        }
+        let object = translate(st, self.persistent, &self.uri)?;
+        st.tr_set_auth(object, tpm_auth(&self.auth)?)
+            .map_err(|e| CustodyError::tpm("TR_SetAuth", e))?;
+        let handle = KeyHandle::from(object);
+        *cached = Some((st.generation(), handle));
+        Ok(handle)
+    }
+
+    fn sign_once(&self, digest: &Digest) -> Result<tss_esapi::structures::Signature, CustodyError> {
+        let scheme = SignatureScheme::EcDsa {
+            hash_scheme: HashScheme::new(HashingAlgorithm::Sha256),
+        };
+        let ticket = null_ticket()?;
+        let mut st = self.device.lock()?;
+        let handle = self.handle(&mut st)?;
+        st.with_session("Sign", ObjectAuth::Set, |c| {
+            c.sign(handle, digest.clone(), scheme, ticket.clone())
+        })
+    }
+
+    /// Signs a probe and verifies it with the public area the TPM reported: proves the authValue
+    /// is right and the key can sign before anyone relies on it.
     fn self_test(&self) -> Result<(), CustodyError> {
         use p256::ecdsa::signature::hazmat::PrehashVerifier;
         let probe = [0xa5u8; 32];
@@ -171,15 +196,15 @@ impl TpmKey {
 impl CustodyKey for TpmKey {
     fn sign_digest(&self, digest: &[u8; 32]) -> Result<Signature, CustodyError> {
         let digest = Digest::try_from(digest.to_vec()).map_err(|e| CustodyError::tpm("Sign", e))?;
-        let scheme = SignatureScheme::EcDsa {
-            hash_scheme: HashScheme::new(HashingAlgorithm::Sha256),
+        let signature = match self.sign_once(&digest) {
+            // The connection was lost and the device marked broken: the next lock reconnects and
+            // translates the handle again. One more try.
+            Err(CustodyError::TpmUnavailable { .. }) => {
+                tracing::warn!(key = %self.uri, "TPM connection lost; reconnecting and signing again");
+                self.sign_once(&digest)?
+            }
+            other => other?,
         };
-        let ticket = null_ticket()?;
-        let mut ctx = self.device.lock()?;
-        let signature = ctx.with_session("Sign", self.auth, |c| {
-            c.sign(self.handle, digest.clone(), scheme, ticket.clone())
-        })?;
-        drop(ctx);
         match signature {
             tss_esapi::structures::Signature::EcDsa(sig) => {
                 signature_from_scalars(sig.signature_r().value(), sig.signature_s().value())
@@ -216,6 +241,22 @@ impl CustodyKey for TpmKey {
     }
 }
 
+/// TR_FromTPMPublic for a persistent handle; TPM_RC_HANDLE means no key is there.
+fn translate(
+    st: &mut DeviceState,
+    persistent: PersistentTpmHandle,
+    name: &str,
+) -> Result<ObjectHandle, CustodyError> {
+    let found = retry_raw("TR_FromTPMPublic", || {
+        st.execute_without_session(|c| c.tr_from_tpm_public(TpmHandle::Persistent(persistent)))
+    });
+    match found {
+        Ok(o) => Ok(o),
+        Err((e, _)) if is_missing_handle(&e) => Err(CustodyError::KeyNotFound(name.to_string())),
+        Err((e, attempts)) => Err(st.classify("TR_FromTPMPublic", e, attempts)),
+    }
+}
+
 fn persistent_handle(handle: u32) -> Result<PersistentTpmHandle, CustodyError> {
     PersistentTpmHandle::new(handle)
         .map_err(|_| CustodyError::InvalidUri(format!("{handle:#010x} is not a persistent handle")))
@@ -226,48 +267,32 @@ pub(crate) fn is_missing_handle(e: &tss_esapi::Error) -> bool {
     matches!(e, tss_esapi::Error::Tss2Error(rc) if matches!(rc.kind(), Some(Tss2ResponseCodeKind::Handle)))
 }
 
-fn read_auth(uri: &TpmUri) -> Result<Option<Zeroizing<String>>, CustodyError> {
-    uri.auth_source.as_ref().map(|s| s.read()).transpose()
+fn read_auth(uri: &TpmUri, name: &str) -> Result<Zeroizing<Vec<u8>>, CustodyError> {
+    let source = uri
+        .auth_source
+        .as_ref()
+        .ok_or_else(|| CustodyError::UnsafeKey {
+            key: name.to_string(),
+            reason: "no authValue configured (auth-source=file:... or env:VAR): a TPM custody key \
+                 with an empty authValue can be used by any process that opens the TPM"
+                .into(),
+        })?;
+    let secret = source.read()?;
+    if secret.is_empty() {
+        return Err(CustodyError::SecretSource {
+            source_name: source.to_string(),
+            reason: "the authValue is empty".into(),
+        });
+    }
+    Ok(Zeroizing::new(secret.as_bytes().to_vec()))
 }
 
-/// The public template of custody keys: ECDSA P-256 with SHA-256, unrestricted, fixedTPM,
-/// fixedParent, sensitiveDataOrigin, userWithAuth; a random `unique.x` so the primary is new.
-fn signing_template() -> Result<Public, CustodyError> {
-    let base = create_unrestricted_signing_ecc_public(
-        EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)),
-        EccCurve::NistP256,
-    )
-    .map_err(|e| CustodyError::tpm("template", e))?;
-    let mut nonce = [0u8; 32];
-    getrandom::fill(&mut nonce).map_err(|e| CustodyError::Tpm {
-        op: "template",
-        reason: e.to_string(),
-    })?;
-    match base {
-        Public::Ecc {
-            object_attributes,
-            name_hashing_algorithm,
-            auth_policy,
-            parameters,
-            ..
-        } => {
-            let x = EccParameter::try_from(nonce.to_vec())
-                .map_err(|e| CustodyError::tpm("template", e))?;
-            let y =
-                EccParameter::try_from(Vec::new()).map_err(|e| CustodyError::tpm("template", e))?;
-            Ok(Public::Ecc {
-                object_attributes,
-                name_hashing_algorithm,
-                auth_policy,
-                parameters,
-                unique: EccPoint::new(x, y),
-            })
-        }
-        _ => Err(CustodyError::Tpm {
-            op: "template",
-            reason: "not an ECC template".into(),
-        }),
-    }
+fn tpm_auth(secret: &[u8]) -> Result<Auth, CustodyError> {
+    Auth::try_from(secret.to_vec()).map_err(|_| CustodyError::SecretSource {
+        source_name: "auth-source".into(),
+        reason: "authValue longer than the TPM accepts (at most the name digest size, 32 bytes)"
+            .into(),
+    })
 }
 
 pub(crate) fn null_ticket() -> Result<HashcheckTicket, CustodyError> {

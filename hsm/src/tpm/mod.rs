@@ -1,5 +1,6 @@
-//! TPM access through tss-esapi 7.7: one serialised context per TPM, bounded retries, custody keys
-//! and the attester's operations.
+//! TPM access through tss-esapi 7.7: one serialised context per TPM, bounded retries, a salted
+//! session for secrets, reconnection after the TPM goes away, custody keys and the attester's
+//! operations.
 
 pub mod attester;
 mod key;
@@ -11,13 +12,18 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use tss_esapi::Context;
-use tss_esapi::attributes::SessionAttributesBuilder;
+use tss_esapi::attributes::{ObjectAttributesBuilder, SessionAttributesBuilder};
 use tss_esapi::constants::SessionType;
-use tss_esapi::constants::response_code::Tss2ResponseCodeKind;
-use tss_esapi::handles::SessionHandle;
-use tss_esapi::interface_types::algorithm::HashingAlgorithm;
+use tss_esapi::constants::response_code::{Tss2ResponseCode, Tss2ResponseCodeKind};
+use tss_esapi::handles::{KeyHandle, SessionHandle};
+use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
+use tss_esapi::interface_types::ecc::EccCurve;
+use tss_esapi::interface_types::resource_handles::Hierarchy;
 use tss_esapi::interface_types::session_handles::AuthSession;
-use tss_esapi::structures::SymmetricDefinition;
+use tss_esapi::structures::{
+    EccPoint, PublicBuilder, PublicEccParametersBuilder, SymmetricDefinition,
+    SymmetricDefinitionObject,
+};
 use tss_esapi::tcti_ldr::TctiNameConf;
 
 use crate::CustodyError;
@@ -25,8 +31,8 @@ use crate::CustodyError;
 pub use key::TpmKey;
 
 /// How many times a command answered with TPM_RC_RETRY, TPM_RC_YIELDED or TPM_RC_TESTING is sent
-/// again by us. (tpm2-tss's ESYS already resubmits a few times on its own; this bound sits on top
-/// of it, with a growing pause, so a TPM in a long self-test gets about a second.)
+/// again by us. tpm2-tss's ESYS already resubmits up to five times on its own; this bound sits on
+/// top of it, with a growing pause (20, 40, 80, 160 ms), so a TPM in a long self-test gets time.
 pub const MAX_ATTEMPTS: u32 = 5;
 const FIRST_PAUSE: Duration = Duration::from_millis(20);
 
@@ -45,24 +51,39 @@ pub struct TpmDevice {
 
 /// Whether the object a command authorizes has an authValue.
 ///
-/// With an empty authValue, commands use a password session: an unsalted HMAC session would be
-/// keyed by nothing an observer of the TPM bus lacks, so it would protect nothing, and on swtpm it
-/// costs about 1.7 ms a command against 0.3 ms. With an authValue, an HMAC session (parameter
-/// encryption on) keeps the value off the bus and binds the command's parameters to it.
+/// With an empty authValue, commands use a password session: an HMAC session would be keyed by
+/// nothing an attacker lacks, and on swtpm it costs about 1.7 ms a command against 0.3 ms. With an
+/// authValue, the shared salted HMAC session is used (parameter encryption on), which keeps the
+/// value off the TPM bus and binds the command's parameters to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ObjectAuth {
     Empty,
     Set,
 }
 
-/// The ESAPI context and the HMAC session that signing commands reuse.
+/// The ESAPI context, the session that commands carrying secrets share, and whether the
+/// connection is known to be broken.
 ///
-/// Starting a session costs two extra round trips (StartAuthSession, FlushContext), which is most
-/// of the time of a TPM2_Sign on swtpm; one long-lived session (continueSession set) is started on
-/// first use and replaced if the TPM forgets it (a reboot, a resource manager eviction).
+/// The session is salted with an ECC storage primary of the owner hierarchy, so its session key
+/// (and with it the parameter-encryption key) is unknown to anyone watching the bus; it is started
+/// on first use, kept (continueSession), and replaced if the TPM forgets it (a reboot).
 pub(crate) struct DeviceState {
+    tcti: String,
     context: Context,
     session: Option<AuthSession>,
+    /// Bumped on every reconnection: ESYS handles translated before it are meaningless after it.
+    generation: u64,
+    broken: bool,
+}
+
+impl std::fmt::Debug for DeviceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceState")
+            .field("tcti", &self.tcti)
+            .field("generation", &self.generation)
+            .field("broken", &self.broken)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Deref for DeviceState {
@@ -79,56 +100,106 @@ impl DerefMut for DeviceState {
 }
 
 impl DeviceState {
-    /// Runs one command under the shared HMAC session (parameter encryption on), with the bounded
-    /// transient retry. If the command fails otherwise, the session may be the cause (the TPM was
-    /// restarted under us): it is discarded and the command sent once more under a fresh one. TPM
-    /// commands are atomic, so a failed command had no effect and sending it again is safe.
+    /// The connection generation (see [`TpmDevice`]): compare with the one a handle was made in.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Runs one command with the session `auth` calls for, with the bounded transient retry. A
+    /// command sent under a session the TPM no longer knows is sent once more under a fresh one
+    /// (TPM commands are atomic: one that failed had no effect). A lost connection marks the device
+    /// broken; the next [`TpmDevice::lock`] reconnects.
     pub(crate) fn with_session<T>(
         &mut self,
         op: &'static str,
         auth: ObjectAuth,
         mut command: impl FnMut(&mut Context) -> tss_esapi::Result<T>,
     ) -> Result<T, CustodyError> {
-        if auth == ObjectAuth::Empty {
-            return retry(op, || {
-                self.context
-                    .execute_with_session(Some(AuthSession::Password), &mut command)
-            });
-        }
+        let session = match auth {
+            ObjectAuth::Empty => AuthSession::Password,
+            ObjectAuth::Set => self.session()?,
+        };
+        self.with_sessions(op, (session, None), &mut command)
+    }
+
+    /// As [`with_session`](Self::with_session) for commands with two authorizations: the first
+    /// uses the shared salted session, the second (an object with an empty authValue) a password.
+    pub(crate) fn with_salted_and_password<T>(
+        &mut self,
+        op: &'static str,
+        mut command: impl FnMut(&mut Context) -> tss_esapi::Result<T>,
+    ) -> Result<T, CustodyError> {
         let session = self.session()?;
-        match retry_raw(op, || {
-            self.context
-                .execute_with_session(Some(session), &mut command)
-        }) {
+        self.with_sessions(op, (session, Some(AuthSession::Password)), &mut command)
+    }
+
+    fn with_sessions<T>(
+        &mut self,
+        op: &'static str,
+        sessions: (AuthSession, Option<AuthSession>),
+        command: &mut impl FnMut(&mut Context) -> tss_esapi::Result<T>,
+    ) -> Result<T, CustodyError> {
+        let mut run = |ctx: &mut Context, first: AuthSession| {
+            retry_raw(op, || {
+                ctx.execute_with_sessions((Some(first), sessions.1, None), &mut *command)
+            })
+        };
+        match run(&mut self.context, sessions.0) {
             Ok(v) => Ok(v),
-            Err((e, _)) if session_is_stale(&e) => {
+            Err((e, _)) if session_is_stale(&e) && sessions.0 != AuthSession::Password => {
                 tracing::debug!(op, error = %e, "TPM session gone; starting a new one");
                 self.discard_session();
                 let session = self.session()?;
-                retry(op, || {
-                    self.context
-                        .execute_with_session(Some(session), &mut command)
-                })
+                run(&mut self.context, session).map_err(|(e, n)| self.classify(op, e, n))
             }
-            Err((e, attempts)) => Err(classify(op, e, attempts)),
+            Err((e, attempts)) => Err(self.classify(op, e, attempts)),
         }
+    }
+
+    /// Like [`retry`], and marks the device broken if the connection was lost.
+    pub(crate) fn retry<T>(
+        &mut self,
+        op: &'static str,
+        mut command: impl FnMut(&mut Context) -> tss_esapi::Result<T>,
+    ) -> Result<T, CustodyError> {
+        retry_raw(op, || command(&mut self.context)).map_err(|(e, n)| self.classify(op, e, n))
+    }
+
+    pub(crate) fn classify(
+        &mut self,
+        op: &'static str,
+        e: tss_esapi::Error,
+        attempts: u32,
+    ) -> CustodyError {
+        if connection_lost(&e) {
+            self.broken = true;
+            self.session = None;
+            return CustodyError::TpmUnavailable {
+                tcti: self.tcti.clone(),
+                reason: format!("{op}: {e}"),
+            };
+        }
+        classify(op, e, attempts)
     }
 
     fn session(&mut self) -> Result<AuthSession, CustodyError> {
         if let Some(s) = self.session {
             return Ok(s);
         }
-        let session = retry("StartAuthSession", || {
-            self.context.start_auth_session(
-                None,
+        let salt_key = create_srk(self)?;
+        let started = self.retry("StartAuthSession", |c| {
+            c.start_auth_session(
+                Some(salt_key),
                 None,
                 None,
                 SessionType::Hmac,
                 SymmetricDefinition::AES_128_CFB,
                 HashingAlgorithm::Sha256,
             )
-        })?
-        .ok_or_else(|| CustodyError::Tpm {
+        });
+        // The salt key is needed only to start the session.
+        flush(self, salt_key.into());
+        let session = started?.ok_or_else(|| CustodyError::Tpm {
             op: "StartAuthSession",
             reason: "no session returned".into(),
         })?;
@@ -141,9 +212,7 @@ impl DeviceState {
             .context
             .tr_sess_set_attributes(session, attributes, mask)
         {
-            let _ = self
-                .context
-                .flush_context(SessionHandle::from(session).into());
+            flush(self, SessionHandle::from(session).into());
             return Err(CustodyError::tpm("TR_SessSetAttributes", e));
         }
         self.session = Some(session);
@@ -158,17 +227,59 @@ impl DeviceState {
     }
 }
 
+/// Flushes a transient object or session, logging (not failing) if the TPM refuses.
+pub(crate) fn flush(ctx: &mut Context, handle: tss_esapi::handles::ObjectHandle) {
+    if let Err(e) = ctx.flush_context(handle) {
+        tracing::warn!(error = %e, "could not flush a transient TPM object");
+    }
+}
+
+/// An ECC P-256 storage primary (restricted decryption, AES-128-CFB) in the owner hierarchy: the
+/// parent of generated keys and the salt key of sessions. Deterministic, so recreating it is cheap
+/// and gives the same key.
+pub(crate) fn create_srk(ctx: &mut DeviceState) -> Result<KeyHandle, CustodyError> {
+    let attributes = ObjectAttributesBuilder::new()
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        .with_sensitive_data_origin(true)
+        .with_user_with_auth(true)
+        .with_no_da(true)
+        .with_restricted(true)
+        .with_decrypt(true)
+        .build()
+        .map_err(|e| CustodyError::tpm("template", e))?;
+    let template = PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::Ecc)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attributes)
+        .with_ecc_parameters(
+            PublicEccParametersBuilder::new_restricted_decryption_key(
+                SymmetricDefinitionObject::AES_128_CFB,
+                EccCurve::NistP256,
+            )
+            .build()
+            .map_err(|e| CustodyError::tpm("template", e))?,
+        )
+        .with_ecc_unique_identifier(EccPoint::default())
+        .build()
+        .map_err(|e| CustodyError::tpm("template", e))?;
+    let created = ctx.with_session("CreatePrimary (SRK)", ObjectAuth::Empty, |c| {
+        c.create_primary(Hierarchy::Owner, template.clone(), None, None, None, None)
+    })?;
+    Ok(created.key_handle)
+}
+
+fn devices() -> &'static Mutex<HashMap<String, Weak<TpmDevice>>> {
+    static DEVICES: OnceLock<Mutex<HashMap<String, Weak<TpmDevice>>>> = OnceLock::new();
+    DEVICES.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
 impl std::fmt::Debug for TpmDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TpmDevice")
             .field("tcti", &self.tcti)
             .finish_non_exhaustive()
     }
-}
-
-fn devices() -> &'static Mutex<HashMap<String, Weak<TpmDevice>>> {
-    static DEVICES: OnceLock<Mutex<HashMap<String, Weak<TpmDevice>>>> = OnceLock::new();
-    DEVICES.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
 impl TpmDevice {
@@ -180,17 +291,28 @@ impl TpmDevice {
             tcti: tcti.to_string(),
             reason,
         };
-        let mut map = devices()
-            .lock()
-            .map_err(|_| unavailable("device registry poisoned".into()))?;
-        if let Some(dev) = map.get(tcti).and_then(Weak::upgrade) {
+        let registry = || {
+            devices()
+                .lock()
+                .map_err(|_| unavailable("device registry poisoned".into()))
+        };
+        if let Some(dev) = registry()?.get(tcti).and_then(Weak::upgrade) {
             return Ok(dev);
         }
-        let conf = TctiNameConf::from_str(tcti).map_err(|e| unavailable(e.to_string()))?;
-        let context = Context::new(conf).map_err(|e| unavailable(e.to_string()))?;
+        // Connect without holding the registry: a TPM that is slow to answer must not stall every
+        // other TPM this process uses.
+        let context = connect(tcti)?;
+        let mut map = registry()?;
+        if let Some(dev) = map.get(tcti).and_then(Weak::upgrade) {
+            // Someone connected meanwhile; theirs wins, ours is closed on drop.
+            return Ok(dev);
+        }
         let state = DeviceState {
+            tcti: tcti.to_string(),
             context,
             session: None,
+            generation: 0,
+            broken: false,
         };
         let dev = Arc::new(TpmDevice {
             tcti: tcti.to_string(),
@@ -206,13 +328,52 @@ impl TpmDevice {
         &self.tcti
     }
 
-    /// Exclusive access to the context for one operation.
+    /// Exclusive access to the device for one operation. If the connection was lost, it is opened
+    /// again first (and the generation bumped); if that fails, the TPM is reported unavailable and
+    /// the next call tries again.
     pub(crate) fn lock(&self) -> Result<MutexGuard<'_, DeviceState>, CustodyError> {
-        self.state.lock().map_err(|_| CustodyError::Tpm {
+        let mut state = self.state.lock().map_err(|_| CustodyError::Tpm {
             op: "lock",
             reason: "a previous TPM operation panicked; context poisoned".into(),
-        })
+        })?;
+        if state.broken {
+            state.context = connect(&self.tcti)?;
+            state.session = None;
+            state.generation = state.generation.wrapping_add(1);
+            state.broken = false;
+            tracing::warn!(tcti = %self.tcti, "reconnected to the TPM");
+        }
+        Ok(state)
     }
+}
+
+fn connect(tcti: &str) -> Result<Context, CustodyError> {
+    let unavailable = |reason: String| CustodyError::TpmUnavailable {
+        tcti: tcti.to_string(),
+        reason,
+    };
+    let conf = TctiNameConf::from_str(tcti).map_err(|e| unavailable(e.to_string()))?;
+    Context::new(conf).map_err(|e| unavailable(e.to_string()))
+}
+
+/// The raw TSS2_RC of an error. tss-esapi 7.7 keeps it private but prints it in the response
+/// code's `Display` ("Response code value: 0x..."); the layer (TCTI, ESYS, TPM) is only in there.
+fn raw_rc(e: &tss_esapi::Error) -> Option<u32> {
+    let text = match e {
+        tss_esapi::Error::Tss2Error(Tss2ResponseCode::FormatZero(rc)) => rc.to_string(),
+        tss_esapi::Error::Tss2Error(Tss2ResponseCode::FormatOne(rc)) => rc.to_string(),
+        _ => return None,
+    };
+    let hex = text.rsplit("0x").next()?;
+    u32::from_str_radix(hex.trim(), 16).ok()
+}
+
+/// TSS2 layer of the TCTI (tss2_common.h: TSS2_TCTI_RC_LAYER = 10 << 16).
+const TCTI_LAYER: u32 = 10;
+
+/// True when the error came from the transport, not the TPM: the device or socket is gone.
+fn connection_lost(e: &tss_esapi::Error) -> bool {
+    raw_rc(e).is_some_and(|rc| (rc >> 16) & 0xff == TCTI_LAYER)
 }
 
 /// True when the TPM no longer knows our session (TPM_RC_REFERENCE_S0..S6), e.g. after a reboot
@@ -258,16 +419,8 @@ pub(crate) fn is_transient(e: &tss_esapi::Error) -> bool {
 }
 
 /// Runs one TPM command, sending it again (after a growing pause) while the TPM answers with a
-/// transient code, at most [`MAX_ATTEMPTS`] times.
-pub(crate) fn retry<T>(
-    op: &'static str,
-    command: impl FnMut() -> tss_esapi::Result<T>,
-) -> Result<T, CustodyError> {
-    retry_raw(op, command).map_err(|(e, attempts)| classify(op, e, attempts))
-}
-
-/// As [`retry`], but hands back the TPM's own error (and the attempts made) so that callers can
-/// tell particular response codes apart.
+/// transient code, at most [`MAX_ATTEMPTS`] times. Hands back the TPM's own error and the number
+/// of attempts, so callers can tell particular response codes apart.
 pub(crate) fn retry_raw<T>(
     op: &'static str,
     mut command: impl FnMut() -> tss_esapi::Result<T>,
