@@ -83,7 +83,10 @@ pub fn lease_port_pair() -> PortLease {
             continue;
         }
         if let (Some(l0), Some(l1)) = (lock(p), lock(p + 1)) {
-            return PortLease { port: p, _locks: [l0, l1] };
+            return PortLease {
+                port: p,
+                _locks: [l0, l1],
+            };
         }
     }
     panic!("no two consecutive free loopback ports");

@@ -93,7 +93,14 @@ impl FaultProxy {
                 }
             });
         }
-        FaultProxy { port, injected, stop, down, live, _lease: lease }
+        FaultProxy {
+            port,
+            injected,
+            stop,
+            down,
+            live,
+            _lease: lease,
+        }
     }
 
     /// Plays a TPM that went away (`true`: open connections are cut, new ones closed at once) or

@@ -38,7 +38,13 @@ impl Swtpm {
             let mut child = spawn(port, dir.path());
             if wait_listening(&mut child, port + 1) {
                 crate::write_secret(&dir.path().join("key.auth"), &crate::random_hex(12));
-                return Swtpm { dir, child, port, template, _lease: lease };
+                return Swtpm {
+                    dir,
+                    child,
+                    port,
+                    template,
+                    _lease: lease,
+                };
             }
             let _ = child.kill();
             let _ = child.wait();
@@ -194,8 +200,6 @@ fn template_dir() -> PathBuf {
     }
     dir
 }
-
-
 
 fn current_uid() -> u32 {
     use std::os::unix::fs::MetadataExt;
