@@ -1,14 +1,24 @@
 //! writ-attestation: the pure half of writ. No I/O, no TPM or PKCS#11 library, no async runtime:
 //! the appliance, gateways and auditors embed the same code.
 //!
-//! Built so far: [`jwk`], P-256 public keys as JWKs and their RFC 7638 thumbprints (the `kid` of
-//! published keys and the `cnf.jkt` of writs).
+//! Built so far:
+//! * [`tpm`]: TPM 2.0 wire structures parsed into types (TPMS_ATTEST, TPMT_PUBLIC, TPMT_SIGNATURE,
+//!   TPML_PCR_SELECTION), object names;
+//! * [`crypto`]: the signature provider trait, with aws-lc-rs and RustCrypto implementations;
+//! * [`evidence`]: AK checks, quote and certify verification returning proof values;
+//! * [`jwk`]: P-256 public keys as JWKs and their RFC 7638 thumbprints.
 //!
-//! Not built yet (see the README's status table): TPM structure parsing, EK chain validation,
-//! MakeCredential, quote and certify verification, event-log replay and appraisal, EAR, the writ /
-//! proof / bundle formats, request digests, offline writ verification, Merkle proofs and checkpoints.
+//! Not built yet (see the README's status table): EK chain validation, software MakeCredential,
+//! event-log replay and appraisal, EAR, the writ / proof / bundle formats, request digests, offline
+//! writ verification, Merkle proofs and checkpoints.
 //!
 //! This crate contains no `unsafe` code.
 #![forbid(unsafe_code)]
 
+pub mod crypto;
+mod error;
+pub mod evidence;
 pub mod jwk;
+pub mod tpm;
+
+pub use error::EvidenceError;

@@ -1,0 +1,78 @@
+//! TPM2_Certify verification: ties a key (a holder key, a CSR key) to the attested TPM.
+
+use super::{CheckedAk, Nonce, verify_attest};
+use crate::crypto::CryptoProvider;
+use crate::error::EvidenceError;
+use crate::tpm::attest::{Attested, ClockInfo, ST_ATTEST_CERTIFY};
+use crate::tpm::public::{Public, attr};
+
+/// A key the AK certified, over the expected nonce, that is a TPM-bound signing key: fixedTPM,
+/// fixedParent, sensitiveDataOrigin, sign, not decrypt, not restricted. Only this crate
+/// constructs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertifiedKey {
+    public: Public,
+    name: Vec<u8>,
+    ak_name: Vec<u8>,
+    nonce: Nonce,
+    clock: ClockInfo,
+}
+
+impl CertifiedKey {
+    /// The certified key's public area.
+    pub fn public(&self) -> &Public {
+        &self.public
+    }
+    /// Its TPM name.
+    pub fn name(&self) -> &[u8] {
+        &self.name
+    }
+    /// The AK that certified it.
+    pub fn ak_name(&self) -> &[u8] {
+        &self.ak_name
+    }
+    /// The nonce the certification is bound to.
+    pub fn nonce(&self) -> &Nonce {
+        &self.nonce
+    }
+    /// The TPM's clock at certification.
+    pub fn clock(&self) -> ClockInfo {
+        self.clock
+    }
+}
+
+/// Verifies a TPM2_Certify of `certified` (its TPMT_PUBLIC) by `ak` over `nonce`.
+pub fn verify_certify(
+    provider: &dyn CryptoProvider,
+    ak: &CheckedAk,
+    attest: &[u8],
+    signature: &[u8],
+    nonce: &Nonce,
+    certified: &[u8],
+) -> Result<CertifiedKey, EvidenceError> {
+    let (parsed, _) = verify_attest(provider, ak, attest, signature, ST_ATTEST_CERTIFY, nonce)?;
+    let Attested::Certify { name, .. } = parsed.attested else {
+        return Err(EvidenceError::AttestType { expected: ST_ATTEST_CERTIFY, got: parsed.kind });
+    };
+    let public = Public::from_tpmt(certified)?;
+    if public.name()? != name {
+        return Err(EvidenceError::CertifiedName);
+    }
+    let required = [
+        (attr::FIXED_TPM, "fixedTPM"),
+        (attr::FIXED_PARENT, "fixedParent"),
+        (attr::SENSITIVE_DATA_ORIGIN, "sensitiveDataOrigin"),
+        (attr::SIGN_ENCRYPT, "sign"),
+    ];
+    let missing: Vec<&str> = required.iter().filter(|(b, _)| !public.has(*b)).map(|(_, n)| *n).collect();
+    if !missing.is_empty() {
+        return Err(EvidenceError::CertifiedKey(format!("not set: {}", missing.join(", "))));
+    }
+    if public.has(attr::DECRYPT) {
+        return Err(EvidenceError::CertifiedKey("decrypt is set".into()));
+    }
+    if public.has(attr::RESTRICTED) {
+        return Err(EvidenceError::CertifiedKey("restricted (not a general signing key)".into()));
+    }
+    Ok(CertifiedKey { public, name, ak_name: ak.name().to_vec(), nonce: nonce.clone(), clock: parsed.clock_info })
+}
