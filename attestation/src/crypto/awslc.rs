@@ -28,8 +28,13 @@ impl CryptoProvider for AwsLc {
         sig: &SignatureValue<'_>,
     ) -> Result<(), EvidenceError> {
         match (key, alg, sig) {
-            (VerifyKey::Ecc { curve, x, y }, SigAlg::Ecdsa(hash), SignatureValue::Ecdsa { r, s }) => {
-                let algorithm: &'static signature::EcdsaVerificationAlgorithm = match (curve, hash) {
+            (
+                VerifyKey::Ecc { curve, x, y },
+                SigAlg::Ecdsa(hash),
+                SignatureValue::Ecdsa { r, s },
+            ) => {
+                let algorithm: &'static signature::EcdsaVerificationAlgorithm = match (curve, hash)
+                {
                     (EccCurve::P256, HashAlg::Sha256) => &signature::ECDSA_P256_SHA256_FIXED,
                     (EccCurve::P384, HashAlg::Sha384) => &signature::ECDSA_P384_SHA384_FIXED,
                     _ => {
@@ -50,7 +55,11 @@ impl CryptoProvider for AwsLc {
                     .verify(message, &fixed)
                     .map_err(|_| bad("ECDSA verification failed"))
             }
-            (VerifyKey::Rsa { modulus, exponent }, SigAlg::RsaPkcs1(hash) | SigAlg::RsaPss(hash), SignatureValue::Rsa(s)) => {
+            (
+                VerifyKey::Rsa { modulus, exponent },
+                SigAlg::RsaPkcs1(hash) | SigAlg::RsaPss(hash),
+                SignatureValue::Rsa(s),
+            ) => {
                 let pss = matches!(alg, SigAlg::RsaPss(_));
                 let algorithm: &'static signature::RsaParameters = match (pss, hash) {
                     (false, HashAlg::Sha256) => &signature::RSA_PKCS1_2048_8192_SHA256,
@@ -59,14 +68,23 @@ impl CryptoProvider for AwsLc {
                     (true, HashAlg::Sha256) => &signature::RSA_PSS_2048_8192_SHA256,
                     (true, HashAlg::Sha384) => &signature::RSA_PSS_2048_8192_SHA384,
                     (true, HashAlg::Sha512) => &signature::RSA_PSS_2048_8192_SHA512,
-                    (_, HashAlg::Sha1) => return Err(EvidenceError::HashTooWeak("SHA-1 signature".into())),
+                    (_, HashAlg::Sha1) => {
+                        return Err(EvidenceError::HashTooWeak("SHA-1 signature".into()));
+                    }
                 };
                 let e = rsa_exponent(*exponent).to_be_bytes();
                 let first = e.iter().position(|b| *b != 0).unwrap_or(3);
-                let components = RsaPublicKeyComponents { n: *modulus, e: e.get(first..).unwrap_or(&e) };
-                components.verify(algorithm, message, s).map_err(|_| bad("RSA verification failed"))
+                let components = RsaPublicKeyComponents {
+                    n: *modulus,
+                    e: e.get(first..).unwrap_or(&e),
+                };
+                components
+                    .verify(algorithm, message, s)
+                    .map_err(|_| bad("RSA verification failed"))
             }
-            _ => Err(EvidenceError::SignatureScheme("key, algorithm and signature do not match".into())),
+            _ => Err(EvidenceError::SignatureScheme(
+                "key, algorithm and signature do not match".into(),
+            )),
         }
     }
 }

@@ -102,7 +102,9 @@ pub(crate) fn pad(value: &[u8], size: usize, what: &str) -> Result<Vec<u8>, Evid
     let first = value.iter().position(|b| *b != 0).unwrap_or(value.len());
     let trimmed = value.get(first..).unwrap_or_default();
     if trimmed.len() > size {
-        return Err(EvidenceError::Signature(format!("{what} is longer than {size} bytes")));
+        return Err(EvidenceError::Signature(format!(
+            "{what} is longer than {size} bytes"
+        )));
     }
     let mut out = vec![0u8; size - trimmed.len()];
     out.extend_from_slice(trimmed);

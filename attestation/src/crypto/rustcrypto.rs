@@ -28,7 +28,11 @@ impl CryptoProvider for RustCrypto {
         signature: &SignatureValue<'_>,
     ) -> Result<(), EvidenceError> {
         match (key, alg, signature) {
-            (VerifyKey::Ecc { curve, x, y }, SigAlg::Ecdsa(hash), SignatureValue::Ecdsa { r, s }) => {
+            (
+                VerifyKey::Ecc { curve, x, y },
+                SigAlg::Ecdsa(hash),
+                SignatureValue::Ecdsa { r, s },
+            ) => {
                 let digest = hash.digest(message)?;
                 let size = curve.size();
                 let mut point = vec![0x04];
@@ -44,7 +48,8 @@ impl CryptoProvider for RustCrypto {
                             p256::FieldBytes::try_from(s.as_slice()).map_err(|_| bad("s"))?,
                         )
                         .map_err(|_| bad("r or s out of range"))?;
-                        vk.verify_prehash(&digest, &sig).map_err(|_| bad("ECDSA P-256 verification failed"))
+                        vk.verify_prehash(&digest, &sig)
+                            .map_err(|_| bad("ECDSA P-256 verification failed"))
                     }
                     EccCurve::P384 => {
                         let vk = p384::ecdsa::VerifyingKey::from_sec1_bytes(&point)
@@ -54,26 +59,36 @@ impl CryptoProvider for RustCrypto {
                             p384::FieldBytes::try_from(s.as_slice()).map_err(|_| bad("s"))?,
                         )
                         .map_err(|_| bad("r or s out of range"))?;
-                        vk.verify_prehash(&digest, &sig).map_err(|_| bad("ECDSA P-384 verification failed"))
+                        vk.verify_prehash(&digest, &sig)
+                            .map_err(|_| bad("ECDSA P-384 verification failed"))
                     }
                 }
             }
-            (VerifyKey::Rsa { modulus, exponent }, SigAlg::RsaPkcs1(hash) | SigAlg::RsaPss(hash), SignatureValue::Rsa(sig)) => {
+            (
+                VerifyKey::Rsa { modulus, exponent },
+                SigAlg::RsaPkcs1(hash) | SigAlg::RsaPss(hash),
+                SignatureValue::Rsa(sig),
+            ) => {
                 use rsa::signature::Verifier as _;
                 let n = rsa::BigUint::from_bytes_be(modulus);
                 let e = rsa::BigUint::from(rsa_exponent(*exponent));
-                let key = rsa::RsaPublicKey::new(n, e).map_err(|_| bad("RSA public key invalid"))?;
+                let key =
+                    rsa::RsaPublicKey::new(n, e).map_err(|_| bad("RSA public key invalid"))?;
                 let pss = matches!(alg, SigAlg::RsaPss(_));
                 macro_rules! check {
                     ($d:ty) => {
                         if pss {
                             let vk = rsa::pss::VerifyingKey::<$d>::new(key);
-                            let sig = rsa::pss::Signature::try_from(*sig).map_err(|_| bad("RSA signature"))?;
-                            vk.verify(message, &sig).map_err(|_| bad("RSASSA-PSS verification failed"))
+                            let sig = rsa::pss::Signature::try_from(*sig)
+                                .map_err(|_| bad("RSA signature"))?;
+                            vk.verify(message, &sig)
+                                .map_err(|_| bad("RSASSA-PSS verification failed"))
                         } else {
                             let vk = rsa::pkcs1v15::VerifyingKey::<$d>::new(key);
-                            let sig = rsa::pkcs1v15::Signature::try_from(*sig).map_err(|_| bad("RSA signature"))?;
-                            vk.verify(message, &sig).map_err(|_| bad("RSASSA-PKCS1-v1_5 verification failed"))
+                            let sig = rsa::pkcs1v15::Signature::try_from(*sig)
+                                .map_err(|_| bad("RSA signature"))?;
+                            vk.verify(message, &sig)
+                                .map_err(|_| bad("RSASSA-PKCS1-v1_5 verification failed"))
                         }
                     };
                 }
@@ -84,7 +99,9 @@ impl CryptoProvider for RustCrypto {
                     HashAlg::Sha1 => Err(EvidenceError::HashTooWeak("SHA-1 signature".into())),
                 }
             }
-            _ => Err(EvidenceError::SignatureScheme("key, algorithm and signature do not match".into())),
+            _ => Err(EvidenceError::SignatureScheme(
+                "key, algorithm and signature do not match".into(),
+            )),
         }
     }
 }

@@ -52,7 +52,10 @@ pub fn verify_certify(
 ) -> Result<CertifiedKey, EvidenceError> {
     let (parsed, _) = verify_attest(provider, ak, attest, signature, ST_ATTEST_CERTIFY, nonce)?;
     let Attested::Certify { name, .. } = parsed.attested else {
-        return Err(EvidenceError::AttestType { expected: ST_ATTEST_CERTIFY, got: parsed.kind });
+        return Err(EvidenceError::AttestType {
+            expected: ST_ATTEST_CERTIFY,
+            got: parsed.kind,
+        });
     };
     let public = Public::from_tpmt(certified)?;
     if public.name()? != name {
@@ -64,15 +67,30 @@ pub fn verify_certify(
         (attr::SENSITIVE_DATA_ORIGIN, "sensitiveDataOrigin"),
         (attr::SIGN_ENCRYPT, "sign"),
     ];
-    let missing: Vec<&str> = required.iter().filter(|(b, _)| !public.has(*b)).map(|(_, n)| *n).collect();
+    let missing: Vec<&str> = required
+        .iter()
+        .filter(|(b, _)| !public.has(*b))
+        .map(|(_, n)| *n)
+        .collect();
     if !missing.is_empty() {
-        return Err(EvidenceError::CertifiedKey(format!("not set: {}", missing.join(", "))));
+        return Err(EvidenceError::CertifiedKey(format!(
+            "not set: {}",
+            missing.join(", ")
+        )));
     }
     if public.has(attr::DECRYPT) {
         return Err(EvidenceError::CertifiedKey("decrypt is set".into()));
     }
     if public.has(attr::RESTRICTED) {
-        return Err(EvidenceError::CertifiedKey("restricted (not a general signing key)".into()));
+        return Err(EvidenceError::CertifiedKey(
+            "restricted (not a general signing key)".into(),
+        ));
     }
-    Ok(CertifiedKey { public, name, ak_name: ak.name().to_vec(), nonce: nonce.clone(), clock: parsed.clock_info })
+    Ok(CertifiedKey {
+        public,
+        name,
+        ak_name: ak.name().to_vec(),
+        nonce: nonce.clone(),
+        clock: parsed.clock_info,
+    })
 }

@@ -9,10 +9,10 @@ pub use quote::{CounterChange, VerifiedQuote, verify_quote};
 
 use crate::crypto::{CryptoProvider, SigAlg, SignatureValue, VerifyKey};
 use crate::error::EvidenceError;
+use crate::tpm::HashAlg;
 use crate::tpm::attest::{Attest, TPM_GENERATED};
 use crate::tpm::public::{EccCurve, KeyParams, Public, Scheme, attr};
 use crate::tpm::signature::Signature;
-use crate::tpm::HashAlg;
 
 /// A nonce (qualifyingData): 1 to 64 bytes. Verification always takes one; it is never optional.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,7 +25,10 @@ impl Nonce {
     /// From bytes; refuses empty and oversized nonces.
     pub fn new(bytes: &[u8]) -> Result<Self, EvidenceError> {
         if bytes.is_empty() || bytes.len() > Self::MAX {
-            return Err(EvidenceError::NonceInvalid(format!("{} bytes (1..=64 allowed)", bytes.len())));
+            return Err(EvidenceError::NonceInvalid(format!(
+                "{} bytes (1..=64 allowed)",
+                bytes.len()
+            )));
         }
         Ok(Nonce(bytes.to_vec()))
     }
@@ -65,19 +68,32 @@ impl CheckedAk {
             (attr::FIXED_PARENT, "fixedParent"),
             (attr::SENSITIVE_DATA_ORIGIN, "sensitiveDataOrigin"),
         ];
-        let missing: Vec<&str> =
-            required.iter().filter(|(bit, _)| !public.has(*bit)).map(|(_, n)| *n).collect();
+        let missing: Vec<&str> = required
+            .iter()
+            .filter(|(bit, _)| !public.has(*bit))
+            .map(|(_, n)| *n)
+            .collect();
         if !missing.is_empty() {
-            return Err(EvidenceError::AkAttributes(format!("not set: {}", missing.join(", "))));
+            return Err(EvidenceError::AkAttributes(format!(
+                "not set: {}",
+                missing.join(", ")
+            )));
         }
         if public.has(attr::DECRYPT) {
             return Err(EvidenceError::AkAttributes("decrypt is set".into()));
         }
         if !public.name_alg().is_strong() {
-            return Err(EvidenceError::AkAlgorithm(format!("name algorithm {}", public.name_alg().name())));
+            return Err(EvidenceError::AkAlgorithm(format!(
+                "name algorithm {}",
+                public.name_alg().name()
+            )));
         }
         let alg = match public.params() {
-            KeyParams::Ecc { scheme: Scheme::Ecdsa(hash), curve, .. } => {
+            KeyParams::Ecc {
+                scheme: Scheme::Ecdsa(hash),
+                curve,
+                ..
+            } => {
                 check_hash(*hash)?;
                 // The pairings TPMs use; both providers implement exactly these.
                 match (curve, hash) {
@@ -92,7 +108,12 @@ impl CheckedAk {
                     }
                 }
             }
-            KeyParams::Rsa { scheme, key_bits, modulus, .. } => {
+            KeyParams::Rsa {
+                scheme,
+                key_bits,
+                modulus,
+                ..
+            } => {
                 if *key_bits < 2048 || modulus.len() * 8 != usize::from(*key_bits) {
                     return Err(EvidenceError::AkAlgorithm(format!(
                         "RSA {key_bits} bits with a {}-byte modulus (2048 bits or more required)",
@@ -116,7 +137,9 @@ impl CheckedAk {
                 }
             }
             KeyParams::Ecc { scheme, .. } => {
-                return Err(EvidenceError::AkAlgorithm(format!("ECC AK scheme {scheme:?} (ECDSA required)")));
+                return Err(EvidenceError::AkAlgorithm(format!(
+                    "ECC AK scheme {scheme:?} (ECDSA required)"
+                )));
             }
         };
         let name = public.name()?;
@@ -148,12 +171,17 @@ impl CheckedAk {
     ) -> Result<HashAlg, EvidenceError> {
         let sig = Signature::from_tpmt(signature)?;
         let (got, value) = match &sig {
-            Signature::Ecdsa { hash, r, s } => (SigAlg::Ecdsa(*hash), SignatureValue::Ecdsa { r, s }),
+            Signature::Ecdsa { hash, r, s } => {
+                (SigAlg::Ecdsa(*hash), SignatureValue::Ecdsa { r, s })
+            }
             Signature::RsaSsa { hash, sig } => (SigAlg::RsaPkcs1(*hash), SignatureValue::Rsa(sig)),
             Signature::RsaPss { hash, sig } => (SigAlg::RsaPss(*hash), SignatureValue::Rsa(sig)),
         };
         if !sig.hash().is_strong() {
-            return Err(EvidenceError::HashTooWeak(format!("signature hash {}", sig.hash().name())));
+            return Err(EvidenceError::HashTooWeak(format!(
+                "signature hash {}",
+                sig.hash().name()
+            )));
         }
         if got != self.alg {
             return Err(EvidenceError::SignatureScheme(format!(
@@ -162,8 +190,17 @@ impl CheckedAk {
             )));
         }
         let key = match self.public.params() {
-            KeyParams::Ecc { curve, x, y, .. } => VerifyKey::Ecc { curve: *curve, x, y },
-            KeyParams::Rsa { modulus, exponent, .. } => VerifyKey::Rsa { modulus, exponent: *exponent },
+            KeyParams::Ecc { curve, x, y, .. } => VerifyKey::Ecc {
+                curve: *curve,
+                x,
+                y,
+            },
+            KeyParams::Rsa {
+                modulus, exponent, ..
+            } => VerifyKey::Rsa {
+                modulus,
+                exponent: *exponent,
+            },
         };
         provider.verify(&key, self.alg, message, &value)?;
         Ok(sig.hash())
@@ -174,7 +211,10 @@ fn check_hash(hash: HashAlg) -> Result<(), EvidenceError> {
     if hash.is_strong() {
         Ok(())
     } else {
-        Err(EvidenceError::HashTooWeak(format!("AK scheme hash {}", hash.name())))
+        Err(EvidenceError::HashTooWeak(format!(
+            "AK scheme hash {}",
+            hash.name()
+        )))
     }
 }
 
@@ -194,7 +234,10 @@ fn verify_attest(
         return Err(EvidenceError::Magic(parsed.magic));
     }
     if parsed.kind != expected_type {
-        return Err(EvidenceError::AttestType { expected: expected_type, got: parsed.kind });
+        return Err(EvidenceError::AttestType {
+            expected: expected_type,
+            got: parsed.kind,
+        });
     }
     if parsed.extra_data != nonce.as_bytes() {
         return Err(EvidenceError::NonceMismatch);

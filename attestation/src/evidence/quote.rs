@@ -83,13 +83,17 @@ impl CounterChange {
     pub fn between(last: &ClockInfo, now: &ClockInfo) -> Self {
         use std::cmp::Ordering::*;
         match now.reset_count.cmp(&last.reset_count) {
-            Less => CounterChange::Rollback { counter: "resetCount" },
+            Less => CounterChange::Rollback {
+                counter: "resetCount",
+            },
             Greater => match now.reset_count - last.reset_count {
                 1 => CounterChange::Reboot,
                 resets => CounterChange::Jump { resets },
             },
             Equal => match now.restart_count.cmp(&last.restart_count) {
-                Less => CounterChange::Rollback { counter: "restartCount" },
+                Less => CounterChange::Rollback {
+                    counter: "restartCount",
+                },
                 Greater => CounterChange::Restart,
                 Equal if now.clock < last.clock => CounterChange::Rollback { counter: "clock" },
                 Equal => CounterChange::Unchanged,
@@ -117,11 +121,20 @@ pub fn verify_quote(
     pcrs: &PcrValues,
 ) -> Result<VerifiedQuote, EvidenceError> {
     if required.is_empty() {
-        return Err(EvidenceError::PcrSelection("the required selection is empty".into()));
+        return Err(EvidenceError::PcrSelection(
+            "the required selection is empty".into(),
+        ));
     }
     let (parsed, hash) = verify_attest(provider, ak, attest, signature, ST_ATTEST_QUOTE, nonce)?;
-    let Attested::Quote { selection, pcr_digest } = parsed.attested else {
-        return Err(EvidenceError::AttestType { expected: ST_ATTEST_QUOTE, got: parsed.kind });
+    let Attested::Quote {
+        selection,
+        pcr_digest,
+    } = parsed.attested
+    else {
+        return Err(EvidenceError::AttestType {
+            expected: ST_ATTEST_QUOTE,
+            got: parsed.kind,
+        });
     };
     if !selection.same_pcrs(required) {
         return Err(EvidenceError::PcrSelection(format!(

@@ -73,7 +73,10 @@ impl Attest {
     /// Parses a TPMS_ATTEST (the whole slice, at most [`MAX_ATTEST`] bytes).
     pub fn parse(bytes: &[u8]) -> Result<Self, EvidenceError> {
         if bytes.len() > MAX_ATTEST {
-            return Err(EvidenceError::Malformed(format!("TPMS_ATTEST of {} bytes", bytes.len())));
+            return Err(EvidenceError::Malformed(format!(
+                "TPMS_ATTEST of {} bytes",
+                bytes.len()
+            )));
         }
         let mut r = Reader::new(bytes, "TPMS_ATTEST");
         let magic = r.u32()?;
@@ -87,7 +90,11 @@ impl Attest {
             safe: match r.u8()? {
                 0 => false,
                 1 => true,
-                other => return Err(EvidenceError::Malformed(format!("TPMS_CLOCK_INFO.safe = {other}"))),
+                other => {
+                    return Err(EvidenceError::Malformed(format!(
+                        "TPMS_CLOCK_INFO.safe = {other}"
+                    )));
+                }
             },
         };
         let firmware_version = r.u64()?;
@@ -95,26 +102,42 @@ impl Attest {
             ST_ATTEST_QUOTE => {
                 let selection = PcrSelection::read(&mut r)?;
                 let pcr_digest = r.tpm2b(MAX_DIGEST, "pcrDigest")?.to_vec();
-                Attested::Quote { selection, pcr_digest }
+                Attested::Quote {
+                    selection,
+                    pcr_digest,
+                }
             }
             ST_ATTEST_CERTIFY => {
                 let name = r.tpm2b(MAX_NAME, "name")?.to_vec();
                 let qualified_name = r.tpm2b(MAX_NAME, "qualifiedName")?.to_vec();
-                Attested::Certify { name, qualified_name }
+                Attested::Certify {
+                    name,
+                    qualified_name,
+                }
             }
             // The body of other types is not read; the verifier refuses them by type.
-            other => return Ok(Attest {
-                magic,
-                kind,
-                qualified_signer,
-                extra_data,
-                clock_info,
-                firmware_version,
-                attested: Attested::Other(other),
-            }),
+            other => {
+                return Ok(Attest {
+                    magic,
+                    kind,
+                    qualified_signer,
+                    extra_data,
+                    clock_info,
+                    firmware_version,
+                    attested: Attested::Other(other),
+                });
+            }
         };
         r.finish()?;
-        Ok(Attest { magic, kind, qualified_signer, extra_data, clock_info, firmware_version, attested })
+        Ok(Attest {
+            magic,
+            kind,
+            qualified_signer,
+            extra_data,
+            clock_info,
+            firmware_version,
+            attested,
+        })
     }
 
     /// The marshalled TPMS_ATTEST (tests, forges, round trips).
@@ -130,11 +153,17 @@ impl Attest {
         w.u8(u8::from(self.clock_info.safe));
         w.u64(self.firmware_version);
         match &self.attested {
-            Attested::Quote { selection, pcr_digest } => {
+            Attested::Quote {
+                selection,
+                pcr_digest,
+            } => {
                 selection.write(&mut w);
                 w.tpm2b(pcr_digest);
             }
-            Attested::Certify { name, qualified_name } => {
+            Attested::Certify {
+                name,
+                qualified_name,
+            } => {
                 w.tpm2b(name);
                 w.tpm2b(qualified_name);
             }

@@ -29,7 +29,10 @@ impl PcrSelection {
         let mut out: Vec<(HashAlg, Vec<u8>)> = Vec::with_capacity(banks.len());
         for (bank, mut pcrs) in banks {
             if out.iter().any(|(b, _)| *b == bank) {
-                return Err(EvidenceError::PcrSelection(format!("bank {} repeated", bank.name())));
+                return Err(EvidenceError::PcrSelection(format!(
+                    "bank {} repeated",
+                    bank.name()
+                )));
             }
             pcrs.sort_unstable();
             pcrs.dedup();
@@ -58,27 +61,37 @@ impl PcrSelection {
     /// The same PCRs in the same banks, ignoring bank order and empty banks.
     pub fn same_pcrs(&self, other: &PcrSelection) -> bool {
         let norm = |s: &PcrSelection| -> BTreeMap<HashAlg, Vec<u8>> {
-            s.banks.iter().filter(|(_, p)| !p.is_empty()).map(|(b, p)| (*b, p.clone())).collect()
+            s.banks
+                .iter()
+                .filter(|(_, p)| !p.is_empty())
+                .map(|(b, p)| (*b, p.clone()))
+                .collect()
         };
         norm(self) == norm(other)
     }
 
     /// (bank, index) pairs in the order a TPM digests them: banks as listed, indices ascending.
     pub fn pcrs(&self) -> impl Iterator<Item = (HashAlg, u8)> + '_ {
-        self.banks.iter().flat_map(|(b, pcrs)| pcrs.iter().map(move |p| (*b, *p)))
+        self.banks
+            .iter()
+            .flat_map(|(b, pcrs)| pcrs.iter().map(move |p| (*b, *p)))
     }
 
     pub(crate) fn read(r: &mut Reader<'_>) -> Result<Self, EvidenceError> {
         let count = r.u32()?;
         if count > MAX_BANKS {
-            return Err(EvidenceError::Malformed(format!("TPML_PCR_SELECTION: {count} banks")));
+            return Err(EvidenceError::Malformed(format!(
+                "TPML_PCR_SELECTION: {count} banks"
+            )));
         }
         let mut banks = Vec::new();
         for _ in 0..count {
             let bank = HashAlg::read(r, "TPMS_PCR_SELECTION.hash")?;
             let size = r.u8()?;
             if size > MAX_SELECT {
-                return Err(EvidenceError::Malformed(format!("TPMS_PCR_SELECTION: sizeofSelect {size}")));
+                return Err(EvidenceError::Malformed(format!(
+                    "TPMS_PCR_SELECTION: sizeofSelect {size}"
+                )));
             }
             let bitmap = r.bytes(usize::from(size))?;
             let mut pcrs = Vec::new();
@@ -86,12 +99,20 @@ impl PcrSelection {
                 for bit in 0..8u8 {
                     if byte & (1 << bit) != 0 {
                         // byte_index < 4, so the index fits in u8.
-                        pcrs.push(u8::try_from(byte_index).unwrap_or(u8::MAX).saturating_mul(8).saturating_add(bit));
+                        pcrs.push(
+                            u8::try_from(byte_index)
+                                .unwrap_or(u8::MAX)
+                                .saturating_mul(8)
+                                .saturating_add(bit),
+                        );
                     }
                 }
             }
             if banks.iter().any(|(b, _)| *b == bank) {
-                return Err(EvidenceError::Malformed(format!("TPML_PCR_SELECTION: bank {} repeated", bank.name())));
+                return Err(EvidenceError::Malformed(format!(
+                    "TPML_PCR_SELECTION: bank {} repeated",
+                    bank.name()
+                )));
             }
             banks.push((bank, pcrs));
         }
@@ -121,7 +142,9 @@ impl FromStr for PcrSelection {
         let bad = |why: &str| EvidenceError::PcrSelection(format!("{s:?}: {why}"));
         let mut banks = Vec::new();
         for part in s.split('+') {
-            let (name, list) = part.split_once(':').ok_or_else(|| bad("expected BANK:N,N,..."))?;
+            let (name, list) = part
+                .split_once(':')
+                .ok_or_else(|| bad("expected BANK:N,N,..."))?;
             let bank = match name {
                 "sha1" => HashAlg::Sha1,
                 "sha256" => HashAlg::Sha256,
@@ -131,7 +154,10 @@ impl FromStr for PcrSelection {
             };
             let mut pcrs = Vec::new();
             for n in list.split(',') {
-                let i: u8 = n.trim().parse().map_err(|_| bad("PCR index is not a number"))?;
+                let i: u8 = n
+                    .trim()
+                    .parse()
+                    .map_err(|_| bad("PCR index is not a number"))?;
                 if pcrs.contains(&i) {
                     return Err(bad("PCR index repeated"));
                 }
@@ -170,7 +196,12 @@ impl PcrValues {
 
     /// Adds one value; refuses a value of the wrong size for its bank, an index above 31, or a
     /// second value for the same PCR.
-    pub fn insert(&mut self, bank: HashAlg, index: u8, value: Vec<u8>) -> Result<(), EvidenceError> {
+    pub fn insert(
+        &mut self,
+        bank: HashAlg,
+        index: u8,
+        value: Vec<u8>,
+    ) -> Result<(), EvidenceError> {
         if value.len() != bank.size() {
             return Err(EvidenceError::PcrValue(format!(
                 "{}:{index} has {} bytes, expected {}",
@@ -180,10 +211,15 @@ impl PcrValues {
             )));
         }
         if index > MAX_PCR {
-            return Err(EvidenceError::PcrValue(format!("PCR index {index} above 31")));
+            return Err(EvidenceError::PcrValue(format!(
+                "PCR index {index} above 31"
+            )));
         }
         if self.values.insert((bank, index), value).is_some() {
-            return Err(EvidenceError::PcrValue(format!("{}:{index} given twice", bank.name())));
+            return Err(EvidenceError::PcrValue(format!(
+                "{}:{index} given twice",
+                bank.name()
+            )));
         }
         Ok(())
     }
@@ -200,11 +236,18 @@ impl PcrValues {
 
     /// The TPM's pcrDigest over `selection` with `hash`: the values concatenated in selection order.
     /// Fails if a selected PCR has no value.
-    pub fn digest(&self, selection: &PcrSelection, hash: HashAlg) -> Result<Vec<u8>, EvidenceError> {
+    pub fn digest(
+        &self,
+        selection: &PcrSelection,
+        hash: HashAlg,
+    ) -> Result<Vec<u8>, EvidenceError> {
         let mut concat = Vec::new();
         for (bank, index) in selection.pcrs() {
             let v = self.get(bank, index).ok_or_else(|| {
-                EvidenceError::PcrValue(format!("no value for selected PCR {}:{index}", bank.name()))
+                EvidenceError::PcrValue(format!(
+                    "no value for selected PCR {}:{index}",
+                    bank.name()
+                ))
             })?;
             concat.extend_from_slice(v);
         }

@@ -145,7 +145,13 @@ impl Public {
                 let key_bits = r.u16()?;
                 let exponent = r.u32()?;
                 let modulus = r.tpm2b(MAX_RSA, "unique.rsa")?.to_vec();
-                KeyParams::Rsa { symmetric, scheme, key_bits, exponent, modulus }
+                KeyParams::Rsa {
+                    symmetric,
+                    scheme,
+                    key_bits,
+                    exponent,
+                    modulus,
+                }
             }
             alg::ECC => {
                 let symmetric = read_sym_def(r)?;
@@ -161,7 +167,14 @@ impl Public {
                 }
                 let x = r.tpm2b(MAX_ECC, "unique.ecc.x")?.to_vec();
                 let y = r.tpm2b(MAX_ECC, "unique.ecc.y")?.to_vec();
-                KeyParams::Ecc { symmetric, scheme, curve, kdf, x, y }
+                KeyParams::Ecc {
+                    symmetric,
+                    scheme,
+                    curve,
+                    kdf,
+                    x,
+                    y,
+                }
             }
             other => {
                 return Err(EvidenceError::UnsupportedAlgorithm(format!(
@@ -169,7 +182,13 @@ impl Public {
                 )));
             }
         };
-        Ok(Public { name_alg, attributes, auth_policy, params, raw: raw.to_vec() })
+        Ok(Public {
+            name_alg,
+            attributes,
+            auth_policy,
+            params,
+            raw: raw.to_vec(),
+        })
     }
 
     /// The name algorithm.
@@ -205,7 +224,10 @@ impl Public {
     /// The object's name: nameAlg || H_nameAlg(TPMT_PUBLIC). SHA-1 name algorithms are refused.
     pub fn name(&self) -> Result<Vec<u8>, EvidenceError> {
         if !self.name_alg.is_strong() {
-            return Err(EvidenceError::HashTooWeak(format!("name algorithm {}", self.name_alg.name())));
+            return Err(EvidenceError::HashTooWeak(format!(
+                "name algorithm {}",
+                self.name_alg.name()
+            )));
         }
         let mut name = self.name_alg.id().to_be_bytes().to_vec();
         name.extend_from_slice(&self.name_alg.digest(&self.raw)?);
@@ -214,7 +236,12 @@ impl Public {
 }
 
 /// Builds a TPMT_PUBLIC from parts (tests, forges, round trips).
-pub fn encode(name_alg: HashAlg, attributes: u32, auth_policy: &[u8], params: &KeyParams) -> Vec<u8> {
+pub fn encode(
+    name_alg: HashAlg,
+    attributes: u32,
+    auth_policy: &[u8],
+    params: &KeyParams,
+) -> Vec<u8> {
     let mut w = Writer::default();
     let write_scheme = |w: &mut Writer, s: &Scheme| match s {
         Scheme::Null => w.u16(alg::NULL),
@@ -243,7 +270,13 @@ pub fn encode(name_alg: HashAlg, attributes: u32, auth_policy: &[u8], params: &K
         }
     };
     match params {
-        KeyParams::Rsa { symmetric, scheme, key_bits, exponent, modulus } => {
+        KeyParams::Rsa {
+            symmetric,
+            scheme,
+            key_bits,
+            exponent,
+            modulus,
+        } => {
             w.u16(alg::RSA);
             w.u16(name_alg.id());
             w.u32(attributes);
@@ -254,7 +287,14 @@ pub fn encode(name_alg: HashAlg, attributes: u32, auth_policy: &[u8], params: &K
             w.u32(*exponent);
             w.tpm2b(modulus);
         }
-        KeyParams::Ecc { symmetric, scheme, curve, kdf, x, y } => {
+        KeyParams::Ecc {
+            symmetric,
+            scheme,
+            curve,
+            kdf,
+            x,
+            y,
+        } => {
             w.u16(alg::ECC);
             w.u16(name_alg.id());
             w.u32(attributes);
@@ -303,7 +343,9 @@ fn read_scheme(r: &mut Reader<'_>) -> Result<Scheme, EvidenceError> {
             Scheme::Other(id)
         }
         other => {
-            return Err(EvidenceError::UnsupportedAlgorithm(format!("scheme {other:#06x}")));
+            return Err(EvidenceError::UnsupportedAlgorithm(format!(
+                "scheme {other:#06x}"
+            )));
         }
     })
 }

@@ -47,11 +47,17 @@ impl Signature {
             }
             alg::RSASSA => {
                 let hash = HashAlg::read(&mut r, "signature hash")?;
-                Signature::RsaSsa { hash, sig: r.tpm2b(MAX_RSA, "sig")?.to_vec() }
+                Signature::RsaSsa {
+                    hash,
+                    sig: r.tpm2b(MAX_RSA, "sig")?.to_vec(),
+                }
             }
             alg::RSAPSS => {
                 let hash = HashAlg::read(&mut r, "signature hash")?;
-                Signature::RsaPss { hash, sig: r.tpm2b(MAX_RSA, "sig")?.to_vec() }
+                Signature::RsaPss {
+                    hash,
+                    sig: r.tpm2b(MAX_RSA, "sig")?.to_vec(),
+                }
             }
             other => {
                 return Err(EvidenceError::UnsupportedAlgorithm(format!(
@@ -66,7 +72,9 @@ impl Signature {
     /// The hash the signature was made over.
     pub fn hash(&self) -> HashAlg {
         match self {
-            Signature::Ecdsa { hash, .. } | Signature::RsaSsa { hash, .. } | Signature::RsaPss { hash, .. } => *hash,
+            Signature::Ecdsa { hash, .. }
+            | Signature::RsaSsa { hash, .. }
+            | Signature::RsaPss { hash, .. } => *hash,
         }
     }
 

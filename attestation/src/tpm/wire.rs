@@ -23,29 +23,46 @@ impl<'a> Reader<'a> {
     }
 
     pub(crate) fn bytes(&mut self, n: usize) -> Result<&'a [u8], EvidenceError> {
-        let end = self.pos.checked_add(n).ok_or_else(|| self.malformed("length overflow"))?;
-        let out = self.buf.get(self.pos..end).ok_or_else(|| self.malformed("truncated"))?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .ok_or_else(|| self.malformed("length overflow"))?;
+        let out = self
+            .buf
+            .get(self.pos..end)
+            .ok_or_else(|| self.malformed("truncated"))?;
         self.pos = end;
         Ok(out)
     }
 
     pub(crate) fn u8(&mut self) -> Result<u8, EvidenceError> {
         let b = self.bytes(1)?;
-        b.first().copied().ok_or_else(|| self.malformed("truncated"))
+        b.first()
+            .copied()
+            .ok_or_else(|| self.malformed("truncated"))
     }
 
     pub(crate) fn u16(&mut self) -> Result<u16, EvidenceError> {
-        let b: [u8; 2] = self.bytes(2)?.try_into().map_err(|_| self.malformed("truncated"))?;
+        let b: [u8; 2] = self
+            .bytes(2)?
+            .try_into()
+            .map_err(|_| self.malformed("truncated"))?;
         Ok(u16::from_be_bytes(b))
     }
 
     pub(crate) fn u32(&mut self) -> Result<u32, EvidenceError> {
-        let b: [u8; 4] = self.bytes(4)?.try_into().map_err(|_| self.malformed("truncated"))?;
+        let b: [u8; 4] = self
+            .bytes(4)?
+            .try_into()
+            .map_err(|_| self.malformed("truncated"))?;
         Ok(u32::from_be_bytes(b))
     }
 
     pub(crate) fn u64(&mut self) -> Result<u64, EvidenceError> {
-        let b: [u8; 8] = self.bytes(8)?.try_into().map_err(|_| self.malformed("truncated"))?;
+        let b: [u8; 8] = self
+            .bytes(8)?
+            .try_into()
+            .map_err(|_| self.malformed("truncated"))?;
         Ok(u64::from_be_bytes(b))
     }
 
