@@ -9,6 +9,6 @@ bash "$here/install-deps.sh"
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 status=0
-cargo test --workspace --all-features --locked "$@" 2>&1 | tee "$out" || status=$?
+cargo test --workspace --all-features --locked --no-fail-fast "$@" 2>&1 | tee "$out" || status=$?
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$out"
 exit "$status"

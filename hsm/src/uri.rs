@@ -185,7 +185,9 @@ impl Pkcs11Uri {
         let mut id = None;
         for attr in path.split(';').filter(|a| !a.is_empty()) {
             let (k, v) = attr.split_once('=').ok_or_else(|| {
-                CustodyError::InvalidUri(format!("pkcs11: attribute {attr:?} has no value"))
+                CustodyError::InvalidUri(
+                    "pkcs11: a path attribute has no value (expected name=value)".into(),
+                )
             })?;
             let value = percent_decode(v)?;
             let slot = match k {
@@ -210,7 +212,9 @@ impl Pkcs11Uri {
         let mut pin_source = None;
         for attr in query.split('&').filter(|a| !a.is_empty()) {
             let (k, v) = attr.split_once('=').ok_or_else(|| {
-                CustodyError::InvalidUri(format!("pkcs11: query attribute {attr:?} has no value"))
+                CustodyError::InvalidUri(
+                    "pkcs11: a query attribute has no value (expected name=value)".into(),
+                )
             })?;
             match k {
                 "module-path" => {
@@ -361,7 +365,8 @@ impl TpmUri {
                     }
                 }
                 _ => {
-                    let key = attr.split('=').next().unwrap_or_default();
+                    // Only the name, and only if there is one: a bare value may be a secret.
+                    let key = attr.split_once('=').map_or("(no name)", |(k, _)| k);
                     return Err(CustodyError::InvalidUri(format!(
                         "tpm: attribute {key:?} is not supported (use handle=0x81......)"
                     )));
@@ -389,7 +394,8 @@ impl TpmUri {
                     ));
                 }
                 _ => {
-                    let key = attr.split('=').next().unwrap_or_default();
+                    // Only the name, and only if there is one: a bare value may be a secret.
+                    let key = attr.split_once('=').map_or("(no name)", |(k, _)| k);
                     return Err(CustodyError::InvalidUri(format!(
                         "tpm: query attribute {key:?} is not supported (use tcti, auth-source)"
                     )));
@@ -677,6 +683,10 @@ mod tests {
             "tpm:handle=0x81000001?authvalue=hunter2",
             "tpm:authvalue=hunter2",
             "pkcs11:token=t;object=o?pin-source=hunter2",
+            "pkcs11:token=t;object=o?hunter2",
+            "pkcs11:token=t;hunter2",
+            "tpm:handle=0x81000001?hunter2",
+            "tpm:hunter2",
         ] {
             let e = uri.parse::<KeyUri>().unwrap_err();
             assert!(!e.to_string().contains("hunter2"), "{uri}: {e}");

@@ -330,3 +330,32 @@ fn event_log_is_read_with_a_bound() {
         .unwrap();
     assert!(read_event_log(Some(&big)).is_err(), "oversized log refused");
 }
+
+#[test]
+fn a_key_loaded_before_a_reboot_is_refused() {
+    let tpm = Swtpm::start();
+    let attester = Attester::open(Some(&tpm.tcti())).unwrap();
+    let ak = attester.load_ak(&attester.create_ak().unwrap()).unwrap();
+    let selection: PcrSelection = "sha256:0".parse().unwrap();
+    attester.quote(&ak, b"before", &selection).unwrap();
+    tpm.reboot();
+    // Another key may now sit at the old transient handle; the attester must notice.
+    let other = attester.load_ak(&attester.create_ak().unwrap()).unwrap();
+    let err = attester
+        .quote(&ak, b"after", &selection)
+        .expect_err("stale key");
+    assert!(matches!(err, CustodyError::InvalidInput(_)), "{err}");
+    attester.quote(&other, b"fresh", &selection).unwrap();
+}
+
+#[test]
+fn a_key_from_another_tpm_is_refused() {
+    let (one, two) = (Swtpm::start(), Swtpm::start());
+    let a1 = Attester::open(Some(&one.tcti())).unwrap();
+    let a2 = Attester::open(Some(&two.tcti())).unwrap();
+    let ak = a1.load_ak(&a1.create_ak().unwrap()).unwrap();
+    let err = a2
+        .quote(&ak, b"n", &"sha256:0".parse().unwrap())
+        .expect_err("foreign key");
+    assert!(err.to_string().contains("another TPM"), "{err}");
+}

@@ -362,6 +362,8 @@ mod pkcs11 {
                         Attribute::Id(vec![9, 9]),
                     ])
                     .unwrap();
+                // writ must log in itself: a login it did not make cannot be checked.
+                drop(session);
                 let err = open_err(&hsm.key_uri("swapped"));
                 assert!(matches!(err, CustodyError::UnsafeKey { .. }), "{err}");
                 assert!(err.to_string().contains("does not match"), "{err}");
@@ -387,6 +389,8 @@ mod pkcs11 {
             session
                 .generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)
                 .unwrap();
+            // writ must log in itself: a login it did not make cannot be checked.
+            drop(session);
             let err = open_err(&hsm.key_uri("twice"));
             assert!(matches!(err, CustodyError::KeyAmbiguous(_)), "{err}");
             // Naming the id picks one.
@@ -813,6 +817,98 @@ mod pkcs11_more {
     }
 }
 
+mod pkcs11_swap {
+    use super::*;
+    use cryptoki::mechanism::Mechanism;
+    use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
+    use cryptoki::session::UserType;
+    use writ_testkit::{SOFTHSM2_MODULE, isolated};
+
+    #[test]
+    fn rebuild_refuses_a_new_private_key_behind_the_old_public_object() {
+        isolated(
+            module_path!(),
+            "rebuild_refuses_a_new_private_key_behind_the_old_public_object",
+            |hsm| {
+                let key = generate_key(
+                    &hsm.key_uri("copied").parse().unwrap(),
+                    &OpenOptions::default(),
+                )
+                .unwrap();
+                key.sign(b"before").unwrap();
+                let module = writ_hsm::pkcs11::load_module(SOFTHSM2_MODULE.as_ref()).unwrap();
+                let slot = module
+                    .get_slots_with_token()
+                    .unwrap()
+                    .into_iter()
+                    .find(|s| module.get_token_info(*s).unwrap().label().trim_end() == hsm.label())
+                    .unwrap();
+                let session = module.open_rw_session(slot).unwrap();
+                let _ = session.login(UserType::User, Some(&hsm.pin().as_str().into()));
+                let objects = session
+                    .find_objects(&[Attribute::Label(b"copied".to_vec())])
+                    .unwrap();
+                let mut id = vec![];
+                let mut point = vec![];
+                for o in &objects {
+                    for a in session
+                        .get_attributes(*o, &[AttributeType::Id, AttributeType::EcPoint])
+                        .unwrap()
+                    {
+                        match a {
+                            Attribute::Id(v) => id = v,
+                            Attribute::EcPoint(v) => point = v,
+                            _ => {}
+                        }
+                    }
+                }
+                assert!(!point.is_empty());
+                for o in objects {
+                    session.destroy_object(o).unwrap();
+                }
+                // A new pair under the same label and id; its public object replaced by a copy of
+                // the old one, so attributes and CKA_EC_POINT all look unchanged.
+                let params = vec![0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+                let common = [
+                    Attribute::Token(true),
+                    Attribute::Label(b"copied".to_vec()),
+                    Attribute::Id(id.clone()),
+                ];
+                let mut public = vec![Attribute::Verify(true), Attribute::EcParams(params.clone())];
+                public.extend_from_slice(&common);
+                let mut private = vec![
+                    Attribute::Sign(true),
+                    Attribute::Private(true),
+                    Attribute::Sensitive(true),
+                    Attribute::Extractable(false),
+                ];
+                private.extend_from_slice(&common);
+                let (new_public, _) = session
+                    .generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)
+                    .unwrap();
+                session.destroy_object(new_public).unwrap();
+                session
+                    .create_object(&[
+                        Attribute::Class(ObjectClass::PUBLIC_KEY),
+                        Attribute::KeyType(KeyType::EC),
+                        Attribute::Token(true),
+                        Attribute::Verify(true),
+                        Attribute::EcParams(params),
+                        Attribute::EcPoint(point),
+                        Attribute::Label(b"copied".to_vec()),
+                        Attribute::Id(id),
+                    ])
+                    .unwrap();
+                session.logout().unwrap();
+                let err = key
+                    .sign(b"after")
+                    .expect_err("the new private key must not sign as the old one");
+                assert!(err.to_string().contains("different key"), "{err}");
+            },
+        );
+    }
+}
+
 mod tpm {
     use super::*;
     use writ_testkit::{Fault, FaultProxy, Swtpm};
@@ -1041,6 +1137,43 @@ mod tpm {
     }
 
     #[test]
+    fn repeated_connection_cuts_do_not_exhaust_the_tpm() {
+        // Each cut abandons the salted session on the TPM side; swtpm holds only a few. Signing
+        // must keep working however often the connection is cut.
+        let tpm = Swtpm::start();
+        generate_key(
+            &auth_uri(&tpm, &tpm.tcti(), 0x8100_0014),
+            &OpenOptions::default(),
+        )
+        .unwrap();
+        let proxy = FaultProxy::start(
+            &tpm,
+            Fault {
+                command_code: 0,
+                rc: 0,
+                count: 0,
+            },
+        );
+        let key = open_key(
+            &auth_uri(&tpm, &proxy.tcti(), 0x8100_0014),
+            &OpenOptions::default(),
+        )
+        .unwrap();
+        for round in 0..6 {
+            key.sign(b"before the cut")
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
+            proxy.cut_connections();
+            key.sign(b"after the cut")
+                .unwrap_or_else(|e| panic!("round {round}, after the cut: {e}"));
+            // A real outage: the device is marked broken and reconnected, abandoning its session.
+            proxy.set_down(true);
+            assert!(key.sign(b"down").is_err());
+            proxy.set_down(false);
+        }
+        key.sign(b"after six outages").expect("still signing");
+    }
+
+    #[test]
     fn a_tpm_that_was_down_is_used_again_when_it_returns() {
         let tpm = Swtpm::start();
         generate_key(
@@ -1178,6 +1311,139 @@ mod tpm {
             .with_ecc_unique_identifier(EccPoint::default())
             .build()
             .unwrap()
+    }
+
+    /// A P-256 ECDSA signing key public area with `extra` attribute bits and an authPolicy.
+    fn custom_signing_public(extra_no_da: bool, policy: &[u8]) -> tss_esapi::structures::Public {
+        use tss_esapi::attributes::ObjectAttributesBuilder;
+        use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
+        use tss_esapi::structures::{
+            Digest, EccPoint, EccScheme, HashScheme, PublicBuilder, PublicEccParametersBuilder,
+        };
+        let attrs = ObjectAttributesBuilder::new()
+            .with_fixed_tpm(true)
+            .with_fixed_parent(true)
+            .with_sensitive_data_origin(true)
+            .with_user_with_auth(true)
+            .with_sign_encrypt(true)
+            .with_no_da(extra_no_da)
+            .build()
+            .unwrap();
+        PublicBuilder::new()
+            .with_public_algorithm(PublicAlgorithm::Ecc)
+            .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+            .with_object_attributes(attrs)
+            .with_auth_policy(Digest::try_from(policy.to_vec()).unwrap())
+            .with_ecc_parameters(
+                PublicEccParametersBuilder::new_unrestricted_signing_key(
+                    EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)),
+                    tss_esapi::interface_types::ecc::EccCurve::NistP256,
+                )
+                .build()
+                .unwrap(),
+            )
+            .with_ecc_unique_identifier(EccPoint::default())
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn key_with_an_auth_policy_is_refused() {
+        let tpm = Swtpm::start();
+        persist_raw(
+            &tpm,
+            custom_signing_public(false, &[0xab; 32]),
+            0x8100_0033,
+            true,
+        );
+        let err = open_key(
+            &auth_uri(&tpm, &tpm.tcti(), 0x8100_0033),
+            &OpenOptions::default(),
+        )
+        .expect_err("policy key");
+        assert!(matches!(err, CustodyError::UnsafeKey { .. }), "{err}");
+        assert!(err.to_string().contains("authPolicy"), "{err}");
+    }
+
+    #[test]
+    fn key_without_dictionary_attack_protection_is_refused() {
+        let tpm = Swtpm::start();
+        persist_raw(&tpm, custom_signing_public(true, &[]), 0x8100_0034, true);
+        let err = open_key(
+            &auth_uri(&tpm, &tpm.tcti(), 0x8100_0034),
+            &OpenOptions::default(),
+        )
+        .expect_err("noDA key");
+        assert!(err.to_string().contains("noDA"), "{err}");
+    }
+
+    #[test]
+    fn the_auth_value_never_crosses_the_bus_in_clear() {
+        // Everything goes through the proxy, which records every command: generation (the new
+        // authValue inside TPM2_Create's inSensitive) and signing (the authorization). With an
+        // unsalted session, no parameter encryption, or a password session, the authValue's bytes
+        // would appear in a command.
+        let tpm = Swtpm::start();
+        let proxy = FaultProxy::start(
+            &tpm,
+            Fault {
+                command_code: 0,
+                rc: 0,
+                count: 0,
+            },
+        );
+        let uri = auth_uri(&tpm, &proxy.tcti(), 0x8100_0035);
+        let key = generate_key(&uri, &OpenOptions::default()).unwrap();
+        key.sign(b"over the bus").unwrap();
+        let auth = std::fs::read(tpm.auth_file()).unwrap();
+        let commands = proxy.commands();
+        assert!(commands.len() > 5, "the proxy saw the traffic");
+        for c in &commands {
+            assert!(
+                !c.windows(auth.len()).any(|w| w == auth.as_slice()),
+                "authValue in clear in {}",
+                hex::encode(c)
+            );
+        }
+        // And the session protecting it was salted: TPM2_StartAuthSession (0x176) names a salt key
+        // (tpmKey, the first handle) other than TPM_RH_NULL, so its key is not computable from the
+        // bus.
+        let salted = commands.iter().any(|c| {
+            c.len() > 14 && c[6..10] == [0, 0, 0x01, 0x76] && c[10..14] != [0x40, 0, 0, 0x07]
+        });
+        assert!(salted, "no salted StartAuthSession was sent");
+    }
+
+    #[test]
+    fn two_keys_on_one_handle_keep_their_own_auth_values() {
+        // Both share one ESYS handle; a wrong auth-source on the second must not break the first.
+        let tpm = Swtpm::start();
+        let good = generate_key(
+            &auth_uri(&tpm, &tpm.tcti(), 0x8100_0036),
+            &OpenOptions::default(),
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        writ_testkit::write_secret(&dir.path().join("wrong"), "wrong auth");
+        let wrong: KeyUri = format!(
+            "tpm:handle=0x81000036?tcti={}&auth-source=file:{}",
+            tpm.tcti(),
+            dir.path().join("wrong").display()
+        )
+        .parse()
+        .unwrap();
+        assert!(open_key(&wrong, &OpenOptions::default()).is_err());
+        let again = open_key(
+            &auth_uri(&tpm, &tpm.tcti(), 0x8100_0036),
+            &OpenOptions::default(),
+        )
+        .unwrap();
+        drop(again);
+        let sig = good.sign(b"still mine").expect("the first key still signs");
+        good.public_key()
+            .verifying_key()
+            .verify(b"still mine", &sig)
+            .unwrap();
     }
 
     #[test]

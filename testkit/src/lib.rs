@@ -76,10 +76,17 @@ pub fn lease_port_pair() -> PortLease {
         let f = std::fs::File::create(dir.join(p.to_string())).expect("port lock file");
         f.try_lock().ok().map(|()| f)
     };
-    for _ in 0..500 {
-        let a = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-        let p = a.local_addr().expect("local addr").port();
-        if p == u16::MAX || TcpListener::bind(("127.0.0.1", p + 1)).is_err() {
+    // Below Linux's ephemeral range (32768-60999), so no outgoing connection of this machine
+    // takes a leased port as its source port before swtpm or the proxy binds it.
+    const FIRST: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    let mut seed = [0u8; 2];
+    getrandom::fill(&mut seed).expect("OS RNG");
+    let start = u16::from_be_bytes(seed) % SPAN;
+    for i in 0..SPAN / 2 {
+        let p = FIRST + (start + 2 * i) % SPAN;
+        let free = |port: u16| TcpListener::bind(("127.0.0.1", port)).is_ok();
+        if !free(p) || !free(p + 1) {
             continue;
         }
         if let (Some(l0), Some(l1)) = (lock(p), lock(p + 1)) {

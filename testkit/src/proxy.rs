@@ -34,6 +34,7 @@ pub struct FaultProxy {
     /// While set, the proxy plays a TPM that is gone: connections are closed at once.
     down: Arc<AtomicBool>,
     live: Arc<Mutex<Vec<TcpStream>>>,
+    seen: Arc<Mutex<Vec<Vec<u8>>>>,
     _lease: crate::PortLease,
 }
 
@@ -48,12 +49,14 @@ impl FaultProxy {
         let stop = Arc::new(AtomicBool::new(false));
         let down = Arc::new(AtomicBool::new(false));
         let live = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::new(Mutex::new(Vec::new()));
         let upstream = tpm.port();
         {
             let injected = injected.clone();
             let stop = stop.clone();
             let down = down.clone();
             let live = live.clone();
+            let seen = seen.clone();
             thread::spawn(move || {
                 for client in data.incoming() {
                     if stop.load(Ordering::Relaxed) {
@@ -68,8 +71,9 @@ impl FaultProxy {
                         live.lock().unwrap().push(clone);
                     }
                     let injected = injected.clone();
+                    let seen = seen.clone();
                     thread::spawn(move || {
-                        let _ = serve_data(client, upstream, fault, &injected);
+                        let _ = serve_data(client, upstream, fault, &injected, &seen);
                     });
                 }
             });
@@ -99,8 +103,14 @@ impl FaultProxy {
             stop,
             down,
             live,
+            seen,
             _lease: lease,
         }
+    }
+
+    /// Every command the proxy has seen, as sent (what an observer of the TPM bus would see).
+    pub fn commands(&self) -> Vec<Vec<u8>> {
+        self.seen.lock().unwrap().clone()
     }
 
     /// Plays a TPM that went away (`true`: open connections are cut, new ones closed at once) or
@@ -157,10 +167,12 @@ fn serve_data(
     upstream: u16,
     fault: Fault,
     injected: &AtomicU32,
+    seen: &Mutex<Vec<Vec<u8>>>,
 ) -> std::io::Result<()> {
     let mut tpm = TcpStream::connect(("127.0.0.1", upstream))?;
     loop {
         let command = read_message(&mut client)?;
+        seen.lock().unwrap().push(command.clone());
         let cc = u32::from_be_bytes([command[6], command[7], command[8], command[9]]);
         if cc == fault.command_code
             && injected

@@ -168,14 +168,15 @@ pub fn isolated(module_path: &str, test: &str, body: impl FnOnce(&SoftHsm)) {
         .output()
         .expect("re-run test in a child process");
     if !out.status.success() {
-        eprintln!(
-            "--- child stdout ---\n{}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        eprintln!(
-            "--- child stderr ---\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        // Indented, so the child's own "test result:" line is not mistaken for the parent's.
+        let indent = |b: &[u8]| {
+            String::from_utf8_lossy(b)
+                .lines()
+                .map(|l| format!("  | {l}\n"))
+                .collect::<String>()
+        };
+        eprintln!("--- child stdout ---\n{}", indent(&out.stdout));
+        eprintln!("--- child stderr ---\n{}", indent(&out.stderr));
     }
     assert!(
         out.status.success(),

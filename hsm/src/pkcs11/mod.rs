@@ -43,7 +43,8 @@ impl Pkcs11Key {
         let module = load_module(&module_path)?;
         let slot = find_token(&module, &uri.token)?;
         let pin = AuthPin::from(uri.pin_source().read()?.as_str());
-        let session = open_session(&module, slot, &pin, &uri.token, false)?;
+        let login_key = format!("{}#{}", module_path.display(), uri.token);
+        let session = open_session(&module, slot, &pin, &uri.token, &login_key, false)?;
         let name = uri.to_string();
         let (private, public_obj) = find_key_pair(&session, uri, &name)?;
         let facts = check_private_key(&session, private, &name)?;
@@ -56,13 +57,14 @@ impl Pkcs11Key {
             facts: facts.clone(),
             public: public.clone(),
             name: name.clone(),
+            template: key_template(&pinned),
         };
         let pool = SessionPool::new(
             module,
             slot,
             pin,
             uri.token.clone(),
-            key_template(&pinned),
+            login_key,
             private,
             expected,
         );
@@ -84,7 +86,8 @@ impl Pkcs11Key {
         let module = load_module(&module_path)?;
         let slot = find_token(&module, &uri.token)?;
         let pin = AuthPin::from(uri.pin_source().read()?.as_str());
-        let session = open_session(&module, slot, &pin, &uri.token, true)?;
+        let login_key = format!("{}#{}", module_path.display(), uri.token);
+        let session = open_session(&module, slot, &pin, &uri.token, &login_key, true)?;
         let existing = session
             .find_objects(&[Attribute::Label(uri.object.as_bytes().to_vec())])
             .map_err(|e| CustodyError::pkcs11("C_FindObjects", e))?;
@@ -271,6 +274,7 @@ fn open_session(
     slot: Slot,
     pin: &AuthPin,
     token: &str,
+    login_key: &str,
     read_write: bool,
 ) -> Result<Session, CustodyError> {
     let session = if read_write {
@@ -279,11 +283,11 @@ fn open_session(
         module.open_ro_session(slot)
     }
     .map_err(|e| CustodyError::pkcs11("C_OpenSession", e))?;
-    login(&session, pin, token)?;
+    login(&session, pin, token, login_key)?;
     Ok(session)
 }
 
-/// SHA-256 of the PIN that logged this process in, per token label. PKCS#11 login is per
+/// SHA-256 of the PIN that logged this process in, per module and token label. PKCS#11 login is per
 /// application: once one key logged in, a later login answers CKR_USER_ALREADY_LOGGED_IN whatever
 /// PIN it carries. Comparing against the PIN that worked keeps a misconfigured key from opening.
 fn logged_in() -> &'static Mutex<HashMap<String, [u8; 32]>> {
@@ -297,33 +301,38 @@ fn pin_digest(pin: &AuthPin) -> [u8; 32] {
     Sha256::digest(pin.expose_secret().as_bytes()).into()
 }
 
-fn login(session: &Session, pin: &AuthPin, token: &str) -> Result<(), CustodyError> {
+fn login(
+    session: &Session,
+    pin: &AuthPin,
+    token: &str,
+    login_key: &str,
+) -> Result<(), CustodyError> {
     let poisoned = || CustodyError::LoginFailed {
         label: token.to_string(),
         reason: "login registry poisoned".into(),
     };
+    // Held across C_Login, so that a concurrent opener cannot see "already logged in" before the
+    // PIN that logged in is recorded.
+    let mut registry = logged_in().lock().map_err(|_| poisoned())?;
     match session.login(UserType::User, Some(pin)) {
         Ok(()) => {
-            logged_in()
-                .lock()
-                .map_err(|_| poisoned())?
-                .insert(token.to_string(), pin_digest(pin));
+            registry.insert(login_key.to_string(), pin_digest(pin));
             Ok(())
         }
-        Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {
-            let known = logged_in()
-                .lock()
-                .map_err(|_| poisoned())?
-                .get(token)
-                .copied();
-            match known {
-                Some(digest) if digest != pin_digest(pin) => Err(CustodyError::WrongPin {
-                    label: token.to_string(),
-                }),
-                // Logged in by another part of this process, not through writ: nothing to compare.
-                _ => Ok(()),
-            }
-        }
+        Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => match registry.get(login_key) {
+            Some(digest) if *digest == pin_digest(pin) => Ok(()),
+            Some(_) => Err(CustodyError::WrongPin {
+                label: token.to_string(),
+            }),
+            // Logged in by something in this process other than writ: the PIN cannot be checked,
+            // so it is not accepted.
+            None => Err(CustodyError::LoginFailed {
+                label: token.to_string(),
+                reason: "the token is already logged in by another part of this process; \
+                         the PIN cannot be verified"
+                    .into(),
+            }),
+        },
         Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => Err(CustodyError::WrongPin {
             label: token.to_string(),
         }),
@@ -355,18 +364,19 @@ pub(crate) struct Expected {
     facts: Vec<KeyFact>,
     public: PublicKey,
     name: String,
+    /// Label and the id the key had when first opened.
+    template: Vec<Attribute>,
 }
 
 impl Expected {
     /// Re-reads `key` in `session` and refuses it unless it is the key first opened.
-    pub(crate) fn check(
-        &self,
-        session: &Session,
-        key: ObjectHandle,
-        template: &[Attribute],
-    ) -> Result<(), CustodyError> {
+    pub(crate) fn template(&self) -> &[Attribute] {
+        &self.template
+    }
+
+    pub(crate) fn check(&self, session: &Session, key: ObjectHandle) -> Result<(), CustodyError> {
         let facts = check_private_key(session, key, &self.name)?;
-        let id = template.iter().find_map(|a| match a {
+        let id = self.template.iter().find_map(|a| match a {
             Attribute::Id(id) => Some(id.clone()),
             _ => None,
         });
@@ -376,7 +386,23 @@ impl Expected {
         ];
         let public_obj = find_one(session, &public_template, &self.name)?;
         let public = read_public_key(session, public_obj, &self.name)?;
-        if facts != self.facts || public != self.public {
+        // The public object could have been copied from the old key: prove the private key matches
+        // by a probe signature, as at open.
+        let probe = [0x5au8; 32];
+        let proven = session
+            .sign(&Mechanism::Ecdsa, key, &probe)
+            .ok()
+            .and_then(|raw| {
+                let (r, s) = (raw.get(..32)?, raw.get(32..)?);
+                signature_from_scalars(r, s).ok()
+            })
+            .is_some_and(|sig| {
+                self.public
+                    .verifying_key()
+                    .verify_prehash(&probe, &sig)
+                    .is_ok()
+            });
+        if facts != self.facts || public != self.public || !proven {
             return Err(CustodyError::UnsafeKey {
                 key: self.name.clone(),
                 reason:

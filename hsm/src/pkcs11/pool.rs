@@ -15,7 +15,7 @@ use std::sync::{Mutex, MutexGuard};
 use cryptoki::context::Pkcs11;
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{Attribute, ObjectHandle};
+use cryptoki::object::ObjectHandle;
 use cryptoki::session::Session;
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
@@ -40,7 +40,7 @@ pub(super) struct SessionPool {
     slot: Slot,
     pin: AuthPin,
     token: String,
-    key_template: Vec<Attribute>,
+    login_key: String,
     expected: super::Expected,
     state: Mutex<State>,
     sessions_opened: AtomicU64,
@@ -85,7 +85,7 @@ impl SessionPool {
         slot: Slot,
         pin: AuthPin,
         token: String,
-        key_template: Vec<Attribute>,
+        login_key: String,
         key: ObjectHandle,
         expected: super::Expected,
     ) -> Self {
@@ -94,7 +94,7 @@ impl SessionPool {
             slot,
             pin,
             token,
-            key_template,
+            login_key,
             expected,
             state: Mutex::new(State {
                 idle: Vec::new(),
@@ -169,7 +169,14 @@ impl SessionPool {
     }
 
     fn open(&self) -> Result<Session, CustodyError> {
-        let session = super::open_session(&self.module, self.slot, &self.pin, &self.token, false)?;
+        let session = super::open_session(
+            &self.module,
+            self.slot,
+            &self.pin,
+            &self.token,
+            &self.login_key,
+            false,
+        )?;
         self.sessions_opened.fetch_add(1, Ordering::Relaxed);
         Ok(session)
     }
@@ -184,9 +191,10 @@ impl SessionPool {
             }
         }
         let session = self.open()?;
-        let key = super::find_one(&session, &self.key_template, &self.token)?;
-        // The same label and id, the same safe attributes, the same public key: else refuse.
-        self.expected.check(&session, key, &self.key_template)?;
+        let key = super::find_one(&session, self.expected.template(), &self.token)?;
+        // The same label and id, the same safe attributes, the same public key, and a probe
+        // signature that verifies under it: else refuse.
+        self.expected.check(&session, key)?;
         let mut state = self.lock()?;
         if state.generation == stale_generation {
             state.idle.clear();

@@ -240,6 +240,9 @@ pub struct LoadedKey {
     handle: KeyHandle,
     auth: ObjectAuth,
     generation: u64,
+    /// The key's TPM name, checked before every use: after a TPM reboot the transient handle may
+    /// name another object, and password sessions would not notice.
+    name: Vec<u8>,
 }
 
 impl fmt::Debug for LoadedKey {
@@ -254,6 +257,7 @@ impl Drop for LoadedKey {
     fn drop(&mut self) {
         if let Ok(mut st) = self.device.lock()
             && st.generation() == self.generation
+            && still_loaded(&mut st, self.handle, &self.name)
         {
             flush(&mut st, self.handle.into());
         }
@@ -277,28 +281,37 @@ impl Attester {
     /// Locks the device and checks that `keys` were loaded by this attester in the current
     /// connection.
     fn lock_for(&self, keys: &[&LoadedKey]) -> Result<MutexGuard<'_, DeviceState>, CustodyError> {
-        let st = self.device.lock()?;
+        let mut st = self.device.lock()?;
         for key in keys {
             if !Arc::ptr_eq(&key.device, &self.device) {
                 return Err(CustodyError::InvalidInput(
                     "the key was loaded into another TPM".into(),
                 ));
             }
-            if key.generation != st.generation() {
+            if key.generation != st.generation() || !still_loaded(&mut st, key.handle, &key.name) {
                 return Err(CustodyError::InvalidInput(
-                    "the key was loaded before the TPM connection was re-established; load it again".into(),
+                    "the key is no longer loaded (the TPM connection was re-established or the TPM \
+                     restarted); load it again"
+                        .into(),
                 ));
             }
         }
         Ok(st)
     }
 
-    fn loaded(&self, st: &DeviceState, handle: KeyHandle, auth: ObjectAuth) -> LoadedKey {
+    fn loaded(
+        &self,
+        st: &DeviceState,
+        handle: KeyHandle,
+        auth: ObjectAuth,
+        name: &[u8],
+    ) -> LoadedKey {
         LoadedKey {
             device: self.device.clone(),
             handle,
             auth,
             generation: st.generation(),
+            name: name.to_vec(),
         }
     }
 
@@ -374,7 +387,7 @@ impl Attester {
             ak::load_ak(c, ek, None, private.clone(), public.clone())
         });
         flush(&mut st, ek.into());
-        Ok(self.loaded(&st, loaded?, ObjectAuth::Empty))
+        Ok(self.loaded(&st, loaded?, ObjectAuth::Empty, &ak_blob.name))
     }
 
     /// Answers a MakeCredential challenge for `ak_blob`: decrypts the credential with the EK, which
@@ -469,7 +482,7 @@ impl Attester {
             }
             None => ObjectAuth::Empty,
         };
-        Ok(self.loaded(&st, handle, object_auth))
+        Ok(self.loaded(&st, handle, object_auth, &key.name))
     }
 
     /// TPM2_Certify: `ak` attests that `key` is loaded in this TPM, over `nonce`. The key's
@@ -668,6 +681,14 @@ fn unblob(key: &KeyBlob) -> Result<(Public, Private), CustodyError> {
     let private = Private::try_from(key.private.clone())
         .map_err(|_| CustodyError::InvalidInput("key blob: private part too large".into()))?;
     Ok((public, private))
+}
+
+/// Whether `handle` still holds the object named `name` (ReadPublic, no session).
+fn still_loaded(st: &mut DeviceState, handle: KeyHandle, name: &[u8]) -> bool {
+    match st.execute_without_session(|c| c.read_public(handle)) {
+        Ok((_, current, _)) => current.value() == name,
+        Err(_) => false,
+    }
 }
 
 fn create_ek(st: &mut DeviceState) -> Result<KeyHandle, CustodyError> {

@@ -9,13 +9,13 @@
 //! that can open the TPM device could sign with the key, the TPM analogue of a PKCS#11 key usable
 //! without login. The authValue travels only inside the salted session (see `DeviceState`).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use p256::ecdsa::Signature;
 use tss_esapi::attributes::ObjectAttributes;
 use tss_esapi::constants::response_code::Tss2ResponseCodeKind;
 use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK};
-use tss_esapi::handles::{KeyHandle, ObjectHandle, PersistentTpmHandle, TpmHandle};
+use tss_esapi::handles::{KeyHandle, ObjectHandle, PersistentTpmHandle};
 use tss_esapi::interface_types::algorithm::HashingAlgorithm;
 use tss_esapi::interface_types::dynamic_handles::Persistent;
 use tss_esapi::interface_types::ecc::EccCurve;
@@ -27,7 +27,7 @@ use tss_esapi::tss2_esys::TPMT_TK_HASHCHECK;
 use tss_esapi::utils::create_unrestricted_signing_ecc_public;
 use zeroize::Zeroizing;
 
-use super::{DeviceState, ObjectAuth, TpmDevice, create_srk, flush, retry_raw};
+use super::{ObjectAuth, TpmDevice, create_srk, flush};
 use crate::CustodyError;
 use crate::key::{Algorithm, Backend, CustodyKey, KeyFact, PublicKey, signature_from_scalars};
 use crate::uri::TpmUri;
@@ -38,8 +38,6 @@ pub struct TpmKey {
     device: Arc<TpmDevice>,
     persistent: PersistentTpmHandle,
     auth: Zeroizing<Vec<u8>>,
-    /// The ESYS handle for the key in the device's current connection, by connection generation.
-    handle: Mutex<Option<(u64, KeyHandle)>>,
     public: PublicKey,
     facts: Vec<KeyFact>,
 }
@@ -63,10 +61,8 @@ impl TpmKey {
         let persistent = persistent_handle(uri.handle)?;
         let public = {
             let mut st = device.lock()?;
-            let mut object = translate(&mut st, persistent, &name)?;
-            let public = st.retry("ReadPublic", |c| c.read_public(object.into()));
-            let _ = st.tr_close(&mut object);
-            public?.0
+            let object = st.persistent(persistent, &name)?;
+            st.retry("ReadPublic", |c| c.read_public(object.into()))?.0
         };
         // Attributes first: they are readable without the authValue and say the most.
         let (public_key, mut facts) = check_public(&public, &name)?;
@@ -81,7 +77,6 @@ impl TpmKey {
             device,
             persistent,
             auth,
-            handle: Mutex::new(None),
             public: public_key,
             facts,
         };
@@ -99,11 +94,8 @@ impl TpmKey {
         let persistent = persistent_handle(uri.handle)?;
         {
             let mut st = device.lock()?;
-            match translate(&mut st, persistent, &name) {
-                Ok(mut existing) => {
-                    let _ = st.tr_close(&mut existing);
-                    return Err(CustodyError::KeyExists(name));
-                }
+            match st.persistent(persistent, &name) {
+                Ok(_) => return Err(CustodyError::KeyExists(name)),
                 Err(CustodyError::KeyNotFound(_)) => {}
                 Err(e) => return Err(e),
             }
@@ -137,8 +129,7 @@ impl TpmKey {
                     )
                 });
                 flush(&mut st, transient);
-                let mut persisted = persisted?;
-                let _ = st.tr_close(&mut persisted);
+                st.remember_persistent(uri.handle, persisted?);
                 Ok::<(), CustodyError>(())
             })();
             flush(&mut st, srk.into());
@@ -148,33 +139,18 @@ impl TpmKey {
         Self::open(uri)
     }
 
-    /// The ESYS handle of the key in the current connection, translated (and its authValue set)
-    /// again after a reconnection.
-    fn handle(&self, st: &mut DeviceState) -> Result<KeyHandle, CustodyError> {
-        let mut cached = self.handle.lock().map_err(|_| CustodyError::Tpm {
-            op: "lock",
-            reason: "key handle cache poisoned".into(),
-        })?;
-        if let Some((generation, handle)) = *cached
-            && generation == st.generation()
-        {
-            return Ok(handle);
-        }
-        let object = translate(st, self.persistent, &self.uri)?;
-        st.tr_set_auth(object, tpm_auth(&self.auth)?)
-            .map_err(|e| CustodyError::tpm("TR_SetAuth", e))?;
-        let handle = KeyHandle::from(object);
-        *cached = Some((st.generation(), handle));
-        Ok(handle)
-    }
-
     fn sign_once(&self, digest: &Digest) -> Result<tss_esapi::structures::Signature, CustodyError> {
         let scheme = SignatureScheme::EcDsa {
             hash_scheme: HashScheme::new(HashingAlgorithm::Sha256),
         };
         let ticket = null_ticket()?;
         let mut st = self.device.lock()?;
-        let handle = self.handle(&mut st)?;
+        let object = st.persistent(self.persistent, &self.uri)?;
+        // Set this key's authValue right before the command: another key of this process may name
+        // the same handle (sharing its ESYS handle) with another auth-source.
+        st.tr_set_auth(object, tpm_auth(&self.auth)?)
+            .map_err(|e| CustodyError::tpm("TR_SetAuth", e))?;
+        let handle = KeyHandle::from(object);
         st.with_session("Sign", ObjectAuth::Set, |c| {
             c.sign(handle, digest.clone(), scheme, ticket.clone())
         })
@@ -238,22 +214,6 @@ impl CustodyKey for TpmKey {
 
     fn facts(&self) -> &[KeyFact] {
         &self.facts
-    }
-}
-
-/// TR_FromTPMPublic for a persistent handle; TPM_RC_HANDLE means no key is there.
-fn translate(
-    st: &mut DeviceState,
-    persistent: PersistentTpmHandle,
-    name: &str,
-) -> Result<ObjectHandle, CustodyError> {
-    let found = retry_raw("TR_FromTPMPublic", || {
-        st.execute_without_session(|c| c.tr_from_tpm_public(TpmHandle::Persistent(persistent)))
-    });
-    match found {
-        Ok(o) => Ok(o),
-        Err((e, _)) if is_missing_handle(&e) => Err(CustodyError::KeyNotFound(name.to_string())),
-        Err((e, attempts)) => Err(st.classify("TR_FromTPMPublic", e, attempts)),
     }
 }
 
@@ -353,6 +313,16 @@ fn check_public(public: &Public, name: &str) -> Result<(PublicKey, Vec<KeyFact>)
     if !a.fixed_tpm() || !a.fixed_parent() {
         return Err(unsafe_key(
             "not fixedTPM/fixedParent: the key can be duplicated out of this TPM",
+        ));
+    }
+    if !public.auth_policy().value().is_empty() {
+        return Err(unsafe_key(
+            "authPolicy is set: a policy session could use the key without its authValue",
+        ));
+    }
+    if a.no_da() {
+        return Err(unsafe_key(
+            "noDA is set: the authValue could be guessed without dictionary-attack lockout",
         ));
     }
     if !a.sensitive_data_origin() {

@@ -74,6 +74,10 @@ pub(crate) struct DeviceState {
     /// Bumped on every reconnection: ESYS handles translated before it are meaningless after it.
     generation: u64,
     broken: bool,
+    /// ESYS handles of persistent objects, translated once per connection and shared by every key
+    /// naming the same handle. (tpm2-tss hands out one ESYS object per TPM handle without reference
+    /// counting, so closing it for one user would close it for all; it is never closed.)
+    persistent: HashMap<u32, tss_esapi::handles::ObjectHandle>,
 }
 
 impl std::fmt::Debug for DeviceState {
@@ -165,6 +169,49 @@ impl DeviceState {
         retry_raw(op, || command(&mut self.context)).map_err(|(e, n)| self.classify(op, e, n))
     }
 
+    pub(crate) fn mark_broken(&mut self) {
+        self.broken = true;
+        self.session = None;
+        self.persistent.clear();
+    }
+
+    /// The ESYS handle of the persistent object at `handle`, translated on first use in this
+    /// connection. `KeyNotFound` if nothing is there.
+    pub(crate) fn persistent(
+        &mut self,
+        handle: tss_esapi::handles::PersistentTpmHandle,
+        name: &str,
+    ) -> Result<tss_esapi::handles::ObjectHandle, CustodyError> {
+        let raw = u32::from(handle);
+        if let Some(h) = self.persistent.get(&raw) {
+            return Ok(*h);
+        }
+        let found = retry_raw("TR_FromTPMPublic", || {
+            self.context.execute_without_session(|c| {
+                c.tr_from_tpm_public(tss_esapi::handles::TpmHandle::Persistent(handle))
+            })
+        });
+        match found {
+            Ok(object) => {
+                self.persistent.insert(raw, object);
+                Ok(object)
+            }
+            Err((e, _)) if key::is_missing_handle(&e) => {
+                Err(CustodyError::KeyNotFound(name.to_string()))
+            }
+            Err((e, attempts)) => Err(self.classify("TR_FromTPMPublic", e, attempts)),
+        }
+    }
+
+    /// Records the ESYS handle of an object just made persistent.
+    pub(crate) fn remember_persistent(
+        &mut self,
+        handle: u32,
+        object: tss_esapi::handles::ObjectHandle,
+    ) {
+        self.persistent.insert(handle, object);
+    }
+
     pub(crate) fn classify(
         &mut self,
         op: &'static str,
@@ -172,8 +219,7 @@ impl DeviceState {
         attempts: u32,
     ) -> CustodyError {
         if connection_lost(&e) {
-            self.broken = true;
-            self.session = None;
+            self.mark_broken();
             return CustodyError::TpmUnavailable {
                 tcti: self.tcti.clone(),
                 reason: format!("{op}: {e}"),
@@ -228,9 +274,14 @@ impl DeviceState {
 }
 
 /// Flushes a transient object or session, logging (not failing) if the TPM refuses.
-pub(crate) fn flush(ctx: &mut Context, handle: tss_esapi::handles::ObjectHandle) {
-    if let Err(e) = ctx.flush_context(handle) {
+/// A failure here is logged, and marks the device broken if it came from the software stack rather
+/// than the TPM (the next call then reconnects).
+pub(crate) fn flush(st: &mut DeviceState, handle: tss_esapi::handles::ObjectHandle) {
+    if let Err(e) = st.context.flush_context(handle) {
         tracing::warn!(error = %e, "could not flush a transient TPM object");
+        if connection_lost(&e) {
+            st.mark_broken();
+        }
     }
 }
 
@@ -313,6 +364,7 @@ impl TpmDevice {
             session: None,
             generation: 0,
             broken: false,
+            persistent: HashMap::new(),
         };
         let dev = Arc::new(TpmDevice {
             tcti: tcti.to_string(),
@@ -339,11 +391,36 @@ impl TpmDevice {
         if state.broken {
             state.context = connect(&self.tcti)?;
             state.session = None;
+            state.persistent.clear();
             state.generation = state.generation.wrapping_add(1);
             state.broken = false;
+            flush_leftovers(&mut state);
             tracing::warn!(tcti = %self.tcti, "reconnected to the TPM");
         }
         Ok(state)
+    }
+}
+
+/// After a reconnection, flushes the sessions and transient objects the lost connection left
+/// loaded (a TPM holds only a few: swtpm three sessions). Through the kernel's resource manager
+/// this finds nothing (it flushes on close and shows each connection only its own handles);
+/// through a direct TCTI the leftovers are this process's own.
+fn flush_leftovers(state: &mut DeviceState) {
+    use tss_esapi::constants::CapabilityType;
+    use tss_esapi::structures::CapabilityData;
+    // TPM2_HR_LOADED_SESSION (0x02000000) and TPM2_HR_TRANSIENT (0x80000000).
+    for first in [0x0200_0000u32, 0x8000_0000] {
+        let listed = state
+            .context
+            .execute_without_session(|c| c.get_capability(CapabilityType::Handles, first, 64));
+        let Ok((CapabilityData::Handles(list), _)) = listed else {
+            continue;
+        };
+        for handle in list.into_inner() {
+            if let Ok(object) = state.context.tr_from_tpm_public(handle) {
+                let _ = state.context.flush_context(object);
+            }
+        }
     }
 }
 
@@ -368,12 +445,16 @@ fn raw_rc(e: &tss_esapi::Error) -> Option<u32> {
     u32::from_str_radix(hex.trim(), 16).ok()
 }
 
-/// TSS2 layer of the TCTI (tss2_common.h: TSS2_TCTI_RC_LAYER = 10 << 16).
-const TCTI_LAYER: u32 = 10;
+/// TSS2 layers whose codes are the TPM's own answers (tss2_common.h): the TPM itself (0) and the
+/// resource manager passing TPM codes through (11, 12).
+const TPM_LAYERS: [u32; 3] = [0, 11, 12];
 
-/// True when the error came from the transport, not the TPM: the device or socket is gone.
+/// True when the error did not come from the TPM but from the software stack between us and it
+/// (TCTI, SAPI, ESAPI, marshalling): the device or socket went away, a response was malformed or
+/// failed its HMAC, or ESYS is left in an error state (after which it answers BAD_SEQUENCE to
+/// everything). In every such case the context cannot be trusted: reconnect.
 fn connection_lost(e: &tss_esapi::Error) -> bool {
-    raw_rc(e).is_some_and(|rc| (rc >> 16) & 0xff == TCTI_LAYER)
+    raw_rc(e).is_some_and(|rc| !TPM_LAYERS.contains(&((rc >> 16) & 0xff)))
 }
 
 /// True when the TPM no longer knows our session (TPM_RC_REFERENCE_S0..S6), e.g. after a reboot
