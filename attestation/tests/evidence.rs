@@ -897,3 +897,36 @@ mod rsa_ak {
         }
     }
 }
+
+/// The tpm2-tools quote files from Keylime's test data parse (their AK is not published, so this
+/// is a parsing test only).
+#[test]
+fn keylime_tpm2_tools_quote_vectors_parse() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/vectors/tpm2-tools-quote");
+    let attest =
+        std::fs::read(dir.join("keylime_quote.out")).expect("shared/vectors beside the checkout");
+    let parsed = Attest::parse(&attest).unwrap();
+    assert_eq!(parsed.magic, TPM_GENERATED);
+    assert_eq!(parsed.kind, ST_ATTEST_QUOTE);
+    let Attested::Quote {
+        selection,
+        pcr_digest,
+    } = &parsed.attested
+    else {
+        panic!()
+    };
+    assert_eq!(pcr_digest.len(), 32);
+    assert!(
+        selection
+            .banks()
+            .iter()
+            .any(|(b, p)| *b == HashAlg::Sha256 && !p.is_empty())
+    );
+    assert_eq!(parsed.encode(), attest, "re-encodes byte for byte");
+    let sig =
+        Signature::from_tpmt(&std::fs::read(dir.join("keylime_quotesig.out")).unwrap()).unwrap();
+    assert!(
+        matches!(sig, Signature::RsaSsa { hash: HashAlg::Sha256, ref sig } if sig.len() == 256)
+    );
+}

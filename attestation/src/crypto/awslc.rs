@@ -74,8 +74,13 @@ impl CryptoProvider for AwsLc {
                 };
                 let e = rsa_exponent(*exponent).to_be_bytes();
                 let first = e.iter().position(|b| *b != 0).unwrap_or(3);
+                // aws-lc wants the modulus without leading zero bytes (DER-style encodings add one).
+                let lead = modulus
+                    .iter()
+                    .position(|b| *b != 0)
+                    .unwrap_or(modulus.len());
                 let components = RsaPublicKeyComponents {
-                    n: *modulus,
+                    n: modulus.get(lead..).unwrap_or_default(),
                     e: e.get(first..).unwrap_or(&e),
                 };
                 components
