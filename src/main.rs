@@ -1,8 +1,10 @@
-//! `writ`: the appliance and its CLI. Built so far: `writ keys` (key custody). `writ serve`,
+//! `writ`: the appliance and its CLI. Built so far: `writ keys` (key custody) and `writ
+//! verify-quote` (TPM quote verification, tpm2-tools formats). `writ serve`,
 //! `writ admin`, `writ agent` and `writ audit` are not built yet (see the README).
 #![forbid(unsafe_code)]
 
 mod keys;
+mod verify_quote;
 
 use std::process::ExitCode;
 
@@ -21,6 +23,9 @@ enum Command {
     /// Generate and inspect signing keys held in a PKCS#11 token or a TPM.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Verify a TPM2_Quote made by tpm2-tools (as tpm2_checkquote does). Exit 0 verified, 1
+    /// rejected with the failed check named, 2 usage or input error.
+    VerifyQuote(verify_quote::VerifyQuote),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +39,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Keys(cmd) => keys::run(cmd),
+        Command::VerifyQuote(args) => return verify_quote::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -930,3 +930,32 @@ fn keylime_tpm2_tools_quote_vectors_parse() {
         matches!(sig, Signature::RsaSsa { hash: HashAlg::Sha256, ref sig } if sig.len() == 256)
     );
 }
+
+#[test]
+fn keylime_tpm2_tools_pcr_file_parses_and_matches_its_quote() {
+    use writ_attestation::tpm::tools::read_pcr_file;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/vectors/tpm2-tools-quote");
+    let (selection, values) =
+        read_pcr_file(&std::fs::read(dir.join("keylime_quotepcr.out")).unwrap()).unwrap();
+    let attest = Attest::parse(&std::fs::read(dir.join("keylime_quote.out")).unwrap()).unwrap();
+    let Attested::Quote {
+        selection: quoted,
+        pcr_digest,
+    } = attest.attested
+    else {
+        panic!()
+    };
+    assert!(selection.same_pcrs(&quoted), "{selection} vs {quoted}");
+    assert_eq!(
+        values.digest(&quoted, HashAlg::Sha256).unwrap(),
+        pcr_digest,
+        "the PCR file reproduces the quote's digest"
+    );
+    // Truncated or padded files are refused.
+    let bytes = std::fs::read(dir.join("keylime_quotepcr.out")).unwrap();
+    assert!(read_pcr_file(&bytes[..bytes.len() - 1]).is_err());
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert!(read_pcr_file(&longer).is_err());
+}

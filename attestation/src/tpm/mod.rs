@@ -4,6 +4,7 @@ pub mod attest;
 pub mod pcr;
 pub mod public;
 pub mod signature;
+pub mod tools;
 pub(crate) mod wire;
 
 use sha2::Digest as _;

@@ -1,0 +1,204 @@
+//! `writ verify-quote` on quotes made by tpm2-tools against a real swtpm: the interop check with
+//! the files tpm2_quote writes (-m, -s, -o) and the AK tpm2_createak writes (-u).
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use writ_testkit::Swtpm;
+
+fn tool(tpm: &Swtpm, dir: &Path, args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .current_dir(dir)
+        .env("TPM2TOOLS_TCTI", tpm.tcti())
+        .env("TSS2_LOG", "all+NONE")
+        .output()
+        .expect("tpm2-tools installed");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn verify(dir: &Path, nonce: &str, pcr_list: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_writ"))
+        .current_dir(dir)
+        .args([
+            "verify-quote",
+            "--ak",
+            "ak.pub",
+            "--message",
+            "quote.msg",
+            "--signature",
+            "quote.sig",
+        ])
+        .args([
+            "--pcrs",
+            "quote.pcrs",
+            "--nonce",
+            nonce,
+            "--pcr-list",
+            pcr_list,
+        ])
+        .output()
+        .unwrap()
+}
+
+fn quote_with(alg: &str, scheme: &str) -> (Swtpm, tempfile::TempDir) {
+    let tpm = Swtpm::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // No resource manager in front of swtpm: tpm2-tools leave objects loaded, and swtpm has three
+    // slots, so flush transients between steps.
+    tool(
+        &tpm,
+        d,
+        &["tpm2_createek", "-c", "ek.ctx", "-G", "rsa", "-u", "ek.pub"],
+    );
+    tool(&tpm, d, &["tpm2_flushcontext", "-t"]);
+    tool(
+        &tpm,
+        d,
+        &[
+            "tpm2_createak",
+            "-C",
+            "ek.ctx",
+            "-c",
+            "ak.ctx",
+            "-G",
+            alg,
+            "-g",
+            "sha256",
+            "-s",
+            scheme,
+            "-u",
+            "ak.pub",
+            "-n",
+            "ak.name",
+        ],
+    );
+    tool(&tpm, d, &["tpm2_flushcontext", "-t"]);
+    tool(
+        &tpm,
+        d,
+        &[
+            "tpm2_pcrextend",
+            "16:sha256=0000000000000000000000000000000000000000000000000000000000000001",
+        ],
+    );
+    tool(
+        &tpm,
+        d,
+        &[
+            "tpm2_quote",
+            "-c",
+            "ak.ctx",
+            "-l",
+            "sha256:0,1,2,7,16",
+            "-q",
+            "a1b2c3d4e5f60718",
+            "-m",
+            "quote.msg",
+            "-s",
+            "quote.sig",
+            "-o",
+            "quote.pcrs",
+            "-g",
+            "sha256",
+        ],
+    );
+    (tpm, dir)
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn tpm2_tools_ecdsa_quote_verifies_and_each_wrong_input_is_named() {
+    let (_tpm, dir) = quote_with("ecc", "ecdsa");
+    let d = dir.path();
+    let ok = verify(d, "a1b2c3d4e5f60718", "sha256:0,1,2,7,16");
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&ok),
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(stdout(&ok).starts_with("verified"));
+
+    let other_nonce = verify(d, "a1b2c3d4e5f60719", "sha256:0,1,2,7,16");
+    assert_eq!(other_nonce.status.code(), Some(1));
+    assert!(
+        stdout(&other_nonce).contains("nonce_mismatch"),
+        "{}",
+        stdout(&other_nonce)
+    );
+
+    let narrower = verify(d, "a1b2c3d4e5f60718", "sha256:0,1,2,7");
+    assert_eq!(narrower.status.code(), Some(1));
+    assert!(stdout(&narrower).contains("pcr_selection"));
+
+    let mut msg = std::fs::read(d.join("quote.msg")).unwrap();
+    let last = msg.len() - 1;
+    msg[last] ^= 1;
+    std::fs::write(d.join("quote.msg"), msg).unwrap();
+    let tampered = verify(d, "a1b2c3d4e5f60718", "sha256:0,1,2,7,16");
+    assert_eq!(tampered.status.code(), Some(1));
+    assert!(stdout(&tampered).contains("signature"));
+
+    std::fs::remove_file(d.join("quote.sig")).unwrap();
+    assert_eq!(
+        verify(d, "a1b2c3d4e5f60718", "sha256:0,1,2,7,16")
+            .status
+            .code(),
+        Some(2)
+    );
+}
+
+#[test]
+fn tpm2_tools_rsassa_quote_verifies() {
+    let (_tpm, dir) = quote_with("rsa", "rsassa");
+    let ok = verify(dir.path(), "a1b2c3d4e5f60718", "sha256:0,1,2,7,16");
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&ok),
+        String::from_utf8_lossy(&ok.stderr)
+    );
+}
+
+#[test]
+fn a_changed_pcr_value_is_named() {
+    let (_tpm, dir) = quote_with("ecc", "ecdsa");
+    let d = dir.path();
+    // Flip one byte of the first PCR value in the file (after the selection list and counts).
+    let mut pcrs = std::fs::read(d.join("quote.pcrs")).unwrap();
+    pcrs[132 + 4 + 4 + 2] ^= 0xff;
+    std::fs::write(d.join("quote.pcrs"), pcrs).unwrap();
+    let out = verify(d, "a1b2c3d4e5f60718", "sha256:0,1,2,7,16");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).contains("pcr_digest"), "{}", stdout(&out));
+}
+
+#[test]
+fn a_pem_ak_is_refused_as_input() {
+    let (_tpm, dir) = quote_with("ecc", "ecdsa");
+    std::fs::write(
+        dir.path().join("ak.pub"),
+        "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
+    )
+    .unwrap();
+    let out = verify(dir.path(), "a1b2c3d4e5f60718", "sha256:0,1,2,7,16");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PEM"));
+}
