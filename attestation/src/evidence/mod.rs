@@ -2,9 +2,11 @@
 //! proof value that only this crate can construct; none returns a bool.
 
 mod certify;
+mod credential;
 mod quote;
 
 pub use certify::{CertifiedKey, verify_certify};
+pub use credential::{CredentialChallenge, EkPublicKey, make_credential};
 pub use quote::{CounterChange, VerifiedQuote, verify_quote};
 
 use crate::crypto::{CryptoProvider, SigAlg, SignatureValue, VerifyKey};
