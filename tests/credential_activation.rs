@@ -21,14 +21,13 @@ fn os_random(buf: &mut [u8]) -> Result<(), EvidenceError> {
 }
 
 fn tool(tpm: &Swtpm, dir: &Path, args: &[&str]) -> std::process::Output {
-    let out = Command::new(args[0])
+    Command::new(args[0])
         .args(&args[1..])
         .current_dir(dir)
         .env("TPM2TOOLS_TCTI", tpm.tcti())
         .env("TSS2_LOG", "all+NONE")
         .output()
-        .expect("tpm2-tools installed");
-    out
+        .expect("tpm2-tools installed")
 }
 
 fn ok(out: std::process::Output, what: &str) {
