@@ -13,5 +13,7 @@ targets=$(cargo fuzz list)
 cargo fuzz build --sanitizer none -O
 for t in $targets; do
   mkdir -p corpus/$t
+  # Inputs that once failed are always part of the corpus.
+  cp regressions/"$t"-* corpus/$t/ 2>/dev/null || true
   cargo fuzz run --sanitizer none -O "$t" -- -max_total_time="$seconds" -max_len=4096 corpus/$t 2>&1 | tail -n 1
 done

@@ -959,3 +959,26 @@ fn keylime_tpm2_tools_pcr_file_parses_and_matches_its_quote() {
     longer.push(0);
     assert!(read_pcr_file(&longer).is_err());
 }
+
+/// Found by the tpm_attest fuzz target: a bank with sizeofSelect 0 (or 4) must re-encode as it came.
+#[test]
+fn pcr_selection_keeps_its_wire_size() {
+    let f = Forge::new();
+    let mut attest = f.quote_attest().encode();
+    // The quote body starts after the fixed header; rewrite its selection to one SHA-1 bank with
+    // sizeofSelect 0 and no digest change (the parse is what is tested here).
+    let body = attest.len() - (4 + 2 + 1 + 3 + 2 + 32);
+    attest.truncate(body);
+    attest.extend_from_slice(&[0, 0, 0, 1, 0x00, 0x04, 0x00, 0x00, 0x00]);
+    let parsed = Attest::parse(&attest).unwrap();
+    assert_eq!(parsed.encode(), attest);
+    let four: PcrSelection = "sha256:0,25".parse().unwrap();
+    let a = Attest {
+        attested: Attested::Quote {
+            selection: four,
+            pcr_digest: vec![0; 32],
+        },
+        ..f.quote_attest()
+    };
+    assert_eq!(Attest::parse(&a.encode()).unwrap(), a);
+}

@@ -20,6 +20,9 @@ const MAX_PCR: u8 = 31;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PcrSelection {
     banks: Vec<(HashAlg, Vec<u8>)>,
+    /// Each bank's sizeofSelect as it came off the wire (3 for selections built here, 4 when a PCR
+    /// above 23 is selected), so a parsed selection re-encodes byte for byte.
+    select_sizes: Vec<u8>,
 }
 
 impl PcrSelection {
@@ -41,7 +44,14 @@ impl PcrSelection {
             }
             out.push((bank, pcrs));
         }
-        let selection = PcrSelection { banks: out };
+        let select_sizes = out
+            .iter()
+            .map(|(_, pcrs)| if pcrs.iter().any(|p| *p > 23) { 4 } else { 3 })
+            .collect();
+        let selection = PcrSelection {
+            banks: out,
+            select_sizes,
+        };
         if selection.is_empty() {
             return Err(EvidenceError::PcrSelection("the selection is empty".into()));
         }
@@ -85,6 +95,7 @@ impl PcrSelection {
             )));
         }
         let mut banks = Vec::new();
+        let mut select_sizes = Vec::new();
         for _ in 0..count {
             let bank = HashAlg::read(r, "TPMS_PCR_SELECTION.hash")?;
             let size = r.u8()?;
@@ -115,22 +126,27 @@ impl PcrSelection {
                 )));
             }
             banks.push((bank, pcrs));
+            select_sizes.push(size);
         }
-        Ok(PcrSelection { banks })
+        Ok(PcrSelection {
+            banks,
+            select_sizes,
+        })
     }
 
     pub(crate) fn write(&self, w: &mut Writer) {
         w.u32(u32::try_from(self.banks.len()).unwrap_or(0));
-        for (bank, pcrs) in &self.banks {
+        for (i, (bank, pcrs)) in self.banks.iter().enumerate() {
             w.u16(bank.id());
-            let mut bitmap = [0u8; 3];
+            let size = self.select_sizes.get(i).copied().unwrap_or(3);
+            let mut bitmap = [0u8; MAX_SELECT as usize];
             for p in pcrs {
                 if let Some(b) = bitmap.get_mut(usize::from(p / 8)) {
                     *b |= 1 << (p % 8);
                 }
             }
-            w.u8(3);
-            w.bytes(&bitmap);
+            w.u8(size);
+            w.bytes(bitmap.get(..usize::from(size)).unwrap_or(&bitmap));
         }
     }
 }
