@@ -206,3 +206,72 @@ fn swtpm_certification_of_a_holder_key_verifies() {
     .unwrap_err();
     assert_eq!(e.code(), "certified_key");
 }
+
+#[test]
+fn swtpm_ek_certificates_chain_to_the_local_ca_and_the_key_activates() {
+    use writ_attestation::evidence::{EkPublicKey, EkTrustStore, make_credential};
+    let tpm = Swtpm::start();
+    let attester = Attester::open(Some(&tpm.tcti())).unwrap();
+    let mut store = EkTrustStore::new();
+    for f in ["swtpm-localca-rootca-cert.pem", "issuercert.pem"] {
+        store
+            .add_pem(&std::fs::read_to_string(tpm.ca_dir().join(f)).unwrap())
+            .unwrap();
+    }
+    assert_eq!(store.len(), (1, 1));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let certs = attester.ek_certificates().unwrap();
+    for c in &certs {
+        for p in PROVIDERS {
+            let trusted = store
+                .verify(p, &c.der, now)
+                .unwrap_or_else(|e| panic!("{:?} via {}: {e}", c.kind, p.name()));
+            assert_eq!(trusted.chain().len(), 3);
+        }
+    }
+    // The RSA EK: the key from the certificate is the TPM's EK, and a credential to it activates.
+    let rsa = certs
+        .iter()
+        .find(|c| c.kind == writ_hsm::tpm::attester::EkKind::Rsa2048)
+        .unwrap();
+    let trusted = store.verify(&AwsLc, &rsa.der, now).unwrap();
+    let EkPublicKey::Rsa2048 { modulus, .. } = trusted.key() else {
+        panic!("RSA EK")
+    };
+    let ek_public =
+        writ_attestation::tpm::public::Public::from_tpmt(&attester.ek_public().unwrap()).unwrap();
+    let writ_attestation::tpm::public::KeyParams::Rsa {
+        modulus: tpm_modulus,
+        ..
+    } = ek_public.params()
+    else {
+        panic!()
+    };
+    assert_eq!(modulus, tpm_modulus);
+    let ak = attester.create_ak().unwrap();
+    let challenge = make_credential(trusted.key(), &ak.name, &[9u8; 32], &mut |b| {
+        getrandom::fill(b).map_err(|e| writ_attestation::EvidenceError::Malformed(e.to_string()))
+    })
+    .unwrap();
+    let secret = attester
+        .activate_credential(&ak, &challenge.id_object, &challenge.encrypted_secret)
+        .unwrap();
+    assert_eq!(secret.as_slice(), &[9u8; 32]);
+    // Another TPM's store (the manufacturer roots) does not trust it.
+    let mut manufacturers = EkTrustStore::new();
+    let roots = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/vectors/tpm-manufacturer-roots");
+    for entry in std::fs::read_dir(roots).unwrap() {
+        let _ = manufacturers.add_pem(&std::fs::read_to_string(entry.unwrap().path()).unwrap());
+    }
+    assert_eq!(
+        manufacturers
+            .verify(&AwsLc, &rsa.der, now)
+            .unwrap_err()
+            .code(),
+        "ek_untrusted"
+    );
+}

@@ -54,6 +54,15 @@ pub enum EvidenceError {
     /// The certification names another object than the public area presented.
     #[error("the certified name does not match the presented public area")]
     CertifiedName,
+    /// The EK certificate does not chain to the trust store (or a signature in the chain fails).
+    #[error("EK certificate untrusted: {0}")]
+    EkUntrusted(String),
+    /// A certificate of the EK chain is outside its validity period.
+    #[error("EK chain validity: {0}")]
+    EkExpired(String),
+    /// An issuer of the EK chain may not issue certificates (basicConstraints, keyUsage, pathLen).
+    #[error("EK chain CA constraint: {0}")]
+    EkCa(String),
     /// The certified key is not a TPM-bound signing key.
     #[error("certified key refused: {0}")]
     CertifiedKey(String),
@@ -79,6 +88,9 @@ impl EvidenceError {
             EvidenceError::SignatureScheme(_) => "signature_scheme",
             EvidenceError::CertifiedName => "certified_name",
             EvidenceError::CertifiedKey(_) => "certified_key",
+            EvidenceError::EkUntrusted(_) => "ek_untrusted",
+            EvidenceError::EkExpired(_) => "ek_expired",
+            EvidenceError::EkCa(_) => "ek_ca",
         }
     }
 }

@@ -3,10 +3,12 @@
 
 mod certify;
 mod credential;
+mod ek;
 mod quote;
 
 pub use certify::{CertifiedKey, verify_certify};
 pub use credential::{CredentialChallenge, EkPublicKey, make_credential};
+pub use ek::{EkTrustStore, TrustedEk};
 pub use quote::{CounterChange, VerifiedQuote, verify_quote};
 
 use crate::crypto::{CryptoProvider, SigAlg, SignatureValue, VerifyKey};
