@@ -202,3 +202,122 @@ fn a_pem_ak_is_refused_as_input() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("PEM"));
 }
+
+/// tpm2_certify of a signing key by the AK verifies with writ's certify verifier.
+#[test]
+fn tpm2_tools_certification_verifies() {
+    use writ_attestation::crypto::AwsLc;
+    use writ_attestation::evidence::{CheckedAk, Nonce, verify_certify};
+    use writ_attestation::tpm::public::Public;
+    let tpm = Swtpm::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let steps: &[&[&str]] = &[
+        &["tpm2_createek", "-c", "ek.ctx", "-G", "rsa", "-u", "ek.pub"],
+        &["tpm2_flushcontext", "-t"],
+        &[
+            "tpm2_createak",
+            "-C",
+            "ek.ctx",
+            "-c",
+            "ak.ctx",
+            "-G",
+            "ecc",
+            "-g",
+            "sha256",
+            "-s",
+            "ecdsa",
+            "-u",
+            "ak.pub",
+            "-n",
+            "ak.name",
+        ],
+        &["tpm2_flushcontext", "-t"],
+        &[
+            "tpm2_createprimary",
+            "-C",
+            "o",
+            "-G",
+            "ecc",
+            "-c",
+            "primary.ctx",
+        ],
+        &["tpm2_flushcontext", "-t"],
+        &[
+            "tpm2_create",
+            "-C",
+            "primary.ctx",
+            "-G",
+            "ecc",
+            "-u",
+            "key.pub",
+            "-r",
+            "key.priv",
+            "-a",
+            "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|sign",
+        ],
+        &["tpm2_flushcontext", "-t"],
+        &[
+            "tpm2_load",
+            "-C",
+            "primary.ctx",
+            "-u",
+            "key.pub",
+            "-r",
+            "key.priv",
+            "-c",
+            "key.ctx",
+        ],
+        &["tpm2_flushcontext", "-t"],
+        &[
+            "tpm2_certify",
+            "-c",
+            "key.ctx",
+            "-C",
+            "ak.ctx",
+            "-g",
+            "sha256",
+            "-o",
+            "attest.out",
+            "-s",
+            "sig.out",
+        ],
+    ];
+    for s in steps {
+        tool(&tpm, d, s);
+    }
+    let ak =
+        CheckedAk::check(Public::from_tpm2b(&std::fs::read(d.join("ak.pub")).unwrap()).unwrap())
+            .unwrap();
+    let key = Public::from_tpm2b(&std::fs::read(d.join("key.pub")).unwrap()).unwrap();
+    let attest = std::fs::read(d.join("attest.out")).unwrap();
+    let sig = std::fs::read(d.join("sig.out")).unwrap();
+    // tpm2_certify (tpm2-tools 5.4) takes no qualifying data option; it always sends 00ff55aa.
+    let fixed = Nonce::new(&[0x00, 0xff, 0x55, 0xaa]).unwrap();
+    let certified = verify_certify(&AwsLc, &ak, &attest, &sig, &fixed, key.tpmt_bytes()).unwrap();
+    assert_eq!(certified.name(), key.name().unwrap().as_slice());
+    let attested = writ_attestation::tpm::attest::Attest::parse(&attest).unwrap();
+    let nonce = Nonce::new(&[0x0b, 0xad, 0xc0, 0xde]).unwrap();
+    assert_eq!(
+        verify_certify(&AwsLc, &ak, &attest, &sig, &nonce, key.tpmt_bytes())
+            .unwrap_err()
+            .code(),
+        "nonce_mismatch"
+    );
+    // A flipped bit in the attestation fails at the signature, before anything else is trusted.
+    let mut tampered = attest.clone();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 1;
+    assert_eq!(
+        verify_certify(&AwsLc, &ak, &tampered, &sig, &nonce, key.tpmt_bytes())
+            .unwrap_err()
+            .code(),
+        "signature"
+    );
+    match attested.attested {
+        writ_attestation::tpm::attest::Attested::Certify { name, .. } => {
+            assert_eq!(name, key.name().unwrap())
+        }
+        other => panic!("{other:?}"),
+    }
+}
