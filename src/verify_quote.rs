@@ -8,8 +8,10 @@ use clap::Args;
 use writ_attestation::EvidenceError;
 use writ_attestation::crypto::default_provider;
 use writ_attestation::evidence::{CheckedAk, Nonce, verify_quote};
+use writ_attestation::tpm::attest::Attest;
 use writ_attestation::tpm::pcr::PcrSelection;
 use writ_attestation::tpm::public::Public;
+use writ_attestation::tpm::signature::Signature;
 use writ_attestation::tpm::tools::read_pcr_file;
 
 /// Largest input file read (a quote, a signature, a PCR file, a public area are all small).
@@ -80,6 +82,10 @@ pub fn run(args: VerifyQuote) -> ExitCode {
         let required: PcrSelection = args.pcr_list.parse().map_err(|e| input("--pcr-list", e))?;
         let (_, values) = read_pcr_file(&pcr_file).map_err(|e| input("--pcrs", e))?;
         let public = ak_public(&ak).map_err(|e| input("--ak", e))?;
+        // Structure only, untrusted until the signature is checked: a file that is not a
+        // TPMS_ATTEST or TPMT_SIGNATURE at all is an input error (2), not a rejection (1).
+        Attest::parse(&message).map_err(|e| input("--message", e))?;
+        Signature::from_tpmt(&signature).map_err(|e| input("--signature", e))?;
         Ok((public, message, signature, nonce, required, values))
     })();
     let (public, message, signature, nonce, required, values) = match inputs {

@@ -268,3 +268,27 @@ fn p384_ek_credentials_are_not_made_until_verified() {
     let e = make_credential(&ek, &[0, 11, 1], &[1; 32], &mut os_random).unwrap_err();
     assert_eq!(e.code(), "unsupported_algorithm");
 }
+
+#[test]
+fn challenges_need_a_real_name_and_an_rsa_2048_ek() {
+    let ek = EkPublicKey::Rsa2048 {
+        modulus: vec![0xc1; 128],
+        exponent: 65_537,
+    };
+    assert_eq!(
+        make_credential(&ek, &[0, 11, 1], &[1; 32], &mut os_random)
+            .unwrap_err()
+            .code(),
+        "unsupported_algorithm"
+    );
+    let ek = EkPublicKey::Rsa2048 {
+        modulus: vec![0xc1; 256],
+        exponent: 65_537,
+    };
+    assert_eq!(
+        make_credential(&ek, &[0], &[1; 32], &mut os_random)
+            .unwrap_err()
+            .code(),
+        "malformed"
+    );
+}

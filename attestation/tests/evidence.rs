@@ -982,3 +982,198 @@ fn pcr_selection_keeps_its_wire_size() {
     };
     assert_eq!(Attest::parse(&a.encode()).unwrap(), a);
 }
+
+#[test]
+fn empty_required_selection_is_refused_by_verify_quote() {
+    // A selection with no bank at all can be had from the wire (TPML_PCR_SELECTION count 0).
+    let f = Forge::new();
+    let mut empty_quote = f.quote_attest();
+    let mut wire = Attest {
+        attested: Attested::Quote {
+            selection: f.selection.clone(),
+            pcr_digest: vec![],
+        },
+        ..f.quote_attest()
+    }
+    .encode();
+    let sel_at = wire.len() - 2 - 10;
+    wire.truncate(sel_at);
+    wire.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    let Attested::Quote {
+        selection: empty, ..
+    } = Attest::parse(&wire).unwrap().attested
+    else {
+        panic!()
+    };
+    assert!(empty.is_empty());
+    // A quote over nothing, with the digest of nothing: only the empty-selection check refuses it.
+    empty_quote.attested = Attested::Quote {
+        selection: empty.clone(),
+        pcr_digest: Sha256::digest(b"").to_vec(),
+    };
+    let attest = empty_quote.encode();
+    let sig = f.sign(&attest);
+    for p in PROVIDERS {
+        let e =
+            verify_quote(p, &f.checked_ak(), &attest, &sig, &f.nonce, &empty, &f.pcrs).unwrap_err();
+        assert_eq!(e.code(), "pcr_selection");
+    }
+}
+
+#[test]
+fn providers_refuse_mismatched_curve_and_hash_pairs() {
+    use writ_attestation::crypto::{SigAlg, SignatureValue, VerifyKey};
+    let k = key(1);
+    let point = k.verifying_key().to_sec1_point(false);
+    let vk = VerifyKey::Ecc {
+        curve: EccCurve::P256,
+        x: point.x().unwrap(),
+        y: point.y().unwrap(),
+    };
+    let digest: [u8; 32] = Sha256::digest(b"m").into();
+    let sig: p256::ecdsa::Signature = k.sign_prehash(&digest).unwrap();
+    let b = sig.to_bytes();
+    for p in PROVIDERS {
+        let sv = SignatureValue::Ecdsa {
+            r: &b[..32],
+            s: &b[32..],
+        };
+        assert!(
+            p.verify(&vk, SigAlg::Ecdsa(HashAlg::Sha256), b"m", &sv)
+                .is_ok(),
+            "{}",
+            p.name()
+        );
+        for h in [HashAlg::Sha384, HashAlg::Sha512] {
+            let e = p.verify(&vk, SigAlg::Ecdsa(h), b"m", &sv).unwrap_err();
+            assert_eq!(e.code(), "unsupported_algorithm", "{} with {h:?}", p.name());
+        }
+    }
+}
+
+fn rsa_params(key_bits: u16, modulus: Vec<u8>, exponent: u32, scheme: Scheme) -> Vec<u8> {
+    public::encode(
+        HashAlg::Sha256,
+        AK_ATTRS,
+        &[],
+        &KeyParams::Rsa {
+            symmetric: 0x0010,
+            scheme,
+            key_bits,
+            exponent,
+            modulus,
+        },
+    )
+}
+
+#[test]
+fn rsa_ak_shape_is_checked() {
+    let good = vec![0xc5u8; 256];
+    CheckedAk::from_tpmt(&rsa_params(
+        2048,
+        good.clone(),
+        0,
+        Scheme::RsaSsa(HashAlg::Sha256),
+    ))
+    .unwrap();
+    let cases = [
+        (
+            rsa_params(2048, good.clone(), 3, Scheme::RsaSsa(HashAlg::Sha256)),
+            "ak_algorithm",
+            "exponent 3",
+        ),
+        (
+            rsa_params(
+                2048,
+                {
+                    let mut m = good.clone();
+                    m[0] = 0x45;
+                    m
+                },
+                0,
+                Scheme::RsaSsa(HashAlg::Sha256),
+            ),
+            "ak_algorithm",
+            "short modulus",
+        ),
+        (
+            rsa_params(3072, good.clone(), 0, Scheme::RsaSsa(HashAlg::Sha256)),
+            "ak_algorithm",
+            "size mismatch",
+        ),
+        (
+            rsa_params(2048, good.clone(), 0, Scheme::RsaSsa(HashAlg::Sha1)),
+            "hash_too_weak",
+            "SHA-1 scheme",
+        ),
+        (
+            rsa_params(2048, good, 0, Scheme::Null),
+            "ak_algorithm",
+            "no scheme",
+        ),
+    ];
+    for (bytes, code, why) in cases {
+        assert_eq!(
+            CheckedAk::from_tpmt(&bytes).unwrap_err().code(),
+            code,
+            "{why}"
+        );
+    }
+}
+
+#[test]
+fn certified_keys_must_be_p256_ecdsa() {
+    let f = Forge::new();
+    let rsa_holder = public::encode(
+        HashAlg::Sha256,
+        HOLDER_ATTRS,
+        &[],
+        &KeyParams::Rsa {
+            symmetric: 0x0010,
+            scheme: Scheme::RsaSsa(HashAlg::Sha256),
+            key_bits: 2048,
+            exponent: 0,
+            modulus: vec![0xc5; 256],
+        },
+    );
+    let ecdh_holder = public::encode(
+        HashAlg::Sha256,
+        HOLDER_ATTRS,
+        &[],
+        &ecc_params(&key(9), Scheme::Other(0x0019)),
+    );
+    for holder in [rsa_holder, ecdh_holder] {
+        let attest = f.certify_attest(&holder).encode();
+        let sig = f.sign(&attest);
+        for p in PROVIDERS {
+            let e =
+                verify_certify(p, &f.checked_ak(), &attest, &sig, &f.nonce, &holder).unwrap_err();
+            assert_eq!(e.code(), "certified_key", "{e}");
+        }
+    }
+}
+
+#[test]
+fn other_attestation_types_keep_their_body_and_are_refused() {
+    let f = Forge::new();
+    let mut wire = Attest {
+        kind: 0x8014,
+        attested: Attested::Other {
+            tag: 0x8014,
+            body: vec![1, 2, 3],
+        },
+        ..f.quote_attest()
+    }
+    .encode();
+    let parsed = Attest::parse(&wire).unwrap();
+    assert_eq!(parsed.encode(), wire);
+    let sig = f.sign(&wire);
+    for p in PROVIDERS {
+        expect_code(f.verify(p, &wire, &sig), "attest_type");
+    }
+    wire.truncate(wire.len() - 3);
+    assert!(
+        Attest::parse(&wire).is_ok(),
+        "an empty body is still a body"
+    );
+}

@@ -64,7 +64,9 @@ pub enum SigAlg {
     RsaPss(HashAlg),
 }
 
-/// Verifies signatures over whole messages (the provider hashes).
+/// Verifies signatures over whole messages (the provider hashes). Every implementation accepts
+/// exactly: ECDSA on P-256 with SHA-256 and on P-384 with SHA-384; RSASSA-PKCS1-v1_5 and RSASSA-PSS
+/// (salt length = hash length) with SHA-256/384/512 and moduli of 2048 to 8192 bits.
 pub trait CryptoProvider: std::fmt::Debug + Send + Sync {
     /// A short name for reports.
     fn name(&self) -> &'static str;

@@ -33,6 +33,17 @@ impl CryptoProvider for RustCrypto {
                 SigAlg::Ecdsa(hash),
                 SignatureValue::Ecdsa { r, s },
             ) => {
+                // The same pairings as the aws-lc provider: the providers must agree on what they
+                // accept (verify_prehash would otherwise pad or truncate any digest).
+                if !matches!(
+                    (curve, hash),
+                    (EccCurve::P256, HashAlg::Sha256) | (EccCurve::P384, HashAlg::Sha384)
+                ) {
+                    return Err(EvidenceError::UnsupportedAlgorithm(format!(
+                        "ECDSA on {curve:?} with {}",
+                        hash.name()
+                    )));
+                }
                 let digest = hash.digest(message)?;
                 let size = curve.size();
                 let mut point = vec![0x04];

@@ -3,12 +3,13 @@
 use super::{CheckedAk, Nonce, verify_attest};
 use crate::crypto::CryptoProvider;
 use crate::error::EvidenceError;
+use crate::tpm::HashAlg;
 use crate::tpm::attest::{Attested, ClockInfo, ST_ATTEST_CERTIFY};
-use crate::tpm::public::{Public, attr};
+use crate::tpm::public::{EccCurve, KeyParams, Public, Scheme, attr};
 
-/// A key the AK certified, over the expected nonce, that is a TPM-bound signing key: fixedTPM,
-/// fixedParent, sensitiveDataOrigin, sign, not decrypt, not restricted. Only this crate
-/// constructs it.
+/// A key the AK certified, over the expected nonce, that is a TPM-bound ES256 signing key: ECC
+/// P-256 with ECDSA-SHA256 (or no pinned scheme), fixedTPM, fixedParent, sensitiveDataOrigin, sign,
+/// not decrypt, not restricted. Only this crate constructs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertifiedKey {
     public: Public,
@@ -85,6 +86,25 @@ pub fn verify_certify(
         return Err(EvidenceError::CertifiedKey(
             "restricted (not a general signing key)".into(),
         ));
+    }
+    // Holder and CSR keys are ES256 keys: ECC P-256, ECDSA with SHA-256 (or a scheme the command
+    // chooses). Policy on the key (e.g. a PolicyPCR the profile asks for) is the caller's to check
+    // from `public().auth_policy()`.
+    match public.params() {
+        KeyParams::Ecc {
+            curve: EccCurve::P256,
+            scheme: Scheme::Ecdsa(HashAlg::Sha256) | Scheme::Null,
+            ..
+        } => {}
+        other => {
+            return Err(EvidenceError::CertifiedKey(format!(
+                "not an ECC P-256 ECDSA-SHA256 key ({:?})",
+                match other {
+                    KeyParams::Rsa { .. } => "RSA",
+                    KeyParams::Ecc { .. } => "other ECC curve or scheme",
+                }
+            )));
+        }
     }
     Ok(CertifiedKey {
         public,

@@ -89,6 +89,14 @@ pub fn make_credential(
     if ak_name.len() < 2 {
         return Err(EvidenceError::Malformed("AK name too short".into()));
     }
+    if let EkPublicKey::Rsa2048 { modulus, .. } = ek
+        && (modulus.len() != 256 || modulus.first().is_none_or(|b| *b < 0x80))
+    {
+        return Err(EvidenceError::UnsupportedAlgorithm(format!(
+            "RSA EK modulus of {} bytes (RSA 2048 required)",
+            modulus.len()
+        )));
+    }
     if matches!(
         ek,
         EkPublicKey::Ecc {

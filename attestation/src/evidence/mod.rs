@@ -116,8 +116,21 @@ impl CheckedAk {
                 scheme,
                 key_bits,
                 modulus,
+                exponent,
                 ..
             } => {
+                // The providers must agree: a full-length modulus (top bit set) and the exponent
+                // TPMs use (0 meaning 65537).
+                if !matches!(*exponent, 0 | 65_537) {
+                    return Err(EvidenceError::AkAlgorithm(format!(
+                        "RSA exponent {exponent} (65537 required)"
+                    )));
+                }
+                if modulus.first().is_none_or(|b| *b < 0x80) {
+                    return Err(EvidenceError::AkAlgorithm(
+                        "RSA modulus shorter than its stated size".into(),
+                    ));
+                }
                 if *key_bits < 2048 || modulus.len() * 8 != usize::from(*key_bits) {
                     return Err(EvidenceError::AkAlgorithm(format!(
                         "RSA {key_bits} bits with a {}-byte modulus (2048 bits or more required)",

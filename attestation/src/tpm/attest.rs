@@ -45,8 +45,14 @@ pub enum Attested {
         /// Its qualified name.
         qualified_name: Vec<u8>,
     },
-    /// Another attestation type, by its tag (never accepted as a quote or a certification).
-    Other(u16),
+    /// Another attestation type (never accepted as a quote or a certification): its tag and its
+    /// body, unparsed.
+    Other {
+        /// The attestation type tag.
+        tag: u16,
+        /// The type-specific body, as received.
+        body: Vec<u8>,
+    },
 }
 
 /// A parsed TPMS_ATTEST. Parsing checks structure only; the checks that make it evidence (magic,
@@ -115,17 +121,13 @@ impl Attest {
                     qualified_name,
                 }
             }
-            // The body of other types is not read; the verifier refuses them by type.
+            // The body of other types is kept unparsed; the verifier refuses them by type.
             other => {
-                return Ok(Attest {
-                    magic,
-                    kind,
-                    qualified_signer,
-                    extra_data,
-                    clock_info,
-                    firmware_version,
-                    attested: Attested::Other(other),
-                });
+                let rest = bytes.len().saturating_sub(r.position());
+                Attested::Other {
+                    tag: other,
+                    body: r.bytes(rest)?.to_vec(),
+                }
             }
         };
         r.finish()?;
@@ -167,7 +169,7 @@ impl Attest {
                 w.tpm2b(name);
                 w.tpm2b(qualified_name);
             }
-            Attested::Other(_) => {}
+            Attested::Other { body, .. } => w.bytes(body),
         }
         w.buf
     }

@@ -22,6 +22,11 @@ impl<'a> Reader<'a> {
         EvidenceError::Malformed(format!("{}: {why} at byte {}", self.what, self.pos))
     }
 
+    /// Bytes consumed so far.
+    pub(crate) fn position(&self) -> usize {
+        self.pos
+    }
+
     pub(crate) fn bytes(&mut self, n: usize) -> Result<&'a [u8], EvidenceError> {
         let end = self
             .pos
