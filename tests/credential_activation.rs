@@ -69,45 +69,54 @@ fn credential_file(id_object: &[u8], secret: &[u8]) -> Vec<u8> {
 /// tpm2_activatecredential with the EK's policy (PolicySecret on the endorsement hierarchy)
 /// satisfied in a policy session, as the TCG EK template requires.
 fn activate(tpm: &Swtpm, d: &Path, cred: &str, out: &str) -> std::process::Output {
-    ok(
-        tool(
-            tpm,
-            d,
-            &[
-                "tpm2_startauthsession",
-                "--policy-session",
-                "-S",
-                "session.ctx",
-            ],
-        ),
-        "session",
-    );
-    ok(
-        tool(
-            tpm,
-            d,
-            &["tpm2_policysecret", "-S", "session.ctx", "-c", "e"],
-        ),
-        "policysecret",
-    );
-    let result = tool(
-        tpm,
-        d,
-        &[
-            "tpm2_activatecredential",
-            "-c",
-            "ak.ctx",
-            "-C",
-            "ek.ctx",
-            "-i",
-            cred,
-            "-o",
-            out,
-            "-P",
-            "session:session.ctx",
-        ],
-    );
-    let _ = tool(tpm, d, &["tpm2_flushcontext", "session.ctx"]);
+    let ek = Public::from_tpm2b(&std::fs::read(d.join("ek.pub")).unwrap()).unwrap();
+    let args = [
+        "tpm2_activatecredential",
+        "-c",
+        "ak.ctx",
+        "-C",
+        "ek.ctx",
+        "-i",
+        cred,
+        "-o",
+        out,
+    ];
+    let result = if ek.has(writ_attestation::tpm::public::attr::USER_WITH_AUTH) {
+        // High-range EK templates (the P-384 one) set userWithAuth with an empty authValue.
+        tool(tpm, d, &args)
+    } else {
+        // Low-range templates: PolicySecret on the endorsement hierarchy, in a session of the
+        // EK's name algorithm.
+        let hash = ek.name_alg().name();
+        ok(
+            tool(
+                tpm,
+                d,
+                &[
+                    "tpm2_startauthsession",
+                    "--policy-session",
+                    "-g",
+                    hash,
+                    "-S",
+                    "session.ctx",
+                ],
+            ),
+            "session",
+        );
+        ok(
+            tool(
+                tpm,
+                d,
+                &["tpm2_policysecret", "-S", "session.ctx", "-c", "e"],
+            ),
+            "policysecret",
+        );
+        let mut with_policy = args.to_vec();
+        with_policy.extend(["-P", "session:session.ctx"]);
+        let r = tool(tpm, d, &with_policy);
+        let _ = tool(tpm, d, &["tpm2_flushcontext", "session.ctx"]);
+        r
+    };
     let _ = tool(tpm, d, &["tpm2_flushcontext", "-t"]);
     result
 }
@@ -257,16 +266,8 @@ fn credential_to_the_certified_rsa_ek_activates_through_the_attester() {
 }
 
 #[test]
-fn p384_ek_credentials_are_not_made_until_verified() {
-    // The high-range P-384 EK template's policy (PolicyOR over SHA-384 branches) is not yet driven
-    // by the tests, so writ refuses rather than ship an unverified path.
-    let ek = EkPublicKey::Ecc {
-        curve: writ_attestation::tpm::public::EccCurve::P384,
-        x: vec![1; 48],
-        y: vec![1; 48],
-    };
-    let e = make_credential(&ek, &[0, 11, 1], &[1; 32], &mut os_random).unwrap_err();
-    assert_eq!(e.code(), "unsupported_algorithm");
+fn ecc_p384_ek_credential_activates_with_tpm2_tools() {
+    round_trip_with_tpm2_tools("ecc384");
 }
 
 #[test]

@@ -251,6 +251,17 @@ fn swtpm_ek_certificates_chain_to_the_local_ca_and_the_key_activates() {
         panic!()
     };
     assert_eq!(modulus, tpm_modulus);
+    trusted
+        .check_public(&ek_public)
+        .expect("the TPM's EK is the certificate's");
+    // An EK public area that is not the certificate's (here: the AK's) is refused.
+    let ak_public =
+        writ_attestation::tpm::public::Public::from_tpmt(&attester.create_ak().unwrap().public)
+            .unwrap();
+    assert_eq!(
+        trusted.check_public(&ak_public).unwrap_err().code(),
+        "ek_mismatch"
+    );
     let ak = attester.create_ak().unwrap();
     let challenge = make_credential(trusted.key(), &ak.name, &[9u8; 32], &mut |b| {
         getrandom::fill(b).map_err(|e| writ_attestation::EvidenceError::Malformed(e.to_string()))

@@ -63,6 +63,9 @@ pub enum EvidenceError {
     /// An issuer of the EK chain may not issue certificates (basicConstraints, keyUsage, pathLen).
     #[error("EK chain CA constraint: {0}")]
     EkCa(String),
+    /// An EK public area presented with the certificate is not the certificate's key.
+    #[error("the EK public area does not match the EK certificate")]
+    EkMismatch,
     /// The certified key is not a TPM-bound signing key.
     #[error("certified key refused: {0}")]
     CertifiedKey(String),
@@ -91,6 +94,7 @@ impl EvidenceError {
             EvidenceError::EkUntrusted(_) => "ek_untrusted",
             EvidenceError::EkExpired(_) => "ek_expired",
             EvidenceError::EkCa(_) => "ek_ca",
+            EvidenceError::EkMismatch => "ek_mismatch",
         }
     }
 }

@@ -22,7 +22,7 @@ use crate::tpm::wire::Writer;
 
 /// An EK public key, as taken from the EK certificate, with the TCG EK template parameters its
 /// type implies (TCG EK Credential Profile: RSA 2048 and ECC P-256 use SHA-256 and AES-128, ECC
-/// P-384 uses SHA-384 and AES-256). P-384 is refused by [`make_credential`] until verified.
+/// P-384 uses SHA-384 and AES-256).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum EkPublicKey {
@@ -96,20 +96,6 @@ pub fn make_credential(
             "RSA EK modulus of {} bytes (RSA 2048 required)",
             modulus.len()
         )));
-    }
-    if matches!(
-        ek,
-        EkPublicKey::Ecc {
-            curve: EccCurve::P384,
-            ..
-        }
-    ) {
-        // Implemented below, but not yet verified against a TPM's ActivateCredential (the
-        // high-range EK's PolicyOR is not driven by the tests yet): refuse rather than guess.
-        return Err(EvidenceError::UnsupportedAlgorithm(
-            "credentials for ECC P-384 EKs are not supported yet (use the RSA 2048 or P-256 EK)"
-                .into(),
-        ));
     }
     let (name_alg, sym_bytes) = ek.profile();
     let (seed, encrypted_secret) = match ek {

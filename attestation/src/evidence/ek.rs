@@ -77,6 +77,47 @@ impl TrustedEk {
     pub fn chain(&self) -> &[String] {
         &self.chain
     }
+
+    /// Checks that an EK public area an attester sent is this certificate's key. writ never uses
+    /// the sent area for anything (the key comes from the certificate); a mismatch means the
+    /// request is inconsistent and is refused.
+    pub fn check_public(&self, public: &crate::tpm::public::Public) -> Result<(), EvidenceError> {
+        use crate::tpm::public::KeyParams;
+        let strip = |v: &[u8]| {
+            v.iter()
+                .skip_while(|b| **b == 0)
+                .copied()
+                .collect::<Vec<u8>>()
+        };
+        let same = match (&self.key, public.params()) {
+            (
+                EkPublicKey::Rsa2048 { modulus, exponent },
+                KeyParams::Rsa {
+                    modulus: m,
+                    exponent: e,
+                    ..
+                },
+            ) => {
+                let norm = |x: u32| if x == 0 { 65_537 } else { x };
+                strip(modulus) == strip(m) && norm(*exponent) == norm(*e)
+            }
+            (
+                EkPublicKey::Ecc { curve, x, y },
+                KeyParams::Ecc {
+                    curve: c,
+                    x: px,
+                    y: py,
+                    ..
+                },
+            ) => curve == c && strip(x) == strip(px) && strip(y) == strip(py),
+            _ => false,
+        };
+        if same {
+            Ok(())
+        } else {
+            Err(EvidenceError::EkMismatch)
+        }
+    }
 }
 
 fn untrusted(why: String) -> EvidenceError {
