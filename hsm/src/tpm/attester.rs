@@ -14,7 +14,6 @@
 
 use std::fmt;
 use std::path::Path;
-use std::str::FromStr;
 use std::sync::{Arc, MutexGuard};
 
 use tss_esapi::Context;
@@ -42,6 +41,8 @@ use zeroize::Zeroizing;
 use super::{DeviceState, ObjectAuth, TpmDevice, create_srk, flush, retry_raw};
 use crate::CustodyError;
 use crate::uri::resolve_tcti;
+pub use writ_attestation::tpm::HashAlg;
+pub use writ_attestation::tpm::pcr::{PcrSelection, PcrValues};
 
 /// NV indices of EK certificates (TCG EK Credential Profile 2.0, section 2.2.1.5).
 const EK_CERT_RSA_2048: u32 = 0x01c0_0002;
@@ -105,131 +106,32 @@ pub struct SignedAttest {
     pub signature: Vec<u8>,
 }
 
-/// PCR banks writ reads and quotes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[non_exhaustive]
-pub enum PcrBank {
-    /// SHA-1 (legacy logs).
-    Sha1,
-    /// SHA-256.
-    Sha256,
-    /// SHA-384.
-    Sha384,
+/// The tpm2-tss form of a selection (the selection type itself is `writ-attestation`'s, so the
+/// attester and the verifier read `sha256:0,1,2,7` with one parser).
+fn tss_selection(selection: &PcrSelection) -> Result<PcrSelectionList, CustodyError> {
+    let mut builder = PcrSelectionListBuilder::new();
+    for (bank, pcrs) in selection.banks() {
+        let slots = pcrs
+            .iter()
+            .map(|i| {
+                PcrSlot::try_from(1u32 << i).map_err(|e| CustodyError::tpm("PCR selection", e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        builder = builder.with_selection(tss_hash(*bank), &slots);
+    }
+    builder
+        .build()
+        .map_err(|e| CustodyError::tpm("PCR selection", e))
 }
 
-impl PcrBank {
-    fn hashing_algorithm(self) -> HashingAlgorithm {
-        match self {
-            PcrBank::Sha1 => HashingAlgorithm::Sha1,
-            PcrBank::Sha256 => HashingAlgorithm::Sha256,
-            PcrBank::Sha384 => HashingAlgorithm::Sha384,
-        }
+fn tss_hash(bank: HashAlg) -> HashingAlgorithm {
+    match bank {
+        HashAlg::Sha1 => HashingAlgorithm::Sha1,
+        HashAlg::Sha256 => HashingAlgorithm::Sha256,
+        HashAlg::Sha384 => HashingAlgorithm::Sha384,
+        // HashAlg is non-exhaustive; anything else is SHA-512 today.
+        _ => HashingAlgorithm::Sha512,
     }
-
-    /// The tpm2-tools name of the bank.
-    pub fn name(self) -> &'static str {
-        match self {
-            PcrBank::Sha1 => "sha1",
-            PcrBank::Sha256 => "sha256",
-            PcrBank::Sha384 => "sha384",
-        }
-    }
-}
-
-/// A PCR selection in tpm2-tools syntax: `sha256:0,1,2,7`, banks joined with `+`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PcrSelection {
-    banks: Vec<(PcrBank, Vec<u8>)>,
-}
-
-impl PcrSelection {
-    /// The selected (bank, PCR indices) pairs, indices ascending.
-    pub fn banks(&self) -> &[(PcrBank, Vec<u8>)] {
-        &self.banks
-    }
-
-    fn to_tss(&self) -> Result<PcrSelectionList, CustodyError> {
-        let mut builder = PcrSelectionListBuilder::new();
-        for (bank, pcrs) in &self.banks {
-            let slots = pcrs
-                .iter()
-                .map(|i| {
-                    PcrSlot::try_from(1u32 << i).map_err(|e| CustodyError::tpm("PCR selection", e))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            builder = builder.with_selection(bank.hashing_algorithm(), &slots);
-        }
-        builder
-            .build()
-            .map_err(|e| CustodyError::tpm("PCR selection", e))
-    }
-}
-
-impl FromStr for PcrSelection {
-    type Err = CustodyError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = |why: &str| CustodyError::InvalidInput(format!("PCR selection {s:?}: {why}"));
-        let mut banks: Vec<(PcrBank, Vec<u8>)> = Vec::new();
-        for part in s.split('+') {
-            let (alg, list) = part
-                .split_once(':')
-                .ok_or_else(|| bad("expected BANK:N,N,..."))?;
-            let bank = match alg {
-                "sha1" => PcrBank::Sha1,
-                "sha256" => PcrBank::Sha256,
-                "sha384" => PcrBank::Sha384,
-                _ => return Err(bad("unknown bank (sha1, sha256, sha384)")),
-            };
-            if banks.iter().any(|(b, _)| *b == bank) {
-                return Err(bad("bank repeated"));
-            }
-            let mut pcrs = Vec::new();
-            for n in list.split(',') {
-                let i: u8 = n
-                    .trim()
-                    .parse()
-                    .map_err(|_| bad("PCR index is not a number"))?;
-                if i > 23 {
-                    return Err(bad("PCR index above 23"));
-                }
-                if pcrs.contains(&i) {
-                    return Err(bad("PCR index repeated"));
-                }
-                pcrs.push(i);
-            }
-            pcrs.sort_unstable();
-            banks.push((bank, pcrs));
-        }
-        if banks.is_empty() {
-            return Err(bad("empty"));
-        }
-        Ok(PcrSelection { banks })
-    }
-}
-
-impl fmt::Display for PcrSelection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (n, (bank, pcrs)) in self.banks.iter().enumerate() {
-            if n > 0 {
-                f.write_str("+")?;
-            }
-            let list: Vec<String> = pcrs.iter().map(u8::to_string).collect();
-            write!(f, "{}:{}", bank.name(), list.join(","))?;
-        }
-        Ok(())
-    }
-}
-
-/// One PCR's value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PcrValue {
-    /// Its bank.
-    pub bank: PcrBank,
-    /// Its index.
-    pub index: u8,
-    /// Its value.
-    pub value: Vec<u8>,
 }
 
 /// A key loaded in the TPM; flushed when dropped (swtpm has three transient slots). Usable only
@@ -427,7 +329,7 @@ impl Attester {
         selection: &PcrSelection,
     ) -> Result<SignedAttest, CustodyError> {
         let data = nonce_data(nonce)?;
-        let list = selection.to_tss()?;
+        let list = tss_selection(selection)?;
         let mut st = self.lock_for(&[ak])?;
         let (attest, signature) = st.with_session("Quote", ak.auth, |c| {
             c.quote(ak.handle, data.clone(), SignatureScheme::Null, list.clone())
@@ -562,23 +464,23 @@ impl Attester {
     }
 
     /// Reads the selected PCRs.
-    pub fn read_pcrs(&self, selection: &PcrSelection) -> Result<Vec<PcrValue>, CustodyError> {
-        let list = selection.to_tss()?;
+    pub fn read_pcrs(&self, selection: &PcrSelection) -> Result<PcrValues, CustodyError> {
+        let list = tss_selection(selection)?;
         let mut st = self.device.lock()?;
         // PCR_Read is sent without sessions: swtpm refuses it with one (0x984).
         st.clear_sessions();
         let data = st.retry("PCR_Read", |c| pcr::read_all(c, list.clone()))?;
-        let mut out = Vec::new();
+        let mut out = PcrValues::new();
         for (bank, pcrs) in selection.banks() {
-            let values =
-                data.pcr_bank(bank.hashing_algorithm())
-                    .ok_or_else(|| CustodyError::Tpm {
-                        op: "PCR_Read",
-                        reason: format!(
-                            "bank {} not returned (not active in this TPM?)",
-                            bank.name()
-                        ),
-                    })?;
+            let values = data
+                .pcr_bank(tss_hash(*bank))
+                .ok_or_else(|| CustodyError::Tpm {
+                    op: "PCR_Read",
+                    reason: format!(
+                        "bank {} not returned (not active in this TPM?)",
+                        bank.name()
+                    ),
+                })?;
             for &index in pcrs {
                 let slot = PcrSlot::try_from(1u32 << index)
                     .map_err(|e| CustodyError::tpm("PCR_Read", e))?;
@@ -586,11 +488,11 @@ impl Attester {
                     op: "PCR_Read",
                     reason: format!("PCR {}:{index} not returned", bank.name()),
                 })?;
-                out.push(PcrValue {
-                    bank: *bank,
-                    index,
-                    value: value.value().to_vec(),
-                });
+                out.insert(*bank, index, value.value().to_vec())
+                    .map_err(|e| CustodyError::Tpm {
+                        op: "PCR_Read",
+                        reason: e.to_string(),
+                    })?;
             }
         }
         Ok(out)
