@@ -66,6 +66,12 @@ pub enum EvidenceError {
     /// An EK public area presented with the certificate is not the certificate's key.
     #[error("the EK public area does not match the EK certificate")]
     EkMismatch,
+    /// A Merkle inclusion or consistency proof does not verify.
+    #[error("log proof: {0}")]
+    LogProof(String),
+    /// A checkpoint or signed note is malformed, unsigned by the expected key, or badly signed.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
     /// The certified key is not a TPM-bound signing key.
     #[error("certified key refused: {0}")]
     CertifiedKey(String),
@@ -95,6 +101,8 @@ impl EvidenceError {
             EvidenceError::EkExpired(_) => "ek_expired",
             EvidenceError::EkCa(_) => "ek_ca",
             EvidenceError::EkMismatch => "ek_mismatch",
+            EvidenceError::LogProof(_) => "log_proof",
+            EvidenceError::Checkpoint(_) => "checkpoint",
         }
     }
 }

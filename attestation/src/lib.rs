@@ -6,11 +6,11 @@
 //!   TPML_PCR_SELECTION), object names;
 //! * [`crypto`]: the signature provider trait, with aws-lc-rs and RustCrypto implementations;
 //! * [`evidence`]: AK checks, quote and certify verification returning proof values;
+//! * [`log`]: RFC 6962 Merkle proofs and C2SP signed checkpoints;
 //! * [`jwk`]: P-256 public keys as JWKs and their RFC 7638 thumbprints.
 //!
-//! Not built yet (see the README's status table): EK chain validation, software MakeCredential,
-//! event-log replay and appraisal, EAR, the writ / proof / bundle formats, request digests, offline
-//! writ verification, Merkle proofs and checkpoints.
+//! Not built yet (see the README's status table): event-log replay and appraisal, EAR, the writ /
+//! proof / bundle formats, request digests, offline writ verification.
 //!
 //! This crate contains no `unsafe` code.
 #![forbid(unsafe_code)]
@@ -19,6 +19,7 @@ pub mod crypto;
 mod error;
 pub mod evidence;
 pub mod jwk;
+pub mod log;
 pub mod tpm;
 
 pub use error::EvidenceError;

@@ -528,7 +528,7 @@ fn verify_signed_by(
                     hash.name()
                 )));
             }
-            let (r, s) = der_ecdsa(sig)?;
+            let (r, s) = crate::crypto::der_ecdsa(sig)?;
             provider
                 .verify(
                     &key.as_verify_key(),
@@ -544,34 +544,5 @@ fn verify_signed_by(
         _ => Err(untrusted(
             "the issuer's key type does not match the signature algorithm".into(),
         )),
-    }
-}
-
-/// Ecdsa-Sig-Value ::= SEQUENCE { r INTEGER, s INTEGER } (short-form lengths only: r and s of
-/// P-256/P-384 always fit).
-fn der_ecdsa(sig: &[u8]) -> Result<(&[u8], &[u8]), EvidenceError> {
-    let bad = || EvidenceError::Malformed("ECDSA signature encoding".into());
-    let (&tag, rest) = sig.split_first().ok_or_else(bad)?;
-    let (&len, body) = rest.split_first().ok_or_else(bad)?;
-    if tag != 0x30 || usize::from(len) != body.len() || len >= 0x80 {
-        return Err(bad());
-    }
-    let (r, used) = der_integer(body)?;
-    let (s, used_s) = der_integer(body.get(used..).ok_or_else(bad)?)?;
-    if used + used_s != body.len() {
-        return Err(bad());
-    }
-    Ok((r, s))
-}
-
-/// One short-form DER INTEGER: its content bytes and the bytes it used.
-fn der_integer(b: &[u8]) -> Result<(&[u8], usize), EvidenceError> {
-    let bad = || EvidenceError::Malformed("ECDSA signature encoding".into());
-    match b {
-        [0x02, n, v @ ..] if *n > 0 && *n < 0x80 && usize::from(*n) <= v.len() => Ok((
-            v.get(..usize::from(*n)).ok_or_else(bad)?,
-            2 + usize::from(*n),
-        )),
-        _ => Err(bad()),
     }
 }

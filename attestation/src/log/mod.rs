@@ -1,0 +1,4 @@
+//! The decision log's verifiable parts: RFC 6962 Merkle proofs and C2SP signed checkpoints.
+
+pub mod merkle;
+pub mod note;

@@ -1,0 +1,275 @@
+//! C2SP signed notes (c2sp.org/signed-note) with ECDSA P-256 keys (signature type 0x02), and C2SP
+//! checkpoints (c2sp.org/tlog-checkpoint).
+//!
+//! A note is text ending in a newline, a blank line, then signature lines
+//! `— <key name> <base64(4-byte key ID || DER ECDSA signature)>`. For type 0x02 the key ID is the
+//! first 4 bytes of SHA-256 of the key's DER SubjectPublicKeyInfo, and the signature is ECDSA
+//! P-256 over SHA-256 of the text (including its final newline). Verifier keys are written
+//! `<name>+<8 hex key ID>+<base64(0x02 || SPKI DER)>`.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use sha2::{Digest, Sha256};
+
+use super::merkle::Hash;
+use crate::crypto::{CryptoProvider, SigAlg, SignatureValue, VerifyKey};
+use crate::error::EvidenceError;
+use crate::tpm::HashAlg;
+use crate::tpm::public::EccCurve;
+
+/// The signature type byte of ECDSA verifier keys.
+const TYPE_ECDSA: u8 = 0x02;
+/// The em dash that opens a signature line.
+const DASH: &str = "\u{2014} ";
+/// Most signature lines read (the spec asks verifiers to accept at least 16).
+const MAX_SIGNATURES: usize = 100;
+/// Largest note read.
+const MAX_NOTE: usize = 64 * 1024;
+
+fn bad(why: impl Into<String>) -> EvidenceError {
+    EvidenceError::Checkpoint(why.into())
+}
+
+/// An ECDSA P-256 note verifier key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoteVerifier {
+    name: String,
+    id: [u8; 4],
+    spki: Vec<u8>,
+    x: Vec<u8>,
+    y: Vec<u8>,
+}
+
+impl NoteVerifier {
+    /// From a key name and a P-256 public key's DER SubjectPublicKeyInfo.
+    pub fn from_spki(name: &str, spki: &[u8]) -> Result<Self, EvidenceError> {
+        use p256::pkcs8::DecodePublicKey;
+        if name.is_empty() || name.contains(char::is_whitespace) || name.contains('+') {
+            return Err(bad("key name must be non-empty, without spaces or '+'"));
+        }
+        let key =
+            p256::PublicKey::from_public_key_der(spki).map_err(|_| bad("not a P-256 SPKI"))?;
+        let point = {
+            use p256::elliptic_curve::sec1::ToSec1Point;
+            key.to_sec1_point(false)
+        };
+        let (x, y) = match (point.x(), point.y()) {
+            (Some(x), Some(y)) => (x.to_vec(), y.to_vec()),
+            _ => return Err(bad("P-256 point")),
+        };
+        let digest = Sha256::digest(spki);
+        let mut id = [0u8; 4];
+        id.copy_from_slice(digest.get(..4).ok_or_else(|| bad("digest"))?);
+        Ok(NoteVerifier {
+            name: name.to_string(),
+            id,
+            spki: spki.to_vec(),
+            x,
+            y,
+        })
+    }
+
+    /// Parses `<name>+<hex id>+<base64(0x02 || SPKI)>`, recomputing the key ID from the key and
+    /// refusing a mismatch.
+    pub fn parse(text: &str) -> Result<Self, EvidenceError> {
+        let mut parts = text.trim_end().splitn(3, '+');
+        let (Some(name), Some(id_hex), Some(key_b64)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad("verifier key must be <name>+<key id>+<key>"));
+        };
+        let key = STANDARD
+            .decode(key_b64)
+            .map_err(|_| bad("verifier key is not base64"))?;
+        let (ty, spki) = key.split_first().ok_or_else(|| bad("empty verifier key"))?;
+        if *ty != TYPE_ECDSA {
+            return Err(bad(format!(
+                "verifier key type {ty:#04x} (only ECDSA, 0x02)"
+            )));
+        }
+        let v = Self::from_spki(name, spki)?;
+        if id_hex.len() != 8 || hex_id(&v.id) != id_hex.to_ascii_lowercase() {
+            return Err(bad("verifier key ID does not match the key"));
+        }
+        Ok(v)
+    }
+
+    /// The key name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The 4-byte key ID.
+    pub fn id(&self) -> [u8; 4] {
+        self.id
+    }
+}
+
+fn hex_id(id: &[u8; 4]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl std::fmt::Display for NoteVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut key = vec![TYPE_ECDSA];
+        key.extend_from_slice(&self.spki);
+        write!(
+            f,
+            "{}+{}+{}",
+            self.name,
+            hex_id(&self.id),
+            STANDARD.encode(key)
+        )
+    }
+}
+
+/// Appends a signature line to a note text (the signer computed `der_signature`, ECDSA P-256
+/// over SHA-256 of `text`).
+pub fn signed_note(text: &str, key: &NoteVerifier, der_signature: &[u8]) -> String {
+    let mut blob = key.id.to_vec();
+    blob.extend_from_slice(der_signature);
+    format!("{text}\n{DASH}{} {}\n", key.name, STANDARD.encode(blob))
+}
+
+/// Verifies a signed note against `key`: at least one signature line by `key` must verify, and
+/// every line that claims to be by `key` must verify. Returns the note's text.
+pub fn verify_note<'a>(
+    provider: &dyn CryptoProvider,
+    note: &'a str,
+    key: &NoteVerifier,
+) -> Result<&'a str, EvidenceError> {
+    if note.len() > MAX_NOTE {
+        return Err(bad("note too large"));
+    }
+    if note.chars().any(|c| c.is_control() && c != '\n') {
+        return Err(bad("control characters in the note"));
+    }
+    let split = note
+        .find("\n\n")
+        .ok_or_else(|| bad("no blank line between text and signatures"))?;
+    let text = note.get(..split + 1).ok_or_else(|| bad("note"))?;
+    let sigs = note.get(split + 2..).ok_or_else(|| bad("note"))?;
+    if !sigs.ends_with('\n') {
+        return Err(bad("signature block must end with a newline"));
+    }
+    let mut verified = false;
+    for (n, line) in sigs.lines().enumerate() {
+        if n >= MAX_SIGNATURES {
+            return Err(bad("too many signature lines"));
+        }
+        let rest = line
+            .strip_prefix(DASH)
+            .ok_or_else(|| bad("a signature line must start with an em dash"))?;
+        let (name, b64) = rest
+            .split_once(' ')
+            .ok_or_else(|| bad("signature line without a signature"))?;
+        let blob = STANDARD
+            .decode(b64)
+            .map_err(|_| bad("signature is not base64"))?;
+        if name != key.name || blob.get(..4) != Some(&key.id[..]) {
+            // Another key's signature: ignored, as the spec says.
+            continue;
+        }
+        let der = blob.get(4..).ok_or_else(|| bad("signature"))?;
+        let (r, s) =
+            crate::crypto::der_ecdsa(der).map_err(|_| bad("signature is not DER ECDSA"))?;
+        let vk = VerifyKey::Ecc {
+            curve: EccCurve::P256,
+            x: &key.x,
+            y: &key.y,
+        };
+        provider
+            .verify(
+                &vk,
+                SigAlg::Ecdsa(HashAlg::Sha256),
+                text.as_bytes(),
+                &SignatureValue::Ecdsa { r, s },
+            )
+            .map_err(|_| bad(format!("the signature by {} does not verify", key.name)))?;
+        verified = true;
+    }
+    if !verified {
+        return Err(bad(format!("no signature by {}", key.name)));
+    }
+    Ok(text)
+}
+
+/// A C2SP checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The log's origin (its unique name).
+    pub origin: String,
+    /// The tree size.
+    pub size: u64,
+    /// The root hash.
+    pub root: Hash,
+    /// Extension lines (none written by writ).
+    pub extensions: Vec<String>,
+}
+
+impl Checkpoint {
+    /// The note text: origin, size, base64 root, extension lines, each ending in a newline.
+    pub fn text(&self) -> String {
+        let mut t = format!(
+            "{}\n{}\n{}\n",
+            self.origin,
+            self.size,
+            STANDARD.encode(self.root)
+        );
+        for e in &self.extensions {
+            t.push_str(e);
+            t.push('\n');
+        }
+        t
+    }
+
+    /// Parses a checkpoint's note text.
+    pub fn parse_text(text: &str) -> Result<Self, EvidenceError> {
+        let body = text
+            .strip_suffix('\n')
+            .ok_or_else(|| bad("checkpoint text must end with a newline"))?;
+        let mut lines = body.split('\n');
+        let origin = lines
+            .next()
+            .filter(|o| !o.is_empty())
+            .ok_or_else(|| bad("empty origin"))?;
+        let size_text = lines.next().ok_or_else(|| bad("no tree size"))?;
+        let canonical = size_text == "0" || (!size_text.starts_with('0') && !size_text.is_empty());
+        if !canonical || !size_text.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad("tree size is not a canonical decimal"));
+        }
+        let size: u64 = size_text
+            .parse()
+            .map_err(|_| bad("tree size out of range"))?;
+        let root_text = lines.next().ok_or_else(|| bad("no root hash"))?;
+        let root: Hash = STANDARD
+            .decode(root_text)
+            .ok()
+            .and_then(|r| r.try_into().ok())
+            .ok_or_else(|| bad("root hash is not 32 bytes of base64"))?;
+        let extensions: Vec<String> = lines.map(str::to_string).collect();
+        if extensions.iter().any(String::is_empty) {
+            return Err(bad("empty extension line"));
+        }
+        Ok(Checkpoint {
+            origin: origin.to_string(),
+            size,
+            root,
+            extensions,
+        })
+    }
+
+    /// Verifies a signed checkpoint note by `key` for `origin`.
+    pub fn verify(
+        provider: &dyn CryptoProvider,
+        note: &str,
+        key: &NoteVerifier,
+        origin: &str,
+    ) -> Result<Self, EvidenceError> {
+        let text = verify_note(provider, note, key)?;
+        let cp = Self::parse_text(text)?;
+        if cp.origin != origin {
+            return Err(bad(format!("origin {:?}, expected {origin:?}", cp.origin)));
+        }
+        Ok(cp)
+    }
+}

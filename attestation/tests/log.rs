@@ -1,0 +1,325 @@
+//! RFC 6962 known answers (shared/vectors/rfc6962) with every corruption listed there, and C2SP
+//! signed checkpoints through both providers.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use p256::ecdsa::SigningKey;
+use p256::ecdsa::signature::Signer;
+use p256::pkcs8::EncodePublicKey;
+use writ_attestation::crypto::{AwsLc, CryptoProvider, RustCrypto};
+use writ_attestation::log::merkle::{
+    Hash, consistency_proof, empty_root, inclusion_proof, leaf_hash, node_hash, root,
+    verify_consistency, verify_inclusion,
+};
+use writ_attestation::log::note::{Checkpoint, NoteVerifier, signed_note};
+
+fn vectors() -> serde_json::Value {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/vectors/rfc6962/vectors.json");
+    serde_json::from_str(&std::fs::read_to_string(p).expect("shared/vectors beside the checkout"))
+        .unwrap()
+}
+
+fn h(s: &serde_json::Value) -> Hash {
+    hex::decode(s.as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap()
+}
+
+fn hashes(v: &serde_json::Value) -> Vec<Hash> {
+    v.as_array().unwrap().iter().map(h).collect()
+}
+
+fn leaves(v: &serde_json::Value) -> Vec<Hash> {
+    let inputs: Vec<Vec<u8>> = v["leaf_inputs_hex"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| hex::decode(x.as_str().unwrap()).unwrap())
+        .collect();
+    let computed: Vec<Hash> = inputs.iter().map(|d| leaf_hash(d)).collect();
+    assert_eq!(computed, hashes(&v["leaf_hashes_hex"]), "leaf hashes");
+    computed
+}
+
+#[test]
+fn roots_by_size() {
+    let v = vectors();
+    let l = leaves(&v);
+    let roots = hashes(&v["roots_by_size_hex"]);
+    assert_eq!(roots[0], empty_root());
+    for (n, r) in roots.iter().enumerate() {
+        assert_eq!(&root(&l[..n]), r, "root of size {n}");
+    }
+}
+
+#[test]
+fn inclusion_proofs_match_and_verify_and_every_corruption_fails() {
+    let v = vectors();
+    let l = leaves(&v);
+    let roots = hashes(&v["roots_by_size_hex"]);
+    let mut checked = 0;
+    for case in v["inclusion"].as_array().unwrap() {
+        let index = case["leaf_index"].as_u64().unwrap();
+        let size = case["tree_size"].as_u64().unwrap();
+        let proof = hashes(&case["proof_hex"]);
+        assert_eq!(
+            inclusion_proof(&l[..size as usize], index as usize).unwrap(),
+            proof,
+            "{index}/{size}"
+        );
+        let r = roots[size as usize];
+        let leaf = l[index as usize];
+        verify_inclusion(&leaf, index, size, &proof, &r).unwrap();
+        let reject = |leaf: &Hash, i: u64, n: u64, p: &[Hash], r: &Hash, why: &str| {
+            assert!(
+                verify_inclusion(leaf, i, n, p, r).is_err(),
+                "accepted with {why} at {index}/{size}"
+            );
+        };
+        if index > 0 {
+            reject(&leaf, index - 1, size, &proof, &r, "index-1");
+        }
+        reject(&leaf, index + 1, size, &proof, &r, "index+1");
+        if index ^ 2 != index && index ^ 2 < size {
+            reject(&leaf, index ^ 2, size, &proof, &r, "index^2");
+        }
+        reject(&leaf, index, size * 2, &proof, &r, "size*2");
+        if size / 2 != size {
+            reject(&leaf, index, size / 2, &proof, &r, "size/2");
+        }
+        reject(
+            &l[(index as usize + 1) % l.len()],
+            index,
+            size,
+            &proof,
+            &r,
+            "wrong leaf",
+        );
+        reject(&leaf, index, size, &proof, &empty_root(), "empty-tree root");
+        reject(&leaf, index, size, &proof, &[0x5a; 32], "random root");
+        for extra in [[0u8; 32], empty_root(), r] {
+            let mut p = proof.clone();
+            p.push(extra);
+            reject(&leaf, index, size, &p, &r, "appended element");
+            let mut p = proof.clone();
+            p.insert(0, extra);
+            reject(&leaf, index, size, &p, &r, "prepended element");
+        }
+        for i in 0..proof.len() {
+            let mut p = proof.clone();
+            p[i][0] ^= 1;
+            reject(&leaf, index, size, &p, &r, "flipped element");
+        }
+        if !proof.is_empty() {
+            let mut p = proof.clone();
+            p.pop();
+            reject(&leaf, index, size, &p, &r, "last element removed");
+            let mut p = proof.clone();
+            p.insert(1.min(p.len()), [7u8; 32]);
+            reject(&leaf, index, size, &p, &r, "element inserted");
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 36);
+}
+
+#[test]
+fn consistency_proofs_match_and_verify_and_every_corruption_fails() {
+    let v = vectors();
+    let l = leaves(&v);
+    let roots = hashes(&v["roots_by_size_hex"]);
+    let mut checked = 0;
+    for case in v["consistency"].as_array().unwrap() {
+        let (m, n) = (
+            case["size1"].as_u64().unwrap(),
+            case["size2"].as_u64().unwrap(),
+        );
+        let proof = hashes(&case["proof_hex"]);
+        assert_eq!(
+            consistency_proof(&l[..n as usize], m as usize).unwrap(),
+            proof,
+            "{m}->{n}"
+        );
+        let (r1, r2) = (roots[m as usize], roots[n as usize]);
+        verify_consistency(m, n, &proof, &r1, &r2).unwrap();
+        let reject = |m1: u64, n1: u64, p: &[Hash], a: &Hash, b: &Hash, why: &str| {
+            assert!(
+                verify_consistency(m1, n1, p, a, b).is_err(),
+                "accepted with {why} at {m}->{n}"
+            );
+        };
+        if m == n {
+            reject(m, n, &proof, &r1, &[9u8; 32], "same size, other root");
+            reject(m, n, &[r1], &r1, &r2, "non-empty proof between equal sizes");
+            checked += 1;
+            continue;
+        }
+        reject(m - 1, n, &proof, &r1, &r2, "size1-1");
+        reject(m + 1, n, &proof, &r1, &r2, "size1+1");
+        if m ^ 2 != m && m ^ 2 <= n {
+            reject(m ^ 2, n, &proof, &r1, &r2, "size1^2");
+        }
+        reject(m, n * 2, &proof, &r1, &r2, "size2*2");
+        if n / 2 >= m && n / 2 != n {
+            reject(m, n / 2, &proof, &r1, &r2, "size2/2");
+        }
+        reject(m, n, &proof, &[1u8; 32], &r2, "wrong root1");
+        reject(m, n, &proof, &r1, &[1u8; 32], "wrong root2");
+        reject(m, n, &proof, &r2, &r1, "roots swapped");
+        reject(m, n, &[], &r1, &r2, "empty proof");
+        for extra in [[0u8; 32], r1, r2, proof[0]] {
+            let mut p = proof.clone();
+            p.push(extra);
+            reject(m, n, &p, &r1, &r2, "appended element");
+            let mut p = proof.clone();
+            p.insert(0, extra);
+            reject(m, n, &p, &r1, &r2, "prepended element");
+        }
+        let mut p = proof.clone();
+        p.pop();
+        reject(m, n, &p, &r1, &r2, "last element removed");
+        for i in 0..proof.len() {
+            let mut p = proof.clone();
+            p[i][31] ^= 0x80;
+            reject(m, n, &p, &r1, &r2, "flipped element");
+        }
+        reject(n, m, &proof, &r2, &r1, "size1 > size2");
+        checked += 1;
+    }
+    assert_eq!(checked, 36);
+}
+
+#[test]
+fn an_interior_node_is_not_a_leaf() {
+    let v = vectors();
+    let l = leaves(&v);
+    // The tree of 2 leaves: its root is node(l0, l1). Presenting l0 || l1 as one 64-byte leaf of a
+    // 1-leaf tree with that root must fail: leaves are prefixed 0x00, nodes 0x01.
+    let mut concat = l[0].to_vec();
+    concat.extend_from_slice(&l[1]);
+    let node = node_hash(&l[0], &l[1]);
+    assert!(verify_inclusion(&leaf_hash(&concat), 0, 1, &[], &node).is_err());
+    assert_ne!(leaf_hash(&concat), node);
+}
+
+const PROVIDERS: [&dyn CryptoProvider; 2] = [&RustCrypto, &AwsLc];
+
+fn key() -> (SigningKey, NoteVerifier) {
+    let k = SigningKey::from_slice(&[4u8; 32]).unwrap();
+    let spki = k.verifying_key().to_public_key_der().unwrap();
+    (
+        k.clone(),
+        NoteVerifier::from_spki("writ.example/log", spki.as_bytes()).unwrap(),
+    )
+}
+
+fn sign(k: &SigningKey, v: &NoteVerifier, text: &str) -> String {
+    let sig: p256::ecdsa::DerSignature = k.sign(text.as_bytes());
+    signed_note(text, v, sig.as_bytes())
+}
+
+fn checkpoint(size: u64) -> Checkpoint {
+    Checkpoint {
+        origin: "writ.example/log".into(),
+        size,
+        root: [size as u8; 32],
+        extensions: vec![],
+    }
+}
+
+#[test]
+fn signed_checkpoints_verify_with_both_providers() {
+    let (k, v) = key();
+    let note = sign(&k, &v, &checkpoint(8).text());
+    for p in PROVIDERS {
+        assert_eq!(
+            Checkpoint::verify(p, &note, &v, "writ.example/log").unwrap(),
+            checkpoint(8)
+        );
+    }
+    // The verifier key's text form round-trips and names the same key.
+    assert_eq!(NoteVerifier::parse(&v.to_string()).unwrap(), v);
+}
+
+#[test]
+fn checkpoint_refusals() {
+    let (k, v) = key();
+    let text = checkpoint(8).text();
+    let note = sign(&k, &v, &text);
+    for p in PROVIDERS {
+        let code = |n: &str, origin: &str| {
+            Checkpoint::verify(p, n, &v, origin)
+                .unwrap_err()
+                .code()
+                .to_string()
+        };
+        assert_eq!(
+            code(&note, "other.example/log"),
+            "checkpoint",
+            "another origin"
+        );
+        assert_eq!(
+            code(&note.replacen("\n8\n", "\n9\n", 1), "writ.example/log"),
+            "checkpoint",
+            "size changed after signing"
+        );
+        // Signed by another key of the same name: the key ID differs, so no signature by `v`.
+        let other_k = SigningKey::from_slice(&[5u8; 32]).unwrap();
+        let other_v = NoteVerifier::from_spki(
+            "writ.example/log",
+            other_k
+                .verifying_key()
+                .to_public_key_der()
+                .unwrap()
+                .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(
+            code(&sign(&other_k, &other_v, &text), "writ.example/log"),
+            "checkpoint",
+            "another key"
+        );
+        // Another key's line is ignored when ours is there too.
+        let both = format!(
+            "{}{}",
+            sign(&k, &v, &text),
+            sign(&other_k, &other_v, &text)
+                .split_once("\n\n")
+                .unwrap()
+                .1
+        );
+        Checkpoint::verify(p, &both, &v, "writ.example/log").unwrap();
+        // A line with our name and key ID whose signature is wrong rejects the note.
+        let mut forged = sign(&k, &v, &text);
+        let sig_at = forged.rfind(' ').unwrap() + 10;
+        let c = forged.as_bytes()[sig_at];
+        forged.replace_range(sig_at..sig_at + 1, if c == b'A' { "B" } else { "A" });
+        assert_eq!(
+            code(&forged, "writ.example/log"),
+            "checkpoint",
+            "bad signature by a known key"
+        );
+        assert_eq!(code(&text, "writ.example/log"), "checkpoint", "unsigned");
+    }
+    // Non-canonical sizes and malformed roots.
+    for bad in [
+        "o\n08\nAAAA\n",
+        "o\n-1\n\n",
+        "o\n1\nnot base64\n",
+        "\n1\nAAAA\n",
+        "o\n1\n",
+    ] {
+        assert!(Checkpoint::parse_text(bad).is_err(), "{bad:?}");
+    }
+    // A verifier key whose ID does not match its key.
+    let s = v.to_string();
+    let mut parts: Vec<&str> = s.split('+').collect();
+    parts[1] = "00000000";
+    assert!(NoteVerifier::parse(&parts.join("+")).is_err());
+}
