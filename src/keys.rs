@@ -6,6 +6,7 @@ use std::sync::Arc;
 use clap::{Args, Subcommand, ValueEnum};
 use p256::pkcs8::EncodePublicKey;
 use writ_attestation::jwk::EcJwk;
+use writ_attestation::log::note::NoteVerifier;
 use writ_hsm::{CustodyError, CustodyKey, KeyUri, OpenOptions};
 
 #[derive(Debug, Subcommand)]
@@ -40,6 +41,10 @@ pub struct KeyArgs {
     /// Permit `soft:` keys (tests only; needs a build with the software-keys feature).
     #[arg(long)]
     allow_software_keys: bool,
+    /// For a checkpoint key: the log's origin, which names the key in signed notes. The C2SP note
+    /// verifier key (`<origin>+<key id>+<key>`) is then printed too.
+    #[arg(long)]
+    log_origin: Option<String>,
 }
 
 /// Key purposes (docs: interfaces.md, "Identities and keys").
@@ -95,11 +100,29 @@ pub fn run(cmd: KeysCommand) -> Result<(), CustodyError> {
     } else {
         writ_hsm::open_key(&uri, &options)?
     };
-    let out = if args.json {
-        render_json(&key, purpose, generate)?
+    let verifier = match (&args.log_origin, purpose) {
+        (Some(origin), Some(Purpose::Checkpoint) | None) => Some(
+            NoteVerifier::from_spki(origin, key.public_key().spki_der())
+                .map_err(|e| CustodyError::InvalidUri(format!("--log-origin: {e}")))?
+                .to_string(),
+        ),
+        (Some(_), Some(_)) => {
+            return Err(CustodyError::InvalidUri(
+                "--log-origin is for checkpoint keys only".into(),
+            ));
+        }
+        (None, _) => None,
+    };
+    let mut out = if args.json {
+        render_json(&key, purpose, generate, verifier.as_deref())?
     } else {
         render_text(&key, purpose, generate)?
     };
+    if let (Some(v), false) = (&verifier, args.json) {
+        out.push_str(&format!(
+            "checkpoint note verifier key (C2SP signed-note, ECDSA):\n{v}\n"
+        ));
+    }
     print!("{out}");
     Ok(())
 }
@@ -161,6 +184,7 @@ fn render_json(
     key: &Arc<dyn CustodyKey>,
     purpose: Option<Purpose>,
     generated: bool,
+    note_verifier: Option<&str>,
 ) -> Result<String, CustodyError> {
     let jwk = EcJwk::from_verifying_key(key.public_key().verifying_key());
     let facts: serde_json::Map<String, serde_json::Value> = key
@@ -184,6 +208,7 @@ fn render_json(
         "attributes": facts,
         "public_key_pem": public_pem(key)?,
         "jwk": jwk.to_json(purpose.and_then(Purpose::jwk_use)),
+        "note_verifier": note_verifier,
     });
     Ok(format!("{v:#}\n"))
 }

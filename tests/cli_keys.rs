@@ -79,10 +79,18 @@ fn tpm_generate_then_show_in_another_process() {
             &uri,
             "--purpose",
             "checkpoint",
+            "--log-origin",
+            "writ.test/log",
             "--json",
         ],
         None,
     ));
+    let verifier = generated["note_verifier"]
+        .as_str()
+        .expect("a checkpoint key with an origin prints its verifier key");
+    let parsed = writ_attestation::log::note::NoteVerifier::parse(verifier)
+        .expect("the printed verifier key parses");
+    assert_eq!(parsed.name(), "writ.test/log");
     assert_eq!(generated["backend"], "tpm");
     assert_eq!(generated["attributes"]["fixedTPM"], "true");
     assert!(

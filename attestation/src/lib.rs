@@ -5,7 +5,8 @@
 //! * [`tpm`]: TPM 2.0 wire structures parsed into types (TPMS_ATTEST, TPMT_PUBLIC, TPMT_SIGNATURE,
 //!   TPML_PCR_SELECTION), object names;
 //! * [`crypto`]: the signature provider trait, with aws-lc-rs and RustCrypto implementations;
-//! * [`evidence`]: AK checks, quote and certify verification returning proof values;
+//! * [`evidence`]: AK checks, quote and certify verification returning proof values, EK
+//!   certificate chains, software MakeCredential;
 //! * [`log`]: RFC 6962 Merkle proofs and C2SP signed checkpoints;
 //! * [`jwk`]: P-256 public keys as JWKs and their RFC 7638 thumbprints.
 //!

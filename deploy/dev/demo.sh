@@ -41,10 +41,18 @@ key() { # purpose uri
 
 pkcs11_uri() { echo "pkcs11:token=$WRIT_DEV_PKCS11_TOKEN;object=$1?module-path=$WRIT_PKCS11_MODULE&pin-source=file:$WRIT_DEV_PKCS11_PIN_FILE"; }
 
-for purpose in issuer ear ca checkpoint; do
+for purpose in issuer ear ca; do
   say "The '$purpose' key in the SoftHSM2 token: sensitive, non-extractable, private"
   key "$purpose" "$(pkcs11_uri "writ-$purpose")"
 done
+
+say "The 'checkpoint' key in the SoftHSM2 token, and the C2SP note verifier key auditors pin"
+uri=$(pkcs11_uri writ-checkpoint)
+if "$writ" keys show --key "$uri" --purpose checkpoint --log-origin writ.dev/log >"$shown" 2>/dev/null; then
+  echo "(already there: shown, not regenerated)"; cat "$shown"
+else
+  "$writ" keys generate --key "$uri" --purpose checkpoint --log-origin writ.dev/log
+fi
 
 say "A key in the TPM (persistent handle 0x81000101): generated inside, fixedTPM, fixedParent, with an authValue"
 key issuer "tpm:handle=0x81000101?tcti=$TPM2TOOLS_TCTI&auth-source=file:$WRIT_DEV_TPM_AUTH_FILE"
