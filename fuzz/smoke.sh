@@ -15,5 +15,11 @@ for t in $targets; do
   mkdir -p corpus/$t
   # Inputs that once failed are always part of the corpus.
   cp regressions/"$t"-* corpus/$t/ 2>/dev/null || true
-  cargo fuzz run --sanitizer none -O "$t" -- -max_total_time="$seconds" -max_len=4096 corpus/$t 2>&1 | tail -n 1
+done
+# Real event logs seed the event log target.
+cp ../../shared/vectors/eventlogs/*.bin corpus/event_log/ 2>/dev/null || true
+for t in $targets; do
+  max_len=4096
+  [ "$t" = event_log ] && max_len=131072
+  cargo fuzz run --sanitizer none -O "$t" -- -max_total_time="$seconds" -max_len="$max_len" corpus/$t 2>&1 | tail -n 1
 done

@@ -72,6 +72,21 @@ pub enum EvidenceError {
     /// A checkpoint or signed note is malformed, unsigned by the expected key, or badly signed.
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    /// The event log does not parse or cannot be replayed.
+    #[error("event log: {0}")]
+    EventLog(String),
+    /// A replayed PCR differs from the quoted one.
+    #[error("PCR {bank}:{pcr} replays to {replayed} but the quote says {quoted}")]
+    PcrReplay {
+        /// The bank.
+        bank: &'static str,
+        /// The PCR.
+        pcr: u8,
+        /// The value the log replays to.
+        replayed: String,
+        /// The quoted value.
+        quoted: String,
+    },
     /// The certified key is not a TPM-bound signing key.
     #[error("certified key refused: {0}")]
     CertifiedKey(String),
@@ -102,6 +117,8 @@ impl EvidenceError {
             EvidenceError::EkCa(_) => "ek_ca",
             EvidenceError::EkMismatch => "ek_mismatch",
             EvidenceError::LogProof(_) => "log_proof",
+            EvidenceError::EventLog(_) => "event_log",
+            EvidenceError::PcrReplay { .. } => "pcr_replay",
             EvidenceError::Checkpoint(_) => "checkpoint",
         }
     }

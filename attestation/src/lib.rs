@@ -7,10 +7,11 @@
 //! * [`crypto`]: the signature provider trait, with aws-lc-rs and RustCrypto implementations;
 //! * [`evidence`]: AK checks, quote and certify verification returning proof values, EK
 //!   certificate chains, software MakeCredential;
+//! * [`eventlog`]: the TCG PC Client firmware event log, replay and comparison with a quote;
 //! * [`log`]: RFC 6962 Merkle proofs and C2SP signed checkpoints;
 //! * [`jwk`]: P-256 public keys as JWKs and their RFC 7638 thumbprints.
 //!
-//! Not built yet (see the README's status table): event-log replay and appraisal, EAR, the writ /
+//! Not built yet (see the README's status table): typed events and appraisal, EAR, the writ /
 //! proof / bundle formats, request digests, offline writ verification.
 //!
 //! This crate contains no `unsafe` code.
@@ -18,6 +19,7 @@
 
 pub mod crypto;
 mod error;
+pub mod eventlog;
 pub mod evidence;
 pub mod jwk;
 pub mod log;

@@ -1,0 +1,367 @@
+//! The TCG PC Client firmware event log (TCG PC Client Platform Firmware Profile, section 10):
+//! crypto-agile and legacy SHA-1 formats, parsed with bounded sizes, replayed into PCRs per bank,
+//! and compared with quoted PCR values.
+//!
+//! What is built: the Spec ID event and its digest table, the StartupLocality event (PCR 0's
+//! initial value), EV_NO_ACTION events that extend nothing, every bank the Spec ID event declares
+//! (SHA-1, SHA-256, SHA-384, SHA-512 replayed; others skipped by their declared size), replay and
+//! comparison naming the PCR and bank. Not built yet: typed events (EFI variables, signature lists,
+//! boot applications, ...) and their data-vs-digest checks, and appraisal.
+
+use sha2::Digest as _;
+
+use crate::error::EvidenceError;
+use crate::tpm::HashAlg;
+use crate::tpm::pcr::{PcrSelection, PcrValues};
+
+/// Largest log accepted.
+pub const MAX_LOG: usize = 16 * 1024 * 1024;
+/// Largest event data accepted (firmware volumes are logged by digest, not content).
+const MAX_EVENT_DATA: usize = 1024 * 1024;
+/// Most events accepted.
+const MAX_EVENTS: usize = 100_000;
+/// Most banks a Spec ID event may declare.
+const MAX_BANKS: usize = 8;
+/// PCRs an SRTM log may extend.
+const PCR_COUNT: u32 = 24;
+
+/// EV_NO_ACTION: logged, never extended.
+pub const EV_NO_ACTION: u32 = 0x0000_0003;
+/// EV_SEPARATOR.
+pub const EV_SEPARATOR: u32 = 0x0000_0004;
+
+/// The log's format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// TCG_PCR_EVENT2 events, digests for every bank of the Spec ID event.
+    CryptoAgile,
+    /// TCG_PCR_EVENT events, SHA-1 only.
+    Sha1,
+}
+
+/// One event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Position in the log (0 is the first event).
+    pub number: usize,
+    /// The PCR it extends.
+    pub pcr: u32,
+    /// The event type.
+    pub event_type: u32,
+    /// (TPM_ALG_ID, digest) per bank, as logged.
+    pub digests: Vec<(u16, Vec<u8>)>,
+    /// The event data.
+    pub data: Vec<u8>,
+}
+
+/// A parsed event log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventLog {
+    /// The format.
+    pub format: Format,
+    /// (TPM_ALG_ID, digest size) per bank, from the Spec ID event (SHA-1 for legacy logs).
+    pub banks: Vec<(u16, usize)>,
+    /// The StartupLocality event's locality (0 when there is none).
+    pub startup_locality: u8,
+    /// Every event after the Spec ID event.
+    pub events: Vec<Event>,
+}
+
+fn bad(why: impl Into<String>) -> EvidenceError {
+    EvidenceError::EventLog(why.into())
+}
+
+/// A little-endian cursor (the event log is in the firmware's byte order).
+struct Le<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Le<'a> {
+    fn bytes(&mut self, n: usize) -> Result<&'a [u8], EvidenceError> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .ok_or_else(|| bad("length overflow"))?;
+        let out = self
+            .buf
+            .get(self.pos..end)
+            .ok_or_else(|| bad(format!("truncated at byte {}", self.pos)))?;
+        self.pos = end;
+        Ok(out)
+    }
+    fn u8(&mut self) -> Result<u8, EvidenceError> {
+        self.bytes(1)?
+            .first()
+            .copied()
+            .ok_or_else(|| bad("truncated"))
+    }
+    fn u16(&mut self) -> Result<u16, EvidenceError> {
+        Ok(u16::from_le_bytes(
+            self.bytes(2)?.try_into().map_err(|_| bad("truncated"))?,
+        ))
+    }
+    fn u32(&mut self) -> Result<u32, EvidenceError> {
+        Ok(u32::from_le_bytes(
+            self.bytes(4)?.try_into().map_err(|_| bad("truncated"))?,
+        ))
+    }
+    fn done(&self) -> bool {
+        self.pos >= self.buf.len()
+    }
+}
+
+const SPEC_ID: &[u8] = b"Spec ID Event03\0";
+const STARTUP_LOCALITY: &[u8] = b"StartupLocality\0";
+
+fn event_data<'a>(r: &mut Le<'a>) -> Result<&'a [u8], EvidenceError> {
+    let size = r.u32()? as usize;
+    if size > MAX_EVENT_DATA {
+        return Err(bad(format!("EventSize {size} above {MAX_EVENT_DATA}")));
+    }
+    r.bytes(size)
+}
+
+/// Parses an event log (what `/sys/kernel/security/tpm0/binary_bios_measurements` holds).
+pub fn parse(bytes: &[u8]) -> Result<EventLog, EvidenceError> {
+    if bytes.is_empty() {
+        return Err(bad("the log is empty"));
+    }
+    if bytes.len() > MAX_LOG {
+        return Err(bad(format!("the log is larger than {MAX_LOG} bytes")));
+    }
+    let mut r = Le { buf: bytes, pos: 0 };
+    // The first event is always in the legacy TCG_PCR_EVENT form.
+    let first_pcr = r.u32()?;
+    let first_type = r.u32()?;
+    let first_digest = r.bytes(20)?.to_vec();
+    let first_data = event_data(&mut r)?.to_vec();
+    let agile = first_type == EV_NO_ACTION && first_data.starts_with(SPEC_ID);
+    let mut log = EventLog {
+        format: Format::Sha1,
+        banks: vec![(HashAlg::Sha1.id(), 20)],
+        startup_locality: 0,
+        events: Vec::new(),
+    };
+    if agile {
+        log.format = Format::CryptoAgile;
+        log.banks = spec_id_banks(&first_data)?;
+        if first_pcr != 0 {
+            return Err(bad("the Spec ID event is not on PCR 0"));
+        }
+    } else {
+        if first_pcr >= PCR_COUNT {
+            return Err(bad(format!("event 0 names PCR {first_pcr}")));
+        }
+        log.events.push(Event {
+            number: 0,
+            pcr: first_pcr,
+            event_type: first_type,
+            digests: vec![(HashAlg::Sha1.id(), first_digest)],
+            data: first_data,
+        });
+    }
+    let mut number = 1;
+    while !r.done() {
+        if log.events.len() >= MAX_EVENTS {
+            return Err(bad(format!("more than {MAX_EVENTS} events")));
+        }
+        let pcr = r.u32()?;
+        let event_type = r.u32()?;
+        // Firmware logs some EV_NO_ACTION events (which extend nothing) on PCR 0xFFFFFFFF; any
+        // other event must name a PCR of the SRTM range.
+        if pcr >= PCR_COUNT && event_type != EV_NO_ACTION {
+            return Err(bad(format!("event {number} names PCR {pcr}")));
+        }
+        let digests = match log.format {
+            Format::Sha1 => vec![(HashAlg::Sha1.id(), r.bytes(20)?.to_vec())],
+            Format::CryptoAgile => {
+                let count = r.u32()? as usize;
+                if count != log.banks.len() {
+                    return Err(bad(format!(
+                        "event {number} carries {count} digests, the Spec ID event declares {} banks",
+                        log.banks.len()
+                    )));
+                }
+                let mut d = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let alg = r.u16()?;
+                    let size = log
+                        .banks
+                        .iter()
+                        .find(|(a, _)| *a == alg)
+                        .map(|(_, s)| *s)
+                        .ok_or_else(|| {
+                            bad(format!(
+                                "event {number}: digest of undeclared algorithm {alg:#06x}"
+                            ))
+                        })?;
+                    if d.iter().any(|(a, _): &(u16, Vec<u8>)| *a == alg) {
+                        return Err(bad(format!("event {number}: algorithm {alg:#06x} twice")));
+                    }
+                    d.push((alg, r.bytes(size)?.to_vec()));
+                }
+                d
+            }
+        };
+        let data = event_data(&mut r)?.to_vec();
+        if event_type == EV_NO_ACTION && data.starts_with(STARTUP_LOCALITY) {
+            if pcr != 0 {
+                return Err(bad("StartupLocality event not on PCR 0"));
+            }
+            if !log.events.is_empty() {
+                return Err(bad("StartupLocality event after PCR 0 was extended"));
+            }
+            log.startup_locality = *data
+                .get(STARTUP_LOCALITY.len())
+                .ok_or_else(|| bad("StartupLocality without a locality"))?;
+            if !matches!(log.startup_locality, 0 | 3 | 4) {
+                return Err(bad(format!("StartupLocality {}", log.startup_locality)));
+            }
+        }
+        log.events.push(Event {
+            number,
+            pcr,
+            event_type,
+            digests,
+            data,
+        });
+        number += 1;
+    }
+    Ok(log)
+}
+
+fn spec_id_banks(data: &[u8]) -> Result<Vec<(u16, usize)>, EvidenceError> {
+    let mut r = Le { buf: data, pos: 0 };
+    r.bytes(SPEC_ID.len())?;
+    let _platform_class = r.u32()?;
+    let (_minor, _major, _errata, _uintn) = (r.u8()?, r.u8()?, r.u8()?, r.u8()?);
+    let count = r.u32()? as usize;
+    if count == 0 || count > MAX_BANKS {
+        return Err(bad(format!("the Spec ID event declares {count} banks")));
+    }
+    let mut banks = Vec::with_capacity(count);
+    for _ in 0..count {
+        let alg = r.u16()?;
+        let size = usize::from(r.u16()?);
+        if let Some(h) = HashAlg::from_id(alg)
+            && h.size() != size
+        {
+            return Err(bad(format!(
+                "the Spec ID event gives {} a digest size of {size}",
+                h.name()
+            )));
+        }
+        if size == 0 || size > 64 {
+            return Err(bad(format!("digest size {size} for algorithm {alg:#06x}")));
+        }
+        if banks.iter().any(|(a, _)| *a == alg) {
+            return Err(bad(format!("algorithm {alg:#06x} declared twice")));
+        }
+        banks.push((alg, size));
+    }
+    let vendor = usize::from(r.u8()?);
+    r.bytes(vendor)?;
+    Ok(banks)
+}
+
+fn extend(bank: HashAlg, old: &[u8], digest: &[u8]) -> Vec<u8> {
+    let mut data = old.to_vec();
+    data.extend_from_slice(digest);
+    match bank {
+        HashAlg::Sha1 => sha1::Sha1::digest(&data).to_vec(),
+        HashAlg::Sha256 => sha2::Sha256::digest(&data).to_vec(),
+        HashAlg::Sha384 => sha2::Sha384::digest(&data).to_vec(),
+        HashAlg::Sha512 => sha2::Sha512::digest(&data).to_vec(),
+    }
+}
+
+impl EventLog {
+    /// The banks this log can be replayed into (declared and known).
+    pub fn replay_banks(&self) -> Vec<HashAlg> {
+        self.banks
+            .iter()
+            .filter_map(|(a, _)| HashAlg::from_id(*a))
+            .collect()
+    }
+
+    /// Replays every event into PCRs per known bank. Only PCRs the log extends are returned; the
+    /// others keep their reset value (zero; PCR 0 starts at the startup locality).
+    pub fn replay(&self) -> Result<PcrValues, EvidenceError> {
+        let mut pcrs: std::collections::BTreeMap<(HashAlg, u32), Vec<u8>> =
+            std::collections::BTreeMap::new();
+        for bank in self.replay_banks() {
+            let alg = bank.id();
+            for e in &self.events {
+                if e.event_type == EV_NO_ACTION {
+                    continue;
+                }
+                let digest = e
+                    .digests
+                    .iter()
+                    .find(|(a, _)| *a == alg)
+                    .map(|(_, d)| d.as_slice())
+                    .ok_or_else(|| {
+                        bad(format!("event {} has no {} digest", e.number, bank.name()))
+                    })?;
+                let old = pcrs
+                    .entry((bank, e.pcr))
+                    .or_insert_with(|| self.reset_value(bank, e.pcr));
+                *old = extend(bank, old, digest);
+            }
+        }
+        let mut out = PcrValues::new();
+        for ((bank, pcr), v) in pcrs {
+            out.insert(bank, u8::try_from(pcr).map_err(|_| bad("PCR index"))?, v)?;
+        }
+        Ok(out)
+    }
+
+    fn reset_value(&self, bank: HashAlg, pcr: u32) -> Vec<u8> {
+        let mut v = vec![0u8; bank.size()];
+        if pcr == 0
+            && let Some(last) = v.last_mut()
+        {
+            *last = self.startup_locality;
+        }
+        v
+    }
+
+    /// Replays the log and compares it with quoted PCR values over `selection`: every selected PCR
+    /// must equal its replayed value (or its reset value, if the log never extends it). The first
+    /// mismatch is named with its bank, PCR, replayed and quoted values.
+    pub fn check_against(
+        &self,
+        selection: &PcrSelection,
+        quoted: &PcrValues,
+    ) -> Result<(), EvidenceError> {
+        let replayed = self.replay()?;
+        let banks = self.replay_banks();
+        for (bank, pcr) in selection.pcrs() {
+            if !banks.contains(&bank) {
+                return Err(bad(format!(
+                    "the log has no {} bank, which the quote covers",
+                    bank.name()
+                )));
+            }
+            let q = quoted
+                .get(bank, pcr)
+                .ok_or_else(|| bad(format!("no quoted value for {}:{pcr}", bank.name())))?;
+            let reset = self.reset_value(bank, u32::from(pcr));
+            let r = replayed.get(bank, pcr).unwrap_or(&reset);
+            if r != q {
+                return Err(EvidenceError::PcrReplay {
+                    bank: bank.name(),
+                    pcr,
+                    replayed: hex(r),
+                    quoted: hex(q),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
