@@ -3,6 +3,7 @@
 //! `writ admin`, `writ agent` and `writ audit` are not built yet (see the README).
 #![forbid(unsafe_code)]
 
+mod dev;
 mod keys;
 mod verify_quote;
 
@@ -26,6 +27,9 @@ enum Command {
     /// Verify a TPM2_Quote made by tpm2-tools (as tpm2_checkquote does). Exit 0 verified, 1
     /// rejected with the failed check named, 2 usage or input error.
     VerifyQuote(verify_quote::VerifyQuote),
+    /// Tools for the local dev stack (simulated measured boot for swtpm).
+    #[command(subcommand)]
+    Dev(dev::DevCommand),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +43,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Keys(cmd) => keys::run(cmd),
+        Command::Dev(cmd) => dev::run(cmd),
         Command::VerifyQuote(args) => return verify_quote::run(args),
     };
     match result {

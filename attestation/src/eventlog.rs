@@ -365,3 +365,96 @@ impl EventLog {
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+/// Writes a crypto-agile event log (simulated boots for swtpm, tests). Each event's digests are
+/// computed from its data unless given.
+#[derive(Debug, Clone)]
+pub struct LogBuilder {
+    banks: Vec<HashAlg>,
+    bytes: Vec<u8>,
+}
+
+impl LogBuilder {
+    /// A log whose Spec ID event declares `banks` (SHA-1 is refused as a bank to write: writ's
+    /// simulated boots are SHA-256 or better).
+    pub fn new(banks: &[HashAlg]) -> Result<Self, EvidenceError> {
+        if banks.is_empty() || banks.iter().any(|b| !b.is_strong()) {
+            return Err(bad("a simulated log needs SHA-256 or better banks"));
+        }
+        let mut spec = SPEC_ID.to_vec();
+        spec.extend_from_slice(&0u32.to_le_bytes()); // platformClass: client
+        spec.extend_from_slice(&[0, 2, 0, 2]); // spec 2.0, errata 0, UINTN size 2 (64-bit)
+        spec.extend_from_slice(&u32::try_from(banks.len()).unwrap_or(0).to_le_bytes());
+        for b in banks {
+            spec.extend_from_slice(&b.id().to_le_bytes());
+            spec.extend_from_slice(&u16::try_from(b.size()).unwrap_or(0).to_le_bytes());
+        }
+        spec.push(0); // vendorInfoSize
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&0u32.to_le_bytes());
+        bytes.extend_from_slice(&EV_NO_ACTION.to_le_bytes());
+        bytes.extend_from_slice(&[0u8; 20]);
+        bytes.extend_from_slice(&u32::try_from(spec.len()).unwrap_or(0).to_le_bytes());
+        bytes.extend_from_slice(&spec);
+        Ok(LogBuilder {
+            banks: banks.to_vec(),
+            bytes,
+        })
+    }
+
+    /// Appends an event whose digests are the hash of `data` in every bank; returns the digests
+    /// (what the TPM must be extended with).
+    pub fn measure(
+        &mut self,
+        pcr: u32,
+        event_type: u32,
+        data: &[u8],
+    ) -> Result<Vec<(HashAlg, Vec<u8>)>, EvidenceError> {
+        let digests = self
+            .banks
+            .iter()
+            .map(|b| b.digest(data).map(|d| (*b, d)))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.event(pcr, event_type, &digests, data)?;
+        Ok(digests)
+    }
+
+    /// Appends an event with the given digests (one per bank, e.g. the Authenticode hash of an
+    /// image whose bytes are not in the event data).
+    pub fn event(
+        &mut self,
+        pcr: u32,
+        event_type: u32,
+        digests: &[(HashAlg, Vec<u8>)],
+        data: &[u8],
+    ) -> Result<(), EvidenceError> {
+        if digests.len() != self.banks.len()
+            || digests
+                .iter()
+                .zip(&self.banks)
+                .any(|((b, d), want)| b != want || d.len() != b.size())
+        {
+            return Err(bad("one digest per declared bank, in order"));
+        }
+        self.bytes.extend_from_slice(&pcr.to_le_bytes());
+        self.bytes.extend_from_slice(&event_type.to_le_bytes());
+        self.bytes
+            .extend_from_slice(&u32::try_from(digests.len()).unwrap_or(0).to_le_bytes());
+        for (b, d) in digests {
+            self.bytes.extend_from_slice(&b.id().to_le_bytes());
+            self.bytes.extend_from_slice(d);
+        }
+        self.bytes.extend_from_slice(
+            &u32::try_from(data.len())
+                .map_err(|_| bad("event too large"))?
+                .to_le_bytes(),
+        );
+        self.bytes.extend_from_slice(data);
+        Ok(())
+    }
+
+    /// The log.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
+}

@@ -2,8 +2,9 @@
 # The main job, as far as it is built: bring up the local devices and put writ's keys in them.
 #
 # What this does today (numbered steps below): installs missing packages, builds writ, starts a
-# private SoftHSM2 token and a private swtpm (deploy/dev/stack.sh), generates the appliance's keys by
-# purpose in the token and one in the TPM, and shows what makes each key safe. It runs again on the
+# private SoftHSM2 token and a private swtpm (deploy/dev/stack.sh), plays a simulated measured boot
+# into the swtpm, generates the appliance's keys by purpose in the token and one in the TPM, and
+# shows what makes each key safe. It runs again on the
 # same machine without clean-up: existing keys are shown, never overwritten.
 #
 # Not built yet (see README): enrollment, attestation, issuance, the decision log, the gateway.
@@ -28,6 +29,14 @@ say "Starting the local devices (private to ${WRIT_DEV_DIR:-$root/.dev})"
 "$here/stack.sh" up
 eval "$("$here/stack.sh" env)"
 export TSS2_LOG=all+NONE
+
+say "Simulating a measured boot into the swtpm (it has no firmware), once per swtpm start"
+boot_log="$WRIT_DEV_DIR/swtpm/binary_bios_measurements"
+if [ ! -s "$boot_log" ] || [ "$WRIT_DEV_DIR/swtpm/swtpm.pid" -nt "$boot_log" ]; then
+  "$writ" dev simulate-boot --profile secure-boot --log "$boot_log"
+else
+  echo "(this swtpm boot was already measured: $boot_log)"
+fi
 
 shown=$(mktemp)
 trap 'rm -f "$shown"' EXIT

@@ -4,6 +4,7 @@
 
 pub mod attester;
 mod key;
+pub mod simboot;
 
 use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
