@@ -5,8 +5,9 @@
 //! What is built: the Spec ID event and its digest table, the StartupLocality event (PCR 0's
 //! initial value), EV_NO_ACTION events that extend nothing, every bank the Spec ID event declares
 //! (SHA-1, SHA-256, SHA-384, SHA-512 replayed; others skipped by their declared size), replay and
-//! comparison naming the PCR and bank. Not built yet: typed events (EFI variables, signature lists,
-//! boot applications, ...) and their data-vs-digest checks, and appraisal.
+//! comparison naming the PCR and bank; EFI variables of PCR 7 with their signature lists (header
+//! size honoured), checked against their digests, and the Secure Boot and ExitBootServices facts.
+//! Not built yet: boot applications with device paths, GPT, IPL events, and appraisal.
 
 use sha2::Digest as _;
 
@@ -456,5 +457,167 @@ impl LogBuilder {
     /// The log.
     pub fn into_bytes(self) -> Vec<u8> {
         self.bytes
+    }
+}
+
+/// EV_EFI_VARIABLE_DRIVER_CONFIG: Secure Boot configuration variables (PCR 7).
+pub const EV_EFI_VARIABLE_DRIVER_CONFIG: u32 = 0x8000_0001;
+/// EV_EFI_ACTION: a string naming a firmware action (PCR 5: ExitBootServices).
+pub const EV_EFI_ACTION: u32 = 0x8000_0007;
+
+/// Largest EFI variable name accepted (in UTF-16 code units).
+const MAX_VARIABLE_NAME: u64 = 1024;
+
+/// A UEFI_VARIABLE_DATA event body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EfiVariable {
+    /// The vendor GUID, in its in-memory byte order.
+    pub guid: [u8; 16],
+    /// The variable name.
+    pub name: String,
+    /// The variable's data.
+    pub data: Vec<u8>,
+}
+
+impl EfiVariable {
+    /// Parses UEFI_VARIABLE_DATA (lengths bounded; the whole event data must be consumed).
+    pub fn parse(data: &[u8]) -> Result<Self, EvidenceError> {
+        let mut r = Le { buf: data, pos: 0 };
+        let guid: [u8; 16] = r.bytes(16)?.try_into().map_err(|_| bad("GUID"))?;
+        let name_len = u64::from_le_bytes(r.bytes(8)?.try_into().map_err(|_| bad("name length"))?);
+        let data_len = u64::from_le_bytes(r.bytes(8)?.try_into().map_err(|_| bad("data length"))?);
+        if name_len > MAX_VARIABLE_NAME || data_len > MAX_EVENT_DATA as u64 {
+            return Err(bad("EFI variable name or data too long"));
+        }
+        let name_bytes = r.bytes(usize::try_from(name_len * 2).map_err(|_| bad("name length"))?)?;
+        let units: Vec<u16> = name_bytes
+            .chunks_exact(2)
+            .map(|c| match c {
+                [a, b] => u16::from_le_bytes([*a, *b]),
+                _ => 0,
+            })
+            .collect();
+        let name =
+            String::from_utf16(&units).map_err(|_| bad("EFI variable name is not UTF-16"))?;
+        let value = r
+            .bytes(usize::try_from(data_len).map_err(|_| bad("data length"))?)?
+            .to_vec();
+        if !r.done() {
+            return Err(bad("trailing bytes after UEFI_VARIABLE_DATA"));
+        }
+        Ok(EfiVariable {
+            guid,
+            name,
+            data: value,
+        })
+    }
+
+    /// The EFI_SIGNATURE_LISTs of a signature database variable (PK, KEK, db, dbx).
+    pub fn signature_lists(&self) -> Result<Vec<SignatureList>, EvidenceError> {
+        SignatureList::parse_all(&self.data)
+    }
+}
+
+/// An EFI_SIGNATURE_LIST.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignatureList {
+    /// SignatureType (e.g. EFI_CERT_X509_GUID, EFI_CERT_SHA256_GUID).
+    pub signature_type: [u8; 16],
+    /// Each EFI_SIGNATURE_DATA: (SignatureOwner, signature bytes).
+    pub signatures: Vec<([u8; 16], Vec<u8>)>,
+}
+
+impl SignatureList {
+    /// Parses a run of EFI_SIGNATURE_LISTs, honouring SignatureHeaderSize (the header is skipped,
+    /// not misread as signatures).
+    pub fn parse_all(mut data: &[u8]) -> Result<Vec<Self>, EvidenceError> {
+        let mut lists = Vec::new();
+        while !data.is_empty() {
+            let mut r = Le { buf: data, pos: 0 };
+            let signature_type: [u8; 16] = r.bytes(16)?.try_into().map_err(|_| bad("GUID"))?;
+            let list_size = r.u32()? as usize;
+            let header_size = r.u32()? as usize;
+            let sig_size = r.u32()? as usize;
+            if list_size < 28 || list_size > data.len() {
+                return Err(bad(format!("EFI_SIGNATURE_LIST size {list_size}")));
+            }
+            let body_len = list_size - 28;
+            if header_size > body_len {
+                return Err(bad("SignatureHeaderSize beyond the list"));
+            }
+            r.bytes(header_size)?;
+            let sigs_len = body_len - header_size;
+            if sig_size < 16 || sigs_len % sig_size != 0 {
+                return Err(bad(format!(
+                    "SignatureSize {sig_size} does not divide the list"
+                )));
+            }
+            let mut signatures = Vec::new();
+            for _ in 0..sigs_len / sig_size {
+                let owner: [u8; 16] = r.bytes(16)?.try_into().map_err(|_| bad("GUID"))?;
+                signatures.push((owner, r.bytes(sig_size - 16)?.to_vec()));
+            }
+            lists.push(SignatureList {
+                signature_type,
+                signatures,
+            });
+            data = data.get(list_size..).unwrap_or_default();
+        }
+        Ok(lists)
+    }
+}
+
+impl Event {
+    /// Whether the event data hashes, in every known bank, to the logged digest. Only meaningful
+    /// for events whose digest is defined as the hash of their data (EFI variables of PCR 7,
+    /// separators, EFI actions); policy reads those and trusts nothing else about them.
+    pub fn data_matches_digests(&self) -> bool {
+        self.digests
+            .iter()
+            .all(|(alg, d)| match HashAlg::from_id(*alg) {
+                Some(HashAlg::Sha1) => sha1::Sha1::digest(&self.data).as_slice() == d.as_slice(),
+                Some(h) => h.digest(&self.data).is_ok_and(|x| &x == d),
+                None => true,
+            })
+    }
+
+    /// The EFI variable of an EV_EFI_VARIABLE_DRIVER_CONFIG event, checked against its digests.
+    pub fn driver_config(&self) -> Result<Option<EfiVariable>, EvidenceError> {
+        if self.event_type != EV_EFI_VARIABLE_DRIVER_CONFIG {
+            return Ok(None);
+        }
+        if !self.data_matches_digests() {
+            return Err(bad(format!(
+                "event {}: the variable's data does not hash to its logged digest",
+                self.number
+            )));
+        }
+        EfiVariable::parse(&self.data).map(Some)
+    }
+}
+
+impl EventLog {
+    /// The Secure Boot state the log measured: the last SecureBoot variable on PCR 7, whose data
+    /// must hash to its digest. `None` if the log never measures it.
+    pub fn secure_boot(&self) -> Result<Option<bool>, EvidenceError> {
+        let mut state = None;
+        for e in self.events.iter().filter(|e| e.pcr == 7) {
+            if let Some(v) = e.driver_config()?
+                && v.name == "SecureBoot"
+            {
+                state = Some(v.data.first().copied().unwrap_or(0) == 1);
+            }
+        }
+        Ok(state)
+    }
+
+    /// Whether ExitBootServices was measured (PCR 5, EV_EFI_ACTION, data matching its digest).
+    pub fn exit_boot_services(&self) -> bool {
+        self.events.iter().any(|e| {
+            e.pcr == 5
+                && e.event_type == EV_EFI_ACTION
+                && e.data.starts_with(b"Exit Boot Services Invocation")
+                && e.data_matches_digests()
+        })
     }
 }

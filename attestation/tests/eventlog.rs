@@ -266,3 +266,95 @@ fn tpm2_eventlog_extends_no_action_events() {
     // What tpm2_eventlog 5.4 prints for sha1:0 on this log.
     assert_eq!(hex::encode(v), "ab3e9fd3b9b9911a2496db14911214f7fd0a115c");
 }
+
+#[test]
+fn secure_boot_and_exit_boot_services_facts_come_from_verified_events() {
+    let sb = parse(
+        &std::fs::read(dir().join("keylime_binary_bios_measurements-secureboot.bin")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(sb.secure_boot().unwrap(), Some(true));
+    assert!(sb.exit_boot_services());
+    let missing =
+        parse(&std::fs::read(dir().join("go-attestation_ebs_event_missing_eventlog.bin")).unwrap())
+            .unwrap();
+    assert!(
+        !missing.exit_boot_services(),
+        "the log without ExitBootServices"
+    );
+    let no_sb = parse(
+        &std::fs::read(
+            dir().join("go-attestation_ubuntu_2104_shielded_vm_no_secure_boot_eventlog.bin"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(no_sb.secure_boot().unwrap(), Some(false));
+}
+
+#[test]
+fn signature_databases_parse_with_their_header_size_honoured() {
+    use writ_attestation::eventlog::{EfiVariable, SignatureList};
+    let sb = parse(
+        &std::fs::read(dir().join("keylime_binary_bios_measurements-secureboot.bin")).unwrap(),
+    )
+    .unwrap();
+    let db = sb
+        .events
+        .iter()
+        .filter_map(|e| e.driver_config().unwrap())
+        .find(|v| v.name == "db")
+        .expect("a db variable");
+    let lists = db.signature_lists().unwrap();
+    assert!(
+        lists.iter().map(|l| l.signatures.len()).sum::<usize>() >= 2,
+        "db holds certificates"
+    );
+    // A list with a 4-byte header: the header is skipped, one 20-byte signature follows.
+    let mut list = vec![0xaa; 16];
+    list.extend_from_slice(&(28u32 + 4 + 36).to_le_bytes());
+    list.extend_from_slice(&4u32.to_le_bytes());
+    list.extend_from_slice(&36u32.to_le_bytes());
+    list.extend_from_slice(&[0xee; 4]);
+    list.extend_from_slice(&[0x11; 16]);
+    list.extend_from_slice(&[0x22; 20]);
+    let parsed = SignatureList::parse_all(&list).unwrap();
+    assert_eq!(parsed[0].signatures, vec![([0x11; 16], vec![0x22; 20])]);
+    // A header that runs past the list is refused, not read as signatures.
+    let mut bad = list.clone();
+    bad[20..24].copy_from_slice(&1000u32.to_le_bytes());
+    assert_eq!(
+        SignatureList::parse_all(&bad).unwrap_err().code(),
+        "event_log"
+    );
+    let _ = EfiVariable::parse(&[0u8; 8]).unwrap_err();
+}
+
+#[test]
+fn a_variable_whose_data_does_not_match_its_digest_is_not_trusted() {
+    let bytes =
+        std::fs::read(dir().join("keylime_binary_bios_measurements-secureboot.bin")).unwrap();
+    let log = parse(&bytes).unwrap();
+    let e = log
+        .events
+        .iter()
+        .find(|e| {
+            e.driver_config()
+                .ok()
+                .flatten()
+                .is_some_and(|v| v.name == "SecureBoot")
+        })
+        .unwrap();
+    // Rewrite SecureBoot's value in the event data, leaving the digest: the fact is refused.
+    let needle = &e.data;
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle.as_slice())
+        .unwrap()
+        + needle.len()
+        - 1;
+    let mut forged = bytes.clone();
+    forged[at] ^= 1;
+    let e = parse(&forged).unwrap().secure_boot().unwrap_err();
+    assert!(e.to_string().contains("does not hash"), "{e}");
+}
