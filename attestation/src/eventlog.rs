@@ -547,7 +547,7 @@ impl SignatureList {
             }
             r.bytes(header_size)?;
             let sigs_len = body_len - header_size;
-            if sig_size < 16 || sigs_len % sig_size != 0 {
+            if sig_size < 16 || !sigs_len.is_multiple_of(sig_size) {
                 return Err(bad(format!(
                     "SignatureSize {sig_size} does not divide the list"
                 )));
