@@ -146,6 +146,28 @@ fn main() {
             q / raw
         );
     }
+
+    // Event log: parse, replay every bank, and read the Secure Boot and ExitBootServices facts
+    // (their events' data-vs-digest checks included) of Keylime's 49 KB log.
+    let log_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/vectors/eventlogs/keylime_binary_bios_measurements.bin");
+    match std::fs::read(&log_path) {
+        Ok(bytes) => {
+            let r = rate(window, || {
+                let log = writ_attestation::eventlog::parse(black_box(&bytes)).unwrap();
+                black_box(log.replay().unwrap());
+                black_box((log.secure_boot().unwrap(), log.exit_boot_services()));
+            });
+            let events = writ_attestation::eventlog::parse(&bytes)
+                .map(|l| l.events.len())
+                .unwrap_or(0);
+            println!(
+                "\nevent log ({} KB, {events} events): parse + replay + facts: {r:.0} per second",
+                bytes.len() / 1024
+            );
+        }
+        Err(e) => println!("\nevent log benchmark skipped: {}: {e}", log_path.display()),
+    }
 }
 
 fn cpu_model() -> String {
