@@ -568,17 +568,24 @@ impl SignatureList {
 }
 
 impl Event {
-    /// Whether the event data hashes, in every known bank, to the logged digest. Only meaningful
+    /// Whether the event data hashes, in every known bank (at least one), to the logged digest.
+    /// Only meaningful
     /// for events whose digest is defined as the hash of their data (EFI variables of PCR 7,
     /// separators, EFI actions); policy reads those and trusts nothing else about them.
     pub fn data_matches_digests(&self) -> bool {
-        self.digests
-            .iter()
-            .all(|(alg, d)| match HashAlg::from_id(*alg) {
-                Some(HashAlg::Sha1) => sha1::Sha1::digest(&self.data).as_slice() == d.as_slice(),
-                Some(h) => h.digest(&self.data).is_ok_and(|x| &x == d),
-                None => true,
-            })
+        // Every digest of a bank writ can compute must match, and there must be at least one: a
+        // log whose banks are all unknown (e.g. SM3 only) proves nothing about the data.
+        let mut checked = 0usize;
+        let all_match = self.digests.iter().all(|(alg, d)| {
+            let computed = match HashAlg::from_id(*alg) {
+                Some(HashAlg::Sha1) => Some(sha1::Sha1::digest(&self.data).to_vec()),
+                Some(h) => h.digest(&self.data).ok(),
+                None => return true,
+            };
+            checked += 1;
+            computed.is_some_and(|c| &c == d)
+        });
+        all_match && checked > 0
     }
 
     /// The EFI variable of an EV_EFI_VARIABLE_DRIVER_CONFIG event, checked against its digests.

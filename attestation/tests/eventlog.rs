@@ -358,3 +358,27 @@ fn a_variable_whose_data_does_not_match_its_digest_is_not_trusted() {
     let e = parse(&forged).unwrap().secure_boot().unwrap_err();
     assert!(e.to_string().contains("does not hash"), "{e}");
 }
+
+#[test]
+fn an_event_with_no_digest_writ_can_check_proves_nothing() {
+    use writ_attestation::eventlog::{EV_EFI_VARIABLE_DRIVER_CONFIG, Event};
+    let data = b"any data".to_vec();
+    let sha256 = writ_attestation::tpm::HashAlg::Sha256;
+    let mut e = Event {
+        number: 1,
+        pcr: 7,
+        event_type: EV_EFI_VARIABLE_DRIVER_CONFIG,
+        digests: vec![],
+        data: data.clone(),
+    };
+    assert!(!e.data_matches_digests(), "no digest at all");
+    e.digests = vec![(0x0012, vec![0; 32])]; // SM3_256 only: not computable here
+    assert!(!e.data_matches_digests(), "only an unknown bank");
+    e.digests.push((sha256.id(), sha256.digest(&data).unwrap()));
+    assert!(
+        e.data_matches_digests(),
+        "the SHA-256 digest matches; the unknown one is skipped"
+    );
+    e.digests[1].1[0] ^= 1;
+    assert!(!e.data_matches_digests());
+}
