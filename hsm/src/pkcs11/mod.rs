@@ -46,18 +46,17 @@ impl Pkcs11Key {
         let login_key = format!("{}#{}", module_path.display(), uri.token);
         let session = open_session(&module, slot, &pin, &uri.token, &login_key, false)?;
         let name = uri.to_string();
-        let (private, public_obj) = find_key_pair(&session, uri, &name)?;
+        let (private, public_obj, id) = find_key_pair(&session, uri, &name)?;
         let facts = check_private_key(&session, private, &name)?;
         let public = read_public_key(&session, public_obj, &name)?;
         // From here on the key is the object with this label *and* this id: a rebuild after a stale
         // session must find the same key, not another one that took its label.
-        let mut pinned = uri.clone();
-        pinned.id = Some(key_id(&session, private, &name)?);
         let expected = Expected {
             facts: facts.clone(),
             public: public.clone(),
             name: name.clone(),
-            template: key_template(&pinned),
+            label: uri.object.as_bytes().to_vec(),
+            id,
         };
         let pool = SessionPool::new(
             module,
@@ -159,14 +158,7 @@ impl Pkcs11Key {
 
 impl CustodyKey for Pkcs11Key {
     fn sign_digest(&self, digest: &[u8; 32]) -> Result<Signature, CustodyError> {
-        let raw = self.pool.sign(digest)?;
-        match (raw.get(..32), raw.get(32..)) {
-            (Some(r), Some(s)) if raw.len() == 64 => signature_from_scalars(r, s),
-            _ => Err(CustodyError::BadSignature(format!(
-                "CKM_ECDSA returned {} bytes, expected 64",
-                raw.len()
-            ))),
-        }
+        raw_signature(&self.pool.sign(digest)?)
     }
 
     fn algorithm(&self) -> Algorithm {
@@ -347,15 +339,26 @@ fn login(
     }
 }
 
-fn key_template(uri: &Pkcs11Uri) -> Vec<Attribute> {
+fn private_template(label: &[u8], id: Option<&[u8]>) -> Vec<Attribute> {
     let mut t = vec![
         Attribute::Class(ObjectClass::PRIVATE_KEY),
-        Attribute::Label(uri.object.as_bytes().to_vec()),
+        Attribute::Label(label.to_vec()),
     ];
-    if let Some(id) = &uri.id {
-        t.push(Attribute::Id(id.clone()));
+    if let Some(id) = id {
+        t.push(Attribute::Id(id.to_vec()));
     }
     t
+}
+
+/// CKM_ECDSA's raw r || s (64 bytes for P-256) as a low-S signature.
+fn raw_signature(raw: &[u8]) -> Result<Signature, CustodyError> {
+    match (raw.get(..32), raw.get(32..)) {
+        (Some(r), Some(s)) if raw.len() == 64 => signature_from_scalars(r, s),
+        _ => Err(CustodyError::BadSignature(format!(
+            "CKM_ECDSA returned {} bytes, expected 64",
+            raw.len()
+        ))),
+    }
 }
 
 /// What a rebuilt pool must find again: the same attributes and the same public key.
@@ -364,27 +367,21 @@ pub(crate) struct Expected {
     facts: Vec<KeyFact>,
     public: PublicKey,
     name: String,
-    /// Label and the id the key had when first opened.
-    template: Vec<Attribute>,
+    /// The key's label and the id it had when first opened.
+    label: Vec<u8>,
+    id: Vec<u8>,
 }
 
 impl Expected {
     /// Re-reads `key` in `session` and refuses it unless it is the key first opened.
-    pub(crate) fn template(&self) -> &[Attribute] {
-        &self.template
+    /// The private key's search template: its label and pinned id.
+    pub(crate) fn private_template(&self) -> Vec<Attribute> {
+        private_template(&self.label, Some(&self.id))
     }
 
     pub(crate) fn check(&self, session: &Session, key: ObjectHandle) -> Result<(), CustodyError> {
         let facts = check_private_key(session, key, &self.name)?;
-        let id = self.template.iter().find_map(|a| match a {
-            Attribute::Id(id) => Some(id.clone()),
-            _ => None,
-        });
-        let public_template = [
-            Attribute::Class(ObjectClass::PUBLIC_KEY),
-            Attribute::Id(id.unwrap_or_default()),
-        ];
-        let public_obj = find_one(session, &public_template, &self.name)?;
+        let public_obj = find_public(session, &self.label, &self.id, &self.name)?;
         let public = read_public_key(session, public_obj, &self.name)?;
         // The public object could have been copied from the old key: prove the private key matches
         // by a probe signature, as at open.
@@ -392,10 +389,7 @@ impl Expected {
         let proven = session
             .sign(&Mechanism::Ecdsa, key, &probe)
             .ok()
-            .and_then(|raw| {
-                let (r, s) = (raw.get(..32)?, raw.get(32..)?);
-                signature_from_scalars(r, s).ok()
-            })
+            .and_then(|raw| raw_signature(&raw).ok())
             .is_some_and(|sig| {
                 self.public
                     .verifying_key()
@@ -429,29 +423,39 @@ fn key_id(session: &Session, key: ObjectHandle, name: &str) -> Result<Vec<u8>, C
     }
 }
 
-/// Finds exactly one private key and its public key object.
+/// Finds exactly one private key, its public key object, and its id.
 fn find_key_pair(
     session: &Session,
     uri: &Pkcs11Uri,
     name: &str,
-) -> Result<(ObjectHandle, ObjectHandle), CustodyError> {
-    let private = find_one(session, &key_template(uri), name)?;
-    // The public object is looked up by the private key's id, so a stray public object with the same
-    // label but another id cannot be paired with it.
+) -> Result<(ObjectHandle, ObjectHandle, Vec<u8>), CustodyError> {
+    let label = uri.object.as_bytes();
+    let private = find_one(session, &private_template(label, uri.id.as_deref()), name)?;
     let id = key_id(session, private, name)?;
-    let public_template = [
+    let public = find_public(session, label, &id, name)?;
+    Ok((private, public, id))
+}
+
+/// The public key object with the private key's label and id, so a stray public object with the
+/// same label but another id cannot be paired with it.
+fn find_public(
+    session: &Session,
+    label: &[u8],
+    id: &[u8],
+    name: &str,
+) -> Result<ObjectHandle, CustodyError> {
+    let template = [
         Attribute::Class(ObjectClass::PUBLIC_KEY),
-        Attribute::Label(uri.object.as_bytes().to_vec()),
-        Attribute::Id(id),
+        Attribute::Label(label.to_vec()),
+        Attribute::Id(id.to_vec()),
     ];
-    let public = find_one(session, &public_template, name).map_err(|e| match e {
+    find_one(session, &template, name).map_err(|e| match e {
         CustodyError::KeyNotFound(k) => CustodyError::UnsupportedKey {
             key: k,
             reason: "no public key object with the private key's label and id".into(),
         },
         other => other,
-    })?;
-    Ok((private, public))
+    })
 }
 
 pub(crate) fn find_one(

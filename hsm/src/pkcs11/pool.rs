@@ -191,7 +191,7 @@ impl SessionPool {
             }
         }
         let session = self.open()?;
-        let key = super::find_one(&session, self.expected.template(), &self.token)?;
+        let key = super::find_one(&session, &self.expected.private_template(), &self.token)?;
         // The same label and id, the same safe attributes, the same public key, and a probe
         // signature that verifies under it: else refuse.
         self.expected.check(&session, key)?;

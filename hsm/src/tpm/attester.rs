@@ -427,23 +427,8 @@ impl Attester {
         key: &LoadedKey,
         digest: &[u8; 32],
     ) -> Result<p256::ecdsa::Signature, CustodyError> {
-        let digest = Digest::try_from(digest.to_vec()).map_err(|e| CustodyError::tpm("Sign", e))?;
-        let ticket = super::key::null_ticket()?;
-        let scheme = SignatureScheme::EcDsa {
-            hash_scheme: HashScheme::new(HashingAlgorithm::Sha256),
-        };
         let mut st = self.lock_for(&[key])?;
-        let sig = st.with_session("Sign", key.auth, |c| {
-            c.sign(key.handle, digest.clone(), scheme, ticket.clone())
-        })?;
-        match sig {
-            tss_esapi::structures::Signature::EcDsa(s) => {
-                crate::key::signature_from_scalars(s.signature_r().value(), s.signature_s().value())
-            }
-            _ => Err(CustodyError::BadSignature(
-                "TPM returned a non-ECDSA signature".into(),
-            )),
-        }
+        super::key::sign_p256(&mut st, key.handle, key.auth, digest)
     }
 
     /// Makes a loaded key persistent at `handle` (owner hierarchy, empty owner auth).

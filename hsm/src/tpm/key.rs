@@ -27,7 +27,7 @@ use tss_esapi::tss2_esys::TPMT_TK_HASHCHECK;
 use tss_esapi::utils::create_unrestricted_signing_ecc_public;
 use zeroize::Zeroizing;
 
-use super::{ObjectAuth, TpmDevice, create_srk, flush};
+use super::{DeviceState, ObjectAuth, TpmDevice, create_srk, flush};
 use crate::CustodyError;
 use crate::key::{Algorithm, Backend, CustodyKey, KeyFact, PublicKey, signature_from_scalars};
 use crate::uri::TpmUri;
@@ -139,21 +139,14 @@ impl TpmKey {
         Self::open(uri)
     }
 
-    fn sign_once(&self, digest: &Digest) -> Result<tss_esapi::structures::Signature, CustodyError> {
-        let scheme = SignatureScheme::EcDsa {
-            hash_scheme: HashScheme::new(HashingAlgorithm::Sha256),
-        };
-        let ticket = null_ticket()?;
+    fn sign_once(&self, digest: &[u8; 32]) -> Result<Signature, CustodyError> {
         let mut st = self.device.lock()?;
         let object = st.persistent(self.persistent, &self.uri)?;
         // Set this key's authValue right before the command: another key of this process may name
         // the same handle (sharing its ESYS handle) with another auth-source.
         st.tr_set_auth(object, tpm_auth(&self.auth)?)
             .map_err(|e| CustodyError::tpm("TR_SetAuth", e))?;
-        let handle = KeyHandle::from(object);
-        st.with_session("Sign", ObjectAuth::Set, |c| {
-            c.sign(handle, digest.clone(), scheme, ticket.clone())
-        })
+        sign_p256(&mut st, KeyHandle::from(object), ObjectAuth::Set, digest)
     }
 
     /// Signs a probe and verifies it with the public area the TPM reported: proves the authValue
@@ -171,24 +164,14 @@ impl TpmKey {
 
 impl CustodyKey for TpmKey {
     fn sign_digest(&self, digest: &[u8; 32]) -> Result<Signature, CustodyError> {
-        let digest = Digest::try_from(digest.to_vec()).map_err(|e| CustodyError::tpm("Sign", e))?;
-        let signature = match self.sign_once(&digest) {
+        match self.sign_once(digest) {
             // The connection was lost and the device marked broken: the next lock reconnects and
             // translates the handle again. One more try.
             Err(CustodyError::TpmUnavailable { .. }) => {
                 tracing::warn!(key = %self.uri, "TPM connection lost; reconnecting and signing again");
-                self.sign_once(&digest)?
+                self.sign_once(digest)
             }
-            other => other?,
-        };
-        match signature {
-            tss_esapi::structures::Signature::EcDsa(sig) => {
-                signature_from_scalars(sig.signature_r().value(), sig.signature_s().value())
-            }
-            other => Err(CustodyError::BadSignature(format!(
-                "TPM returned a {:?} signature, expected ECDSA",
-                other.algorithm()
-            ))),
+            other => other,
         }
     }
 
@@ -214,6 +197,33 @@ impl CustodyKey for TpmKey {
 
     fn facts(&self) -> &[KeyFact] {
         &self.facts
+    }
+}
+
+/// TPM2_Sign of a SHA-256 digest with an unrestricted ECDSA P-256 key (null hashcheck ticket),
+/// returned low-S. Custody keys and the attester's holder keys both sign through this.
+pub(crate) fn sign_p256(
+    st: &mut DeviceState,
+    key: KeyHandle,
+    auth: ObjectAuth,
+    digest: &[u8; 32],
+) -> Result<Signature, CustodyError> {
+    let digest = Digest::try_from(digest.to_vec()).map_err(|e| CustodyError::tpm("Sign", e))?;
+    let scheme = SignatureScheme::EcDsa {
+        hash_scheme: HashScheme::new(HashingAlgorithm::Sha256),
+    };
+    let ticket = null_ticket()?;
+    let signature = st.with_session("Sign", auth, |c| {
+        c.sign(key, digest.clone(), scheme, ticket.clone())
+    })?;
+    match signature {
+        tss_esapi::structures::Signature::EcDsa(sig) => {
+            signature_from_scalars(sig.signature_r().value(), sig.signature_s().value())
+        }
+        other => Err(CustodyError::BadSignature(format!(
+            "TPM returned a {:?} signature, expected ECDSA",
+            other.algorithm()
+        ))),
     }
 }
 
@@ -255,7 +265,7 @@ fn tpm_auth(secret: &[u8]) -> Result<Auth, CustodyError> {
     })
 }
 
-pub(crate) fn null_ticket() -> Result<HashcheckTicket, CustodyError> {
+fn null_ticket() -> Result<HashcheckTicket, CustodyError> {
     HashcheckTicket::try_from(TPMT_TK_HASHCHECK {
         tag: TPM2_ST_HASHCHECK,
         hierarchy: TPM2_RH_NULL,
