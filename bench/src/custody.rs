@@ -11,6 +11,8 @@
     clippy::indexing_slicing
 )]
 
+mod machine;
+
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,11 +61,7 @@ fn main() {
     let label = std::env::var(ENV_LABEL).unwrap();
     let pin = std::fs::read_to_string(format!("{dir}/user.pin")).unwrap();
     let window = Duration::from_secs_f64(args.seconds);
-    println!(
-        "machine: {} cores, {}",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        cpu_model()
-    );
+    println!("machine: {}", machine::describe());
     println!("window: {:.1} s per figure\n", args.seconds);
     println!(
         "{:<44} {:>12} {:>12}",
@@ -242,15 +240,4 @@ fn raw_softhsm(label: &str, pin: &str, workers: usize, window: Duration) -> f64 
         handles.into_iter().map(|h| h.join().unwrap()).sum()
     });
     total as f64 / start.elapsed().as_secs_f64()
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
 }

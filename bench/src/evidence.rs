@@ -10,6 +10,8 @@
     clippy::indexing_slicing
 )]
 
+mod machine;
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -104,9 +106,8 @@ fn main() {
     .to_tpmt();
 
     println!(
-        "machine: {} cores, {}; one thread; {:.1} s per figure",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        cpu_model(),
+        "machine: {}; one thread; {:.1} s per figure",
+        machine::describe(),
         args.seconds
     );
     println!(
@@ -168,15 +169,4 @@ fn main() {
         }
         Err(e) => println!("\nevent log benchmark skipped: {}: {e}", log_path.display()),
     }
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
 }
