@@ -90,6 +90,9 @@ pub enum EvidenceError {
     /// The certified key is not a TPM-bound signing key.
     #[error("certified key refused: {0}")]
     CertifiedKey(String),
+    /// A reference-value profile is malformed or accepts nothing.
+    #[error("reference profile: {0}")]
+    Profile(String),
 }
 
 impl EvidenceError {
@@ -120,6 +123,7 @@ impl EvidenceError {
             EvidenceError::EventLog(_) => "event_log",
             EvidenceError::PcrReplay { .. } => "pcr_replay",
             EvidenceError::Checkpoint(_) => "checkpoint",
+            EvidenceError::Profile(_) => "profile",
         }
     }
 }

@@ -6,10 +6,15 @@
 //! initial value), EV_NO_ACTION events that extend nothing, every bank the Spec ID event declares
 //! (SHA-1, SHA-256, SHA-384, SHA-512 replayed; others skipped by their declared size), replay and
 //! comparison naming the PCR and bank; EFI variables of PCR 7 with their signature lists (header
-//! size honoured), checked against their digests, and the Secure Boot and ExitBootServices facts.
-//! Not built yet: boot applications with device paths, GPT, IPL events, and appraisal.
+//! size honoured), checked against their digests, and the Secure Boot and ExitBootServices facts;
+//! typed events ([`Detail`]: images with their device paths, firmware blobs, GPT, IPL strings,
+//! boot options). Appraisal against reference values is in [`crate::appraisal`].
 
 use sha2::Digest as _;
+
+pub mod simulated;
+mod typed;
+pub use typed::*;
 
 use crate::error::EvidenceError;
 use crate::tpm::HashAlg;
@@ -64,6 +69,8 @@ pub struct EventLog {
     pub banks: Vec<(u16, usize)>,
     /// The StartupLocality event's locality (0 when there is none).
     pub startup_locality: u8,
+    /// The platform's UINTN size in bytes (4 or 8), from the Spec ID event (8 for legacy logs).
+    pub uintn_size: usize,
     /// Every event after the Spec ID event.
     pub events: Vec<Event>,
 }
@@ -142,11 +149,12 @@ pub fn parse(bytes: &[u8]) -> Result<EventLog, EvidenceError> {
         format: Format::Sha1,
         banks: vec![(HashAlg::Sha1.id(), 20)],
         startup_locality: 0,
+        uintn_size: 8,
         events: Vec::new(),
     };
     if agile {
         log.format = Format::CryptoAgile;
-        log.banks = spec_id_banks(&first_data)?;
+        (log.banks, log.uintn_size) = spec_id_banks(&first_data)?;
         if first_pcr != 0 {
             return Err(bad("the Spec ID event is not on PCR 0"));
         }
@@ -206,6 +214,10 @@ pub fn parse(bytes: &[u8]) -> Result<EventLog, EvidenceError> {
             }
         };
         let data = event_data(&mut r)?.to_vec();
+        if event_type == EV_NO_ACTION && data.starts_with(SPEC_ID) {
+            // One Spec ID event, first: a later one would redeclare the banks under the events.
+            return Err(bad(format!("event {number}: a second Spec ID event")));
+        }
         if event_type == EV_NO_ACTION && data.starts_with(STARTUP_LOCALITY) {
             if pcr != 0 {
                 return Err(bad("StartupLocality event not on PCR 0"));
@@ -232,11 +244,17 @@ pub fn parse(bytes: &[u8]) -> Result<EventLog, EvidenceError> {
     Ok(log)
 }
 
-fn spec_id_banks(data: &[u8]) -> Result<Vec<(u16, usize)>, EvidenceError> {
+fn spec_id_banks(data: &[u8]) -> Result<(Vec<(u16, usize)>, usize), EvidenceError> {
     let mut r = Le { buf: data, pos: 0 };
     r.bytes(SPEC_ID.len())?;
     let _platform_class = r.u32()?;
-    let (_minor, _major, _errata, _uintn) = (r.u8()?, r.u8()?, r.u8()?, r.u8()?);
+    let (_minor, _major, _errata, uintn) = (r.u8()?, r.u8()?, r.u8()?, r.u8()?);
+    // uintnSize: 1 for UINT32, 2 for UINT64.
+    let uintn_size = match uintn {
+        1 => 4,
+        2 => 8,
+        other => return Err(bad(format!("the Spec ID event gives uintnSize {other}"))),
+    };
     let count = r.u32()? as usize;
     if count == 0 || count > MAX_BANKS {
         return Err(bad(format!("the Spec ID event declares {count} banks")));
@@ -263,7 +281,7 @@ fn spec_id_banks(data: &[u8]) -> Result<Vec<(u16, usize)>, EvidenceError> {
     }
     let vendor = usize::from(r.u8()?);
     r.bytes(vendor)?;
-    Ok(banks)
+    Ok((banks, uintn_size))
 }
 
 fn extend(bank: HashAlg, old: &[u8], digest: &[u8]) -> Vec<u8> {
@@ -482,6 +500,17 @@ pub struct EfiVariable {
 impl EfiVariable {
     /// Parses UEFI_VARIABLE_DATA (lengths bounded; the whole event data must be consumed).
     pub fn parse(data: &[u8]) -> Result<Self, EvidenceError> {
+        Self::parse_inner(data, true)
+    }
+
+    /// As [`EfiVariable::parse`], but bytes after the variable's data are tolerated: some
+    /// firmware logs EV_EFI_VARIABLE_AUTHORITY with a VariableDataLength shorter than what it
+    /// measured. For describing events only; policy reads variables with [`EfiVariable::parse`].
+    pub fn parse_lenient(data: &[u8]) -> Result<Self, EvidenceError> {
+        Self::parse_inner(data, false)
+    }
+
+    fn parse_inner(data: &[u8], strict: bool) -> Result<Self, EvidenceError> {
         let mut r = Le { buf: data, pos: 0 };
         let guid: [u8; 16] = r.bytes(16)?.try_into().map_err(|_| bad("GUID"))?;
         let name_len = u64::from_le_bytes(r.bytes(8)?.try_into().map_err(|_| bad("name length"))?);
@@ -502,7 +531,7 @@ impl EfiVariable {
         let value = r
             .bytes(usize::try_from(data_len).map_err(|_| bad("data length"))?)?
             .to_vec();
-        if !r.done() {
+        if strict && !r.done() {
             return Err(bad("trailing bytes after UEFI_VARIABLE_DATA"));
         }
         Ok(EfiVariable {

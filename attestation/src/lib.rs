@@ -7,17 +7,22 @@
 //! * [`crypto`]: the signature provider trait, with aws-lc-rs and RustCrypto implementations;
 //! * [`evidence`]: AK checks, quote and certify verification returning proof values, EK
 //!   certificate chains, software MakeCredential;
-//! * [`eventlog`]: the TCG PC Client firmware event log, replay and comparison with a quote;
+//! * [`eventlog`]: the TCG PC Client firmware event log, typed events, replay and comparison
+//!   with a quote;
+//! * [`appraisal`]: reference-value profiles and appraisal of verified evidence, with a reason for
+//!   every failed rule; [`ear`]: the result as EAR claims (draft-ietf-rats-ear);
 //! * [`log`]: RFC 6962 Merkle proofs and C2SP signed checkpoints;
 //! * [`jwk`]: P-256 public keys as JWKs and their RFC 7638 thumbprints.
 //!
-//! Not built yet (see the README's status table): typed events and appraisal, EAR, the writ /
-//! proof / bundle formats, request digests, offline writ verification.
+//! Not built yet (see the README's status table): EAR signing (JWT), the writ / proof / bundle
+//! formats, request digests, offline writ verification.
 //!
 //! This crate contains no `unsafe` code.
 #![forbid(unsafe_code)]
 
+pub mod appraisal;
 pub mod crypto;
+pub mod ear;
 mod error;
 pub mod eventlog;
 pub mod evidence;

@@ -62,6 +62,36 @@ pub struct TrustedEk {
     key: EkPublicKey,
     certificate_sha256: [u8; 32],
     chain: Vec<String>,
+    tpm: TpmAttributes,
+}
+
+/// The TPM attributes of an EK certificate's subjectAltName directoryName (TCG EK Credential
+/// Profile: tcg-at-tpmManufacturer, tcg-at-tpmModel, tcg-at-tpmVersion), as written there.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TpmAttributes {
+    /// The manufacturer, e.g. `id:49424D00` (the TCG vendor ID of "IBM").
+    pub manufacturer: Option<String>,
+    /// The model, e.g. `swtpm`.
+    pub model: Option<String>,
+    /// The firmware version, e.g. `id:00020065`.
+    pub version: Option<String>,
+}
+
+impl TpmAttributes {
+    /// The manufacturer's four-character vendor ID (`id:49424D00` is `IBM`), if it is one.
+    pub fn vendor(&self) -> Option<String> {
+        let id = self.manufacturer.as_deref()?.strip_prefix("id:")?;
+        if id.len() != 8 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+            return None;
+        }
+        let bytes: Vec<u8> = (0..4)
+            .filter_map(|i| u8::from_str_radix(id.get(i * 2..i * 2 + 2)?, 16).ok())
+            .filter(|b| *b != 0)
+            .collect();
+        let text = String::from_utf8(bytes).ok()?;
+        let text = text.trim().to_string();
+        (!text.is_empty() && text.chars().all(|c| c.is_ascii_graphic())).then_some(text)
+    }
 }
 
 impl TrustedEk {
@@ -76,6 +106,10 @@ impl TrustedEk {
     /// Subjects from the EK certificate up to the anchor, for explanations.
     pub fn chain(&self) -> &[String] {
         &self.chain
+    }
+    /// The TPM's manufacturer, model and version, as the certificate names them.
+    pub fn tpm(&self) -> &TpmAttributes {
+        &self.tpm
     }
 
     /// Checks that an EK public area an attester sent is this certificate's key. writ never uses
@@ -118,6 +152,38 @@ impl TrustedEk {
             Err(EvidenceError::EkMismatch)
         }
     }
+}
+
+const OID_TPM_MANUFACTURER: &str = "2.23.133.2.1";
+const OID_TPM_MODEL: &str = "2.23.133.2.2";
+const OID_TPM_VERSION: &str = "2.23.133.2.3";
+
+/// Reads the TCG attributes from the subjectAltName's directoryName (absent ones stay `None`).
+fn tpm_attributes(ek: &Certificate) -> TpmAttributes {
+    use x509_cert::ext::pkix::SubjectAltName;
+    use x509_cert::ext::pkix::name::GeneralName;
+    let mut out = TpmAttributes::default();
+    let Ok(Some((_, san))) = ek.tbs_certificate().get_extension::<SubjectAltName>() else {
+        return out;
+    };
+    for name in &san.0 {
+        let GeneralName::DirectoryName(dn) = name else {
+            continue;
+        };
+        for atv in dn.iter() {
+            let Ok(text) = std::str::from_utf8(atv.value.value()) else {
+                continue;
+            };
+            let slot = match atv.oid.to_string().as_str() {
+                OID_TPM_MANUFACTURER => &mut out.manufacturer,
+                OID_TPM_MODEL => &mut out.model,
+                OID_TPM_VERSION => &mut out.version,
+                _ => continue,
+            };
+            *slot = Some(text.to_string());
+        }
+    }
+    out
 }
 
 fn untrusted(why: String) -> EvidenceError {
@@ -216,6 +282,7 @@ impl EkTrustStore {
             key,
             certificate_sha256: sha256(ek_der),
             chain,
+            tpm: tpm_attributes(&ek),
         })
     }
 

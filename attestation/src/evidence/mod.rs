@@ -8,7 +8,7 @@ mod quote;
 
 pub use certify::{CertifiedKey, verify_certify};
 pub use credential::{CredentialChallenge, EkPublicKey, make_credential};
-pub use ek::{EkTrustStore, TrustedEk};
+pub use ek::{EkTrustStore, TpmAttributes, TrustedEk};
 pub use quote::{CounterChange, VerifiedQuote, verify_quote};
 
 use crate::crypto::{CryptoProvider, SigAlg, SignatureValue, VerifyKey};

@@ -87,6 +87,18 @@ impl HashAlg {
         }
     }
 
+    /// From its tpm2-tools name (`sha1`, `sha256`, `sha384`, `sha512`).
+    pub fn from_name(name: &str) -> Option<Self> {
+        [
+            HashAlg::Sha1,
+            HashAlg::Sha256,
+            HashAlg::Sha384,
+            HashAlg::Sha512,
+        ]
+        .into_iter()
+        .find(|h| h.name() == name)
+    }
+
     /// The tpm2-tools name.
     pub fn name(self) -> &'static str {
         match self {
