@@ -1,10 +1,12 @@
-//! `writ`: the appliance and its CLI. Built so far: `writ keys` (key custody) and `writ
-//! verify-quote` (TPM quote verification, tpm2-tools formats). `writ serve`,
+//! `writ`: the appliance and its CLI. Built so far: `writ keys` (key custody), `writ
+//! verify-quote` (TPM quote verification, tpm2-tools formats), `writ eventlog`, `writ appraise`
+//! and `writ reference capture` (measured boot). `writ serve`,
 //! `writ admin`, `writ agent` and `writ audit` are not built yet (see the README).
 #![forbid(unsafe_code)]
 
 mod dev;
 mod keys;
+mod measured_boot;
 mod verify_quote;
 
 use std::process::ExitCode;
@@ -27,6 +29,15 @@ enum Command {
     /// Verify a TPM2_Quote made by tpm2-tools (as tpm2_checkquote does). Exit 0 verified, 1
     /// rejected with the failed check named, 2 usage or input error.
     VerifyQuote(verify_quote::VerifyQuote),
+    /// Read firmware event logs: typed events, replay, comparison with PCR values.
+    #[command(subcommand)]
+    Eventlog(measured_boot::EventlogCommand),
+    /// Appraise a verified quote and its event log against a reference profile; prints the EAR.
+    /// Exit 0 affirming, 1 anything else (the reasons are named), 2 usage or input error.
+    Appraise(measured_boot::Appraise),
+    /// Reference-value profiles.
+    #[command(subcommand)]
+    Reference(measured_boot::ReferenceCommand),
     /// Tools for the local dev stack (simulated measured boot for swtpm).
     #[command(subcommand)]
     Dev(dev::DevCommand),
@@ -45,6 +56,9 @@ fn main() -> ExitCode {
         Command::Keys(cmd) => keys::run(cmd),
         Command::Dev(cmd) => dev::run(cmd),
         Command::VerifyQuote(args) => return verify_quote::run(args),
+        Command::Eventlog(cmd) => return measured_boot::eventlog(cmd),
+        Command::Appraise(args) => return measured_boot::appraise_cmd(args),
+        Command::Reference(cmd) => return measured_boot::reference(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Args;
 use writ_attestation::EvidenceError;
 use writ_attestation::crypto::default_provider;
-use writ_attestation::evidence::{CheckedAk, Nonce, verify_quote};
+use writ_attestation::evidence::{CheckedAk, Nonce, VerifiedQuote, verify_quote};
 use writ_attestation::tpm::attest::Attest;
 use writ_attestation::tpm::pcr::PcrSelection;
 use writ_attestation::tpm::public::Public;
@@ -19,6 +19,13 @@ const MAX_FILE: u64 = 64 * 1024;
 
 #[derive(Debug, Args)]
 pub struct VerifyQuote {
+    #[command(flatten)]
+    quote: QuoteArgs,
+}
+
+/// The quote files tpm2-tools writes, and what the quote must answer.
+#[derive(Debug, Args)]
+pub struct QuoteArgs {
     /// The AK's public area: TPM2B_PUBLIC as `tpm2_createak -u` writes it (or a bare TPMT_PUBLIC).
     /// A PEM key is refused: it carries none of the attributes that make a key an AK.
     #[arg(long)]
@@ -45,18 +52,24 @@ fn input(what: &str, e: impl std::fmt::Display) -> String {
     format!("{what}: {e}")
 }
 
-fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>, String> {
+/// Reads a small input file (bounded).
+pub fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>, String> {
+    read_bounded(path, what, MAX_FILE)
+}
+
+/// Reads an input file of at most `max` bytes.
+pub fn read_bounded(path: &PathBuf, what: &str, max: u64) -> Result<Vec<u8>, String> {
     use std::io::Read;
     let file =
         std::fs::File::open(path).map_err(|e| input(what, format!("{}: {e}", path.display())))?;
     let mut buf = Vec::new();
-    file.take(MAX_FILE + 1)
+    file.take(max + 1)
         .read_to_end(&mut buf)
         .map_err(|e| input(what, e))?;
-    if buf.len() as u64 > MAX_FILE {
+    if buf.len() as u64 > max {
         return Err(input(
             what,
-            format!("{} is larger than {MAX_FILE} bytes", path.display()),
+            format!("{} is larger than {max} bytes", path.display()),
         ));
     }
     Ok(buf)
@@ -71,37 +84,55 @@ fn ak_public(bytes: &[u8]) -> Result<Public, EvidenceError> {
     Public::from_tpm2b(bytes).or_else(|_| Public::from_tpmt(bytes))
 }
 
+/// Why a quote was not verified.
+pub enum QuoteFailure {
+    /// An input could not be read or is not the structure it should be (exit 2).
+    Input(String),
+    /// The quote was checked and refused (exit 1).
+    Rejected(EvidenceError),
+}
+
+impl QuoteArgs {
+    /// Reads the files and verifies the quote with writ's verifier.
+    pub fn verify(&self) -> Result<VerifiedQuote, QuoteFailure> {
+        let inputs = (|| -> Result<_, String> {
+            let ak = read(&self.ak, "--ak")?;
+            let message = read(&self.message, "--message")?;
+            let signature = read(&self.signature, "--signature")?;
+            let pcr_file = read(&self.pcrs, "--pcrs")?;
+            let nonce_bytes = hex::decode(self.nonce.trim()).map_err(|e| input("--nonce", e))?;
+            let nonce = Nonce::new(&nonce_bytes).map_err(|e| input("--nonce", e))?;
+            let required: PcrSelection =
+                self.pcr_list.parse().map_err(|e| input("--pcr-list", e))?;
+            let (_, values) = read_pcr_file(&pcr_file).map_err(|e| input("--pcrs", e))?;
+            let public = ak_public(&ak).map_err(|e| input("--ak", e))?;
+            // Structure only, untrusted until the signature is checked: a file that is not a
+            // TPMS_ATTEST or TPMT_SIGNATURE at all is an input error (2), not a rejection (1).
+            Attest::parse(&message).map_err(|e| input("--message", e))?;
+            Signature::from_tpmt(&signature).map_err(|e| input("--signature", e))?;
+            Ok((public, message, signature, nonce, required, values))
+        })();
+        let (public, message, signature, nonce, required, values) =
+            inputs.map_err(QuoteFailure::Input)?;
+        CheckedAk::check(public)
+            .and_then(|ak| {
+                verify_quote(
+                    default_provider(),
+                    &ak,
+                    &message,
+                    &signature,
+                    &nonce,
+                    &required,
+                    &values,
+                )
+            })
+            .map_err(QuoteFailure::Rejected)
+    }
+}
+
 pub fn run(args: VerifyQuote) -> ExitCode {
-    let inputs = (|| -> Result<_, String> {
-        let ak = read(&args.ak, "--ak")?;
-        let message = read(&args.message, "--message")?;
-        let signature = read(&args.signature, "--signature")?;
-        let pcr_file = read(&args.pcrs, "--pcrs")?;
-        let nonce_bytes = hex::decode(args.nonce.trim()).map_err(|e| input("--nonce", e))?;
-        let nonce = Nonce::new(&nonce_bytes).map_err(|e| input("--nonce", e))?;
-        let required: PcrSelection = args.pcr_list.parse().map_err(|e| input("--pcr-list", e))?;
-        let (_, values) = read_pcr_file(&pcr_file).map_err(|e| input("--pcrs", e))?;
-        let public = ak_public(&ak).map_err(|e| input("--ak", e))?;
-        // Structure only, untrusted until the signature is checked: a file that is not a
-        // TPMS_ATTEST or TPMT_SIGNATURE at all is an input error (2), not a rejection (1).
-        Attest::parse(&message).map_err(|e| input("--message", e))?;
-        Signature::from_tpmt(&signature).map_err(|e| input("--signature", e))?;
-        Ok((public, message, signature, nonce, required, values))
-    })();
-    let (public, message, signature, nonce, required, values) = match inputs {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("writ verify-quote: error: {e}");
-            return ExitCode::from(2);
-        }
-    };
     let provider = default_provider();
-    let verdict = CheckedAk::check(public).and_then(|ak| {
-        verify_quote(
-            provider, &ak, &message, &signature, &nonce, &required, &values,
-        )
-    });
-    match verdict {
+    match args.quote.verify() {
         Ok(q) => {
             let c = q.clock();
             println!(
@@ -119,7 +150,11 @@ pub fn run(args: VerifyQuote) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Err(e) => {
+        Err(QuoteFailure::Input(e)) => {
+            eprintln!("writ verify-quote: error: {e}");
+            ExitCode::from(2)
+        }
+        Err(QuoteFailure::Rejected(e)) => {
             println!("rejected: {}: {e}", e.code());
             ExitCode::from(1)
         }

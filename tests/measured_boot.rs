@@ -125,3 +125,57 @@ fn tpm2_eventlog_reads_the_simulated_log_and_replays_it_alike() {
         );
     }
 }
+
+#[test]
+fn appraisal_affirms_the_simulated_boot_and_names_a_later_measurement() {
+    use writ_attestation::appraisal::{LoadedProfile, Status, appraise, capture};
+    use writ_attestation::tpm::HashAlg;
+    let (_tpm, attester, log, quote) = boot_and_quote(BootProfile::SecureBoot);
+    let parsed = parse(&log).unwrap();
+    let profile = capture(
+        "swtpm",
+        &parsed,
+        &quote,
+        HashAlg::Sha256,
+        &[0, 1, 2, 3, 4, 5, 6, 7],
+    )
+    .unwrap();
+    let loaded = LoadedProfile::from_json(&serde_json::to_vec(&profile).unwrap()).unwrap();
+    let a = appraise(&loaded, &parsed, &quote, None);
+    assert_eq!(a.status, Status::Affirming, "{:#?}", a.reasons);
+
+    // Something measured into PCR 4 after the log was taken: a fresh quote is contraindicated,
+    // and the reason names PCR 4 with the replayed and the quoted values.
+    attester.extend_pcr(4, &[7u8; 32]).unwrap();
+    let ak_blob = attester.create_ak().unwrap();
+    let ak = CheckedAk::from_tpmt(&ak_blob.public).unwrap();
+    let loaded_ak = attester.load_ak(&ak_blob).unwrap();
+    let selection: PcrSelection = SPEC.parse().unwrap();
+    let nonce = Nonce::new(&[0x44; 32]).unwrap();
+    let q = attester
+        .quote(&loaded_ak, nonce.as_bytes(), &selection)
+        .unwrap();
+    let values = attester.read_pcrs(&selection).unwrap();
+    let later = verify_quote(
+        &AwsLc,
+        &ak,
+        &q.attest,
+        &q.signature,
+        &nonce,
+        &selection,
+        &values,
+    )
+    .unwrap();
+    let a = appraise(&loaded, &parsed, &later, None);
+    assert_eq!(a.status, Status::Contraindicated);
+    let r = a
+        .reasons
+        .iter()
+        .find(|r| r.code == "pcr_replay")
+        .unwrap_or_else(|| panic!("{:#?}", a.reasons));
+    assert_eq!((r.pcr, r.bank), (Some(4), Some("sha256")));
+    assert_eq!(
+        r.found.as_deref(),
+        Some(hex::encode(values.get(HashAlg::Sha256, 4).unwrap()).as_str())
+    );
+}

@@ -3,11 +3,13 @@
 #
 # What this does today (numbered steps below): installs missing packages, builds writ, starts a
 # private SoftHSM2 token and a private swtpm (deploy/dev/stack.sh), plays a simulated measured boot
-# into the swtpm, generates the appliance's keys by purpose in the token and one in the TPM, and
+# into the swtpm, quotes it and appraises the quote and the event log against a reference profile
+# (captured on the first run), generates the appliance's keys by purpose in the token and one in the TPM, and
 # shows what makes each key safe. It runs again on the
 # same machine without clean-up: existing keys are shown, never overwritten.
 #
-# Not built yet (see README): enrollment, attestation, issuance, the decision log, the gateway.
+# Not built yet (see README): enrollment, attestation as a service, issuance, the decision log,
+# the gateway.
 # When they land, this script grows into the full chain (issue 17).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -37,6 +39,35 @@ if [ ! -s "$boot_log" ] || [ "$WRIT_DEV_DIR/swtpm/swtpm.pid" -nt "$boot_log" ]; 
 else
   echo "(this swtpm boot was already measured: $boot_log)"
 fi
+
+say "Appraising that boot: a fresh TPM2_Quote (tpm2-tools AK), the reference profile, the EAR"
+att="$WRIT_DEV_DIR/attest"
+mkdir -p "$att"
+nonce=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+(
+  cd "$att"
+  # No resource manager in front of swtpm: flush transient objects between steps.
+  tpm2_createek -c ek.ctx -G rsa -u ek.pub >/dev/null
+  tpm2_flushcontext -t
+  tpm2_createak -C ek.ctx -c ak.ctx -G ecc -g sha256 -s ecdsa -u ak.pub >/dev/null
+  tpm2_flushcontext -t
+  tpm2_quote -c ak.ctx -l sha256:0,1,2,3,4,5,6,7 -q "$nonce" -m quote.msg -s quote.sig \
+    -o quote.pcrs -g sha256 >/dev/null
+  tpm2_flushcontext -t
+)
+quote_args=(--ak "$att/ak.pub" --message "$att/quote.msg" --signature "$att/quote.sig"
+  --pcrs "$att/quote.pcrs" --nonce "$nonce" --pcr-list sha256:0,1,2,3,4,5,6,7)
+profile="$WRIT_DEV_DIR/reference-profile.json"
+if [ ! -s "$profile" ]; then
+  "$writ" reference capture --log "$boot_log" "${quote_args[@]}" --name writ-dev-swtpm --out "$profile"
+else
+  echo "(reference profile captured earlier: $profile)"
+fi
+"$writ" appraise --profile "$profile" --log "$boot_log" "${quote_args[@]}" \
+  --ek-cert "$WRIT_DEV_DIR/swtpm/state/ek-rsa2048.crt" \
+  --ek-roots "$WRIT_DEV_DIR/swtpm/ca/swtpm-localca-rootca-cert.pem" \
+  --ek-roots "$WRIT_DEV_DIR/swtpm/ca/issuercert.pem" >"$att/ear.json"
+echo "EAR (draft-ietf-rats-ear claims, unsigned: signing with the 'ear' key comes with writ serve): $att/ear.json"
 
 shown=$(mktemp)
 trap 'rm -f "$shown"' EXIT

@@ -337,7 +337,8 @@ pub fn device_path_text(bytes: &[u8]) -> Result<String, EvidenceError> {
             (0x04, 0x04) => utf16_text(body),
             (0x04, 0x06) if body.len() == 16 => format!("FvFile({})", guid_string(&guid(&mut b)?)),
             (0x04, 0x07) if body.len() == 16 => format!("Fv({})", guid_string(&guid(&mut b)?)),
-            (0x04, 0x08) if body.len() >= 16 => {
+            (0x04, 0x08) if body.len() >= 20 => {
+                let _reserved = b.u32()?;
                 let start = u64le(&mut b)?;
                 let end = u64le(&mut b)?;
                 format!("Offset({start:#x},{end:#x})")
