@@ -204,7 +204,9 @@ pub fn eventlog(cmd: EventlogCommand) -> ExitCode {
                 Format::Text => {
                     out += &format!(
                         "{} log, banks {}, startup locality {}, {} events\n",
-                        doc.get("format").and_then(Value::as_str).unwrap_or_default(),
+                        doc.get("format")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default(),
                         log.banks
                             .iter()
                             .map(|(a, _)| bank_name(*a))

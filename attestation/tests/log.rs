@@ -323,3 +323,51 @@ fn checkpoint_refusals() {
     parts[1] = "00000000";
     assert!(NoteVerifier::parse(&parts.join("+")).is_err());
 }
+
+/// Subtrees computed from a leaf list, to check the store-facing generators against the
+/// in-memory ones.
+struct Leaves(Vec<writ_attestation::log::merkle::Hash>);
+
+impl writ_attestation::log::merkle::SubtreeSource for Leaves {
+    type Error = writ_attestation::EvidenceError;
+    fn subtree(&mut self, level: u32, index: u64) -> Result<[u8; 32], Self::Error> {
+        let start = (index << level) as usize;
+        let end = start + (1usize << level);
+        Ok(writ_attestation::log::merkle::root(&self.0[start..end]))
+    }
+}
+
+#[test]
+fn proofs_from_stored_subtrees_equal_proofs_from_leaves() {
+    use writ_attestation::log::merkle::{
+        consistency_proof, consistency_proof_from, inclusion_proof, inclusion_proof_from,
+        leaf_hash, range_root, root,
+    };
+    let all: Vec<[u8; 32]> = (0..70u32).map(|i| leaf_hash(&i.to_le_bytes())).collect();
+    let mut src = Leaves(all.clone());
+    for n in 1..=all.len() {
+        let leaves = &all[..n];
+        assert_eq!(
+            range_root(&mut src, 0, n as u64).unwrap(),
+            root(leaves),
+            "root {n}"
+        );
+        for i in 0..n {
+            assert_eq!(
+                inclusion_proof_from(&mut src, i as u64, n as u64).unwrap(),
+                inclusion_proof(leaves, i).unwrap(),
+                "inclusion {i} in {n}"
+            );
+        }
+        for m in 1..=n {
+            assert_eq!(
+                consistency_proof_from(&mut src, m as u64, n as u64).unwrap(),
+                consistency_proof(leaves, m).unwrap(),
+                "consistency {m} -> {n}"
+            );
+        }
+    }
+    assert!(inclusion_proof_from(&mut src, 5, 5).is_err());
+    assert!(consistency_proof_from(&mut src, 0, 5).is_err());
+    assert!(consistency_proof_from(&mut src, 6, 5).is_err());
+}

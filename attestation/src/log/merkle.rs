@@ -244,3 +244,115 @@ pub fn verify_consistency(
     }
     Ok(())
 }
+
+/// Stored perfect subtrees of a log: `subtree(level, index)` is the root of the 2^level leaves
+/// starting at `index << level`. A log's store implements it; proofs are then generated with
+/// O(log² n) look-ups and no leaf list in memory.
+pub trait SubtreeSource {
+    /// The error a look-up can fail with.
+    type Error: From<EvidenceError>;
+    /// The root of the perfect subtree at `level`, `index`, which must exist.
+    fn subtree(&mut self, level: u32, index: u64) -> Result<Hash, Self::Error>;
+}
+
+/// The root of leaves `start..end` (RFC 9162's MTH of that range), from stored subtrees: the
+/// range is cut into the largest aligned perfect subtrees, folded right to left.
+pub fn range_root<S: SubtreeSource>(src: &mut S, start: u64, end: u64) -> Result<Hash, S::Error> {
+    if start >= end {
+        return Ok(empty_root());
+    }
+    let mut parts: Vec<Hash> = Vec::new();
+    let mut at = start;
+    while at < end {
+        // The largest power of two that is aligned at `at` and fits before `end`.
+        let align = if at == 0 { 63 } else { at.trailing_zeros() };
+        let mut level = align.min(63);
+        while level > 0 && (1u64 << level) > end - at {
+            level -= 1;
+        }
+        parts.push(src.subtree(level, at >> level)?);
+        at += 1u64 << level;
+    }
+    let mut acc = parts
+        .pop()
+        .ok_or_else(|| EvidenceError::LogProof("empty range".into()))?;
+    while let Some(left) = parts.pop() {
+        acc = node_hash(&left, &acc);
+    }
+    Ok(acc)
+}
+
+fn split_u64(n: u64) -> u64 {
+    let mut k = 1u64;
+    while k.saturating_mul(2) < n {
+        k = k.saturating_mul(2);
+    }
+    k
+}
+
+/// The inclusion proof of leaf `index` in the tree of `size` leaves, from stored subtrees.
+pub fn inclusion_proof_from<S: SubtreeSource>(
+    src: &mut S,
+    index: u64,
+    size: u64,
+) -> Result<Vec<Hash>, S::Error> {
+    if index >= size {
+        return Err(
+            EvidenceError::LogProof(format!("index {index} outside a tree of {size}")).into(),
+        );
+    }
+    let mut out = Vec::new();
+    let (mut start, mut end, mut i) = (0u64, size, index);
+    // Walk down from the root, collecting siblings; the proof lists them bottom-up.
+    while end - start > 1 {
+        let k = split_u64(end - start);
+        if i < k {
+            out.push(range_root(src, start + k, end)?);
+            end = start + k;
+        } else {
+            out.push(range_root(src, start, start + k)?);
+            start += k;
+            i -= k;
+        }
+    }
+    out.reverse();
+    Ok(out)
+}
+
+/// The consistency proof from the tree of `old_size` leaves to the tree of `size` leaves, from
+/// stored subtrees (RFC 9162's PROOF).
+pub fn consistency_proof_from<S: SubtreeSource>(
+    src: &mut S,
+    old_size: u64,
+    size: u64,
+) -> Result<Vec<Hash>, S::Error> {
+    if old_size == 0 || old_size > size {
+        return Err(EvidenceError::LogProof(format!(
+            "no consistency proof from size {old_size} to {size}"
+        ))
+        .into());
+    }
+    let mut out = Vec::new();
+    let (mut start, mut end, mut m, mut complete) = (0u64, size, old_size, true);
+    loop {
+        let n = end - start;
+        if m == n {
+            if !complete {
+                out.push(range_root(src, start, end)?);
+            }
+            break;
+        }
+        let k = split_u64(n);
+        if m <= k {
+            out.push(range_root(src, start + k, end)?);
+            end = start + k;
+        } else {
+            out.push(range_root(src, start, start + k)?);
+            start += k;
+            m -= k;
+            complete = false;
+        }
+    }
+    out.reverse();
+    Ok(out)
+}

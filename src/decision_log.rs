@@ -1,0 +1,798 @@
+//! The decision log: an append-only RFC 6962 Merkle tree of decision records in the appliance's
+//! store, with C2SP checkpoints signed by the `checkpoint` key in custody.
+//!
+//! Durability: [`DecisionLog::append`] returns only after the transaction holding the record has
+//! been committed durably (SQLite: WAL fsynced, `synchronous=FULL`; PostgreSQL: commit after WAL
+//! flush). Appends from many threads are grouped by one writer thread into one transaction and
+//! one fsync (group commit). A crash can lose only records whose callers were never answered; a
+//! caller answered with an error refuses, and its record may still be in the log if the commit's
+//! outcome was unknown (a connection lost during COMMIT): the log can over-report a refused
+//! decision, never under-report an answered one.
+//!
+//! Sequencing: the writer thread is the only sequencer; indices are assigned in memory and stored
+//! in the same transaction as the leaves (the primary key refuses a reused index; a second writer
+//! process is refused by a lock). After any failed commit the writer reloads its state from the
+//! store before the next batch.
+//!
+//! Checkpoints: a checkpointer thread signs `origin / size / root` whenever the tree grew, at most
+//! every `checkpoint_interval`, and on demand; a checkpoint is stored durably before it is
+//! published, its root is computed from leaves verified at start, and it is checked consistent
+//! with the previous checkpoint before it is signed. If no checkpoint could be signed for longer
+//! than `max_checkpoint_age`, appends are refused (`checkpoint_stale`): the appliance stops
+//! issuing.
+//!
+//! Start-up: every leaf is read back and re-hashed, indices must be contiguous, every stored
+//! checkpoint must verify under the checkpoint key and match the tree rebuilt from the leaves,
+//! and the stored subtree count and right edge must match. Anything else is `log_corrupt` and
+//! the log does not open. (Stored interior nodes off the right edge are not re-verified at
+//! start: they only feed proofs, which clients verify against signed roots, so a damaged node
+//! can make a proof fail, never make a checkpoint lie.)
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use writ_attestation::crypto::default_provider;
+use writ_attestation::log::merkle::{
+    SubtreeSource, consistency_proof_from, empty_root, inclusion_proof_from, leaf_hash, node_hash,
+    range_root, verify_consistency,
+};
+use writ_attestation::log::note::{Checkpoint, NoteVerifier, signed_note};
+use writ_hsm::CustodyKey;
+
+use crate::store::{
+    Backend, Engine, Hash, LeafRow, NodeRow, StoreError, StoredCheckpoint, connect,
+};
+
+/// Largest record accepted (records hold digests, never evidence).
+pub const MAX_RECORD: usize = 64 * 1024;
+/// Jobs waiting for the writer before appends block (backpressure).
+const QUEUE: usize = 65_536;
+
+/// How the log runs.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// The log's origin, the first line of every checkpoint (e.g. `writ.example.com/log`).
+    pub origin: String,
+    /// How often the checkpointer signs when the tree grew.
+    pub checkpoint_interval: Duration,
+    /// How long appends go on without a fresh checkpoint before they are refused.
+    pub max_checkpoint_age: Duration,
+    /// Most records in one commit.
+    pub max_batch: usize,
+}
+
+impl LogConfig {
+    /// Defaults: a checkpoint every second, appends refused after 30 s without one, batches of
+    /// up to 8192 records.
+    pub fn new(origin: &str) -> Self {
+        LogConfig {
+            origin: origin.to_string(),
+            checkpoint_interval: Duration::from_secs(1),
+            max_checkpoint_age: Duration::from_secs(30),
+            max_batch: 8192,
+        }
+    }
+}
+
+enum Job {
+    Append {
+        records: Vec<Vec<u8>>,
+        reply: SyncSender<Result<u64, StoreError>>,
+    },
+    Checkpoint {
+        cp: StoredCheckpoint,
+        reply: SyncSender<Result<(), StoreError>>,
+    },
+}
+
+/// The right edge of the tree: the perfect subtrees covering it, left to right.
+#[derive(Debug, Clone, Default)]
+struct Tree {
+    size: u64,
+    frontier: Vec<(u32, Hash)>,
+}
+
+impl Tree {
+    /// Appends a leaf hash; the new perfect subtrees (level >= 1) go to `nodes`.
+    fn push(&mut self, leaf: Hash, nodes: &mut Vec<NodeRow>) -> Result<(), StoreError> {
+        let (mut h, mut level, mut i) = (leaf, 0u32, self.size);
+        while i & 1 == 1 {
+            let (l, left) = self
+                .frontier
+                .pop()
+                .ok_or_else(|| StoreError::Corrupt("tree frontier inconsistent".into()))?;
+            if l != level {
+                return Err(StoreError::Corrupt("tree frontier inconsistent".into()));
+            }
+            h = node_hash(&left, &h);
+            level += 1;
+            i >>= 1;
+            nodes.push(NodeRow {
+                level,
+                idx: i,
+                hash: h,
+            });
+        }
+        self.frontier.push((level, h));
+        self.size += 1;
+        Ok(())
+    }
+
+    fn root(&self) -> Hash {
+        let mut it = self.frontier.iter().rev();
+        let Some((_, last)) = it.next() else {
+            return empty_root();
+        };
+        it.fold(*last, |acc, (_, left)| node_hash(left, &acc))
+    }
+
+    /// Number of stored subtrees (level >= 1) a tree of `size` leaves has.
+    fn node_count(size: u64) -> u64 {
+        // Every leaf i adds one node per trailing one bit of i: sum over i < size.
+        let mut total = 0u64;
+        let mut level = 1u32;
+        while level < 64 && (1u64 << level) <= size {
+            total += size >> level;
+            level += 1;
+        }
+        total
+    }
+}
+
+/// Reads stored subtrees through one connection (level 0 is the leaf hash).
+struct Source<'a>(&'a mut dyn Backend);
+
+impl SubtreeSource for Source<'_> {
+    type Error = StoreError;
+    fn subtree(&mut self, level: u32, index: u64) -> Result<Hash, StoreError> {
+        if level == 0 {
+            return self
+                .0
+                .leaf(index)?
+                .map(|(h, _)| h)
+                .ok_or_else(|| StoreError::Corrupt(format!("leaf {index} missing")));
+        }
+        self.0
+            .node(level, index)?
+            .ok_or_else(|| StoreError::Corrupt(format!("subtree {level}/{index} missing")))
+    }
+}
+
+/// Loads the tree's right edge from stored subtrees (after a failed commit).
+fn load_tree(b: &mut dyn Backend) -> Result<Tree, StoreError> {
+    let size = b.leaf_count()?;
+    let mut tree = Tree {
+        size,
+        frontier: Vec::new(),
+    };
+    let mut at = 0u64;
+    for level in (0..64u32).rev() {
+        if size & (1u64 << level) != 0 {
+            let h = Source(b).subtree(level, at >> level)?;
+            tree.frontier.push((level, h));
+            at += 1u64 << level;
+        }
+    }
+    Ok(tree)
+}
+
+struct Inner {
+    engine: Engine,
+    config: LogConfig,
+    key: Arc<dyn CustodyKey>,
+    verifier: NoteVerifier,
+    jobs: Mutex<Option<SyncSender<Job>>>,
+    head: RwLock<(u64, Hash)>,
+    latest: RwLock<Option<StoredCheckpoint>>,
+    healthy_at: Mutex<Instant>,
+    readers: Mutex<Vec<Box<dyn Backend>>>,
+    sign_lock: Mutex<()>,
+    wake: (Mutex<bool>, Condvar),
+    stopping: AtomicBool,
+}
+
+/// The decision log. Cheap to share: clone the `Arc` it sits in.
+pub struct DecisionLog {
+    inner: Arc<Inner>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for DecisionLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecisionLog")
+            .field("engine", &self.inner.engine)
+            .field("origin", &self.inner.config.origin)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl DecisionLog {
+    /// Opens (creating and migrating if needed) the log in `engine`, verifies everything stored,
+    /// starts the writer and the checkpointer, and signs a checkpoint of the current tree if it
+    /// has none. `key` is the checkpoint key; it must match what signed the stored checkpoints.
+    pub fn open(
+        engine: Engine,
+        config: LogConfig,
+        key: Arc<dyn CustodyKey>,
+    ) -> Result<Self, StoreError> {
+        let verifier = NoteVerifier::from_spki(&config.origin, key.public_key().spki_der())
+            .map_err(|e| StoreError::Config(format!("checkpoint key: {e}")))?;
+        let mut writer = connect(&engine)?;
+        writer.lock_writer()?;
+        writer.migrate()?;
+        let (tree, latest) = verify_all(writer.as_mut(), &config.origin, &verifier)?;
+        let (tx, rx) = sync_channel(QUEUE);
+        let inner = Arc::new(Inner {
+            engine,
+            config,
+            key,
+            verifier,
+            jobs: Mutex::new(Some(tx)),
+            head: RwLock::new((tree.size, tree.root())),
+            latest: RwLock::new(latest),
+            healthy_at: Mutex::new(Instant::now()),
+            readers: Mutex::new(Vec::new()),
+            sign_lock: Mutex::new(()),
+            wake: (Mutex::new(false), Condvar::new()),
+            stopping: AtomicBool::new(false),
+        });
+        let mut threads = Vec::new();
+        let w = Arc::clone(&inner);
+        threads.push(
+            std::thread::Builder::new()
+                .name("writ-log-writer".into())
+                .spawn(move || writer_loop(&w, writer, tree, rx))
+                .map_err(|e| StoreError::Unavailable(format!("writer thread: {e}")))?,
+        );
+        let log = DecisionLog {
+            inner: Arc::clone(&inner),
+            threads: Mutex::new(threads),
+        };
+        // A checkpoint of what is there before anything new is accepted.
+        log.checkpoint_now()?;
+        let c = Arc::clone(&inner);
+        let handle = std::thread::Builder::new()
+            .name("writ-log-checkpointer".into())
+            .spawn(move || checkpointer_loop(&c))
+            .map_err(|e| StoreError::Unavailable(format!("checkpointer thread: {e}")))?;
+        if let Ok(mut t) = log.threads.lock() {
+            t.push(handle);
+        }
+        Ok(log)
+    }
+
+    /// The checkpoint verifier key (`<origin>+<id>+<base64>`) auditors pin.
+    pub fn verifier_key(&self) -> String {
+        self.inner.verifier.to_string()
+    }
+
+    /// The origin.
+    pub fn origin(&self) -> &str {
+        &self.inner.config.origin
+    }
+
+    /// Appends one record; returns its index once it is durable.
+    pub fn append(&self, record: &[u8]) -> Result<u64, StoreError> {
+        self.append_many(vec![record.to_vec()])
+    }
+
+    /// Appends records (consecutive indices); returns the first index once all are durable.
+    pub fn append_many(&self, records: Vec<Vec<u8>>) -> Result<u64, StoreError> {
+        if records.is_empty() {
+            return Err(StoreError::Range("no records".into()));
+        }
+        if let Some(r) = records
+            .iter()
+            .find(|r| r.len() > MAX_RECORD || r.is_empty())
+        {
+            return Err(StoreError::Range(format!(
+                "a record of {} bytes (1 to {MAX_RECORD})",
+                r.len()
+            )));
+        }
+        let stale = self
+            .inner
+            .healthy_at
+            .lock()
+            .map(|t| t.elapsed())
+            .unwrap_or(Duration::MAX);
+        if stale > self.inner.config.max_checkpoint_age {
+            return Err(StoreError::CheckpointStale(format!(
+                "no checkpoint could be signed for {} s (bound {} s): refusing to record decisions that cannot be published",
+                stale.as_secs(),
+                self.inner.config.max_checkpoint_age.as_secs()
+            )));
+        }
+        let (reply, answer) = sync_channel(1);
+        self.send(Job::Append { records, reply })?;
+        answer.recv().map_err(|_| StoreError::Stopped)?
+    }
+
+    fn send(&self, job: Job) -> Result<(), StoreError> {
+        let tx = self
+            .inner
+            .jobs
+            .lock()
+            .map_err(|_| StoreError::Stopped)?
+            .clone()
+            .ok_or(StoreError::Stopped)?;
+        tx.send(job).map_err(|_| StoreError::Stopped)
+    }
+
+    /// The durable tree size and root.
+    pub fn head(&self) -> (u64, Hash) {
+        self.inner
+            .head
+            .read()
+            .map(|h| *h)
+            .unwrap_or((0, empty_root()))
+    }
+
+    /// The latest published checkpoint.
+    pub fn latest_checkpoint(&self) -> Option<StoredCheckpoint> {
+        self.inner.latest.read().ok().and_then(|l| l.clone())
+    }
+
+    /// Signs and publishes a checkpoint of the current tree now (if the latest does not already
+    /// cover it); returns the latest checkpoint.
+    pub fn checkpoint_now(&self) -> Result<StoredCheckpoint, StoreError> {
+        sign_checkpoint(&self.inner, |job| self.send(job))
+    }
+
+    /// Every stored checkpoint, oldest first.
+    pub fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, StoreError> {
+        self.read(|b| b.checkpoints())
+    }
+
+    /// The record at `index`.
+    pub fn record(&self, index: u64) -> Result<Vec<u8>, StoreError> {
+        let (size, _) = self.head();
+        if index >= size {
+            return Err(StoreError::Range(format!(
+                "index {index} outside the log of {size}"
+            )));
+        }
+        self.read(|b| {
+            b.leaf(index)?
+                .map(|(_, r)| r)
+                .ok_or_else(|| StoreError::Corrupt(format!("leaf {index} missing")))
+        })
+    }
+
+    /// The index of the first record with this leaf hash.
+    pub fn index_of(&self, leaf_hash: &Hash) -> Result<Option<u64>, StoreError> {
+        self.read(|b| b.index_of(leaf_hash))
+    }
+
+    /// The inclusion proof of `index` in the tree of `size` leaves.
+    pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, StoreError> {
+        self.check_size(size)?;
+        self.read(|b| inclusion_proof_from(&mut Source(b), index, size))
+    }
+
+    /// The consistency proof from `old` to `new` leaves.
+    pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, StoreError> {
+        self.check_size(new)?;
+        if old == new {
+            return Ok(Vec::new());
+        }
+        self.read(|b| consistency_proof_from(&mut Source(b), old, new))
+    }
+
+    /// The root of the tree of `size` leaves.
+    pub fn root_at(&self, size: u64) -> Result<Hash, StoreError> {
+        self.check_size(size)?;
+        self.read(|b| range_root(&mut Source(b), 0, size))
+    }
+
+    fn check_size(&self, size: u64) -> Result<(), StoreError> {
+        let (n, _) = self.head();
+        if size > n {
+            return Err(StoreError::Range(format!(
+                "tree size {size} is beyond the log's {n}"
+            )));
+        }
+        Ok(())
+    }
+
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&mut dyn Backend) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let pooled = self.inner.readers.lock().ok().and_then(|mut p| p.pop());
+        let mut conn = match pooled {
+            Some(c) => c,
+            None => connect(&self.inner.engine)?,
+        };
+        let out = f(conn.as_mut());
+        // A connection that failed is dropped, not pooled.
+        if out.is_ok()
+            && let Ok(mut p) = self.inner.readers.lock()
+            && p.len() < 8
+        {
+            p.push(conn);
+        }
+        out
+    }
+
+    /// Stops the writer (after it drains what was queued) and the checkpointer.
+    pub fn close(&self) {
+        self.inner.stopping.store(true, Ordering::SeqCst);
+        if let Ok(mut j) = self.inner.jobs.lock() {
+            j.take();
+        }
+        let (lock, cv) = &self.inner.wake;
+        if let Ok(mut w) = lock.lock() {
+            *w = true;
+        }
+        cv.notify_all();
+        if let Ok(mut t) = self.threads.lock() {
+            for h in t.drain(..) {
+                let _ = h.join();
+            }
+        }
+    }
+}
+
+impl Drop for DecisionLog {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Reads everything back: leaves (contiguous, re-hashed), checkpoints (signed by the key, for
+/// this origin, matching the rebuilt tree), the subtree count and right edge.
+fn verify_all(
+    b: &mut dyn Backend,
+    origin: &str,
+    verifier: &NoteVerifier,
+) -> Result<(Tree, Option<StoredCheckpoint>), StoreError> {
+    let checkpoints = b.checkpoints()?;
+    for cp in &checkpoints {
+        let parsed =
+            Checkpoint::verify(default_provider(), &cp.note, verifier, origin).map_err(|e| {
+                StoreError::Corrupt(format!(
+                    "stored checkpoint at size {}: {e} (signed by another key, or altered)",
+                    cp.size
+                ))
+            })?;
+        if parsed.size != cp.size || parsed.root != cp.root {
+            return Err(StoreError::Corrupt(format!(
+                "stored checkpoint at size {}: its note says size {}",
+                cp.size, parsed.size
+            )));
+        }
+    }
+    let mut tree = Tree::default();
+    let mut nodes = Vec::new();
+    let mut pending = checkpoints.iter().peekable();
+    // The empty tree's checkpoint.
+    while let Some(cp) = pending.next_if(|cp| cp.size == 0) {
+        if cp.root != empty_root() {
+            return Err(StoreError::Corrupt(
+                "the checkpoint of size 0 is not the empty tree".into(),
+            ));
+        }
+    }
+    b.scan_leaves(0, &mut |idx, stored, record| {
+        if idx != tree.size {
+            return Err(StoreError::Corrupt(format!(
+                "leaf {} missing (next stored leaf is {idx})",
+                tree.size
+            )));
+        }
+        let h = leaf_hash(record);
+        if h != stored {
+            return Err(StoreError::Corrupt(format!(
+                "leaf {idx}: the record does not hash to its stored leaf hash (altered or truncated)"
+            )));
+        }
+        nodes.clear();
+        tree.push(h, &mut nodes)?;
+        while let Some(cp) = pending.next_if(|cp| cp.size == tree.size) {
+            if cp.root != tree.root() {
+                return Err(StoreError::Corrupt(format!(
+                    "the checkpoint at size {} does not match the stored leaves",
+                    cp.size
+                )));
+            }
+        }
+        Ok(())
+    })?;
+    if let Some(cp) = pending.next() {
+        return Err(StoreError::Corrupt(format!(
+            "a checkpoint at size {} was published, but only {} leaves are stored (truncated)",
+            cp.size, tree.size
+        )));
+    }
+    let want = Tree::node_count(tree.size);
+    let have = b.node_count()?;
+    if want != have {
+        return Err(StoreError::Corrupt(format!(
+            "{have} stored subtrees for {} leaves (expected {want})",
+            tree.size
+        )));
+    }
+    let edge = load_tree(b)?;
+    if edge.frontier != tree.frontier {
+        return Err(StoreError::Corrupt(
+            "the stored right edge of the tree does not match the leaves".into(),
+        ));
+    }
+    Ok((tree, checkpoints.last().cloned()))
+}
+
+fn writer_loop(inner: &Inner, mut backend: Box<dyn Backend>, mut tree: Tree, rx: Receiver<Job>) {
+    let mut broken = false;
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        let mut count = job_records(&batch[0]);
+        while count < inner.config.max_batch {
+            match rx.try_recv() {
+                Ok(j) => {
+                    count += job_records(&j);
+                    batch.push(j);
+                }
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        if broken {
+            // Reconnect and reload what is durable before writing again.
+            match connect(&inner.engine).and_then(|mut b| {
+                b.lock_writer()?;
+                let t = load_tree(b.as_mut())?;
+                Ok((b, t))
+            }) {
+                Ok((b, t)) => {
+                    backend = b;
+                    tree = t;
+                    broken = false;
+                }
+                Err(e) => {
+                    fail_all(batch, &e);
+                    continue;
+                }
+            }
+        }
+        match commit_batch(inner, backend.as_mut(), &tree, &batch) {
+            Ok((staged, firsts)) => {
+                tree = staged;
+                if let Ok(mut h) = inner.head.write() {
+                    *h = (tree.size, tree.root());
+                }
+                for (job, first) in batch.into_iter().zip(firsts) {
+                    match job {
+                        Job::Append { reply, .. } => {
+                            let _ = reply.send(Ok(first));
+                        }
+                        Job::Checkpoint { cp, reply } => {
+                            if let Ok(mut l) = inner.latest.write() {
+                                *l = Some(cp);
+                            }
+                            let _ = reply.send(Ok(()));
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                backend.rollback();
+                tracing::warn!(code = e.code(), "decision log commit failed: {e}");
+                broken = true;
+                fail_all(batch, &e);
+            }
+        }
+    }
+}
+
+fn job_records(j: &Job) -> usize {
+    match j {
+        Job::Append { records, .. } => records.len(),
+        Job::Checkpoint { .. } => 1,
+    }
+}
+
+fn fail_all(batch: Vec<Job>, e: &StoreError) {
+    for job in batch {
+        match job {
+            Job::Append { reply, .. } => {
+                let _ = reply.send(Err(e.clone()));
+            }
+            Job::Checkpoint { reply, .. } => {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+/// One transaction: checkpoints are checked against the committed tree, appends are sequenced
+/// onto a copy of it. Returns the new tree and each job's first index.
+fn commit_batch(
+    inner: &Inner,
+    b: &mut dyn Backend,
+    tree: &Tree,
+    batch: &[Job],
+) -> Result<(Tree, Vec<u64>), StoreError> {
+    let mut staged = tree.clone();
+    let mut leaves = Vec::new();
+    let mut nodes = Vec::new();
+    let mut firsts = Vec::with_capacity(batch.len());
+    let mut checkpoints = Vec::new();
+    for job in batch {
+        match job {
+            Job::Append { records, .. } => {
+                firsts.push(staged.size);
+                for r in records {
+                    let h = leaf_hash(r);
+                    leaves.push(LeafRow {
+                        idx: staged.size,
+                        hash: h,
+                        record: r.clone(),
+                    });
+                    staged.push(h, &mut nodes)?;
+                }
+            }
+            Job::Checkpoint { cp, .. } => {
+                firsts.push(cp.size);
+                check_checkpoint(inner, b, tree, cp)?;
+                checkpoints.push(cp);
+            }
+        }
+    }
+    b.begin()?;
+    let written = (|| {
+        if !leaves.is_empty() {
+            b.insert_leaves(&leaves)?;
+        }
+        if !nodes.is_empty() {
+            b.insert_nodes(&nodes)?;
+        }
+        for cp in &checkpoints {
+            b.insert_checkpoint(cp)?;
+        }
+        b.commit()
+    })();
+    written?;
+    Ok((staged, firsts))
+}
+
+/// A checkpoint is stored only if its root is the committed tree's at its size and the tree
+/// at the previous checkpoint's size is a prefix of it (the log never signs a fork).
+fn check_checkpoint(
+    inner: &Inner,
+    b: &mut dyn Backend,
+    tree: &Tree,
+    cp: &StoredCheckpoint,
+) -> Result<(), StoreError> {
+    if cp.size > tree.size {
+        return Err(StoreError::Corrupt(format!(
+            "checkpoint of size {} beyond the tree's {}",
+            cp.size, tree.size
+        )));
+    }
+    let root = if cp.size == tree.size {
+        tree.root()
+    } else {
+        range_root(&mut Source(b), 0, cp.size)?
+    };
+    if root != cp.root {
+        return Err(StoreError::Corrupt(format!(
+            "checkpoint of size {} does not carry the tree's root",
+            cp.size
+        )));
+    }
+    let previous = inner.latest.read().ok().and_then(|l| l.clone());
+    if let Some(prev) = previous {
+        if prev.size >= cp.size {
+            return Err(StoreError::Range(format!(
+                "a checkpoint of size {} after one of size {}",
+                cp.size, prev.size
+            )));
+        }
+        let proof = if prev.size == 0 {
+            Vec::new()
+        } else {
+            consistency_proof_from(&mut Source(b), prev.size, cp.size)?
+        };
+        verify_consistency(prev.size, cp.size, &proof, &prev.root, &cp.root).map_err(|e| {
+            StoreError::Corrupt(format!(
+                "the tree at {} is not an extension of the checkpoint at {}: {e}",
+                cp.size, prev.size
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+/// Signs the current head if no checkpoint covers it, stores it through the writer, publishes it.
+fn sign_checkpoint(
+    inner: &Inner,
+    send: impl Fn(Job) -> Result<(), StoreError>,
+) -> Result<StoredCheckpoint, StoreError> {
+    let _one_at_a_time = inner.sign_lock.lock().map_err(|_| StoreError::Stopped)?;
+    let (size, root) = inner
+        .head
+        .read()
+        .map(|h| *h)
+        .map_err(|_| StoreError::Stopped)?;
+    let latest = inner.latest.read().ok().and_then(|l| l.clone());
+    if let Some(l) = &latest
+        && l.size >= size
+    {
+        if let Ok(mut t) = inner.healthy_at.lock() {
+            *t = Instant::now();
+        }
+        return Ok(l.clone());
+    }
+    let text = Checkpoint {
+        origin: inner.config.origin.clone(),
+        size,
+        root,
+        extensions: Vec::new(),
+    }
+    .text();
+    let signature = inner
+        .key
+        .sign(text.as_bytes())
+        .map_err(|e| StoreError::Signing(e.to_string()))?;
+    let note = signed_note(&text, &inner.verifier, signature.to_der().as_bytes());
+    // The key must verify what it signed before anything is published.
+    Checkpoint::verify(
+        default_provider(),
+        &note,
+        &inner.verifier,
+        &inner.config.origin,
+    )
+    .map_err(|e| StoreError::Signing(format!("the checkpoint key's signature: {e}")))?;
+    let cp = StoredCheckpoint {
+        size,
+        root,
+        note,
+        signed_at: now_secs(),
+    };
+    let (reply, answer) = sync_channel(1);
+    send(Job::Checkpoint {
+        cp: cp.clone(),
+        reply,
+    })?;
+    answer.recv().map_err(|_| StoreError::Stopped)??;
+    if let Ok(mut t) = inner.healthy_at.lock() {
+        *t = Instant::now();
+    }
+    Ok(cp)
+}
+
+fn checkpointer_loop(inner: &Arc<Inner>) {
+    let (lock, cv) = &inner.wake;
+    loop {
+        if let Ok(guard) = lock.lock() {
+            let _ = cv.wait_timeout_while(guard, inner.config.checkpoint_interval, |woken| {
+                !*woken && !inner.stopping.load(Ordering::SeqCst)
+            });
+        }
+        if inner.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let send = |job: Job| -> Result<(), StoreError> {
+            let tx = inner
+                .jobs
+                .lock()
+                .map_err(|_| StoreError::Stopped)?
+                .clone()
+                .ok_or(StoreError::Stopped)?;
+            tx.send(job).map_err(|_| StoreError::Stopped)
+        };
+        if let Err(e) = sign_checkpoint(inner, send) {
+            tracing::warn!(code = e.code(), "checkpoint not signed: {e}");
+        }
+    }
+}

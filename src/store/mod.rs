@@ -1,0 +1,217 @@
+//! The appliance's store: one schema on SQLite (the default, one file) or PostgreSQL, versioned
+//! migrations, and the tables of the decision log. Every durable write goes through the one
+//! group-commit writer (see [`crate::decision_log`]); this module is the per-engine SQL.
+//!
+//! Engines are named like `sqlite:/var/lib/writ/writ.db` or `postgres://user@host:5432/writ`
+//! (any libpq-style connection string starting with `postgres://`, `postgresql://` or `host=`).
+
+mod pg;
+mod sqlite;
+
+use std::path::PathBuf;
+
+pub use writ_attestation::log::merkle::Hash;
+
+/// Where the store lives.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Engine {
+    /// A SQLite database file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL connection string (its password, if any, never printed).
+    Postgres(String),
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Engine::Sqlite(p) => write!(f, "sqlite:{}", p.display()),
+            Engine::Postgres(_) => write!(f, "postgres:(connection string withheld)"),
+        }
+    }
+}
+
+impl std::str::FromStr for Engine {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<Self, StoreError> {
+        if let Some(path) = s.strip_prefix("sqlite:") {
+            if path.is_empty() {
+                return Err(StoreError::Config("sqlite: needs a file path".into()));
+            }
+            Ok(Engine::Sqlite(PathBuf::from(path)))
+        } else if s.starts_with("postgres://")
+            || s.starts_with("postgresql://")
+            || s.starts_with("host=")
+        {
+            Ok(Engine::Postgres(s.to_string()))
+        } else {
+            Err(StoreError::Config(
+                "a store is sqlite:PATH or a postgres:// connection string".into(),
+            ))
+        }
+    }
+}
+
+/// Store failures. Each has a stable code.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The store's configuration is unusable.
+    #[error("store configuration: {0}")]
+    Config(String),
+    /// The store cannot be written or read now (disk full, I/O error, connection lost): the
+    /// caller refuses; the store recovers when the fault clears.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Another writer holds the store.
+    #[error("store busy: {0}")]
+    Busy(String),
+    /// The schema is from a newer writ, or a migration failed.
+    #[error("store schema: {0}")]
+    Schema(String),
+    /// What is stored contradicts itself (an altered or truncated record, a checkpoint the tree
+    /// does not match): the service refuses to start rather than sign over it.
+    #[error("log corrupt: {0}")]
+    Corrupt(String),
+    /// A proof or look-up outside the tree.
+    #[error("out of range: {0}")]
+    Range(String),
+    /// The writer has stopped.
+    #[error("the store's writer has stopped")]
+    Stopped,
+    /// No checkpoint could be signed for longer than the bound: decisions are refused.
+    #[error("checkpoint stale: {0}")]
+    CheckpointStale(String),
+    /// The checkpoint key failed to sign.
+    #[error("checkpoint signing: {0}")]
+    Signing(String),
+}
+
+impl StoreError {
+    /// The stable error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            StoreError::Config(_) => "store_config",
+            StoreError::Unavailable(_) => "store_unavailable",
+            StoreError::Busy(_) => "store_busy",
+            StoreError::Schema(_) => "store_schema",
+            StoreError::Corrupt(_) => "log_corrupt",
+            StoreError::Range(_) => "out_of_range",
+            StoreError::Stopped => "store_stopped",
+            StoreError::CheckpointStale(_) => "checkpoint_stale",
+            StoreError::Signing(_) => "checkpoint_signing",
+        }
+    }
+}
+
+impl From<writ_attestation::EvidenceError> for StoreError {
+    fn from(e: writ_attestation::EvidenceError) -> Self {
+        StoreError::Range(e.to_string())
+    }
+}
+
+/// A leaf row.
+#[derive(Debug, Clone)]
+pub(crate) struct LeafRow {
+    pub idx: u64,
+    pub hash: Hash,
+    pub record: Vec<u8>,
+}
+
+/// A stored perfect subtree: the root of the 2^level leaves from `idx << level`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NodeRow {
+    pub level: u32,
+    pub idx: u64,
+    pub hash: Hash,
+}
+
+/// A signed checkpoint as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredCheckpoint {
+    /// Tree size.
+    pub size: u64,
+    /// Root hash.
+    pub root: Hash,
+    /// The signed note (C2SP checkpoint).
+    pub note: String,
+    /// When it was signed (seconds since the Unix epoch).
+    pub signed_at: i64,
+}
+
+/// The SQL of one engine, on one connection.
+pub(crate) trait Backend: Send {
+    /// Applies missing migrations; refuses a schema newer than this code's.
+    fn migrate(&mut self) -> Result<u32, StoreError>;
+    /// Takes the single-writer lock for the life of this connection.
+    fn lock_writer(&mut self) -> Result<(), StoreError>;
+    fn begin(&mut self) -> Result<(), StoreError>;
+    /// Commits durably (the fsync of group commit).
+    fn commit(&mut self) -> Result<(), StoreError>;
+    fn rollback(&mut self);
+    fn insert_leaves(&mut self, rows: &[LeafRow]) -> Result<(), StoreError>;
+    fn insert_nodes(&mut self, rows: &[NodeRow]) -> Result<(), StoreError>;
+    fn insert_checkpoint(&mut self, cp: &StoredCheckpoint) -> Result<(), StoreError>;
+    fn leaf_count(&mut self) -> Result<u64, StoreError>;
+    fn leaf(&mut self, idx: u64) -> Result<Option<(Hash, Vec<u8>)>, StoreError>;
+    /// Calls `f` for every leaf from `from`, in index order.
+    fn scan_leaves(
+        &mut self,
+        from: u64,
+        f: &mut dyn FnMut(u64, Hash, &[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError>;
+    fn node_count(&mut self) -> Result<u64, StoreError>;
+    fn node(&mut self, level: u32, idx: u64) -> Result<Option<Hash>, StoreError>;
+    fn index_of(&mut self, leaf_hash: &Hash) -> Result<Option<u64>, StoreError>;
+    fn checkpoints(&mut self) -> Result<Vec<StoredCheckpoint>, StoreError>;
+}
+
+/// The current schema version.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Migrations, in order; `{int}` and `{blob}` are the engine's 64-bit integer and byte types.
+const MIGRATIONS: &[(u32, &str)] = &[(
+    1,
+    "CREATE TABLE log_leaves (
+        idx {int} PRIMARY KEY,
+        leaf_hash {blob} NOT NULL,
+        record {blob} NOT NULL
+    );
+    CREATE INDEX log_leaves_by_hash ON log_leaves (leaf_hash);
+    CREATE TABLE log_nodes (
+        level {int} NOT NULL,
+        idx {int} NOT NULL,
+        hash {blob} NOT NULL,
+        PRIMARY KEY (level, idx)
+    );
+    CREATE TABLE log_checkpoints (
+        size {int} PRIMARY KEY,
+        root {blob} NOT NULL,
+        note TEXT NOT NULL,
+        signed_at {int} NOT NULL
+    );",
+)];
+
+fn migration_sql(sql: &str, int: &str, blob: &str) -> String {
+    sql.replace("{int}", int).replace("{blob}", blob)
+}
+
+/// Opens a connection.
+pub(crate) fn connect(engine: &Engine) -> Result<Box<dyn Backend>, StoreError> {
+    match engine {
+        Engine::Sqlite(path) => Ok(Box::new(sqlite::Sqlite::open(path)?)),
+        Engine::Postgres(url) => Ok(Box::new(pg::Pg::open(url)?)),
+    }
+}
+
+fn hash_from(bytes: &[u8], what: &str) -> Result<Hash, StoreError> {
+    bytes
+        .try_into()
+        .map_err(|_| StoreError::Corrupt(format!("{what}: a stored hash of {} bytes", bytes.len())))
+}
+
+fn to_i64(v: u64, what: &str) -> Result<i64, StoreError> {
+    i64::try_from(v).map_err(|_| StoreError::Range(format!("{what} {v} out of range")))
+}
+
+fn to_u64(v: i64, what: &str) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("{what}: negative value {v}")))
+}

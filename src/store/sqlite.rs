@@ -1,0 +1,271 @@
+//! SQLite: WAL journal with `synchronous=FULL` (each commit is fsynced before it returns), one
+//! writer process (a lock file beside the database), readers on their own connections.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
+
+use super::{
+    Backend, Hash, LeafRow, MIGRATIONS, NodeRow, SCHEMA_VERSION, StoreError, StoredCheckpoint,
+    hash_from, migration_sql, to_i64, to_u64,
+};
+
+pub(crate) struct Sqlite {
+    conn: Connection,
+    path: PathBuf,
+    writer_lock: Option<std::fs::File>,
+}
+
+fn err(e: rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => {
+            StoreError::Corrupt(e.to_string())
+        }
+        Some(ErrorCode::ConstraintViolation) => {
+            StoreError::Busy(format!("{e} (another writer, or a reused index: refused)"))
+        }
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+            StoreError::Busy(e.to_string())
+        }
+        _ => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+impl Sqlite {
+    pub(crate) fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path)
+            .map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(err)?;
+        // WAL: readers never block the writer; FULL: the WAL is fsynced at every commit.
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .map_err(err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Config(format!(
+                "{}: journal mode {mode}, WAL required",
+                path.display()
+            )));
+        }
+        conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
+            .map_err(err)?;
+        Ok(Sqlite {
+            conn,
+            path: path.to_path_buf(),
+            writer_lock: None,
+        })
+    }
+}
+
+impl Backend for Sqlite {
+    fn migrate(&mut self) -> Result<u32, StoreError> {
+        self.conn
+            .execute_batch(
+                "CREATE TABLE IF NOT EXISTS writ_schema (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+            )
+            .map_err(err)?;
+        let current: Option<i64> = self
+            .conn
+            .query_row("SELECT MAX(version) FROM writ_schema", [], |r| r.get(0))
+            .map_err(err)?;
+        let current = u32::try_from(current.unwrap_or(0))
+            .map_err(|_| StoreError::Schema("schema version out of range".into()))?;
+        if current > SCHEMA_VERSION {
+            return Err(StoreError::Schema(format!(
+                "the store is at schema {current}, this writ knows {SCHEMA_VERSION}: refusing to run an older writ on it"
+            )));
+        }
+        for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+            let tx = self.conn.transaction().map_err(err)?;
+            tx.execute_batch(&migration_sql(sql, "INTEGER", "BLOB"))
+                .map_err(|e| StoreError::Schema(format!("migration {version}: {e}")))?;
+            tx.execute(
+                "INSERT INTO writ_schema (version, applied_at) VALUES ($1, strftime('%s','now'))",
+                params![version],
+            )
+            .map_err(err)?;
+            tx.commit().map_err(err)?;
+        }
+        Ok(SCHEMA_VERSION)
+    }
+
+    fn lock_writer(&mut self) -> Result<(), StoreError> {
+        let mut lock_path = self.path.clone().into_os_string();
+        lock_path.push(".writer-lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| StoreError::Unavailable(format!("writer lock: {e}")))?;
+        file.try_lock().map_err(|_| {
+            StoreError::Busy(format!(
+                "another writ process writes {} (lock {})",
+                self.path.display(),
+                PathBuf::from(lock_path).display()
+            ))
+        })?;
+        self.writer_lock = Some(file);
+        Ok(())
+    }
+
+    fn begin(&mut self) -> Result<(), StoreError> {
+        self.conn.execute_batch("BEGIN IMMEDIATE").map_err(err)
+    }
+
+    fn commit(&mut self) -> Result<(), StoreError> {
+        self.conn.execute_batch("COMMIT").map_err(err)
+    }
+
+    fn rollback(&mut self) {
+        if !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
+
+    fn insert_leaves(&mut self, rows: &[LeafRow]) -> Result<(), StoreError> {
+        let mut st = self
+            .conn
+            .prepare_cached("INSERT INTO log_leaves (idx, leaf_hash, record) VALUES ($1, $2, $3)")
+            .map_err(err)?;
+        for r in rows {
+            st.execute(params![
+                to_i64(r.idx, "leaf index")?,
+                &r.hash[..],
+                &r.record
+            ])
+            .map_err(err)?;
+        }
+        Ok(())
+    }
+
+    fn insert_nodes(&mut self, rows: &[NodeRow]) -> Result<(), StoreError> {
+        let mut st = self
+            .conn
+            .prepare_cached("INSERT INTO log_nodes (level, idx, hash) VALUES ($1, $2, $3)")
+            .map_err(err)?;
+        for r in rows {
+            st.execute(params![r.level, to_i64(r.idx, "node index")?, &r.hash[..]])
+                .map_err(err)?;
+        }
+        Ok(())
+    }
+
+    fn insert_checkpoint(&mut self, cp: &StoredCheckpoint) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO log_checkpoints (size, root, note, signed_at) VALUES ($1, $2, $3, $4)",
+                params![
+                    to_i64(cp.size, "checkpoint size")?,
+                    &cp.root[..],
+                    cp.note,
+                    cp.signed_at
+                ],
+            )
+            .map_err(err)?;
+        Ok(())
+    }
+
+    fn leaf_count(&mut self) -> Result<u64, StoreError> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM log_leaves", [], |r| r.get(0))
+            .map_err(err)?;
+        to_u64(n, "leaf count")
+    }
+
+    fn leaf(&mut self, idx: u64) -> Result<Option<(Hash, Vec<u8>)>, StoreError> {
+        let row: Option<(Vec<u8>, Vec<u8>)> = self
+            .conn
+            .prepare_cached("SELECT leaf_hash, record FROM log_leaves WHERE idx = $1")
+            .map_err(err)?
+            .query_row(params![to_i64(idx, "leaf index")?], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+            .map_err(err)?;
+        row.map(|(h, rec)| Ok((hash_from(&h, "leaf hash")?, rec)))
+            .transpose()
+    }
+
+    fn scan_leaves(
+        &mut self,
+        from: u64,
+        f: &mut dyn FnMut(u64, Hash, &[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT idx, leaf_hash, record FROM log_leaves WHERE idx >= $1 ORDER BY idx")
+            .map_err(err)?;
+        let mut rows = st
+            .query(params![to_i64(from, "leaf index")?])
+            .map_err(err)?;
+        while let Some(r) = rows.next().map_err(err)? {
+            let idx: i64 = r.get(0).map_err(err)?;
+            let h: Vec<u8> = r.get(1).map_err(err)?;
+            let rec = r.get_ref(2).map_err(err)?;
+            let rec = rec.as_blob().map_err(|e| {
+                StoreError::Corrupt(format!("leaf {idx}: record is not bytes: {e}"))
+            })?;
+            f(to_u64(idx, "leaf index")?, hash_from(&h, "leaf hash")?, rec)?;
+        }
+        Ok(())
+    }
+
+    fn node_count(&mut self) -> Result<u64, StoreError> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM log_nodes", [], |r| r.get(0))
+            .map_err(err)?;
+        to_u64(n, "node count")
+    }
+
+    fn node(&mut self, level: u32, idx: u64) -> Result<Option<Hash>, StoreError> {
+        let h: Option<Vec<u8>> = self
+            .conn
+            .prepare_cached("SELECT hash FROM log_nodes WHERE level = $1 AND idx = $2")
+            .map_err(err)?
+            .query_row(params![level, to_i64(idx, "node index")?], |r| r.get(0))
+            .optional()
+            .map_err(err)?;
+        h.map(|h| hash_from(&h, "node hash")).transpose()
+    }
+
+    fn index_of(&mut self, leaf_hash: &Hash) -> Result<Option<u64>, StoreError> {
+        let i: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT MIN(idx) FROM log_leaves WHERE leaf_hash = $1")
+            .map_err(err)?
+            .query_row(params![&leaf_hash[..]], |r| r.get(0))
+            .map_err(err)?;
+        i.map(|i| to_u64(i, "leaf index")).transpose()
+    }
+
+    fn checkpoints(&mut self) -> Result<Vec<StoredCheckpoint>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT size, root, note, signed_at FROM log_checkpoints ORDER BY size")
+            .map_err(err)?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })
+            .map_err(err)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (size, root, note, signed_at) = row.map_err(err)?;
+            out.push(StoredCheckpoint {
+                size: to_u64(size, "checkpoint size")?,
+                root: hash_from(&root, "checkpoint root")?,
+                note,
+                signed_at,
+            });
+        }
+        Ok(out)
+    }
+}
