@@ -535,8 +535,8 @@ fn verify_all(
 fn writer_loop(inner: &Inner, mut backend: Box<dyn Backend>, mut tree: Tree, rx: Receiver<Job>) {
     let mut broken = false;
     while let Ok(first) = rx.recv() {
+        let mut count = job_records(&first);
         let mut batch = vec![first];
-        let mut count = job_records(&batch[0]);
         while count < inner.config.max_batch {
             match rx.try_recv() {
                 Ok(j) => {

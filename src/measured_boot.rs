@@ -12,7 +12,6 @@ use writ_attestation::EvidenceError;
 use writ_attestation::appraisal::{LoadedProfile, Status, appraise, capture};
 use writ_attestation::ear;
 use writ_attestation::eventlog::{EventLog, MAX_LOG, parse};
-use writ_attestation::evidence::{EkTrustStore, TpmAttributes};
 use writ_attestation::tpm::HashAlg;
 use writ_attestation::tpm::pcr::{PcrSelection, PcrValues};
 use writ_attestation::tpm::tools::read_pcr_file;
@@ -62,12 +61,6 @@ pub struct Appraise {
     log: PathBuf,
     #[command(flatten)]
     quote: QuoteArgs,
-    /// The TPM's EK certificate (DER or PEM), for the hardware claim.
-    #[arg(long, requires = "ek_roots")]
-    ek_cert: Option<PathBuf>,
-    /// PEM bundle(s) of TPM manufacturer roots and intermediates the EK certificate must chain to.
-    #[arg(long)]
-    ek_roots: Vec<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -296,36 +289,6 @@ pub fn eventlog(cmd: EventlogCommand) -> ExitCode {
     }
 }
 
-fn load_ek(cert: &PathBuf, roots: &[PathBuf]) -> Result<TpmAttributes, (u8, String)> {
-    let mut store = EkTrustStore::new();
-    for r in roots {
-        let pem = read_bounded(r, "--ek-roots", 4 * 1024 * 1024).map_err(|e| (2, e))?;
-        let text = String::from_utf8(pem).map_err(|_| (2, "--ek-roots: not PEM".to_string()))?;
-        store
-            .add_pem(&text)
-            .map_err(|e| (2, format!("--ek-roots {}: {e}", r.display())))?;
-    }
-    let raw = read(cert, "--ek-cert").map_err(|e| (2, e))?;
-    let der = if raw.starts_with(b"-----BEGIN") {
-        let text = String::from_utf8(raw).map_err(|_| (2, "--ek-cert: not PEM".to_string()))?;
-        let body: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
-        use base64::Engine as _;
-        base64::engine::general_purpose::STANDARD
-            .decode(body.trim())
-            .map_err(|e| (2, format!("--ek-cert: {e}")))?
-    } else {
-        raw
-    };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    store
-        .verify(writ_attestation::crypto::default_provider(), &der, now)
-        .map(|ek| ek.tpm().clone())
-        .map_err(|e| (1, format!("{}: {e}", e.code())))
-}
-
 pub fn appraise_cmd(args: Appraise) -> ExitCode {
     const CMD: &str = "appraise";
     let profile = match read_bounded(
@@ -350,17 +313,6 @@ pub fn appraise_cmd(args: Appraise) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let tpm = match &args.ek_cert {
-        None => None,
-        Some(cert) => match load_ek(cert, &args.ek_roots) {
-            Ok(t) => Some(t),
-            Err((2, e)) => return input_error(CMD, e),
-            Err((_, e)) => {
-                println!("rejected: {e}");
-                return ExitCode::from(1);
-            }
-        },
-    };
     // A log that does not parse explains nothing: the evidence is refused, with the reason.
     let log = match parse(&bytes) {
         Ok(l) => l,
@@ -369,7 +321,9 @@ pub fn appraise_cmd(args: Appraise) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let appraisal = appraise(&profile, &log, &quote, tpm.as_ref());
+    // Offline, nothing proves that the AK lives in a TPM with a given EK certificate (that is
+    // enrollment's credential activation): no TPM identity, so `hardware` makes no claim.
+    let appraisal = appraise(&profile, &log, &quote, None);
     let iat = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -458,6 +412,16 @@ pub fn reference(cmd: ReferenceCommand) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if profile.secure_boot == Some(false) {
+        eprintln!(
+            "writ reference capture: warning: this machine booted with Secure Boot off; the profile requires it off"
+        );
+    }
+    if profile.min_dbx_entries.is_none() && pcrs.contains(&7) {
+        eprintln!(
+            "writ reference capture: warning: no dbx was measured; the profile has no dbx rule"
+        );
+    }
     let text = match serde_json::to_string_pretty(&profile) {
         Ok(t) => t + "\n",
         Err(e) => return input_error(CMD, e),

@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::EvidenceError;
 use crate::eventlog::{
-    EV_EFI_ACTION, EV_EFI_VARIABLE_DRIVER_CONFIG, EV_NO_ACTION, EV_SEPARATOR, EV_UNUSED,
-    EfiVariable, EventLog, event_type_name,
+    EFI_GLOBAL_VARIABLE, EFI_IMAGE_SECURITY_DATABASE, EV_EFI_ACTION, EV_NO_ACTION, EV_UNUSED,
+    EfiVariable, Event, EventLog, event_type_name,
 };
 use crate::evidence::{TpmAttributes, VerifiedQuote};
 use crate::tpm::HashAlg;
@@ -51,6 +51,8 @@ pub struct Profile {
     /// The bank every value and digest below is in: `sha256`, `sha384` or `sha512`.
     pub bank: String,
     /// Accepted values per PCR index: a set each, so fleets with several firmware versions fit.
+    /// Keys are canonical decimal PCR numbers; a key given twice is refused.
+    #[serde(deserialize_with = "pcr_map")]
     pub pcrs: BTreeMap<u8, Vec<String>>,
     /// Required Secure Boot state, read from the SecureBoot variable measured into PCR 7.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -74,6 +76,40 @@ pub struct Profile {
     pub min_tpm_firmware: Option<u64>,
 }
 
+/// Reads `pcrs` strictly: canonical decimal keys ("7", not "07" or "+7"), none twice (JSON
+/// parsers differ on duplicate keys; a reviewer must see what the code uses).
+fn pcr_map<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<u8, Vec<String>>, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = BTreeMap<u8, Vec<String>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a map of PCR numbers to lists of hex values")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            use serde::de::Error;
+            let mut out = BTreeMap::new();
+            while let Some((k, v)) = map.next_entry::<String, Vec<String>>()? {
+                let canonical = k == "0" || (!k.starts_with('0') && !k.is_empty());
+                let pcr: u8 = k
+                    .parse()
+                    .ok()
+                    .filter(|_| canonical && k.bytes().all(|b| b.is_ascii_digit()))
+                    .ok_or_else(|| {
+                        A::Error::custom(format!("PCR key {k:?} is not a canonical PCR number"))
+                    })?;
+                if out.insert(pcr, v).is_some() {
+                    return Err(A::Error::custom(format!("PCR {pcr} is given twice")));
+                }
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(V)
+}
+
 /// A profile, checked and ready to appraise with.
 #[derive(Debug, Clone)]
 pub struct LoadedProfile {
@@ -90,7 +126,7 @@ fn profile_error(why: impl Into<String>) -> EvidenceError {
 
 fn decode_value(what: &str, hex: &str, size: usize) -> Result<Vec<u8>, EvidenceError> {
     let s = hex.strip_prefix("0x").unwrap_or(hex);
-    if s.len() != size * 2 {
+    if s.len() != size * 2 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(profile_error(format!(
             "{what}: {hex:?} is not a {size}-byte hex value"
         )));
@@ -213,6 +249,23 @@ impl LoadedProfile {
     /// The bank appraised.
     pub fn bank(&self) -> HashAlg {
         self.bank
+    }
+
+    /// Whether the profile has a rule feeding (`configuration`, `executables`).
+    pub fn feeds(&self) -> (bool, bool) {
+        let p = &self.profile;
+        let exec_pcr = self.pcrs.keys().any(|k| claim_of(*k) == Claim::Executables);
+        let config_pcr = self
+            .pcrs
+            .keys()
+            .any(|k| claim_of(*k) == Claim::Configuration);
+        (
+            config_pcr
+                || p.secure_boot.is_some()
+                || p.min_dbx_entries.is_some()
+                || p.exit_boot_services.is_some(),
+            exec_pcr || p.boot_applications.is_some(),
+        )
     }
 
     /// The PCRs this profile reads (reference values and the facts' PCRs): the quote must cover
@@ -526,14 +579,42 @@ impl Appraiser<'_> {
     }
 }
 
+/// What enrollment established about the TPM behind an AK. Only the enrolling code constructs
+/// it: after proving (by credential activation) that the quoting AK lives in the TPM whose
+/// verified EK certificate carried these attributes. Without that proof there is no identity:
+/// pass `None`, and `hardware` makes no claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TpmIdentity {
+    attributes: TpmAttributes,
+    endorsement_hierarchy: bool,
+}
+
+impl TpmIdentity {
+    /// `attributes` from the verified EK certificate of the TPM the AK was proven to live in;
+    /// `ak_in_endorsement_hierarchy` if the AK is known to be a child of the EK hierarchy (a TPM
+    /// obfuscates a quote's firmwareVersion for keys of other hierarchies, so the firmware rule
+    /// reads it only then).
+    pub fn enrolled(attributes: TpmAttributes, ak_in_endorsement_hierarchy: bool) -> Self {
+        TpmIdentity {
+            attributes,
+            endorsement_hierarchy: ak_in_endorsement_hierarchy,
+        }
+    }
+
+    /// The EK certificate's TPM attributes.
+    pub fn attributes(&self) -> &TpmAttributes {
+        &self.attributes
+    }
+}
+
 /// Appraises a verified quote and the event log that claims to explain it against a profile.
-/// `tpm` is the TPM's identity from its verified EK certificate (`None` if no EK was verified:
-/// `hardware` then makes no claim, and a profile that names manufacturers fails).
+/// `tpm` is the enrolled TPM's identity (`None` if none was established: `hardware` then makes no
+/// claim, and the manufacturer and firmware rules fail as unknown).
 pub fn appraise(
     profile: &LoadedProfile,
     log: &EventLog,
     quote: &VerifiedQuote,
-    tpm: Option<&TpmAttributes>,
+    tpm: Option<&TpmIdentity>,
 ) -> Appraisal {
     let mut a = Appraiser {
         profile,
@@ -724,11 +805,13 @@ pub fn appraise(
     // 5. The TPM.
     tpm_rules(&mut a, quote, tpm);
 
-    // What nothing lowered is affirmed.
-    if a.out.vector.configuration == 0 {
+    // A claim is affirmed only if a rule fed it and nothing lowered it: a profile that reads
+    // nothing about executables leaves `executables` at "no claim", and the status at none.
+    let (config_fed, exec_fed) = profile.feeds();
+    if a.out.vector.configuration == 0 && config_fed {
         a.out.vector.configuration = values::APPROVED_CONFIG;
     }
-    if a.out.vector.executables == 0 {
+    if a.out.vector.executables == 0 && exec_fed {
         a.out.vector.executables = values::APPROVED_BOOT;
     }
     a.out.finish()
@@ -764,128 +847,247 @@ fn usable(a: &mut Appraiser<'_>, pcr: u8, rule: &str, unexplained: &BTreeSet<u8>
     false
 }
 
+/// A separator, recognized by its content whatever its type says: four bytes (0, or 1 / all
+/// ones for an error separator) that hash to the event's digests.
+fn is_separator(e: &Event) -> bool {
+    e.event_type != EV_NO_ACTION
+        && matches!(
+            <[u8; 4]>::try_from(e.data.as_slice()).map(u32::from_le_bytes),
+            Ok(0 | 1 | 0xFFFF_FFFF)
+        )
+        && e.data_matches_digests()
+}
+
+/// The EV_EFI_ACTION strings firmware measures into PCR 4 (PC Client PFP, section 10.4.4).
+const PCR4_ACTIONS: [&[u8]; 2] = [
+    b"Calling EFI Application from Boot Option",
+    b"Returning from EFI Application from Boot Option",
+];
+
+/// A PCR 4 event that is not an image: a separator, or one of the defined actions (by content,
+/// which must hash to the digests).
+fn is_pcr4_marker(e: &Event) -> bool {
+    is_separator(e)
+        || (PCR4_ACTIONS.contains(&e.data.as_slice())
+            && e.event_type == EV_EFI_ACTION
+            && e.data_matches_digests())
+}
+
+/// The events of `pcr` up to its first separator (the pre-OS measurements), or `None` if the PCR
+/// has no separator: then what firmware measured cannot be told from what was added later.
+fn pre_os(log: &EventLog, pcr: u8) -> Option<Vec<&Event>> {
+    let mut out = Vec::new();
+    for e in log
+        .events
+        .iter()
+        .filter(|e| e.pcr == u32::from(pcr) && e.event_type != EV_NO_ACTION)
+    {
+        if is_separator(e) {
+            return Some(out);
+        }
+        out.push(e);
+    }
+    None
+}
+
+/// A variable measured as UEFI_VARIABLE_DATA with this vendor GUID and name, whatever the event
+/// type says.
+fn variable_named(e: &Event, guid: &[u8; 16], name: &str) -> Option<EfiVariable> {
+    EfiVariable::parse(&e.data)
+        .ok()
+        .filter(|v| &v.guid == guid && v.name == name)
+}
+
+/// The Secure Boot and dbx facts of PCR 7, read from its pre-OS events only, each of which must
+/// hash to its digests. Errors are reasons (code, event, message).
+struct Pcr7 {
+    secure_boot: Result<bool, (&'static str, Option<usize>, String)>,
+    dbx_entries: Result<usize, (&'static str, Option<usize>, String)>,
+}
+
+fn pcr7_facts(log: &EventLog) -> Pcr7 {
+    let Some(pre) = pre_os(log, PCR_SECURE_BOOT) else {
+        let why = (
+            "pcr7_separator",
+            None,
+            "PCR 7 has no separator: its pre-OS configuration cannot be told from later \
+             measurements"
+                .to_string(),
+        );
+        return Pcr7 {
+            secure_boot: Err(why.clone()),
+            dbx_entries: Err(why),
+        };
+    };
+    if let Some(bad) = pre.iter().find(|e| !e.data_matches_digests()) {
+        let why = (
+            "event_data",
+            Some(bad.number),
+            format!(
+                "event {} ({}) on PCR 7 before the separator: its data does not hash to its \
+                 logged digests, so PCR 7's configuration is unknown",
+                bad.number,
+                bad.type_name()
+            ),
+        );
+        return Pcr7 {
+            secure_boot: Err(why.clone()),
+            dbx_entries: Err(why),
+        };
+    }
+    let sb: Vec<(&Event, EfiVariable)> = pre
+        .iter()
+        .filter_map(|e| variable_named(e, &EFI_GLOBAL_VARIABLE, "SecureBoot").map(|v| (*e, v)))
+        .collect();
+    let secure_boot = match sb.as_slice() {
+        [] => Err((
+            "secure_boot",
+            None,
+            "the log measures no SecureBoot variable into PCR 7 before its separator".to_string(),
+        )),
+        [(e, v)] => match v.data.as_slice() {
+            // An absent variable is measured with no data (PC Client PFP 3.3.4.2): off.
+            [] => Ok(false),
+            [b] => Ok(*b == 1),
+            _ => Err((
+                "event_data",
+                Some(e.number),
+                format!(
+                    "event {}: SecureBoot holds {} bytes, not 1",
+                    e.number,
+                    v.data.len()
+                ),
+            )),
+        },
+        [_, (e, _), ..] => Err((
+            "secure_boot",
+            Some(e.number),
+            format!(
+                "the SecureBoot variable is measured {} times (again at event {})",
+                sb.len(),
+                e.number
+            ),
+        )),
+    };
+    let dbx: Vec<(&Event, EfiVariable)> = pre
+        .iter()
+        .filter_map(|e| variable_named(e, &EFI_IMAGE_SECURITY_DATABASE, "dbx").map(|v| (*e, v)))
+        .collect();
+    let dbx_entries = match dbx.as_slice() {
+        [] => Err((
+            "dbx",
+            None,
+            "the log measures no dbx into PCR 7 before its separator".to_string(),
+        )),
+        [(e, v)] => v
+            .signature_lists()
+            .map(|ls| ls.iter().map(|l| l.signatures.len()).sum())
+            .map_err(|err| {
+                (
+                    "event_data",
+                    Some(e.number),
+                    format!("event {} (dbx): {err}", e.number),
+                )
+            }),
+        [_, (e, _), ..] => Err((
+            "dbx",
+            Some(e.number),
+            format!(
+                "dbx is measured {} times (again at event {})",
+                dbx.len(),
+                e.number
+            ),
+        )),
+    };
+    Pcr7 {
+        secure_boot,
+        dbx_entries,
+    }
+}
+
+fn fact_failure(
+    a: &mut Appraiser<'_>,
+    rule: &str,
+    expected: String,
+    (code, event, message): (&'static str, Option<usize>, String),
+) {
+    let mut r = a.reason(code, Claim::Configuration, rule);
+    r.pcr = Some(PCR_SECURE_BOOT);
+    r.event = event;
+    r.expected = Some(expected);
+    r.found = Some(if code == "event_data" {
+        "unverifiable".into()
+    } else {
+        "not established".into()
+    });
+    r.message = message;
+    let value = if code == "event_data" {
+        values::CRYPTO_FAILED
+    } else {
+        values::UNSUPPORTABLE_CONFIG
+    };
+    a.fail(value, r);
+}
+
 fn facts(a: &mut Appraiser<'_>, unexplained: &BTreeSet<u8>) {
     let p = a.profile.profile().clone();
     let bank = a.profile.bank();
     let log = a.log;
 
-    if let Some(want) = p.secure_boot
-        && usable(a, PCR_SECURE_BOOT, "secure_boot", unexplained)
-    {
-        // Every measurement of the SecureBoot variable on PCR 7, whatever the event type says,
-        // must hash to its digests and agree.
-        let mut seen: Vec<(usize, bool)> = Vec::new();
-        for e in log
-            .events
-            .iter()
-            .filter(|e| e.pcr == u32::from(PCR_SECURE_BOOT) && e.event_type != EV_NO_ACTION)
-        {
-            let Ok(v) = EfiVariable::parse(&e.data) else {
-                continue;
-            };
-            if v.name != "SecureBoot" {
-                continue;
-            }
-            if !e.data_matches_digests() {
-                let mut r = a.reason("event_data", Claim::Configuration, "secure_boot");
-                r.pcr = Some(PCR_SECURE_BOOT);
-                r.event = Some(e.number);
-                r.message = format!(
-                    "event {}: the SecureBoot variable's data does not hash to its logged digest",
-                    e.number
-                );
-                a.fail(values::CRYPTO_FAILED, r);
-                continue;
-            }
-            seen.push((e.number, v.data.first().copied() == Some(1)));
-        }
-        let conflicting = seen.windows(2).any(|w| match w {
-            [x, y] => x.1 != y.1,
-            _ => false,
-        });
-        match seen.last() {
-            None => {
-                let mut r = a.reason("secure_boot", Claim::Configuration, "secure_boot");
-                r.pcr = Some(PCR_SECURE_BOOT);
-                r.expected = Some(want.to_string());
-                r.found = Some("not measured".into());
-                r.message = "the log measures no SecureBoot variable into PCR 7".into();
-                a.fail(values::UNAVAILABLE_CONFIG, r);
-            }
-            Some((n, state)) if conflicting || *state != want => {
-                let mut r = a.reason("secure_boot", Claim::Configuration, "secure_boot");
-                r.pcr = Some(PCR_SECURE_BOOT);
-                r.event = Some(*n);
-                r.expected = Some(want.to_string());
-                r.found = Some(if conflicting {
-                    "conflicting measurements".into()
-                } else {
-                    state.to_string()
-                });
-                r.message = if conflicting {
-                    format!(
-                        "the SecureBoot variable is measured with different values (last at event {n})"
-                    )
-                } else {
-                    format!(
-                        "Secure Boot is {} (event {n}); the profile requires it {}",
-                        if *state { "on" } else { "off" },
+    let wants_pcr7 = p.secure_boot.is_some() || p.min_dbx_entries.is_some();
+    if wants_pcr7 && usable(a, PCR_SECURE_BOOT, "secure_boot", unexplained) {
+        let f = pcr7_facts(log);
+        if let Some(want) = p.secure_boot {
+            match f.secure_boot {
+                Ok(state) if state == want => {}
+                Ok(state) => {
+                    let event = pre_os(log, PCR_SECURE_BOOT).and_then(|pre| {
+                        pre.iter()
+                            .find(|e| {
+                                variable_named(e, &EFI_GLOBAL_VARIABLE, "SecureBoot").is_some()
+                            })
+                            .map(|e| e.number)
+                    });
+                    let mut r = a.reason("secure_boot", Claim::Configuration, "secure_boot");
+                    r.pcr = Some(PCR_SECURE_BOOT);
+                    r.event = event;
+                    r.expected = Some(want.to_string());
+                    r.found = Some(state.to_string());
+                    r.message = format!(
+                        "Secure Boot is {} (event {}); the profile requires it {}",
+                        if state { "on" } else { "off" },
+                        event.map(|n| n.to_string()).unwrap_or_default(),
                         if want { "on" } else { "off" }
-                    )
-                };
-                a.fail(values::UNSUPPORTABLE_CONFIG, r);
+                    );
+                    a.fail(values::UNSUPPORTABLE_CONFIG, r);
+                }
+                Err(why) => fact_failure(a, "secure_boot", want.to_string(), why),
             }
-            Some(_) => {}
         }
-    }
-
-    if let Some(min) = p.min_dbx_entries
-        && usable(a, PCR_SECURE_BOOT, "min_dbx_entries", unexplained)
-    {
-        let mut last: Option<(usize, Result<usize, String>)> = None;
-        for e in log.events.iter().filter(|e| {
-            e.pcr == u32::from(PCR_SECURE_BOOT) && e.event_type == EV_EFI_VARIABLE_DRIVER_CONFIG
-        }) {
-            let Ok(v) = EfiVariable::parse(&e.data) else {
-                continue;
-            };
-            if v.name != "dbx" {
-                continue;
+        if let Some(min) = p.min_dbx_entries {
+            match f.dbx_entries {
+                Ok(n) if n >= min => {}
+                Ok(n) => {
+                    let event = pre_os(log, PCR_SECURE_BOOT).and_then(|pre| {
+                        pre.iter()
+                            .find(|e| {
+                                variable_named(e, &EFI_IMAGE_SECURITY_DATABASE, "dbx").is_some()
+                            })
+                            .map(|e| e.number)
+                    });
+                    let mut r = a.reason("dbx", Claim::Configuration, "min_dbx_entries");
+                    r.pcr = Some(PCR_SECURE_BOOT);
+                    r.event = event;
+                    r.expected = Some(format!(">= {min}"));
+                    r.found = Some(n.to_string());
+                    r.message = format!(
+                        "the measured dbx holds {n} entries, fewer than the profile's {min}: \
+                         revoked boot images may still load"
+                    );
+                    a.fail(values::UNSUPPORTABLE_CONFIG, r);
+                }
+                Err(why) => fact_failure(a, "min_dbx_entries", format!(">= {min}"), why),
             }
-            let count = if !e.data_matches_digests() {
-                Err("its data does not hash to its logged digest".to_string())
-            } else {
-                v.signature_lists()
-                    .map(|ls| ls.iter().map(|l| l.signatures.len()).sum())
-                    .map_err(|e| e.to_string())
-            };
-            last = Some((e.number, count));
-        }
-        let mut r = a.reason("dbx", Claim::Configuration, "min_dbx_entries");
-        r.pcr = Some(PCR_SECURE_BOOT);
-        r.expected = Some(format!(">= {min}"));
-        match last {
-            None => {
-                r.found = Some("not measured".into());
-                r.message = "the log measures no dbx into PCR 7".into();
-                a.fail(values::UNAVAILABLE_CONFIG, r);
-            }
-            Some((n, Err(why))) => {
-                r.event = Some(n);
-                r.code = "event_data";
-                r.message = format!("event {n} (dbx): {why}");
-                a.fail(values::CRYPTO_FAILED, r);
-            }
-            Some((n, Ok(count))) if count < min => {
-                r.event = Some(n);
-                r.found = Some(count.to_string());
-                r.message = format!(
-                    "the measured dbx (event {n}) holds {count} entries, fewer than the \
-                     profile's {min}: revoked boot images may still load"
-                );
-                a.fail(values::UNSUPPORTABLE_CONFIG, r);
-            }
-            Some(_) => {}
         }
     }
 
@@ -915,9 +1117,9 @@ fn facts(a: &mut Appraiser<'_>, unexplained: &BTreeSet<u8>) {
             .iter()
             .filter(|e| e.pcr == u32::from(PCR_BOOT_APPS) && e.event_type != EV_NO_ACTION)
         {
-            // Separators and EFI actions are recognized by their data, which must hash to the
-            // digest; everything else is an image, whatever its type says.
-            if matches!(e.event_type, EV_SEPARATOR | EV_EFI_ACTION) && e.data_matches_digests() {
+            // Separators and the defined actions are recognized by their content; everything
+            // else PCR 4 measures is an image, whatever its type says.
+            if is_pcr4_marker(e) {
                 continue;
             }
             let Some(d) = e
@@ -947,11 +1149,11 @@ fn facts(a: &mut Appraiser<'_>, unexplained: &BTreeSet<u8>) {
     }
 }
 
-fn tpm_rules(a: &mut Appraiser<'_>, quote: &VerifiedQuote, tpm: Option<&TpmAttributes>) {
+fn tpm_rules(a: &mut Appraiser<'_>, quote: &VerifiedQuote, tpm: Option<&TpmIdentity>) {
     let p = a.profile.profile().clone();
     if let Some(allowed) = &p.tpm_manufacturers {
-        let found = tpm.and_then(|t| t.manufacturer.clone());
-        let vendor = tpm.and_then(TpmAttributes::vendor);
+        let found = tpm.and_then(|t| t.attributes.manufacturer.clone());
+        let vendor = tpm.and_then(|t| t.attributes.vendor());
         let ok = found
             .as_ref()
             .is_some_and(|m| allowed.iter().any(|x| x == m))
@@ -967,24 +1169,37 @@ fn tpm_rules(a: &mut Appraiser<'_>, quote: &VerifiedQuote, tpm: Option<&TpmAttri
                 _ => "unknown".into(),
             });
             r.message = match (tpm, found) {
-                (None, _) => "no verified EK certificate: the TPM's manufacturer is unknown".into(),
+                (None, _) => "no enrolled TPM identity: the TPM's manufacturer is unknown".into(),
                 (Some(_), None) => "the EK certificate names no TPM manufacturer".into(),
                 (Some(_), Some(m)) => format!("TPM manufacturer {m} is not allowed by the profile"),
             };
             a.fail(values::UNRECOGNIZED_HARDWARE, r);
         }
     }
-    if let Some(min) = p.min_tpm_firmware
-        && quote.firmware_version() < min
-    {
-        let mut r = a.reason("tpm_firmware", Claim::Hardware, "min_tpm_firmware");
-        r.expected = Some(format!(">= {min:#x}"));
-        r.found = Some(format!("{:#x}", quote.firmware_version()));
-        r.message = format!(
-            "TPM firmware {:#x} is older than the profile's minimum {min:#x}",
-            quote.firmware_version()
-        );
-        a.fail(values::UNSAFE_HARDWARE, r);
+    if let Some(min) = p.min_tpm_firmware {
+        match tpm {
+            Some(t) if t.endorsement_hierarchy => {
+                if quote.firmware_version() < min {
+                    let mut r = a.reason("tpm_firmware", Claim::Hardware, "min_tpm_firmware");
+                    r.expected = Some(format!(">= {min:#x}"));
+                    r.found = Some(format!("{:#x}", quote.firmware_version()));
+                    r.message = format!(
+                        "TPM firmware {:#x} is older than the profile's minimum {min:#x}",
+                        quote.firmware_version()
+                    );
+                    a.fail(values::UNSAFE_HARDWARE, r);
+                }
+            }
+            _ => {
+                let mut r = a.reason("tpm_firmware", Claim::Hardware, "min_tpm_firmware");
+                r.expected = Some(format!(">= {min:#x}"));
+                r.found = Some("unknown".into());
+                r.message = "the quote's firmwareVersion is trusted only from an AK enrolled in \
+                             the endorsement hierarchy (a TPM obfuscates it for other keys)"
+                    .into();
+                a.fail(values::UNRECOGNIZED_HARDWARE, r);
+            }
+        }
     }
     if tpm.is_some() && a.out.vector.hardware == 0 {
         a.out.vector.hardware = values::GENUINE_HARDWARE;
@@ -1023,32 +1238,12 @@ pub fn capture(
         values.insert(*pcr, vec![hex(v)]);
     }
     let covered = |pcr: u8| pcrs.contains(&pcr);
-    let secure_boot = if covered(PCR_SECURE_BOOT) {
-        log.secure_boot()?
+    let (secure_boot, min_dbx_entries) = if covered(PCR_SECURE_BOOT) {
+        // What this machine's log does not establish is left out, for the operator to decide.
+        let f = pcr7_facts(log);
+        (f.secure_boot.ok(), f.dbx_entries.ok())
     } else {
-        None
-    };
-    let min_dbx_entries = if covered(PCR_SECURE_BOOT) {
-        let mut n = None;
-        for e in log
-            .events
-            .iter()
-            .filter(|e| e.pcr == u32::from(PCR_SECURE_BOOT))
-        {
-            if let Some(v) = e.driver_config()?
-                && v.name == "dbx"
-            {
-                n = Some(
-                    v.signature_lists()?
-                        .iter()
-                        .map(|l| l.signatures.len())
-                        .sum(),
-                );
-            }
-        }
-        n
-    } else {
-        None
+        (None, None)
     };
     let exit_boot_services = (covered(PCR_EBS) && log.exit_boot_services()).then_some(true);
     let boot_applications = if covered(PCR_BOOT_APPS) {
@@ -1058,7 +1253,7 @@ pub fn capture(
             .iter()
             .filter(|e| e.pcr == u32::from(PCR_BOOT_APPS) && e.event_type != EV_NO_ACTION)
         {
-            if matches!(e.event_type, EV_SEPARATOR | EV_EFI_ACTION) && e.data_matches_digests() {
+            if is_pcr4_marker(e) {
                 continue;
             }
             if let Some((_, d)) = e.digests.iter().find(|(a, _)| *a == bank.id()) {

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use p256::ecdsa::signature::hazmat::PrehashSigner;
 use sha2::{Digest, Sha256};
 use writ_attestation::appraisal::{
-    Appraisal, LoadedProfile, Profile, Status, appraise, capture, values,
+    Appraisal, LoadedProfile, Profile, Status, TpmIdentity, appraise, capture, values,
 };
 use writ_attestation::crypto::default_provider;
 use writ_attestation::ear;
@@ -148,16 +148,20 @@ fn load(v: &serde_json::Value) -> LoadedProfile {
     LoadedProfile::from_json(&serde_json::to_vec(v).unwrap()).unwrap()
 }
 
-fn run(case: &Case, profile: &serde_json::Value, tpm: Option<&TpmAttributes>) -> Appraisal {
+fn run(case: &Case, profile: &serde_json::Value, tpm: Option<&TpmIdentity>) -> Appraisal {
     appraise(&load(profile), &case.log, &case.quote, tpm)
 }
 
-fn ibm() -> TpmAttributes {
+fn ibm_attributes() -> TpmAttributes {
     TpmAttributes {
         manufacturer: Some("id:49424D00".into()),
         model: Some("swtpm".into()),
         version: Some("id:20191023".into()),
     }
+}
+
+fn ibm() -> TpmIdentity {
+    TpmIdentity::enrolled(ibm_attributes(), true)
 }
 
 /// The reason with `code`, which must exist.
@@ -363,10 +367,7 @@ fn secure_boot_data_edited_under_its_digest_is_caught() {
     let a = run(&case, &p, None);
     assert_eq!(a.status, Status::Contraindicated, "{:#?}", a.reasons);
     assert_eq!(reason(&a, "event_data").event, Some(events[i].number));
-    assert_eq!(
-        reason(&a, "secure_boot").found.as_deref(),
-        Some("not measured")
-    );
+    assert_eq!(a.vector.configuration, values::CRYPTO_FAILED);
 }
 
 #[test]
@@ -720,6 +721,251 @@ fn tpm_manufacturer_and_firmware_rules() {
     );
     assert_eq!(a.vector.hardware, values::UNSAFE_HARDWARE);
     assert_eq!(a.status, Status::Warning);
+    // An AK not known to be in the endorsement hierarchy: the TPM may have obfuscated
+    // firmwareVersion, so the rule cannot pass, whatever the quote says.
+    let mut p = captured(&case);
+    p["min_tpm_firmware"] = 1.into();
+    let a = run(
+        &case,
+        &p,
+        Some(&TpmIdentity::enrolled(ibm_attributes(), false)),
+    );
+    assert_eq!(reason(&a, "tpm_firmware").found.as_deref(), Some("unknown"));
+    assert_ne!(a.status, Status::Affirming);
+    let a = run(&case, &p, None);
+    assert_eq!(reason(&a, "tpm_firmware").found.as_deref(), Some("unknown"));
+}
+
+#[test]
+fn vendor_ids_decode_only_when_well_formed() {
+    let v = |id: &str| {
+        TpmAttributes {
+            manufacturer: Some(id.into()),
+            ..TpmAttributes::default()
+        }
+        .vendor()
+    };
+    assert_eq!(v("id:49424D00").as_deref(), Some("IBM"));
+    assert_eq!(v("id:49465800").as_deref(), Some("IFX"));
+    assert_eq!(v("id:0049424D"), None);
+    assert_eq!(v("id:00001014"), None);
+    assert_eq!(v("id:4942"), None);
+    assert_eq!(v("49424D00"), None);
+}
+
+/// A PCR 4 profile rule set where PCR 4's value itself is not pinned: the facts are the only
+/// defence (the documented fleet set-up).
+fn unpinned(case: &Case, pcr: &str) -> serde_json::Value {
+    let mut p = captured(case);
+    p["pcrs"].as_object_mut().unwrap().remove(pcr);
+    p
+}
+
+fn requote(log: EventLog) -> Case {
+    Case {
+        quote: quote(ALL, &replayed(&log, ALL)),
+        log,
+    }
+}
+
+#[test]
+fn an_image_relabelled_as_an_efi_action_is_still_an_image() {
+    // The digest of an image is the hash of a byte stream; the attacker logs that stream as the
+    // data of an EV_EFI_ACTION, so the data hashes to the digest. Only the defined action
+    // strings are actions.
+    let case = sim(BootProfile::SecureBoot);
+    let p = unpinned(&case, "4");
+    assert_eq!(run(&case, &p, None).status, Status::Affirming);
+    let mut log = case.log.clone();
+    let i = event_index(&log, |e| e.event_type == EV_EFI_BOOT_SERVICES_APPLICATION);
+    let stream = b"an unapproved boot loader's authenticode stream".to_vec();
+    log.events[i].event_type = writ_attestation::eventlog::EV_EFI_ACTION;
+    log.events[i].digests = vec![(HashAlg::Sha256.id(), Sha256::digest(&stream).to_vec())];
+    log.events[i].data = stream;
+    let c2 = requote(log);
+    let a = run(&c2, &p, None);
+    assert_eq!(a.status, Status::Contraindicated, "{:#?}", a.reasons);
+    assert_eq!(
+        reason(&a, "boot_application").event,
+        Some(c2.log.events[i].number)
+    );
+    // Same with the separator's type: a separator is four bytes, not whatever hashes.
+    let mut log = c2.log.clone();
+    log.events[i].event_type = writ_attestation::eventlog::EV_SEPARATOR;
+    let c3 = requote(log);
+    assert_eq!(
+        reason(&run(&c3, &p, None), "boot_application").event,
+        Some(c3.log.events[i].number)
+    );
+}
+
+#[test]
+fn an_event_of_an_undefined_type_on_a_read_pcr_is_refused() {
+    let case = sim(BootProfile::SecureBoot);
+    let mut log = case.log.clone();
+    let i = event_index(&log, |e| e.event_type == EV_EFI_BOOT_SERVICES_APPLICATION);
+    log.events[i].event_type = 0x0000_1234;
+    let c2 = requote(log);
+    let a = run(&c2, &unpinned(&case, "4"), None);
+    let r = reason(&a, "event_type");
+    assert_eq!(r.event, Some(c2.log.events[i].number));
+    assert_eq!(r.found.as_deref(), Some("0x00001234"));
+}
+
+#[test]
+fn secure_boot_is_read_before_the_separator_only() {
+    // Root on a machine with Secure Boot off extends PCR 7 after boot with a SecureBoot = 1
+    // variable and logs it. PCR 7 is not pinned; the fact must still say off.
+    let off = sim(BootProfile::NoSecureBoot);
+    let mut log = off.log.clone();
+    let data = variable_data(&EFI_GLOBAL_VARIABLE, "SecureBoot", &[1]);
+    let mut fake = log.events[0].clone();
+    fake.pcr = 7;
+    fake.event_type = EV_EFI_VARIABLE_DRIVER_CONFIG;
+    fake.digests = vec![(HashAlg::Sha256.id(), Sha256::digest(&data).to_vec())];
+    fake.data = data;
+    fake.number = log.events.len() + 1;
+    log.events.push(fake);
+    let c2 = requote(log);
+    let p = unpinned(&sim(BootProfile::SecureBoot), "7");
+    let a = run(&c2, &p, None);
+    assert_eq!(reason(&a, "secure_boot").found.as_deref(), Some("false"));
+    assert_eq!(a.status, Status::Contraindicated);
+}
+
+#[test]
+fn secure_boot_measured_twice_or_garbled_is_not_a_fact() {
+    let on = sim(BootProfile::SecureBoot);
+    let p = unpinned(&on, "7");
+    // Twice before the separator (a SecureBoot = 0 then a SecureBoot = 1).
+    let mut log = on.log.clone();
+    let i = event_index(&log, variable_named_sb);
+    let mut first = log.events[i].clone();
+    let data = variable_data(&EFI_GLOBAL_VARIABLE, "SecureBoot", &[0]);
+    first.digests = vec![(HashAlg::Sha256.id(), Sha256::digest(&data).to_vec())];
+    first.data = data;
+    log.events.insert(i, first);
+    let c2 = requote(log);
+    let a = run(&c2, &p, None);
+    assert!(
+        reason(&a, "secure_boot")
+            .message
+            .contains("measured 2 times")
+    );
+    assert_eq!(a.status, Status::Contraindicated);
+    // Garbled data under the real digest: not "not measured" (a warning), but unverifiable
+    // evidence (contraindicated).
+    let off = sim(BootProfile::NoSecureBoot);
+    let mut log = off.log.clone();
+    let i = event_index(&log, variable_named_sb);
+    log.events[i].data = b"garbage".to_vec();
+    let c3 = requote(log);
+    let a = run(&c3, &p, None);
+    assert_eq!(
+        reason(&a, "event_data").event,
+        Some(c3.log.events[i].number)
+    );
+    assert_eq!(a.status, Status::Contraindicated);
+}
+
+fn variable_named_sb(e: &writ_attestation::eventlog::Event) -> bool {
+    e.pcr == 7
+        && writ_attestation::eventlog::EfiVariable::parse(&e.data)
+            .is_ok_and(|v| v.name == "SecureBoot")
+}
+
+#[test]
+fn dbx_is_read_before_the_separator_and_a_bad_one_sticks() {
+    let case = sim(BootProfile::SecureBoot);
+    let mut p = unpinned(&case, "7");
+    p["min_dbx_entries"] = 4.into();
+    // A large dbx appended after boot does not count.
+    let mut log = case.log.clone();
+    let entries: Vec<Vec<u8>> = (0..50u8).map(|k| vec![k; 32]).collect();
+    let list =
+        writ_attestation::eventlog::simulated::signature_list(&EFI_CERT_SHA256, &[], &entries);
+    let data = variable_data(&EFI_IMAGE_SECURITY_DATABASE, "dbx", &list);
+    let mut fake = log.events[0].clone();
+    fake.pcr = 7;
+    fake.event_type = EV_EFI_VARIABLE_DRIVER_CONFIG;
+    fake.digests = vec![(HashAlg::Sha256.id(), Sha256::digest(&data).to_vec())];
+    fake.data = data;
+    log.events.push(fake);
+    let c2 = requote(log);
+    let a = run(&c2, &p, None);
+    assert_eq!(reason(&a, "dbx").found.as_deref(), Some("3"));
+    // A dbx whose data does not match its digest fails as such.
+    let mut log = case.log.clone();
+    let i = event_index(&log, |e| {
+        e.pcr == 7
+            && writ_attestation::eventlog::EfiVariable::parse(&e.data)
+                .is_ok_and(|v| v.name == "dbx")
+    });
+    let last = log.events[i].data.len() - 1;
+    log.events[i].data[last] ^= 1;
+    let c3 = requote(log);
+    let a = run(&c3, &p, None);
+    assert_eq!(
+        reason(&a, "event_data").event,
+        Some(c3.log.events[i].number)
+    );
+    assert_eq!(a.vector.configuration, values::CRYPTO_FAILED);
+}
+
+#[test]
+fn a_digest_wrong_in_an_unquoted_bank_still_makes_the_data_unverifiable() {
+    // go-attestation's log has SHA-1, SHA-256 and SHA-384 banks. The quote covers SHA-256 only;
+    // the attacker's SecureBoot event keeps honest SHA-256/384 digests but a SHA-1 digest that
+    // does not match its data (so the data could be anything that collides in SHA-1).
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/vectors/eventlogs/go-attestation_sb_cert_eventlog.bin");
+    let log = parse(&std::fs::read(path).unwrap()).unwrap();
+    let sel = "sha256:7";
+    let case = Case {
+        quote: quote(sel, &replayed(&log, sel)),
+        log: log.clone(),
+    };
+    let p =
+        serde_json::to_value(capture("go", &case.log, &case.quote, HashAlg::Sha256, &[7]).unwrap())
+            .unwrap();
+    let a = run(&case, &p, None);
+    assert!(a.reasons.is_empty(), "{:#?}", a.reasons);
+    assert_eq!(a.vector.configuration, values::APPROVED_CONFIG);
+    let mut bad = log.clone();
+    let i = event_index(&bad, variable_named_sb);
+    for (alg, d) in &mut bad.events[i].digests {
+        if *alg == HashAlg::Sha1.id() {
+            d[0] ^= 1;
+        }
+    }
+    let c2 = Case {
+        quote: quote(sel, &replayed(&bad, sel)),
+        log: bad,
+    };
+    let a = run(&c2, &p, None);
+    assert_eq!(
+        reason(&a, "event_data").event,
+        Some(c2.log.events[i].number)
+    );
+    assert_eq!(a.vector.configuration, values::CRYPTO_FAILED);
+    assert_eq!(a.status, Status::Contraindicated);
+}
+
+#[test]
+fn a_profile_that_reads_nothing_about_a_claim_does_not_affirm_it() {
+    let case = sim(BootProfile::SecureBoot);
+    let full = captured(&case);
+    let p = serde_json::json!({
+        "writ_reference_profile": 1,
+        "name": "pcr0 only",
+        "bank": "sha256",
+        "pcrs": {"0": full["pcrs"]["0"].clone()},
+    });
+    let a = run(&case, &p, None);
+    assert!(a.reasons.is_empty());
+    assert_eq!(a.vector.configuration, values::APPROVED_CONFIG);
+    assert_eq!(a.vector.executables, 0);
+    assert_eq!(a.status, Status::None);
 }
 
 #[test]
@@ -766,6 +1012,17 @@ fn profiles_that_accept_nothing_or_are_malformed_are_refused() {
         assert!(r.is_err(), "{what} accepted");
     }
     assert!(LoadedProfile::from_json(b"not json").is_err());
+    // Keys are canonical PCR numbers, never given twice (the text a reviewer reads is what runs).
+    let text = serde_json::to_string(&good).unwrap();
+    let v0 = good["pcrs"]["0"].to_string();
+    for bad in [
+        text.replacen("\"0\":", "\"00\":", 1),
+        text.replacen("\"1\":", "\"+1\":", 1),
+        text.replacen("\"1\":", &format!("\"0\":{v0},\"1\":"), 1),
+    ] {
+        assert_ne!(bad, text);
+        assert!(LoadedProfile::from_json(bad.as_bytes()).is_err(), "{bad}");
+    }
     // The profile round-trips and its ID is the file's digest.
     let bytes = serde_json::to_vec_pretty(&good).unwrap();
     let loaded = LoadedProfile::from_json(&bytes).unwrap();

@@ -63,10 +63,7 @@ if [ ! -s "$profile" ]; then
 else
   echo "(reference profile captured earlier: $profile)"
 fi
-"$writ" appraise --profile "$profile" --log "$boot_log" "${quote_args[@]}" \
-  --ek-cert "$WRIT_DEV_DIR/swtpm/state/ek-rsa2048.crt" \
-  --ek-roots "$WRIT_DEV_DIR/swtpm/ca/swtpm-localca-rootca-cert.pem" \
-  --ek-roots "$WRIT_DEV_DIR/swtpm/ca/issuercert.pem" >"$att/ear.json"
+"$writ" appraise --profile "$profile" --log "$boot_log" "${quote_args[@]}" >"$att/ear.json"
 echo "EAR (draft-ietf-rats-ear claims, unsigned: signing with the 'ear' key comes with writ serve): $att/ear.json"
 
 shown=$(mktemp)

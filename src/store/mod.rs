@@ -137,6 +137,9 @@ pub struct StoredCheckpoint {
     pub signed_at: i64,
 }
 
+/// A visitor of stored leaves: (index, stored leaf hash, record).
+pub(crate) type LeafVisitor<'a> = dyn FnMut(u64, Hash, &[u8]) -> Result<(), StoreError> + 'a;
+
 /// The SQL of one engine, on one connection.
 pub(crate) trait Backend: Send {
     /// Applies missing migrations; refuses a schema newer than this code's.
@@ -153,11 +156,7 @@ pub(crate) trait Backend: Send {
     fn leaf_count(&mut self) -> Result<u64, StoreError>;
     fn leaf(&mut self, idx: u64) -> Result<Option<(Hash, Vec<u8>)>, StoreError>;
     /// Calls `f` for every leaf from `from`, in index order.
-    fn scan_leaves(
-        &mut self,
-        from: u64,
-        f: &mut dyn FnMut(u64, Hash, &[u8]) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError>;
+    fn scan_leaves(&mut self, from: u64, f: &mut LeafVisitor<'_>) -> Result<(), StoreError>;
     fn node_count(&mut self) -> Result<u64, StoreError>;
     fn node(&mut self, level: u32, idx: u64) -> Result<Option<Hash>, StoreError>;
     fn index_of(&mut self, leaf_hash: &Hash) -> Result<Option<u64>, StoreError>;

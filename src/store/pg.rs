@@ -6,8 +6,8 @@ use postgres::error::SqlState;
 use postgres::{Client, NoTls};
 
 use super::{
-    Backend, Hash, LeafRow, MIGRATIONS, NodeRow, SCHEMA_VERSION, StoreError, StoredCheckpoint,
-    hash_from, migration_sql, to_i64, to_u64,
+    Backend, Hash, LeafRow, LeafVisitor, MIGRATIONS, NodeRow, SCHEMA_VERSION, StoreError,
+    StoredCheckpoint, hash_from, migration_sql, to_i64, to_u64,
 };
 
 /// The advisory lock key of the single writer ("writ").
@@ -186,11 +186,7 @@ impl Backend for Pg {
         .transpose()
     }
 
-    fn scan_leaves(
-        &mut self,
-        from: u64,
-        f: &mut dyn FnMut(u64, Hash, &[u8]) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
+    fn scan_leaves(&mut self, from: u64, f: &mut LeafVisitor<'_>) -> Result<(), StoreError> {
         let mut next = to_i64(from, "leaf index")?;
         loop {
             let rows = self

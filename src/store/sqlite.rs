@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 
 use super::{
-    Backend, Hash, LeafRow, MIGRATIONS, NodeRow, SCHEMA_VERSION, StoreError, StoredCheckpoint,
-    hash_from, migration_sql, to_i64, to_u64,
+    Backend, Hash, LeafRow, LeafVisitor, MIGRATIONS, NodeRow, SCHEMA_VERSION, StoreError,
+    StoredCheckpoint, hash_from, migration_sql, to_i64, to_u64,
 };
 
 pub(crate) struct Sqlite {
@@ -188,11 +188,7 @@ impl Backend for Sqlite {
             .transpose()
     }
 
-    fn scan_leaves(
-        &mut self,
-        from: u64,
-        f: &mut dyn FnMut(u64, Hash, &[u8]) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
+    fn scan_leaves(&mut self, from: u64, f: &mut LeafVisitor<'_>) -> Result<(), StoreError> {
         let mut st = self
             .conn
             .prepare("SELECT idx, leaf_hash, record FROM log_leaves WHERE idx >= $1 ORDER BY idx")

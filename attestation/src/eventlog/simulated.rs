@@ -25,14 +25,7 @@ pub enum BootProfile {
     NoSecureBoot,
 }
 
-/// EFI_GLOBAL_VARIABLE (8BE4DF61-93CA-11D2-AA0D-00E098032B8C), in-memory byte order.
-pub const EFI_GLOBAL_VARIABLE: [u8; 16] = [
-    0x61, 0xdf, 0xe4, 0x8b, 0xca, 0x93, 0xd2, 0x11, 0xaa, 0x0d, 0x00, 0xe0, 0x98, 0x03, 0x2b, 0x8c,
-];
-/// EFI_IMAGE_SECURITY_DATABASE_GUID (D719B2CB-3D3A-4596-A3BC-DAD00E67656F).
-pub const EFI_IMAGE_SECURITY_DATABASE: [u8; 16] = [
-    0xcb, 0xb2, 0x19, 0xd7, 0x3a, 0x3d, 0x96, 0x45, 0xa3, 0xbc, 0xda, 0xd0, 0x0e, 0x67, 0x65, 0x6f,
-];
+pub use super::typed::{EFI_GLOBAL_VARIABLE, EFI_IMAGE_SECURITY_DATABASE};
 /// The owner GUID writ's simulated signature lists carry.
 const OWNER: [u8; 16] = *b"writ-simulated\0\0";
 

@@ -84,13 +84,17 @@ impl TpmAttributes {
         if id.len() != 8 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
             return None;
         }
-        let bytes: Vec<u8> = (0..4)
+        let mut bytes: Vec<u8> = (0..4)
             .filter_map(|i| u8::from_str_radix(id.get(i * 2..i * 2 + 2)?, 16).ok())
-            .filter(|b| *b != 0)
             .collect();
-        let text = String::from_utf8(bytes).ok()?;
-        let text = text.trim().to_string();
-        (!text.is_empty() && text.chars().all(|c| c.is_ascii_graphic())).then_some(text)
+        // Letters and digits first, padded at the end only (NUL or space): `id:0049424D` is not
+        // "IBM".
+        while bytes.last().is_some_and(|b| *b == 0 || *b == b' ') {
+            bytes.pop();
+        }
+        (!bytes.is_empty() && bytes.iter().all(u8::is_ascii_alphanumeric))
+            .then(|| String::from_utf8(bytes).ok())
+            .flatten()
     }
 }
 
