@@ -532,8 +532,10 @@ fn verify_all(
     Ok((tree, checkpoints.last().cloned()))
 }
 
-fn writer_loop(inner: &Inner, mut backend: Box<dyn Backend>, mut tree: Tree, rx: Receiver<Job>) {
-    let mut broken = false;
+fn writer_loop(inner: &Inner, backend: Box<dyn Backend>, mut tree: Tree, rx: Receiver<Job>) {
+    // `None` after a failure: the connection (and its writer lock) is dropped, and the next batch
+    // reconnects and reloads what is durable first.
+    let mut backend = Some(backend);
     while let Ok(first) = rx.recv() {
         let mut count = job_records(&first);
         let mut batch = vec![first];
@@ -546,25 +548,27 @@ fn writer_loop(inner: &Inner, mut backend: Box<dyn Backend>, mut tree: Tree, rx:
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
-        if broken {
-            // Reconnect and reload what is durable before writing again.
-            match connect(&inner.engine).and_then(|mut b| {
-                b.lock_writer()?;
-                let t = load_tree(b.as_mut())?;
-                Ok((b, t))
-            }) {
-                Ok((b, t)) => {
-                    backend = b;
-                    tree = t;
-                    broken = false;
-                }
-                Err(e) => {
-                    fail_all(batch, &e);
-                    continue;
+        let b = match backend.as_mut() {
+            Some(b) => b,
+            None => {
+                // Reconnect and reload what is durable before writing again.
+                match connect(&inner.engine).and_then(|mut b| {
+                    b.lock_writer()?;
+                    let t = load_tree(b.as_mut())?;
+                    Ok((b, t))
+                }) {
+                    Ok((b, t)) => {
+                        tree = t;
+                        backend.insert(b)
+                    }
+                    Err(e) => {
+                        fail_all(batch, &e);
+                        continue;
+                    }
                 }
             }
-        }
-        match commit_batch(inner, backend.as_mut(), &tree, &batch) {
+        };
+        match commit_batch(inner, b.as_mut(), &tree, &batch) {
             Ok((staged, firsts)) => {
                 tree = staged;
                 if let Ok(mut h) = inner.head.write() {
@@ -585,9 +589,9 @@ fn writer_loop(inner: &Inner, mut backend: Box<dyn Backend>, mut tree: Tree, rx:
                 }
             }
             Err(e) => {
-                backend.rollback();
+                b.rollback();
+                backend = None;
                 tracing::warn!(code = e.code(), "decision log commit failed: {e}");
-                broken = true;
                 fail_all(batch, &e);
             }
         }

@@ -2,7 +2,9 @@
 # Installs the Debian packages writ's build, tests and dev stack need, if any are missing.
 # Idempotent and quiet when everything is present. Needs root (or sudo) only when it installs.
 set -euo pipefail
-packages=(swtpm swtpm-tools tpm2-tools libtss2-dev softhsm2 opensc pkg-config)
+# postgresql: the store's tests run against a real server (PostgreSQL 15 on Debian 12); the test
+# harness starts a private cluster (writ_testkit::Postgres).
+packages=(swtpm swtpm-tools tpm2-tools libtss2-dev softhsm2 opensc pkg-config postgresql postgresql-client)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -7,6 +7,7 @@
 //!   so a private token directory needs a private process. `isolated` re-runs the calling test in a
 //!   child process of the test binary with the environment pointing at a fresh [`SoftHsm`], and
 //!   reports the child's verdict. No global lock: every test gets its own process and token.
+//! * [`Postgres`]: a fresh database in a per-user PostgreSQL cluster (or in `WRIT_TEST_PG`).
 //! * [`FaultProxy`]: a TCP proxy in front of a real swtpm that answers chosen TPM commands with a
 //!   chosen response code (e.g. TPM_RC_RETRY) for a while, then forwards them.
 //!
@@ -20,10 +21,12 @@
     clippy::indexing_slicing
 )]
 
+mod postgres;
 mod proxy;
 mod softhsm;
 mod swtpm;
 
+pub use postgres::Postgres;
 pub use proxy::{Fault, FaultProxy};
 pub use softhsm::{SOFTHSM2_MODULE, SoftHsm, isolated};
 pub use swtpm::Swtpm;
