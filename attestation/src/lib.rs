@@ -26,6 +26,7 @@ pub mod ear;
 mod error;
 pub mod eventlog;
 pub mod evidence;
+pub mod jcs;
 pub mod jwk;
 pub mod log;
 pub mod tpm;

@@ -371,3 +371,124 @@ fn proofs_from_stored_subtrees_equal_proofs_from_leaves() {
     assert!(consistency_proof_from(&mut src, 0, 5).is_err());
     assert!(consistency_proof_from(&mut src, 6, 5).is_err());
 }
+
+#[test]
+fn canonical_json_follows_rfc_8785() {
+    use writ_attestation::jcs::{canonical, parse_canonical};
+    // RFC 8785 section 3.2.3: members sorted by UTF-16 code units (the surrogate pair of U+1F600
+    // sorts before U+FB33).
+    let v: serde_json::Value = serde_json::from_str(
+        r#"{"\u20ac":"Euro Sign","\r":"Carriage Return","\ufb33":"Hebrew Letter Dalet With Dagesh","1":"One","\ud83d\ude00":"Emoji: Grinning Face","\u0080":"Control","\u00f6":"Latin Small Letter O With Diaeresis"}"#,
+    )
+    .unwrap();
+    let c = canonical(&v).unwrap();
+    let order: Vec<&str> = [
+        "\\r",
+        "1",
+        "\u{80}",
+        "\u{f6}",
+        "\u{20ac}",
+        "\u{1f600}",
+        "\u{fb33}",
+    ]
+    .to_vec();
+    let mut at = 0;
+    for k in order {
+        let pos = c[at..]
+            .find(&format!("\"{k}\":"))
+            .unwrap_or_else(|| panic!("{k} after {at} in {c}"));
+        at += pos + 1;
+    }
+    // Minimal escapes, lowercase \u for other controls, no whitespace.
+    let v = serde_json::json!({"b": "\"\\\u{8}\t\n\u{c}\r\u{f}\u{1f}/\u{7f}é", "a": [1, -2, null, true]});
+    assert_eq!(
+        canonical(&v).unwrap(),
+        "{\"a\":[1,-2,null,true],\"b\":\"\\\"\\\\\\b\\t\\n\\f\\r\\u000f\\u001f/\u{7f}é\"}"
+    );
+    // Fractions and unsafe integers are refused; non-canonical input is refused.
+    assert!(canonical(&serde_json::json!(1.5)).is_err());
+    assert!(canonical(&serde_json::json!(9007199254740992u64)).is_err());
+    assert!(canonical(&serde_json::json!(9007199254740991u64)).is_ok());
+    assert!(parse_canonical(br#"{"a":1}"#).is_ok());
+    for bad in [
+        &br#"{"a": 1}"#[..],
+        br#"{"b":1,"a":2}"#,
+        br#"{"a":1,"a":1}"#,
+        b"\"\\u0041\"",
+    ] {
+        assert!(
+            parse_canonical(bad).is_err(),
+            "{}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+}
+
+#[test]
+fn decision_records_round_trip_canonically_and_check_their_fields() {
+    use writ_attestation::log::record::{Decision, DecisionRecord, Kind, leaf_ref};
+    let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+    let r = DecisionRecord {
+        v: 1,
+        kind: Kind::Issue,
+        time: 1_795_400_000,
+        subject: "spiffe://writ.example/runtime/a".into(),
+        decision: Decision::Allow,
+        reasons: vec![],
+        digests: [("writ".to_string(), d('a')), ("ear".to_string(), d('b'))].into(),
+        policy_bundle_hash: Some(d('c')),
+        parent: None,
+    };
+    let leaf = r.to_leaf().unwrap();
+    let text = String::from_utf8(leaf.clone()).unwrap();
+    assert!(
+        text.starts_with("{\"decision\":\"allow\",\"digests\":{\"ear\":"),
+        "{text}"
+    );
+    assert_eq!(DecisionRecord::from_leaf(&leaf).unwrap(), r);
+    let child = DecisionRecord {
+        parent: Some(leaf_ref(&leaf)),
+        ..r.clone()
+    };
+    assert_eq!(
+        child.parent_hash().unwrap(),
+        writ_attestation::log::merkle::leaf_hash(&leaf)
+    );
+    // Each rule.
+    let bad = [
+        DecisionRecord { v: 2, ..r.clone() },
+        DecisionRecord {
+            decision: Decision::Deny,
+            ..r.clone()
+        },
+        DecisionRecord {
+            reasons: vec!["nonce_mismatch".into()],
+            ..r.clone()
+        },
+        DecisionRecord {
+            digests: [("writ".to_string(), "sha256:ABC".to_string())].into(),
+            ..r.clone()
+        },
+        DecisionRecord {
+            parent: Some("md5:00".into()),
+            ..r.clone()
+        },
+        DecisionRecord {
+            decision: Decision::Deny,
+            reasons: vec!["Not A Code".into()],
+            ..r.clone()
+        },
+        DecisionRecord {
+            subject: String::new(),
+            ..r.clone()
+        },
+    ];
+    for b in bad {
+        assert!(b.to_leaf().is_err(), "{b:?}");
+    }
+    // Unknown fields and non-canonical bytes are refused when read back.
+    let extra = text.replacen("{", "{\"admin\":true,", 1);
+    assert!(DecisionRecord::from_leaf(extra.as_bytes()).is_err());
+    let spaced = text.replacen(",", ", ", 1);
+    assert!(DecisionRecord::from_leaf(spaced.as_bytes()).is_err());
+}

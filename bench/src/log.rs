@@ -64,8 +64,9 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 fn main() {
     let args = Args::parse();
-    let dir = tempfile::tempdir_in(std::env::var("WRIT_BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into()))
-        .expect("temporary directory");
+    let dir =
+        tempfile::tempdir_in(std::env::var("WRIT_BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into()))
+            .expect("temporary directory");
     let engine: Engine = match &args.engine {
         Some(e) => e.parse().expect("--engine"),
         None => Engine::Sqlite(dir.path().join("bench.db")),

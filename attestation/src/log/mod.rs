@@ -2,3 +2,4 @@
 
 pub mod merkle;
 pub mod note;
+pub mod record;
