@@ -395,6 +395,58 @@ impl DecisionLog {
         self.read(|b| range_root(&mut Source(b), 0, size))
     }
 
+    /// Hashes of tree level `level` (0: leaf hashes) with indices `from..from + count`, all of
+    /// which must exist in the durable tree (C2SP tlog-tiles data).
+    pub fn level_hashes(&self, level: u32, from: u64, count: u64) -> Result<Vec<Hash>, StoreError> {
+        let (size, _) = self.head();
+        let available = if level >= 64 { 0 } else { size >> level };
+        if from.checked_add(count).is_none_or(|end| end > available) {
+            return Err(StoreError::Range(format!(
+                "level {level} holds {available} hashes in a tree of {size}"
+            )));
+        }
+        let out = self.read(|b| {
+            if level == 0 {
+                Ok(b.leaf_range(from, count)?
+                    .into_iter()
+                    .map(|(h, _)| h)
+                    .collect())
+            } else {
+                b.node_range(level, from, count)
+            }
+        })?;
+        if out.len() as u64 != count {
+            return Err(StoreError::Corrupt(format!(
+                "{} of {count} hashes of level {level} from {from} are stored",
+                out.len()
+            )));
+        }
+        Ok(out)
+    }
+
+    /// Records `from..from + count`, all of which must exist.
+    pub fn records(&self, from: u64, count: u64) -> Result<Vec<Vec<u8>>, StoreError> {
+        let (size, _) = self.head();
+        if from.checked_add(count).is_none_or(|end| end > size) {
+            return Err(StoreError::Range(format!(
+                "records {from}..{} outside the log of {size}",
+                from.saturating_add(count)
+            )));
+        }
+        let out: Vec<Vec<u8>> = self
+            .read(|b| b.leaf_range(from, count))?
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect();
+        if out.len() as u64 != count {
+            return Err(StoreError::Corrupt(format!(
+                "{} of {count} records from {from} are stored",
+                out.len()
+            )));
+        }
+        Ok(out)
+    }
+
     fn check_size(&self, size: u64) -> Result<(), StoreError> {
         let (n, _) = self.head();
         if size > n {

@@ -3,4 +3,5 @@
 #![forbid(unsafe_code)]
 
 pub mod decision_log;
+pub mod http;
 pub mod store;

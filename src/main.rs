@@ -4,9 +4,11 @@
 //! `writ admin`, `writ agent` and `writ audit` are not built yet (see the README).
 #![forbid(unsafe_code)]
 
+mod audit;
 mod dev;
 mod keys;
 mod measured_boot;
+mod serve;
 mod verify_quote;
 
 use std::process::ExitCode;
@@ -38,6 +40,12 @@ enum Command {
     /// Reference-value profiles.
     #[command(subcommand)]
     Reference(measured_boot::ReferenceCommand),
+    /// Audit a decision log: checkpoints, consistency, inclusion, lineage. Exit 0 verified, 1 a
+    /// finding, 2 usage or network error.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
+    /// Run the appliance (built so far: the decision log and its read routes).
+    Serve(serve::Serve),
     /// Tools for the local dev stack (simulated measured boot for swtpm).
     #[command(subcommand)]
     Dev(dev::DevCommand),
@@ -55,10 +63,20 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Keys(cmd) => keys::run(cmd),
         Command::Dev(cmd) => dev::run(cmd),
+        Command::Serve(args) => {
+            return match serve::run(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("writ serve: error: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
         Command::VerifyQuote(args) => return verify_quote::run(args),
         Command::Eventlog(cmd) => return measured_boot::eventlog(cmd),
         Command::Appraise(args) => return measured_boot::appraise_cmd(args),
         Command::Reference(cmd) => return measured_boot::reference(cmd),
+        Command::Audit(cmd) => return audit::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

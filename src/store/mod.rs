@@ -157,6 +157,10 @@ pub(crate) trait Backend: Send {
     fn leaf(&mut self, idx: u64) -> Result<Option<(Hash, Vec<u8>)>, StoreError>;
     /// Calls `f` for every leaf from `from`, in index order.
     fn scan_leaves(&mut self, from: u64, f: &mut LeafVisitor<'_>) -> Result<(), StoreError>;
+    /// Leaves `from..from + count` in index order (fewer if the log is shorter).
+    fn leaf_range(&mut self, from: u64, count: u64) -> Result<Vec<(Hash, Vec<u8>)>, StoreError>;
+    /// Stored subtrees of `level` (>= 1) with indices `from..from + count`, in order.
+    fn node_range(&mut self, level: u32, from: u64, count: u64) -> Result<Vec<Hash>, StoreError>;
     fn node_count(&mut self) -> Result<u64, StoreError>;
     fn node(&mut self, level: u32, idx: u64) -> Result<Option<Hash>, StoreError>;
     fn index_of(&mut self, leaf_hash: &Hash) -> Result<Option<u64>, StoreError>;

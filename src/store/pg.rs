@@ -209,6 +209,44 @@ impl Backend for Pg {
         }
     }
 
+    fn leaf_range(&mut self, from: u64, count: u64) -> Result<Vec<(Hash, Vec<u8>)>, StoreError> {
+        let end = from.saturating_add(count);
+        let rows = self
+            .client
+            .query(
+                "SELECT leaf_hash, record FROM log_leaves WHERE idx >= $1 AND idx < $2 ORDER BY idx",
+                &[&to_i64(from, "leaf index")?, &to_i64(end, "leaf index")?],
+            )
+            .map_err(err)?;
+        rows.iter()
+            .map(|r| {
+                let h: &[u8] = r.get(0);
+                Ok((hash_from(h, "leaf hash")?, r.get(1)))
+            })
+            .collect()
+    }
+
+    fn node_range(&mut self, level: u32, from: u64, count: u64) -> Result<Vec<Hash>, StoreError> {
+        let end = from.saturating_add(count);
+        let rows = self
+            .client
+            .query(
+                "SELECT hash FROM log_nodes WHERE level = $1 AND idx >= $2 AND idx < $3 ORDER BY idx",
+                &[
+                    &i64::from(level),
+                    &to_i64(from, "node index")?,
+                    &to_i64(end, "node index")?,
+                ],
+            )
+            .map_err(err)?;
+        rows.iter()
+            .map(|r| {
+                let h: &[u8] = r.get(0);
+                hash_from(h, "node hash")
+            })
+            .collect()
+    }
+
     fn node_count(&mut self) -> Result<u64, StoreError> {
         let n: i64 = self
             .client

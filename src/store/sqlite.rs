@@ -208,6 +208,53 @@ impl Backend for Sqlite {
         Ok(())
     }
 
+    fn leaf_range(&mut self, from: u64, count: u64) -> Result<Vec<(Hash, Vec<u8>)>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT leaf_hash, record FROM log_leaves WHERE idx >= $1 AND idx < $2 ORDER BY idx",
+            )
+            .map_err(err)?;
+        let end = from.saturating_add(count);
+        let rows = st
+            .query_map(
+                params![to_i64(from, "leaf index")?, to_i64(end, "leaf index")?],
+                |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)),
+            )
+            .map_err(err)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (h, rec) = row.map_err(err)?;
+            out.push((hash_from(&h, "leaf hash")?, rec));
+        }
+        Ok(out)
+    }
+
+    fn node_range(&mut self, level: u32, from: u64, count: u64) -> Result<Vec<Hash>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT hash FROM log_nodes WHERE level = $1 AND idx >= $2 AND idx < $3 ORDER BY idx",
+            )
+            .map_err(err)?;
+        let end = from.saturating_add(count);
+        let rows = st
+            .query_map(
+                params![
+                    level,
+                    to_i64(from, "node index")?,
+                    to_i64(end, "node index")?
+                ],
+                |r| r.get::<_, Vec<u8>>(0),
+            )
+            .map_err(err)?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(hash_from(&row.map_err(err)?, "node hash")?);
+        }
+        Ok(out)
+    }
+
     fn node_count(&mut self) -> Result<u64, StoreError> {
         let n: i64 = self
             .conn

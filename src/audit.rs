@@ -1,0 +1,411 @@
+//! `writ audit`: checks a decision log from outside. Exit 0 verified, 1 a finding (a bad
+//! signature, a rollback, a fork, a rewritten entry, a failed proof), 2 usage or network error.
+//!
+//! The auditor remembers the last checkpoint it verified (a state file per log key), so each run
+//! proves the log only grew since; checkpoints seen by other observers (files) are checked the
+//! same way, and against each other.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use clap::{Args, Subcommand};
+use writ_attestation::crypto::default_provider;
+use writ_attestation::log::audit::{check_entries, check_extension, parse_hashes, verify_bundle};
+use writ_attestation::log::merkle::{Hash, leaf_hash, verify_inclusion};
+use writ_attestation::log::note::{Checkpoint, NoteVerifier};
+use writ_attestation::log::record::DecisionRecord;
+use writ_attestation::log::tiles::{TILE_WIDTH, Tile, parse_entry_bundle};
+
+/// Largest answer read from the log.
+const MAX_ANSWER: u64 = 8 * 1024 * 1024;
+/// Longest lineage followed.
+const MAX_LINEAGE: usize = 64;
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Verify the log's latest checkpoint, and that it extends every checkpoint seen before
+    /// (remembered, or given as files by other observers).
+    Check(Check),
+    /// Verify a record's inclusion and print it; with --lineage, follow its parents.
+    Record(RecordArgs),
+    /// Verify an inclusion bundle offline (what a gateway is shown), optionally for a writ.
+    Bundle(BundleArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// The log's base URL (e.g. http://127.0.0.1:8080).
+    #[arg(long)]
+    log: String,
+    /// The checkpoint verifier key, `<origin>+<key id>+<base64>` (writ keys show --log-origin).
+    #[arg(long)]
+    key: String,
+    /// Where the last verified checkpoint is remembered (default: per key, under
+    /// $XDG_STATE_HOME/writ/audit or ~/.local/state/writ/audit).
+    #[arg(long)]
+    state: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct Check {
+    #[command(flatten)]
+    log: LogArgs,
+    /// Checkpoints seen elsewhere (signed notes), to check against the log and each other.
+    #[arg(long)]
+    checkpoint: Vec<PathBuf>,
+    /// Also fetch every entry and rebuild the tree (detects any altered record).
+    #[arg(long)]
+    full: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    #[command(flatten)]
+    log: LogArgs,
+    /// The record's index.
+    #[arg(long)]
+    index: u64,
+    /// Follow `parent` links to the root of the lineage.
+    #[arg(long)]
+    lineage: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BundleArgs {
+    /// The checkpoint verifier key.
+    #[arg(long)]
+    key: String,
+    /// The inclusion bundle (JSON).
+    file: PathBuf,
+    /// The compact writ the bundle's record must have issued.
+    #[arg(long)]
+    writ: Option<PathBuf>,
+}
+
+/// A refusal (1) or an error (2).
+enum Fail {
+    Finding(String),
+    Error(String),
+}
+
+fn finding(e: impl std::fmt::Display) -> Fail {
+    Fail::Finding(e.to_string())
+}
+
+fn error(e: impl std::fmt::Display) -> Fail {
+    Fail::Error(e.to_string())
+}
+
+fn get(url: &str) -> Result<Vec<u8>, Fail> {
+    let mut resp = ureq::get(url)
+        .call()
+        .map_err(|e| error(format!("GET {url}: {e}")))?;
+    resp.body_mut()
+        .with_config()
+        .limit(MAX_ANSWER)
+        .read_to_vec()
+        .map_err(|e| error(format!("GET {url}: {e}")))
+}
+
+fn get_json(url: &str) -> Result<serde_json::Value, Fail> {
+    serde_json::from_slice(&get(url)?).map_err(|e| error(format!("GET {url}: {e}")))
+}
+
+fn key_of(text: &str) -> Result<NoteVerifier, Fail> {
+    NoteVerifier::parse(text.trim()).map_err(|e| error(format!("--key: {e}")))
+}
+
+fn state_path(args: &LogArgs, key: &NoteVerifier) -> Result<PathBuf, Fail> {
+    if let Some(p) = &args.state {
+        return Ok(p.clone());
+    }
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .ok_or_else(|| error("no --state and no HOME"))?;
+    use sha2::Digest as _;
+    let id = hex::encode(sha2::Sha256::digest(key.to_string().as_bytes()));
+    Ok(base
+        .join("writ/audit")
+        .join(format!("{}.checkpoint", id.get(..16).unwrap_or(&id))))
+}
+
+/// Fetches and verifies the latest checkpoint, and checks it against the remembered one and the
+/// given ones; remembers it. Returns it.
+fn verified_latest(
+    args: &LogArgs,
+    key: &NoteVerifier,
+    others: &[PathBuf],
+    report: &mut Vec<String>,
+) -> Result<Checkpoint, Fail> {
+    let base = args.log.trim_end_matches('/');
+    let origin = key.name().to_string();
+    let note = String::from_utf8(get(&format!("{base}/v1/log/checkpoint"))?)
+        .map_err(|_| finding("the checkpoint is not UTF-8"))?;
+    let latest = Checkpoint::verify(default_provider(), &note, key, &origin)
+        .map_err(|e| finding(format!("the log's checkpoint: {e}")))?;
+    report.push(format!(
+        "checkpoint verified: {origin}, size {}, root {}",
+        latest.size,
+        hex::encode(latest.root)
+    ));
+    let state = state_path(args, key)?;
+    let mut seen: Vec<(String, Checkpoint)> = Vec::new();
+    match std::fs::read_to_string(&state) {
+        Ok(text) => {
+            let cp = Checkpoint::verify(default_provider(), &text, key, &origin).map_err(|e| {
+                finding(format!(
+                    "the remembered checkpoint {}: {e}",
+                    state.display()
+                ))
+            })?;
+            seen.push(("remembered".into(), cp));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            report.push(format!(
+                "no checkpoint remembered yet: this one is ({})",
+                state.display()
+            ));
+        }
+        Err(e) => return Err(error(format!("{}: {e}", state.display()))),
+    }
+    for f in others {
+        let text =
+            std::fs::read_to_string(f).map_err(|e| error(format!("{}: {e}", f.display())))?;
+        let cp = Checkpoint::verify(default_provider(), &text, key, &origin)
+            .map_err(|e| finding(format!("checkpoint {}: {e}", f.display())))?;
+        seen.push((f.display().to_string(), cp));
+    }
+    // Every pair of what was shown must be consistent, and everything with the latest.
+    for (i, (name_a, a)) in seen.iter().enumerate() {
+        for (name_b, b) in seen.iter().skip(i + 1) {
+            let (old, new, n_old, n_new) = if a.size <= b.size {
+                (a, b, name_a, name_b)
+            } else {
+                (b, a, name_b, name_a)
+            };
+            if old.size == new.size && old.root != new.root {
+                return Err(finding(format!(
+                    "fork: {n_old} and {n_new} are both of size {} with different roots",
+                    old.size
+                )));
+            }
+            if old.size < new.size && new.size <= latest.size {
+                // Both are prefixes of the latest if each is consistent with it (checked below).
+                continue;
+            }
+            if old.size < new.size {
+                let proof = consistency(base, old.size, new.size)?;
+                check_extension(old, new, &proof)
+                    .map_err(|e| finding(format!("{n_old} -> {n_new}: {e}")))?;
+            }
+        }
+        let proof = if a.size < latest.size && a.size > 0 {
+            consistency(base, a.size, latest.size)?
+        } else {
+            Vec::new()
+        };
+        check_extension(a, &latest, &proof)
+            .map_err(|e| finding(format!("{name_a} -> the log's latest: {e}")))?;
+        report.push(format!(
+            "consistent: {name_a} (size {}) -> latest (size {})",
+            a.size, latest.size
+        ));
+    }
+    let remembered = seen.first().filter(|(n, _)| n == "remembered");
+    if remembered.is_none_or(|(_, r)| r.size < latest.size) {
+        if let Some(dir) = state.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| error(format!("{}: {e}", dir.display())))?;
+        }
+        std::fs::write(&state, &note).map_err(|e| error(format!("{}: {e}", state.display())))?;
+    }
+    Ok(latest)
+}
+
+fn consistency(base: &str, first: u64, second: u64) -> Result<Vec<Hash>, Fail> {
+    let v = get_json(&format!(
+        "{base}/v1/log/proof/consistency?first={first}&second={second}"
+    ))?;
+    proof_of(&v)
+}
+
+fn proof_of(v: &serde_json::Value) -> Result<Vec<Hash>, Fail> {
+    let hexes: Vec<String> = v
+        .get("proof")
+        .and_then(|p| p.as_array())
+        .ok_or_else(|| finding("an answer without a proof"))?
+        .iter()
+        .map(|h| h.as_str().unwrap_or_default().to_string())
+        .collect();
+    parse_hashes(&hexes).map_err(finding)
+}
+
+fn check(args: Check) -> Result<Vec<String>, Fail> {
+    let key = key_of(&args.log.key)?;
+    let mut report = Vec::new();
+    let latest = verified_latest(&args.log, &key, &args.checkpoint, &mut report)?;
+    if args.full {
+        let base = args.log.log.trim_end_matches('/');
+        let mut hashes = Vec::with_capacity(usize::try_from(latest.size).unwrap_or(0));
+        let mut malformed = 0u64;
+        let mut index = 0u64;
+        while index < latest.size {
+            let width = (latest.size - index).min(TILE_WIDTH);
+            let tile = Tile {
+                level: None,
+                index: index / TILE_WIDTH,
+                width,
+            };
+            let bytes = get(&format!("{base}/v1/log/{}", tile.path()))?;
+            let entries = parse_entry_bundle(&bytes).map_err(finding)?;
+            if entries.len() as u64 != width {
+                return Err(finding(format!(
+                    "entry bundle {} holds {} entries, not {width}",
+                    tile.path(),
+                    entries.len()
+                )));
+            }
+            for e in &entries {
+                hashes.push(leaf_hash(e));
+                if DecisionRecord::from_leaf(e).is_err() {
+                    malformed += 1;
+                }
+            }
+            index += width;
+        }
+        check_entries(&latest, &hashes).map_err(finding)?;
+        report.push(format!(
+            "all {} entries rebuild the checkpoint's root",
+            latest.size
+        ));
+        if malformed > 0 {
+            report.push(format!(
+                "note: {malformed} entries are not decision records (tests or foreign data)"
+            ));
+        }
+    }
+    Ok(report)
+}
+
+fn record(args: RecordArgs) -> Result<Vec<String>, Fail> {
+    let key = key_of(&args.log.key)?;
+    let mut report = Vec::new();
+    let latest = verified_latest(&args.log, &key, &[], &mut report)?;
+    let base = args.log.log.trim_end_matches('/').to_string();
+    let mut index = args.index;
+    let mut visited = std::collections::HashSet::new();
+    for depth in 0..MAX_LINEAGE {
+        if index >= latest.size {
+            return Err(error(format!(
+                "record {index} is not covered by the latest checkpoint (size {})",
+                latest.size
+            )));
+        }
+        let v = get_json(&format!("{base}/v1/log/records/{index}"))?;
+        let bytes = STANDARD
+            .decode(v.get("record").and_then(|r| r.as_str()).unwrap_or_default())
+            .map_err(|e| finding(format!("record {index}: {e}")))?;
+        let p = get_json(&format!(
+            "{base}/v1/log/proof/inclusion?index={index}&tree_size={}",
+            latest.size
+        ))?;
+        let proof = proof_of(&p)?;
+        verify_inclusion(&leaf_hash(&bytes), index, latest.size, &proof, &latest.root).map_err(
+            |e| {
+                finding(format!(
+                    "record {index} is not what the checkpoint commits to: {e}"
+                ))
+            },
+        )?;
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        report.push(format!(
+            "record {index} (included in size {}): {text}",
+            latest.size
+        ));
+        if !args.lineage || !visited.insert(index) {
+            break;
+        }
+        let rec = DecisionRecord::from_leaf(&bytes)
+            .map_err(|e| finding(format!("record {index}: {e}")))?;
+        let Some(parent) = rec.parent_hash() else {
+            report.push(format!("lineage: {} record(s), root reached", depth + 1));
+            break;
+        };
+        let q = get_json(&format!(
+            "{base}/v1/log/proof/inclusion?hash={}&tree_size={}",
+            hex::encode(parent),
+            latest.size
+        ))?;
+        let next = q
+            .get("index")
+            .and_then(|i| i.as_u64())
+            .ok_or_else(|| finding(format!("the parent of record {index} is not in the log")))?;
+        if next >= index {
+            return Err(finding(format!(
+                "record {index} names a parent at {next}, which is not earlier"
+            )));
+        }
+        index = next;
+    }
+    Ok(report)
+}
+
+fn bundle(args: BundleArgs) -> Result<Vec<String>, Fail> {
+    let key = key_of(&args.key)?;
+    let bytes =
+        std::fs::read(&args.file).map_err(|e| error(format!("{}: {e}", args.file.display())))?;
+    let v = verify_bundle(default_provider(), &bytes, &key, key.name()).map_err(finding)?;
+    let mut report = vec![format!(
+        "record {} is included in the checkpoint of size {} ({})",
+        v.index,
+        v.checkpoint.size,
+        key.name()
+    )];
+    if let Some(w) = &args.writ {
+        let compact =
+            std::fs::read_to_string(w).map_err(|e| error(format!("{}: {e}", w.display())))?;
+        use sha2::Digest as _;
+        let want = format!(
+            "sha256:{}",
+            hex::encode(sha2::Sha256::digest(compact.trim().as_bytes()))
+        );
+        let rec = DecisionRecord::from_leaf(&v.record).map_err(finding)?;
+        if rec.kind != writ_attestation::log::record::Kind::Issue
+            || rec.digests.get("writ") != Some(&want)
+        {
+            return Err(finding(
+                "the bundle's record is not the issue record of this writ",
+            ));
+        }
+        report.push(format!("it is the issue record of the writ ({want})"));
+    }
+    report.push(String::from_utf8_lossy(&v.record).into_owned());
+    Ok(report)
+}
+
+pub fn run(cmd: AuditCommand) -> ExitCode {
+    let result = match cmd {
+        AuditCommand::Check(a) => check(a),
+        AuditCommand::Record(a) => record(a),
+        AuditCommand::Bundle(a) => bundle(a),
+    };
+    match result {
+        Ok(lines) => {
+            for l in lines {
+                println!("{l}");
+            }
+            println!("verified");
+            ExitCode::SUCCESS
+        }
+        Err(Fail::Finding(f)) => {
+            println!("REFUSED: {f}");
+            ExitCode::from(1)
+        }
+        Err(Fail::Error(e)) => {
+            eprintln!("writ audit: error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

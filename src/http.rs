@@ -1,0 +1,313 @@
+//! The appliance's HTTP server. Built so far: the decision log's read routes.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /v1/log/checkpoint` | the latest signed checkpoint (C2SP note, `text/plain`) |
+//! | `GET /v1/log/records/{index}` | `{"index","leaf_hash","record"}` (record in base64) |
+//! | `GET /v1/log/proof/inclusion?index=I&tree_size=N` (or `hash=` leaf hash hex) | `{"index","tree_size","leaf_hash","proof":[hex]}` |
+//! | `GET /v1/log/proof/consistency?first=M&second=N` | `{"first","second","proof":[hex]}` |
+//! | `GET /v1/log/bundle?index=I` (or `hash=`) | the inclusion bundle of interfaces.md, against the latest checkpoint |
+//! | `GET /v1/log/tile/...` | C2SP tlog-tiles hash tiles and entry bundles |
+//!
+//! Errors are `application/problem+json` with a stable `code`: out-of-range indices and sizes and
+//! malformed parameters are 400, a store that cannot answer is 503, a store that contradicts
+//! itself is 500.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde::Deserialize;
+use serde_json::json;
+use writ_attestation::log::merkle::Hash;
+use writ_attestation::log::tiles::{TILE_HEIGHT, TILE_WIDTH, Tile, entry_bundle};
+
+use crate::decision_log::DecisionLog;
+use crate::store::StoreError;
+
+/// An error answer.
+#[derive(Debug)]
+pub struct Problem {
+    status: StatusCode,
+    code: &'static str,
+    detail: String,
+}
+
+impl Problem {
+    fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
+        Problem {
+            status: StatusCode::BAD_REQUEST,
+            code,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl From<StoreError> for Problem {
+    fn from(e: StoreError) -> Self {
+        let status = match &e {
+            StoreError::Range(_) => StatusCode::BAD_REQUEST,
+            StoreError::Corrupt(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        Problem {
+            status,
+            code: e.code(),
+            detail: e.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "type": format!("urn:writ:error:{}", self.code),
+            "title": self.code,
+            "status": self.status.as_u16(),
+            "code": self.code,
+            "detail": self.detail,
+        });
+        (
+            self.status,
+            [(header::CONTENT_TYPE, "application/problem+json")],
+            body.to_string(),
+        )
+            .into_response()
+    }
+}
+
+/// Runs a blocking store call off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, Problem> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Problem {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "internal",
+            detail: format!("worker: {e}"),
+        })?
+        .map_err(Problem::from)
+}
+
+fn hexes(proof: &[Hash]) -> Vec<String> {
+    proof.iter().map(hex::encode).collect()
+}
+
+fn parse_hash(text: &str) -> Result<Hash, Problem> {
+    let bytes =
+        hex::decode(text).map_err(|_| Problem::bad_request("malformed", "hash is not hex"))?;
+    bytes
+        .try_into()
+        .map_err(|_| Problem::bad_request("malformed", "hash is not 32 bytes"))
+}
+
+/// The decision log's routes.
+pub fn log_router(log: Arc<DecisionLog>) -> Router {
+    Router::new()
+        .route("/v1/log/checkpoint", get(checkpoint))
+        .route("/v1/log/records/{index}", get(record))
+        .route("/v1/log/proof/inclusion", get(inclusion))
+        .route("/v1/log/proof/consistency", get(consistency))
+        .route("/v1/log/bundle", get(bundle))
+        .route("/v1/log/tile/{*path}", get(tile))
+        .with_state(log)
+}
+
+async fn checkpoint(State(log): State<Arc<DecisionLog>>) -> Result<Response, Problem> {
+    let cp = log.latest_checkpoint().ok_or(Problem {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        code: "checkpoint_stale",
+        detail: "no checkpoint published yet".into(),
+    })?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        cp.note,
+    )
+        .into_response())
+}
+
+async fn record(
+    State(log): State<Arc<DecisionLog>>,
+    Path(index): Path<String>,
+) -> Result<Response, Problem> {
+    let index: u64 = index
+        .parse()
+        .map_err(|_| Problem::bad_request("malformed", "index is not a number"))?;
+    let r = blocking(move || log.record(index)).await?;
+    Ok(axum::Json(json!({
+        "index": index,
+        "leaf_hash": hex::encode(writ_attestation::log::merkle::leaf_hash(&r)),
+        "record": STANDARD.encode(&r),
+    }))
+    .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct InclusionQuery {
+    index: Option<u64>,
+    hash: Option<String>,
+    tree_size: Option<u64>,
+}
+
+/// Resolves `index=` or `hash=` to an index.
+async fn locate(log: &Arc<DecisionLog>, q: &InclusionQuery) -> Result<u64, Problem> {
+    match (q.index, &q.hash) {
+        (Some(i), None) => Ok(i),
+        (None, Some(h)) => {
+            let h = parse_hash(h)?;
+            let l = Arc::clone(log);
+            blocking(move || l.index_of(&h))
+                .await?
+                .ok_or_else(|| Problem::bad_request("not_found", "no record has this leaf hash"))
+        }
+        _ => Err(Problem::bad_request(
+            "malformed",
+            "give exactly one of index= and hash=",
+        )),
+    }
+}
+
+async fn inclusion(
+    State(log): State<Arc<DecisionLog>>,
+    Query(q): Query<InclusionQuery>,
+) -> Result<Response, Problem> {
+    let index = locate(&log, &q).await?;
+    let size = q
+        .tree_size
+        .ok_or_else(|| Problem::bad_request("malformed", "tree_size is required"))?;
+    if index >= size {
+        return Err(Problem::bad_request(
+            "out_of_range",
+            format!("index {index} is not below tree_size {size}"),
+        ));
+    }
+    let l = Arc::clone(&log);
+    let (proof, record) =
+        blocking(move || Ok((l.inclusion_proof(index, size)?, l.record(index)?))).await?;
+    Ok(axum::Json(json!({
+        "index": index,
+        "tree_size": size,
+        "leaf_hash": hex::encode(writ_attestation::log::merkle::leaf_hash(&record)),
+        "proof": hexes(&proof),
+    }))
+    .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct ConsistencyQuery {
+    first: u64,
+    second: u64,
+}
+
+async fn consistency(
+    State(log): State<Arc<DecisionLog>>,
+    Query(q): Query<ConsistencyQuery>,
+) -> Result<Response, Problem> {
+    if q.first > q.second {
+        return Err(Problem::bad_request(
+            "out_of_range",
+            format!("first {} is larger than second {}", q.first, q.second),
+        ));
+    }
+    let (first, second) = (q.first, q.second);
+    let proof = blocking(move || {
+        if first == 0 {
+            // Every tree extends the empty one: nothing to prove.
+            log.root_at(second).map(|_| Vec::new())
+        } else {
+            log.consistency_proof(first, second)
+        }
+    })
+    .await?;
+    Ok(
+        axum::Json(json!({"first": first, "second": second, "proof": hexes(&proof)}))
+            .into_response(),
+    )
+}
+
+async fn bundle(
+    State(log): State<Arc<DecisionLog>>,
+    Query(q): Query<InclusionQuery>,
+) -> Result<Response, Problem> {
+    let index = locate(&log, &q).await?;
+    let cp = log.latest_checkpoint().ok_or(Problem {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        code: "checkpoint_stale",
+        detail: "no checkpoint published yet".into(),
+    })?;
+    if index >= cp.size {
+        return Err(Problem {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "not_yet_checkpointed",
+            detail: format!(
+                "record {index} is not yet covered by a checkpoint (size {}); retry within the checkpoint interval",
+                cp.size
+            ),
+        });
+    }
+    let size = cp.size;
+    let l = Arc::clone(&log);
+    let (proof, record) =
+        blocking(move || Ok((l.inclusion_proof(index, size)?, l.record(index)?))).await?;
+    Ok(axum::Json(json!({
+        "record": STANDARD.encode(&record),
+        "index": index,
+        "tree_size": size,
+        "proof": hexes(&proof),
+        "checkpoint": cp.note,
+    }))
+    .into_response())
+}
+
+async fn tile(
+    State(log): State<Arc<DecisionLog>>,
+    Path(path): Path<String>,
+) -> Result<Response, Problem> {
+    let t = Tile::parse(&format!("tile/{path}"))
+        .map_err(|e| Problem::bad_request("malformed", e.to_string()))?;
+    let start = t
+        .index
+        .checked_mul(TILE_WIDTH)
+        .ok_or_else(|| Problem::bad_request("out_of_range", "tile index too large"))?;
+    let body = match t.level {
+        None => {
+            let records = blocking(move || log.records(start, t.width)).await?;
+            entry_bundle(&records).map_err(|e| Problem {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                code: "internal",
+                detail: e.to_string(),
+            })?
+        }
+        Some(l) => {
+            let level = u32::from(l) * TILE_HEIGHT;
+            let hashes = blocking(move || log.level_hashes(level, start, t.width)).await?;
+            hashes.concat()
+        }
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream"),
+            // Tiles never change once they exist.
+            (header::CACHE_CONTROL, "public, max-age=31536000, immutable"),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
