@@ -546,3 +546,29 @@ fn kill_9_during_appends_loses_nothing_answered_and_contradicts_no_checkpoint() 
         );
     }
 }
+
+#[test]
+fn checkpoints_are_signed_by_a_key_in_softhsm2() {
+    writ_testkit::isolated(
+        module_path!(),
+        "checkpoints_are_signed_by_a_key_in_softhsm2",
+        |hsm| {
+            let uri = hsm.key_uri("writ-checkpoint");
+            let k = generate_key(&uri.parse().unwrap(), &OpenOptions::default()).unwrap();
+            assert!(k.hardware_backed());
+            let dir = tempfile::tempdir().unwrap();
+            let engine = Engine::Sqlite(dir.path().join("writ.db"));
+            let log = DecisionLog::open(engine.clone(), config(), Arc::clone(&k)).unwrap();
+            log.append_many((0..50).map(record).collect()).unwrap();
+            let cp = log.checkpoint_now().unwrap();
+            let parsed =
+                Checkpoint::verify(default_provider(), &cp.note, &verifier(&k), ORIGIN).unwrap();
+            assert_eq!((parsed.size, parsed.root), (50, log.root_at(50).unwrap()));
+            drop(log);
+            // Reopened with the key opened again from the token: the stored checkpoints verify.
+            let again = writ_hsm::open_key(&uri.parse().unwrap(), &OpenOptions::default()).unwrap();
+            let log = DecisionLog::open(engine, config(), again).unwrap();
+            assert_eq!(log.head().0, 50);
+        },
+    );
+}

@@ -94,6 +94,26 @@ fi
 say "A key in the TPM (persistent handle 0x81000101): generated inside, fixedTPM, fixedParent, with an authValue"
 key issuer "tpm:handle=0x81000101?tcti=$TPM2TOOLS_TCTI&auth-source=file:$WRIT_DEV_TPM_AUTH_FILE"
 
+say "The decision log: writ serve signs checkpoints with that key; writ audit verifies them"
+port="${WRIT_DEV_SERVE_PORT:-8787}"
+serve_log="$WRIT_DEV_DIR/serve.log"
+"$writ" serve --store "sqlite:$WRIT_DEV_DIR/writ.db" --checkpoint-key "$(pkcs11_uri writ-checkpoint)" \
+  --origin writ.dev/log --listen "127.0.0.1:$port" >"$serve_log" 2>&1 &
+serve_pid=$!
+trap 'kill "$serve_pid" 2>/dev/null || true; rm -f "$shown"' EXIT
+vkey=""
+for _ in $(seq 1 100); do
+  vkey=$(sed -n 's/^writ serve: checkpoint verifier key //p' "$serve_log")
+  [ -n "$vkey" ] && break
+  kill -0 "$serve_pid" 2>/dev/null || { cat "$serve_log" >&2; exit 1; }
+  sleep 0.1
+done
+[ -n "$vkey" ] || { cat "$serve_log" >&2; echo "writ serve did not start" >&2; exit 1; }
+"$writ" audit check --log "http://127.0.0.1:$port" --key "$vkey" \
+  --state "$WRIT_DEV_DIR/audit.checkpoint" --full
+kill "$serve_pid" 2>/dev/null || true
+wait "$serve_pid" 2>/dev/null || true
+
 say "Done"
 cat <<DONE
 Checked at each step: the key exists in the device, its attributes forbid export (and say it was
@@ -101,5 +121,7 @@ never exportable), its PIN or authValue comes from a file only its owner can rea
 signature made by the device verifies under the public key it reported.
 State lives in ${WRIT_DEV_DIR}. Stop the devices: deploy/dev/stack.sh down.
 Start over from factory-new devices: deploy/dev/stack.sh reset.
-Not built yet: enrollment, attestation, issuance, the decision log and the gateway (see README).
+The decision log's store is $WRIT_DEV_DIR/writ.db; writ audit remembers the last checkpoint it verified.
+Not built yet: enrollment, attestation as a service, issuance, decisions written to the log by those
+endpoints, and the gateway (see README).
 DONE
