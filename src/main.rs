@@ -1,8 +1,8 @@
 //! `writ`: the appliance and its CLI. Built so far: `writ keys` (key custody), `writ
 //! verify-quote` (TPM quote verification, tpm2-tools formats), `writ eventlog`, `writ appraise`
 //! and `writ reference capture` (measured boot), `writ serve` (the decision log and its read
-//! routes only) and `writ audit`. The rest of `writ serve`,
-//! `writ admin`, `writ agent` and `writ audit` are not built yet (see the README).
+//! routes only) and `writ audit`. The rest of `writ serve`, `writ admin` and `writ agent` are not
+//! built yet (see the README).
 #![forbid(unsafe_code)]
 
 mod audit;
