@@ -18,8 +18,10 @@ use writ_attestation::log::note::{Checkpoint, NoteVerifier};
 use writ_attestation::log::record::DecisionRecord;
 use writ_attestation::log::tiles::{TILE_WIDTH, Tile, parse_entry_bundle};
 
-/// Largest answer read from the log.
-const MAX_ANSWER: u64 = 8 * 1024 * 1024;
+/// Largest answer read from the log (a full entry tile: 256 entries of up to 65,535 bytes).
+const MAX_ANSWER: u64 = 256 * 65_537 + 4096;
+/// Longest wait for one answer.
+const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 /// Longest lineage followed.
 const MAX_LINEAGE: usize = 64;
 
@@ -98,8 +100,16 @@ fn error(e: impl std::fmt::Display) -> Fail {
     Fail::Error(e.to_string())
 }
 
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(TIMEOUT))
+        .build()
+        .new_agent()
+}
+
 fn get(url: &str) -> Result<Vec<u8>, Fail> {
-    let mut resp = ureq::get(url)
+    let mut resp = agent()
+        .get(url)
         .call()
         .map_err(|e| error(format!("GET {url}: {e}")))?;
     resp.body_mut()
@@ -178,56 +188,65 @@ fn verified_latest(
             .map_err(|e| finding(format!("checkpoint {}: {e}", f.display())))?;
         seen.push((f.display().to_string(), cp));
     }
-    // Every pair of what was shown must be consistent, and everything with the latest.
-    for (i, (name_a, a)) in seen.iter().enumerate() {
-        for (name_b, b) in seen.iter().skip(i + 1) {
-            let (old, new, n_old, n_new) = if a.size <= b.size {
-                (a, b, name_a, name_b)
-            } else {
-                (b, a, name_b, name_a)
-            };
-            if old.size == new.size && old.root != new.root {
-                return Err(finding(format!(
-                    "fork: {n_old} and {n_new} are both of size {} with different roots",
-                    old.size
-                )));
-            }
-            if old.size < new.size && new.size <= latest.size {
-                // Both are prefixes of the latest if each is consistent with it (checked below).
-                continue;
-            }
-            if old.size < new.size {
-                let proof = consistency(base, old.size, new.size)?;
-                check_extension(old, new, &proof)
-                    .map_err(|e| finding(format!("{n_old} -> {n_new}: {e}")))?;
-            }
-        }
+    // Everything shown must be extended by the latest (a larger one means the log rolled back);
+    // then every pair is consistent too, except two of one size with different roots.
+    for (name, a) in &seen {
         let proof = if a.size < latest.size && a.size > 0 {
             consistency(base, a.size, latest.size)?
         } else {
             Vec::new()
         };
         check_extension(a, &latest, &proof)
-            .map_err(|e| finding(format!("{name_a} -> the log's latest: {e}")))?;
+            .map_err(|e| finding(format!("{name} -> the log's latest: {e}")))?;
         report.push(format!(
-            "consistent: {name_a} (size {}) -> latest (size {})",
+            "consistent: {name} (size {}) -> latest (size {})",
             a.size, latest.size
         ));
+    }
+    for (i, (name_a, a)) in seen.iter().enumerate() {
+        for (name_b, b) in seen.iter().skip(i + 1) {
+            if a.size == b.size && a.root != b.root {
+                return Err(finding(format!(
+                    "fork: {name_a} and {name_b} are both of size {} with different roots",
+                    a.size
+                )));
+            }
+        }
     }
     let remembered = seen.first().filter(|(n, _)| n == "remembered");
     if remembered.is_none_or(|(_, r)| r.size < latest.size) {
         if let Some(dir) = state.parent() {
             std::fs::create_dir_all(dir).map_err(|e| error(format!("{}: {e}", dir.display())))?;
         }
-        std::fs::write(&state, &note).map_err(|e| error(format!("{}: {e}", state.display())))?;
+        let mut tmp = state.clone().into_os_string();
+        tmp.push(format!(".{}.tmp", std::process::id()));
+        std::fs::write(&tmp, &note).map_err(|e| error(format!("{}: {e}", state.display())))?;
+        std::fs::rename(&tmp, &state).map_err(|e| error(format!("{}: {e}", state.display())))?;
     }
     Ok(latest)
 }
 
 fn consistency(base: &str, first: u64, second: u64) -> Result<Vec<Hash>, Fail> {
-    let v = get_json(&format!(
-        "{base}/v1/log/proof/consistency?first={first}&second={second}"
-    ))?;
+    let url = format!("{base}/v1/log/proof/consistency?first={first}&second={second}");
+    // Both sizes are covered by the log's own signed checkpoints: refusing the proof is a finding.
+    let v = match agent().get(&url).call() {
+        Ok(mut r) => r
+            .body_mut()
+            .with_config()
+            .limit(MAX_ANSWER)
+            .read_to_vec()
+            .map_err(|e| error(format!("GET {url}: {e}")))
+            .and_then(|b| {
+                serde_json::from_slice::<serde_json::Value>(&b)
+                    .map_err(|e| error(format!("GET {url}: {e}")))
+            })?,
+        Err(ureq::Error::StatusCode(code)) => {
+            return Err(finding(format!(
+                "the log refused a consistency proof from {first} to {second} (HTTP {code}), which its signed checkpoints commit it to"
+            )));
+        }
+        Err(e) => return Err(error(format!("GET {url}: {e}"))),
+    };
     proof_of(&v)
 }
 
@@ -248,7 +267,7 @@ fn check(args: Check) -> Result<Vec<String>, Fail> {
     let latest = verified_latest(&args.log, &key, &args.checkpoint, &mut report)?;
     if args.full {
         let base = args.log.log.trim_end_matches('/');
-        let mut hashes = Vec::with_capacity(usize::try_from(latest.size).unwrap_or(0));
+        let mut rebuilt = writ_attestation::log::merkle::RootBuilder::new();
         let mut malformed = 0u64;
         let mut index = 0u64;
         while index < latest.size {
@@ -268,14 +287,14 @@ fn check(args: Check) -> Result<Vec<String>, Fail> {
                 )));
             }
             for e in &entries {
-                hashes.push(leaf_hash(e));
+                rebuilt.push(leaf_hash(e));
                 if DecisionRecord::from_leaf(e).is_err() {
                     malformed += 1;
                 }
             }
             index += width;
         }
-        check_entries(&latest, &hashes).map_err(finding)?;
+        check_entries(&latest, &rebuilt).map_err(finding)?;
         report.push(format!(
             "all {} entries rebuild the checkpoint's root",
             latest.size
@@ -295,6 +314,7 @@ fn record(args: RecordArgs) -> Result<Vec<String>, Fail> {
     let latest = verified_latest(&args.log, &key, &[], &mut report)?;
     let base = args.log.log.trim_end_matches('/').to_string();
     let mut index = args.index;
+    let mut expected: Option<Hash> = None;
     let mut visited = std::collections::HashSet::new();
     for depth in 0..MAX_LINEAGE {
         if index >= latest.size {
@@ -319,6 +339,14 @@ fn record(args: RecordArgs) -> Result<Vec<String>, Fail> {
                 ))
             },
         )?;
+        if let Some(want) = expected
+            && leaf_hash(&bytes) != want
+        {
+            return Err(finding(format!(
+                "the log answered record {index} for a parent whose leaf hash is {}",
+                hex::encode(want)
+            )));
+        }
         let text = String::from_utf8_lossy(&bytes).into_owned();
         report.push(format!(
             "record {index} (included in size {}): {text}",
@@ -333,6 +361,7 @@ fn record(args: RecordArgs) -> Result<Vec<String>, Fail> {
             report.push(format!("lineage: {} record(s), root reached", depth + 1));
             break;
         };
+        expected = Some(parent);
         let q = get_json(&format!(
             "{base}/v1/log/proof/inclusion?hash={}&tree_size={}",
             hex::encode(parent),
@@ -373,6 +402,7 @@ fn bundle(args: BundleArgs) -> Result<Vec<String>, Fail> {
         );
         let rec = DecisionRecord::from_leaf(&v.record).map_err(finding)?;
         if rec.kind != writ_attestation::log::record::Kind::Issue
+            || rec.decision != writ_attestation::log::record::Decision::Allow
             || rec.digests.get("writ") != Some(&want)
         {
             return Err(finding(

@@ -10,23 +10,30 @@
 //! decision, never under-report an answered one.
 //!
 //! Sequencing: the writer thread is the only sequencer; indices are assigned in memory and stored
-//! in the same transaction as the leaves (the primary key refuses a reused index; a second writer
-//! process is refused by a lock). After any failed commit the writer reloads its state from the
-//! store before the next batch.
+//! in the same transaction as the leaves (a second writer process is refused by a lock). After a
+//! failed commit the writer reconnects and accepts the store only if it holds exactly the tree it
+//! had committed, or that tree plus the failed batch (a commit whose outcome was unknown);
+//! anything else (a store rolled back or replaced while the log ran) stops the log for good
+//! (`log_corrupt`), so an answered index is never reused.
 //!
-//! Checkpoints: a checkpointer thread signs `origin / size / root` whenever the tree grew, at most
-//! every `checkpoint_interval`, and on demand; a checkpoint is stored durably before it is
-//! published, its root is computed from leaves verified at start, and it is checked consistent
-//! with the previous checkpoint before it is signed. If no checkpoint could be signed for longer
+//! Checkpoints: a checkpointer thread signs `origin / size / root` whenever the tree grew, every
+//! `checkpoint_interval`, and on demand. The root is the writer's in-memory tree (rebuilt from
+//! verified leaves at start, extended only by its own commits); before a checkpoint is stored its
+//! consistency with the previous one is proven from the stored subtrees, so a damaged subtree
+//! stops checkpoints rather than being signed over. The checkpoint is written to a mark file
+//! outside the store, then stored, then published. If no checkpoint could be signed for longer
 //! than `max_checkpoint_age`, appends are refused (`checkpoint_stale`): the appliance stops
-//! issuing.
+//! issuing. An append that gets no answer within `append_timeout` is refused.
 //!
 //! Start-up: every leaf is read back and re-hashed, indices must be contiguous, every stored
-//! checkpoint must verify under the checkpoint key and match the tree rebuilt from the leaves,
-//! and the stored subtree count and right edge must match. Anything else is `log_corrupt` and
-//! the log does not open. (Stored interior nodes off the right edge are not re-verified at
-//! start: they only feed proofs, which clients verify against signed roots, so a damaged node
-//! can make a proof fail, never make a checkpoint lie.)
+//! checkpoint's note must match its row and the tree rebuilt from the leaves (the latest one's
+//! signature is verified under this key and origin), the stored subtree count and right edge must
+//! match, and the tree must contain the last published checkpoint named by the mark. Anything
+//! else is `log_corrupt` and the log does not open. Not verified at start: stored interior nodes
+//! off the right edge (they feed proofs, which clients verify against signed roots, and the
+//! consistency proof checked before each checkpoint). A rollback by someone who controls both
+//! the store and the mark file is caught by auditors (`writ audit` remembers checkpoints), not by
+//! the log itself.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
@@ -46,10 +53,15 @@ use crate::store::{
     Backend, Engine, Hash, LeafRow, NodeRow, StoreError, StoredCheckpoint, connect,
 };
 
-/// Largest record accepted (records hold digests, never evidence).
-pub const MAX_RECORD: usize = 64 * 1024;
+/// Largest record accepted (records hold digests, never evidence; a tile entry is at most 65,535
+/// bytes).
+pub const MAX_RECORD: usize = 65_535;
 /// Jobs waiting for the writer before appends block (backpressure).
 const QUEUE: usize = 65_536;
+/// Most record bytes in one commit.
+const MAX_BATCH_BYTES: usize = 32 * 1024 * 1024;
+/// Most reader connections open at once (anonymous readers cannot exhaust the database).
+const MAX_READERS: usize = 16;
 
 /// How the log runs.
 #[derive(Debug, Clone)]
@@ -62,6 +74,15 @@ pub struct LogConfig {
     pub max_checkpoint_age: Duration,
     /// Most records in one commit.
     pub max_batch: usize,
+    /// How long an append waits for the store before it is refused (its record may still land:
+    /// the log can over-report a refused decision, never under-report an answered one).
+    pub append_timeout: Duration,
+    /// A file outside the store holding the last published checkpoint, written (atomically,
+    /// fsynced) before a checkpoint is published. At start the store must contain it: a store
+    /// restored from a backup or an asynchronous replica behind it does not open. Default for
+    /// SQLite: `<database>.published`; for PostgreSQL none unless set (put it on the appliance's
+    /// own disk).
+    pub published_mark: Option<std::path::PathBuf>,
 }
 
 impl LogConfig {
@@ -73,6 +94,8 @@ impl LogConfig {
             checkpoint_interval: Duration::from_secs(1),
             max_checkpoint_age: Duration::from_secs(30),
             max_batch: 8192,
+            append_timeout: Duration::from_secs(30),
+            published_mark: None,
         }
     }
 }
@@ -164,6 +187,12 @@ impl SubtreeSource for Source<'_> {
 /// Loads the tree's right edge from stored subtrees (after a failed commit).
 fn load_tree(b: &mut dyn Backend) -> Result<Tree, StoreError> {
     let size = b.leaf_count()?;
+    let top = b.max_leaf_index()?;
+    if top.map_or(0, |t| t + 1) != size {
+        return Err(StoreError::Corrupt(format!(
+            "{size} leaves stored, the highest index is {top:?}: indices are not contiguous"
+        )));
+    }
     let mut tree = Tree {
         size,
         frontier: Vec::new(),
@@ -189,6 +218,7 @@ struct Inner {
     latest: RwLock<Option<StoredCheckpoint>>,
     healthy_at: Mutex<Instant>,
     readers: Mutex<Vec<Box<dyn Backend>>>,
+    reader_slots: (Mutex<usize>, Condvar),
     sign_lock: Mutex<()>,
     wake: (Mutex<bool>, Condvar),
     stopping: AtomicBool,
@@ -222,15 +252,36 @@ impl DecisionLog {
     /// has none. `key` is the checkpoint key; it must match what signed the stored checkpoints.
     pub fn open(
         engine: Engine,
-        config: LogConfig,
+        mut config: LogConfig,
         key: Arc<dyn CustodyKey>,
     ) -> Result<Self, StoreError> {
         let verifier = NoteVerifier::from_spki(&config.origin, key.public_key().spki_der())
             .map_err(|e| StoreError::Config(format!("checkpoint key: {e}")))?;
+        if config.checkpoint_interval.saturating_mul(2) > config.max_checkpoint_age {
+            return Err(StoreError::Config(format!(
+                "checkpoint interval {:?} must be at most half of the maximum checkpoint age {:?}",
+                config.checkpoint_interval, config.max_checkpoint_age
+            )));
+        }
+        if config.published_mark.is_none()
+            && let Engine::Sqlite(path) = &engine
+        {
+            let mut p = path.clone().into_os_string();
+            p.push(".published");
+            config.published_mark = Some(p.into());
+        }
         let mut writer = connect(&engine)?;
         writer.lock_writer()?;
         writer.migrate()?;
-        let (tree, latest) = verify_all(writer.as_mut(), &config.origin, &verifier)?;
+        let mut pages = connect(&engine)?;
+        let (tree, latest) = verify_all(
+            writer.as_mut(),
+            pages.as_mut(),
+            &config.origin,
+            &verifier,
+            config.published_mark.as_deref(),
+        )?;
+        drop(pages);
         let (tx, rx) = sync_channel(QUEUE);
         let inner = Arc::new(Inner {
             engine,
@@ -242,6 +293,7 @@ impl DecisionLog {
             latest: RwLock::new(latest),
             healthy_at: Mutex::new(Instant::now()),
             readers: Mutex::new(Vec::new()),
+            reader_slots: (Mutex::new(0), Condvar::new()),
             sign_lock: Mutex::new(()),
             wake: (Mutex::new(false), Condvar::new()),
             stopping: AtomicBool::new(false),
@@ -315,7 +367,16 @@ impl DecisionLog {
         }
         let (reply, answer) = sync_channel(1);
         self.send(Job::Append { records, reply })?;
-        answer.recv().map_err(|_| StoreError::Stopped)?
+        match answer.recv_timeout(self.inner.config.append_timeout) {
+            Ok(r) => r,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                Err(StoreError::Unavailable(format!(
+                    "the store did not answer within {} s (the record may still be written; the decision is refused)",
+                    self.inner.config.append_timeout.as_secs()
+                )))
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(StoreError::Stopped),
+        }
     }
 
     fn send(&self, job: Job) -> Result<(), StoreError> {
@@ -461,19 +522,45 @@ impl DecisionLog {
         &self,
         f: impl FnOnce(&mut dyn Backend) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        // A slot first: at most MAX_READERS connections, pooled or in use.
+        let (lock, cv) = &self.inner.reader_slots;
+        {
+            let guard = lock.lock().map_err(|_| StoreError::Stopped)?;
+            let (mut n, timeout) = cv
+                .wait_timeout_while(guard, Duration::from_secs(5), |n| *n >= MAX_READERS)
+                .map_err(|_| StoreError::Stopped)?;
+            if timeout.timed_out() && *n >= MAX_READERS {
+                return Err(StoreError::Unavailable(
+                    "every reader connection is busy".into(),
+                ));
+            }
+            *n += 1;
+        }
+        let release = || {
+            if let Ok(mut n) = lock.lock() {
+                *n = n.saturating_sub(1);
+            }
+            cv.notify_one();
+        };
         let pooled = self.inner.readers.lock().ok().and_then(|mut p| p.pop());
         let mut conn = match pooled {
             Some(c) => c,
-            None => connect(&self.inner.engine)?,
+            None => match connect(&self.inner.engine) {
+                Ok(c) => c,
+                Err(e) => {
+                    release();
+                    return Err(e);
+                }
+            },
         };
         let out = f(conn.as_mut());
         // A connection that failed is dropped, not pooled.
         if out.is_ok()
             && let Ok(mut p) = self.inner.readers.lock()
-            && p.len() < 8
         {
             p.push(conn);
         }
+        release();
         out
     }
 
@@ -502,40 +589,124 @@ impl Drop for DecisionLog {
     }
 }
 
-/// Reads everything back: leaves (contiguous, re-hashed), checkpoints (signed by the key, for
-/// this origin, matching the rebuilt tree), the subtree count and right edge.
-fn verify_all(
-    b: &mut dyn Backend,
+/// Checkpoints fetched per page at start.
+const CHECKPOINT_PAGE: u64 = 10_000;
+
+/// Reads a published-checkpoint mark, verified.
+fn read_mark(
+    path: &std::path::Path,
     origin: &str,
     verifier: &NoteVerifier,
-) -> Result<(Tree, Option<StoredCheckpoint>), StoreError> {
-    let checkpoints = b.checkpoints()?;
-    for cp in &checkpoints {
-        let parsed =
-            Checkpoint::verify(default_provider(), &cp.note, verifier, origin).map_err(|e| {
+) -> Result<Option<Checkpoint>, StoreError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Checkpoint::verify(default_provider(), &text, verifier, origin)
+            .map(Some)
+            .map_err(|e| {
                 StoreError::Corrupt(format!(
-                    "stored checkpoint at size {}: {e} (signed by another key, or altered)",
-                    cp.size
+                    "the published-checkpoint mark {}: {e}",
+                    path.display()
                 ))
-            })?;
-        if parsed.size != cp.size || parsed.root != cp.root {
-            return Err(StoreError::Corrupt(format!(
-                "stored checkpoint at size {}: its note says size {}",
-                cp.size, parsed.size
-            )));
-        }
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StoreError::Unavailable(format!("{}: {e}", path.display()))),
     }
+}
+
+/// Writes the mark atomically and durably (temporary file, fsync, rename, fsync of the folder).
+fn write_mark(path: &std::path::Path, note: &str) -> Result<(), StoreError> {
+    use std::io::Write as _;
+    let fail = |e: std::io::Error| {
+        StoreError::Unavailable(format!("published-checkpoint mark {}: {e}", path.display()))
+    };
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let mut f = std::fs::File::create(&tmp).map_err(fail)?;
+    f.write_all(note.as_bytes()).map_err(fail)?;
+    f.sync_all().map_err(fail)?;
+    std::fs::rename(&tmp, path).map_err(fail)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(fail)?;
+    }
+    Ok(())
+}
+
+/// Reads everything back: leaves (contiguous, re-hashed), checkpoints (each note's text matching
+/// its row and the tree rebuilt from the leaves; the latest one's signature verified under this
+/// key and origin), the subtree count and right edge, and the published-checkpoint mark (the
+/// store must contain it).
+fn verify_all(
+    b: &mut dyn Backend,
+    pages: &mut dyn Backend,
+    origin: &str,
+    verifier: &NoteVerifier,
+    mark_path: Option<&std::path::Path>,
+) -> Result<(Tree, Option<StoredCheckpoint>), StoreError> {
+    let latest = b.latest_checkpoint()?;
+    if let Some(cp) = &latest {
+        Checkpoint::verify(default_provider(), &cp.note, verifier, origin).map_err(|e| {
+            StoreError::Corrupt(format!(
+                "stored checkpoint at size {}: {e} (signed by another key, for another origin, or altered)",
+                cp.size
+            ))
+        })?;
+    }
+    let mark = match mark_path {
+        Some(p) => read_mark(p, origin, verifier)?,
+        None => None,
+    };
     let mut tree = Tree::default();
     let mut nodes = Vec::new();
-    let mut pending = checkpoints.iter().peekable();
-    // The empty tree's checkpoint.
-    while let Some(cp) = pending.next_if(|cp| cp.size == 0) {
-        if cp.root != empty_root() {
-            return Err(StoreError::Corrupt(
-                "the checkpoint of size 0 is not the empty tree".into(),
-            ));
+    let mut page: std::collections::VecDeque<StoredCheckpoint> = Default::default();
+    let mut next_page_from: Option<u64> = Some(0);
+    let mut mark_ok = mark
+        .as_ref()
+        .is_none_or(|m| m.size == 0 && m.root == empty_root());
+    // Checkpoints in size order, a page at a time, matched against the tree as it is rebuilt.
+    let mut check_due = |tree: &Tree| -> Result<(), StoreError> {
+        loop {
+            if page.is_empty() {
+                let Some(from) = next_page_from else {
+                    return Ok(());
+                };
+                let got = pages.checkpoints_page(from, CHECKPOINT_PAGE)?;
+                next_page_from = match got.last() {
+                    Some(last) if got.len() as u64 == CHECKPOINT_PAGE => Some(last.size + 1),
+                    _ => None,
+                };
+                page.extend(got);
+                if page.is_empty() {
+                    return Ok(());
+                }
+            }
+            let Some(cp) = page.front() else {
+                return Ok(());
+            };
+            if cp.size > tree.size {
+                return Ok(());
+            }
+            let text = cp.note.split("\n\n").next().unwrap_or_default().to_string() + "\n";
+            let parsed = Checkpoint::parse_text(&text).map_err(|e| {
+                StoreError::Corrupt(format!("stored checkpoint at size {}: {e}", cp.size))
+            })?;
+            if parsed.size != cp.size || parsed.root != cp.root || parsed.origin != origin {
+                return Err(StoreError::Corrupt(format!(
+                    "stored checkpoint at size {}: its note says size {} of {:?}",
+                    cp.size, parsed.size, parsed.origin
+                )));
+            }
+            if cp.size == tree.size && cp.root != tree.root() {
+                return Err(StoreError::Corrupt(format!(
+                    "the checkpoint at size {} does not match the stored leaves",
+                    cp.size
+                )));
+            }
+            page.pop_front();
         }
-    }
+    };
+    check_due(&tree)?;
     b.scan_leaves(0, &mut |idx, stored, record| {
         if idx != tree.size {
             return Err(StoreError::Corrupt(format!(
@@ -551,20 +722,34 @@ fn verify_all(
         }
         nodes.clear();
         tree.push(h, &mut nodes)?;
-        while let Some(cp) = pending.next_if(|cp| cp.size == tree.size) {
-            if cp.root != tree.root() {
+        if let Some(m) = &mark
+            && m.size == tree.size
+        {
+            if m.root != tree.root() {
                 return Err(StoreError::Corrupt(format!(
-                    "the checkpoint at size {} does not match the stored leaves",
-                    cp.size
+                    "the last published checkpoint (size {}) does not match the stored leaves",
+                    m.size
                 )));
             }
+            mark_ok = true;
         }
-        Ok(())
+        check_due(&tree)
     })?;
-    if let Some(cp) = pending.next() {
+    if let Some(cp) = &latest
+        && cp.size > tree.size
+    {
         return Err(StoreError::Corrupt(format!(
             "a checkpoint at size {} was published, but only {} leaves are stored (truncated)",
             cp.size, tree.size
+        )));
+    }
+    if let Some(m) = &mark
+        && !mark_ok
+    {
+        return Err(StoreError::Corrupt(format!(
+            "the store holds {} leaves, behind the last published checkpoint of size {} \
+             (restored from a backup, an asynchronous replica, or rolled back)",
+            tree.size, m.size
         )));
     }
     let want = Tree::node_count(tree.size);
@@ -581,44 +766,125 @@ fn verify_all(
             "the stored right edge of the tree does not match the leaves".into(),
         ));
     }
-    Ok((tree, checkpoints.last().cloned()))
+    Ok((tree, latest))
+}
+
+/// After a failed commit: reconnects, and accepts the store only if it holds exactly the tree the
+/// writer had committed, or that tree plus the failed batch (a commit whose outcome was unknown).
+/// Anything else (fewer leaves, another right edge) is a store that moved under the log.
+fn reconnect(
+    inner: &Inner,
+    committed: &Tree,
+    failed: Option<&Tree>,
+) -> Result<(Box<dyn Backend>, Tree), StoreError> {
+    let mut b = connect(&inner.engine)?;
+    b.lock_writer()?;
+    let reloaded = load_tree(b.as_mut())?;
+    let same = |t: &Tree| t.size == reloaded.size && t.frontier == reloaded.frontier;
+    if !same(committed) && !failed.is_some_and(same) {
+        return Err(StoreError::Corrupt(format!(
+            "after reconnecting, the store holds {} leaves where the log had committed {}: \
+             the store was rolled back or replaced while the log ran",
+            reloaded.size, committed.size
+        )));
+    }
+    // A checkpoint whose commit outcome was unknown may be stored: publish what is stored.
+    let stored = b.latest_checkpoint()?;
+    let published = inner.latest.read().ok().and_then(|l| l.clone());
+    match (&stored, &published) {
+        (Some(s), Some(p)) if s.size < p.size => {
+            return Err(StoreError::Corrupt(format!(
+                "after reconnecting, the latest stored checkpoint is of size {}, below the published {}",
+                s.size, p.size
+            )));
+        }
+        (None, Some(p)) => {
+            return Err(StoreError::Corrupt(format!(
+                "after reconnecting, no checkpoint is stored, but one of size {} was published",
+                p.size
+            )));
+        }
+        (Some(s), p) if p.as_ref().is_none_or(|p| s.size > p.size) => {
+            Checkpoint::verify(
+                default_provider(),
+                &s.note,
+                &inner.verifier,
+                &inner.config.origin,
+            )
+            .map_err(|e| StoreError::Corrupt(format!("stored checkpoint: {e}")))?;
+            if s.size > reloaded.size {
+                return Err(StoreError::Corrupt(
+                    "a stored checkpoint beyond the tree".into(),
+                ));
+            }
+            if let Ok(mut l) = inner.latest.write() {
+                *l = Some(s.clone());
+            }
+        }
+        _ => {}
+    }
+    Ok((b, reloaded))
 }
 
 fn writer_loop(inner: &Inner, backend: Box<dyn Backend>, mut tree: Tree, rx: Receiver<Job>) {
     // `None` after a failure: the connection (and its writer lock) is dropped, and the next batch
-    // reconnects and reloads what is durable first.
+    // reconnects and checks what is durable first.
     let mut backend = Some(backend);
-    while let Ok(first) = rx.recv() {
+    let mut failed: Option<Tree> = None;
+    // Once the store is found moved under the log, every write is refused until a restart.
+    let mut dead: Option<StoreError> = None;
+    let mut pending: Option<Job> = None;
+    loop {
+        let first = match pending.take() {
+            Some(j) => j,
+            None => match rx.recv() {
+                Ok(j) => j,
+                Err(_) => return,
+            },
+        };
+        // A batch is either one checkpoint, or appends (up to the record and byte bounds).
         let mut count = job_records(&first);
+        let mut bytes = job_bytes(&first);
+        let checkpoint_batch = matches!(first, Job::Checkpoint { .. });
         let mut batch = vec![first];
-        while count < inner.config.max_batch {
+        while !checkpoint_batch && count < inner.config.max_batch && bytes < MAX_BATCH_BYTES {
             match rx.try_recv() {
+                Ok(j @ Job::Checkpoint { .. }) => {
+                    pending = Some(j);
+                    break;
+                }
                 Ok(j) => {
                     count += job_records(&j);
+                    bytes += job_bytes(&j);
                     batch.push(j);
                 }
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
+        if let Some(e) = &dead {
+            fail_all(batch, e);
+            continue;
+        }
         let b = match backend.as_mut() {
             Some(b) => b,
-            None => {
-                // Reconnect and reload what is durable before writing again.
-                match connect(&inner.engine).and_then(|mut b| {
-                    b.lock_writer()?;
-                    let t = load_tree(b.as_mut())?;
-                    Ok((b, t))
-                }) {
-                    Ok((b, t)) => {
-                        tree = t;
-                        backend.insert(b)
+            None => match reconnect(inner, &tree, failed.as_ref()) {
+                Ok((b, t)) => {
+                    tree = t;
+                    failed = None;
+                    if let Ok(mut h) = inner.head.write() {
+                        *h = (tree.size, tree.root());
                     }
-                    Err(e) => {
-                        fail_all(batch, &e);
-                        continue;
-                    }
+                    backend.insert(b)
                 }
-            }
+                Err(e) => {
+                    tracing::error!(code = e.code(), "decision log: {e}");
+                    if matches!(e, StoreError::Corrupt(_)) {
+                        dead = Some(e.clone());
+                    }
+                    fail_all(batch, &e);
+                    continue;
+                }
+            },
         };
         match commit_batch(inner, b.as_mut(), &tree, &batch) {
             Ok((staged, firsts)) => {
@@ -640,13 +906,24 @@ fn writer_loop(inner: &Inner, backend: Box<dyn Backend>, mut tree: Tree, rx: Rec
                     }
                 }
             }
-            Err(e) => {
+            Err((e, staged)) => {
                 b.rollback();
                 backend = None;
+                failed = staged;
                 tracing::warn!(code = e.code(), "decision log commit failed: {e}");
+                if matches!(e, StoreError::Corrupt(_)) {
+                    dead = Some(e.clone());
+                }
                 fail_all(batch, &e);
             }
         }
+    }
+}
+
+fn job_bytes(j: &Job) -> usize {
+    match j {
+        Job::Append { records, .. } => records.iter().map(Vec::len).sum(),
+        Job::Checkpoint { .. } => 0,
     }
 }
 
@@ -677,8 +954,9 @@ fn commit_batch(
     b: &mut dyn Backend,
     tree: &Tree,
     batch: &[Job],
-) -> Result<(Tree, Vec<u64>), StoreError> {
+) -> Result<(Tree, Vec<u64>), (StoreError, Option<Tree>)> {
     let mut staged = tree.clone();
+    let before = |e: StoreError| (e, None);
     let mut leaves = Vec::new();
     let mut nodes = Vec::new();
     let mut firsts = Vec::with_capacity(batch.len());
@@ -694,17 +972,17 @@ fn commit_batch(
                         hash: h,
                         record: r.clone(),
                     });
-                    staged.push(h, &mut nodes)?;
+                    staged.push(h, &mut nodes).map_err(before)?;
                 }
             }
             Job::Checkpoint { cp, .. } => {
                 firsts.push(cp.size);
-                check_checkpoint(inner, b, tree, cp)?;
+                check_checkpoint(inner, b, tree, cp).map_err(before)?;
                 checkpoints.push(cp);
             }
         }
     }
-    b.begin()?;
+    b.begin().map_err(before)?;
     let written = (|| {
         if !leaves.is_empty() {
             b.insert_leaves(&leaves)?;
@@ -717,7 +995,8 @@ fn commit_batch(
         }
         b.commit()
     })();
-    written?;
+    // A failure from here on may have been a commit whose outcome is unknown.
+    written.map_err(|e| (e, Some(staged.clone())))?;
     Ok((staged, firsts))
 }
 
@@ -781,13 +1060,20 @@ fn sign_checkpoint(
         .map(|h| *h)
         .map_err(|_| StoreError::Stopped)?;
     let latest = inner.latest.read().ok().and_then(|l| l.clone());
-    if let Some(l) = &latest
-        && l.size >= size
-    {
-        if let Ok(mut t) = inner.healthy_at.lock() {
-            *t = Instant::now();
+    if let Some(l) = &latest {
+        if l.size > size {
+            // The head went below what was published: never "covered", always an alarm.
+            return Err(StoreError::Corrupt(format!(
+                "the log holds {size} leaves, below its published checkpoint of size {}",
+                l.size
+            )));
         }
-        return Ok(l.clone());
+        if l.size == size {
+            if let Ok(mut t) = inner.healthy_at.lock() {
+                *t = Instant::now();
+            }
+            return Ok(l.clone());
+        }
     }
     let text = Checkpoint {
         origin: inner.config.origin.clone(),
@@ -815,6 +1101,11 @@ fn sign_checkpoint(
         note,
         signed_at: now_secs(),
     };
+    // The mark outside the store first: it only ever names a committed tree, so a store that
+    // does not contain it later was rolled back.
+    if let Some(path) = &inner.config.published_mark {
+        write_mark(path, &cp.note)?;
+    }
     let (reply, answer) = sync_channel(1);
     send(Job::Checkpoint {
         cp: cp.clone(),

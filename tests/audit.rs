@@ -242,6 +242,16 @@ fn truncation_re_signed_by_the_operator_and_forks_are_detected() {
     let o = check(&b.url, &vk, &state, &[]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("shrank from 20 to 19"), "{}", text(&o));
+    // A fresh auditor shown another observer's checkpoint of 20 sees the same rollback.
+    std::fs::write(dir.path().join("a20.cp"), &cp_a.note).unwrap();
+    let o = check(
+        &b.url,
+        &vk,
+        &dir.path().join("fresh0"),
+        &["--checkpoint", dir.path().join("a20.cp").to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("shrank from 20 to 19"), "{}", text(&o));
     // ... and puts another record in its place: same size, another root.
     b.log.append(&rec(777, None)).unwrap();
     let cp_b = b.log.checkpoint_now().unwrap();

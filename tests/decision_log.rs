@@ -181,7 +181,7 @@ fn what_is_stored_is_checked_at_start() {
     let keys = tempfile::tempdir().unwrap();
     let k = key(keys.path(), "cp.key");
     let other = key(keys.path(), "other.key");
-    let cases: [(&str, &str, &str); 4] = [
+    let cases: [(&str, &str, &str); 8] = [
         (
             "a record altered",
             "UPDATE log_leaves SET record = record || 'x' WHERE idx = 7",
@@ -201,6 +201,26 @@ fn what_is_stored_is_checked_at_start() {
             "a leaf missing in the middle",
             "DELETE FROM log_leaves WHERE idx = 4",
             "leaf 4 missing",
+        ),
+        (
+            "a subtree on the right edge altered",
+            "UPDATE log_nodes SET hash = (SELECT hash FROM log_nodes WHERE level = 1 AND idx = 0) WHERE level = 2 AND idx = 4",
+            "right edge",
+        ),
+        (
+            "a subtree deleted",
+            "DELETE FROM log_nodes WHERE level = 1 AND idx = 3",
+            "stored subtrees",
+        ),
+        (
+            "a checkpoint's root column altered",
+            "UPDATE log_checkpoints SET root = (SELECT leaf_hash FROM log_leaves WHERE idx = 0) WHERE size = 20",
+            "its note says",
+        ),
+        (
+            "the latest checkpoint's note altered",
+            "UPDATE log_checkpoints SET note = replace(note, 'writ.test/log', 'writ.test/lag') WHERE size = 20",
+            "log corrupt",
         ),
     ];
     for (what, sql, named) in cases {
@@ -571,4 +591,104 @@ fn checkpoints_are_signed_by_a_key_in_softhsm2() {
             assert_eq!(log.head().0, 50);
         },
     );
+}
+
+#[test]
+fn records_up_to_65535_bytes_are_accepted_and_no_larger() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let log = DecisionLog::open(
+        Engine::Sqlite(dir.path().join("writ.db")),
+        config(),
+        key(keys.path(), "cp.key"),
+    )
+    .unwrap();
+    assert_eq!(log.append(&vec![b'a'; 65_535]).unwrap(), 0);
+    assert_eq!(
+        log.append(&vec![b'a'; 65_536]).unwrap_err().code(),
+        "out_of_range"
+    );
+    let bundle = writ_attestation::log::tiles::entry_bundle(&log.records(0, 1).unwrap()).unwrap();
+    assert_eq!(bundle.len(), 65_537);
+}
+
+#[test]
+fn a_store_restored_from_a_backup_behind_a_published_checkpoint_does_not_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let k = key(keys.path(), "cp.key");
+    let db = dir.path().join("writ.db");
+    let engine = Engine::Sqlite(db.clone());
+    let log = DecisionLog::open(engine.clone(), config(), Arc::clone(&k)).unwrap();
+    log.append_many((0..10).map(record).collect()).unwrap();
+    log.checkpoint_now().unwrap();
+    drop(log);
+    let backup = dir.path().join("backup.db");
+    std::fs::copy(&db, &backup).unwrap();
+    let log = DecisionLog::open(engine.clone(), config(), Arc::clone(&k)).unwrap();
+    log.append_many((10..20).map(record).collect()).unwrap();
+    log.checkpoint_now().unwrap();
+    drop(log);
+    // The operator restores yesterday's backup: consistent in itself, behind what was published.
+    std::fs::copy(&backup, &db).unwrap();
+    let e = DecisionLog::open(engine.clone(), config(), Arc::clone(&k)).unwrap_err();
+    assert_eq!(e.code(), "log_corrupt", "{e}");
+    assert!(
+        e.to_string()
+            .contains("behind the last published checkpoint of size 20"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_postgres_store_rolled_back_under_a_running_log_stops_it() {
+    let pg = Postgres::database();
+    let keys = tempfile::tempdir().unwrap();
+    let k = key(keys.path(), "cp.key");
+    let log = DecisionLog::open(Engine::Postgres(pg.url()), config(), k).unwrap();
+    log.append_many((0..20).map(record).collect()).unwrap();
+    log.checkpoint_now().unwrap();
+    // Failover to a replica that is behind: the tail is gone, consistently across the tables,
+    // and the log's connections drop.
+    pg.psql(
+        "DELETE FROM log_leaves WHERE idx >= 12; DELETE FROM log_nodes WHERE (idx + 1) * (1 << level::int) > 12; \
+         DELETE FROM log_checkpoints WHERE size > 12",
+    );
+    pg.psql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    );
+    let _ = log.append(&record(100));
+    // Never sequenced onto the shorter tree: answered indices are not reused.
+    let e = log.append(&record(101)).unwrap_err();
+    assert_eq!(e.code(), "log_corrupt", "{e}");
+    assert!(e.to_string().contains("rolled back or replaced"), "{e}");
+    assert_eq!(log.append(&record(102)).unwrap_err().code(), "log_corrupt");
+}
+
+#[test]
+fn a_checkpoint_the_stored_tree_cannot_prove_consistent_is_never_signed_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let db = dir.path().join("writ.db");
+    let log = DecisionLog::open(
+        Engine::Sqlite(db.clone()),
+        config(),
+        key(keys.path(), "cp.key"),
+    )
+    .unwrap();
+    log.append_many((0..6).map(record).collect()).unwrap();
+    let six = log.checkpoint_now().unwrap();
+    assert_eq!(six.size, 6);
+    // A stored subtree the proof from 6 to 8 needs is altered behind the log's back.
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.execute_batch(
+        "UPDATE log_nodes SET hash = (SELECT hash FROM log_nodes WHERE level = 1 AND idx = 0) WHERE level = 1 AND idx = 2",
+    )
+    .unwrap();
+    log.append_many((6..8).map(record).collect()).unwrap();
+    let e = log.checkpoint_now().unwrap_err();
+    assert_eq!(e.code(), "log_corrupt", "{e}");
+    assert!(e.to_string().contains("not an extension"), "{e}");
+    assert_eq!(log.latest_checkpoint().unwrap().size, 6);
 }

@@ -165,6 +165,16 @@ pub(crate) trait Backend: Send {
     fn node(&mut self, level: u32, idx: u64) -> Result<Option<Hash>, StoreError>;
     fn index_of(&mut self, leaf_hash: &Hash) -> Result<Option<u64>, StoreError>;
     fn checkpoints(&mut self) -> Result<Vec<StoredCheckpoint>, StoreError>;
+    /// Up to `limit` checkpoints of size >= `from`, in size order.
+    fn checkpoints_page(
+        &mut self,
+        from: u64,
+        limit: u64,
+    ) -> Result<Vec<StoredCheckpoint>, StoreError>;
+    /// The checkpoint of the largest size.
+    fn latest_checkpoint(&mut self) -> Result<Option<StoredCheckpoint>, StoreError>;
+    /// The highest leaf index stored.
+    fn max_leaf_index(&mut self) -> Result<Option<u64>, StoreError>;
 }
 
 /// The current schema version.

@@ -37,12 +37,30 @@ fn err(e: postgres::Error) -> StoreError {
 impl Pg {
     pub(crate) fn open(url: &str) -> Result<Self, StoreError> {
         // The connection string may hold a password: errors name the failure, not the string.
-        let mut client = Client::connect(url, NoTls)
+        let mut config: postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Config(format!("PostgreSQL connection string: {e}")))?;
+        // A partition or a hung server must turn into an error, not a writer blocked forever.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(std::time::Duration::from_secs(10));
+        }
+        config
+            .keepalives(true)
+            .keepalives_idle(std::time::Duration::from_secs(10))
+            .tcp_user_timeout(std::time::Duration::from_secs(30));
+        let mut client = config
+            .connect(NoTls)
             .map_err(|e| StoreError::Unavailable(format!("PostgreSQL connection: {e}")))?;
         let sync: String = client
             .query_one("SHOW synchronous_commit", &[])
             .map_err(err)?
             .get(0);
+        let fsync: String = client.query_one("SHOW fsync", &[]).map_err(err)?.get(0);
+        if fsync == "off" {
+            return Err(StoreError::Config(
+                "PostgreSQL fsync is off: commits would not survive a crash".into(),
+            ));
+        }
         if sync == "off" {
             return Err(StoreError::Config(
                 "PostgreSQL synchronous_commit is off: commits would not be durable when they return"
@@ -284,23 +302,52 @@ impl Backend for Pg {
     }
 
     fn checkpoints(&mut self) -> Result<Vec<StoredCheckpoint>, StoreError> {
+        self.checkpoints_page(0, i64::MAX as u64)
+    }
+
+    fn checkpoints_page(
+        &mut self,
+        from: u64,
+        limit: u64,
+    ) -> Result<Vec<StoredCheckpoint>, StoreError> {
         let rows = self
             .client
             .query(
-                "SELECT size, root, note, signed_at FROM log_checkpoints ORDER BY size",
+                "SELECT size, root, note, signed_at FROM log_checkpoints WHERE size >= $1 ORDER BY size LIMIT $2",
+                &[&to_i64(from, "size")?, &i64::try_from(limit).unwrap_or(i64::MAX)],
+            )
+            .map_err(err)?;
+        rows.iter().map(stored_checkpoint).collect()
+    }
+
+    fn latest_checkpoint(&mut self) -> Result<Option<StoredCheckpoint>, StoreError> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT size, root, note, signed_at FROM log_checkpoints ORDER BY size DESC LIMIT 1",
                 &[],
             )
             .map_err(err)?;
-        rows.iter()
-            .map(|r| {
-                let root: &[u8] = r.get(1);
-                Ok(StoredCheckpoint {
-                    size: to_u64(r.get(0), "checkpoint size")?,
-                    root: hash_from(root, "checkpoint root")?,
-                    note: r.get(2),
-                    signed_at: r.get(3),
-                })
-            })
-            .collect()
+        row.as_ref().map(stored_checkpoint).transpose()
     }
+
+    fn max_leaf_index(&mut self) -> Result<Option<u64>, StoreError> {
+        let i: Option<i64> = self
+            .client
+            .query_one("SELECT MAX(idx) FROM log_leaves", &[])
+            .map_err(err)?
+            .try_get(0)
+            .map_err(err)?;
+        i.map(|i| to_u64(i, "leaf index")).transpose()
+    }
+}
+
+fn stored_checkpoint(r: &postgres::Row) -> Result<StoredCheckpoint, StoreError> {
+    let root: &[u8] = r.try_get(1).map_err(err)?;
+    Ok(StoredCheckpoint {
+        size: to_u64(r.try_get(0).map_err(err)?, "checkpoint size")?,
+        root: hash_from(root, "checkpoint root")?,
+        note: r.try_get(2).map_err(err)?,
+        signed_at: r.try_get(3).map_err(err)?,
+    })
 }

@@ -285,30 +285,71 @@ impl Backend for Sqlite {
     }
 
     fn checkpoints(&mut self) -> Result<Vec<StoredCheckpoint>, StoreError> {
+        self.checkpoints_page(0, i64::MAX as u64)
+    }
+
+    fn checkpoints_page(
+        &mut self,
+        from: u64,
+        limit: u64,
+    ) -> Result<Vec<StoredCheckpoint>, StoreError> {
         let mut st = self
             .conn
-            .prepare("SELECT size, root, note, signed_at FROM log_checkpoints ORDER BY size")
+            .prepare_cached(
+                "SELECT size, root, note, signed_at FROM log_checkpoints WHERE size >= $1 ORDER BY size LIMIT $2",
+            )
             .map_err(err)?;
         let rows = st
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, Vec<u8>>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, i64>(3)?,
-                ))
-            })
+            .query_map(
+                params![
+                    to_i64(from, "size")?,
+                    i64::try_from(limit).unwrap_or(i64::MAX)
+                ],
+                checkpoint_row,
+            )
             .map_err(err)?;
         let mut out = Vec::new();
         for row in rows {
-            let (size, root, note, signed_at) = row.map_err(err)?;
-            out.push(StoredCheckpoint {
-                size: to_u64(size, "checkpoint size")?,
-                root: hash_from(&root, "checkpoint root")?,
-                note,
-                signed_at,
-            });
+            out.push(stored_checkpoint(row.map_err(err)?)?);
         }
         Ok(out)
     }
+
+    fn latest_checkpoint(&mut self) -> Result<Option<StoredCheckpoint>, StoreError> {
+        let row = self
+            .conn
+            .prepare_cached(
+                "SELECT size, root, note, signed_at FROM log_checkpoints ORDER BY size DESC LIMIT 1",
+            )
+            .map_err(err)?
+            .query_row([], checkpoint_row)
+            .optional()
+            .map_err(err)?;
+        row.map(stored_checkpoint).transpose()
+    }
+
+    fn max_leaf_index(&mut self) -> Result<Option<u64>, StoreError> {
+        let i: Option<i64> = self
+            .conn
+            .query_row("SELECT MAX(idx) FROM log_leaves", [], |r| r.get(0))
+            .map_err(err)?;
+        i.map(|i| to_u64(i, "leaf index")).transpose()
+    }
+}
+
+type CheckpointRow = (i64, Vec<u8>, String, i64);
+
+fn checkpoint_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CheckpointRow> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+}
+
+fn stored_checkpoint(
+    (size, root, note, signed_at): CheckpointRow,
+) -> Result<StoredCheckpoint, StoreError> {
+    Ok(StoredCheckpoint {
+        size: to_u64(size, "checkpoint size")?,
+        root: hash_from(&root, "checkpoint root")?,
+        note,
+        signed_at,
+    })
 }

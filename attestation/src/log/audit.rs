@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use crate::crypto::CryptoProvider;
 use crate::error::EvidenceError;
-use crate::log::merkle::{Hash, leaf_hash, root, verify_consistency, verify_inclusion};
+use crate::log::merkle::{Hash, RootBuilder, leaf_hash, verify_consistency, verify_inclusion};
 use crate::log::note::{Checkpoint, NoteVerifier};
 
 /// Largest inclusion bundle accepted.
@@ -133,16 +133,16 @@ pub fn parse_hashes(hexes: &[String]) -> Result<Vec<Hash>, EvidenceError> {
         .collect()
 }
 
-/// Checks that the leaf hashes of every entry rebuild the checkpoint's root.
-pub fn check_entries(cp: &Checkpoint, leaf_hashes: &[Hash]) -> Result<(), EvidenceError> {
-    if leaf_hashes.len() as u64 != cp.size {
+/// Checks that every entry, pushed in order into `rebuilt`, rebuilds the checkpoint's root.
+pub fn check_entries(cp: &Checkpoint, rebuilt: &RootBuilder) -> Result<(), EvidenceError> {
+    if rebuilt.size() != cp.size {
         return Err(bad(format!(
             "{} entries for a checkpoint of {}",
-            leaf_hashes.len(),
+            rebuilt.size(),
             cp.size
         )));
     }
-    if root(leaf_hashes) != cp.root {
+    if rebuilt.root() != cp.root {
         return Err(bad(format!(
             "the {} entries served do not rebuild the checkpoint's root: an entry was altered",
             cp.size

@@ -356,3 +356,47 @@ pub fn consistency_proof_from<S: SubtreeSource>(
     out.reverse();
     Ok(out)
 }
+
+/// Builds a tree's root from its leaf hashes one at a time, in memory proportional to log(n)
+/// (the right edge), for auditors that rebuild a whole log.
+#[derive(Debug, Clone, Default)]
+pub struct RootBuilder {
+    size: u64,
+    frontier: Vec<(u32, Hash)>,
+}
+
+impl RootBuilder {
+    /// An empty tree.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends a leaf hash.
+    pub fn push(&mut self, leaf: Hash) {
+        let (mut h, mut level, mut i) = (leaf, 0u32, self.size);
+        while i & 1 == 1 {
+            match self.frontier.pop() {
+                Some((_, left)) => h = node_hash(&left, &h),
+                None => break,
+            }
+            level += 1;
+            i >>= 1;
+        }
+        self.frontier.push((level, h));
+        self.size += 1;
+    }
+
+    /// Leaves pushed.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The root of what was pushed.
+    pub fn root(&self) -> Hash {
+        let mut it = self.frontier.iter().rev();
+        let Some((_, last)) = it.next() else {
+            return empty_root();
+        };
+        it.fold(*last, |acc, (_, left)| node_hash(left, &acc))
+    }
+}

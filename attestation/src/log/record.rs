@@ -14,8 +14,8 @@ use crate::log::merkle::{Hash, leaf_hash};
 
 /// The record format version.
 pub const RECORD_VERSION: u32 = 1;
-/// Largest record accepted.
-pub const MAX_RECORD: usize = 64 * 1024;
+/// Largest record accepted (a tile entry holds at most 65,535 bytes).
+pub const MAX_RECORD: usize = 65_535;
 
 /// What was decided about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
