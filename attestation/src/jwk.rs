@@ -45,6 +45,11 @@ impl EcJwk {
         Ok(jwk)
     }
 
+    /// The affine coordinates (big-endian, 32 bytes each).
+    pub fn coordinates(&self) -> (&[u8; 32], &[u8; 32]) {
+        (&self.x, &self.y)
+    }
+
     /// The key, checked to be a point on P-256.
     pub fn verifying_key(&self) -> Result<VerifyingKey, JwkError> {
         let mut sec1 = Vec::with_capacity(65);

@@ -30,5 +30,6 @@ pub mod jcs;
 pub mod jwk;
 pub mod log;
 pub mod tpm;
+pub mod writ;
 
 pub use error::EvidenceError;

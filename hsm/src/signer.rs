@@ -63,3 +63,19 @@ impl Signer<DerSignature> for CustodySigner {
         Ok(sig.to_der())
     }
 }
+
+/// Signs JWS (ES256) with a custody key: the writ issuer's and DPoP signers go through this, so
+/// the private key stays in the HSM or TPM. Output is r || s, low-S.
+#[derive(Debug, Clone)]
+pub struct JwsSigner(pub std::sync::Arc<dyn crate::CustodyKey>);
+
+impl writ_attestation::writ::jws::Es256Signer for JwsSigner {
+    fn sign_es256(&self, message: &[u8]) -> Result<[u8; 64], writ_attestation::writ::Refusal> {
+        let sig = self.0.sign(message).map_err(|e| {
+            writ_attestation::writ::Refusal::new("signing", format!("custody key: {e}"))
+        })?;
+        sig.to_bytes().as_slice().try_into().map_err(|_| {
+            writ_attestation::writ::Refusal::new("signing", "an ES256 signature of the wrong size")
+        })
+    }
+}
