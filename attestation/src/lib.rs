@@ -14,8 +14,11 @@
 //! * [`log`]: RFC 6962 Merkle proofs and C2SP signed checkpoints;
 //! * [`jwk`]: P-256 public keys as JWKs and their RFC 7638 thumbprints.
 //!
-//! Not built yet (see the README's status table): EAR signing (JWT), the writ / proof / bundle
-//! formats, request digests, offline writ verification.
+//! * [`writ`]: strict JWS, writ claims, request digests, DPoP proofs, lineage rules;
+//! * [`jcs`]: RFC 8785 canonical JSON.
+//!
+//! Not built yet (see the README's status table): EAR signing (JWT), the trust bundle, the one
+//! offline writ verification function.
 //!
 //! This crate contains no `unsafe` code.
 #![forbid(unsafe_code)]
