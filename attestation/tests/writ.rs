@@ -667,3 +667,470 @@ fn children_never_exceed_their_parent() {
     assert!(!covers("db/prod", "db"));
     assert!(!covers("", "db"));
 }
+
+mod offline {
+    use super::*;
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    use writ_attestation::writ::bundle::TrustBundle;
+    use writ_attestation::writ::verify::{Context, ReplayKey, ReplayStore, verify};
+
+    /// An in-memory store for the library's tests (the SQLite store is the gateway's, tested there).
+    #[derive(Default)]
+    struct Memory {
+        seen: Mutex<HashSet<ReplayKey>>,
+        broken: bool,
+    }
+
+    impl ReplayStore for Memory {
+        fn consume(&self, keys: &[ReplayKey], _keep_until: i64) -> Result<bool, Refusal> {
+            if self.broken {
+                return Err(Refusal::new("replay_store", "cannot record (test)"));
+            }
+            let mut seen = self.seen.lock().unwrap();
+            if keys.iter().any(|k| seen.contains(k)) {
+                return Ok(false);
+            }
+            seen.extend(keys.iter().cloned());
+            Ok(true)
+        }
+    }
+
+    const AUD: &str = "spiffe://writ.test/gateway/g";
+    const NOW: i64 = 1_800_000_010;
+
+    fn bundle_json(seq: u64) -> Value {
+        let k = |key: &Key, kid: &str, u: &str| {
+            let mut j = jwk(key).to_json(Some(u));
+            j["kid"] = json!(kid);
+            j
+        };
+        json!({
+            "keys": [k(&key(1), "issuer-1", "issuer"), k(&key(4), "ear-1", "ear"),
+                     {"use": "x509-svid", "kty": "EC", "crv": "P-256", "x5c": ["MIIB"]}],
+            "spiffe_sequence": seq,
+            "spiffe_refresh_hint": 300,
+            "writ": {
+                "trust_domain": "writ.test",
+                "issued_at": 1_800_000_000i64,
+                "expires_at": 1_800_086_400i64,
+                "policy_bundles": [d('c')],
+                "log": {"origin": "writ.test/log", "verifier_key": "writ.test/log+00000000+AA"}
+            }
+        })
+    }
+
+    fn bundle() -> TrustBundle {
+        TrustBundle::parse(bundle_json(7).to_string().as_bytes()).unwrap()
+    }
+
+    fn argv(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    struct Case {
+        token: String,
+        proof: String,
+        req: String,
+    }
+
+    fn case_with(edit: impl Fn(&mut Value), proof_jti: &str) -> Case {
+        let req = digest(&Request::Exec {
+            tool: "deploy",
+            argv: &argv(&["--env", "prod"]),
+        })
+        .unwrap();
+        let mut c = claims(&req);
+        c["jti"] = json!(B64.encode(&Sha256::digest(proof_jti.as_bytes())[..16]));
+        edit(&mut c);
+        let token = token(&header(), &c);
+        let holder = key(9);
+        let proof = dpop::create(
+            &holder,
+            &jwk(&holder),
+            &ProofClaims {
+                jti: proof_jti.into(),
+                iat: NOW,
+                htm: "EXEC".into(),
+                htu: format!("exec:{req}"),
+                ath: dpop::ath(&token),
+                nonce: None,
+            },
+        )
+        .unwrap();
+        Case { token, proof, req }
+    }
+
+    fn case(proof_jti: &str) -> Case {
+        case_with(|_| {}, proof_jti)
+    }
+
+    fn run(c: &Case, req: &str, store: &Memory) -> Result<(), Refusal> {
+        let htu = format!("exec:{req}");
+        verify(
+            &AwsLc,
+            &bundle(),
+            &Context {
+                token: &c.token,
+                proof: Some(&c.proof),
+                request_digest: req,
+                htm: "EXEC",
+                htu: &htu,
+                audience: AUD,
+                now: NOW,
+                skew: 30,
+                nonce: None,
+            },
+            store,
+        )
+        .map(|_| ())
+    }
+
+    fn refused(r: Result<(), Refusal>) -> &'static str {
+        r.expect_err("refused").code
+    }
+
+    #[test]
+    fn a_writ_runs_once() {
+        let store = Memory::default();
+        let c = case("p1");
+        run(&c, &c.req, &store).unwrap();
+        assert_eq!(refused(run(&c, &c.req, &store)), "replayed");
+    }
+
+    #[test]
+    fn each_check_refuses_with_its_code() {
+        let store = Memory::default();
+        let with = |f: &dyn Fn(&mut Value), jti: &str| case_with(|c| f(c), jti);
+        let cases: Vec<(&str, Case, &str)> = vec![
+            (
+                "issuer",
+                with(&|c| c["iss"] = json!("spiffe://other/writ/appliance"), "a1"),
+                "issuer",
+            ),
+            (
+                "audience",
+                with(
+                    &|c| c["aud"] = json!("spiffe://writ.test/gateway/other"),
+                    "a2",
+                ),
+                "audience",
+            ),
+            (
+                "expired",
+                with(
+                    &|c| {
+                        c["iat"] = json!(1_799_990_000i64);
+                        c["nbf"] = json!(1_799_990_000i64);
+                        c["exp"] = json!(1_799_999_900i64);
+                    },
+                    "a3",
+                ),
+                "expired",
+            ),
+            (
+                "not yet valid",
+                with(
+                    &|c| {
+                        c["iat"] = json!(1_800_000_500i64);
+                        c["nbf"] = json!(1_800_000_500i64);
+                        c["exp"] = json!(1_800_000_900i64);
+                    },
+                    "a4",
+                ),
+                "not_yet_valid",
+            ),
+            (
+                "delegation",
+                with(
+                    &|c| {
+                        c.as_object_mut().unwrap().remove("act");
+                        c["scope"] = json!({"actions":["exec"],"resources":["x"],"audiences":[AUD],"max_depth":1});
+                    },
+                    "a5",
+                ),
+                "form",
+            ),
+            (
+                "policy",
+                with(&|c| c["att"]["policy"] = json!(d('f')), "a6"),
+                "policy",
+            ),
+            (
+                "attestation",
+                with(&|c| c["att"]["status"] = json!("warning"), "a7"),
+                "attestation",
+            ),
+        ];
+        for (what, c, want) in cases {
+            assert_eq!(refused(run(&c, &c.req, &store)), want, "{what}");
+        }
+        // The request: one byte, reordered argv, another tool.
+        let c = case("b1");
+        for other in [
+            digest(&Request::Exec {
+                tool: "deploy",
+                argv: &argv(&["--env", "prod2"]),
+            })
+            .unwrap(),
+            digest(&Request::Exec {
+                tool: "deploy",
+                argv: &argv(&["prod", "--env"]),
+            })
+            .unwrap(),
+            digest(&Request::Exec {
+                tool: "deploy2",
+                argv: &argv(&["--env", "prod"]),
+            })
+            .unwrap(),
+        ] {
+            assert_eq!(refused(run(&c, &other, &store)), "binding_mismatch");
+        }
+        // Missing proof; a proof for another writ; a proof replayed with another writ.
+        let c = case("c1");
+        let htu = format!("exec:{}", c.req);
+        let no_proof = verify(
+            &AwsLc,
+            &bundle(),
+            &Context {
+                token: &c.token,
+                proof: None,
+                request_digest: &c.req,
+                htm: "EXEC",
+                htu: &htu,
+                audience: AUD,
+                now: NOW,
+                skew: 30,
+                nonce: None,
+            },
+            &store,
+        );
+        assert_eq!(no_proof.unwrap_err().code, "proof_missing");
+        let other = case("c2");
+        let swapped = Case {
+            token: c.token.clone(),
+            proof: other.proof.clone(),
+            req: c.req.clone(),
+        };
+        assert_eq!(refused(run(&swapped, &c.req, &store)), "proof_binding");
+        run(&c, &c.req, &store).unwrap();
+        // Nothing was consumed by the refusals above: c2 still runs.
+        run(&other, &other.req, &store).unwrap();
+    }
+
+    #[test]
+    fn a_proof_replayed_with_another_writ_and_a_high_s_twin_are_replays() {
+        let store = Memory::default();
+        let first = case("p-same");
+        run(&first, &first.req, &store).unwrap();
+        // Another writ (new jti), the same proof jti from the same holder: replayed.
+        let second = case_with(|c| c["jti"] = json!(B64.encode([0x55u8; 16])), "p-same");
+        assert_eq!(refused(run(&second, &second.req, &store)), "replayed");
+        // The high-S twin of the used writ: a different signature, the same jti.
+        let (input, sig) = first.token.rsplit_once('.').unwrap();
+        let s = p256::ecdsa::Signature::from_slice(&B64.decode(sig).unwrap()).unwrap();
+        let (r, s_) = s.split_scalars();
+        let twin = format!(
+            "{input}.{}",
+            B64.encode(
+                p256::ecdsa::Signature::from_scalars(r, -*s_)
+                    .unwrap()
+                    .to_bytes()
+            )
+        );
+        assert_ne!(twin, first.token);
+        let holder = key(9);
+        let proof = dpop::create(
+            &holder,
+            &jwk(&holder),
+            &ProofClaims {
+                jti: "p-twin".into(),
+                iat: NOW,
+                htm: "EXEC".into(),
+                htu: format!("exec:{}", first.req),
+                ath: dpop::ath(&twin),
+                nonce: None,
+            },
+        )
+        .unwrap();
+        let c = Case {
+            token: twin,
+            proof,
+            req: first.req.clone(),
+        };
+        assert_eq!(refused(run(&c, &c.req, &store)), "replayed");
+    }
+
+    #[test]
+    fn another_holders_proof_jti_does_not_burn_yours() {
+        let store = Memory::default();
+        // Another holder (another key, another writ) uses proof jti "shared".
+        let other_holder = key(11);
+        let req = digest(&Request::Exec {
+            tool: "deploy",
+            argv: &argv(&["--env", "prod"]),
+        })
+        .unwrap();
+        let mut oc = claims(&req);
+        oc["cnf"]["jkt"] = json!(jwk(&other_holder).thumbprint());
+        oc["jti"] = json!(B64.encode([0x66u8; 16]));
+        let ot = token(&header(), &oc);
+        let op = dpop::create(
+            &other_holder,
+            &jwk(&other_holder),
+            &ProofClaims {
+                jti: "shared".into(),
+                iat: NOW,
+                htm: "EXEC".into(),
+                htu: format!("exec:{req}"),
+                ath: dpop::ath(&ot),
+                nonce: None,
+            },
+        )
+        .unwrap();
+        run(
+            &Case {
+                token: ot,
+                proof: op,
+                req: req.clone(),
+            },
+            &req,
+            &store,
+        )
+        .unwrap();
+        // Mine, with the same proof jti: unaffected.
+        let mine = case("shared");
+        run(&mine, &mine.req, &store).unwrap();
+    }
+
+    #[test]
+    fn keys_come_from_the_bundle_by_kid_and_purpose() {
+        let store = Memory::default();
+        let c = case("k1");
+        // Signed by the EAR key, kid of the EAR key: wrong purpose.
+        let ear_signed = jws::sign(
+            &json!({"alg":"ES256","typ":TYP_WRIT,"kid":"ear-1"}),
+            &claims(&c.req),
+            &key(4),
+        )
+        .unwrap();
+        let x = Case {
+            token: ear_signed,
+            proof: c.proof.clone(),
+            req: c.req.clone(),
+        };
+        assert_eq!(refused(run(&x, &c.req, &store)), "key_purpose");
+        let unknown = jws::sign(
+            &json!({"alg":"ES256","typ":TYP_WRIT,"kid":"nobody"}),
+            &claims(&c.req),
+            &key(1),
+        )
+        .unwrap();
+        let x = Case {
+            token: unknown,
+            proof: c.proof.clone(),
+            req: c.req.clone(),
+        };
+        assert_eq!(refused(run(&x, &c.req, &store)), "key_unknown");
+        // The issuer kid with another key's signature.
+        let forged = jws::sign(&header(), &claims(&c.req), &key(4)).unwrap();
+        let x = Case {
+            token: forged,
+            proof: c.proof.clone(),
+            req: c.req.clone(),
+        };
+        assert_eq!(refused(run(&x, &c.req, &store)), "signature");
+    }
+
+    #[test]
+    fn an_unwritable_replay_store_refuses() {
+        let broken = Memory {
+            broken: true,
+            ..Memory::default()
+        };
+        let c = case("s1");
+        assert_eq!(refused(run(&c, &c.req, &broken)), "replay_store");
+    }
+
+    #[test]
+    fn bundles_stale_rolled_back_or_malformed_are_refused() {
+        let b = bundle();
+        assert_eq!(b.appliance_id(), "spiffe://writ.test/writ/appliance");
+        b.check(NOW, 3600, Some(7)).unwrap();
+        assert_eq!(
+            b.check(NOW, 3600, Some(8)).unwrap_err().code,
+            "bundle_rollback"
+        );
+        assert_eq!(
+            b.check(1_800_086_400, 200_000, None).unwrap_err().code,
+            "bundle_stale"
+        );
+        assert_eq!(
+            b.check(NOW + 4000, 3600, None).unwrap_err().code,
+            "bundle_stale"
+        );
+        let good = bundle_json(7);
+        type Edit = Box<dyn Fn(&mut Value)>;
+        let edits: Vec<(&str, Edit)> = vec![
+            (
+                "no issuer key",
+                Box::new(|v| {
+                    v["keys"].as_array_mut().unwrap().remove(0);
+                }),
+            ),
+            (
+                "two kids",
+                Box::new(|v| v["keys"][1]["kid"] = json!("issuer-1")),
+            ),
+            (
+                "one key two purposes",
+                Box::new(|v| {
+                    v["keys"][1] = v["keys"][0].clone();
+                    v["keys"][1]["kid"] = json!("x");
+                    v["keys"][1]["use"] = json!("ear");
+                }),
+            ),
+            (
+                "unknown use",
+                Box::new(|v| v["keys"][1]["use"] = json!("admin")),
+            ),
+            ("alg", Box::new(|v| v["keys"][0]["alg"] = json!("ES384"))),
+            (
+                "no policy",
+                Box::new(|v| v["writ"]["policy_bundles"] = json!([])),
+            ),
+            (
+                "bad policy",
+                Box::new(|v| v["writ"]["policy_bundles"] = json!(["md5:0"])),
+            ),
+            (
+                "expires before issued",
+                Box::new(|v| v["writ"]["expires_at"] = json!(1)),
+            ),
+            (
+                "negative sequence",
+                Box::new(|v| v["spiffe_sequence"] = json!(-1)),
+            ),
+            (
+                "no writ member",
+                Box::new(|v| {
+                    v.as_object_mut().unwrap().remove("writ");
+                }),
+            ),
+        ];
+        for (what, edit) in edits {
+            let mut v = good.clone();
+            edit(&mut v);
+            assert!(
+                TrustBundle::parse(v.to_string().as_bytes()).is_err(),
+                "{what}"
+            );
+        }
+        let dup = good.to_string().replacen(
+            "\"spiffe_sequence\":7",
+            "\"spiffe_sequence\":7,\"spiffe_sequence\":9",
+            1,
+        );
+        assert!(TrustBundle::parse(dup.as_bytes()).is_err());
+    }
+}

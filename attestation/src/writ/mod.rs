@@ -4,11 +4,13 @@
 //! Built so far: strict JSON, JWS parsing and signing, claims, request digests, DPoP. Not built
 //! yet: the trust bundle, the one offline verification function and the replay store trait.
 
+pub mod bundle;
 pub mod claims;
 pub mod dpop;
 pub mod json;
 pub mod jws;
 pub mod request;
+pub mod verify;
 
 /// A refusal: a stable lower_snake_case code naming the failed check, and a detail for people
 /// (never a secret, an expected MAC or another holder's value).

@@ -1,0 +1,251 @@
+//! The trust bundle (interfaces.md): a SPIFFE bundle (a JWKS whose keys carry `use`, with
+//! `spiffe_sequence` and `spiffe_refresh_hint`) plus a `writ` member: trust domain, issued-at,
+//! expires-at, accepted policy bundle hashes, and the log's origin and checkpoint verifier key.
+//! SPIFFE consumers read the X.509 part unchanged; writ reads the JWT keys by purpose.
+
+use serde_json::Value;
+
+use super::{Refusal, json};
+use crate::jwk::EcJwk;
+
+/// Largest bundle accepted.
+pub const MAX_BUNDLE: usize = 1024 * 1024;
+/// Most keys accepted.
+const MAX_KEYS: usize = 256;
+
+/// What a key may sign (the bundle's `use`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// Writs.
+    Issuer,
+    /// Attestation results.
+    Ear,
+    /// The signing service's artifacts.
+    Signing,
+}
+
+impl Purpose {
+    fn from_use(u: &str) -> Option<Purpose> {
+        match u {
+            "issuer" => Some(Purpose::Issuer),
+            "ear" => Some(Purpose::Ear),
+            "signing" => Some(Purpose::Signing),
+            _ => None,
+        }
+    }
+    /// The bundle's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Purpose::Issuer => "issuer",
+            Purpose::Ear => "ear",
+            Purpose::Signing => "signing",
+        }
+    }
+}
+
+/// A JWT signing key of the bundle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BundleKey {
+    /// Its `kid`.
+    pub kid: String,
+    /// Its purpose.
+    pub purpose: Purpose,
+    /// The key.
+    pub jwk: EcJwk,
+}
+
+/// A parsed trust bundle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustBundle {
+    /// JWT keys by purpose (X.509 authorities are kept for SPIFFE consumers, not read here).
+    pub keys: Vec<BundleKey>,
+    /// `spiffe_sequence`.
+    pub sequence: u64,
+    /// `spiffe_refresh_hint`, seconds.
+    pub refresh_hint: u64,
+    /// The trust domain.
+    pub trust_domain: String,
+    /// When the appliance issued it.
+    pub issued_at: i64,
+    /// After this, it refuses everything.
+    pub expires_at: i64,
+    /// Accepted policy bundle hashes (the current one and, for a grace period, the previous).
+    pub policy_bundles: Vec<String>,
+    /// The decision log's origin.
+    pub log_origin: String,
+    /// The log's checkpoint verifier key (`<origin>+<id>+<base64>`).
+    pub log_verifier_key: String,
+}
+
+fn bad(why: impl Into<String>) -> Refusal {
+    Refusal::new("bundle", why)
+}
+
+fn str_member<'a>(o: &'a serde_json::Map<String, Value>, k: &str) -> Result<&'a str, Refusal> {
+    o.get(k)
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad(format!("{k} is missing or not a string")))
+}
+
+fn int_member(o: &serde_json::Map<String, Value>, k: &str) -> Result<i64, Refusal> {
+    o.get(k)
+        .and_then(Value::as_i64)
+        .ok_or_else(|| bad(format!("{k} is missing or not an integer")))
+}
+
+impl TrustBundle {
+    /// Parses a bundle strictly (no duplicate members; every `writ` member present and typed; at
+    /// least one issuer key; one `kid` per key).
+    pub fn parse(bytes: &[u8]) -> Result<Self, Refusal> {
+        if bytes.len() > MAX_BUNDLE {
+            return Err(bad(format!("{} bytes", bytes.len())));
+        }
+        let Value::Object(root) = json::parse(bytes).map_err(|e| bad(e.detail))? else {
+            return Err(bad("not an object"));
+        };
+        let keys_json = root
+            .get("keys")
+            .and_then(Value::as_array)
+            .ok_or_else(|| bad("keys is missing"))?;
+        if keys_json.len() > MAX_KEYS {
+            return Err(bad("too many keys"));
+        }
+        let mut keys: Vec<BundleKey> = Vec::new();
+        for k in keys_json {
+            let Value::Object(k) = k else {
+                return Err(bad("a key is not an object"));
+            };
+            let key_use = str_member(k, "use")?;
+            if key_use == "x509-svid" {
+                continue;
+            }
+            let purpose = Purpose::from_use(key_use)
+                .ok_or_else(|| bad(format!("a key with use {key_use:?}")))?;
+            let kid = str_member(k, "kid")?.to_string();
+            if let Some(alg) = k.get("alg")
+                && alg.as_str() != Some("ES256")
+            {
+                return Err(bad(format!("key {kid:?}: alg {alg}")));
+            }
+            let jwk = EcJwk::from_members(
+                str_member(k, "kty")?,
+                str_member(k, "crv")?,
+                str_member(k, "x")?,
+                str_member(k, "y")?,
+            )
+            .map_err(|e| bad(format!("key {kid:?}: {e}")))?;
+            if keys.iter().any(|o| o.kid == kid) {
+                return Err(bad(format!("kid {kid:?} twice")));
+            }
+            if keys.iter().any(|o| o.jwk == jwk && o.purpose != purpose) {
+                return Err(bad(format!("key {kid:?} is published for two purposes")));
+            }
+            keys.push(BundleKey { kid, purpose, jwk });
+        }
+        if !keys.iter().any(|k| k.purpose == Purpose::Issuer) {
+            return Err(bad("no issuer key"));
+        }
+        let sequence = u64::try_from(int_member(&root, "spiffe_sequence")?)
+            .map_err(|_| bad("negative spiffe_sequence"))?;
+        let refresh_hint = u64::try_from(int_member(&root, "spiffe_refresh_hint")?)
+            .map_err(|_| bad("negative spiffe_refresh_hint"))?;
+        let Some(Value::Object(w)) = root.get("writ") else {
+            return Err(bad("the writ member is missing"));
+        };
+        let policy_bundles: Vec<String> = w
+            .get("policy_bundles")
+            .and_then(Value::as_array)
+            .ok_or_else(|| bad("policy_bundles is missing"))?
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .filter(|s| super::claims::is_digest(s))
+                    .map(str::to_string)
+                    .ok_or_else(|| bad("a policy bundle hash is not a sha256: digest"))
+            })
+            .collect::<Result<_, _>>()?;
+        if policy_bundles.is_empty() || policy_bundles.len() > 2 {
+            return Err(bad("one or two accepted policy bundle hashes"));
+        }
+        let Some(Value::Object(log)) = w.get("log") else {
+            return Err(bad("writ.log is missing"));
+        };
+        let b = TrustBundle {
+            keys,
+            sequence,
+            refresh_hint,
+            trust_domain: str_member(w, "trust_domain")?.to_string(),
+            issued_at: int_member(w, "issued_at")?,
+            expires_at: int_member(w, "expires_at")?,
+            policy_bundles,
+            log_origin: str_member(log, "origin")?.to_string(),
+            log_verifier_key: str_member(log, "verifier_key")?.to_string(),
+        };
+        if b.trust_domain.is_empty() || b.trust_domain.contains('/') {
+            return Err(bad("trust_domain"));
+        }
+        if b.expires_at <= b.issued_at {
+            return Err(bad("expires_at is not after issued_at"));
+        }
+        Ok(b)
+    }
+
+    /// The appliance's SPIFFE ID (`iss` of every writ).
+    pub fn appliance_id(&self) -> String {
+        format!("spiffe://{}/writ/appliance", self.trust_domain)
+    }
+
+    /// Whether the bundle may be used at `now`: not expired, not older than `max_age` seconds,
+    /// and not a lower sequence than `last_sequence` (a rolled-back bundle).
+    pub fn check(&self, now: i64, max_age: i64, last_sequence: Option<u64>) -> Result<(), Refusal> {
+        if now >= self.expires_at {
+            return Err(Refusal::new(
+                "bundle_stale",
+                format!(
+                    "the trust bundle expired at {} (now {now})",
+                    self.expires_at
+                ),
+            ));
+        }
+        if now - self.issued_at > max_age {
+            return Err(Refusal::new(
+                "bundle_stale",
+                format!(
+                    "the trust bundle is {} s old (bound {max_age} s)",
+                    now - self.issued_at
+                ),
+            ));
+        }
+        if let Some(last) = last_sequence
+            && self.sequence < last
+        {
+            return Err(Refusal::new(
+                "bundle_rollback",
+                format!(
+                    "spiffe_sequence {} is below the {last} already seen",
+                    self.sequence
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The key `kid` of `purpose`: an unknown `kid` and a key of another purpose are refusals,
+    /// whatever the token says.
+    pub fn key(&self, kid: &str, purpose: Purpose) -> Result<&EcJwk, Refusal> {
+        let k = self.keys.iter().find(|k| k.kid == kid).ok_or_else(|| {
+            Refusal::new("key_unknown", format!("no key {kid:?} in the trust bundle"))
+        })?;
+        if k.purpose != purpose {
+            return Err(Refusal::new(
+                "key_purpose",
+                format!(
+                    "key {kid:?} is for {}, not {}",
+                    k.purpose.as_str(),
+                    purpose.as_str()
+                ),
+            ));
+        }
+        Ok(&k.jwk)
+    }
+}
