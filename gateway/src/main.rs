@@ -1,19 +1,283 @@
-//! `writ-gate`, the execution gateway. Not built yet: this binary exists so the workspace has its
-//! final shape, and it refuses everything (exit 2) until verification lands. It links no TPM or
-//! PKCS#11 library and never will.
+//! `writ-gate`, the execution gateway. Links no TPM or PKCS#11 library and never will.
+//!
+//! Built so far: `writ-gate verify` (an authorization decision: it consumes the writ, as `exec`
+//! will) and `writ-gate inspect` (explains a writ without consuming it; never answers allow).
+//! Not built yet: `writ-gate exec` and `writ-gate proxy` (nothing is run or forwarded).
+//! Exit codes: 0 allow, 1 deny, 2 error (also a refusal).
 #![forbid(unsafe_code)]
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "--version" || a == "-V") {
-        println!("writ-gate {}", env!("CARGO_PKG_VERSION"));
-        return ExitCode::SUCCESS;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::json;
+use writ_attestation::crypto::default_provider;
+use writ_attestation::writ::Refusal;
+use writ_attestation::writ::bundle::TrustBundle;
+use writ_attestation::writ::jws::{HeaderShape, TYP_WRIT, parse};
+use writ_attestation::writ::request::{Request, digest, normalize_url};
+use writ_attestation::writ::verify::{Context, verify};
+use writ_gateway::replay::SqliteReplay;
+
+/// Largest writ, proof or body file read.
+const MAX_FILE: u64 = 16 * 1024 * 1024;
+
+#[derive(Debug, Parser)]
+#[command(name = "writ-gate", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Decide whether a writ authorizes one exact request (consumes it). Exit 0 allow, 1 deny,
+    /// 2 error.
+    Verify(Box<VerifyArgs>),
+    /// Explain a writ without verifying or consuming it. Never answers allow (exit 1, or 2 if
+    /// the input is not a writ).
+    Inspect {
+        /// The writ (compact JWS).
+        #[arg(long)]
+        writ: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+struct VerifyArgs {
+    /// The writ (compact JWS).
+    #[arg(long)]
+    writ: PathBuf,
+    /// The DPoP proof (compact JWS). Without one, the answer is deny.
+    #[arg(long)]
+    proof: Option<PathBuf>,
+    /// The trust bundle (JSON, as served at /v1/bundle).
+    #[arg(long)]
+    bundle: PathBuf,
+    /// This gateway's audience.
+    #[arg(long)]
+    audience: String,
+    /// The replay store shared by this audience's gateways on this host.
+    #[arg(long)]
+    replay_db: PathBuf,
+    /// Tolerated clock skew, seconds.
+    #[arg(long, default_value_t = 30)]
+    skew: i64,
+    /// The oldest trust bundle accepted, seconds since it was issued.
+    #[arg(long, default_value_t = 86_400)]
+    max_bundle_age: i64,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+    /// A command: the tool's manifest name (its arguments follow `--`).
+    #[arg(long, conflicts_with = "http")]
+    tool: Option<String>,
+    /// An HTTP request: METHOD URL.
+    #[arg(long, num_args = 2, value_names = ["METHOD", "URL"])]
+    http: Option<Vec<String>>,
+    /// The HTTP body.
+    #[arg(long, requires = "http")]
+    body: Option<PathBuf>,
+    /// The HTTP Content-Type.
+    #[arg(long, requires = "http", default_value = "")]
+    content_type: String,
+    /// The command's arguments, after `--`.
+    #[arg(last = true)]
+    args: Vec<std::ffi::OsString>,
+}
+
+fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let f = std::fs::File::open(path).map_err(|e| format!("{what} {}: {e}", path.display()))?;
+    let mut buf = Vec::new();
+    f.take(MAX_FILE + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("{what}: {e}"))?;
+    if buf.len() as u64 > MAX_FILE {
+        return Err(format!("{what}: larger than {MAX_FILE} bytes"));
     }
-    eprintln!(
-        "writ-gate: refusing: writ verification is not built yet in this version; nothing is run or forwarded"
-    );
-    // 2 = error, which is a refusal.
-    ExitCode::from(2)
+    Ok(buf)
+}
+
+fn text(path: &PathBuf, what: &str) -> Result<String, String> {
+    let b = read(path, what)?;
+    let s = String::from_utf8(b).map_err(|_| format!("{what}: not UTF-8"))?;
+    Ok(s.trim_end_matches(['\n', '\r']).to_string())
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+enum Outcome {
+    Allow(serde_json::Value),
+    Deny(Refusal),
+    Error(String),
+}
+
+fn decide(a: &VerifyArgs) -> Outcome {
+    let inputs = (|| -> Result<_, String> {
+        let token = text(&a.writ, "--writ")?;
+        let proof = a.proof.as_ref().map(|p| text(p, "--proof")).transpose()?;
+        let bundle = read(&a.bundle, "--bundle")?;
+        Ok((token, proof, bundle))
+    })();
+    let (token, proof, bundle) = match inputs {
+        Ok(v) => v,
+        Err(e) => return Outcome::Error(e),
+    };
+    let bundle = match TrustBundle::parse(&bundle) {
+        Ok(b) => b,
+        Err(r) => return Outcome::Deny(r),
+    };
+    let now = now();
+    if let Err(r) = bundle.check(now, a.max_bundle_age, None) {
+        return Outcome::Deny(r);
+    }
+    // The request, recomputed from what would run; arguments must be UTF-8 (else exit 2).
+    let (req, htm, htu) = match (&a.tool, &a.http) {
+        (Some(tool), None) => {
+            let argv: Result<Vec<String>, _> =
+                a.args.iter().map(|s| s.clone().into_string()).collect();
+            let Ok(argv) = argv else {
+                return Outcome::Error("an argument is not UTF-8".into());
+            };
+            match digest(&Request::Exec { tool, argv: &argv }) {
+                Ok(d) => {
+                    let htu = format!("exec:{d}");
+                    (d, "EXEC".to_string(), htu)
+                }
+                Err(r) => return Outcome::Deny(r),
+            }
+        }
+        (None, Some(h)) => {
+            let (Some(method), Some(url)) = (h.first(), h.get(1)) else {
+                return Outcome::Error("--http METHOD URL".into());
+            };
+            if !a.args.is_empty() {
+                return Outcome::Error("arguments after -- are for --tool".into());
+            }
+            let body = match a.body.as_ref().map(|b| read(b, "--body")).transpose() {
+                Ok(b) => b.unwrap_or_default(),
+                Err(e) => return Outcome::Error(e),
+            };
+            let d = match digest(&Request::Http {
+                method,
+                url,
+                content_type: &a.content_type,
+                body: &body,
+            }) {
+                Ok(d) => d,
+                Err(r) => return Outcome::Deny(r),
+            };
+            // DPoP htu: the target URI without query and fragment.
+            let htu = match normalize_url(url) {
+                Ok(u) => u.split('?').next().unwrap_or_default().to_string(),
+                Err(r) => return Outcome::Deny(r),
+            };
+            (d, method.to_ascii_uppercase(), htu)
+        }
+        _ => return Outcome::Error("give --tool NAME -- ARGS... or --http METHOD URL".into()),
+    };
+    let store = match SqliteReplay::open(&a.replay_db) {
+        Ok(s) => s,
+        Err(r) => return Outcome::Deny(r),
+    };
+    match verify(
+        default_provider(),
+        &bundle,
+        &Context {
+            token: &token,
+            proof: proof.as_deref(),
+            request_digest: &req,
+            htm: &htm,
+            htu: &htu,
+            audience: &a.audience,
+            now,
+            skew: a.skew,
+            nonce: None,
+        },
+        &store,
+    ) {
+        Ok(auth) => Outcome::Allow(json!({
+            "jti": auth.claims().jti,
+            "sub": auth.claims().sub,
+            "aud": auth.claims().aud,
+            "request": req,
+        })),
+        Err(r) => Outcome::Deny(r),
+    }
+}
+
+fn inspect(writ: &PathBuf) -> ExitCode {
+    let token = match text(writ, "--writ") {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("writ-gate inspect: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match parse(&token, TYP_WRIT, HeaderShape::Kid) {
+        Ok(u) => {
+            let payload: serde_json::Value =
+                serde_json::from_slice(u.unverified_payload()).unwrap_or(serde_json::Value::Null);
+            println!(
+                "{:#}",
+                json!({
+                    "verified": false,
+                    "note": "inspection only: nothing was verified or consumed; this is not an authorization",
+                    "kid": u.kid(),
+                    "claims": payload,
+                })
+            );
+            ExitCode::from(1)
+        }
+        Err(r) => {
+            println!("not a writ: {}: {}", r.code, r.detail);
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Inspect { writ } => inspect(&writ),
+        Command::Verify(a) => {
+            let outcome = decide(&a);
+            let (code, doc) = match &outcome {
+                Outcome::Allow(d) => (0, json!({"decision": "allow", "writ": d})),
+                Outcome::Deny(r) => (
+                    1,
+                    json!({"decision": "deny", "code": r.code, "detail": r.detail}),
+                ),
+                Outcome::Error(e) => (
+                    2,
+                    json!({"decision": "error", "code": "input", "detail": e}),
+                ),
+            };
+            match a.format {
+                Format::Json => println!("{doc}"),
+                Format::Text => match &outcome {
+                    Outcome::Allow(d) => println!(
+                        "allow: writ {} for {}",
+                        d.get("jti").and_then(|v| v.as_str()).unwrap_or_default(),
+                        d.get("sub").and_then(|v| v.as_str()).unwrap_or_default()
+                    ),
+                    Outcome::Deny(r) => println!("deny: {}: {}", r.code, r.detail),
+                    Outcome::Error(e) => eprintln!("writ-gate verify: error: {e}"),
+                },
+            }
+            ExitCode::from(code)
+        }
+    }
 }
