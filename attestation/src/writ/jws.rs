@@ -168,25 +168,45 @@ impl Unverified {
             .token
             .get(..self.signing_input_len)
             .ok_or_else(|| malformed("signing input"))?;
-        let (x, y) = key.coordinates();
-        let (r, s) = self.signature.split_at(32);
-        provider
-            .verify(
-                &VerifyKey::Ecc {
-                    curve: EccCurve::P256,
-                    x,
-                    y,
-                },
-                SigAlg::Ecdsa(HashAlg::Sha256),
-                signing_input.as_bytes(),
-                &SignatureValue::Ecdsa { r, s },
-            )
-            .map_err(|e| Refusal::new("signature", e.to_string()))?;
+        verify_es256(provider, key, signing_input.as_bytes(), &self.signature)?;
         match json::parse(&self.payload)? {
             Value::Object(m) => Ok(m),
             _ => Err(malformed("the payload is not an object")),
         }
     }
+}
+
+/// The ES256 check every writ and proof goes through: `signature` must be exactly 64 bytes
+/// (r || s); low-S and high-S are both accepted.
+pub fn verify_es256(
+    provider: &dyn CryptoProvider,
+    key: &EcJwk,
+    message: &[u8],
+    signature: &[u8],
+) -> Result<(), Refusal> {
+    if signature.len() != 64 {
+        return Err(Refusal::new(
+            "signature",
+            format!(
+                "a {}-byte signature (ES256 is 64 bytes r || s)",
+                signature.len()
+            ),
+        ));
+    }
+    let (x, y) = key.coordinates();
+    let (r, s) = signature.split_at(32);
+    provider
+        .verify(
+            &VerifyKey::Ecc {
+                curve: EccCurve::P256,
+                x,
+                y,
+            },
+            SigAlg::Ecdsa(HashAlg::Sha256),
+            message,
+            &SignatureValue::Ecdsa { r, s },
+        )
+        .map_err(|e| Refusal::new("signature", e.to_string()))
 }
 
 /// Signs ES256 over a JWS signing input; writ's signers emit low-S r || s.
