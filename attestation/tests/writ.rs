@@ -580,6 +580,25 @@ fn dpop_proofs() {
             "proof_time",
         ),
         ("a writ as proof", writ.clone(), "proof"),
+        // iat - now = i64::MIN: a wrapping subtraction would call this proof fresh. Our signer
+        // refuses such numbers; an attacker writes the JSON by hand.
+        (
+            "iat at the edge of i64",
+            {
+                let (x, y) = hj.coordinates();
+                let h = json!({"alg": "ES256", "typ": "dpop+jwt", "jwk": {"kty": "EC", "crv": "P-256", "x": B64.encode(x), "y": B64.encode(y)}});
+                let p = format!(
+                    r#"{{"ath":"{}","htm":"EXEC","htu":"{}","iat":{},"jti":"edge"}}"#,
+                    dpop::ath(&writ),
+                    htu,
+                    i64::MIN + 1_800_000_010
+                );
+                let input = format!("{}.{}", B64.encode(h.to_string()), B64.encode(p));
+                let sig = holder.sign_es256(input.as_bytes()).unwrap();
+                format!("{input}.{}", B64.encode(sig))
+            },
+            "proof_time",
+        ),
     ];
     for (what, proof, c) in cases {
         assert_eq!(

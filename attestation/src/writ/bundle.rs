@@ -207,12 +207,13 @@ impl TrustBundle {
                 ),
             ));
         }
-        if now - self.issued_at > max_age {
+        // saturating: an issued_at near i64::MIN must not wrap into a young age.
+        if now.saturating_sub(self.issued_at) > max_age {
             return Err(Refusal::new(
                 "bundle_stale",
                 format!(
                     "the trust bundle is {} s old (bound {max_age} s)",
-                    now - self.issued_at
+                    now.saturating_sub(self.issued_at)
                 ),
             ));
         }

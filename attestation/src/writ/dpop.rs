@@ -117,7 +117,8 @@ pub fn verify(
             "the proof is for another writ (ath)",
         ));
     }
-    if (c.iat - want.now).abs() > want.skew {
+    // abs_diff: a hostile iat near i64::MIN must not wrap into a small difference.
+    if c.iat.abs_diff(want.now) > want.skew.unsigned_abs() {
         return Err(Refusal::new(
             "proof_time",
             format!(
