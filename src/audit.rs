@@ -395,11 +395,7 @@ fn bundle(args: BundleArgs) -> Result<Vec<String>, Fail> {
     if let Some(w) = &args.writ {
         let compact =
             std::fs::read_to_string(w).map_err(|e| error(format!("{}: {e}", w.display())))?;
-        use sha2::Digest as _;
-        let want = format!(
-            "sha256:{}",
-            hex::encode(sha2::Sha256::digest(compact.trim().as_bytes()))
-        );
+        let want = writ_attestation::writ::token_digest(compact.trim());
         let rec = DecisionRecord::from_leaf(&v.record).map_err(finding)?;
         if rec.kind != writ_attestation::log::record::Kind::Issue
             || rec.decision != writ_attestation::log::record::Decision::Allow

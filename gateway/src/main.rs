@@ -15,7 +15,7 @@ use writ_attestation::crypto::default_provider;
 use writ_attestation::writ::Refusal;
 use writ_attestation::writ::bundle::TrustBundle;
 use writ_attestation::writ::jws::{HeaderShape, TYP_WRIT, parse};
-use writ_attestation::writ::request::{Request, digest, normalize_url};
+use writ_attestation::writ::request::{Request, digest, proof_target};
 use writ_attestation::writ::verify::{Context, verify};
 use writ_gateway::replay::SqliteReplay;
 
@@ -144,20 +144,15 @@ fn decide(a: &VerifyArgs) -> Outcome {
         return Outcome::Deny(r);
     }
     // The request, recomputed from what would run; arguments must be UTF-8 (else exit 2).
-    let (req, htm, htu) = match (&a.tool, &a.http) {
+    let argv: Vec<String>;
+    let body: Vec<u8>;
+    let request = match (&a.tool, &a.http) {
         (Some(tool), None) => {
-            let argv: Result<Vec<String>, _> =
-                a.args.iter().map(|s| s.clone().into_string()).collect();
-            let Ok(argv) = argv else {
+            let Ok(v) = a.args.iter().map(|s| s.clone().into_string()).collect() else {
                 return Outcome::Error("an argument is not UTF-8".into());
             };
-            match digest(&Request::Exec { tool, argv: &argv }) {
-                Ok(d) => {
-                    let htu = format!("exec:{d}");
-                    (d, "EXEC".to_string(), htu)
-                }
-                Err(r) => return Outcome::Deny(r),
-            }
+            argv = v;
+            Request::Exec { tool, argv: &argv }
         }
         (None, Some(h)) => {
             let (Some(method), Some(url)) = (h.first(), h.get(1)) else {
@@ -166,27 +161,22 @@ fn decide(a: &VerifyArgs) -> Outcome {
             if !a.args.is_empty() {
                 return Outcome::Error("arguments after -- are for --tool".into());
             }
-            let body = match a.body.as_ref().map(|b| read(b, "--body")).transpose() {
+            body = match a.body.as_ref().map(|b| read(b, "--body")).transpose() {
                 Ok(b) => b.unwrap_or_default(),
                 Err(e) => return Outcome::Error(e),
             };
-            let d = match digest(&Request::Http {
+            Request::Http {
                 method,
                 url,
                 content_type: &a.content_type,
                 body: &body,
-            }) {
-                Ok(d) => d,
-                Err(r) => return Outcome::Deny(r),
-            };
-            // DPoP htu: the target URI without query and fragment.
-            let htu = match normalize_url(url) {
-                Ok(u) => u.split('?').next().unwrap_or_default().to_string(),
-                Err(r) => return Outcome::Deny(r),
-            };
-            (d, method.to_ascii_uppercase(), htu)
+            }
         }
         _ => return Outcome::Error("give --tool NAME -- ARGS... or --http METHOD URL".into()),
+    };
+    let (req, (htm, htu)) = match digest(&request).and_then(|d| Ok((d, proof_target(&request)?))) {
+        Ok(v) => v,
+        Err(r) => return Outcome::Deny(r),
     };
     let store = match SqliteReplay::open(&a.replay_db) {
         Ok(s) => s,

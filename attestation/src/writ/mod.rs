@@ -12,6 +12,15 @@ pub mod jws;
 pub mod request;
 pub mod verify;
 
+/// `sha256:` + hex of a compact writ: what `lin.parent` / `lin.root` and a decision record's
+/// `digests.writ` name (interfaces.md).
+pub fn token_digest(token: &str) -> String {
+    use sha2::Digest as _;
+    let h = sha2::Sha256::digest(token.as_bytes());
+    let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
 /// A refusal: a stable lower_snake_case code naming the failed check, and a detail for people
 /// (never a secret, an expected MAC or another holder's value).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

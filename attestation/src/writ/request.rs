@@ -126,3 +126,19 @@ pub fn digest(req: &Request<'_>) -> Result<String, Refusal> {
         hex(&Sha256::digest(canonical.as_bytes()))
     ))
 }
+
+/// The DPoP proof target (`htm`, `htu`) of a request (interfaces.md, "Holder proof of
+/// possession"): `EXEC` and `exec:` + the request digest for a command; the upper-case method and
+/// the normalised URL without its query for HTTP. The agent and the gateway both call this.
+pub fn proof_target(req: &Request<'_>) -> Result<(String, String), Refusal> {
+    Ok(match req {
+        Request::Exec { .. } => ("EXEC".to_string(), format!("exec:{}", digest(req)?)),
+        Request::Http { method, url, .. } => {
+            // Validated as `object` does, so a target exists only for a digestible request.
+            object(req)?;
+            let url = normalize_url(url)?;
+            let target = url.split('?').next().unwrap_or_default().to_string();
+            (method.to_ascii_uppercase(), target)
+        }
+    })
+}
