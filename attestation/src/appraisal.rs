@@ -20,8 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::EvidenceError;
 use crate::eventlog::{
-    EFI_GLOBAL_VARIABLE, EFI_IMAGE_SECURITY_DATABASE, EV_EFI_ACTION, EV_NO_ACTION, EV_UNUSED,
-    EfiVariable, Event, EventLog, event_type_name,
+    EV_EFI_ACTION, EV_NO_ACTION, EV_UNUSED, Event, EventLog, Fact, FactError, event_type_name,
 };
 use crate::evidence::{TpmAttributes, VerifiedQuote};
 use crate::tpm::HashAlg;
@@ -847,17 +846,6 @@ fn usable(a: &mut Appraiser<'_>, pcr: u8, rule: &str, unexplained: &BTreeSet<u8>
     false
 }
 
-/// A separator, recognized by its content whatever its type says: four bytes (0, or 1 / all
-/// ones for an error separator) that hash to the event's digests.
-fn is_separator(e: &Event) -> bool {
-    e.event_type != EV_NO_ACTION
-        && matches!(
-            <[u8; 4]>::try_from(e.data.as_slice()).map(u32::from_le_bytes),
-            Ok(0 | 1 | 0xFFFF_FFFF)
-        )
-        && e.data_matches_digests()
-}
-
 /// The EV_EFI_ACTION strings firmware measures into PCR 4 (PC Client PFP, section 10.4.4).
 const PCR4_ACTIONS: [&[u8]; 2] = [
     b"Calling EFI Application from Boot Option",
@@ -867,149 +855,21 @@ const PCR4_ACTIONS: [&[u8]; 2] = [
 /// A PCR 4 event that is not an image: a separator, or one of the defined actions (by content,
 /// which must hash to the digests).
 fn is_pcr4_marker(e: &Event) -> bool {
-    is_separator(e)
+    e.is_separator()
         || (PCR4_ACTIONS.contains(&e.data.as_slice())
             && e.event_type == EV_EFI_ACTION
             && e.data_matches_digests())
-}
-
-/// The events of `pcr` up to its first separator (the pre-OS measurements), or `None` if the PCR
-/// has no separator: then what firmware measured cannot be told from what was added later.
-fn pre_os(log: &EventLog, pcr: u8) -> Option<Vec<&Event>> {
-    let mut out = Vec::new();
-    for e in log
-        .events
-        .iter()
-        .filter(|e| e.pcr == u32::from(pcr) && e.event_type != EV_NO_ACTION)
-    {
-        if is_separator(e) {
-            return Some(out);
-        }
-        out.push(e);
-    }
-    None
-}
-
-/// A variable measured as UEFI_VARIABLE_DATA with this vendor GUID and name, whatever the event
-/// type says.
-fn variable_named(e: &Event, guid: &[u8; 16], name: &str) -> Option<EfiVariable> {
-    EfiVariable::parse(&e.data)
-        .ok()
-        .filter(|v| &v.guid == guid && v.name == name)
-}
-
-/// The Secure Boot and dbx facts of PCR 7, read from its pre-OS events only, each of which must
-/// hash to its digests. Errors are reasons (code, event, message).
-struct Pcr7 {
-    secure_boot: Result<bool, (&'static str, Option<usize>, String)>,
-    dbx_entries: Result<usize, (&'static str, Option<usize>, String)>,
-}
-
-fn pcr7_facts(log: &EventLog) -> Pcr7 {
-    let Some(pre) = pre_os(log, PCR_SECURE_BOOT) else {
-        let why = (
-            "pcr7_separator",
-            None,
-            "PCR 7 has no separator: its pre-OS configuration cannot be told from later \
-             measurements"
-                .to_string(),
-        );
-        return Pcr7 {
-            secure_boot: Err(why.clone()),
-            dbx_entries: Err(why),
-        };
-    };
-    if let Some(bad) = pre.iter().find(|e| !e.data_matches_digests()) {
-        let why = (
-            "event_data",
-            Some(bad.number),
-            format!(
-                "event {} ({}) on PCR 7 before the separator: its data does not hash to its \
-                 logged digests, so PCR 7's configuration is unknown",
-                bad.number,
-                bad.type_name()
-            ),
-        );
-        return Pcr7 {
-            secure_boot: Err(why.clone()),
-            dbx_entries: Err(why),
-        };
-    }
-    let sb: Vec<(&Event, EfiVariable)> = pre
-        .iter()
-        .filter_map(|e| variable_named(e, &EFI_GLOBAL_VARIABLE, "SecureBoot").map(|v| (*e, v)))
-        .collect();
-    let secure_boot = match sb.as_slice() {
-        [] => Err((
-            "secure_boot",
-            None,
-            "the log measures no SecureBoot variable into PCR 7 before its separator".to_string(),
-        )),
-        [(e, v)] => match v.data.as_slice() {
-            // An absent variable is measured with no data (PC Client PFP 3.3.4.2): off.
-            [] => Ok(false),
-            [b] => Ok(*b == 1),
-            _ => Err((
-                "event_data",
-                Some(e.number),
-                format!(
-                    "event {}: SecureBoot holds {} bytes, not 1",
-                    e.number,
-                    v.data.len()
-                ),
-            )),
-        },
-        [_, (e, _), ..] => Err((
-            "secure_boot",
-            Some(e.number),
-            format!(
-                "the SecureBoot variable is measured {} times (again at event {})",
-                sb.len(),
-                e.number
-            ),
-        )),
-    };
-    let dbx: Vec<(&Event, EfiVariable)> = pre
-        .iter()
-        .filter_map(|e| variable_named(e, &EFI_IMAGE_SECURITY_DATABASE, "dbx").map(|v| (*e, v)))
-        .collect();
-    let dbx_entries = match dbx.as_slice() {
-        [] => Err((
-            "dbx",
-            None,
-            "the log measures no dbx into PCR 7 before its separator".to_string(),
-        )),
-        [(e, v)] => v
-            .signature_lists()
-            .map(|ls| ls.iter().map(|l| l.signatures.len()).sum())
-            .map_err(|err| {
-                (
-                    "event_data",
-                    Some(e.number),
-                    format!("event {} (dbx): {err}", e.number),
-                )
-            }),
-        [_, (e, _), ..] => Err((
-            "dbx",
-            Some(e.number),
-            format!(
-                "dbx is measured {} times (again at event {})",
-                dbx.len(),
-                e.number
-            ),
-        )),
-    };
-    Pcr7 {
-        secure_boot,
-        dbx_entries,
-    }
 }
 
 fn fact_failure(
     a: &mut Appraiser<'_>,
     rule: &str,
     expected: String,
-    (code, event, message): (&'static str, Option<usize>, String),
+    FactError {
+        code,
+        event,
+        message,
+    }: FactError,
 ) {
     let mut r = a.reason(code, Claim::Configuration, rule);
     r.pcr = Some(PCR_SECURE_BOOT);
@@ -1036,27 +896,22 @@ fn facts(a: &mut Appraiser<'_>, unexplained: &BTreeSet<u8>) {
 
     let wants_pcr7 = p.secure_boot.is_some() || p.min_dbx_entries.is_some();
     if wants_pcr7 && usable(a, PCR_SECURE_BOOT, "secure_boot", unexplained) {
-        let f = pcr7_facts(log);
+        let f = log.pcr7_config();
         if let Some(want) = p.secure_boot {
             match f.secure_boot {
-                Ok(state) if state == want => {}
-                Ok(state) => {
-                    let event = pre_os(log, PCR_SECURE_BOOT).and_then(|pre| {
-                        pre.iter()
-                            .find(|e| {
-                                variable_named(e, &EFI_GLOBAL_VARIABLE, "SecureBoot").is_some()
-                            })
-                            .map(|e| e.number)
-                    });
+                Ok(Fact { value: state, .. }) if state == want => {}
+                Ok(Fact {
+                    value: state,
+                    event,
+                }) => {
                     let mut r = a.reason("secure_boot", Claim::Configuration, "secure_boot");
                     r.pcr = Some(PCR_SECURE_BOOT);
-                    r.event = event;
+                    r.event = Some(event);
                     r.expected = Some(want.to_string());
                     r.found = Some(state.to_string());
                     r.message = format!(
-                        "Secure Boot is {} (event {}); the profile requires it {}",
+                        "Secure Boot is {} (event {event}); the profile requires it {}",
                         if state { "on" } else { "off" },
-                        event.map(|n| n.to_string()).unwrap_or_default(),
                         if want { "on" } else { "off" }
                     );
                     a.fail(values::UNSUPPORTABLE_CONFIG, r);
@@ -1066,18 +921,11 @@ fn facts(a: &mut Appraiser<'_>, unexplained: &BTreeSet<u8>) {
         }
         if let Some(min) = p.min_dbx_entries {
             match f.dbx_entries {
-                Ok(n) if n >= min => {}
-                Ok(n) => {
-                    let event = pre_os(log, PCR_SECURE_BOOT).and_then(|pre| {
-                        pre.iter()
-                            .find(|e| {
-                                variable_named(e, &EFI_IMAGE_SECURITY_DATABASE, "dbx").is_some()
-                            })
-                            .map(|e| e.number)
-                    });
+                Ok(Fact { value: n, .. }) if n >= min => {}
+                Ok(Fact { value: n, event }) => {
                     let mut r = a.reason("dbx", Claim::Configuration, "min_dbx_entries");
                     r.pcr = Some(PCR_SECURE_BOOT);
-                    r.event = event;
+                    r.event = Some(event);
                     r.expected = Some(format!(">= {min}"));
                     r.found = Some(n.to_string());
                     r.message = format!(
@@ -1240,8 +1088,11 @@ pub fn capture(
     let covered = |pcr: u8| pcrs.contains(&pcr);
     let (secure_boot, min_dbx_entries) = if covered(PCR_SECURE_BOOT) {
         // What this machine's log does not establish is left out, for the operator to decide.
-        let f = pcr7_facts(log);
-        (f.secure_boot.ok(), f.dbx_entries.ok())
+        let f = log.pcr7_config();
+        (
+            f.secure_boot.ok().map(|f| f.value),
+            f.dbx_entries.ok().map(|f| f.value),
+        )
     } else {
         (None, None)
     };

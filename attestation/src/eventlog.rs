@@ -12,8 +12,10 @@
 
 use sha2::Digest as _;
 
+mod facts;
 pub mod simulated;
 mod typed;
+pub use facts::{Fact, FactError, Pcr7Config};
 pub use typed::*;
 
 use crate::error::EvidenceError;
@@ -633,18 +635,15 @@ impl Event {
 }
 
 impl EventLog {
-    /// The Secure Boot state the log measured: the last SecureBoot variable on PCR 7, whose data
-    /// must hash to its digest. `None` if the log never measures it.
+    /// The Secure Boot state the log measured, as [`EventLog::pcr7_config`] reads it (PCR 7
+    /// before its separator, by GUID and name, exactly once, data hashing to its digests).
+    /// `None` if the log never measures it there; an error if it cannot be established.
     pub fn secure_boot(&self) -> Result<Option<bool>, EvidenceError> {
-        let mut state = None;
-        for e in self.events.iter().filter(|e| e.pcr == 7) {
-            if let Some(v) = e.driver_config()?
-                && v.name == "SecureBoot"
-            {
-                state = Some(v.data.first().copied().unwrap_or(0) == 1);
-            }
+        match self.pcr7_config().secure_boot {
+            Ok(f) => Ok(Some(f.value)),
+            Err(e) if e.code == "secure_boot" && e.event.is_none() => Ok(None),
+            Err(e) => Err(bad(e.message)),
         }
-        Ok(state)
     }
 
     /// Whether ExitBootServices was measured (PCR 5, EV_EFI_ACTION, data matching its digest).
