@@ -43,8 +43,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use writ_attestation::crypto::default_provider;
 use writ_attestation::log::merkle::{
-    SubtreeSource, consistency_proof_from, empty_root, inclusion_proof_from, leaf_hash, node_hash,
-    range_root, verify_consistency,
+    RootBuilder, SubtreeSource, consistency_proof_from, empty_root, inclusion_proof_from,
+    leaf_hash, range_root, verify_consistency,
 };
 use writ_attestation::log::note::{Checkpoint, NoteVerifier, signed_note};
 use writ_hsm::CustodyKey;
@@ -111,58 +111,26 @@ enum Job {
     },
 }
 
-/// The right edge of the tree: the perfect subtrees covering it, left to right.
-#[derive(Debug, Clone, Default)]
-struct Tree {
-    size: u64,
-    frontier: Vec<(u32, Hash)>,
+/// The tree's right edge, as the writer holds it.
+type Tree = RootBuilder;
+
+/// Appends a leaf hash; the perfect subtrees it completes (level >= 1) go to `nodes`.
+fn push(tree: &mut Tree, leaf: Hash, nodes: &mut Vec<NodeRow>) {
+    tree.push_with(leaf, |level, idx, hash| {
+        nodes.push(NodeRow { level, idx, hash })
+    });
 }
 
-impl Tree {
-    /// Appends a leaf hash; the new perfect subtrees (level >= 1) go to `nodes`.
-    fn push(&mut self, leaf: Hash, nodes: &mut Vec<NodeRow>) -> Result<(), StoreError> {
-        let (mut h, mut level, mut i) = (leaf, 0u32, self.size);
-        while i & 1 == 1 {
-            let (l, left) = self
-                .frontier
-                .pop()
-                .ok_or_else(|| StoreError::Corrupt("tree frontier inconsistent".into()))?;
-            if l != level {
-                return Err(StoreError::Corrupt("tree frontier inconsistent".into()));
-            }
-            h = node_hash(&left, &h);
-            level += 1;
-            i >>= 1;
-            nodes.push(NodeRow {
-                level,
-                idx: i,
-                hash: h,
-            });
-        }
-        self.frontier.push((level, h));
-        self.size += 1;
-        Ok(())
+/// Number of stored subtrees (level >= 1) a tree of `size` leaves has.
+fn node_count(size: u64) -> u64 {
+    // Every leaf i adds one node per trailing one bit of i: sum over i < size.
+    let mut total = 0u64;
+    let mut level = 1u32;
+    while level < 64 && (1u64 << level) <= size {
+        total += size >> level;
+        level += 1;
     }
-
-    fn root(&self) -> Hash {
-        let mut it = self.frontier.iter().rev();
-        let Some((_, last)) = it.next() else {
-            return empty_root();
-        };
-        it.fold(*last, |acc, (_, left)| node_hash(left, &acc))
-    }
-
-    /// Number of stored subtrees (level >= 1) a tree of `size` leaves has.
-    fn node_count(size: u64) -> u64 {
-        // Every leaf i adds one node per trailing one bit of i: sum over i < size.
-        let mut total = 0u64;
-        let mut level = 1u32;
-        while level < 64 && (1u64 << level) <= size {
-            total += size >> level;
-            level += 1;
-        }
-        total
-    }
+    total
 }
 
 /// Reads stored subtrees through one connection (level 0 is the leaf hash).
@@ -193,19 +161,15 @@ fn load_tree(b: &mut dyn Backend) -> Result<Tree, StoreError> {
             "{size} leaves stored, the highest index is {top:?}: indices are not contiguous"
         )));
     }
-    let mut tree = Tree {
-        size,
-        frontier: Vec::new(),
-    };
+    let mut frontier = Vec::new();
     let mut at = 0u64;
     for level in (0..64u32).rev() {
         if size & (1u64 << level) != 0 {
-            let h = Source(b).subtree(level, at >> level)?;
-            tree.frontier.push((level, h));
+            frontier.push((level, Source(b).subtree(level, at >> level)?));
             at += 1u64 << level;
         }
     }
-    Ok(tree)
+    Tree::from_frontier(size, frontier).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 struct Inner {
@@ -289,7 +253,7 @@ impl DecisionLog {
             key,
             verifier,
             jobs: Mutex::new(Some(tx)),
-            head: RwLock::new((tree.size, tree.root())),
+            head: RwLock::new((tree.size(), tree.root())),
             latest: RwLock::new(latest),
             healthy_at: Mutex::new(Instant::now()),
             readers: Mutex::new(Vec::new()),
@@ -684,7 +648,7 @@ fn verify_all(
             let Some(cp) = page.front() else {
                 return Ok(());
             };
-            if cp.size > tree.size {
+            if cp.size > tree.size() {
                 return Ok(());
             }
             let text = cp.note.split("\n\n").next().unwrap_or_default().to_string() + "\n";
@@ -697,7 +661,7 @@ fn verify_all(
                     cp.size, parsed.size, parsed.origin
                 )));
             }
-            if cp.size == tree.size && cp.root != tree.root() {
+            if cp.size == tree.size() && cp.root != tree.root() {
                 return Err(StoreError::Corrupt(format!(
                     "the checkpoint at size {} does not match the stored leaves",
                     cp.size
@@ -708,10 +672,10 @@ fn verify_all(
     };
     check_due(&tree)?;
     b.scan_leaves(0, &mut |idx, stored, record| {
-        if idx != tree.size {
+        if idx != tree.size() {
             return Err(StoreError::Corrupt(format!(
                 "leaf {} missing (next stored leaf is {idx})",
-                tree.size
+                tree.size()
             )));
         }
         let h = leaf_hash(record);
@@ -721,9 +685,9 @@ fn verify_all(
             )));
         }
         nodes.clear();
-        tree.push(h, &mut nodes)?;
+        push(&mut tree, h, &mut nodes);
         if let Some(m) = &mark
-            && m.size == tree.size
+            && m.size == tree.size()
         {
             if m.root != tree.root() {
                 return Err(StoreError::Corrupt(format!(
@@ -736,11 +700,12 @@ fn verify_all(
         check_due(&tree)
     })?;
     if let Some(cp) = &latest
-        && cp.size > tree.size
+        && cp.size > tree.size()
     {
         return Err(StoreError::Corrupt(format!(
             "a checkpoint at size {} was published, but only {} leaves are stored (truncated)",
-            cp.size, tree.size
+            cp.size,
+            tree.size()
         )));
     }
     if let Some(m) = &mark
@@ -749,19 +714,20 @@ fn verify_all(
         return Err(StoreError::Corrupt(format!(
             "the store holds {} leaves, behind the last published checkpoint of size {} \
              (restored from a backup, an asynchronous replica, or rolled back)",
-            tree.size, m.size
+            tree.size(),
+            m.size
         )));
     }
-    let want = Tree::node_count(tree.size);
+    let want = node_count(tree.size());
     let have = b.node_count()?;
     if want != have {
         return Err(StoreError::Corrupt(format!(
             "{have} stored subtrees for {} leaves (expected {want})",
-            tree.size
+            tree.size()
         )));
     }
     let edge = load_tree(b)?;
-    if edge.frontier != tree.frontier {
+    if edge != tree {
         return Err(StoreError::Corrupt(
             "the stored right edge of the tree does not match the leaves".into(),
         ));
@@ -780,12 +746,13 @@ fn reconnect(
     let mut b = connect(&inner.engine)?;
     b.lock_writer()?;
     let reloaded = load_tree(b.as_mut())?;
-    let same = |t: &Tree| t.size == reloaded.size && t.frontier == reloaded.frontier;
+    let same = |t: &Tree| *t == reloaded;
     if !same(committed) && !failed.is_some_and(same) {
         return Err(StoreError::Corrupt(format!(
             "after reconnecting, the store holds {} leaves where the log had committed {}: \
              the store was rolled back or replaced while the log ran",
-            reloaded.size, committed.size
+            reloaded.size(),
+            committed.size()
         )));
     }
     // A checkpoint whose commit outcome was unknown may be stored: publish what is stored.
@@ -812,7 +779,7 @@ fn reconnect(
                 &inner.config.origin,
             )
             .map_err(|e| StoreError::Corrupt(format!("stored checkpoint: {e}")))?;
-            if s.size > reloaded.size {
+            if s.size > reloaded.size() {
                 return Err(StoreError::Corrupt(
                     "a stored checkpoint beyond the tree".into(),
                 ));
@@ -872,7 +839,7 @@ fn writer_loop(inner: &Inner, backend: Box<dyn Backend>, mut tree: Tree, rx: Rec
                     tree = t;
                     failed = None;
                     if let Ok(mut h) = inner.head.write() {
-                        *h = (tree.size, tree.root());
+                        *h = (tree.size(), tree.root());
                     }
                     backend.insert(b)
                 }
@@ -890,7 +857,7 @@ fn writer_loop(inner: &Inner, backend: Box<dyn Backend>, mut tree: Tree, rx: Rec
             Ok((staged, firsts)) => {
                 tree = staged;
                 if let Ok(mut h) = inner.head.write() {
-                    *h = (tree.size, tree.root());
+                    *h = (tree.size(), tree.root());
                 }
                 for (job, first) in batch.into_iter().zip(firsts) {
                     match job {
@@ -964,15 +931,15 @@ fn commit_batch(
     for job in batch {
         match job {
             Job::Append { records, .. } => {
-                firsts.push(staged.size);
+                firsts.push(staged.size());
                 for r in records {
                     let h = leaf_hash(r);
                     leaves.push(LeafRow {
-                        idx: staged.size,
+                        idx: staged.size(),
                         hash: h,
                         record: r.clone(),
                     });
-                    staged.push(h, &mut nodes).map_err(before)?;
+                    push(&mut staged, h, &mut nodes);
                 }
             }
             Job::Checkpoint { cp, .. } => {
@@ -1008,13 +975,14 @@ fn check_checkpoint(
     tree: &Tree,
     cp: &StoredCheckpoint,
 ) -> Result<(), StoreError> {
-    if cp.size > tree.size {
+    if cp.size > tree.size() {
         return Err(StoreError::Corrupt(format!(
             "checkpoint of size {} beyond the tree's {}",
-            cp.size, tree.size
+            cp.size,
+            tree.size()
         )));
     }
-    let root = if cp.size == tree.size {
+    let root = if cp.size == tree.size() {
         tree.root()
     } else {
         range_root(&mut Source(b), 0, cp.size)?

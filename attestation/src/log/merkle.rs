@@ -357,9 +357,10 @@ pub fn consistency_proof_from<S: SubtreeSource>(
     Ok(out)
 }
 
-/// Builds a tree's root from its leaf hashes one at a time, in memory proportional to log(n)
-/// (the right edge), for auditors that rebuild a whole log.
-#[derive(Debug, Clone, Default)]
+/// A tree's right edge: its size and the perfect subtrees covering it, left to right. Builds the
+/// root from leaf hashes one at a time in memory proportional to log(n) (auditors rebuilding a
+/// whole log), and tells a log's store which subtrees each leaf completes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RootBuilder {
     size: u64,
     frontier: Vec<(u32, Hash)>,
@@ -371,8 +372,29 @@ impl RootBuilder {
         Self::default()
     }
 
+    /// The right edge of a tree of `size` leaves from its perfect subtrees, left to right (one
+    /// per set bit of `size`, levels decreasing).
+    pub fn from_frontier(size: u64, frontier: Vec<(u32, Hash)>) -> Result<Self, EvidenceError> {
+        let want: Vec<u32> = (0..64u32)
+            .rev()
+            .filter(|l| size & (1u64 << l) != 0)
+            .collect();
+        if frontier.iter().map(|(l, _)| *l).ne(want) {
+            return Err(EvidenceError::LogProof(format!(
+                "subtree levels do not make a tree of {size} leaves"
+            )));
+        }
+        Ok(RootBuilder { size, frontier })
+    }
+
     /// Appends a leaf hash.
     pub fn push(&mut self, leaf: Hash) {
+        self.push_with(leaf, |_, _, _| {});
+    }
+
+    /// Appends a leaf hash; `completed(level, index, hash)` hears of each perfect subtree of
+    /// level >= 1 the leaf completes.
+    pub fn push_with(&mut self, leaf: Hash, mut completed: impl FnMut(u32, u64, Hash)) {
         let (mut h, mut level, mut i) = (leaf, 0u32, self.size);
         while i & 1 == 1 {
             match self.frontier.pop() {
@@ -381,6 +403,7 @@ impl RootBuilder {
             }
             level += 1;
             i >>= 1;
+            completed(level, i, h);
         }
         self.frontier.push((level, h));
         self.size += 1;
@@ -389,6 +412,11 @@ impl RootBuilder {
     /// Leaves pushed.
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// The perfect subtrees covering the tree, left to right.
+    pub fn frontier(&self) -> &[(u32, Hash)] {
+        &self.frontier
     }
 
     /// The root of what was pushed.
