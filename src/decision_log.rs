@@ -188,6 +188,19 @@ struct Inner {
     stopping: AtomicBool,
 }
 
+impl Inner {
+    /// Queues a job for the writer.
+    fn send(&self, job: Job) -> Result<(), StoreError> {
+        let tx = self
+            .jobs
+            .lock()
+            .map_err(|_| StoreError::Stopped)?
+            .clone()
+            .ok_or(StoreError::Stopped)?;
+        tx.send(job).map_err(|_| StoreError::Stopped)
+    }
+}
+
 /// The decision log. Cheap to share: clone the `Arc` it sits in.
 pub struct DecisionLog {
     inner: Arc<Inner>,
@@ -344,14 +357,7 @@ impl DecisionLog {
     }
 
     fn send(&self, job: Job) -> Result<(), StoreError> {
-        let tx = self
-            .inner
-            .jobs
-            .lock()
-            .map_err(|_| StoreError::Stopped)?
-            .clone()
-            .ok_or(StoreError::Stopped)?;
-        tx.send(job).map_err(|_| StoreError::Stopped)
+        self.inner.send(job)
     }
 
     /// The durable tree size and root.
@@ -371,7 +377,7 @@ impl DecisionLog {
     /// Signs and publishes a checkpoint of the current tree now (if the latest does not already
     /// cover it); returns the latest checkpoint.
     pub fn checkpoint_now(&self) -> Result<StoredCheckpoint, StoreError> {
-        sign_checkpoint(&self.inner, |job| self.send(job))
+        sign_checkpoint(&self.inner)
     }
 
     /// Every stored checkpoint, oldest first.
@@ -853,7 +859,7 @@ fn writer_loop(inner: &Inner, backend: Box<dyn Backend>, mut tree: Tree, rx: Rec
                 }
             },
         };
-        match commit_batch(inner, b.as_mut(), &tree, &batch) {
+        match commit_batch(inner, b.as_mut(), &tree, &mut batch) {
             Ok((staged, firsts)) => {
                 tree = staged;
                 if let Ok(mut h) = inner.head.write() {
@@ -920,7 +926,7 @@ fn commit_batch(
     inner: &Inner,
     b: &mut dyn Backend,
     tree: &Tree,
-    batch: &[Job],
+    batch: &mut [Job],
 ) -> Result<(Tree, Vec<u64>), (StoreError, Option<Tree>)> {
     let mut staged = tree.clone();
     let before = |e: StoreError| (e, None);
@@ -932,12 +938,13 @@ fn commit_batch(
         match job {
             Job::Append { records, .. } => {
                 firsts.push(staged.size());
-                for r in records {
-                    let h = leaf_hash(r);
+                // The records move into the rows (only the replies are needed afterwards).
+                for record in std::mem::take(records) {
+                    let h = leaf_hash(&record);
                     leaves.push(LeafRow {
                         idx: staged.size(),
                         hash: h,
-                        record: r.clone(),
+                        record,
                     });
                     push(&mut staged, h, &mut nodes);
                 }
@@ -1017,10 +1024,7 @@ fn check_checkpoint(
 }
 
 /// Signs the current head if no checkpoint covers it, stores it through the writer, publishes it.
-fn sign_checkpoint(
-    inner: &Inner,
-    send: impl Fn(Job) -> Result<(), StoreError>,
-) -> Result<StoredCheckpoint, StoreError> {
+fn sign_checkpoint(inner: &Inner) -> Result<StoredCheckpoint, StoreError> {
     let _one_at_a_time = inner.sign_lock.lock().map_err(|_| StoreError::Stopped)?;
     let (size, root) = inner
         .head
@@ -1075,7 +1079,7 @@ fn sign_checkpoint(
         write_mark(path, &cp.note)?;
     }
     let (reply, answer) = sync_channel(1);
-    send(Job::Checkpoint {
+    inner.send(Job::Checkpoint {
         cp: cp.clone(),
         reply,
     })?;
@@ -1097,16 +1101,7 @@ fn checkpointer_loop(inner: &Arc<Inner>) {
         if inner.stopping.load(Ordering::SeqCst) {
             return;
         }
-        let send = |job: Job| -> Result<(), StoreError> {
-            let tx = inner
-                .jobs
-                .lock()
-                .map_err(|_| StoreError::Stopped)?
-                .clone()
-                .ok_or(StoreError::Stopped)?;
-            tx.send(job).map_err(|_| StoreError::Stopped)
-        };
-        if let Err(e) = sign_checkpoint(inner, send) {
+        if let Err(e) = sign_checkpoint(inner) {
             tracing::warn!(code = e.code(), "checkpoint not signed: {e}");
         }
     }

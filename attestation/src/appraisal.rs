@@ -677,7 +677,7 @@ pub fn appraise(
             let Some(q) = quote.pcrs().get(qbank, pcr) else {
                 continue;
             };
-            let reset = reset_value(log, qbank, pcr);
+            let reset = log.reset_value(qbank, u32::from(pcr));
             let v = replayed.get(qbank, pcr).unwrap_or(&reset);
             if v != q {
                 unexplained.insert(pcr);
@@ -814,16 +814,6 @@ pub fn appraise(
         a.out.vector.executables = values::APPROVED_BOOT;
     }
     a.out.finish()
-}
-
-fn reset_value(log: &EventLog, bank: HashAlg, pcr: u8) -> Vec<u8> {
-    let mut v = vec![0u8; bank.size()];
-    if pcr == 0
-        && let Some(last) = v.last_mut()
-    {
-        *last = log.startup_locality;
-    }
-    v
 }
 
 /// A fact's PCR is usable only if quoted in the bank and explained by the log.

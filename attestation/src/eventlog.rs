@@ -338,7 +338,9 @@ impl EventLog {
         Ok(out)
     }
 
-    fn reset_value(&self, bank: HashAlg, pcr: u32) -> Vec<u8> {
+    /// A PCR's value before anything is extended: zero, except PCR 0's last byte, which is the
+    /// startup locality.
+    pub fn reset_value(&self, bank: HashAlg, pcr: u32) -> Vec<u8> {
         let mut v = vec![0u8; bank.size()];
         if pcr == 0
             && let Some(last) = v.last_mut()

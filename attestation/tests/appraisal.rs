@@ -105,13 +105,10 @@ fn replayed(log: &EventLog, selection: &str) -> PcrValues {
     let r = log.replay().unwrap();
     let mut out = PcrValues::new();
     for (bank, pcr) in sel.pcrs() {
-        let v = r.get(bank, pcr).map(<[u8]>::to_vec).unwrap_or_else(|| {
-            let mut v = vec![0u8; bank.size()];
-            if pcr == 0 {
-                *v.last_mut().unwrap() = log.startup_locality;
-            }
-            v
-        });
+        let v = r
+            .get(bank, pcr)
+            .map(<[u8]>::to_vec)
+            .unwrap_or_else(|| log.reset_value(bank, u32::from(pcr)));
         out.insert(bank, pcr, v).unwrap();
     }
     out
