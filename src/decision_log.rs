@@ -771,6 +771,12 @@ fn reconnect(
                 s.size, p.size
             )));
         }
+        (Some(s), Some(p)) if s.size == p.size && s.root != p.root => {
+            return Err(StoreError::Corrupt(format!(
+                "after reconnecting, the stored checkpoint of size {} has another root than the published one",
+                s.size
+            )));
+        }
         (None, Some(p)) => {
             return Err(StoreError::Corrupt(format!(
                 "after reconnecting, no checkpoint is stored, but one of size {} was published",
