@@ -18,21 +18,6 @@ use writ_testkit::Swtpm;
 const PCRS: &str = "sha256:0,1,2,3,4,5,6,7";
 const NONCE: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f0";
 
-fn tool(tpm: &Swtpm, dir: &Path, args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .current_dir(dir)
-        .env("TPM2TOOLS_TCTI", tpm.tcti())
-        .env("TSS2_LOG", "all+NONE")
-        .output()
-        .expect("tpm2-tools installed");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn writ(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_writ"))
         .current_dir(dir)
@@ -74,39 +59,13 @@ fn booted(secure: bool) -> (Swtpm, tempfile::TempDir) {
         ],
     );
     assert!(out.status.success(), "{}", text(&out));
-    tool(
-        &tpm,
-        d,
-        &["tpm2_createek", "-c", "ek.ctx", "-G", "rsa", "-u", "ek.pub"],
-    );
-    tool(&tpm, d, &["tpm2_flushcontext", "-t"]);
-    tool(
-        &tpm,
-        d,
-        &[
-            "tpm2_createak",
-            "-C",
-            "ek.ctx",
-            "-c",
-            "ak.ctx",
-            "-G",
-            "ecc",
-            "-g",
-            "sha256",
-            "-s",
-            "ecdsa",
-            "-u",
-            "ak.pub",
-        ],
-    );
-    tool(&tpm, d, &["tpm2_flushcontext", "-t"]);
+    tpm.tool_ak(d, "ecc", "ecdsa");
     quote(&tpm, d);
     (tpm, dir)
 }
 
 fn quote(tpm: &Swtpm, d: &Path) {
-    tool(
-        tpm,
+    tpm.tool(
         d,
         &[
             "tpm2_quote",
@@ -126,7 +85,7 @@ fn quote(tpm: &Swtpm, d: &Path) {
             "sha256",
         ],
     );
-    tool(tpm, d, &["tpm2_flushcontext", "-t"]);
+    tpm.tool(d, &["tpm2_flushcontext", "-t"]);
 }
 
 const QUOTE_ARGS: [&str; 12] = [
@@ -192,8 +151,7 @@ fn a_captured_profile_affirms_its_machine_and_a_changed_pcr_is_named() {
 
     // Something is measured into PCR 4 after boot: the new quote no longer matches the log, and
     // the reason names the PCR with both values.
-    tool(
-        &tpm,
+    tpm.tool(
         d,
         &[
             "tpm2_pcrextend",

@@ -12,21 +12,6 @@ use std::process::{Command, Output};
 
 use writ_testkit::Swtpm;
 
-fn tool(tpm: &Swtpm, dir: &Path, args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .current_dir(dir)
-        .env("TPM2TOOLS_TCTI", tpm.tcti())
-        .env("TSS2_LOG", "all+NONE")
-        .output()
-        .expect("tpm2-tools installed");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn verify(dir: &Path, nonce: &str, pcr_list: &str) -> Output {
     Command::new(env!("CARGO_BIN_EXE_writ"))
         .current_dir(dir)
@@ -57,44 +42,15 @@ fn quote_with(alg: &str, scheme: &str) -> (Swtpm, tempfile::TempDir) {
     let d = dir.path();
     // No resource manager in front of swtpm: tpm2-tools leave objects loaded, and swtpm has three
     // slots, so flush transients between steps.
-    tool(
-        &tpm,
-        d,
-        &["tpm2_createek", "-c", "ek.ctx", "-G", "rsa", "-u", "ek.pub"],
-    );
-    tool(&tpm, d, &["tpm2_flushcontext", "-t"]);
-    tool(
-        &tpm,
-        d,
-        &[
-            "tpm2_createak",
-            "-C",
-            "ek.ctx",
-            "-c",
-            "ak.ctx",
-            "-G",
-            alg,
-            "-g",
-            "sha256",
-            "-s",
-            scheme,
-            "-u",
-            "ak.pub",
-            "-n",
-            "ak.name",
-        ],
-    );
-    tool(&tpm, d, &["tpm2_flushcontext", "-t"]);
-    tool(
-        &tpm,
+    tpm.tool_ak(d, alg, scheme);
+    tpm.tool(
         d,
         &[
             "tpm2_pcrextend",
             "16:sha256=0000000000000000000000000000000000000000000000000000000000000001",
         ],
     );
-    tool(
-        &tpm,
+    tpm.tool(
         d,
         &[
             "tpm2_quote",
@@ -284,7 +240,7 @@ fn tpm2_tools_certification_verifies() {
         ],
     ];
     for s in steps {
-        tool(&tpm, d, s);
+        tpm.tool(d, s);
     }
     let ak =
         CheckedAk::check(Public::from_tpm2b(&std::fs::read(d.join("ak.pub")).unwrap()).unwrap())

@@ -49,6 +49,45 @@ fn rate(window: Duration, mut op: impl FnMut()) -> f64 {
     n as f64 / start.elapsed().as_secs_f64()
 }
 
+/// A TPMS_ATTEST quote over `pcrs` signed by the software AK as a TPM signs it: the message,
+/// its TPMT_SIGNATURE, and the signature itself.
+fn sign_quote(
+    ak: &p256::ecdsa::SigningKey,
+    checked: &CheckedAk,
+    nonce: &Nonce,
+    selection: &PcrSelection,
+    pcrs: &PcrValues,
+) -> (Vec<u8>, Vec<u8>, p256::ecdsa::Signature) {
+    let attest = Attest {
+        magic: TPM_GENERATED,
+        kind: ST_ATTEST_QUOTE,
+        qualified_signer: checked.name().to_vec(),
+        extra_data: nonce.as_bytes().to_vec(),
+        clock_info: ClockInfo {
+            clock: 1,
+            reset_count: 1,
+            restart_count: 0,
+            safe: true,
+        },
+        firmware_version: 1,
+        attested: Attested::Quote {
+            selection: selection.clone(),
+            pcr_digest: pcrs.digest(selection, HashAlg::Sha256).unwrap(),
+        },
+    }
+    .encode();
+    let digest: [u8; 32] = Sha256::digest(&attest).into();
+    let sig: p256::ecdsa::Signature = ak.sign_prehash(&digest).unwrap();
+    let bytes = sig.to_bytes();
+    let tpmt = Signature::Ecdsa {
+        hash: HashAlg::Sha256,
+        r: bytes[..32].to_vec(),
+        s: bytes[32..].to_vec(),
+    }
+    .to_tpmt();
+    (attest, tpmt, sig)
+}
+
 fn main() {
     let args = Args::parse();
     let window = Duration::from_secs_f64(args.seconds);
@@ -78,33 +117,8 @@ fn main() {
         pcrs.insert(HashAlg::Sha256, i, vec![i; 32]).unwrap();
     }
     let nonce = Nonce::new(&[0x42; 32]).unwrap();
-    let attest = Attest {
-        magic: TPM_GENERATED,
-        kind: ST_ATTEST_QUOTE,
-        qualified_signer: checked.name().to_vec(),
-        extra_data: nonce.as_bytes().to_vec(),
-        clock_info: ClockInfo {
-            clock: 1,
-            reset_count: 1,
-            restart_count: 0,
-            safe: true,
-        },
-        firmware_version: 1,
-        attested: Attested::Quote {
-            selection: selection.clone(),
-            pcr_digest: pcrs.digest(&selection, HashAlg::Sha256).unwrap(),
-        },
-    }
-    .encode();
-    let digest: [u8; 32] = Sha256::digest(&attest).into();
-    let sig: p256::ecdsa::Signature = ak.sign_prehash(&digest).unwrap();
+    let (attest, tpmt, sig) = sign_quote(&ak, &checked, &nonce, &selection, &pcrs);
     let bytes = sig.to_bytes();
-    let tpmt = Signature::Ecdsa {
-        hash: HashAlg::Sha256,
-        r: bytes[..32].to_vec(),
-        s: bytes[32..].to_vec(),
-    }
-    .to_tpmt();
 
     println!(
         "machine: {}; one thread; {:.1} s per figure",
@@ -176,33 +190,7 @@ fn main() {
                 let v = replayed.get(HashAlg::Sha256, *p).unwrap().to_vec();
                 values.insert(HashAlg::Sha256, *p, v).unwrap();
             }
-            let attest = Attest {
-                magic: TPM_GENERATED,
-                kind: ST_ATTEST_QUOTE,
-                qualified_signer: checked.name().to_vec(),
-                extra_data: nonce.as_bytes().to_vec(),
-                clock_info: ClockInfo {
-                    clock: 1,
-                    reset_count: 1,
-                    restart_count: 0,
-                    safe: true,
-                },
-                firmware_version: 1,
-                attested: Attested::Quote {
-                    selection: sel.clone(),
-                    pcr_digest: values.digest(&sel, HashAlg::Sha256).unwrap(),
-                },
-            }
-            .encode();
-            let digest: [u8; 32] = Sha256::digest(&attest).into();
-            let sig: p256::ecdsa::Signature = ak.sign_prehash(&digest).unwrap();
-            let b = sig.to_bytes();
-            let tpmt = Signature::Ecdsa {
-                hash: HashAlg::Sha256,
-                r: b[..32].to_vec(),
-                s: b[32..].to_vec(),
-            }
-            .to_tpmt();
+            let (attest, tpmt, _) = sign_quote(&ak, &checked, &nonce, &sel, &values);
             let quote =
                 verify_quote(&AwsLc, &checked, &attest, &tpmt, &nonce, &sel, &values).unwrap();
             let profile = capture("keylime", &log, &quote, HashAlg::Sha256, &extended).unwrap();

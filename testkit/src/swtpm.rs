@@ -93,6 +93,55 @@ impl Swtpm {
         self.template.join("state").join(name)
     }
 
+    /// Runs a tpm2-tools command against this TPM in `dir`; it must succeed.
+    pub fn tool(&self, dir: &Path, args: &[&str]) {
+        let (program, rest) = args.split_first().expect("a program");
+        let out = Command::new(program)
+            .args(rest)
+            .current_dir(dir)
+            .env("TPM2TOOLS_TCTI", self.tcti())
+            .env("TSS2_LOG", "all+NONE")
+            .output()
+            .expect("tpm2-tools installed");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// With tpm2-tools in `dir`: an RSA EK (`ek.ctx`, `ek.pub`) and an AK under it of `alg` and
+    /// `scheme` (`ak.ctx`, `ak.pub`, `ak.name`), transient objects flushed after each step (no
+    /// resource manager sits in front of swtpm, which has three slots).
+    pub fn tool_ak(&self, dir: &Path, alg: &str, scheme: &str) {
+        self.tool(
+            dir,
+            &["tpm2_createek", "-c", "ek.ctx", "-G", "rsa", "-u", "ek.pub"],
+        );
+        self.tool(dir, &["tpm2_flushcontext", "-t"]);
+        self.tool(
+            dir,
+            &[
+                "tpm2_createak",
+                "-C",
+                "ek.ctx",
+                "-c",
+                "ak.ctx",
+                "-G",
+                alg,
+                "-g",
+                "sha256",
+                "-s",
+                scheme,
+                "-u",
+                "ak.pub",
+                "-n",
+                "ak.name",
+            ],
+        );
+        self.tool(dir, &["tpm2_flushcontext", "-t"]);
+    }
+
     /// Reboots the TPM: TPM2_Init through the control channel, then TPM2_Startup(CLEAR). PCRs reset,
     /// resetCount increments, persistent objects stay.
     pub fn reboot(&self) {
