@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::json;
 use writ_attestation::crypto::default_provider;
+use writ_attestation::jcs::canonical;
 use writ_attestation::writ::Refusal;
 use writ_attestation::writ::bundle::TrustBundle;
 use writ_attestation::writ::jws::{HeaderShape, TYP_WRIT, parse};
@@ -118,6 +119,16 @@ fn now() -> i64 {
         .unwrap_or(0)
 }
 
+/// The digest of a trust bundle's content (its RFC 8785 form), so that reformatting the file
+/// is not taken for another bundle.
+fn bundle_digest(bytes: &[u8]) -> Result<String, Refusal> {
+    use sha2::{Digest, Sha256};
+    let v: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| Refusal::new("bundle", format!("the trust bundle: {e}")))?;
+    let c = canonical(&v).map_err(|e| Refusal::new("bundle", format!("the trust bundle: {e}")))?;
+    Ok(hex::encode(Sha256::digest(c.as_bytes())))
+}
+
 enum Outcome {
     Allow(serde_json::Value),
     Deny(Refusal),
@@ -135,12 +146,23 @@ fn decide(a: &VerifyArgs) -> Outcome {
         Ok(v) => v,
         Err(e) => return Outcome::Error(e),
     };
-    let bundle = match TrustBundle::parse(&bundle) {
+    let bundle_bytes = bundle;
+    let bundle = match TrustBundle::parse(&bundle_bytes) {
         Ok(b) => b,
         Err(r) => return Outcome::Deny(r),
     };
     let now = now();
     if let Err(r) = bundle.check(now, a.max_bundle_age, None) {
+        return Outcome::Deny(r);
+    }
+    let store = match SqliteReplay::open(&a.replay_db) {
+        Ok(s) => s,
+        Err(r) => return Outcome::Deny(r),
+    };
+    // Rollback: the store remembers the highest sequence (and that bundle's digest) seen here.
+    let observed = bundle_digest(&bundle_bytes)
+        .and_then(|d| store.observe_bundle(&bundle.trust_domain, bundle.sequence, &d));
+    if let Err(r) = observed {
         return Outcome::Deny(r);
     }
     // The request, recomputed from what would run; arguments must be UTF-8 (else exit 2).
@@ -176,10 +198,6 @@ fn decide(a: &VerifyArgs) -> Outcome {
     };
     let (req, (htm, htu)) = match digest(&request).and_then(|d| Ok((d, proof_target(&request)?))) {
         Ok(v) => v,
-        Err(r) => return Outcome::Deny(r),
-    };
-    let store = match SqliteReplay::open(&a.replay_db) {
-        Ok(s) => s,
         Err(r) => return Outcome::Deny(r),
     };
     match verify(

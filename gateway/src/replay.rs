@@ -1,28 +1,67 @@
 //! The replay store: single use of writs (`jti`) and proofs (`jkt`, `jti`), in SQLite (WAL,
-//! `synchronous=FULL`), shared by every gateway process of one host. Insert-if-absent of all of
-//! a request's keys is one `BEGIN IMMEDIATE` transaction: both or neither, across processes.
+//! `synchronous=FULL`), shared by every gateway process of one host.
+//!
+//! Group commit: one writer thread per process owns the connection. Concurrent consumes queue
+//! up while it is committing, and the next transaction takes all of them (up to
+//! [`MAX_BATCH`]), one savepoint per request so that each request's keys go in both or neither,
+//! and one commit (one fsync) answers them all. Nobody is answered before that commit: an
+//! answer of "fresh" means the keys are durable. Across processes, each transaction is
+//! `BEGIN IMMEDIATE`, so two gateways racing on one writ get exactly one success.
+//!
 //! Entries outlive the writ's expiry plus skew and are then purged. If the store cannot be
 //! written, the verification refuses (`replay_store`).
 //!
-//! Not built yet: group commit across concurrent verifications (each consume is one fsync), and
-//! the PostgreSQL store for gateways of one audience on several hosts.
+//! The store also remembers, per trust domain, the highest trust bundle sequence seen and that
+//! bundle's digest: a lower sequence, or another bundle under the same sequence, is refused
+//! (`bundle_rollback`).
+//!
+//! Not built yet: the PostgreSQL store for gateways of one audience on several hosts.
 
 use std::path::Path;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::thread::JoinHandle;
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use writ_attestation::writ::Refusal;
 use writ_attestation::writ::verify::{ReplayKey, ReplayStore};
 
-/// Consumes between purges of expired entries.
-const PURGE_EVERY: u64 = 1024;
+/// Requests committed together at most.
+pub const MAX_BATCH: usize = 256;
+
+/// Transactions between purges of expired entries.
+const PURGE_EVERY: u64 = 256;
+
+enum Job {
+    Consume {
+        keys: Vec<ReplayKey>,
+        keep_until: i64,
+        reply: SyncSender<Result<bool, Refusal>>,
+    },
+    Purge {
+        now: i64,
+        reply: SyncSender<Result<usize, Refusal>>,
+    },
+    Bundle {
+        trust_domain: String,
+        sequence: u64,
+        digest: String,
+        reply: SyncSender<Result<(), Refusal>>,
+    },
+}
 
 /// A replay store in one SQLite file.
-#[derive(Debug)]
 pub struct SqliteReplay {
-    conn: Mutex<Connection>,
-    consumed: AtomicU64,
+    jobs: Option<Sender<Job>>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for SqliteReplay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteReplay")
+            .field("running", &self.jobs.is_some())
+            .finish()
+    }
 }
 
 fn fail(e: impl std::fmt::Display) -> Refusal {
@@ -40,7 +79,7 @@ fn now() -> i64 {
 }
 
 impl SqliteReplay {
-    /// Opens (creating if needed) the store at `path`.
+    /// Opens (creating if needed) the store at `path` and starts its writer thread.
     pub fn open(path: &Path) -> Result<Self, Refusal> {
         let conn = Connection::open(path).map_err(fail)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
@@ -56,20 +95,77 @@ impl SqliteReplay {
              CREATE TABLE IF NOT EXISTS replay (
                  kind TEXT NOT NULL, a TEXT NOT NULL, b TEXT NOT NULL, keep_until INTEGER NOT NULL,
                  PRIMARY KEY (kind, a, b)) WITHOUT ROWID;
-             CREATE INDEX IF NOT EXISTS replay_expiry ON replay (keep_until);",
+             CREATE INDEX IF NOT EXISTS replay_expiry ON replay (keep_until);
+             CREATE TABLE IF NOT EXISTS bundle_seen (
+                 trust_domain TEXT PRIMARY KEY, sequence INTEGER NOT NULL, digest TEXT NOT NULL);",
         )
         .map_err(fail)?;
+        let (jobs, rx) = mpsc::channel();
+        let writer = std::thread::Builder::new()
+            .name("writ-replay".into())
+            .spawn(move || writer(conn, rx))
+            .map_err(fail)?;
         Ok(SqliteReplay {
-            conn: Mutex::new(conn),
-            consumed: AtomicU64::new(0),
+            jobs: Some(jobs),
+            writer: Some(writer),
         })
+    }
+
+    fn ask<T>(
+        &self,
+        job: impl FnOnce(SyncSender<Result<T, Refusal>>) -> Job,
+    ) -> Result<T, Refusal> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.jobs
+            .as_ref()
+            .ok_or_else(|| fail("closed"))?
+            .send(job(reply))
+            .map_err(|_| fail("the writer thread stopped"))?;
+        answer
+            .recv()
+            .map_err(|_| fail("the writer thread stopped"))?
     }
 
     /// Deletes entries kept until before `now`; returns how many.
     pub fn purge(&self, now: i64) -> Result<usize, Refusal> {
-        let conn = self.conn.lock().map_err(|_| fail("lock poisoned"))?;
-        conn.execute("DELETE FROM replay WHERE keep_until < $1", params![now])
-            .map_err(fail)
+        self.ask(|reply| Job::Purge { now, reply })
+    }
+
+    /// Records that a trust bundle of `trust_domain` with `sequence` and `digest` is in use, or
+    /// refuses it (`bundle_rollback`) if a higher sequence was seen, or another bundle (another
+    /// digest) under the same sequence.
+    pub fn observe_bundle(
+        &self,
+        trust_domain: &str,
+        sequence: u64,
+        digest: &str,
+    ) -> Result<(), Refusal> {
+        self.ask(|reply| Job::Bundle {
+            trust_domain: trust_domain.to_string(),
+            sequence,
+            digest: digest.to_string(),
+            reply,
+        })
+    }
+}
+
+impl Drop for SqliteReplay {
+    fn drop(&mut self) {
+        // Closing the queue ends the writer after the jobs already queued.
+        drop(self.jobs.take());
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+impl ReplayStore for SqliteReplay {
+    fn consume(&self, keys: &[ReplayKey], keep_until: i64) -> Result<bool, Refusal> {
+        self.ask(|reply| Job::Consume {
+            keys: keys.to_vec(),
+            keep_until,
+            reply,
+        })
     }
 }
 
@@ -80,40 +176,156 @@ fn row(k: &ReplayKey) -> (&'static str, &str, &str) {
     }
 }
 
-impl ReplayStore for SqliteReplay {
-    fn consume(&self, keys: &[ReplayKey], keep_until: i64) -> Result<bool, Refusal> {
-        if self
-            .consumed
-            .fetch_add(1, Ordering::Relaxed)
-            .is_multiple_of(PURGE_EVERY)
-        {
-            self.purge(now())?;
+/// The writer thread: takes what is queued, commits it in one transaction, answers.
+fn writer(mut conn: Connection, rx: Receiver<Job>) {
+    let mut transactions: u64 = 0;
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
         }
-        let mut conn = self.conn.lock().map_err(|_| fail("lock poisoned"))?;
+        if transactions.is_multiple_of(PURGE_EVERY) {
+            // Best effort here: a failing purge shows up on the next transaction's writes.
+            let _ = conn.execute("DELETE FROM replay WHERE keep_until < $1", params![now()]);
+        }
+        transactions = transactions.wrapping_add(1);
+        commit(&mut conn, batch);
+    }
+}
+
+/// What one job's savepoint produced, answered only after the commit.
+enum Answer {
+    Consume(SyncSender<Result<bool, Refusal>>, Result<bool, Refusal>),
+    Purge(SyncSender<Result<usize, Refusal>>, Result<usize, Refusal>),
+    Bundle(SyncSender<Result<(), Refusal>>, Result<(), Refusal>),
+}
+
+impl Answer {
+    /// Sends the answer, or `err` in its place if the transaction did not commit.
+    fn send(self, committed: Result<(), &Refusal>) {
+        // A caller that gave up waiting is gone; nothing to tell it.
+        match self {
+            Answer::Consume(r, v) => {
+                let _ = r.send(committed.map_err(Clone::clone).and(v));
+            }
+            Answer::Purge(r, v) => {
+                let _ = r.send(committed.map_err(Clone::clone).and(v));
+            }
+            Answer::Bundle(r, v) => {
+                let _ = r.send(committed.map_err(Clone::clone).and(v));
+            }
+        }
+    }
+}
+
+fn commit(conn: &mut Connection, batch: Vec<Job>) {
+    let mut answers = Vec::with_capacity(batch.len());
+    let outcome = (|| -> Result<(), Refusal> {
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(fail)?;
-        let mut fresh = true;
-        {
-            let mut st = tx
-                .prepare_cached(
-                    "INSERT INTO replay (kind, a, b, keep_until) VALUES ($1, $2, $3, $4)
-                     ON CONFLICT DO NOTHING",
-                )
-                .map_err(fail)?;
-            for k in keys {
-                let (kind, a, b) = row(k);
-                if st.execute(params![kind, a, b, keep_until]).map_err(fail)? == 0 {
-                    fresh = false;
-                    break;
-                }
+        for job in batch {
+            answers.push(match job {
+                Job::Consume {
+                    keys,
+                    keep_until,
+                    reply,
+                } => Answer::Consume(reply, consume_one(&tx, &keys, keep_until)),
+                Job::Purge { now, reply } => Answer::Purge(
+                    reply,
+                    tx.execute("DELETE FROM replay WHERE keep_until < $1", params![now])
+                        .map_err(fail),
+                ),
+                Job::Bundle {
+                    trust_domain,
+                    sequence,
+                    digest,
+                    reply,
+                } => Answer::Bundle(reply, bundle_one(&tx, &trust_domain, sequence, &digest)),
+            });
+        }
+        tx.commit().map_err(fail)
+    })();
+    for a in answers {
+        a.send(outcome.as_ref().map(|_| ()));
+    }
+}
+
+/// One request's keys, both or neither, inside a savepoint of the batch's transaction.
+fn consume_one(
+    tx: &rusqlite::Transaction<'_>,
+    keys: &[ReplayKey],
+    keep_until: i64,
+) -> Result<bool, Refusal> {
+    tx.execute_batch("SAVEPOINT one").map_err(fail)?;
+    let inserted = (|| -> Result<bool, Refusal> {
+        let mut st = tx
+            .prepare_cached(
+                "INSERT INTO replay (kind, a, b, keep_until) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT DO NOTHING",
+            )
+            .map_err(fail)?;
+        for k in keys {
+            let (kind, a, b) = row(k);
+            if st.execute(params![kind, a, b, keep_until]).map_err(fail)? == 0 {
+                return Ok(false);
             }
         }
-        if fresh {
-            tx.commit().map_err(fail)?;
-        } else {
-            tx.rollback().map_err(fail)?;
+        Ok(true)
+    })();
+    match inserted {
+        Ok(true) => {
+            tx.execute_batch("RELEASE one").map_err(fail)?;
+            Ok(true)
         }
-        Ok(fresh)
+        Ok(false) | Err(_) => {
+            tx.execute_batch("ROLLBACK TO one; RELEASE one")
+                .map_err(fail)?;
+            inserted
+        }
+    }
+}
+
+fn bundle_one(
+    tx: &rusqlite::Transaction<'_>,
+    trust_domain: &str,
+    sequence: u64,
+    digest: &str,
+) -> Result<(), Refusal> {
+    let seq = i64::try_from(sequence).map_err(|_| {
+        Refusal::new(
+            "bundle_rollback",
+            "spiffe_sequence is out of the range this store keeps",
+        )
+    })?;
+    let seen: Option<(i64, String)> = tx
+        .query_row(
+            "SELECT sequence, digest FROM bundle_seen WHERE trust_domain = $1",
+            params![trust_domain],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(fail)?;
+    match seen {
+        Some((last, _)) if seq < last => Err(Refusal::new(
+            "bundle_rollback",
+            format!("spiffe_sequence {seq} is below the {last} already seen"),
+        )),
+        Some((last, ref d)) if seq == last && d != digest => Err(Refusal::new(
+            "bundle_rollback",
+            format!("another trust bundle was already seen under spiffe_sequence {seq}"),
+        )),
+        Some((last, _)) if seq == last => Ok(()),
+        _ => tx
+            .execute(
+                "INSERT INTO bundle_seen (trust_domain, sequence, digest) VALUES ($1, $2, $3)
+                 ON CONFLICT (trust_domain) DO UPDATE SET sequence = $2, digest = $3",
+                params![trust_domain, seq, digest],
+            )
+            .map(|_| ())
+            .map_err(fail),
     }
 }

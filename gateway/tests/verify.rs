@@ -420,3 +420,57 @@ fn inspect_explains_and_never_allows() {
         String::from_utf8_lossy(&o.stdout)
     );
 }
+
+fn edit_bundle(dir: &Path, pretty: bool, edit: impl Fn(&mut serde_json::Value)) {
+    let p = dir.join("bundle.json");
+    let mut b: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    edit(&mut b);
+    let text = if pretty {
+        serde_json::to_string_pretty(&b).unwrap()
+    } else {
+        b.to_string()
+    };
+    std::fs::write(p, text).unwrap();
+}
+
+#[test]
+fn bundle_rollback_a_lower_sequence_or_another_bundle_under_the_same_sequence_denies() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let req = exec_req(&["--env", "prod"]);
+    setup(p, &req, "EXEC", &format!("exec:{req}"), 7);
+    let args = verify_args("r.db", &["--tool", "deploy", "--", "--env", "prod"]);
+    edit_bundle(p, false, |b| b["spiffe_sequence"] = json!(5));
+    let o = gate(p, &args);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    // The same bundle reformatted is the same bundle: it gets as far as the replay check.
+    edit_bundle(p, true, |_| {});
+    assert_eq!(decision(&gate(p, &args))["code"], "replayed");
+    // A fresh writ, so that only the bundle can refuse.
+    setup(p, &req, "EXEC", &format!("exec:{req}"), 8);
+    edit_bundle(p, false, |b| b["spiffe_sequence"] = json!(4));
+    let o = gate(p, &args);
+    assert_eq!(decision(&o)["code"], "bundle_rollback", "{o:?}");
+    edit_bundle(p, false, |b| {
+        b["spiffe_sequence"] = json!(5);
+        b["spiffe_refresh_hint"] = json!(60);
+    });
+    let o = gate(p, &args);
+    assert_eq!(decision(&o)["code"], "bundle_rollback", "{o:?}");
+    // A higher sequence moves the mark, and the refused ones consumed nothing.
+    edit_bundle(p, false, |b| b["spiffe_sequence"] = json!(6));
+    let o = gate(p, &args);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    edit_bundle(p, false, |b| b["spiffe_sequence"] = json!(5));
+    assert_eq!(decision(&gate(p, &args))["code"], "bundle_rollback");
+}
