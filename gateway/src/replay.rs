@@ -18,7 +18,6 @@
 //! Not built yet: the PostgreSQL store for gateways of one audience on several hosts.
 
 use std::path::Path;
-use std::sync::Mutex;
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::thread::JoinHandle;
 
