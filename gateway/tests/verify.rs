@@ -8,80 +8,22 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+
 use std::path::Path;
 use std::process::Output;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use p256::ecdsa::signature::hazmat::PrehashSigner;
+use common::{AUD, bundle, jwk, key, now, writ};
 use serde_json::json;
-use sha2::{Digest, Sha256};
-use writ_attestation::jwk::EcJwk;
-use writ_attestation::writ::Refusal;
 use writ_attestation::writ::dpop::{self, ProofClaims};
-use writ_attestation::writ::jws::{self, Es256Signer};
 use writ_attestation::writ::request::{Request, digest};
-
-struct Key(p256::ecdsa::SigningKey);
-
-impl Es256Signer for Key {
-    fn sign_es256(&self, m: &[u8]) -> Result<[u8; 64], Refusal> {
-        let d: [u8; 32] = Sha256::digest(m).into();
-        let s: p256::ecdsa::Signature = self.0.sign_prehash(&d).unwrap();
-        Ok(s.to_bytes().as_slice().try_into().unwrap())
-    }
-}
-
-fn key(seed: u8) -> Key {
-    Key(p256::ecdsa::SigningKey::from_slice(&[seed; 32]).unwrap())
-}
-
-fn jwk(k: &Key) -> EcJwk {
-    EcJwk::from_verifying_key(k.0.verifying_key())
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-const AUD: &str = "spiffe://writ.test/gateway/g";
-
-fn d(c: char) -> String {
-    format!("sha256:{}", c.to_string().repeat(64))
-}
 
 /// Writes a bundle, a writ for `req` and a proof into `dir`.
 fn setup(dir: &Path, req: &str, htm: &str, htu: &str, jti: u8) {
-    let mut issuer = jwk(&key(1)).to_json(Some("issuer"));
-    issuer["kid"] = json!("issuer-1");
     let t = now();
-    let bundle = json!({
-        "keys": [issuer],
-        "spiffe_sequence": 1,
-        "spiffe_refresh_hint": 300,
-        "writ": {"trust_domain": "writ.test", "issued_at": t - 10, "expires_at": t + 3600,
-                 "policy_bundles": [d('c')],
-                 "log": {"origin": "writ.test/log", "verifier_key": "writ.test/log+00000000+AA"}}
-    });
-    std::fs::write(dir.join("bundle.json"), bundle.to_string()).unwrap();
+    std::fs::write(dir.join("bundle.json"), bundle(t).to_string()).unwrap();
     let holder = key(9);
-    let claims = json!({
-        "iss": "spiffe://writ.test/writ/appliance", "sub": "spiffe://writ.test/runtime/a", "aud": AUD,
-        "iat": t - 5, "nbf": t - 5, "exp": t + 120, "jti": B64.encode([jti; 16]),
-        "cnf": {"jkt": jwk(&holder).thumbprint()},
-        "att": {"status": "affirming", "ear": d('a'), "evidence": d('b'), "nonce": B64.encode([1u8; 32]), "policy": d('c')},
-        "lin": {"parent": null, "root": null, "depth": 0},
-        "act": {"name": "exec", "resource": "tools/deploy", "req": req},
-    });
-    let writ = jws::sign(
-        &json!({"alg":"ES256","typ":"writ+jwt","kid":"issuer-1"}),
-        &claims,
-        &key(1),
-    )
-    .unwrap();
+    let writ = writ(t, jti, &jwk(&holder).thumbprint(), req);
     std::fs::write(dir.join("writ.jws"), &writ).unwrap();
     let proof = dpop::create(
         &holder,
