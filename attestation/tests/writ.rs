@@ -810,6 +810,40 @@ mod offline {
     }
 
     #[test]
+    fn checking_consumes_nothing_and_authorizes_nothing_until_consumed() {
+        use writ_attestation::writ::verify::check;
+        let store = Memory::default();
+        let c = case("p-check");
+        let htu = format!("exec:{}", c.req);
+        let ctx = Context {
+            token: &c.token,
+            proof: Some(&c.proof),
+            request_digest: &c.req,
+            htm: "EXEC",
+            htu: &htu,
+            audience: AUD,
+            now: NOW,
+            skew: 30,
+            nonce: None,
+        };
+        let first = check(&AwsLc, &bundle(), &ctx).unwrap();
+        let second = check(&AwsLc, &bundle(), &ctx).unwrap();
+        assert!(store.seen.lock().unwrap().is_empty());
+        let broken = Memory {
+            broken: true,
+            ..Memory::default()
+        };
+        assert_eq!(first.consume(&broken).unwrap_err().code, "replay_store");
+        let auth = second.consume(&store).unwrap();
+        let writ_attestation::writ::claims::Form::Execution(act) = auth.claims().form() else {
+            panic!("an execution writ");
+        };
+        assert_eq!(act.req, c.req);
+        let third = check(&AwsLc, &bundle(), &ctx).unwrap();
+        assert_eq!(third.consume(&store).unwrap_err().code, "replayed");
+    }
+
+    #[test]
     fn a_writ_runs_once() {
         let store = Memory::default();
         let c = case("p1");

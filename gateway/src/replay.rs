@@ -3,10 +3,13 @@
 //!
 //! Group commit: one writer thread per process owns the connection. Concurrent consumes queue
 //! up while it is committing, and the next transaction takes all of them (up to
-//! [`MAX_BATCH`]), one savepoint per request so that each request's keys go in both or neither,
-//! and one commit (one fsync) answers them all. Nobody is answered before that commit: an
-//! answer of "fresh" means the keys are durable. Across processes, each transaction is
-//! `BEGIN IMMEDIATE`, so two gateways racing on one writ get exactly one success.
+//! [`MAX_BATCH`]); inside it, which holds the database's write lock, each request's keys are
+//! looked up and inserted only if none is present (both or neither), and one commit (one
+//! fsync) answers them all. Nobody is answered before that commit: an answer of "fresh" means
+//! the keys are durable. A failed write aborts the batch and refuses every request in it.
+//! Across processes, each transaction is `BEGIN IMMEDIATE`, so two gateways racing on one writ
+//! get exactly one success. Callers on an async runtime await the same writer
+//! ([`AsyncReplayStore`]) instead of blocking a worker thread.
 //!
 //! Entries outlive the writ's expiry plus skew and are then purged. If the store cannot be
 //! written, the verification refuses (`replay_store`).
@@ -17,13 +20,15 @@
 //!
 //! Not built yet: the PostgreSQL store for gateways of one audience on several hosts.
 
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::thread::JoinHandle;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use writ_attestation::writ::Refusal;
-use writ_attestation::writ::verify::{ReplayKey, ReplayStore};
+use writ_attestation::writ::verify::{AsyncReplayStore, ReplayKey, ReplayStore};
 
 /// Requests committed together at most.
 pub const MAX_BATCH: usize = 256;
@@ -31,11 +36,31 @@ pub const MAX_BATCH: usize = 256;
 /// Transactions between purges of expired entries.
 const PURGE_EVERY: u64 = 256;
 
+/// Where a consume's answer goes: a blocked thread, or a task awaiting it.
+enum Reply {
+    Thread(SyncSender<Result<bool, Refusal>>),
+    Task(tokio::sync::oneshot::Sender<Result<bool, Refusal>>),
+}
+
+impl Reply {
+    fn send(self, v: Result<bool, Refusal>) {
+        // A caller that gave up waiting is gone; nothing to tell it.
+        match self {
+            Reply::Thread(r) => {
+                let _ = r.send(v);
+            }
+            Reply::Task(r) => {
+                let _ = r.send(v);
+            }
+        }
+    }
+}
+
 enum Job {
     Consume {
         keys: Vec<ReplayKey>,
         keep_until: i64,
-        reply: SyncSender<Result<bool, Refusal>>,
+        reply: Reply,
     },
     Purge {
         now: i64,
@@ -110,16 +135,20 @@ impl SqliteReplay {
         })
     }
 
+    fn submit(&self, job: Job) -> Result<(), Refusal> {
+        self.jobs
+            .as_ref()
+            .ok_or_else(|| fail("closed"))?
+            .send(job)
+            .map_err(|_| fail("the writer thread stopped"))
+    }
+
     fn ask<T>(
         &self,
         job: impl FnOnce(SyncSender<Result<T, Refusal>>) -> Job,
     ) -> Result<T, Refusal> {
         let (reply, answer) = mpsc::sync_channel(1);
-        self.jobs
-            .as_ref()
-            .ok_or_else(|| fail("closed"))?
-            .send(job(reply))
-            .map_err(|_| fail("the writer thread stopped"))?;
+        self.submit(job(reply))?;
         answer
             .recv()
             .map_err(|_| fail("the writer thread stopped"))?
@@ -163,7 +192,28 @@ impl ReplayStore for SqliteReplay {
         self.ask(|reply| Job::Consume {
             keys: keys.to_vec(),
             keep_until,
-            reply,
+            reply: Reply::Thread(reply),
+        })
+    }
+}
+
+impl AsyncReplayStore for SqliteReplay {
+    fn consume_async<'a>(
+        &'a self,
+        keys: &'a [ReplayKey],
+        keep_until: i64,
+    ) -> Pin<Box<dyn Future<Output = Result<bool, Refusal>> + Send + 'a>> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let submitted = self.submit(Job::Consume {
+            keys: keys.to_vec(),
+            keep_until,
+            reply: Reply::Task(reply),
+        });
+        Box::pin(async move {
+            submitted?;
+            answer
+                .await
+                .map_err(|_| fail("the writer thread stopped"))?
         })
     }
 }
@@ -195,21 +245,28 @@ fn writer(mut conn: Connection, rx: Receiver<Job>) {
     }
 }
 
-/// What one job's savepoint produced, answered only after the commit.
+/// What one job produced, answered only after the commit.
 enum Answer {
-    Consume(SyncSender<Result<bool, Refusal>>, Result<bool, Refusal>),
+    Consume(Reply, Result<bool, Refusal>),
     Purge(SyncSender<Result<usize, Refusal>>, Result<usize, Refusal>),
     Bundle(SyncSender<Result<(), Refusal>>, Result<(), Refusal>),
 }
 
 impl Answer {
+    /// The answer to a job that a failed batch never ran.
+    fn refused(job: Job, e: &Refusal) -> Answer {
+        match job {
+            Job::Consume { reply, .. } => Answer::Consume(reply, Err(e.clone())),
+            Job::Purge { reply, .. } => Answer::Purge(reply, Err(e.clone())),
+            Job::Bundle { reply, .. } => Answer::Bundle(reply, Err(e.clone())),
+        }
+    }
+
     /// Sends the answer, or `err` in its place if the transaction did not commit.
     fn send(self, committed: Result<(), &Refusal>) {
         // A caller that gave up waiting is gone; nothing to tell it.
         match self {
-            Answer::Consume(r, v) => {
-                let _ = r.send(committed.map_err(Clone::clone).and(v));
-            }
+            Answer::Consume(r, v) => r.send(committed.map_err(Clone::clone).and(v)),
             Answer::Purge(r, v) => {
                 let _ = r.send(committed.map_err(Clone::clone).and(v));
             }
@@ -226,13 +283,25 @@ fn commit(conn: &mut Connection, batch: Vec<Job>) {
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(fail)?;
+        // A failing write aborts the batch: nothing commits, every request is refused.
+        let mut abort: Option<Refusal> = None;
         for job in batch {
+            if let Some(e) = &abort {
+                answers.push(Answer::refused(job, e));
+                continue;
+            }
             answers.push(match job {
                 Job::Consume {
                     keys,
                     keep_until,
                     reply,
-                } => Answer::Consume(reply, consume_one(&tx, &keys, keep_until)),
+                } => match consume_one(&tx, &keys, keep_until) {
+                    Ok(fresh) => Answer::Consume(reply, Ok(fresh)),
+                    Err(e) => {
+                        abort = Some(e.clone());
+                        Answer::Consume(reply, Err(e))
+                    }
+                },
                 Job::Purge { now, reply } => Answer::Purge(
                     reply,
                     tx.execute("DELETE FROM replay WHERE keep_until < $1", params![now])
@@ -246,6 +315,9 @@ fn commit(conn: &mut Connection, batch: Vec<Job>) {
                 } => Answer::Bundle(reply, bundle_one(&tx, &trust_domain, sequence, &digest)),
             });
         }
+        if let Some(e) = abort {
+            return Err(e);
+        }
         tx.commit().map_err(fail)
     })();
     for a in answers {
@@ -253,39 +325,39 @@ fn commit(conn: &mut Connection, batch: Vec<Job>) {
     }
 }
 
-/// One request's keys, both or neither, inside a savepoint of the batch's transaction.
+/// One request's keys, both or neither: inside the batch's transaction, which holds the
+/// database's write lock (`BEGIN IMMEDIATE`), a key is looked up and, only if none is present,
+/// all are inserted. An error aborts the whole batch (the caller rolls back and refuses all).
 fn consume_one(
     tx: &rusqlite::Transaction<'_>,
     keys: &[ReplayKey],
     keep_until: i64,
 ) -> Result<bool, Refusal> {
-    tx.execute_batch("SAVEPOINT one").map_err(fail)?;
-    let inserted = (|| -> Result<bool, Refusal> {
-        let mut st = tx
-            .prepare_cached(
-                "INSERT INTO replay (kind, a, b, keep_until) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT DO NOTHING",
-            )
-            .map_err(fail)?;
-        for k in keys {
-            let (kind, a, b) = row(k);
-            if st.execute(params![kind, a, b, keep_until]).map_err(fail)? == 0 {
-                return Ok(false);
-            }
-        }
-        Ok(true)
-    })();
-    match inserted {
-        Ok(true) => {
-            tx.execute_batch("RELEASE one").map_err(fail)?;
-            Ok(true)
-        }
-        Ok(false) | Err(_) => {
-            tx.execute_batch("ROLLBACK TO one; RELEASE one")
-                .map_err(fail)?;
-            inserted
+    let mut seen = tx
+        .prepare_cached("SELECT 1 FROM replay WHERE kind = $1 AND a = $2 AND b = $3")
+        .map_err(fail)?;
+    for k in keys {
+        let (kind, a, b) = row(k);
+        if seen.exists(params![kind, a, b]).map_err(fail)? {
+            return Ok(false);
         }
     }
+    let mut insert = tx
+        .prepare_cached(
+            "INSERT INTO replay (kind, a, b, keep_until) VALUES ($1, $2, $3, $4)
+             ON CONFLICT DO NOTHING",
+        )
+        .map_err(fail)?;
+    let mut fresh = true;
+    for k in keys {
+        let (kind, a, b) = row(k);
+        // Zero rows only if one request names a key twice: that is a replay of itself.
+        fresh &= insert
+            .execute(params![kind, a, b, keep_until])
+            .map_err(fail)?
+            == 1;
+    }
+    Ok(fresh)
 }
 
 fn bundle_one(

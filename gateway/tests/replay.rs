@@ -108,3 +108,38 @@ fn bundle_sequences_only_go_up() {
         "bundle_rollback"
     );
 }
+
+#[test]
+fn async_consumes_share_the_writer_and_are_fresh_exactly_once() {
+    use writ_attestation::writ::verify::AsyncReplayStore;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.db");
+    let store = Arc::new(SqliteReplay::open(&path).unwrap());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let fresh: usize = rt.block_on(async {
+        let tasks: Vec<_> = (0..64)
+            .map(|t| {
+                let s = store.clone();
+                tokio::spawn(async move {
+                    let mut n = 0;
+                    for i in 0..50 {
+                        let keys = [writ(&format!("w{i}")), proof("k", &format!("p{t}-{i}"))];
+                        n += usize::from(s.consume_async(&keys, i64::MAX).await.unwrap());
+                    }
+                    n
+                })
+            })
+            .collect();
+        let mut sum = 0;
+        for t in tasks {
+            sum += t.await.unwrap();
+        }
+        sum
+    });
+    assert_eq!(fresh, 50);
+    // The blocking and the async callers see one store.
+    assert!(!store.consume(&[writ("w7")], i64::MAX).unwrap());
+}

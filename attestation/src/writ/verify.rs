@@ -9,6 +9,13 @@
 //! about to run); the holder proof (required; by the `cnf.jkt` key, for this writ and request);
 //! the EAR status and the accepted policy bundle hash; then single use of the writ's `jti` and
 //! the proof's (`jkt`, `jti`), recorded atomically, both or neither.
+//!
+//! [`check`] runs everything but single use and returns a [`Checked`], which authorizes nothing
+//! until it is consumed through a [`ReplayStore`] or an [`AsyncReplayStore`]; [`verify`] is the
+//! two in one call.
+
+use std::future::Future;
+use std::pin::Pin;
 
 use super::Refusal;
 use super::bundle::{Purpose, TrustBundle};
@@ -41,6 +48,18 @@ pub enum ReplayKey {
 pub trait ReplayStore {
     /// Insert-if-absent of all `keys`, atomically.
     fn consume(&self, keys: &[ReplayKey], keep_until: i64) -> Result<bool, Refusal>;
+}
+
+/// A replay store for callers on an async runtime (the proxy): the same contract as
+/// [`ReplayStore`], answered by a future, so that the caller's thread verifies other requests
+/// while a commit is on its way to disk.
+pub trait AsyncReplayStore: Send + Sync {
+    /// Insert-if-absent of all `keys`, atomically.
+    fn consume_async<'a>(
+        &'a self,
+        keys: &'a [ReplayKey],
+        keep_until: i64,
+    ) -> Pin<Box<dyn Future<Output = Result<bool, Refusal>> + Send + 'a>>;
 }
 
 /// What the caller is about to run, and its context.
@@ -85,6 +104,45 @@ impl Authorized {
     }
 }
 
+/// A writ that passed every check but single use. It authorizes nothing: only consuming it
+/// ([`Checked::consume`], [`Checked::consume_async`]) gives an [`Authorized`]. Only [`check`]
+/// makes one.
+#[derive(Debug)]
+pub struct Checked {
+    claims: WritClaims,
+    proof: VerifiedProof,
+    keys: [ReplayKey; 2],
+    keep_until: i64,
+}
+
+fn replayed() -> Refusal {
+    Refusal::new("replayed", "this writ or this proof was already used")
+}
+
+impl Checked {
+    /// Records single use (both keys or neither) and, if both were fresh, authorizes.
+    pub fn consume(self, store: &dyn ReplayStore) -> Result<Authorized, Refusal> {
+        if !store.consume(&self.keys, self.keep_until)? {
+            return Err(replayed());
+        }
+        Ok(Authorized {
+            claims: self.claims,
+            proof: self.proof,
+        })
+    }
+
+    /// [`Checked::consume`] through an async store.
+    pub async fn consume_async(self, store: &dyn AsyncReplayStore) -> Result<Authorized, Refusal> {
+        if !store.consume_async(&self.keys, self.keep_until).await? {
+            return Err(replayed());
+        }
+        Ok(Authorized {
+            claims: self.claims,
+            proof: self.proof,
+        })
+    }
+}
+
 /// Verifies a writ for one exact request and consumes it.
 pub fn verify(
     provider: &dyn CryptoProvider,
@@ -92,6 +150,16 @@ pub fn verify(
     ctx: &Context<'_>,
     store: &dyn ReplayStore,
 ) -> Result<Authorized, Refusal> {
+    check(provider, bundle, ctx)?.consume(store)
+}
+
+/// Every check of [`verify`] in its order, except single use, which the caller records next
+/// through [`Checked`].
+pub fn check(
+    provider: &dyn CryptoProvider,
+    bundle: &TrustBundle,
+    ctx: &Context<'_>,
+) -> Result<Checked, Refusal> {
     let unverified = parse(ctx.token, TYP_WRIT, HeaderShape::Kid)?;
     let kid = unverified
         .kid()
@@ -152,7 +220,7 @@ pub fn verify(
             "the writ's policy bundle hash is not accepted by the trust bundle",
         ));
     }
-    // Last, atomically: both keys or neither, kept past expiry plus skew.
+    // Single use, recorded last by `Checked`: both keys or neither, kept past expiry plus skew.
     let keys = [
         ReplayKey::Writ {
             jti: claims.jti.clone(),
@@ -166,11 +234,10 @@ pub fn verify(
         .exp
         .saturating_add(ctx.skew)
         .max(ctx.now.saturating_add(2 * ctx.skew));
-    if !store.consume(&keys, keep_until)? {
-        return Err(Refusal::new(
-            "replayed",
-            "this writ or this proof was already used",
-        ));
-    }
-    Ok(Authorized { claims, proof })
+    Ok(Checked {
+        claims,
+        proof,
+        keys,
+        keep_until,
+    })
 }
