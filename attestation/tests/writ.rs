@@ -843,6 +843,73 @@ mod offline {
         assert_eq!(third.consume(&store).unwrap_err().code, "replayed");
     }
 
+    impl writ_attestation::writ::verify::AsyncReplayStore for Memory {
+        fn consume_async<'a>(
+            &'a self,
+            keys: &'a [ReplayKey],
+            keep_until: i64,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<bool, Refusal>> + Send + 'a>>
+        {
+            Box::pin(std::future::ready(self.consume(keys, keep_until)))
+        }
+    }
+
+    /// Runs a future that is ready at once (the in-memory store's).
+    fn ready<T>(f: impl std::future::Future<Output = T>) -> T {
+        let mut f = std::pin::pin!(f);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match f.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(v) => v,
+            std::task::Poll::Pending => panic!("the in-memory store is never pending"),
+        }
+    }
+
+    #[test]
+    fn the_async_path_refuses_replays_and_a_broken_store_too() {
+        use writ_attestation::writ::verify::check;
+        let store = Memory::default();
+        let c = case("p-async");
+        let htu = format!("exec:{}", c.req);
+        let ctx = Context {
+            token: &c.token,
+            proof: Some(&c.proof),
+            request_digest: &c.req,
+            htm: "EXEC",
+            htu: &htu,
+            audience: AUD,
+            now: NOW,
+            skew: 30,
+            nonce: None,
+        };
+        let broken = Memory {
+            broken: true,
+            ..Memory::default()
+        };
+        let e = ready(
+            check(&AwsLc, &bundle(), &ctx)
+                .unwrap()
+                .consume_async(&broken),
+        );
+        assert_eq!(e.unwrap_err().code, "replay_store");
+        ready(
+            check(&AwsLc, &bundle(), &ctx)
+                .unwrap()
+                .consume_async(&store),
+        )
+        .unwrap();
+        let e = ready(
+            check(&AwsLc, &bundle(), &ctx)
+                .unwrap()
+                .consume_async(&store),
+        );
+        assert_eq!(e.unwrap_err().code, "replayed");
+        // A skew outside the bound is refused before anything else.
+        for skew in [-1, 301] {
+            let bad = Context { skew, ..ctx };
+            assert_eq!(check(&AwsLc, &bundle(), &bad).unwrap_err().code, "skew");
+        }
+    }
+
     #[test]
     fn a_writ_runs_once() {
         let store = Memory::default();

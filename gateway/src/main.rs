@@ -17,7 +17,7 @@ use writ_attestation::writ::Refusal;
 use writ_attestation::writ::bundle::TrustBundle;
 use writ_attestation::writ::jws::{HeaderShape, TYP_WRIT, parse};
 use writ_attestation::writ::request::{Request, digest, proof_target};
-use writ_attestation::writ::verify::{Context, verify};
+use writ_attestation::writ::verify::{Context, check};
 use writ_gateway::replay::SqliteReplay;
 
 /// Largest writ, proof or body file read.
@@ -159,12 +159,6 @@ fn decide(a: &VerifyArgs) -> Outcome {
         Ok(s) => s,
         Err(r) => return Outcome::Deny(r),
     };
-    // Rollback: the store remembers the highest sequence (and that bundle's digest) seen here.
-    let observed = bundle_digest(&bundle_bytes)
-        .and_then(|d| store.observe_bundle(&bundle.trust_domain, bundle.sequence, &d));
-    if let Err(r) = observed {
-        return Outcome::Deny(r);
-    }
     // The request, recomputed from what would run; arguments must be UTF-8 (else exit 2).
     let argv: Vec<String>;
     let body: Vec<u8>;
@@ -200,7 +194,7 @@ fn decide(a: &VerifyArgs) -> Outcome {
         Ok(v) => v,
         Err(r) => return Outcome::Deny(r),
     };
-    match verify(
+    let checked = check(
         default_provider(),
         &bundle,
         &Context {
@@ -214,8 +208,16 @@ fn decide(a: &VerifyArgs) -> Outcome {
             skew: a.skew,
             nonce: None,
         },
-        &store,
-    ) {
+    );
+    // Rollback, once the writ checked out under this bundle and before it is consumed: the
+    // store remembers the highest sequence (and that bundle's digest) seen on this host. The mark
+    // is as trustworthy as the bundle files given to writ-gate.
+    let observed = checked.and_then(|c| {
+        let d = bundle_digest(&bundle_bytes)?;
+        store.observe_bundle(&bundle.trust_domain, bundle.sequence, &d)?;
+        Ok(c)
+    });
+    match observed.and_then(|c| c.consume(&store)) {
         Ok(auth) => Outcome::Allow(json!({
             "jti": auth.claims().jti,
             "sub": auth.claims().sub,

@@ -154,7 +154,7 @@ impl SqliteReplay {
             .map_err(|_| fail("the writer thread stopped"))?
     }
 
-    /// Deletes entries kept until before `now`; returns how many.
+    /// Deletes entries kept until more than [`PURGE_GRACE`] before `now`; returns how many.
     pub fn purge(&self, now: i64) -> Result<usize, Refusal> {
         self.ask(|reply| Job::Purge { now, reply })
     }
@@ -197,6 +197,8 @@ impl ReplayStore for SqliteReplay {
     }
 }
 
+/// The job is queued when `consume_async` is called, not when its future is first polled: a
+/// future dropped unawaited may still consume its keys (which only ever refuses more).
 impl AsyncReplayStore for SqliteReplay {
     fn consume_async<'a>(
         &'a self,
@@ -238,7 +240,10 @@ fn writer(mut conn: Connection, rx: Receiver<Job>) {
         }
         if transactions.is_multiple_of(PURGE_EVERY) {
             // Best effort here: a failing purge shows up on the next transaction's writes.
-            let _ = conn.execute("DELETE FROM replay WHERE keep_until < $1", params![now()]);
+            let _ = conn.execute(
+                "DELETE FROM replay WHERE keep_until < $1",
+                params![now().saturating_sub(PURGE_GRACE)],
+            );
         }
         transactions = transactions.wrapping_add(1);
         commit(&mut conn, batch);
@@ -253,6 +258,16 @@ enum Answer {
 }
 
 impl Answer {
+    /// The store error this answer carries, if any (refusals of the request itself, such as
+    /// `bundle_rollback`, are not store errors).
+    fn store_error(&self) -> Option<Refusal> {
+        let e = match self {
+            Answer::Consume(_, Err(e)) | Answer::Purge(_, Err(e)) | Answer::Bundle(_, Err(e)) => e,
+            _ => return None,
+        };
+        (e.code == "replay_store").then(|| e.clone())
+    }
+
     /// The answer to a job that a failed batch never ran.
     fn refused(job: Job, e: &Refusal) -> Answer {
         match job {
@@ -278,51 +293,72 @@ impl Answer {
 }
 
 fn commit(conn: &mut Connection, batch: Vec<Job>) {
-    let mut answers = Vec::with_capacity(batch.len());
-    let outcome = (|| -> Result<(), Refusal> {
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(fail)?;
-        // A failing write aborts the batch: nothing commits, every request is refused.
-        let mut abort: Option<Refusal> = None;
-        for job in batch {
-            if let Some(e) = &abort {
-                answers.push(Answer::refused(job, e));
-                continue;
+    // A transaction left open by a failure whose rollback failed too would make every later
+    // BEGIN fail: end it first.
+    if !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => {
+            let e = fail(e);
+            for job in batch {
+                Answer::refused(job, &e).send(Ok(()));
             }
-            answers.push(match job {
-                Job::Consume {
-                    keys,
-                    keep_until,
-                    reply,
-                } => match consume_one(&tx, &keys, keep_until) {
-                    Ok(fresh) => Answer::Consume(reply, Ok(fresh)),
-                    Err(e) => {
-                        abort = Some(e.clone());
-                        Answer::Consume(reply, Err(e))
-                    }
-                },
-                Job::Purge { now, reply } => Answer::Purge(
-                    reply,
-                    tx.execute("DELETE FROM replay WHERE keep_until < $1", params![now])
-                        .map_err(fail),
-                ),
-                Job::Bundle {
-                    trust_domain,
-                    sequence,
-                    digest,
-                    reply,
-                } => Answer::Bundle(reply, bundle_one(&tx, &trust_domain, sequence, &digest)),
-            });
+            return;
         }
-        if let Some(e) = abort {
-            return Err(e);
+    };
+    let mut answers = Vec::with_capacity(batch.len());
+    // A failing write aborts the batch: nothing commits, every request is refused.
+    let mut abort: Option<Refusal> = None;
+    for job in batch {
+        if let Some(e) = &abort {
+            answers.push(Answer::refused(job, e));
+            continue;
         }
-        tx.commit().map_err(fail)
-    })();
+        let answer = match job {
+            Job::Consume {
+                keys,
+                keep_until,
+                reply,
+            } => Answer::Consume(reply, consume_one(&tx, &keys, keep_until)),
+            Job::Purge { now, reply } => Answer::Purge(reply, purge_before(&tx, now)),
+            Job::Bundle {
+                trust_domain,
+                sequence,
+                digest,
+                reply,
+            } => Answer::Bundle(reply, bundle_one(&tx, &trust_domain, sequence, &digest)),
+        };
+        // A store error (not a refusal such as `bundle_rollback`) aborts; so does a
+        // transaction that SQLite ended by itself on an error.
+        if let Some(e) = answer.store_error() {
+            abort = Some(e);
+        } else if tx.is_autocommit() {
+            abort = Some(fail("the transaction ended early"));
+        }
+        answers.push(answer);
+    }
+    let outcome = match abort {
+        Some(e) => Err(e),
+        None => tx.commit().map_err(fail),
+    };
     for a in answers {
         a.send(outcome.as_ref().map(|_| ()));
     }
+}
+
+/// Entries are deleted only this long after their `keep_until`, so that callers with a larger
+/// skew than the one that stored an entry, or a request that waited in the queue, still find
+/// it (skews are bounded well below this by the verification).
+pub const PURGE_GRACE: i64 = 3600;
+
+fn purge_before(tx: &rusqlite::Transaction<'_>, now: i64) -> Result<usize, Refusal> {
+    tx.execute(
+        "DELETE FROM replay WHERE keep_until < $1",
+        params![now.saturating_sub(PURGE_GRACE)],
+    )
+    .map_err(fail)
 }
 
 /// One request's keys, both or neither: inside the batch's transaction, which holds the
@@ -333,6 +369,12 @@ fn consume_one(
     keys: &[ReplayKey],
     keep_until: i64,
 ) -> Result<bool, Refusal> {
+    // A request naming one key twice is a replay of itself: refused, nothing inserted.
+    for (i, k) in keys.iter().enumerate() {
+        if keys.iter().skip(i + 1).any(|o| o == k) {
+            return Ok(false);
+        }
+    }
     let mut seen = tx
         .prepare_cached("SELECT 1 FROM replay WHERE kind = $1 AND a = $2 AND b = $3")
         .map_err(fail)?;
@@ -348,16 +390,19 @@ fn consume_one(
              ON CONFLICT DO NOTHING",
         )
         .map_err(fail)?;
-    let mut fresh = true;
     for k in keys {
         let (kind, a, b) = row(k);
-        // Zero rows only if one request names a key twice: that is a replay of itself.
-        fresh &= insert
+        // Looked up and deduplicated above, under the write lock: a row that is there anyway
+        // means the store is not what it seems, and the batch aborts (nothing half-inserted).
+        if insert
             .execute(params![kind, a, b, keep_until])
             .map_err(fail)?
-            == 1;
+            != 1
+        {
+            return Err(fail("an entry appeared inside the write lock"));
+        }
     }
-    Ok(fresh)
+    Ok(true)
 }
 
 fn bundle_one(

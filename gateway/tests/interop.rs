@@ -37,10 +37,14 @@ fn pyjwt(args: &[&str]) -> (bool, String) {
         !stderr.contains("ModuleNotFoundError"),
         "PyJWT is missing (install python3-jwt): {stderr}"
     );
-    (
-        o.status.success(),
-        String::from_utf8_lossy(&o.stdout).trim().to_string() + &stderr,
-    )
+    // On failure the answer carries stderr too, for the assertion message; on success only
+    // stdout, which the caller parses.
+    let out = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    if o.status.success() {
+        (true, out)
+    } else {
+        (false, out + "\n" + &stderr)
+    }
 }
 
 fn exec_req() -> (String, String, String) {

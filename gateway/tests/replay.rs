@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use writ_attestation::writ::verify::{ReplayKey, ReplayStore};
-use writ_gateway::replay::SqliteReplay;
+use writ_gateway::replay::{PURGE_GRACE, SqliteReplay};
 
 fn writ(j: &str) -> ReplayKey {
     ReplayKey::Writ { jti: j.into() }
@@ -70,8 +70,21 @@ fn a_request_with_one_used_key_records_none_of_its_keys() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteReplay::open(&dir.path().join("r.db")).unwrap();
     assert!(store.consume(&[proof("k", "p")], 100).unwrap());
+    // Durable when answered: another connection sees it while the store is still open.
+    let other = rusqlite::Connection::open(dir.path().join("r.db")).unwrap();
+    let n: i64 = other
+        .query_row(
+            "SELECT COUNT(*) FROM replay WHERE kind = 'proof' AND a = 'k' AND b = 'p'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 1);
     assert!(!store.consume(&[writ("w"), proof("k", "p")], 100).unwrap());
     assert!(store.consume(&[writ("w")], 100).unwrap());
+    // A request naming one key twice is refused and records nothing.
+    assert!(!store.consume(&[writ("d"), writ("d")], 100).unwrap());
+    assert!(store.consume(&[writ("d")], 100).unwrap());
     // Another holder's proof jti never collides.
     assert!(store.consume(&[proof("k2", "p")], 100).unwrap());
 }
@@ -82,7 +95,11 @@ fn purge_forgets_only_expired_entries() {
     let store = SqliteReplay::open(&dir.path().join("r.db")).unwrap();
     assert!(store.consume(&[writ("old")], 100).unwrap());
     assert!(store.consume(&[writ("new")], 300).unwrap());
-    assert_eq!(store.purge(200).unwrap(), 1);
+    // Within the grace period after keep_until nothing goes (other callers may have a larger
+    // skew, or have waited in the queue).
+    assert_eq!(store.purge(200).unwrap(), 0);
+    assert!(!store.consume(&[writ("old")], 100).unwrap());
+    assert_eq!(store.purge(200 + PURGE_GRACE).unwrap(), 1);
     assert!(store.consume(&[writ("old")], 100).unwrap());
     assert!(!store.consume(&[writ("new")], 300).unwrap());
 }
@@ -142,4 +159,24 @@ fn async_consumes_share_the_writer_and_are_fresh_exactly_once() {
     assert_eq!(fresh, 50);
     // The blocking and the async callers see one store.
     assert!(!store.consume(&[writ("w7")], i64::MAX).unwrap());
+}
+
+#[test]
+fn a_failed_write_aborts_the_batch_and_records_nothing_of_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.db");
+    let store = SqliteReplay::open(&path).unwrap();
+    // A fault on a real SQLite file: a trigger that makes one insert fail.
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other
+        .execute_batch(
+            "CREATE TRIGGER boom BEFORE INSERT ON replay WHEN NEW.a = 'boom'
+             BEGIN SELECT RAISE(ABORT, 'injected fault'); END;",
+        )
+        .unwrap();
+    let e = store.consume(&[writ("ok"), writ("boom")], 100).unwrap_err();
+    assert_eq!(e.code, "replay_store");
+    // Both or neither: the first key of the failed request was not kept.
+    other.execute_batch("DROP TRIGGER boom").unwrap();
+    assert!(store.consume(&[writ("ok")], 100).unwrap());
 }

@@ -1,6 +1,7 @@
 //! The one offline verification of a writ, shared by every caller (gateway, `writ-gate verify`,
 //! tests). It cannot be half-used: the only way to an [`Authorized`] value is through
-//! [`verify`], which runs every check in order and records single use last.
+//! [`check`], which runs every check in order, and then consuming its [`Checked`], which records
+//! single use last ([`verify`] does both).
 //!
 //! Order: strict JWS parsing; the `kid`'s key from the trust bundle, of purpose `issuer` (the
 //! algorithm is the key's, ES256); the signature; the payload type-checks; `iss` is the
@@ -86,7 +87,7 @@ pub struct Context<'a> {
     pub nonce: Option<&'a str>,
 }
 
-/// A writ that passed every check and was consumed. Only [`verify`] makes one.
+/// A writ that passed every check and was consumed. Only consuming a [`Checked`] makes one.
 #[derive(Debug, Clone)]
 pub struct Authorized {
     claims: WritClaims,
@@ -153,6 +154,9 @@ pub fn verify(
     check(provider, bundle, ctx)?.consume(store)
 }
 
+/// The largest clock skew a caller may tolerate, seconds.
+pub const MAX_SKEW: i64 = 300;
+
 /// Every check of [`verify`] in its order, except single use, which the caller records next
 /// through [`Checked`].
 pub fn check(
@@ -160,6 +164,12 @@ pub fn check(
     bundle: &TrustBundle,
     ctx: &Context<'_>,
 ) -> Result<Checked, Refusal> {
+    if !(0..=MAX_SKEW).contains(&ctx.skew) {
+        return Err(Refusal::new(
+            "skew",
+            format!("a clock skew of {} s (0 to {MAX_SKEW})", ctx.skew),
+        ));
+    }
     let unverified = parse(ctx.token, TYP_WRIT, HeaderShape::Kid)?;
     let kid = unverified
         .kid()
@@ -233,7 +243,7 @@ pub fn check(
     let keep_until = claims
         .exp
         .saturating_add(ctx.skew)
-        .max(ctx.now.saturating_add(2 * ctx.skew));
+        .max(ctx.now.saturating_add(ctx.skew.saturating_mul(2)));
     Ok(Checked {
         claims,
         proof,
