@@ -50,7 +50,7 @@ use writ_attestation::log::note::{Checkpoint, NoteVerifier, signed_note};
 use writ_hsm::CustodyKey;
 
 use crate::store::{
-    Backend, Engine, Hash, LeafRow, NodeRow, StoreError, StoredCheckpoint, connect,
+    Backend, Engine, Hash, LeafRow, NodeRow, Op, StoreError, StoredCheckpoint, Value, connect,
 };
 
 /// Largest record accepted (records hold digests, never evidence; a tile entry is at most 65,535
@@ -103,6 +103,8 @@ impl LogConfig {
 enum Job {
     Append {
         records: Vec<Vec<u8>>,
+        /// State changes committed with the records, or neither.
+        effect: Vec<Op>,
         reply: SyncSender<Result<u64, StoreError>>,
     },
     Checkpoint {
@@ -317,6 +319,15 @@ impl DecisionLog {
 
     /// Appends records (consecutive indices); returns the first index once all are durable.
     pub fn append_many(&self, records: Vec<Vec<u8>>) -> Result<u64, StoreError> {
+        self.append_with(records, Vec::new())
+    }
+
+    /// Appends records together with a change of the appliance's state, in one transaction:
+    /// the statements of `effect` run first, in order; if one that must affect a row affects
+    /// none, nothing of this call is written and the answer is [`StoreError::Conflict`] (other
+    /// callers' records in the same batch are unaffected). Returns the first index once the
+    /// records and the change are durable.
+    pub fn append_with(&self, records: Vec<Vec<u8>>, effect: Vec<Op>) -> Result<u64, StoreError> {
         if records.is_empty() {
             return Err(StoreError::Range("no records".into()));
         }
@@ -343,7 +354,11 @@ impl DecisionLog {
             )));
         }
         let (reply, answer) = sync_channel(1);
-        self.send(Job::Append { records, reply })?;
+        self.send(Job::Append {
+            records,
+            effect,
+            reply,
+        })?;
         match answer.recv_timeout(self.inner.config.append_timeout) {
             Ok(r) => r,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
@@ -383,6 +398,12 @@ impl DecisionLog {
     /// Every stored checkpoint, oldest first.
     pub fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, StoreError> {
         self.read(|b| b.checkpoints())
+    }
+
+    /// Runs a query of the appliance's state tables on a reader connection (`$1`, `$2`, ...
+    /// parameters on both engines).
+    pub fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Vec<Value>>, StoreError> {
+        self.read(|b| b.query(sql, params))
     }
 
     /// The record at `index`.
@@ -874,7 +895,7 @@ fn writer_loop(inner: &Inner, backend: Box<dyn Backend>, mut tree: Tree, rx: Rec
                 for (job, first) in batch.into_iter().zip(firsts) {
                     match job {
                         Job::Append { reply, .. } => {
-                            let _ = reply.send(Ok(first));
+                            let _ = reply.send(first);
                         }
                         Job::Checkpoint { cp, reply } => {
                             if let Ok(mut l) = inner.latest.write() {
@@ -926,24 +947,38 @@ fn fail_all(batch: Vec<Job>, e: &StoreError) {
     }
 }
 
-/// One transaction: checkpoints are checked against the committed tree, appends are sequenced
-/// onto a copy of it. Returns the new tree and each job's first index.
+/// One transaction: checkpoints are checked against the committed tree; each append's state
+/// change runs in a savepoint and, if it holds, its records are sequenced onto a copy of the
+/// tree. Returns the new tree and each job's answer (its first index, or its conflict).
+#[allow(clippy::type_complexity)]
 fn commit_batch(
     inner: &Inner,
     b: &mut dyn Backend,
     tree: &Tree,
     batch: &mut [Job],
-) -> Result<(Tree, Vec<u64>), (StoreError, Option<Tree>)> {
+) -> Result<(Tree, Vec<Result<u64, StoreError>>), (StoreError, Option<Tree>)> {
     let mut staged = tree.clone();
     let before = |e: StoreError| (e, None);
     let mut leaves = Vec::new();
     let mut nodes = Vec::new();
     let mut firsts = Vec::with_capacity(batch.len());
     let mut checkpoints = Vec::new();
+    b.begin().map_err(before)?;
     for job in batch {
         match job {
-            Job::Append { records, .. } => {
-                firsts.push(staged.size());
+            Job::Append {
+                records, effect, ..
+            } => {
+                if !effect.is_empty() {
+                    match apply(b, effect).map_err(before)? {
+                        Ok(()) => {}
+                        Err(conflict) => {
+                            firsts.push(Err(conflict));
+                            continue;
+                        }
+                    }
+                }
+                firsts.push(Ok(staged.size()));
                 // The records move into the rows (only the replies are needed afterwards).
                 for record in std::mem::take(records) {
                     let h = leaf_hash(&record);
@@ -956,13 +991,12 @@ fn commit_batch(
                 }
             }
             Job::Checkpoint { cp, .. } => {
-                firsts.push(cp.size);
+                firsts.push(Ok(cp.size));
                 check_checkpoint(inner, b, tree, cp).map_err(before)?;
                 checkpoints.push(cp);
             }
         }
     }
-    b.begin().map_err(before)?;
     let written = (|| {
         if !leaves.is_empty() {
             b.insert_leaves(&leaves)?;
@@ -978,6 +1012,32 @@ fn commit_batch(
     // A failure from here on may have been a commit whose outcome is unknown.
     written.map_err(|e| (e, Some(staged.clone())))?;
     Ok((staged, firsts))
+}
+
+/// Runs one append's state change in a savepoint. The outer error is the store's (the batch
+/// fails); the inner one is this change's conflict (rolled back, the batch goes on).
+fn apply(b: &mut dyn Backend, effect: &[Op]) -> Result<Result<(), StoreError>, StoreError> {
+    b.batch("SAVEPOINT writ_effect")?;
+    for op in effect {
+        let n = match b.exec(op.sql, &op.params) {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = b.batch("ROLLBACK TO SAVEPOINT writ_effect");
+                return Err(e);
+            }
+        };
+        if n == 0
+            && let Some((code, detail)) = op.must_affect
+        {
+            b.batch("ROLLBACK TO SAVEPOINT writ_effect; RELEASE SAVEPOINT writ_effect")?;
+            return Ok(Err(StoreError::Conflict {
+                code,
+                detail: detail.to_string(),
+            }));
+        }
+    }
+    b.batch("RELEASE SAVEPOINT writ_effect")?;
+    Ok(Ok(()))
 }
 
 /// A checkpoint is stored only if its root is the committed tree's at its size and the tree

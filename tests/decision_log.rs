@@ -692,3 +692,66 @@ fn a_checkpoint_the_stored_tree_cannot_prove_consistent_is_never_signed_over() {
     assert!(e.to_string().contains("not an extension"), "{e}");
     assert_eq!(log.latest_checkpoint().unwrap().size, 6);
 }
+
+#[test]
+fn a_state_change_commits_with_its_record_or_neither_does() {
+    use writ::store::{Op, Value};
+    let s = stores();
+    let keys = tempfile::tempdir().unwrap();
+    let k = key(keys.path(), "cp.key");
+    for (name, engine, _) in &s.list {
+        let log = Arc::new(DecisionLog::open(engine.clone(), config(), Arc::clone(&k)).unwrap());
+        let token = |hash: &str| Op {
+            sql: "INSERT INTO join_tokens (token_hash, name, expires_at) VALUES ($1, $2, $3)",
+            params: vec![hash.into(), "rt".into(), Value::Int(i64::MAX)],
+            must_affect: None,
+        };
+        let spend = |hash: &str| Op {
+            sql: "UPDATE join_tokens SET used_at = $2 WHERE token_hash = $1 AND used_at IS NULL",
+            params: vec![hash.into(), Value::Int(1)],
+            must_affect: Some(("join_token", "the join token is spent")),
+        };
+        let first = log.append_with(vec![record(1)], vec![token("t1")]).unwrap();
+        // Spending it once works; twice is a conflict, and the second record is not written.
+        let i = log.append_with(vec![record(2)], vec![spend("t1")]).unwrap();
+        assert_eq!(i, first + 1, "{name}");
+        let e = log
+            .append_with(vec![record(3)], vec![token("t2"), spend("t1")])
+            .unwrap_err();
+        assert_eq!(e.code(), "join_token", "{name}");
+        // Neither the record nor the first statement of the conflicting change was kept.
+        assert_eq!(log.head().0, first + 2, "{name}");
+        let rows = log
+            .query(
+                "SELECT token_hash FROM join_tokens ORDER BY token_hash",
+                &[],
+            )
+            .unwrap();
+        assert_eq!(rows, vec![vec![Value::Text("t1".into())]], "{name}");
+        // Concurrent spenders of one token: exactly one wins, in whichever batch.
+        log.append_with(vec![record(4)], vec![token("t3")]).unwrap();
+        let handles: Vec<_> = (0..8)
+            .map(|n| {
+                let log = Arc::clone(&log);
+                std::thread::spawn(move || {
+                    log.append_with(
+                        vec![record(100 + n)],
+                        vec![Op {
+                            sql: "UPDATE join_tokens SET used_at = $2 WHERE token_hash = $1 AND used_at IS NULL",
+                            params: vec!["t3".into(), Value::Int(1)],
+                            must_affect: Some(("join_token", "spent")),
+                        }],
+                    )
+                    .is_ok()
+                })
+            })
+            .collect();
+        let won = handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .filter(|ok| *ok)
+            .count();
+        assert_eq!(won, 1, "{name}");
+        log.close();
+    }
+}

@@ -83,6 +83,16 @@ pub enum StoreError {
     /// The checkpoint key failed to sign.
     #[error("checkpoint signing: {0}")]
     Signing(String),
+    /// A state change's precondition did not hold when its transaction ran (a challenge
+    /// already used, a join token spent, a name enrolled with other keys): nothing of that
+    /// decision was written. `code` is the stable code of the check.
+    #[error("{code}: {detail}")]
+    Conflict {
+        /// The stable code.
+        code: &'static str,
+        /// What did not hold.
+        detail: String,
+    },
 }
 
 impl StoreError {
@@ -98,6 +108,7 @@ impl StoreError {
             StoreError::Stopped => "store_stopped",
             StoreError::CheckpointStale(_) => "checkpoint_stale",
             StoreError::Signing(_) => "checkpoint_signing",
+            StoreError::Conflict { code, .. } => code,
         }
     }
 }
@@ -106,6 +117,87 @@ impl From<writ_attestation::EvidenceError> for StoreError {
     fn from(e: writ_attestation::EvidenceError) -> Self {
         StoreError::Range(e.to_string())
     }
+}
+
+/// A value in a row of the appliance's state tables (64-bit integers, text, bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    /// NULL.
+    Null,
+    /// An integer.
+    Int(i64),
+    /// Text.
+    Text(String),
+    /// Bytes.
+    Blob(Vec<u8>),
+}
+
+impl Value {
+    /// The integer, if this is one.
+    pub fn int(&self) -> Option<i64> {
+        match self {
+            Value::Int(v) => Some(*v),
+            _ => None,
+        }
+    }
+    /// The text, if this is text.
+    pub fn text(&self) -> Option<&str> {
+        match self {
+            Value::Text(v) => Some(v),
+            _ => None,
+        }
+    }
+    /// The bytes, if these are bytes.
+    pub fn blob(&self) -> Option<&[u8]> {
+        match self {
+            Value::Blob(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+impl From<i64> for Value {
+    fn from(v: i64) -> Self {
+        Value::Int(v)
+    }
+}
+impl From<&str> for Value {
+    fn from(v: &str) -> Self {
+        Value::Text(v.to_string())
+    }
+}
+impl From<String> for Value {
+    fn from(v: String) -> Self {
+        Value::Text(v)
+    }
+}
+impl From<Vec<u8>> for Value {
+    fn from(v: Vec<u8>) -> Self {
+        Value::Blob(v)
+    }
+}
+impl From<&[u8]> for Value {
+    fn from(v: &[u8]) -> Self {
+        Value::Blob(v.to_vec())
+    }
+}
+impl<T: Into<Value>> From<Option<T>> for Value {
+    fn from(v: Option<T>) -> Self {
+        v.map_or(Value::Null, Into::into)
+    }
+}
+
+/// One statement of a state change, with what it must affect. SQL is written once for both
+/// engines with `$1`, `$2`, ... parameters.
+#[derive(Debug, Clone)]
+pub struct Op {
+    /// The statement.
+    pub sql: &'static str,
+    /// Its parameters, in order.
+    pub params: Vec<Value>,
+    /// If set, the statement must affect at least one row, or the whole change is a
+    /// [`StoreError::Conflict`] with this code and detail.
+    pub must_affect: Option<(&'static str, &'static str)>,
 }
 
 /// A leaf row.
@@ -175,15 +267,22 @@ pub(crate) trait Backend: Send {
     fn latest_checkpoint(&mut self) -> Result<Option<StoredCheckpoint>, StoreError>;
     /// The highest leaf index stored.
     fn max_leaf_index(&mut self) -> Result<Option<u64>, StoreError>;
+    /// Runs SQL without parameters or results (savepoints).
+    fn batch(&mut self, sql: &str) -> Result<(), StoreError>;
+    /// Runs one statement of the state tables; returns the rows it affected.
+    fn exec(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError>;
+    /// Runs one query of the state tables.
+    fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Vec<Value>>, StoreError>;
 }
 
 /// The current schema version.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Migrations, in order; `{int}` and `{blob}` are the engine's 64-bit integer and byte types.
-const MIGRATIONS: &[(u32, &str)] = &[(
-    1,
-    "CREATE TABLE log_leaves (
+const MIGRATIONS: &[(u32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE log_leaves (
         idx {int} PRIMARY KEY,
         leaf_hash {blob} NOT NULL,
         record {blob} NOT NULL
@@ -201,7 +300,45 @@ const MIGRATIONS: &[(u32, &str)] = &[(
         note TEXT NOT NULL,
         signed_at {int} NOT NULL
     );",
-)];
+    ),
+    (
+        2,
+        // The appliance's state: enrolled runtimes, enrollment authorizations, pending
+        // enrollment challenges. Secrets are stored only as SHA-256 digests.
+        "CREATE TABLE runtimes (
+        name TEXT PRIMARY KEY,
+        ek_hash TEXT NOT NULL UNIQUE,
+        ak_name {blob} NOT NULL,
+        ak_public {blob} NOT NULL,
+        tpm TEXT NOT NULL,
+        state TEXT NOT NULL,
+        enrolled_at {int} NOT NULL,
+        changed_at {int} NOT NULL
+    );
+    CREATE TABLE ek_registrations (
+        ek_hash TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        registered_at {int} NOT NULL
+    );
+    CREATE TABLE join_tokens (
+        token_hash TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        expires_at {int} NOT NULL,
+        used_at {int}
+    );
+    CREATE TABLE enrollments (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        ek_hash TEXT NOT NULL,
+        ak_name {blob} NOT NULL,
+        ak_public {blob} NOT NULL,
+        tpm TEXT NOT NULL,
+        secret_hash {blob} NOT NULL,
+        expires_at {int} NOT NULL,
+        used_at {int}
+    );",
+    ),
+];
 
 fn migration_sql(sql: &str, int: &str, blob: &str) -> String {
     sql.replace("{int}", int).replace("{blob}", blob)

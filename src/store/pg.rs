@@ -3,11 +3,12 @@
 //! on); one writer (a session-level advisory lock); batches go in as arrays, one statement each.
 
 use postgres::error::SqlState;
+use postgres::types::{IsNull, ToSql, Type};
 use postgres::{Client, NoTls};
 
 use super::{
     Backend, Hash, LeafRow, LeafVisitor, MIGRATIONS, NodeRow, SCHEMA_VERSION, StoreError,
-    StoredCheckpoint, hash_from, migration_sql, to_i64, to_u64,
+    StoredCheckpoint, Value, hash_from, migration_sql, to_i64, to_u64,
 };
 
 /// The advisory lock key of the single writer ("writ").
@@ -340,6 +341,87 @@ impl Backend for Pg {
             .map_err(err)?;
         i.map(|i| to_u64(i, "leaf index")).transpose()
     }
+
+    fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
+        self.client.batch_execute(sql).map_err(err)
+    }
+
+    fn exec(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {
+        let st = self.client.prepare(sql).map_err(err)?;
+        let bound = bind(params);
+        let refs: Vec<&(dyn ToSql + Sync)> = bound.iter().map(|b| b.as_ref()).collect();
+        self.client.execute(&st, &refs).map_err(err)
+    }
+
+    fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Vec<Value>>, StoreError> {
+        let st = self.client.prepare(sql).map_err(err)?;
+        let bound = bind(params);
+        let refs: Vec<&(dyn ToSql + Sync)> = bound.iter().map(|b| b.as_ref()).collect();
+        let rows = self.client.query(&st, &refs).map_err(err)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let mut row = Vec::with_capacity(r.len());
+            for (i, c) in r.columns().iter().enumerate() {
+                let t = c.type_();
+                let v = if *t == Type::INT8 {
+                    r.try_get::<_, Option<i64>>(i).map_err(err)?.into()
+                } else if *t == Type::INT4 {
+                    r.try_get::<_, Option<i32>>(i)
+                        .map_err(err)?
+                        .map(i64::from)
+                        .into()
+                } else if *t == Type::BOOL {
+                    r.try_get::<_, Option<bool>>(i)
+                        .map_err(err)?
+                        .map(i64::from)
+                        .into()
+                } else if *t == Type::TEXT || *t == Type::VARCHAR {
+                    r.try_get::<_, Option<String>>(i).map_err(err)?.into()
+                } else if *t == Type::BYTEA {
+                    r.try_get::<_, Option<Vec<u8>>>(i).map_err(err)?.into()
+                } else {
+                    return Err(StoreError::Corrupt(format!(
+                        "a column of type {t} in the state tables"
+                    )));
+                };
+                row.push(v);
+            }
+            out.push(row);
+        }
+        Ok(out)
+    }
+}
+
+/// SQL NULL for a parameter of any type.
+#[derive(Debug)]
+struct Null;
+
+impl ToSql for Null {
+    fn to_sql(
+        &self,
+        _: &Type,
+        _: &mut postgres::types::private::BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(IsNull::Yes)
+    }
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+    postgres::types::to_sql_checked!();
+}
+
+fn bind(params: &[Value]) -> Vec<Box<dyn ToSql + Sync>> {
+    params
+        .iter()
+        .map(|v| -> Box<dyn ToSql + Sync> {
+            match v {
+                Value::Null => Box::new(Null),
+                Value::Int(i) => Box::new(*i),
+                Value::Text(t) => Box::new(t.clone()),
+                Value::Blob(b) => Box::new(b.clone()),
+            }
+        })
+        .collect()
 }
 
 fn stored_checkpoint(r: &postgres::Row) -> Result<StoredCheckpoint, StoreError> {

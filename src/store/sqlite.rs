@@ -7,7 +7,7 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 
 use super::{
     Backend, Hash, LeafRow, LeafVisitor, MIGRATIONS, NodeRow, SCHEMA_VERSION, StoreError,
-    StoredCheckpoint, hash_from, migration_sql, to_i64, to_u64,
+    StoredCheckpoint, Value, hash_from, migration_sql, to_i64, to_u64,
 };
 
 pub(crate) struct Sqlite {
@@ -334,6 +334,68 @@ impl Backend for Sqlite {
             .query_row("SELECT MAX(idx) FROM log_leaves", [], |r| r.get(0))
             .map_err(err)?;
         i.map(|i| to_u64(i, "leaf index")).transpose()
+    }
+
+    fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
+        self.conn.execute_batch(sql).map_err(err)
+    }
+
+    fn exec(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {
+        let mut st = self.conn.prepare_cached(&numbered(sql)).map_err(err)?;
+        let n = st
+            .execute(rusqlite::params_from_iter(params.iter().map(to_sqlite)))
+            .map_err(err)?;
+        Ok(n as u64)
+    }
+
+    fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Vec<Value>>, StoreError> {
+        let mut st = self.conn.prepare_cached(&numbered(sql)).map_err(err)?;
+        let columns = st.column_count();
+        let mut rows = st
+            .query(rusqlite::params_from_iter(params.iter().map(to_sqlite)))
+            .map_err(err)?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next().map_err(err)? {
+            let mut row = Vec::with_capacity(columns);
+            for i in 0..columns {
+                row.push(match r.get::<_, rusqlite::types::Value>(i).map_err(err)? {
+                    rusqlite::types::Value::Null => Value::Null,
+                    rusqlite::types::Value::Integer(v) => Value::Int(v),
+                    rusqlite::types::Value::Text(v) => Value::Text(v),
+                    rusqlite::types::Value::Blob(v) => Value::Blob(v),
+                    rusqlite::types::Value::Real(_) => {
+                        return Err(StoreError::Corrupt("a REAL in the state tables".into()));
+                    }
+                });
+            }
+            out.push(row);
+        }
+        Ok(out)
+    }
+}
+
+/// `$1`, `$2`, ... (PostgreSQL's parameters, in which the state SQL is written) as SQLite's
+/// numbered `?1`, `?2`, ... (SQLite would take `$1` for a *named* parameter, numbered by first
+/// appearance).
+fn numbered(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push('?');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn to_sqlite(v: &Value) -> rusqlite::types::Value {
+    match v {
+        Value::Null => rusqlite::types::Value::Null,
+        Value::Int(i) => rusqlite::types::Value::Integer(*i),
+        Value::Text(t) => rusqlite::types::Value::Text(t.clone()),
+        Value::Blob(b) => rusqlite::types::Value::Blob(b.clone()),
     }
 }
 
