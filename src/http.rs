@@ -19,7 +19,7 @@ use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde::Deserialize;
@@ -27,6 +27,7 @@ use serde_json::json;
 use writ_attestation::log::merkle::Hash;
 use writ_attestation::log::tiles::{TILE_HEIGHT, TILE_WIDTH, Tile, entry_bundle};
 
+use crate::appliance::{ActivateRequest, Appliance, EnrollRequest};
 use crate::decision_log::DecisionLog;
 use crate::store::StoreError;
 
@@ -39,6 +40,20 @@ pub struct Problem {
 }
 
 impl Problem {
+    /// A problem with its status, stable code and detail (never a secret).
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+        Problem {
+            status,
+            code,
+            detail: detail.into(),
+        }
+    }
+
+    /// The stable code.
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+
     fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
         Problem {
             status: StatusCode::BAD_REQUEST,
@@ -105,6 +120,177 @@ fn parse_hash(text: &str) -> Result<Hash, Problem> {
     bytes
         .try_into()
         .map_err(|_| Problem::bad_request("malformed", "hash is not 32 bytes"))
+}
+
+/// Largest request body accepted, bytes.
+pub const MAX_BODY: usize = 64 * 1024;
+/// Deepest JSON nesting accepted in a request body.
+pub const MAX_JSON_DEPTH: usize = 16;
+
+/// Parses a JSON request body: bounded in size (axum's limit) and nesting depth (checked before
+/// parsing, so a deeply nested body costs no recursion), no duplicate keys, and the type's own
+/// rules (unknown fields refused).
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in body {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > MAX_JSON_DEPTH {
+                    return Err(Problem::bad_request(
+                        "malformed",
+                        format!("JSON nested deeper than {MAX_JSON_DEPTH}"),
+                    ));
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    let v = writ_attestation::writ::json::parse(body)
+        .map_err(|r| Problem::bad_request("malformed", r.detail))?;
+    serde_json::from_value(v).map_err(|e| Problem::bad_request("malformed", e.to_string()))
+}
+
+/// Runs blocking appliance work off the async workers.
+async fn work<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Problem> + Send + 'static,
+) -> Result<T, Problem> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Problem {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        code: "internal",
+        detail: format!("worker: {e}"),
+    })?
+}
+
+fn ok_json<T: serde::Serialize>(v: &T) -> Response {
+    (StatusCode::OK, axum::Json(v)).into_response()
+}
+
+fn bearer(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::to_string)
+}
+
+/// The appliance's routes: enrollment and admin, with the decision log's read routes.
+///
+/// | route | answer |
+/// |---|---|
+/// | `POST /v1/enroll` | a credential challenge ([`crate::appliance::Challenge`]) |
+/// | `POST /v1/enroll/activate` | the enrolled runtime's name and SPIFFE ID |
+/// | `POST /v1/admin/ek-registrations` `{"ek_certificate_sha256","name"}` | 204 |
+/// | `POST /v1/admin/join-tokens` `{"name","ttl_seconds"}` | the token, shown once |
+/// | `GET /v1/admin/runtimes` | every runtime and its state |
+/// | `POST /v1/admin/runtimes/{name}/revoke` | 204 |
+pub fn appliance_router(app: Arc<Appliance>) -> Router {
+    Router::new()
+        .route("/v1/enroll", post(enroll_start))
+        .route("/v1/enroll/activate", post(enroll_activate))
+        .route("/v1/admin/ek-registrations", post(admin_register_ek))
+        .route("/v1/admin/join-tokens", post(admin_join_token))
+        .route("/v1/admin/runtimes", get(admin_runtimes))
+        .route("/v1/admin/runtimes/{name}/revoke", post(admin_revoke))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(Arc::clone(&app))
+        .merge(log_router(Arc::clone(app.log())))
+}
+
+async fn enroll_start(
+    State(app): State<Arc<Appliance>>,
+    body: axum::body::Bytes,
+) -> Result<Response, Problem> {
+    let req: EnrollRequest = json_body(&body)?;
+    work(move || app.enroll_start(&req))
+        .await
+        .map(|c| ok_json(&c))
+}
+
+async fn enroll_activate(
+    State(app): State<Arc<Appliance>>,
+    body: axum::body::Bytes,
+) -> Result<Response, Problem> {
+    let req: ActivateRequest = json_body(&body)?;
+    work(move || app.enroll_activate(&req))
+        .await
+        .map(|c| ok_json(&c))
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterEk {
+    ek_certificate_sha256: String,
+    name: String,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewJoinToken {
+    name: String,
+    #[serde(default = "default_token_ttl")]
+    ttl_seconds: i64,
+}
+
+fn default_token_ttl() -> i64 {
+    3600
+}
+
+async fn admin_register_ek(
+    State(app): State<Arc<Appliance>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, Problem> {
+    let admin = app.admin(bearer(&headers).as_deref())?;
+    let req: RegisterEk = json_body(&body)?;
+    work(move || app.register_ek(&admin, &req.ek_certificate_sha256, &req.name)).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn admin_join_token(
+    State(app): State<Arc<Appliance>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, Problem> {
+    let admin = app.admin(bearer(&headers).as_deref())?;
+    let req: NewJoinToken = json_body(&body)?;
+    work(move || app.issue_join_token(&admin, &req.name, req.ttl_seconds))
+        .await
+        .map(|t| ok_json(&t))
+}
+
+async fn admin_runtimes(
+    State(app): State<Arc<Appliance>>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, Problem> {
+    let admin = app.admin(bearer(&headers).as_deref())?;
+    work(move || app.runtimes(&admin))
+        .await
+        .map(|l| ok_json(&l))
+}
+
+async fn admin_revoke(
+    State(app): State<Arc<Appliance>>,
+    headers: axum::http::HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, Problem> {
+    let admin = app.admin(bearer(&headers).as_deref())?;
+    work(move || app.revoke(&admin, &name)).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// The decision log's routes.

@@ -1,7 +1,8 @@
-//! The appliance's library half: the store and the decision log (used by the `writ` binary, its
+//! The appliance's library half: the store, the decision log, the runtime registry and enrollment (used by the `writ` binary, its
 //! tests and benchmarks).
 #![forbid(unsafe_code)]
 
+pub mod appliance;
 pub mod decision_log;
 pub mod http;
 pub mod store;

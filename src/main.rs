@@ -1,11 +1,14 @@
 //! `writ`: the appliance and its CLI. Built so far: `writ keys` (key custody), `writ
 //! verify-quote` (TPM quote verification, tpm2-tools formats), `writ eventlog`, `writ appraise`
-//! and `writ reference capture` (measured boot), `writ serve` (the decision log and its read
-//! routes only) and `writ audit`. The rest of `writ serve`, `writ admin` and `writ agent` are not
-//! built yet (see the README).
+//! and `writ reference capture` (measured boot), `writ serve` (enrollment, admin operations,
+//! the decision log), `writ admin`, `writ agent enroll` and `writ audit`. Attestation, issuance
+//! and TLS are not built yet (see the README).
 #![forbid(unsafe_code)]
 
+mod admin;
+mod agent;
 mod audit;
+mod client;
 mod dev;
 mod keys;
 mod measured_boot;
@@ -45,8 +48,14 @@ enum Command {
     /// finding, 2 usage or network error.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
-    /// Run the appliance (built so far: the decision log and its read routes).
+    /// Run the appliance (built so far: enrollment, admin operations, the decision log and its
+    /// read routes; plain HTTP on loopback).
     Serve(serve::Serve),
+    /// The appliance's admin operations. Exit 0 done, 1 refused, 2 error.
+    Admin(admin::Admin),
+    /// The runtime's agent (built so far: enrollment).
+    #[command(subcommand)]
+    Agent(agent::AgentCommand),
     /// Tools for the local dev stack (simulated measured boot for swtpm).
     #[command(subcommand)]
     Dev(dev::DevCommand),
@@ -64,6 +73,16 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Keys(cmd) => keys::run(cmd),
         Command::Dev(cmd) => dev::run(cmd),
+        Command::Agent(cmd) => {
+            return match agent::run(cmd) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("writ agent: error: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        Command::Admin(a) => return admin::run(a),
         Command::Serve(args) => {
             return match serve::run(args) {
                 Ok(()) => ExitCode::SUCCESS,

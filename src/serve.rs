@@ -1,15 +1,19 @@
 //! `writ serve`: the appliance. Built so far: the decision log (store, sequencing, checkpoints)
-//! and its read routes over plain HTTP on a loopback or configured address. Enrollment,
-//! attestation, issuance, TLS and the configuration file are not built yet (README).
+//! and its read routes, enrollment and the admin operations, over plain HTTP on loopback only.
+//! Attestation, issuance, TLS (and so any non-loopback address) and the configuration file are
+//! not built yet (README).
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
+use writ::appliance::{Appliance, ApplianceConfig};
 use writ::decision_log::{DecisionLog, LogConfig};
-use writ::http::{log_router, serve};
+use writ::http::{appliance_router, serve};
 use writ::store::Engine;
+use writ_attestation::evidence::EkTrustStore;
 use writ_hsm::{OpenOptions, open_key};
 
 #[derive(Debug, Args)]
@@ -32,9 +36,94 @@ pub struct Serve {
     /// Permit `soft:` keys (test builds only).
     #[arg(long)]
     allow_software_keys: bool,
+    /// The trust domain of the SPIFFE IDs this appliance gives.
+    #[arg(long, default_value = "writ.local")]
+    trust_domain: String,
+    /// TPM manufacturer root and intermediate certificates (PEM files, or folders of them) that
+    /// EK certificates must chain to. Repeatable.
+    #[arg(long = "ek-roots")]
+    ek_roots: Vec<PathBuf>,
+    /// A file holding the admin token (admin operations need `Authorization: Bearer <token>`).
+    /// Without it, admin operations are refused.
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
+}
+
+/// Reads PEM certificates from files, or from every `.pem`/`.crt`/`.cer` file of folders.
+fn ek_roots(paths: &[PathBuf]) -> Result<EkTrustStore, String> {
+    let mut store = EkTrustStore::new();
+    for path in paths {
+        let files = if path.is_dir() {
+            let mut v: Vec<PathBuf> = std::fs::read_dir(path)
+                .map_err(|e| format!("--ek-roots {}: {e}", path.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.extension()
+                        .and_then(|x| x.to_str())
+                        .is_some_and(|x| matches!(x, "pem" | "crt" | "cer"))
+                })
+                .collect();
+            v.sort();
+            v
+        } else {
+            vec![path.clone()]
+        };
+        let from_dir = path.is_dir();
+        for f in files {
+            let pem = std::fs::read_to_string(&f)
+                .map_err(|e| format!("--ek-roots {}: {e}", f.display()))?;
+            // In a folder, files that hold no certificate (keys, configuration) are skipped.
+            if from_dir && !pem.contains("-----BEGIN CERTIFICATE-----") {
+                continue;
+            }
+            store
+                .add_pem(&pem)
+                .map_err(|e| format!("--ek-roots {}: {e}", f.display()))?;
+        }
+    }
+    Ok(store)
+}
+
+/// The admin token's digest, from a file that only its owner may read.
+fn admin_token(path: &Path) -> Result<[u8; 32], String> {
+    use sha2::{Digest, Sha256};
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|e| format!("--admin-token-file: {e}"))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(format!(
+            "--admin-token-file {}: readable by others (chmod 600)",
+            path.display()
+        ));
+    }
+    let token = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path).map_err(|e| format!("--admin-token-file: {e}"))?,
+    );
+    let token = token.trim_end_matches(['\n', '\r']);
+    if token.len() < 16 {
+        return Err("--admin-token-file: the token is shorter than 16 characters".into());
+    }
+    Ok(Sha256::digest(token.as_bytes()).into())
 }
 
 pub fn run(args: Serve) -> Result<(), String> {
+    if !args.listen.ip().is_loopback() {
+        return Err(format!(
+            "--listen {}: TLS is not built yet, and plain HTTP is served on loopback only",
+            args.listen
+        ));
+    }
+    if !valid_trust_domain(&args.trust_domain) {
+        return Err("--trust-domain: letters, digits, '-', '.' and '_' only".into());
+    }
+    let roots = ek_roots(&args.ek_roots)?;
+    if roots.is_empty() {
+        tracing::warn!("no --ek-roots: every enrollment will be refused (ek_untrusted)");
+    }
+    let admin = args
+        .admin_token_file
+        .as_deref()
+        .map(admin_token)
+        .transpose()?;
     let engine: Engine = args.store.parse().map_err(|e| format!("--store: {e}"))?;
     let key = open_key(
         &args
@@ -62,6 +151,7 @@ pub fn run(args: Serve) -> Result<(), String> {
             .local_addr()
             .map_err(|e| format!("--listen: {e}"))?;
         println!("writ serve: listening on http://{addr}");
+        eprintln!("writ serve: warning: plain HTTP (loopback only); TLS is not built yet");
         println!("writ serve: checkpoint verifier key {}", log.verifier_key());
         let shutdown = async {
             let mut term =
@@ -74,10 +164,25 @@ pub fn run(args: Serve) -> Result<(), String> {
                 _ = tokio::signal::ctrl_c() => {}
             }
         };
-        serve(listener, log_router(Arc::clone(&log)), shutdown)
+        let app = Arc::new(Appliance::new(
+            Arc::clone(&log),
+            ApplianceConfig {
+                trust_domain: args.trust_domain.clone(),
+                ek_roots: roots,
+                admin_token_sha256: admin,
+            },
+        ));
+        serve(listener, appliance_router(app), shutdown)
             .await
             .map_err(|e| format!("server: {e}"))
     })?;
     log.close();
     Ok(())
+}
+
+fn valid_trust_domain(td: &str) -> bool {
+    (1..=255).contains(&td.len())
+        && td
+            .bytes()
+            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_'))
 }

@@ -1,0 +1,136 @@
+//! `writ admin`: the appliance's admin operations, with the admin token from a file.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+use crate::client::{Client, ClientError};
+
+#[derive(Debug, Args)]
+pub struct Admin {
+    /// The appliance, e.g. http://127.0.0.1:8787.
+    #[arg(long)]
+    server: String,
+    /// A file holding the admin token.
+    #[arg(long)]
+    token_file: PathBuf,
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Register an EK certificate (by its SHA-256) for a runtime name: that TPM may then enroll
+    /// under the name without a join token.
+    RegisterEk {
+        /// The EK certificate (DER or PEM), or give --sha256.
+        #[arg(long, conflicts_with = "sha256")]
+        ek_cert: Option<PathBuf>,
+        /// The certificate's SHA-256 (hex).
+        #[arg(long)]
+        sha256: Option<String>,
+        /// The runtime's name.
+        #[arg(long)]
+        name: String,
+    },
+    /// Issue a one-time join token for a runtime name (printed once).
+    JoinToken {
+        /// The runtime's name.
+        #[arg(long)]
+        name: String,
+        /// Seconds it stays valid.
+        #[arg(long, default_value_t = 3600)]
+        ttl: i64,
+    },
+    /// List runtimes with their state.
+    Runtimes,
+    /// Revoke a runtime: every later request of it is refused.
+    Revoke {
+        /// The runtime's name.
+        name: String,
+    },
+}
+
+fn der_of(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    use base64::Engine as _;
+    match std::str::from_utf8(bytes) {
+        Ok(text) if text.contains("-----BEGIN CERTIFICATE-----") => {
+            let b64: String = text
+                .lines()
+                .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE-----"))
+                .skip(1)
+                .take_while(|l| !l.starts_with("-----END"))
+                .collect();
+            base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .map_err(|e| format!("--ek-cert: PEM: {e}"))
+        }
+        _ => Ok(bytes.to_vec()),
+    }
+}
+
+/// Exit code: 0 done, 1 refused, 2 error.
+pub fn run(a: Admin) -> std::process::ExitCode {
+    match admin(a) {
+        Ok(out) => {
+            if !out.is_null() {
+                println!("{out:#}");
+            }
+            std::process::ExitCode::SUCCESS
+        }
+        Err((code, e)) => {
+            eprintln!("writ admin: {e}");
+            std::process::ExitCode::from(code)
+        }
+    }
+}
+
+fn admin(a: Admin) -> Result<Value, (u8, String)> {
+    let err2 = |e: String| (2u8, e);
+    let token = std::fs::read_to_string(&a.token_file)
+        .map_err(|e| err2(format!("--token-file {}: {e}", a.token_file.display())))?;
+    let token = zeroize::Zeroizing::new(token.trim().to_string());
+    let client = Client::new(&a.server).map_err(|e| err2(e.to_string()))?;
+    let call = |method: &str, path: &str, body: Option<Value>| {
+        client
+            .call(method, path, body.as_ref(), Some(token.as_str()))
+            .map_err(|e| match e {
+                ClientError::Refused { .. } => (1u8, e.to_string()),
+                ClientError::Transport(_) => (2u8, e.to_string()),
+            })
+    };
+    match a.command {
+        AdminCommand::RegisterEk {
+            ek_cert,
+            sha256,
+            name,
+        } => {
+            let hash = match (ek_cert, sha256) {
+                (Some(p), None) => {
+                    let bytes = std::fs::read(&p)
+                        .map_err(|e| err2(format!("--ek-cert {}: {e}", p.display())))?;
+                    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+                        der_of(&bytes).map_err(err2)?,
+                    ))
+                }
+                (None, Some(h)) => h.to_ascii_lowercase(),
+                _ => return Err(err2("give --ek-cert FILE or --sha256 HEX".into())),
+            };
+            call(
+                "POST",
+                "/v1/admin/ek-registrations",
+                Some(json!({"ek_certificate_sha256": hash, "name": name})),
+            )
+        }
+        AdminCommand::JoinToken { name, ttl } => call(
+            "POST",
+            "/v1/admin/join-tokens",
+            Some(json!({"name": name, "ttl_seconds": ttl})),
+        ),
+        AdminCommand::Runtimes => call("GET", "/v1/admin/runtimes", None),
+        AdminCommand::Revoke { name } => {
+            call("POST", &format!("/v1/admin/runtimes/{name}/revoke"), None)
+        }
+    }
+}

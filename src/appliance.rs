@@ -1,0 +1,767 @@
+//! The appliance's runtime registry: enrollment (interfaces.md, "Identities and keys";
+//! security.md, "Enrollment and attestation") and the admin operations around it.
+//!
+//! Enrollment has two steps. **Start**: the runtime sends its EK certificate, optionally its EK
+//! public area (compared with the certificate, never used), its AK public area and an
+//! authorization: a one-time join token, or nothing if an admin registered its EK certificate's
+//! hash. The appliance identifies the runtime's name from that authorization, checks the EK
+//! certificate chain against the configured manufacturer roots and the AK's attributes and
+//! algorithms, and answers with a credential made in software for the EK's key (from the
+//! certificate) and the AK's name. **Activate**: the runtime answers with the secret its TPM
+//! released; the challenge is single use (a durable row, marked used in the same transaction
+//! as the decision), bound to this enrollment and AK, short-lived; a wrong answer spends it and
+//! reveals nothing. Only the SHA-256 of the secret is stored.
+//!
+//! Every decision about an identified runtime (start and activation, allowed or denied) is in
+//! the decision log before the answer leaves, and each state change commits in the same
+//! transaction as its record ([`DecisionLog::append_with`]). Requests refused before anyone is
+//! identified (malformed, unknown token or EK, unknown enrollment, no admin credential) are not
+//! logged one by one; they are answered with their code.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::http::StatusCode;
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use writ_attestation::EvidenceError;
+use writ_attestation::crypto::default_provider;
+use writ_attestation::evidence::{CheckedAk, EkTrustStore, make_credential};
+use writ_attestation::log::record::{Decision, DecisionRecord, Kind, RECORD_VERSION};
+use writ_attestation::tpm::public::Public;
+
+use crate::decision_log::DecisionLog;
+use crate::http::Problem;
+use crate::store::{Op, StoreError, Value};
+
+/// How long a credential challenge can be answered, seconds.
+pub const CHALLENGE_TTL: i64 = 300;
+/// The longest a join token can live, seconds (7 days).
+pub const MAX_JOIN_TOKEN_TTL: i64 = 7 * 86_400;
+/// Challenges are deleted this long after they expired.
+const CHALLENGE_KEEP: i64 = 86_400;
+
+/// What the appliance is configured with.
+pub struct ApplianceConfig {
+    /// The trust domain (`spiffe://<td>/...`).
+    pub trust_domain: String,
+    /// TPM manufacturer roots (and intermediates) that EK certificates must chain to.
+    pub ek_roots: EkTrustStore,
+    /// SHA-256 of the admin token, if admin operations by token are enabled.
+    pub admin_token_sha256: Option<[u8; 32]>,
+}
+
+impl std::fmt::Debug for ApplianceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApplianceConfig")
+            .field("trust_domain", &self.trust_domain)
+            .field("admin_token", &self.admin_token_sha256.map(|_| "(set)"))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The appliance: its log (and store) and configuration.
+pub struct Appliance {
+    log: Arc<DecisionLog>,
+    config: ApplianceConfig,
+}
+
+impl std::fmt::Debug for Appliance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Appliance")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", sha256_hex(bytes))
+}
+
+/// Equality of two digests without an early exit.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn random<const N: usize>() -> Result<[u8; N], Problem> {
+    let mut b = [0u8; N];
+    getrandom::fill(&mut b).map_err(|e| {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "rng",
+            format!("the OS random number generator failed: {e}"),
+        )
+    })?;
+    Ok(b)
+}
+
+fn malformed(detail: impl Into<String>) -> Problem {
+    Problem::new(StatusCode::BAD_REQUEST, "malformed", detail)
+}
+
+fn b64(field: &str, v: &str) -> Result<Vec<u8>, Problem> {
+    STANDARD
+        .decode(v)
+        .map_err(|_| malformed(format!("{field} is not base64")))
+}
+
+/// A runtime name: 1 to 64 of `a-z`, `0-9`, `-`, `_`, `.`, not only dots (one SPIFFE path
+/// segment).
+pub fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.'))
+        && !name.bytes().all(|b| b == b'.')
+}
+
+/// A problem for a store failure: 503 naming the store (or the conflict's own code, 403).
+fn store_problem(e: StoreError) -> Problem {
+    match e {
+        StoreError::Conflict { code, detail } => Problem::new(StatusCode::FORBIDDEN, code, detail),
+        other => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            other.code(),
+            format!("the appliance cannot record decisions now: {other}"),
+        ),
+    }
+}
+
+/// Enrollment, step one.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    /// The EK certificate, DER, base64.
+    pub ek_certificate: String,
+    /// The EK's public area (TPMT_PUBLIC, base64), if the runtime sends it: compared with the
+    /// certificate's key, never used instead of it.
+    #[serde(default)]
+    pub ek_public: Option<String>,
+    /// The AK's public area (TPMT_PUBLIC, base64).
+    pub ak_public: String,
+    /// A one-time join token, unless the EK certificate's hash was registered.
+    #[serde(default)]
+    pub join_token: Option<String>,
+}
+
+/// The credential challenge.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Challenge {
+    /// The enrollment's identifier, for step two.
+    pub enrollment: String,
+    /// The SPIFFE ID the runtime will get.
+    pub spiffe_id: String,
+    /// TPM2B_ID_OBJECT's buffer, base64.
+    pub id_object: String,
+    /// TPM2B_ENCRYPTED_SECRET's buffer, base64.
+    pub encrypted_secret: String,
+    /// When the challenge expires (seconds since the Unix epoch).
+    pub expires_at: i64,
+}
+
+/// Enrollment, step two.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActivateRequest {
+    /// The enrollment's identifier.
+    pub enrollment: String,
+    /// The secret the TPM released, base64.
+    pub secret: String,
+}
+
+/// An enrolled runtime.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Enrolled {
+    /// Its name.
+    pub name: String,
+    /// Its SPIFFE ID.
+    pub spiffe_id: String,
+}
+
+/// A runtime as the admin API lists it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RuntimeInfo {
+    /// Its name.
+    pub name: String,
+    /// Its SPIFFE ID.
+    pub spiffe_id: String,
+    /// `enrolled` or `revoked`.
+    pub state: String,
+    /// The TPM (manufacturer, model, firmware) from its EK certificate.
+    pub tpm: serde_json::Value,
+    /// SHA-256 of its EK certificate.
+    pub ek_certificate_sha256: String,
+    /// When it enrolled.
+    pub enrolled_at: i64,
+    /// When its state last changed.
+    pub changed_at: i64,
+}
+
+/// A join token, as issued (the token itself is shown once and stored only as a digest).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JoinToken {
+    /// The token.
+    pub token: String,
+    /// The runtime name it enrolls.
+    pub name: String,
+    /// When it expires.
+    pub expires_at: i64,
+}
+
+/// One decision record.
+struct Rec<'a> {
+    kind: Kind,
+    subject: &'a str,
+    reason: Option<&'static str>,
+    digests: &'a [(&'a str, String)],
+}
+
+impl Rec<'_> {
+    fn leaf(&self) -> Result<Vec<u8>, Problem> {
+        let r = DecisionRecord {
+            v: RECORD_VERSION,
+            kind: self.kind,
+            time: now(),
+            subject: self.subject.to_string(),
+            decision: if self.reason.is_some() {
+                Decision::Deny
+            } else {
+                Decision::Allow
+            },
+            reasons: self.reason.map(|r| vec![r.to_string()]).unwrap_or_default(),
+            digests: self
+                .digests
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect::<BTreeMap<_, _>>(),
+            policy_bundle_hash: None,
+            parent: None,
+        };
+        r.to_leaf().map_err(|e| {
+            Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "record",
+                format!("a decision record could not be made: {e}"),
+            )
+        })
+    }
+}
+
+impl Appliance {
+    /// An appliance over `log` (whose store holds the state tables).
+    pub fn new(log: Arc<DecisionLog>, config: ApplianceConfig) -> Self {
+        Appliance { log, config }
+    }
+
+    /// The decision log.
+    pub fn log(&self) -> &Arc<DecisionLog> {
+        &self.log
+    }
+
+    /// The trust domain.
+    pub fn trust_domain(&self) -> &str {
+        &self.config.trust_domain
+    }
+
+    fn runtime_id(&self, name: &str) -> String {
+        format!("spiffe://{}/runtime/{name}", self.config.trust_domain)
+    }
+
+    fn admin_id(&self) -> String {
+        format!("spiffe://{}/admin/token", self.config.trust_domain)
+    }
+
+    fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Vec<Value>>, Problem> {
+        self.log.query(sql, params).map_err(store_problem)
+    }
+
+    /// Logs a denial about an identified subject, then returns it as the answer (or a 503 if it
+    /// could not be logged: nothing is answered about a decision the log does not hold).
+    fn deny(&self, rec: Rec<'_>, status: StatusCode, detail: impl Into<String>) -> Problem {
+        let code = rec.reason.unwrap_or("denied");
+        match rec
+            .leaf()
+            .and_then(|l| self.log.append(&l).map_err(store_problem))
+        {
+            Ok(_) => Problem::new(status, code, detail),
+            Err(p) => p,
+        }
+    }
+
+    /// Appends an allow record with its state change; a conflict is logged as a denial.
+    fn commit(
+        &self,
+        rec: Rec<'_>,
+        effect: Vec<Op>,
+        conflict_status: StatusCode,
+    ) -> Result<u64, Problem> {
+        match self.log.append_with(vec![rec.leaf()?], effect) {
+            Ok(i) => Ok(i),
+            Err(StoreError::Conflict { code, detail }) => Err(self.deny(
+                Rec {
+                    reason: Some(code),
+                    ..rec
+                },
+                conflict_status,
+                detail,
+            )),
+            Err(e) => Err(store_problem(e)),
+        }
+    }
+
+    /// Enrollment, step one.
+    pub fn enroll_start(&self, req: &EnrollRequest) -> Result<Challenge, Problem> {
+        let ek_der = b64("ek_certificate", &req.ek_certificate)?;
+        let ak_bytes = b64("ak_public", &req.ak_public)?;
+        let ek_public = req
+            .ek_public
+            .as_deref()
+            .map(|v| b64("ek_public", v))
+            .transpose()?;
+        let ek_hash = sha256_hex(&ek_der);
+        let t = now();
+
+        // Who is this? Decided by the authorization alone; unknown means unidentified.
+        let (name, token_hash) = match &req.join_token {
+            Some(token) => {
+                let token_hash = sha256_hex(token.as_bytes());
+                let rows = self.query(
+                    "SELECT name, expires_at, used_at FROM join_tokens WHERE token_hash = $1",
+                    &[token_hash.clone().into()],
+                )?;
+                let Some(row) = rows.first() else {
+                    return Err(Problem::new(
+                        StatusCode::UNAUTHORIZED,
+                        "enrollment_unauthorized",
+                        "no such join token",
+                    ));
+                };
+                let name = row.first().and_then(Value::text).unwrap_or("").to_string();
+                let subject = self.runtime_id(&name);
+                let digests = [("ek_certificate", format!("sha256:{ek_hash}"))];
+                if !matches!(row.get(2), Some(Value::Null)) {
+                    return Err(self.deny(
+                        Rec {
+                            kind: Kind::Enroll,
+                            subject: &subject,
+                            reason: Some("join_token_used"),
+                            digests: &digests,
+                        },
+                        StatusCode::FORBIDDEN,
+                        "the join token was already used",
+                    ));
+                }
+                if row.get(1).and_then(Value::int).unwrap_or(0) <= t {
+                    return Err(self.deny(
+                        Rec {
+                            kind: Kind::Enroll,
+                            subject: &subject,
+                            reason: Some("join_token_expired"),
+                            digests: &digests,
+                        },
+                        StatusCode::FORBIDDEN,
+                        "the join token has expired",
+                    ));
+                }
+                (name, Some(token_hash))
+            }
+            None => {
+                let rows = self.query(
+                    "SELECT name FROM ek_registrations WHERE ek_hash = $1",
+                    &[ek_hash.clone().into()],
+                )?;
+                match rows.first().and_then(|r| r.first()).and_then(Value::text) {
+                    Some(n) => (n.to_string(), None),
+                    None => {
+                        return Err(Problem::new(
+                            StatusCode::UNAUTHORIZED,
+                            "enrollment_unauthorized",
+                            "this EK certificate is not registered and no join token was given",
+                        ));
+                    }
+                }
+            }
+        };
+        let subject = self.runtime_id(&name);
+        let mut digests = vec![("ek_certificate", format!("sha256:{ek_hash}"))];
+        let refuse = |digests: &[(&str, String)], e: EvidenceError| {
+            self.deny(
+                Rec {
+                    kind: Kind::Enroll,
+                    subject: &subject,
+                    reason: Some(e.code()),
+                    digests,
+                },
+                StatusCode::FORBIDDEN,
+                e.to_string(),
+            )
+        };
+
+        // The EK: its key comes from the certificate, which must chain to a manufacturer root.
+        let ek = self
+            .config
+            .ek_roots
+            .verify(default_provider(), &ek_der, u64::try_from(t).unwrap_or(0))
+            .map_err(|e| refuse(&digests, e))?;
+        if let Some(p) = &ek_public {
+            let public = Public::from_tpmt(p).map_err(|e| refuse(&digests, e))?;
+            ek.check_public(&public).map_err(|e| refuse(&digests, e))?;
+        }
+        // The AK: attributes and algorithms before anything is done with it.
+        let ak = CheckedAk::from_tpmt(&ak_bytes).map_err(|e| refuse(&digests, e))?;
+        digests.push(("ak", digest(&ak_bytes)));
+
+        // An enrolled name keeps its keys; an EK belongs to one name.
+        let existing = self.query(
+            "SELECT ek_hash, ak_name, state FROM runtimes WHERE name = $1 OR ek_hash = $2",
+            &[name.clone().into(), ek_hash.clone().into()],
+        )?;
+        for row in &existing {
+            let same_keys = row.first().and_then(Value::text) == Some(ek_hash.as_str())
+                && row.get(1).and_then(Value::blob) == Some(ak.name());
+            let revoked = row.get(2).and_then(Value::text) == Some("revoked");
+            if revoked || !same_keys || existing.len() > 1 {
+                return Err(self.deny(
+                    Rec {
+                        kind: Kind::Enroll,
+                        subject: &subject,
+                        reason: Some("reenrollment"),
+                        digests: &digests,
+                    },
+                    StatusCode::CONFLICT,
+                    "this name is enrolled with other keys or revoked, or this EK is enrolled under another name",
+                ));
+            }
+        }
+
+        // The challenge, made in software for the certificate's key and the AK's name.
+        let secret = zeroize::Zeroizing::new(random::<32>()?);
+        let id = hex::encode(random::<16>()?);
+        let credential = make_credential(ek.key(), ak.name(), secret.as_ref(), &mut |b| {
+            getrandom::fill(b).map_err(|e| EvidenceError::Malformed(format!("random: {e}")))
+        })
+        .map_err(|e| {
+            Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "credential",
+                format!("the credential could not be made: {e}"),
+            )
+        })?;
+        let expires_at = t.saturating_add(CHALLENGE_TTL);
+        let tpm = serde_json::json!({
+            "manufacturer": ek.tpm().manufacturer,
+            "model": ek.tpm().model,
+            "version": ek.tpm().version,
+        })
+        .to_string();
+        digests.push(("enrollment", digest(id.as_bytes())));
+        let mut effect = Vec::new();
+        if let Some(h) = &token_hash {
+            effect.push(Op {
+                sql: "UPDATE join_tokens SET used_at = $2
+                      WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2",
+                params: vec![h.clone().into(), t.into()],
+                must_affect: Some(("join_token_used", "the join token was already used")),
+            });
+        }
+        effect.push(Op {
+            sql: "DELETE FROM enrollments WHERE expires_at < $1",
+            params: vec![t.saturating_sub(CHALLENGE_KEEP).into()],
+            must_affect: None,
+        });
+        effect.push(Op {
+            sql: "INSERT INTO enrollments
+                  (id, name, ek_hash, ak_name, ak_public, tpm, secret_hash, expires_at)
+                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            params: vec![
+                id.clone().into(),
+                name.clone().into(),
+                ek_hash.clone().into(),
+                ak.name().into(),
+                ak_bytes.clone().into(),
+                tpm.into(),
+                Sha256::digest(secret.as_ref()).to_vec().into(),
+                expires_at.into(),
+            ],
+            must_affect: None,
+        });
+        self.commit(
+            Rec {
+                kind: Kind::Enroll,
+                subject: &subject,
+                reason: None,
+                digests: &digests,
+            },
+            effect,
+            StatusCode::FORBIDDEN,
+        )?;
+        Ok(Challenge {
+            enrollment: id,
+            spiffe_id: subject.clone(),
+            id_object: STANDARD.encode(&credential.id_object),
+            encrypted_secret: STANDARD.encode(&credential.encrypted_secret),
+            expires_at,
+        })
+    }
+
+    /// Enrollment, step two.
+    pub fn enroll_activate(&self, req: &ActivateRequest) -> Result<Enrolled, Problem> {
+        let secret = zeroize::Zeroizing::new(b64("secret", &req.secret)?);
+        let t = now();
+        let rows = self.query(
+            "SELECT name, ek_hash, ak_name, ak_public, tpm, secret_hash, expires_at, used_at
+             FROM enrollments WHERE id = $1",
+            &[req.enrollment.clone().into()],
+        )?;
+        let Some(row) = rows.first() else {
+            return Err(Problem::new(
+                StatusCode::NOT_FOUND,
+                "enrollment_unknown",
+                "no such enrollment",
+            ));
+        };
+        let text = |i: usize| row.get(i).and_then(Value::text).unwrap_or("").to_string();
+        let blob = |i: usize| row.get(i).and_then(Value::blob).unwrap_or(&[]).to_vec();
+        let name = text(0);
+        let ek_hash = text(1);
+        let subject = self.runtime_id(&name);
+        let digests = [
+            ("ek_certificate", format!("sha256:{ek_hash}")),
+            ("ak", digest(&blob(3))),
+            ("enrollment", digest(req.enrollment.as_bytes())),
+        ];
+        let rec = |reason| Rec {
+            kind: Kind::Enroll,
+            subject: &subject,
+            reason,
+            digests: &digests,
+        };
+        if !matches!(row.get(7), Some(Value::Null)) {
+            return Err(self.deny(
+                rec(Some("challenge_used")),
+                StatusCode::FORBIDDEN,
+                "this challenge was already answered",
+            ));
+        }
+        if row.get(6).and_then(Value::int).unwrap_or(0) <= t {
+            return Err(self.deny(
+                rec(Some("challenge_expired")),
+                StatusCode::FORBIDDEN,
+                "this challenge has expired; start again",
+            ));
+        }
+        let take = Op {
+            sql: "UPDATE enrollments SET used_at = $2
+                  WHERE id = $1 AND used_at IS NULL AND expires_at > $2",
+            params: vec![req.enrollment.clone().into(), t.into()],
+            must_affect: Some(("challenge_used", "this challenge was already answered")),
+        };
+        if !same(&Sha256::digest(secret.as_slice()), &blob(5)) {
+            // Spent, and logged, in one transaction; the answer says nothing more.
+            return Err(
+                match self
+                    .log
+                    .append_with(vec![rec(Some("activation")).leaf()?], vec![take])
+                {
+                    Ok(_) => Problem::new(
+                        StatusCode::FORBIDDEN,
+                        "activation",
+                        "the answer to the credential challenge is wrong; start again",
+                    ),
+                    Err(StoreError::Conflict { code, detail }) => {
+                        self.deny(rec(Some(code)), StatusCode::FORBIDDEN, detail)
+                    }
+                    Err(e) => store_problem(e),
+                },
+            );
+        }
+        let insert = Op {
+            // Insert, or re-enroll the same keys; never another runtime's name or EK.
+            sql: "INSERT INTO runtimes
+                  (name, ek_hash, ak_name, ak_public, tpm, state, enrolled_at, changed_at)
+                  SELECT $1, $2, $3, $4, $5, 'enrolled', $6, $6
+                  WHERE NOT EXISTS (SELECT 1 FROM runtimes WHERE ek_hash = $2 AND name <> $1)
+                  ON CONFLICT (name) DO UPDATE SET enrolled_at = excluded.enrolled_at,
+                      changed_at = excluded.changed_at
+                  WHERE runtimes.ek_hash = excluded.ek_hash
+                    AND runtimes.ak_name = excluded.ak_name
+                    AND runtimes.state = 'enrolled'",
+            params: vec![
+                name.clone().into(),
+                ek_hash.clone().into(),
+                blob(2).into(),
+                blob(3).into(),
+                text(4).into(),
+                t.into(),
+            ],
+            must_affect: Some((
+                "reenrollment",
+                "this name is enrolled with other keys or revoked, or this EK is enrolled under another name",
+            )),
+        };
+        self.commit(rec(None), vec![take, insert], StatusCode::FORBIDDEN)?;
+        Ok(Enrolled {
+            name,
+            spiffe_id: subject,
+        })
+    }
+
+    /// Checks an admin credential (`Authorization: Bearer <token>`), in constant time over its
+    /// digest. Returns the admin's SPIFFE ID.
+    pub fn admin(&self, bearer: Option<&str>) -> Result<String, Problem> {
+        let unauthorized = || {
+            Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "admin_unauthorized",
+                "an admin credential is required",
+            )
+        };
+        let (Some(expected), Some(given)) = (self.config.admin_token_sha256, bearer) else {
+            return Err(unauthorized());
+        };
+        if same(&Sha256::digest(given.as_bytes()), &expected) {
+            Ok(self.admin_id())
+        } else {
+            Err(unauthorized())
+        }
+    }
+
+    fn admin_record(
+        &self,
+        admin: &str,
+        digests: &[(&str, String)],
+        effect: Vec<Op>,
+    ) -> Result<u64, Problem> {
+        self.commit(
+            Rec {
+                kind: Kind::Admin,
+                subject: admin,
+                reason: None,
+                digests,
+            },
+            effect,
+            StatusCode::CONFLICT,
+        )
+    }
+
+    /// Registers an EK certificate hash for `name`.
+    pub fn register_ek(&self, admin: &str, ek_sha256: &str, name: &str) -> Result<(), Problem> {
+        let ok_hash = ek_sha256.len() == 64
+            && ek_sha256
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if !ok_hash {
+            return Err(malformed(
+                "ek_certificate_sha256 is 64 lowercase hex digits",
+            ));
+        }
+        if !valid_name(name) {
+            return Err(malformed("a name is 1 to 64 of a-z 0-9 - _ ."));
+        }
+        self.admin_record(
+            admin,
+            &[("registered_ek", format!("sha256:{ek_sha256}"))],
+            vec![Op {
+                sql: "INSERT INTO ek_registrations (ek_hash, name, registered_at)
+                      VALUES ($1, $2, $3) ON CONFLICT (ek_hash) DO NOTHING",
+                params: vec![ek_sha256.into(), name.into(), now().into()],
+                must_affect: Some(("ek_registered", "this EK certificate is already registered")),
+            }],
+        )?;
+        Ok(())
+    }
+
+    /// Issues a one-time join token for `name`, valid for `ttl` seconds.
+    pub fn issue_join_token(
+        &self,
+        admin: &str,
+        name: &str,
+        ttl: i64,
+    ) -> Result<JoinToken, Problem> {
+        if !valid_name(name) {
+            return Err(malformed("a name is 1 to 64 of a-z 0-9 - _ ."));
+        }
+        if !(1..=MAX_JOIN_TOKEN_TTL).contains(&ttl) {
+            return Err(malformed(format!(
+                "a join token lives 1 to {MAX_JOIN_TOKEN_TTL} s"
+            )));
+        }
+        let token = URL_SAFE_NO_PAD.encode(random::<32>()?);
+        let hash = sha256_hex(token.as_bytes());
+        let expires_at = now().saturating_add(ttl);
+        self.admin_record(
+            admin,
+            &[("join_token", format!("sha256:{hash}"))],
+            vec![Op {
+                sql: "INSERT INTO join_tokens (token_hash, name, expires_at) VALUES ($1, $2, $3)",
+                params: vec![hash.into(), name.into(), expires_at.into()],
+                must_affect: None,
+            }],
+        )?;
+        Ok(JoinToken {
+            token,
+            name: name.to_string(),
+            expires_at,
+        })
+    }
+
+    /// Revokes a runtime: every later request of it is refused.
+    pub fn revoke(&self, admin: &str, name: &str) -> Result<(), Problem> {
+        if !valid_name(name) {
+            return Err(malformed("a name is 1 to 64 of a-z 0-9 - _ ."));
+        }
+        let id = self.runtime_id(name);
+        self.admin_record(
+            admin,
+            &[("revoked", digest(id.as_bytes()))],
+            vec![Op {
+                sql: "UPDATE runtimes SET state = 'revoked', changed_at = $2
+                      WHERE name = $1 AND state <> 'revoked'",
+                params: vec![name.into(), now().into()],
+                must_affect: Some(("runtime_unknown", "no such enrolled runtime")),
+            }],
+        )?;
+        Ok(())
+    }
+
+    /// Every runtime with its state (the listing is itself logged).
+    pub fn runtimes(&self, admin: &str) -> Result<Vec<RuntimeInfo>, Problem> {
+        let rows = self.query(
+            "SELECT name, state, tpm, ek_hash, enrolled_at, changed_at FROM runtimes ORDER BY name",
+            &[],
+        )?;
+        let list: Vec<RuntimeInfo> = rows
+            .iter()
+            .map(|r| {
+                let text = |i: usize| r.get(i).and_then(Value::text).unwrap_or("").to_string();
+                let int = |i: usize| r.get(i).and_then(Value::int).unwrap_or(0);
+                RuntimeInfo {
+                    spiffe_id: self.runtime_id(&text(0)),
+                    name: text(0),
+                    state: text(1),
+                    tpm: serde_json::from_str(&text(2)).unwrap_or(serde_json::Value::Null),
+                    ek_certificate_sha256: text(3),
+                    enrolled_at: int(4),
+                    changed_at: int(5),
+                }
+            })
+            .collect();
+        let listing = serde_json::to_vec(&list).unwrap_or_default();
+        self.admin_record(admin, &[("runtimes_listed", digest(&listing))], Vec::new())?;
+        Ok(list)
+    }
+}

@@ -1,0 +1,580 @@
+//! Enrollment end to end: a running `writ serve` (checkpoint key in SoftHSM2, SQLite store), a
+//! swtpm runtime, `writ admin` and `writ agent enroll`; and each refusal checked in the answer
+//! and in the decision log. Requests with crafted fields are made with the same TPM calls the
+//! agent makes (writ-hsm's attester).
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde_json::{Value, json};
+use writ_attestation::log::record::DecisionRecord;
+use writ_hsm::tpm::attester::{Attester, EkKind, KeyBlob};
+use writ_testkit::{SoftHsm, Swtpm};
+
+const TD: &str = "writ.test";
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Stack {
+    tpm: Swtpm,
+    hsm: SoftHsm,
+    dir: tempfile::TempDir,
+    key: String,
+    server: Option<Server>,
+    roots: Vec<PathBuf>,
+}
+
+fn writ_cmd(hsm: &SoftHsm) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_writ"));
+    c.env("SOFTHSM2_CONF", hsm.conf())
+        .env("TSS2_LOG", "all+NONE");
+    c
+}
+
+impl Stack {
+    fn new() -> Stack {
+        let tpm = Swtpm::start();
+        let roots = vec![
+            tpm.ca_dir().join("issuercert.pem"),
+            tpm.ca_dir().join("swtpm-localca-rootca-cert.pem"),
+        ];
+        Stack::with_roots(tpm, roots)
+    }
+
+    fn with_roots(tpm: Swtpm, roots: Vec<PathBuf>) -> Stack {
+        let hsm = SoftHsm::new();
+        let dir = tempfile::tempdir().unwrap();
+        let key = hsm.key_uri("checkpoint");
+        let out = writ_cmd(&hsm)
+            .args(["keys", "generate", "--key", &key, "--purpose", "checkpoint"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        writ_testkit::write_secret(&dir.path().join("admin.token"), "admin-token-0123456789");
+        let mut s = Stack {
+            tpm,
+            hsm,
+            dir,
+            key,
+            server: None,
+            roots,
+        };
+        s.start();
+        s
+    }
+
+    fn start(&mut self) {
+        let mut cmd = writ_cmd(&self.hsm);
+        cmd.args([
+            "serve",
+            "--store",
+            &format!("sqlite:{}", self.dir.path().join("writ.db").display()),
+            "--checkpoint-key",
+            &self.key,
+            "--origin",
+            "writ.test/log",
+            "--listen",
+            "127.0.0.1:0",
+            "--trust-domain",
+            TD,
+            "--admin-token-file",
+            self.dir.path().join("admin.token").to_str().unwrap(),
+        ]);
+        for r in &self.roots {
+            cmd.arg("--ek-roots").arg(r);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().unwrap().unwrap();
+        let url = first
+            .strip_prefix("writ serve: listening on ")
+            .unwrap_or_else(|| panic!("{first}"))
+            .to_string();
+        // Keep draining stdout so the server never blocks on it.
+        std::thread::spawn(move || for _ in lines {});
+        self.server = Some(Server { child, url });
+    }
+
+    /// kill -9, and start again on the same store.
+    fn kill_and_restart(&mut self) {
+        if let Some(mut s) = self.server.take() {
+            Command::new("kill")
+                .args(["-9", &s.child.id().to_string()])
+                .status()
+                .unwrap();
+            let _ = s.child.wait();
+            std::mem::forget(s);
+        }
+        self.start();
+    }
+
+    fn url(&self) -> String {
+        self.server.as_ref().unwrap().url.clone()
+    }
+
+    fn writ(&self, args: &[&str]) -> Output {
+        writ_cmd(&self.hsm).args(args).output().unwrap()
+    }
+
+    fn admin(&self, args: &[&str]) -> Output {
+        let url = self.url();
+        let token = self.dir.path().join("admin.token");
+        let mut all = vec![
+            "admin",
+            "--server",
+            &url,
+            "--token-file",
+            token.to_str().unwrap(),
+        ];
+        all.extend(args);
+        self.writ(&all)
+    }
+
+    fn join_token(&self, name: &str, ttl: &str) -> PathBuf {
+        let out = self.admin(&["join-token", "--name", name, "--ttl", ttl]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let p = self
+            .dir
+            .path()
+            .join(format!("{name}-{}.token", writ_testkit::random_hex(4)));
+        std::fs::write(&p, v["token"].as_str().unwrap()).unwrap();
+        p
+    }
+
+    fn post(&self, path: &str, body: &Value, bearer: Option<&str>) -> (u16, Value) {
+        raw_post(&self.url(), path, body.to_string().as_bytes(), bearer)
+    }
+
+    /// Every durable record in the log (checkpoints may lag by a second; records do not).
+    fn records(&self) -> Vec<DecisionRecord> {
+        let mut out = Vec::new();
+        loop {
+            let (st, r) = get(&self.url(), &format!("/v1/log/records/{}", out.len()));
+            if st != 200 {
+                return out;
+            }
+            let v: Value = serde_json::from_str(&r).unwrap();
+            out.push(
+                DecisionRecord::from_leaf(&STANDARD.decode(v["record"].as_str().unwrap()).unwrap())
+                    .unwrap(),
+            );
+        }
+    }
+
+    /// The last record's (subject, decision, reasons).
+    fn last(&self) -> (String, String, Vec<String>) {
+        let r = self.records().pop().expect("a record");
+        let d = serde_json::to_value(r.decision).unwrap();
+        (r.subject, d.as_str().unwrap().to_string(), r.reasons)
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .new_agent()
+}
+
+fn raw_post(url: &str, path: &str, body: &[u8], bearer: Option<&str>) -> (u16, Value) {
+    let mut r = agent()
+        .post(format!("{url}{path}"))
+        .header("Content-Type", "application/json");
+    if let Some(b) = bearer {
+        r = r.header("Authorization", format!("Bearer {b}"));
+    }
+    let mut resp = r.send(body).unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+fn get(url: &str, path: &str) -> (u16, String) {
+    let mut resp = agent().get(format!("{url}{path}")).call().unwrap();
+    (
+        resp.status().as_u16(),
+        resp.body_mut().read_to_string().unwrap(),
+    )
+}
+
+/// The runtime's side, by hand: EK certificate and public area, an AK.
+struct Runtime {
+    tpm: Attester,
+    ek_cert: Vec<u8>,
+    ek_public: Vec<u8>,
+    ak: KeyBlob,
+}
+
+impl Runtime {
+    fn new(tpm: &Swtpm) -> Runtime {
+        let a = Attester::open(Some(&tpm.tcti())).unwrap();
+        let ek_cert = a
+            .ek_certificates()
+            .unwrap()
+            .into_iter()
+            .find(|c| c.kind == EkKind::Rsa2048)
+            .unwrap()
+            .der;
+        let ek_public = a.ek_public().unwrap();
+        let ak = a.create_ak().unwrap();
+        Runtime {
+            tpm: a,
+            ek_cert,
+            ek_public,
+            ak,
+        }
+    }
+
+    fn start_body(&self, token: Option<&Path>) -> Value {
+        let mut b = json!({
+            "ek_certificate": STANDARD.encode(&self.ek_cert),
+            "ek_public": STANDARD.encode(&self.ek_public),
+            "ak_public": STANDARD.encode(&self.ak.public),
+        });
+        if let Some(t) = token {
+            b["join_token"] = json!(std::fs::read_to_string(t).unwrap());
+        }
+        b
+    }
+
+    fn activate(&self, challenge: &Value) -> Vec<u8> {
+        let f = |k: &str| STANDARD.decode(challenge[k].as_str().unwrap()).unwrap();
+        self.tpm
+            .activate_credential(&self.ak, &f("id_object"), &f("encrypted_secret"))
+            .unwrap()
+            .to_vec()
+    }
+}
+
+fn answer(challenge: &Value, secret: &[u8]) -> Value {
+    json!({"enrollment": challenge["enrollment"], "secret": STANDARD.encode(secret)})
+}
+
+#[test]
+fn a_swtpm_runtime_enrolls_with_writ_agent_and_the_log_holds_each_step() {
+    let s = Stack::new();
+    let token = s.join_token("build-1", "600");
+    let state = s.dir.path().join("agent");
+    let out = s.writ(&[
+        "agent",
+        "enroll",
+        "--server",
+        &s.url(),
+        "--join-token",
+        token.to_str().unwrap(),
+        "--state",
+        state.to_str().unwrap(),
+        "--tcti",
+        &s.tpm.tcti(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(id["spiffe_id"], format!("spiffe://{TD}/runtime/build-1"));
+    // The log: the admin's token issuance, the challenge, the enrollment, all allowed.
+    let recs = s.records();
+    let kinds: Vec<String> = recs
+        .iter()
+        .map(|r| {
+            serde_json::to_value(r.kind)
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(kinds, ["admin", "enroll", "enroll"]);
+    assert!(recs.iter().all(|r| r.reasons.is_empty()));
+    assert_eq!(recs[2].subject, format!("spiffe://{TD}/runtime/build-1"));
+    assert!(recs[2].digests.contains_key("ek_certificate"));
+    // The admin sees it.
+    let out = s.admin(&["runtimes"]);
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list[0]["name"], "build-1");
+    assert_eq!(list[0]["state"], "enrolled");
+    // Enrolling again from the same state (same EK, same AK) with a fresh token is accepted.
+    let token = s.join_token("build-1", "600");
+    let out = s.writ(&[
+        "agent",
+        "enroll",
+        "--server",
+        &s.url(),
+        "--join-token",
+        token.to_str().unwrap(),
+        "--state",
+        state.to_str().unwrap(),
+        "--tcti",
+        &s.tpm.tcti(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A registered EK enrolls without a token.
+    let rt = Runtime::new(&s.tpm);
+    let pem = s.dir.path().join("ek.der");
+    std::fs::write(&pem, &rt.ek_cert).unwrap();
+    // This EK is enrolled as build-1 already: registering it under another name works, but
+    // enrolling it under that name is refused (one EK, one name).
+    let out = s.admin(&[
+        "register-ek",
+        "--ek-cert",
+        pem.to_str().unwrap(),
+        "--name",
+        "other",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (st, p) = s.post("/v1/enroll", &rt.start_body(None), None);
+    assert_eq!((st, p["code"].as_str()), (409, Some("reenrollment")), "{p}");
+    assert_eq!(
+        s.last(),
+        (
+            format!("spiffe://{TD}/runtime/other"),
+            "deny".into(),
+            vec!["reenrollment".into()]
+        )
+    );
+}
+
+#[test]
+fn each_enrollment_refusal_is_answered_and_logged() {
+    let mut s = Stack::new();
+    let rt = Runtime::new(&s.tpm);
+    let subject = format!("spiffe://{TD}/runtime/rt");
+    let deny = |s: &Stack, code: &str| {
+        assert_eq!(
+            s.last(),
+            (subject.clone(), "deny".to_string(), vec![code.to_string()]),
+            "{code}"
+        );
+    };
+
+    // Unidentified: no token, unknown token: answered, not logged.
+    let before = s.records().len();
+    let (st, p) = s.post("/v1/enroll", &rt.start_body(None), None);
+    assert_eq!(
+        (st, p["code"].as_str()),
+        (401, Some("enrollment_unauthorized"))
+    );
+    let mut b = rt.start_body(None);
+    b["join_token"] = json!("not-a-token");
+    let (st, _) = s.post("/v1/enroll", &b, None);
+    assert_eq!(st, 401);
+    assert_eq!(s.records().len(), before);
+
+    // The EK public area differing from the certificate.
+    let token = s.join_token("rt", "600");
+    let mut b = rt.start_body(Some(&token));
+    let mut ek_public = rt.ek_public.clone();
+    let n = ek_public.len();
+    ek_public[n - 1] ^= 1;
+    b["ek_public"] = json!(STANDARD.encode(&ek_public));
+    let (st, p) = s.post("/v1/enroll", &b, None);
+    assert_eq!((st, p["code"].as_str()), (403, Some("ek_mismatch")), "{p}");
+    deny(&s, "ek_mismatch");
+
+    // Each AK attribute that matters (objectAttributes, bytes 4..8 of TPMT_PUBLIC after type
+    // and nameAlg): fixedTPM, fixedParent, sensitiveDataOrigin, restricted, sign cleared, or
+    // decrypt set.
+    let mut b = rt.start_body(Some(&token));
+    for (mask, set) in [
+        (0x0000_0002u32, false),
+        (0x0000_0010, false),
+        (0x0000_0020, false),
+        (0x0001_0000, false),
+        (0x0004_0000, false),
+        (0x0002_0000, true),
+    ] {
+        let mut ak = rt.ak.public.clone();
+        let mut attrs = u32::from_be_bytes(ak[4..8].try_into().unwrap());
+        attrs = if set { attrs | mask } else { attrs & !mask };
+        ak[4..8].copy_from_slice(&attrs.to_be_bytes());
+        b["ak_public"] = json!(STANDARD.encode(&ak));
+        let (st, p) = s.post("/v1/enroll", &b, None);
+        assert_eq!(
+            (st, p["code"].as_str()),
+            (403, Some("ak_attributes")),
+            "{mask:#x}: {p}"
+        );
+        deny(&s, "ak_attributes");
+    }
+    // A weak AK name algorithm (SHA-1).
+    let mut ak = rt.ak.public.clone();
+    ak[2..4].copy_from_slice(&[0x00, 0x04]);
+    b["ak_public"] = json!(STANDARD.encode(&ak));
+    let (st, p) = s.post("/v1/enroll", &b, None);
+    assert_eq!(st, 403, "{p}");
+    let code = p["code"].as_str().unwrap().to_string();
+    assert!(
+        ["hash_too_weak", "ak_algorithm"].contains(&code.as_str()),
+        "{p}"
+    );
+    deny(&s, &code);
+
+    // A wrong activation answer spends the challenge: the right one afterwards is refused.
+    let (st, challenge) = s.post("/v1/enroll", &rt.start_body(Some(&token)), None);
+    assert_eq!(st, 200, "{challenge}");
+    let secret = rt.activate(&challenge);
+    let mut wrong = secret.clone();
+    wrong[0] ^= 1;
+    let (st, p) = s.post("/v1/enroll/activate", &answer(&challenge, &wrong), None);
+    assert_eq!((st, p["code"].as_str()), (403, Some("activation")), "{p}");
+    assert!(!p.to_string().contains(&STANDARD.encode(&secret)));
+    deny(&s, "activation");
+    let (st, p) = s.post("/v1/enroll/activate", &answer(&challenge, &secret), None);
+    assert_eq!(
+        (st, p["code"].as_str()),
+        (403, Some("challenge_used")),
+        "{p}"
+    );
+    deny(&s, "challenge_used");
+
+    // The join token was spent by that start: reusing it is refused and logged.
+    let (st, p) = s.post("/v1/enroll", &rt.start_body(Some(&token)), None);
+    assert_eq!(
+        (st, p["code"].as_str()),
+        (403, Some("join_token_used")),
+        "{p}"
+    );
+    deny(&s, "join_token_used");
+    // An expired token.
+    let short = s.join_token("rt", "1");
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let (st, p) = s.post("/v1/enroll", &rt.start_body(Some(&short)), None);
+    assert_eq!(
+        (st, p["code"].as_str()),
+        (403, Some("join_token_expired")),
+        "{p}"
+    );
+    deny(&s, "join_token_expired");
+
+    // kill -9 between challenge and answer: after the restart the answer works once.
+    let token = s.join_token("rt", "600");
+    let (st, challenge) = s.post("/v1/enroll", &rt.start_body(Some(&token)), None);
+    assert_eq!(st, 200);
+    let secret = rt.activate(&challenge);
+    s.kill_and_restart();
+    let (st, p) = s.post("/v1/enroll/activate", &answer(&challenge, &secret), None);
+    assert_eq!(st, 200, "{p}");
+    assert_eq!(p["spiffe_id"], subject);
+    // The activation secret replayed.
+    let (st, p) = s.post("/v1/enroll/activate", &answer(&challenge, &secret), None);
+    assert_eq!(
+        (st, p["code"].as_str()),
+        (403, Some("challenge_used")),
+        "{p}"
+    );
+    deny(&s, "challenge_used");
+
+    // Re-enrollment of the name with other keys (a new AK in the same TPM).
+    let other = Runtime::new(&s.tpm);
+    let token = s.join_token("rt", "600");
+    let (st, p) = s.post("/v1/enroll", &other.start_body(Some(&token)), None);
+    assert_eq!((st, p["code"].as_str()), (409, Some("reenrollment")), "{p}");
+    deny(&s, "reenrollment");
+
+    // Admin calls without, or with a wrong, credential: refused, not logged (unidentified).
+    let before = s.records().len();
+    let (st, p) = s.post("/v1/admin/join-tokens", &json!({"name": "x"}), None);
+    assert_eq!((st, p["code"].as_str()), (401, Some("admin_unauthorized")));
+    let (st, _) = s.post(
+        "/v1/admin/join-tokens",
+        &json!({"name": "x"}),
+        Some("admin-token-0123456788"),
+    );
+    assert_eq!(st, 401);
+    assert_eq!(s.records().len(), before);
+
+    // Revocation is an admin decision in the log; a revoked runtime cannot re-enroll.
+    let out = s.admin(&["revoke", "rt"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = s.records().pop().unwrap();
+    assert_eq!(r.subject, format!("spiffe://{TD}/admin/token"));
+    assert!(r.digests.contains_key("revoked"));
+    let token = s.join_token("rt", "600");
+    let (st, p) = s.post("/v1/enroll", &rt.start_body(Some(&token)), None);
+    assert_eq!((st, p["code"].as_str()), (409, Some("reenrollment")), "{p}");
+    let out = s.admin(&["revoke", "nobody"]);
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn an_untrusted_ek_root_is_refused_and_logged() {
+    // The appliance trusts the shared manufacturer roots, not this swtpm's local CA.
+    let tpm = Swtpm::start();
+    let manufacturer = writ_testkit::repo_root().join("../shared/vectors/tpm-manufacturer-roots");
+    let s = Stack::with_roots(tpm, vec![manufacturer]);
+    let rt = Runtime::new(&s.tpm);
+    let token = s.join_token("rt", "600");
+    let (st, p) = s.post("/v1/enroll", &rt.start_body(Some(&token)), None);
+    assert_eq!((st, p["code"].as_str()), (403, Some("ek_untrusted")), "{p}");
+    assert_eq!(
+        s.last(),
+        (
+            format!("spiffe://{TD}/runtime/rt"),
+            "deny".into(),
+            vec!["ek_untrusted".into()]
+        )
+    );
+}
+
+#[test]
+fn oversize_and_deeply_nested_bodies_are_refused() {
+    let s = Stack::new();
+    let big = vec![b' '; 70 * 1024];
+    let (st, _) = raw_post(&s.url(), "/v1/enroll", &big, None);
+    assert_eq!(st, 413);
+    let nested = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
+    let (st, p) = raw_post(&s.url(), "/v1/enroll", nested.as_bytes(), None);
+    assert_eq!((st, p["code"].as_str()), (400, Some("malformed")), "{p}");
+    let dup = br#"{"ek_certificate":"AA==","ek_certificate":"AA==","ak_public":"AA=="}"#;
+    let (st, _) = raw_post(&s.url(), "/v1/enroll", dup, None);
+    assert_eq!(st, 400);
+    // The server is still fine.
+    let (st, _) = get(&s.url(), "/v1/log/checkpoint");
+    assert_eq!(st, 200);
+}
