@@ -8,8 +8,9 @@
 # shows what makes each key safe. It runs again on the
 # same machine without clean-up: existing keys are shown, never overwritten.
 #
-# Not built yet (see README): enrollment, attestation as a service, issuance, the decision log,
-# the gateway.
+# Then writ serve runs the decision log and enrollment: an admin join token, writ agent enroll
+# against the swtpm, and writ audit over the log. Not built yet (see README): TLS, attestation
+# as a service, issuance, the gateway's exec and proxy.
 # When they land, this script grows into the full chain (issue 17).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -94,11 +95,17 @@ fi
 say "A key in the TPM (persistent handle 0x81000101): generated inside, fixedTPM, fixedParent, with an authValue"
 key issuer "tpm:handle=0x81000101?tcti=$TPM2TOOLS_TCTI&auth-source=file:$WRIT_DEV_TPM_AUTH_FILE"
 
-say "The decision log: writ serve signs checkpoints with that key; writ audit verifies them"
+say "writ serve: the appliance (decision log signed by that key, enrollment, admin operations)"
 port="${WRIT_DEV_SERVE_PORT:-8787}"
+server="http://127.0.0.1:$port"
 serve_log="$WRIT_DEV_DIR/serve.log"
+admin_token="$WRIT_DEV_DIR/admin.token"
+if [ ! -s "$admin_token" ]; then
+  (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$admin_token")
+fi
 "$writ" serve --store "sqlite:$WRIT_DEV_DIR/writ.db" --checkpoint-key "$(pkcs11_uri writ-checkpoint)" \
-  --origin writ.dev/log --listen "127.0.0.1:$port" >"$serve_log" 2>&1 &
+  --origin writ.dev/log --listen "127.0.0.1:$port" --trust-domain writ.dev \
+  --ek-roots "$WRIT_DEV_DIR/swtpm/ca" --admin-token-file "$admin_token" >"$serve_log" 2>&1 &
 serve_pid=$!
 trap 'kill "$serve_pid" 2>/dev/null || true; rm -f "$shown"' EXIT
 vkey=""
@@ -109,7 +116,20 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 [ -n "$vkey" ] || { cat "$serve_log" >&2; echo "writ serve did not start" >&2; exit 1; }
-"$writ" audit check --log "http://127.0.0.1:$port" --key "$vkey" \
+echo "listening on $server (plain HTTP, loopback: TLS is not built yet); log in $serve_log"
+
+say "Enrollment: an admin issues a one-time join token; the agent proves its AK lives in this TPM"
+token_file="$WRIT_DEV_DIR/join.token"
+(umask 077; "$writ" admin --server "$server" --token-file "$admin_token" \
+  join-token --name dev-runtime --ttl 600 | sed -n 's/.*"token": "\(.*\)".*/\1/p' >"$token_file")
+"$writ" agent enroll --server "$server" --join-token "$token_file" --state "$WRIT_DEV_DIR/agent" \
+  --tcti "$TPM2TOOLS_TCTI"
+rm -f "$token_file"
+"$writ" admin --server "$server" --token-file "$admin_token" runtimes
+
+say "writ audit: every decision above is in the log, under a checkpoint signed in the HSM"
+sleep 2 # checkpoints are signed every second while the log grows
+"$writ" audit check --log "$server" --key "$vkey" \
   --state "$WRIT_DEV_DIR/audit.checkpoint" --full
 kill "$serve_pid" 2>/dev/null || true
 wait "$serve_pid" 2>/dev/null || true
@@ -121,7 +141,10 @@ never exportable), its PIN or authValue comes from a file only its owner can rea
 signature made by the device verifies under the public key it reported.
 State lives in ${WRIT_DEV_DIR}. Stop the devices: deploy/dev/stack.sh down.
 Start over from factory-new devices: deploy/dev/stack.sh reset.
-The decision log's store is $WRIT_DEV_DIR/writ.db; writ audit remembers the last checkpoint it verified.
-Not built yet: enrollment, attestation as a service, issuance, decisions written to the log by those
-endpoints, and the gateway (see README).
+Enrollment checked: the EK certificate chains to the swtpm's local CA (the appliance's --ek-roots),
+the AK's attributes, and the TPM's answer to a credential challenge made for that EK and AK; the
+runtime's identity is in $WRIT_DEV_DIR/agent/identity.json.
+The store (decision log and runtime registry) is $WRIT_DEV_DIR/writ.db; writ audit remembers the last
+checkpoint it verified.
+Not built yet: TLS, attestation as a service, issuance, and the gateway's exec and proxy (see README).
 DONE
