@@ -34,7 +34,7 @@ enum AdminCommand {
         #[arg(long)]
         name: String,
     },
-    /// Issue a one-time join token for a runtime name (printed once).
+    /// Issue a one-time join token for a runtime name (printed once, or written to --out).
     JoinToken {
         /// The runtime's name.
         #[arg(long)]
@@ -42,6 +42,10 @@ enum AdminCommand {
         /// Seconds it stays valid.
         #[arg(long, default_value_t = 3600)]
         ttl: i64,
+        /// Write only the token to this file (0600, must not exist) for `writ agent enroll
+        /// --join-token`, and print the rest.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// List runtimes with their state.
     Runtimes,
@@ -123,11 +127,35 @@ fn admin(a: Admin) -> Result<Value, (u8, String)> {
                 Some(json!({"ek_certificate_sha256": hash, "name": name})),
             )
         }
-        AdminCommand::JoinToken { name, ttl } => call(
-            "POST",
-            "/v1/admin/join-tokens",
-            Some(json!({"name": name, "ttl_seconds": ttl})),
-        ),
+        AdminCommand::JoinToken { name, ttl, out } => {
+            let mut v = call(
+                "POST",
+                "/v1/admin/join-tokens",
+                Some(json!({"name": name, "ttl_seconds": ttl})),
+            )?;
+            if let Some(path) = out {
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                let token = v
+                    .get("token")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| err2("the appliance's answer has no token".into()))?
+                    .to_string();
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)
+                    .map_err(|e| err2(format!("--out {}: {e}", path.display())))?;
+                f.write_all(token.as_bytes())
+                    .map_err(|e| err2(format!("--out {}: {e}", path.display())))?;
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("token");
+                    o.insert("token_file".into(), json!(path.display().to_string()));
+                }
+            }
+            Ok(v)
+        }
         AdminCommand::Runtimes => call("GET", "/v1/admin/runtimes", None),
         AdminCommand::Revoke { name } => {
             call("POST", &format!("/v1/admin/runtimes/{name}/revoke"), None)

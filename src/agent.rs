@@ -54,14 +54,17 @@ fn step(what: &str) {
     eprintln!("writ agent: {what}");
 }
 
+/// Writes `bytes` to `path` (0600) through a fresh temporary file beside it (never an existing
+/// file or a planted link), then renames it into place.
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
+    let mut r = [0u8; 8];
+    getrandom::fill(&mut r).map_err(|e| format!("random: {e}"))?;
+    let tmp = path.with_extension(format!("{}.tmp", hex::encode(r)));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(&tmp)
         .map_err(|e| format!("{}: {e}", tmp.display()))?;
@@ -140,8 +143,25 @@ fn enroll(a: &Enroll) -> Result<(), String> {
                 .map_err(|e| format!("--join-token {}: {e}", p.display()))
         })
         .transpose()?;
-    std::fs::create_dir_all(&a.common.state)
-        .map_err(|e| format!("{}: {e}", a.common.state.display()))?;
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let state = &a.common.state;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(state)
+            .map_err(|e| format!("{}: {e}", state.display()))?;
+        let mode = std::fs::metadata(state)
+            .map_err(|e| format!("{}: {e}", state.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(format!(
+                "{}: the state folder is open to others (chmod 700)",
+                state.display()
+            ));
+        }
+    }
     step("opening the TPM");
     let tpm = Attester::open(a.tcti.as_deref()).map_err(|e| format!("TPM: {e}"))?;
     step("reading the EK certificate from NV");

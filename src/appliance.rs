@@ -77,11 +77,26 @@ impl std::fmt::Debug for Appliance {
     }
 }
 
-fn now() -> i64 {
-    SystemTime::now()
+/// Now, in seconds; a clock before 2020 or unreadable is a failure (nothing is decided on it).
+fn now() -> Result<i64, Problem> {
+    let t = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_secs()).ok())
+        .filter(|t| *t >= 1_577_836_800);
+    t.ok_or_else(|| {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "clock",
+            "the appliance's clock is not usable",
+        )
+    })
+}
+
+/// The form of a bearer or join token that is compared: surrounding whitespace removed (files
+/// end in newlines; editors add spaces).
+pub fn normalize_token(t: &str) -> &str {
+    t.trim()
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -119,6 +134,8 @@ fn b64(field: &str, v: &str) -> Result<Vec<u8>, Problem> {
         .map_err(|_| malformed(format!("{field} is not base64")))
 }
 
+const NAME_RULE: &str = "a name is 1 to 64 of a-z 0-9 - _ . (not only dots)";
+
 /// A runtime name: 1 to 64 of `a-z`, `0-9`, `-`, `_`, `.`, not only dots (one SPIFFE path
 /// segment).
 pub fn valid_name(name: &str) -> bool {
@@ -133,16 +150,20 @@ pub fn valid_name(name: &str) -> bool {
 fn store_problem(e: StoreError) -> Problem {
     match e {
         StoreError::Conflict { code, detail } => Problem::new(StatusCode::FORBIDDEN, code, detail),
-        other => Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            other.code(),
-            format!("the appliance cannot record decisions now: {other}"),
-        ),
+        other => {
+            // The specifics (which may name hosts or rows) go to the service's log only.
+            tracing::error!(code = other.code(), "store: {other}");
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                other.code(),
+                "the appliance's store cannot record or answer now",
+            )
+        }
     }
 }
 
 /// Enrollment, step one.
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnrollRequest {
     /// The EK certificate, DER, base64.
@@ -156,6 +177,17 @@ pub struct EnrollRequest {
     /// A one-time join token, unless the EK certificate's hash was registered.
     #[serde(default)]
     pub join_token: Option<String>,
+}
+
+impl std::fmt::Debug for EnrollRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnrollRequest")
+            .field(
+                "join_token",
+                &self.join_token.as_ref().map(|_| "(withheld)"),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 /// The credential challenge.
@@ -174,13 +206,21 @@ pub struct Challenge {
 }
 
 /// Enrollment, step two.
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ActivateRequest {
     /// The enrollment's identifier.
     pub enrollment: String,
     /// The secret the TPM released, base64.
     pub secret: String,
+}
+
+impl std::fmt::Debug for ActivateRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActivateRequest")
+            .field("enrollment", &self.enrollment)
+            .finish_non_exhaustive()
+    }
 }
 
 /// An enrolled runtime.
@@ -212,7 +252,7 @@ pub struct RuntimeInfo {
 }
 
 /// A join token, as issued (the token itself is shown once and stored only as a digest).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Serialize, Deserialize)]
 pub struct JoinToken {
     /// The token.
     pub token: String,
@@ -220,6 +260,15 @@ pub struct JoinToken {
     pub name: String,
     /// When it expires.
     pub expires_at: i64,
+}
+
+impl std::fmt::Debug for JoinToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinToken")
+            .field("name", &self.name)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One decision record.
@@ -235,7 +284,7 @@ impl Rec<'_> {
         let r = DecisionRecord {
             v: RECORD_VERSION,
             kind: self.kind,
-            time: now(),
+            time: now()?,
             subject: self.subject.to_string(),
             decision: if self.reason.is_some() {
                 Decision::Deny
@@ -285,7 +334,7 @@ impl Appliance {
         format!("spiffe://{}/admin/token", self.config.trust_domain)
     }
 
-    fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Vec<Value>>, Problem> {
+    fn query(&self, sql: &'static str, params: &[Value]) -> Result<Vec<Vec<Value>>, Problem> {
         self.log.query(sql, params).map_err(store_problem)
     }
 
@@ -333,7 +382,7 @@ impl Appliance {
             .map(|v| b64("ek_public", v))
             .transpose()?;
         let ek_hash = sha256_hex(&ek_der);
-        let t = now();
+        let t = now()?;
 
         // Who is this? Decided by the authorization alone; unknown means unidentified.
         let (name, token_hash) = match &req.join_token {
@@ -425,13 +474,17 @@ impl Appliance {
         let ak = CheckedAk::from_tpmt(&ak_bytes).map_err(|e| refuse(&digests, e))?;
         digests.push(("ak", digest(&ak_bytes)));
 
-        // An enrolled name keeps its keys; an EK belongs to one name.
+        // An enrolled name keeps its keys; an EK belongs to one name. The EK is known by its key
+        // (from the verified certificate), never by the certificate's bytes, which an outsider
+        // can vary.
+        let ek_key = ek.key().key_id();
+        digests.push(("ek_key", format!("sha256:{ek_key}")));
         let existing = self.query(
-            "SELECT ek_hash, ak_name, state FROM runtimes WHERE name = $1 OR ek_hash = $2",
-            &[name.clone().into(), ek_hash.clone().into()],
+            "SELECT ek_key, ak_name, state FROM runtimes WHERE name = $1 OR ek_key = $2",
+            &[name.clone().into(), ek_key.clone().into()],
         )?;
         for row in &existing {
-            let same_keys = row.first().and_then(Value::text) == Some(ek_hash.as_str())
+            let same_keys = row.first().and_then(Value::text) == Some(ek_key.as_str())
                 && row.get(1).and_then(Value::blob) == Some(ak.name());
             let revoked = row.get(2).and_then(Value::text) == Some("revoked");
             if revoked || !same_keys || existing.len() > 1 {
@@ -485,17 +538,18 @@ impl Appliance {
         });
         effect.push(Op {
             sql: "INSERT INTO enrollments
-                  (id, name, ek_hash, ak_name, ak_public, tpm, secret_hash, expires_at)
-                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                  (id, name, ek_key, ak_name, ak_public, tpm, secret_hash, expires_at, ek_certificate)
+                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             params: vec![
                 id.clone().into(),
                 name.clone().into(),
-                ek_hash.clone().into(),
+                ek_key.clone().into(),
                 ak.name().into(),
                 ak_bytes.clone().into(),
                 tpm.into(),
                 Sha256::digest(secret.as_ref()).to_vec().into(),
                 expires_at.into(),
+                ek_hash.clone().into(),
             ],
             must_affect: None,
         });
@@ -521,9 +575,10 @@ impl Appliance {
     /// Enrollment, step two.
     pub fn enroll_activate(&self, req: &ActivateRequest) -> Result<Enrolled, Problem> {
         let secret = zeroize::Zeroizing::new(b64("secret", &req.secret)?);
-        let t = now();
+        let t = now()?;
         let rows = self.query(
-            "SELECT name, ek_hash, ak_name, ak_public, tpm, secret_hash, expires_at, used_at
+            "SELECT name, ek_key, ak_name, ak_public, tpm, secret_hash, expires_at, used_at,
+                    ek_certificate
              FROM enrollments WHERE id = $1",
             &[req.enrollment.clone().into()],
         )?;
@@ -537,10 +592,10 @@ impl Appliance {
         let text = |i: usize| row.get(i).and_then(Value::text).unwrap_or("").to_string();
         let blob = |i: usize| row.get(i).and_then(Value::blob).unwrap_or(&[]).to_vec();
         let name = text(0);
-        let ek_hash = text(1);
+        let ek_key = text(1);
         let subject = self.runtime_id(&name);
         let digests = [
-            ("ek_certificate", format!("sha256:{ek_hash}")),
+            ("ek_key", format!("sha256:{ek_key}")),
             ("ak", digest(&blob(3))),
             ("enrollment", digest(req.enrollment.as_bytes())),
         ];
@@ -592,32 +647,74 @@ impl Appliance {
         let insert = Op {
             // Insert, or re-enroll the same keys; never another runtime's name or EK.
             sql: "INSERT INTO runtimes
-                  (name, ek_hash, ak_name, ak_public, tpm, state, enrolled_at, changed_at)
-                  SELECT $1, $2, $3, $4, $5, 'enrolled', $6, $6
-                  WHERE NOT EXISTS (SELECT 1 FROM runtimes WHERE ek_hash = $2 AND name <> $1)
+                  (name, ek_key, ak_name, ak_public, tpm, state, enrolled_at, changed_at,
+                   ek_certificate)
+                  SELECT $1, $2, $3, $4, $5, 'enrolled', $6, $6, $7
+                  WHERE NOT EXISTS (SELECT 1 FROM runtimes WHERE ek_key = $2 AND name <> $1)
                   ON CONFLICT (name) DO UPDATE SET enrolled_at = excluded.enrolled_at,
-                      changed_at = excluded.changed_at
-                  WHERE runtimes.ek_hash = excluded.ek_hash
+                      changed_at = excluded.changed_at, ek_certificate = excluded.ek_certificate
+                  WHERE runtimes.ek_key = excluded.ek_key
                     AND runtimes.ak_name = excluded.ak_name
                     AND runtimes.state = 'enrolled'",
             params: vec![
                 name.clone().into(),
-                ek_hash.clone().into(),
+                ek_key.clone().into(),
                 blob(2).into(),
                 blob(3).into(),
                 text(4).into(),
                 t.into(),
+                text(8).into(),
             ],
             must_affect: Some((
                 "reenrollment",
                 "this name is enrolled with other keys or revoked, or this EK is enrolled under another name",
             )),
         };
-        self.commit(rec(None), vec![take, insert], StatusCode::FORBIDDEN)?;
+        match self
+            .log
+            .append_with(vec![rec(None).leaf()?], vec![take.clone(), insert])
+        {
+            Ok(_) => {}
+            // Refused: the challenge is spent with the refusal, in one transaction.
+            Err(StoreError::Conflict { code, detail }) => {
+                let status = if code == "reenrollment" {
+                    StatusCode::CONFLICT
+                } else {
+                    StatusCode::FORBIDDEN
+                };
+                return Err(
+                    match self
+                        .log
+                        .append_with(vec![rec(Some(code)).leaf()?], vec![take])
+                    {
+                        Ok(_) => Problem::new(status, code, detail),
+                        Err(StoreError::Conflict { code, detail }) => {
+                            self.deny(rec(Some(code)), StatusCode::FORBIDDEN, detail)
+                        }
+                        Err(e) => store_problem(e),
+                    },
+                );
+            }
+            Err(e) => return Err(store_problem(e)),
+        }
         Ok(Enrolled {
             name,
             spiffe_id: subject,
         })
+    }
+
+    /// Logs an identified admin's refused request (malformed input) and returns the refusal.
+    pub fn admin_refused(&self, admin: &str, p: Problem) -> Problem {
+        self.deny(
+            Rec {
+                kind: Kind::Admin,
+                subject: admin,
+                reason: Some(p.code()),
+                digests: &[],
+            },
+            p.status(),
+            p.detail().to_string(),
+        )
     }
 
     /// Checks an admin credential (`Authorization: Bearer <token>`), in constant time over its
@@ -633,7 +730,10 @@ impl Appliance {
         let (Some(expected), Some(given)) = (self.config.admin_token_sha256, bearer) else {
             return Err(unauthorized());
         };
-        if same(&Sha256::digest(given.as_bytes()), &expected) {
+        if same(
+            &Sha256::digest(normalize_token(given).as_bytes()),
+            &expected,
+        ) {
             Ok(self.admin_id())
         } else {
             Err(unauthorized())
@@ -678,7 +778,7 @@ impl Appliance {
             vec![Op {
                 sql: "INSERT INTO ek_registrations (ek_hash, name, registered_at)
                       VALUES ($1, $2, $3) ON CONFLICT (ek_hash) DO NOTHING",
-                params: vec![ek_sha256.into(), name.into(), now().into()],
+                params: vec![ek_sha256.into(), name.into(), now()?.into()],
                 must_affect: Some(("ek_registered", "this EK certificate is already registered")),
             }],
         )?;
@@ -702,7 +802,7 @@ impl Appliance {
         }
         let token = URL_SAFE_NO_PAD.encode(random::<32>()?);
         let hash = sha256_hex(token.as_bytes());
-        let expires_at = now().saturating_add(ttl);
+        let expires_at = now()?.saturating_add(ttl);
         self.admin_record(
             admin,
             &[("join_token", format!("sha256:{hash}"))],
@@ -722,7 +822,7 @@ impl Appliance {
     /// Revokes a runtime: every later request of it is refused.
     pub fn revoke(&self, admin: &str, name: &str) -> Result<(), Problem> {
         if !valid_name(name) {
-            return Err(malformed("a name is 1 to 64 of a-z 0-9 - _ ."));
+            return Err(self.admin_refused(admin, malformed(NAME_RULE)));
         }
         let id = self.runtime_id(name);
         self.admin_record(
@@ -731,7 +831,7 @@ impl Appliance {
             vec![Op {
                 sql: "UPDATE runtimes SET state = 'revoked', changed_at = $2
                       WHERE name = $1 AND state <> 'revoked'",
-                params: vec![name.into(), now().into()],
+                params: vec![name.into(), now()?.into()],
                 must_affect: Some(("runtime_unknown", "no such enrolled runtime")),
             }],
         )?;
@@ -741,7 +841,7 @@ impl Appliance {
     /// Every runtime with its state (the listing is itself logged).
     pub fn runtimes(&self, admin: &str) -> Result<Vec<RuntimeInfo>, Problem> {
         let rows = self.query(
-            "SELECT name, state, tpm, ek_hash, enrolled_at, changed_at FROM runtimes ORDER BY name",
+            "SELECT name, state, tpm, ek_certificate, enrolled_at, changed_at FROM runtimes ORDER BY name",
             &[],
         )?;
         let list: Vec<RuntimeInfo> = rows

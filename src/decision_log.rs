@@ -401,8 +401,13 @@ impl DecisionLog {
     }
 
     /// Runs a query of the appliance's state tables on a reader connection (`$1`, `$2`, ...
-    /// parameters on both engines).
-    pub fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Vec<Value>>, StoreError> {
+    /// parameters on both engines). Only reads belong here: every change of state goes through
+    /// [`DecisionLog::append_with`], with its record. The SQL is a constant of the code.
+    pub fn query(
+        &self,
+        sql: &'static str,
+        params: &[Value],
+    ) -> Result<Vec<Vec<Value>>, StoreError> {
         self.read(|b| b.query(sql, params))
     }
 

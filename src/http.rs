@@ -14,6 +14,7 @@
 //! itself is 500.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, Query, State};
@@ -52,6 +53,16 @@ impl Problem {
     /// The stable code.
     pub fn code(&self) -> &'static str {
         self.code
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// What failed.
+    pub fn detail(&self) -> &str {
+        &self.detail
     }
 
     fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
@@ -127,38 +138,10 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// Deepest JSON nesting accepted in a request body.
 pub const MAX_JSON_DEPTH: usize = 16;
 
-/// Parses a JSON request body: bounded in size (axum's limit) and nesting depth (checked before
-/// parsing, so a deeply nested body costs no recursion), no duplicate keys, and the type's own
-/// rules (unknown fields refused).
+/// Parses a JSON request body: bounded in size (axum's limit) and nesting depth
+/// ([`MAX_JSON_DEPTH`], the strict parser's bound), no duplicate keys, and the type's own rules
+/// (unknown fields refused).
 fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
-    let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in body {
-        if in_string {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'{' | b'[' => {
-                depth += 1;
-                if depth > MAX_JSON_DEPTH {
-                    return Err(Problem::bad_request(
-                        "malformed",
-                        format!("JSON nested deeper than {MAX_JSON_DEPTH}"),
-                    ));
-                }
-            }
-            b'}' | b']' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
     let v = writ_attestation::writ::json::parse(body)
         .map_err(|r| Problem::bad_request("malformed", r.detail))?;
     serde_json::from_value(v).map_err(|e| Problem::bad_request("malformed", e.to_string()))
@@ -256,8 +239,11 @@ async fn admin_register_ek(
     body: axum::body::Bytes,
 ) -> Result<Response, Problem> {
     let admin = app.admin(bearer(&headers).as_deref())?;
-    let req: RegisterEk = json_body(&body)?;
-    work(move || app.register_ek(&admin, &req.ek_certificate_sha256, &req.name)).await?;
+    work(move || {
+        let req: RegisterEk = json_body(&body).map_err(|p| app.admin_refused(&admin, p))?;
+        app.register_ek(&admin, &req.ek_certificate_sha256, &req.name)
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -267,10 +253,12 @@ async fn admin_join_token(
     body: axum::body::Bytes,
 ) -> Result<Response, Problem> {
     let admin = app.admin(bearer(&headers).as_deref())?;
-    let req: NewJoinToken = json_body(&body)?;
-    work(move || app.issue_join_token(&admin, &req.name, req.ttl_seconds))
-        .await
-        .map(|t| ok_json(&t))
+    work(move || {
+        let req: NewJoinToken = json_body(&body).map_err(|p| app.admin_refused(&admin, p))?;
+        app.issue_join_token(&admin, &req.name, req.ttl_seconds)
+    })
+    .await
+    .map(|t| ok_json(&t))
 }
 
 async fn admin_runtimes(
@@ -487,13 +475,85 @@ async fn tile(
         .into_response())
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves.
+/// Connection limits of [`serve`].
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Time a client has to send a request's headers (also the idle time allowed between
+    /// requests on a kept-alive connection).
+    pub header_read: Duration,
+    /// Time a request has, headers to answer (a slow body counts).
+    pub request: Duration,
+    /// Longest life of one connection.
+    pub connection: Duration,
+    /// Connections open at once; more are closed at accept.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read: Duration::from_secs(10),
+            request: Duration::from_secs(30),
+            connection: Duration::from_secs(300),
+            max_connections: 4096,
+        }
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` completes. Every connection is bounded: its
+/// headers must arrive within `header_read` (idle keep-alive connections are closed after it
+/// too), each request must be answered within `request` (else 503 `timeout`), the connection
+/// lives at most `connection`, and at most `max_connections` are open at once. Idle or slow
+/// sockets therefore cost a task each, never a worker, and cannot starve a real client.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
+    limits: Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    let request_limit = limits.request;
+    let router = router.layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| async move {
+            match tokio::time::timeout(request_limit, next.run(req)).await {
+                Ok(r) => r,
+                Err(_) => Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "timeout",
+                    "the request was not completed in time",
+                )
+                .into_response(),
+            }
+        },
+    ));
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, _peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                // Out of descriptors and the like: wait a little rather than spin.
+                Err(e) => {
+                    tracing::warn!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => return Ok(()),
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_read)
+                .keep_alive(true);
+            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(limits.connection, conn).await;
+            drop(slot);
+        });
+    }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::Args;
 use writ::appliance::{Appliance, ApplianceConfig};
 use writ::decision_log::{DecisionLog, LogConfig};
-use writ::http::{appliance_router, serve};
+use writ::http::{Limits, appliance_router, serve};
 use writ::store::Engine;
 use writ_attestation::evidence::EkTrustStore;
 use writ_hsm::{OpenOptions, open_key};
@@ -43,6 +43,10 @@ pub struct Serve {
     /// EK certificates must chain to. Repeatable.
     #[arg(long = "ek-roots")]
     ek_roots: Vec<PathBuf>,
+    /// Seconds a client has to send a request's headers (and the idle time allowed between
+    /// requests on one connection).
+    #[arg(long, default_value_t = 10)]
+    header_read_timeout: u64,
     /// A file holding the admin token (admin operations need `Authorization: Bearer <token>`).
     /// Without it, admin operations are refused.
     #[arg(long)]
@@ -98,7 +102,7 @@ fn admin_token(path: &Path) -> Result<[u8; 32], String> {
     let token = zeroize::Zeroizing::new(
         std::fs::read_to_string(path).map_err(|e| format!("--admin-token-file: {e}"))?,
     );
-    let token = token.trim_end_matches(['\n', '\r']);
+    let token = writ::appliance::normalize_token(&token);
     if token.len() < 16 {
         return Err("--admin-token-file: the token is shorter than 16 characters".into());
     }
@@ -172,7 +176,11 @@ pub fn run(args: Serve) -> Result<(), String> {
                 admin_token_sha256: admin,
             },
         ));
-        serve(listener, appliance_router(app), shutdown)
+        let limits = Limits {
+            header_read: Duration::from_secs(args.header_read_timeout.max(1)),
+            ..Limits::default()
+        };
+        serve(listener, appliance_router(app), limits, shutdown)
             .await
             .map_err(|e| format!("server: {e}"))
     })?;

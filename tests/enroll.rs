@@ -18,7 +18,13 @@ use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 use writ_attestation::log::record::DecisionRecord;
 use writ_hsm::tpm::attester::{Attester, EkKind, KeyBlob};
-use writ_testkit::{SoftHsm, Swtpm};
+use writ_testkit::{Postgres, SoftHsm, Swtpm};
+
+#[derive(Clone, Copy)]
+enum Engine {
+    Sqlite,
+    Postgres,
+}
 
 const TD: &str = "writ.test";
 
@@ -41,6 +47,9 @@ struct Stack {
     key: String,
     server: Option<Server>,
     roots: Vec<PathBuf>,
+    store: String,
+    _pg: Option<Postgres>,
+    extra: Vec<String>,
 }
 
 fn writ_cmd(hsm: &SoftHsm) -> Command {
@@ -52,15 +61,23 @@ fn writ_cmd(hsm: &SoftHsm) -> Command {
 
 impl Stack {
     fn new() -> Stack {
+        Stack::on(Engine::Sqlite, &[])
+    }
+
+    fn on(engine: Engine, extra: &[&str]) -> Stack {
         let tpm = Swtpm::start();
         let roots = vec![
             tpm.ca_dir().join("issuercert.pem"),
             tpm.ca_dir().join("swtpm-localca-rootca-cert.pem"),
         ];
-        Stack::with_roots(tpm, roots)
+        Stack::build(tpm, roots, engine, extra)
     }
 
     fn with_roots(tpm: Swtpm, roots: Vec<PathBuf>) -> Stack {
+        Stack::build(tpm, roots, Engine::Sqlite, &[])
+    }
+
+    fn build(tpm: Swtpm, roots: Vec<PathBuf>, engine: Engine, extra: &[&str]) -> Stack {
         let hsm = SoftHsm::new();
         let dir = tempfile::tempdir().unwrap();
         let key = hsm.key_uri("checkpoint");
@@ -74,6 +91,16 @@ impl Stack {
             String::from_utf8_lossy(&out.stderr)
         );
         writ_testkit::write_secret(&dir.path().join("admin.token"), "admin-token-0123456789");
+        let (store, pg) = match engine {
+            Engine::Sqlite => (
+                format!("sqlite:{}", dir.path().join("writ.db").display()),
+                None,
+            ),
+            Engine::Postgres => {
+                let pg = Postgres::database();
+                (pg.url(), Some(pg))
+            }
+        };
         let mut s = Stack {
             tpm,
             hsm,
@@ -81,6 +108,9 @@ impl Stack {
             key,
             server: None,
             roots,
+            store,
+            _pg: pg,
+            extra: extra.iter().map(|e| e.to_string()).collect(),
         };
         s.start();
         s
@@ -91,7 +121,7 @@ impl Stack {
         cmd.args([
             "serve",
             "--store",
-            &format!("sqlite:{}", self.dir.path().join("writ.db").display()),
+            &self.store,
             "--checkpoint-key",
             &self.key,
             "--origin",
@@ -106,6 +136,7 @@ impl Stack {
         for r in &self.roots {
             cmd.arg("--ek-roots").arg(r);
         }
+        cmd.args(&self.extra);
         let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -321,7 +352,8 @@ fn a_swtpm_runtime_enrolls_with_writ_agent_and_the_log_holds_each_step() {
     assert_eq!(kinds, ["admin", "enroll", "enroll"]);
     assert!(recs.iter().all(|r| r.reasons.is_empty()));
     assert_eq!(recs[2].subject, format!("spiffe://{TD}/runtime/build-1"));
-    assert!(recs[2].digests.contains_key("ek_certificate"));
+    assert!(recs[1].digests.contains_key("ek_certificate"));
+    assert!(recs[2].digests.contains_key("ek_key"));
     // The admin sees it.
     let out = s.admin(&["runtimes"]);
     let list: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -377,8 +409,17 @@ fn a_swtpm_runtime_enrolls_with_writ_agent_and_the_log_holds_each_step() {
 }
 
 #[test]
-fn each_enrollment_refusal_is_answered_and_logged() {
-    let mut s = Stack::new();
+fn each_enrollment_refusal_is_answered_and_logged_on_sqlite() {
+    refusals(Engine::Sqlite);
+}
+
+#[test]
+fn each_enrollment_refusal_is_answered_and_logged_on_postgres() {
+    refusals(Engine::Postgres);
+}
+
+fn refusals(engine: Engine) {
+    let mut s = Stack::on(engine, &[]);
     let rt = Runtime::new(&s.tpm);
     let subject = format!("spiffe://{TD}/runtime/rt");
     let deny = |s: &Stack, code: &str| {
@@ -577,4 +618,158 @@ fn oversize_and_deeply_nested_bodies_are_refused() {
     // The server is still fine.
     let (st, _) = get(&s.url(), "/v1/log/checkpoint");
     assert_eq!(st, 200);
+}
+
+#[test]
+fn a_registered_ek_enrolls_and_concurrent_uses_of_one_authorization_succeed_once() {
+    let s = Stack::new();
+    let rt = Runtime::new(&s.tpm);
+    let cert = s.dir.path().join("ek.der");
+    std::fs::write(&cert, &rt.ek_cert).unwrap();
+    let out = s.admin(&[
+        "register-ek",
+        "--ek-cert",
+        cert.to_str().unwrap(),
+        "--name",
+        "reg",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Registering it twice is refused, and logged as the admin's refusal.
+    let out = s.admin(&[
+        "register-ek",
+        "--ek-cert",
+        cert.to_str().unwrap(),
+        "--name",
+        "reg",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(s.last().2, vec!["ek_registered".to_string()]);
+
+    // One join token, eight concurrent starts: exactly one challenge (before this TPM's EK is
+    // enrolled under any name).
+    let token = s.join_token("racer", "600");
+    let body = Runtime::new(&s.tpm).start_body(Some(&token));
+    let url = s.url();
+    let codes: Vec<u16> = (0..8)
+        .map(|_| {
+            let (url, body) = (url.clone(), body.to_string());
+            std::thread::spawn(move || raw_post(&url, "/v1/enroll", body.as_bytes(), None).0)
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .collect();
+    assert_eq!(codes.iter().filter(|c| **c == 200).count(), 1, "{codes:?}");
+    assert!(codes.iter().all(|c| *c == 200 || *c == 403), "{codes:?}");
+
+    // Two challenges for one new name with two AKs (same TPM): the first answer enrolls, the
+    // second is re-enrollment with other keys, refused at activation and its challenge spent.
+    let other = Runtime::new(&s.tpm);
+    let (st, c1) = s.post("/v1/enroll", &rt.start_body(None), None);
+    assert_eq!(st, 200, "{c1}");
+    let (st, c2) = s.post("/v1/enroll", &other.start_body(None), None);
+    assert_eq!(st, 200, "{c2}");
+    let s1 = rt.activate(&c1);
+    let s2 = other.activate(&c2);
+    let (st, p) = s.post("/v1/enroll/activate", &answer(&c1, &s1), None);
+    assert_eq!(st, 200, "{p}");
+    assert_eq!(p["spiffe_id"], format!("spiffe://{TD}/runtime/reg"));
+    let (st, p) = s.post("/v1/enroll/activate", &answer(&c2, &s2), None);
+    assert_eq!((st, p["code"].as_str()), (409, Some("reenrollment")), "{p}");
+    assert_eq!(s.last().2, vec!["reenrollment".to_string()]);
+    let (st, p) = s.post("/v1/enroll/activate", &answer(&c2, &s2), None);
+    assert_eq!(
+        (st, p["code"].as_str()),
+        (403, Some("challenge_used")),
+        "{p}"
+    );
+}
+
+#[test]
+fn an_ek_certificate_re_encoded_outside_its_signature_is_refused() {
+    let s = Stack::new();
+    let rt = Runtime::new(&s.tpm);
+    // The outer signatureAlgorithm (sha256WithRSAEncryption, NULL parameters) follows the
+    // signed part; give it other parameters of the same length: the signature still verifies
+    // over the unchanged TBS, the certificate's bytes (and hash) differ.
+    let alg = [
+        0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b, 0x05, 0x00,
+    ];
+    let mut der = rt.ek_cert.clone();
+    let at = der
+        .windows(alg.len())
+        .rposition(|w| w == alg)
+        .expect("an RSA-SHA256 signed EK certificate");
+    der[at + alg.len() - 2] = 0x04;
+    let token = s.join_token("rt", "600");
+    let mut b = rt.start_body(Some(&token));
+    b["ek_certificate"] = json!(STANDARD.encode(&der));
+    let (st, p) = s.post("/v1/enroll", &b, None);
+    assert_eq!((st, p["code"].as_str()), (403, Some("malformed")), "{p}");
+    assert_eq!(s.last().2, vec!["malformed".to_string()]);
+}
+
+#[test]
+fn idle_and_slow_connections_do_not_starve_a_real_client() {
+    use std::io::Write;
+    let s = Stack::on(Engine::Sqlite, &["--header-read-timeout", "2"]);
+    let addr = s.url().trim_start_matches("http://").to_string();
+    // 500 sockets that say nothing, and 50 that send half a request line and stop.
+    let mut idle: Vec<std::net::TcpStream> = (0..500)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    for _ in 0..50 {
+        let mut c = std::net::TcpStream::connect(&addr).unwrap();
+        c.write_all(b"POST /v1/enroll HTTP/1.1\r\nHost: x\r\n")
+            .unwrap();
+        idle.push(c);
+    }
+    let token = s.join_token("busy", "600");
+    let started = std::time::Instant::now();
+    let state = s.dir.path().join("agent");
+    let out = s.writ(&[
+        "agent",
+        "enroll",
+        "--server",
+        &s.url(),
+        "--join-token",
+        token.to_str().unwrap(),
+        "--state",
+        state.to_str().unwrap(),
+        "--tcti",
+        &s.tpm.tcti(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    // The header-read bound closes them: each read ends (EOF or reset) within a few seconds.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let closed = idle
+        .iter_mut()
+        .map(|c| {
+            use std::io::Read;
+            c.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+                .unwrap();
+            let mut b = [0u8; 1024];
+            loop {
+                match c.read(&mut b) {
+                    Ok(0) => return true,
+                    Ok(_) => continue, // a 408 answer first, then the close
+                    Err(e) => {
+                        return e.kind() != std::io::ErrorKind::WouldBlock
+                            && e.kind() != std::io::ErrorKind::TimedOut;
+                    }
+                }
+            }
+        })
+        .filter(|closed| *closed)
+        .count();
+    assert_eq!(closed, idle.len());
 }

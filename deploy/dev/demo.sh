@@ -120,8 +120,9 @@ echo "listening on $server (plain HTTP, loopback: TLS is not built yet); log in 
 
 say "Enrollment: an admin issues a one-time join token; the agent proves its AK lives in this TPM"
 token_file="$WRIT_DEV_DIR/join.token"
-(umask 077; "$writ" admin --server "$server" --token-file "$admin_token" \
-  join-token --name dev-runtime --ttl 600 | sed -n 's/.*"token": "\(.*\)".*/\1/p' >"$token_file")
+rm -f "$token_file"
+"$writ" admin --server "$server" --token-file "$admin_token" \
+  join-token --name dev-runtime --ttl 600 --out "$token_file"
 "$writ" agent enroll --server "$server" --join-token "$token_file" --state "$WRIT_DEV_DIR/agent" \
   --tcti "$TPM2TOOLS_TCTI"
 rm -f "$token_file"

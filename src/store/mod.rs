@@ -304,10 +304,13 @@ const MIGRATIONS: &[(u32, &str)] = &[
     (
         2,
         // The appliance's state: enrolled runtimes, enrollment authorizations, pending
-        // enrollment challenges. Secrets are stored only as SHA-256 digests.
+        // enrollment challenges. Secrets are stored only as SHA-256 digests. A runtime's EK is
+        // known by its key (`ek_key`, from the verified certificate); `ek_certificate` is the
+        // certificate's SHA-256, for people.
         "CREATE TABLE runtimes (
         name TEXT PRIMARY KEY,
-        ek_hash TEXT NOT NULL UNIQUE,
+        ek_key TEXT NOT NULL UNIQUE,
+        ek_certificate TEXT NOT NULL,
         ak_name {blob} NOT NULL,
         ak_public {blob} NOT NULL,
         tpm TEXT NOT NULL,
@@ -329,14 +332,16 @@ const MIGRATIONS: &[(u32, &str)] = &[
     CREATE TABLE enrollments (
         id TEXT PRIMARY KEY,
         name TEXT NOT NULL,
-        ek_hash TEXT NOT NULL,
+        ek_key TEXT NOT NULL,
+        ek_certificate TEXT NOT NULL,
         ak_name {blob} NOT NULL,
         ak_public {blob} NOT NULL,
         tpm TEXT NOT NULL,
         secret_hash {blob} NOT NULL,
         expires_at {int} NOT NULL,
         used_at {int}
-    );",
+    );
+    CREATE INDEX enrollments_by_expiry ON enrollments (expires_at);",
     ),
 ];
 

@@ -377,15 +377,23 @@ impl Backend for Sqlite {
 /// `$1`, `$2`, ... (PostgreSQL's parameters, in which the state SQL is written) as SQLite's
 /// numbered `?1`, `?2`, ... (SQLite would take `$1` for a *named* parameter, numbered by first
 /// appearance).
+/// Quoted strings and identifiers are copied unchanged.
 fn numbered(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len());
     let mut chars = sql.chars().peekable();
+    let mut quote: Option<char> = None;
     while let Some(c) = chars.next() {
-        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
-            out.push('?');
-        } else {
-            out.push(c);
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == '\'' || c == '"' => quote = Some(c),
+            None if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) => {
+                out.push('?');
+                continue;
+            }
+            None => {}
         }
+        out.push(c);
     }
     out
 }
@@ -414,4 +422,15 @@ fn stored_checkpoint(
         note,
         signed_at,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn numbered_parameters_outside_quotes_only() {
+        assert_eq!(
+            super::numbered("SELECT $1, '$2', \"a$3\" FROM t WHERE x = $10"),
+            "SELECT ?1, '$2', \"a$3\" FROM t WHERE x = ?10"
+        );
+    }
 }

@@ -45,6 +45,23 @@ pub enum EkPublicKey {
 }
 
 impl EkPublicKey {
+    /// A stable identifier of the key itself (not of any certificate's bytes, which an outsider
+    /// can vary): SHA-256 over `rsa2048:` + modulus hex + `:` + exponent, or `ecc:` + curve + `:`
+    /// + x hex + `:` + y hex, lowercase hex.
+    pub fn key_id(&self) -> String {
+        use sha2::Digest as _;
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        let text = match self {
+            EkPublicKey::Rsa2048 { modulus, exponent } => {
+                format!("rsa2048:{}:{exponent}", hex(modulus))
+            }
+            EkPublicKey::Ecc { curve, x, y } => {
+                format!("ecc:{curve:?}:{}:{}", hex(x), hex(y))
+            }
+        };
+        hex(&sha2::Sha256::digest(text.as_bytes()))
+    }
+
     fn profile(&self) -> (HashAlg, usize) {
         match self {
             EkPublicKey::Rsa2048 { .. }

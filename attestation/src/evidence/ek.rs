@@ -554,6 +554,14 @@ fn verify_signed_by(
     child: &Certificate,
     issuer: &Certificate,
 ) -> Result<(), EvidenceError> {
+    // RFC 5280 4.1.1.2: the outer signatureAlgorithm (outside the signature) must equal the
+    // signed one, parameters included; otherwise the same signed certificate has many
+    // encodings, and anything keyed on its bytes can be dodged.
+    if child.signature_algorithm() != child.tbs_certificate().signature() {
+        return Err(EvidenceError::Malformed(
+            "the certificate's outer signatureAlgorithm differs from the signed one".into(),
+        ));
+    }
     let alg = match child.signature_algorithm().oid.to_string().as_str() {
         "1.2.840.113549.1.1.11" => SigAlg::RsaPkcs1(HashAlg::Sha256),
         "1.2.840.113549.1.1.12" => SigAlg::RsaPkcs1(HashAlg::Sha384),
