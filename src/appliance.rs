@@ -35,6 +35,7 @@ use writ_attestation::tpm::public::Public;
 
 use crate::decision_log::DecisionLog;
 use crate::http::Problem;
+use crate::metrics::Metrics;
 use crate::store::{Op, StoreError, Value};
 
 /// How long a credential challenge can be answered, seconds.
@@ -63,10 +64,11 @@ impl std::fmt::Debug for ApplianceConfig {
     }
 }
 
-/// The appliance: its log (and store) and configuration.
+/// The appliance: its log (and store), configuration and metrics.
 pub struct Appliance {
     log: Arc<DecisionLog>,
     config: ApplianceConfig,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Appliance {
@@ -313,7 +315,53 @@ impl Rec<'_> {
 impl Appliance {
     /// An appliance over `log` (whose store holds the state tables).
     pub fn new(log: Arc<DecisionLog>, config: ApplianceConfig) -> Self {
-        Appliance { log, config }
+        Appliance {
+            log,
+            config,
+            metrics: Arc::new(Metrics::default()),
+        }
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Readiness: each dependency and whether it answers now (custody: the checkpoint key signs
+    /// a probe; store: a query; log: its writer runs and checkpoints are fresh; clock: readable).
+    pub fn readiness(&self) -> Vec<(&'static str, Result<(), String>)> {
+        vec![
+            (
+                "custody",
+                self.log.probe_key().map_err(|e| e.code().to_string()),
+            ),
+            (
+                "store",
+                self.log
+                    .query("SELECT 1", &[])
+                    .map(|_| ())
+                    .map_err(|e| e.code().to_string()),
+            ),
+            ("log", self.log.health().map_err(|e| e.code().to_string())),
+            ("clock", now().map(|_| ()).map_err(|p| p.code().to_string())),
+        ]
+    }
+
+    /// Appends `rec` with `effect`; counts the decision once it is durable.
+    fn logged(&self, rec: &Rec<'_>, effect: Vec<Op>) -> Result<Result<u64, StoreError>, Problem> {
+        let leaf = rec.leaf()?;
+        let r = self.log.append_with(vec![leaf], effect);
+        if r.is_ok() {
+            let kind = serde_json::to_value(rec.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            match rec.reason {
+                Some(code) => self.metrics.decision(&kind, "deny", code),
+                None => self.metrics.decision(&kind, "allow", "ok"),
+            }
+        }
+        Ok(r)
     }
 
     /// The decision log.
@@ -342,11 +390,9 @@ impl Appliance {
     /// could not be logged: nothing is answered about a decision the log does not hold).
     fn deny(&self, rec: Rec<'_>, status: StatusCode, detail: impl Into<String>) -> Problem {
         let code = rec.reason.unwrap_or("denied");
-        match rec
-            .leaf()
-            .and_then(|l| self.log.append(&l).map_err(store_problem))
-        {
-            Ok(_) => Problem::new(status, code, detail),
+        match self.logged(&rec, Vec::new()) {
+            Ok(Ok(_)) => Problem::new(status, code, detail),
+            Ok(Err(e)) => store_problem(e),
             Err(p) => p,
         }
     }
@@ -358,7 +404,7 @@ impl Appliance {
         effect: Vec<Op>,
         conflict_status: StatusCode,
     ) -> Result<u64, Problem> {
-        match self.log.append_with(vec![rec.leaf()?], effect) {
+        match self.logged(&rec, effect)? {
             Ok(i) => Ok(i),
             Err(StoreError::Conflict { code, detail }) => Err(self.deny(
                 Rec {
@@ -627,22 +673,17 @@ impl Appliance {
         };
         if !same(&Sha256::digest(secret.as_slice()), &blob(5)) {
             // Spent, and logged, in one transaction; the answer says nothing more.
-            return Err(
-                match self
-                    .log
-                    .append_with(vec![rec(Some("activation")).leaf()?], vec![take])
-                {
-                    Ok(_) => Problem::new(
-                        StatusCode::FORBIDDEN,
-                        "activation",
-                        "the answer to the credential challenge is wrong; start again",
-                    ),
-                    Err(StoreError::Conflict { code, detail }) => {
-                        self.deny(rec(Some(code)), StatusCode::FORBIDDEN, detail)
-                    }
-                    Err(e) => store_problem(e),
-                },
-            );
+            return Err(match self.logged(&rec(Some("activation")), vec![take])? {
+                Ok(_) => Problem::new(
+                    StatusCode::FORBIDDEN,
+                    "activation",
+                    "the answer to the credential challenge is wrong; start again",
+                ),
+                Err(StoreError::Conflict { code, detail }) => {
+                    self.deny(rec(Some(code)), StatusCode::FORBIDDEN, detail)
+                }
+                Err(e) => store_problem(e),
+            });
         }
         let insert = Op {
             // Insert, or re-enroll the same keys; never another runtime's name or EK.
@@ -670,10 +711,7 @@ impl Appliance {
                 "this name is enrolled with other keys or revoked, or this EK is enrolled under another name",
             )),
         };
-        match self
-            .log
-            .append_with(vec![rec(None).leaf()?], vec![take.clone(), insert])
-        {
+        match self.logged(&rec(None), vec![take.clone(), insert])? {
             Ok(_) => {}
             // Refused: the challenge is spent with the refusal, in one transaction.
             Err(StoreError::Conflict { code, detail }) => {

@@ -53,6 +53,9 @@ use crate::store::{
     Backend, Engine, Hash, LeafRow, NodeRow, Op, StoreError, StoredCheckpoint, Value, connect,
 };
 
+/// What the checkpoint key signs to show it answers (never a checkpoint: no note starts so).
+const PROBE: &[u8] = b"writ custody probe (not a checkpoint)";
+
 /// Largest record accepted (records hold digests, never evidence; a tile entry is at most 65,535
 /// bytes).
 pub const MAX_RECORD: usize = 65_535;
@@ -188,6 +191,10 @@ struct Inner {
     sign_lock: Mutex<()>,
     wake: (Mutex<bool>, Condvar),
     stopping: AtomicBool,
+    /// Set once the writer found the store moved under it: nothing is written until a restart.
+    dead: AtomicBool,
+    /// Checkpoint signatures the key failed to make.
+    signing_failures: std::sync::atomic::AtomicU64,
 }
 
 impl Inner {
@@ -276,6 +283,8 @@ impl DecisionLog {
             sign_lock: Mutex::new(()),
             wake: (Mutex::new(false), Condvar::new()),
             stopping: AtomicBool::new(false),
+            dead: AtomicBool::new(false),
+            signing_failures: std::sync::atomic::AtomicU64::new(0),
         });
         let mut threads = Vec::new();
         let w = Arc::clone(&inner);
@@ -300,6 +309,44 @@ impl DecisionLog {
             t.push(handle);
         }
         Ok(log)
+    }
+
+    /// Whether the log can record decisions now: its writer has not stopped for good and a
+    /// checkpoint was signed (or confirmed) within the bound.
+    pub fn health(&self) -> Result<(), StoreError> {
+        if self.inner.dead.load(Ordering::SeqCst) {
+            return Err(StoreError::Corrupt(
+                "the store moved under the log; restart after investigating".into(),
+            ));
+        }
+        let stale = self
+            .inner
+            .healthy_at
+            .lock()
+            .map(|t| t.elapsed())
+            .unwrap_or(Duration::MAX);
+        if stale > self.inner.config.max_checkpoint_age {
+            return Err(StoreError::CheckpointStale(format!(
+                "no checkpoint for {} s",
+                stale.as_secs()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Has the checkpoint key sign a probe (not a checkpoint): whether the custody device
+    /// answers now.
+    pub fn probe_key(&self) -> Result<(), StoreError> {
+        self.inner
+            .key
+            .sign(PROBE)
+            .map(|_| ())
+            .map_err(|e| StoreError::Signing(e.to_string()))
+    }
+
+    /// Checkpoint signatures the key failed to make since the log opened.
+    pub fn signing_failures(&self) -> u64 {
+        self.inner.signing_failures.load(Ordering::Relaxed)
     }
 
     /// The checkpoint verifier key (`<origin>+<id>+<base64>`) auditors pin.
@@ -885,6 +932,8 @@ fn writer_loop(inner: &Inner, backend: Box<dyn Backend>, mut tree: Tree, rx: Rec
                     tracing::error!(code = e.code(), "decision log: {e}");
                     if matches!(e, StoreError::Corrupt(_)) {
                         dead = Some(e.clone());
+                        inner.dead.store(true, Ordering::SeqCst);
+                        inner.dead.store(true, Ordering::SeqCst);
                     }
                     fail_all(batch, &e);
                     continue;
@@ -918,6 +967,7 @@ fn writer_loop(inner: &Inner, backend: Box<dyn Backend>, mut tree: Tree, rx: Rec
                 tracing::warn!(code = e.code(), "decision log commit failed: {e}");
                 if matches!(e, StoreError::Corrupt(_)) {
                     dead = Some(e.clone());
+                    inner.dead.store(true, Ordering::SeqCst);
                 }
                 fail_all(batch, &e);
             }
@@ -1112,6 +1162,13 @@ fn sign_checkpoint(inner: &Inner) -> Result<StoredCheckpoint, StoreError> {
             )));
         }
         if l.size == size {
+            // Nothing new to sign: the key still has to answer (a probe, not a checkpoint), so
+            // that a custody device that disappeared stops decisions within the bound even
+            // when the log is quiet.
+            inner
+                .key
+                .sign(PROBE)
+                .map_err(|e| StoreError::Signing(e.to_string()))?;
             if let Ok(mut t) = inner.healthy_at.lock() {
                 *t = Instant::now();
             }
@@ -1173,6 +1230,9 @@ fn checkpointer_loop(inner: &Arc<Inner>) {
             return;
         }
         if let Err(e) = sign_checkpoint(inner) {
+            if matches!(e, StoreError::Signing(_)) {
+                inner.signing_failures.fetch_add(1, Ordering::Relaxed);
+            }
             tracing::warn!(code = e.code(), "checkpoint not signed: {e}");
         }
     }

@@ -89,6 +89,10 @@ impl From<StoreError> for Problem {
     }
 }
 
+/// The stable code of a problem answer, for the metrics layer.
+#[derive(Debug, Clone, Copy)]
+pub struct ProblemCode(pub &'static str);
+
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let body = json!({
@@ -98,12 +102,14 @@ impl IntoResponse for Problem {
             "code": self.code,
             "detail": self.detail,
         });
-        (
+        let mut r = (
             self.status,
             [(header::CONTENT_TYPE, "application/problem+json")],
             body.to_string(),
         )
-            .into_response()
+            .into_response();
+        r.extensions_mut().insert(ProblemCode(self.code));
+        r
     }
 }
 
@@ -171,6 +177,30 @@ fn bearer(headers: &axum::http::HeaderMap) -> Option<String> {
         .map(str::to_string)
 }
 
+/// Every route of [`appliance_router`] (method, path template), as documented in
+/// `docs/openapi.json` (a test holds the two together).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/livez"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("GET", "/openapi.json"),
+    ("POST", "/v1/enroll"),
+    ("POST", "/v1/enroll/activate"),
+    ("POST", "/v1/admin/ek-registrations"),
+    ("POST", "/v1/admin/join-tokens"),
+    ("GET", "/v1/admin/runtimes"),
+    ("POST", "/v1/admin/runtimes/{name}/revoke"),
+    ("GET", "/v1/log/checkpoint"),
+    ("GET", "/v1/log/records/{index}"),
+    ("GET", "/v1/log/proof/inclusion"),
+    ("GET", "/v1/log/proof/consistency"),
+    ("GET", "/v1/log/bundle"),
+    ("GET", "/v1/log/tile/{path}"),
+];
+
+/// The OpenAPI document of these routes.
+pub const OPENAPI: &str = include_str!("../docs/openapi.json");
+
 /// The appliance's routes: enrollment and admin, with the decision log's read routes.
 ///
 /// | route | answer |
@@ -182,7 +212,15 @@ fn bearer(headers: &axum::http::HeaderMap) -> Option<String> {
 /// | `GET /v1/admin/runtimes` | every runtime and its state |
 /// | `POST /v1/admin/runtimes/{name}/revoke` | 204 |
 pub fn appliance_router(app: Arc<Appliance>) -> Router {
+    let metrics = Arc::clone(app.metrics());
     Router::new()
+        .route("/livez", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .route(
+            "/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
+        )
         .route("/v1/enroll", post(enroll_start))
         .route("/v1/enroll/activate", post(enroll_activate))
         .route("/v1/admin/ek-registrations", post(admin_register_ek))
@@ -192,6 +230,84 @@ pub fn appliance_router(app: Arc<Appliance>) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(Arc::clone(&app))
         .merge(log_router(Arc::clone(app.log())))
+        .layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let metrics = Arc::clone(&metrics);
+                async move {
+                    let route = req
+                        .extensions()
+                        .get::<axum::extract::MatchedPath>()
+                        .map_or("unmatched", |m| m.as_str())
+                        .to_string();
+                    let started = std::time::Instant::now();
+                    let resp = next.run(req).await;
+                    let code = resp.extensions().get::<ProblemCode>().map_or("ok", |c| c.0);
+                    metrics.request(&route, resp.status().as_u16(), code, started.elapsed());
+                    if resp.status() == StatusCode::SERVICE_UNAVAILABLE {
+                        metrics.error(dependency_of(code), code);
+                    }
+                    resp
+                }
+            },
+        ))
+}
+
+/// Which dependency a 503's code names.
+fn dependency_of(code: &str) -> &'static str {
+    match code {
+        "checkpoint_signing" => "custody",
+        "clock" => "clock",
+        "rng" => "rng",
+        "timeout" => "time",
+        "checkpoint_stale" | "log_corrupt" | "store_stopped" => "log",
+        _ => "store",
+    }
+}
+
+async fn readyz(State(app): State<Arc<Appliance>>) -> Response {
+    let checks = tokio::task::spawn_blocking(move || app.readiness())
+        .await
+        .unwrap_or_default();
+    let ready = !checks.is_empty() && checks.iter().all(|(_, r)| r.is_ok());
+    let body: serde_json::Map<String, serde_json::Value> = checks
+        .into_iter()
+        .map(|(name, r)| {
+            (
+                name.to_string(),
+                match r {
+                    Ok(()) => json!("ok"),
+                    Err(code) => json!(code),
+                },
+            )
+        })
+        .collect();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(json!({"ready": ready, "checks": body}))).into_response()
+}
+
+async fn metrics_text(State(app): State<Arc<Appliance>>) -> Response {
+    let log = app.log();
+    let (size, _) = log.head();
+    let failures = log.signing_failures();
+    let text = app.metrics().render(&[
+        (
+            "writ_log_size",
+            "Records in the decision log.",
+            "gauge",
+            size as f64,
+        ),
+        (
+            "writ_checkpoint_signing_failures_total",
+            "Checkpoint signatures the custody key failed to make.",
+            "counter",
+            failures as f64,
+        ),
+    ]);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 async fn enroll_start(

@@ -5,4 +5,5 @@
 pub mod appliance;
 pub mod decision_log;
 pub mod http;
+pub mod metrics;
 pub mod store;

@@ -33,6 +33,10 @@ pub struct Serve {
     /// Milliseconds between checkpoints while the log grows.
     #[arg(long, default_value_t = 1000)]
     checkpoint_interval_ms: u64,
+    /// Seconds without a signed checkpoint after which decisions are refused (at least twice
+    /// the checkpoint interval).
+    #[arg(long, default_value_t = 30)]
+    max_checkpoint_age: u64,
     /// Permit `soft:` keys (test builds only).
     #[arg(long)]
     allow_software_keys: bool,
@@ -141,6 +145,7 @@ pub fn run(args: Serve) -> Result<(), String> {
     .map_err(|e| format!("--checkpoint-key: {e}"))?;
     let mut config = LogConfig::new(&args.origin);
     config.checkpoint_interval = Duration::from_millis(args.checkpoint_interval_ms.max(10));
+    config.max_checkpoint_age = Duration::from_secs(args.max_checkpoint_age.max(1));
     let log =
         Arc::new(DecisionLog::open(engine, config, key).map_err(|e| format!("{}: {e}", e.code()))?);
     let runtime = tokio::runtime::Builder::new_multi_thread()

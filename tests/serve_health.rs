@@ -1,0 +1,302 @@
+//! `writ serve`'s own health: /openapi.json matches the real routes, /metrics counts requests
+//! and decisions by code, /readyz names the dependency that fails, and a custody device that
+//! disappears (the checkpoint key in a swtpm behind a proxy that goes down) fails closed (503)
+//! and recovers without a restart when it comes back.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::collections::BTreeSet;
+use std::io::BufRead;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use writ_testkit::{Fault, FaultProxy, SoftHsm, Swtpm};
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(key: &str, hsm: Option<&SoftHsm>, dir: &std::path::Path, extra: &[&str]) -> Server {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_writ"));
+    if let Some(h) = hsm {
+        cmd.env("SOFTHSM2_CONF", h.conf());
+    }
+    cmd.env("TSS2_LOG", "all+NONE").args([
+        "serve",
+        "--store",
+        &format!("sqlite:{}", dir.join("writ.db").display()),
+        "--checkpoint-key",
+        key,
+        "--origin",
+        "writ.test/log",
+        "--listen",
+        "127.0.0.1:0",
+        "--trust-domain",
+        "writ.test",
+    ]);
+    cmd.args(extra);
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let url = first
+        .strip_prefix("writ serve: listening on ")
+        .unwrap_or_else(|| panic!("{first}"))
+        .to_string();
+    std::thread::spawn(move || for _ in lines {});
+    Server { child, url }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(20)))
+        .build()
+        .new_agent()
+}
+
+/// (status, content type, body)
+fn call(method: &str, url: &str, body: Option<&str>) -> (u16, String, String) {
+    let mut resp = match method {
+        "GET" => agent().get(url).call().unwrap(),
+        _ => agent()
+            .post(url)
+            .header("Content-Type", "application/json")
+            .send(body.unwrap_or("{}").as_bytes())
+            .unwrap(),
+    };
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    (
+        resp.status().as_u16(),
+        ct,
+        resp.body_mut().read_to_string().unwrap_or_default(),
+    )
+}
+
+fn softhsm_key(hsm: &SoftHsm) -> String {
+    let key = hsm.key_uri("checkpoint");
+    let out = Command::new(env!("CARGO_BIN_EXE_writ"))
+        .env("SOFTHSM2_CONF", hsm.conf())
+        .args(["keys", "generate", "--key", &key, "--purpose", "checkpoint"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    key
+}
+
+#[test]
+fn openapi_matches_the_routes_and_metrics_count_requests_and_decisions() {
+    let hsm = SoftHsm::new();
+    let dir = tempfile::tempdir().unwrap();
+    let s = serve(&softhsm_key(&hsm), Some(&hsm), dir.path(), &[]);
+
+    // The served document is the committed one, and it documents exactly the routes.
+    let (st, _, doc) = call("GET", &format!("{}/openapi.json", s.url), None);
+    assert_eq!(st, 200);
+    assert_eq!(doc, writ::http::OPENAPI);
+    let doc: Value = serde_json::from_str(&doc).unwrap();
+    let documented: BTreeSet<(String, String)> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, ops)| {
+            ops.as_object()
+                .unwrap()
+                .keys()
+                .map(|m| (m.to_uppercase(), path.clone()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let routes: BTreeSet<(String, String)> = writ::http::ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    assert_eq!(documented, routes);
+    // Each route is served: never the router's own 404 (empty, no problem+json) or a 405.
+    for (method, path) in &routes {
+        let concrete = path
+            .replace("{name}", "nobody")
+            .replace("{index}", "0")
+            .replace("{path}", "0/x");
+        let (st, ct, _) = call(method, &format!("{}{concrete}", s.url), None);
+        assert_ne!(st, 405, "{method} {path}");
+        assert!(
+            st != 404 || ct.starts_with("application/problem+json"),
+            "{method} {path}: the router does not know it"
+        );
+    }
+    // An unknown route is the router's 404, so the check above can tell.
+    let (st, ct, _) = call("GET", &format!("{}/v1/nothing", s.url), None);
+    assert_eq!(st, 404);
+    assert!(!ct.starts_with("application/problem+json"));
+
+    // /livez, /readyz.
+    assert_eq!(call("GET", &format!("{}/livez", s.url), None).0, 200);
+    let (st, _, body) = call("GET", &format!("{}/readyz", s.url), None);
+    assert_eq!(st, 200, "{body}");
+    let r: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(r["ready"], true);
+    for dep in ["custody", "store", "log", "clock"] {
+        assert_eq!(r["checks"][dep], "ok", "{dep}");
+    }
+
+    // Metrics: an unidentified refusal counted by code; the exposition parses line by line.
+    let (st, _, _) = call(
+        "POST",
+        &format!("{}/v1/enroll", s.url),
+        Some(
+            &json!({"ek_certificate": "AA==", "ak_public": "AA==", "join_token": "nope"})
+                .to_string(),
+        ),
+    );
+    assert_eq!(st, 401);
+    let (st, ct, text) = call("GET", &format!("{}/metrics", s.url), None);
+    assert_eq!(st, 200);
+    assert!(ct.starts_with("text/plain"));
+    assert!(
+        text.contains(
+            "writ_requests_total{route=\"/v1/enroll\",status=\"401\",code=\"enrollment_unauthorized\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("writ_request_seconds_count{route=\"/v1/enroll\"}"));
+    assert!(text.contains("writ_log_size "));
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (_, v) = line.rsplit_once(' ').unwrap();
+        v.parse::<f64>()
+            .unwrap_or_else(|_| panic!("not a sample: {line}"));
+    }
+    // No identifier ever becomes a label: the revoke of "nobody" is under its template.
+    assert!(!text.contains("nobody"), "{text}");
+    assert!(text.contains("route=\"/v1/admin/runtimes/{name}/revoke\""));
+}
+
+#[test]
+fn a_custody_device_that_disappears_fails_closed_and_recovers_without_a_restart() {
+    let tpm = Swtpm::start();
+    let dir = tempfile::tempdir().unwrap();
+    // The checkpoint key lives in the swtpm; the appliance reaches it through a proxy.
+    let direct = tpm.key_uri(0x8100_0111);
+    let out = Command::new(env!("CARGO_BIN_EXE_writ"))
+        .env("TSS2_LOG", "all+NONE")
+        .args([
+            "keys",
+            "generate",
+            "--key",
+            &direct,
+            "--purpose",
+            "checkpoint",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let proxy = FaultProxy::start(
+        &tpm,
+        Fault {
+            command_code: 0,
+            rc: 0,
+            count: 0,
+        },
+    );
+    let via_proxy = direct.replace(&tpm.tcti(), &proxy.tcti());
+    let token_file = dir.path().join("admin.token");
+    writ_testkit::write_secret(&token_file, "admin-token-0123456789");
+    let s = serve(
+        &via_proxy,
+        None,
+        dir.path(),
+        &[
+            "--checkpoint-interval-ms",
+            "200",
+            "--max-checkpoint-age",
+            "2",
+            "--admin-token-file",
+            token_file.to_str().unwrap(),
+        ],
+    );
+    let ready = || {
+        let (st, _, body) = call("GET", &format!("{}/readyz", s.url), None);
+        (st, serde_json::from_str::<Value>(&body).unwrap())
+    };
+    assert_eq!(ready().0, 200, "{}", ready().1);
+
+    proxy.set_down(true);
+    proxy.cut_connections();
+    let (st, r) = ready();
+    assert_eq!(st, 503, "{r}");
+    assert_ne!(r["checks"]["custody"], "ok", "{r}");
+    assert_eq!(r["checks"]["store"], "ok", "{r}");
+    // Once no checkpoint could be signed for longer than the bound, decisions are refused with
+    // a 503 that names the dependency, before anything is looked at.
+    std::thread::sleep(Duration::from_millis(2600));
+    let (_, r) = ready();
+    assert_eq!(r["checks"]["log"], "checkpoint_stale", "{r}");
+    let issue = || {
+        let mut resp = agent()
+            .post(format!("{}/v1/admin/join-tokens", s.url))
+            .header("Authorization", "Bearer admin-token-0123456789")
+            .header("Content-Type", "application/json")
+            .send(br#"{"name":"x"}"#.as_slice())
+            .unwrap();
+        let st = resp.status().as_u16();
+        let body: Value = serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
+        (st, body)
+    };
+    let (st, body) = issue();
+    assert_eq!(
+        (st, body["code"].as_str()),
+        (503, Some("checkpoint_stale")),
+        "{body}"
+    );
+    let (_, _, metrics) = call("GET", &format!("{}/metrics", s.url), None);
+    let failures: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("writ_checkpoint_signing_failures_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(failures >= 1.0, "{metrics}");
+
+    // The device comes back: ready again, without a restart.
+    proxy.set_down(false);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (st, r) = ready();
+        if st == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not ready again: {r}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (st, body) = issue();
+    assert_eq!(st, 200, "{body}");
+}
