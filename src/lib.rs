@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod appliance;
+pub mod config;
 pub mod decision_log;
 pub mod http;
 pub mod metrics;

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::Args;
 use writ::appliance::{Appliance, ApplianceConfig};
+use writ::config::Config;
 use writ::decision_log::{DecisionLog, LogConfig};
 use writ::http::{Limits, appliance_router, serve};
 use writ::store::Engine;
@@ -18,43 +19,90 @@ use writ_hsm::{OpenOptions, open_key};
 
 #[derive(Debug, Args)]
 pub struct Serve {
+    /// A TOML configuration file (deploy/writ.example.toml documents every key). Settings
+    /// come from the embedded defaults, then this file, then `WRIT_*` variables, then flags.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// The store: `sqlite:PATH` or a PostgreSQL connection string.
     #[arg(long)]
-    store: String,
+    store: Option<String>,
     /// The `checkpoint` key (pkcs11:, tpm: or, in tests, soft: URI).
     #[arg(long)]
-    checkpoint_key: String,
-    /// The log's origin (the first line of its checkpoints).
+    checkpoint_key: Option<String>,
+    /// The log's origin (the first line of its checkpoints); default `<trust domain>/log`.
     #[arg(long)]
-    origin: String,
-    /// Where to listen.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    listen: SocketAddr,
-    /// Milliseconds between checkpoints while the log grows.
-    #[arg(long, default_value_t = 1000)]
-    checkpoint_interval_ms: u64,
-    /// Seconds without a signed checkpoint after which decisions are refused (at least twice
-    /// the checkpoint interval).
-    #[arg(long, default_value_t = 30)]
-    max_checkpoint_age: u64,
+    origin: Option<String>,
+    /// Where to listen (default 127.0.0.1:8787).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Milliseconds between checkpoints while the log grows (default 1000).
+    #[arg(long)]
+    checkpoint_interval_ms: Option<u64>,
+    /// Seconds without a signed checkpoint after which decisions are refused (default 30; at
+    /// least twice the checkpoint interval).
+    #[arg(long)]
+    max_checkpoint_age: Option<u64>,
     /// Permit `soft:` keys (test builds only).
     #[arg(long)]
     allow_software_keys: bool,
-    /// The trust domain of the SPIFFE IDs this appliance gives.
-    #[arg(long, default_value = "writ.local")]
-    trust_domain: String,
+    /// The trust domain of the SPIFFE IDs this appliance gives (default writ.local).
+    #[arg(long)]
+    trust_domain: Option<String>,
     /// TPM manufacturer root and intermediate certificates (PEM files, or folders of them) that
-    /// EK certificates must chain to. Repeatable.
+    /// EK certificates must chain to. Repeatable; replaces the configured list.
     #[arg(long = "ek-roots")]
     ek_roots: Vec<PathBuf>,
     /// Seconds a client has to send a request's headers (and the idle time allowed between
-    /// requests on one connection).
-    #[arg(long, default_value_t = 10)]
-    header_read_timeout: u64,
+    /// requests on one connection; default 10).
+    #[arg(long)]
+    header_read_timeout: Option<u64>,
     /// A file holding the admin token (admin operations need `Authorization: Bearer <token>`).
     /// Without it, admin operations are refused.
     #[arg(long)]
     admin_token_file: Option<PathBuf>,
+}
+
+/// The configuration: defaults, file, environment, flags.
+fn configure(args: &Serve) -> Result<Config, String> {
+    let mut c = match &args.config {
+        Some(p) => Config::from_toml(
+            &std::fs::read_to_string(p).map_err(|e| format!("--config {}: {e}", p.display()))?,
+        )
+        .map_err(|e| format!("--config {}: {e}", p.display()))?,
+        None => Config::default(),
+    };
+    c.apply_env(std::env::vars())?;
+    if let Some(v) = &args.store {
+        c.store = v.clone();
+    }
+    if let Some(v) = &args.checkpoint_key {
+        c.keys.checkpoint = Some(v.clone());
+    }
+    if let Some(v) = &args.origin {
+        c.log.origin = Some(v.clone());
+    }
+    if let Some(v) = args.listen {
+        c.listen = v;
+    }
+    if let Some(v) = args.checkpoint_interval_ms {
+        c.log.checkpoint_interval_ms = v;
+    }
+    if let Some(v) = args.max_checkpoint_age {
+        c.log.max_checkpoint_age_s = v;
+    }
+    if let Some(v) = &args.trust_domain {
+        c.trust_domain = v.clone();
+    }
+    if !args.ek_roots.is_empty() {
+        c.enrollment.ek_roots = args.ek_roots.clone();
+    }
+    if let Some(v) = args.header_read_timeout {
+        c.http.header_read_timeout_s = v;
+    }
+    if let Some(v) = &args.admin_token_file {
+        c.admin.token_file = Some(v.clone());
+    }
+    Ok(c)
 }
 
 /// Reads PEM certificates from files, or from every `.pem`/`.crt`/`.cer` file of folders.
@@ -114,38 +162,37 @@ fn admin_token(path: &Path) -> Result<[u8; 32], String> {
 }
 
 pub fn run(args: Serve) -> Result<(), String> {
-    if !args.listen.ip().is_loopback() {
+    let c = configure(&args)?;
+    if !c.listen.ip().is_loopback() {
         return Err(format!(
-            "--listen {}: TLS is not built yet, and plain HTTP is served on loopback only",
-            args.listen
+            "listen {}: TLS is not built yet, and plain HTTP is served on loopback only",
+            c.listen
         ));
     }
-    if !valid_trust_domain(&args.trust_domain) {
-        return Err("--trust-domain: letters, digits, '-', '.' and '_' only".into());
+    if !valid_trust_domain(&c.trust_domain) {
+        return Err("trust domain: letters, digits, '-', '.' and '_' only".into());
     }
-    let roots = ek_roots(&args.ek_roots)?;
+    let roots = ek_roots(&c.enrollment.ek_roots)?;
     if roots.is_empty() {
-        tracing::warn!("no --ek-roots: every enrollment will be refused (ek_untrusted)");
+        tracing::warn!("no EK roots: every enrollment will be refused (ek_untrusted)");
     }
-    let admin = args
-        .admin_token_file
-        .as_deref()
-        .map(admin_token)
-        .transpose()?;
-    let engine: Engine = args.store.parse().map_err(|e| format!("--store: {e}"))?;
+    let admin = c.admin.token_file.as_deref().map(admin_token).transpose()?;
+    let engine: Engine = c.store.parse().map_err(|e| format!("store: {e}"))?;
+    let key_uri = c.keys.checkpoint.as_deref().ok_or(
+        "no checkpoint key: give --checkpoint-key, keys.checkpoint in the config file, or WRIT_KEYS_CHECKPOINT",
+    )?;
     let key = open_key(
-        &args
-            .checkpoint_key
+        &key_uri
             .parse()
-            .map_err(|e| format!("--checkpoint-key: {e}"))?,
+            .map_err(|e| format!("checkpoint key: {e}"))?,
         &OpenOptions {
             allow_software_keys: args.allow_software_keys,
         },
     )
-    .map_err(|e| format!("--checkpoint-key: {e}"))?;
-    let mut config = LogConfig::new(&args.origin);
-    config.checkpoint_interval = Duration::from_millis(args.checkpoint_interval_ms.max(10));
-    config.max_checkpoint_age = Duration::from_secs(args.max_checkpoint_age.max(1));
+    .map_err(|e| format!("checkpoint key: {e}"))?;
+    let mut config = LogConfig::new(&c.origin());
+    config.checkpoint_interval = Duration::from_millis(c.log.checkpoint_interval_ms.max(10));
+    config.max_checkpoint_age = Duration::from_secs(c.log.max_checkpoint_age_s.max(1));
     let log =
         Arc::new(DecisionLog::open(engine, config, key).map_err(|e| format!("{}: {e}", e.code()))?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -153,9 +200,9 @@ pub fn run(args: Serve) -> Result<(), String> {
         .build()
         .map_err(|e| format!("runtime: {e}"))?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(args.listen)
+        let listener = tokio::net::TcpListener::bind(c.listen)
             .await
-            .map_err(|e| format!("--listen {}: {e}", args.listen))?;
+            .map_err(|e| format!("listen {}: {e}", c.listen))?;
         let addr = listener
             .local_addr()
             .map_err(|e| format!("--listen: {e}"))?;
@@ -176,13 +223,13 @@ pub fn run(args: Serve) -> Result<(), String> {
         let app = Arc::new(Appliance::new(
             Arc::clone(&log),
             ApplianceConfig {
-                trust_domain: args.trust_domain.clone(),
+                trust_domain: c.trust_domain.clone(),
                 ek_roots: roots,
                 admin_token_sha256: admin,
             },
         ));
         let limits = Limits {
-            header_read: Duration::from_secs(args.header_read_timeout.max(1)),
+            header_read: Duration::from_secs(c.http.header_read_timeout_s.max(1)),
             ..Limits::default()
         };
         serve(listener, appliance_router(app), limits, shutdown)

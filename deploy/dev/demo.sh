@@ -103,9 +103,10 @@ admin_token="$WRIT_DEV_DIR/admin.token"
 if [ ! -s "$admin_token" ]; then
   (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$admin_token")
 fi
-"$writ" serve --store "sqlite:$WRIT_DEV_DIR/writ.db" --checkpoint-key "$(pkcs11_uri writ-checkpoint)" \
-  --origin writ.dev/log --listen "127.0.0.1:$port" --trust-domain writ.dev \
-  --ek-roots "$WRIT_DEV_DIR/swtpm/ca" --admin-token-file "$admin_token" >"$serve_log" 2>&1 &
+# deploy/dev/writ.toml, with the paths of this dev stack from the environment.
+WRIT_STORE="sqlite:$WRIT_DEV_DIR/writ.db" WRIT_KEYS_CHECKPOINT="$(pkcs11_uri writ-checkpoint)" \
+  WRIT_ENROLLMENT_EK_ROOTS="$WRIT_DEV_DIR/swtpm/ca" WRIT_ADMIN_TOKEN_FILE="$admin_token" \
+  "$writ" serve --config "$here/writ.toml" --listen "127.0.0.1:$port" >"$serve_log" 2>&1 &
 serve_pid=$!
 trap 'kill "$serve_pid" 2>/dev/null || true; rm -f "$shown"' EXIT
 vkey=""

@@ -1,0 +1,236 @@
+//! `writ serve`'s configuration: embedded defaults, then a TOML file (`--config`), then
+//! environment variables (`WRIT_<SECTION>_<KEY>`, e.g. `WRIT_STORE`, `WRIT_KEYS_CHECKPOINT`,
+//! `WRIT_LOG_ORIGIN`), then command-line flags. Unknown keys in the file, or unknown `WRIT_`
+//! variables of the sections below, are refused rather than ignored. Example files:
+//! `deploy/writ.example.toml` (documented) and `deploy/dev/writ.toml` (the dev stack).
+//!
+//! Secrets are never in the file or the environment: keys are URIs whose PINs and authValues
+//! come from files (docs/keys.md), and the admin token is read from `admin.token_file`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The trust domain of the SPIFFE IDs this appliance gives.
+    pub trust_domain: String,
+    /// Where to listen (plain HTTP on loopback only until TLS is built).
+    pub listen: SocketAddr,
+    /// The store: `sqlite:PATH` or a PostgreSQL connection string.
+    pub store: String,
+    /// Custody keys by purpose.
+    pub keys: Keys,
+    /// The decision log.
+    pub log: Log,
+    /// Enrollment.
+    pub enrollment: Enrollment,
+    /// Admin operations.
+    pub admin: Admin,
+    /// HTTP limits.
+    pub http: Http,
+}
+
+/// Custody keys by purpose (URIs: `pkcs11:`, `tpm:`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Keys {
+    /// The `checkpoint` key: signs the log's checkpoints.
+    pub checkpoint: Option<String>,
+}
+
+/// The decision log.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// The log's origin (first line of its checkpoints); default `<trust_domain>/log`.
+    pub origin: Option<String>,
+    /// Milliseconds between checkpoints while the log grows.
+    pub checkpoint_interval_ms: u64,
+    /// Seconds without a signed checkpoint after which decisions are refused.
+    pub max_checkpoint_age_s: u64,
+}
+
+/// Enrollment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Enrollment {
+    /// TPM manufacturer roots and intermediates (PEM files or folders).
+    pub ek_roots: Vec<PathBuf>,
+}
+
+/// Admin operations.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admin {
+    /// A file (0600) holding the admin token; without it admin operations are refused.
+    pub token_file: Option<PathBuf>,
+}
+
+/// HTTP limits.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http {
+    /// Seconds a client has to send a request's headers (and idle time between requests).
+    pub header_read_timeout_s: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            trust_domain: "writ.local".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8787)),
+            store: "sqlite:/var/lib/writ/writ.db".into(),
+            keys: Keys::default(),
+            log: Log::default(),
+            enrollment: Enrollment::default(),
+            admin: Admin::default(),
+            http: Http::default(),
+        }
+    }
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            origin: None,
+            checkpoint_interval_ms: 1000,
+            max_checkpoint_age_s: 30,
+        }
+    }
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http {
+            header_read_timeout_s: 10,
+        }
+    }
+}
+
+fn bad(what: &str, e: impl std::fmt::Display) -> String {
+    format!("{what}: {e}")
+}
+
+impl Config {
+    /// Parses a TOML file's text over the defaults.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| bad("config", e))
+    }
+
+    /// Applies `WRIT_*` variables from `vars` (the process environment, or a test's). Variables
+    /// of other writ tools (`WRIT_LOG` for log levels, `WRIT_DEV_*`, `WRIT_TEST_*`, ...) are
+    /// not this configuration's and are left alone.
+    pub fn apply_env(
+        &mut self,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(), String> {
+        for (k, v) in vars {
+            let Some(key) = k.strip_prefix("WRIT_") else {
+                continue;
+            };
+            let num = |what: &str| v.parse::<u64>().map_err(|e| bad(what, e));
+            match key {
+                "TRUST_DOMAIN" => self.trust_domain = v.clone(),
+                "LISTEN" => self.listen = v.parse().map_err(|e| bad(&k, e))?,
+                "STORE" => self.store = v.clone(),
+                "KEYS_CHECKPOINT" => self.keys.checkpoint = Some(v.clone()),
+                "LOG_ORIGIN" => self.log.origin = Some(v.clone()),
+                "LOG_CHECKPOINT_INTERVAL_MS" => self.log.checkpoint_interval_ms = num(&k)?,
+                "LOG_MAX_CHECKPOINT_AGE_S" => self.log.max_checkpoint_age_s = num(&k)?,
+                "ENROLLMENT_EK_ROOTS" => {
+                    self.enrollment.ek_roots = v
+                        .split(':')
+                        .filter(|p| !p.is_empty())
+                        .map(PathBuf::from)
+                        .collect();
+                }
+                "ADMIN_TOKEN_FILE" => self.admin.token_file = Some(PathBuf::from(&v)),
+                "HTTP_HEADER_READ_TIMEOUT_S" => self.http.header_read_timeout_s = num(&k)?,
+                other => {
+                    let ours = ["KEYS_", "ENROLLMENT_", "ADMIN_", "HTTP_"]
+                        .iter()
+                        .any(|p| other.starts_with(p))
+                        || (other.starts_with("LOG_") && other != "LOG");
+                    if ours {
+                        return Err(format!("{k}: not a writ serve setting"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The log's origin.
+    pub fn origin(&self) -> String {
+        self.log
+            .origin
+            .clone()
+            .unwrap_or_else(|| format!("{}/log", self.trust_domain))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_then_file_then_environment() {
+        let c = Config::from_toml(
+            r#"
+            trust_domain = "writ.example"
+            store = "sqlite:/tmp/w.db"
+            [keys]
+            checkpoint = "pkcs11:token=t;object=c"
+            [enrollment]
+            ek_roots = ["/etc/writ/roots"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.trust_domain, "writ.example");
+        assert_eq!(c.listen, Config::default().listen);
+        assert_eq!(c.origin(), "writ.example/log");
+        assert_eq!(c.log.checkpoint_interval_ms, 1000);
+        let mut c = c;
+        c.apply_env([
+            ("WRIT_LISTEN".to_string(), "127.0.0.1:9000".to_string()),
+            ("WRIT_LOG_ORIGIN".to_string(), "o/log".to_string()),
+            ("WRIT_LOG".to_string(), "debug".to_string()),
+            ("WRIT_DEV_DIR".to_string(), "/x".to_string()),
+            ("PATH".to_string(), "/bin".to_string()),
+        ])
+        .unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.origin(), "o/log");
+    }
+
+    #[test]
+    fn the_example_files_parse_and_say_the_defaults() {
+        let example = Config::from_toml(include_str!("../deploy/writ.example.toml")).unwrap();
+        // Every value the example shows uncommented is the embedded default.
+        assert_eq!(example, Config::default());
+        let dev = Config::from_toml(include_str!("../deploy/dev/writ.toml")).unwrap();
+        assert_eq!(dev.trust_domain, "writ.dev");
+        assert_eq!(dev.origin(), "writ.dev/log");
+    }
+
+    #[test]
+    fn unknown_keys_and_variables_are_refused() {
+        assert!(Config::from_toml("trust_domian = \"x\"").is_err());
+        assert!(Config::from_toml("[keys]\nissuer_key = \"x\"").is_err());
+        assert!(Config::from_toml("listen = \"not an address\"").is_err());
+        let mut c = Config::default();
+        assert!(
+            c.apply_env([("WRIT_KEYS_CHECKPIONT".to_string(), "x".to_string())])
+                .is_err()
+        );
+        assert!(
+            c.apply_env([("WRIT_LOG_CHECKPOINT_INTERVAL_MS".to_string(), "soon".to_string())])
+                .is_err()
+        );
+    }
+}
