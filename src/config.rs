@@ -229,8 +229,11 @@ mod tests {
                 .is_err()
         );
         assert!(
-            c.apply_env([("WRIT_LOG_CHECKPOINT_INTERVAL_MS".to_string(), "soon".to_string())])
-                .is_err()
+            c.apply_env([(
+                "WRIT_LOG_CHECKPOINT_INTERVAL_MS".to_string(),
+                "soon".to_string()
+            )])
+            .is_err()
         );
     }
 }

@@ -588,7 +588,10 @@ impl DecisionLog {
         let pooled = self.inner.readers.lock().ok().and_then(|mut p| p.pop());
         let mut conn = match pooled {
             Some(c) => c,
-            None => match connect(&self.inner.engine) {
+            None => match connect(&self.inner.engine).and_then(|mut c| {
+                c.read_only()?;
+                Ok(c)
+            }) {
                 Ok(c) => c,
                 Err(e) => {
                     release();

@@ -267,6 +267,9 @@ pub(crate) trait Backend: Send {
     fn latest_checkpoint(&mut self) -> Result<Option<StoredCheckpoint>, StoreError>;
     /// The highest leaf index stored.
     fn max_leaf_index(&mut self) -> Result<Option<u64>, StoreError>;
+    /// Makes this connection refuse writes (reader connections: every change of state goes
+    /// through the writer, with its record).
+    fn read_only(&mut self) -> Result<(), StoreError>;
     /// Runs SQL without parameters or results (savepoints).
     fn batch(&mut self, sql: &str) -> Result<(), StoreError>;
     /// Runs one statement of the state tables; returns the rows it affected.

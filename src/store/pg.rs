@@ -124,6 +124,9 @@ impl Backend for Pg {
         self.client.batch_execute("BEGIN").map_err(err)
     }
 
+    // PostgreSQL answers COMMIT of a transaction aborted by an earlier error with a silent
+    // ROLLBACK. That cannot pass for success here: every statement error of a batch returns
+    // before commit() is called (the writer then rolls back and reconnects).
     fn commit(&mut self) -> Result<(), StoreError> {
         self.client.batch_execute("COMMIT").map_err(err)
     }
@@ -340,6 +343,12 @@ impl Backend for Pg {
             .try_get(0)
             .map_err(err)?;
         i.map(|i| to_u64(i, "leaf index")).transpose()
+    }
+
+    fn read_only(&mut self) -> Result<(), StoreError> {
+        self.client
+            .batch_execute("SET default_transaction_read_only = on")
+            .map_err(err)
     }
 
     fn batch(&mut self, sql: &str) -> Result<(), StoreError> {

@@ -336,6 +336,10 @@ impl Backend for Sqlite {
         i.map(|i| to_u64(i, "leaf index")).transpose()
     }
 
+    fn read_only(&mut self) -> Result<(), StoreError> {
+        self.conn.execute_batch("PRAGMA query_only=ON").map_err(err)
+    }
+
     fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
         self.conn.execute_batch(sql).map_err(err)
     }
