@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-use crate::client::{Client, ClientError};
+use crate::client::{Client, ClientError, Trust};
 
 #[derive(Debug, Args)]
 pub struct Admin {
@@ -15,6 +15,12 @@ pub struct Admin {
     /// A file holding the admin token.
     #[arg(long)]
     token_file: PathBuf,
+    /// `sha256:<hex>` of the appliance's CA certificate, for an https:// appliance.
+    #[arg(long)]
+    fingerprint: Option<String>,
+    /// Where to keep the pinned CA certificate (read if present).
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
     #[command(subcommand)]
     command: AdminCommand,
 }
@@ -95,7 +101,14 @@ fn admin(a: Admin) -> Result<Value, (u8, String)> {
     let token = std::fs::read_to_string(&a.token_file)
         .map_err(|e| err2(format!("--token-file {}: {e}", a.token_file.display())))?;
     let token = zeroize::Zeroizing::new(token.trim().to_string());
-    let client = Client::new(&a.server).map_err(|e| err2(e.to_string()))?;
+    let client = Client::new(
+        &a.server,
+        &Trust {
+            fingerprint: a.fingerprint.clone(),
+            ca_file: a.ca_file.clone(),
+        },
+    )
+    .map_err(|e| err2(e.to_string()))?;
     let call = |method: &str, path: &str, body: Option<Value>| {
         client
             .call(method, path, body.as_ref(), Some(token.as_str()))

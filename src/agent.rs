@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 use writ_hsm::tpm::attester::{Attester, EkKind, KeyBlob};
 
-use crate::client::{Client, ClientError};
+use crate::client::{Client, ClientError, Trust};
 
 #[derive(Debug, Subcommand)]
 pub enum AgentCommand {
@@ -32,9 +32,13 @@ pub struct Common {
 pub struct Enroll {
     #[command(flatten)]
     common: Common,
-    /// The appliance, e.g. http://127.0.0.1:8787 (plain HTTP on loopback until TLS is built).
+    /// The appliance, e.g. https://writ.example:8787 (plain http:// for a loopback appliance).
     #[arg(long)]
     server: String,
+    /// `sha256:<hex>` of the appliance's CA certificate (`writ serve` prints it), pinned on first
+    /// contact; the CA is then kept in the state folder.
+    #[arg(long)]
+    fingerprint: Option<String>,
     /// A file holding a one-time join token (else the EK certificate must have been registered
     /// by an admin).
     #[arg(long)]
@@ -133,7 +137,6 @@ pub fn run(cmd: AgentCommand) -> Result<(), String> {
 }
 
 fn enroll(a: &Enroll) -> Result<(), String> {
-    let client = Client::new(&a.server).map_err(|e| e.to_string())?;
     let token = a
         .join_token
         .as_ref()
@@ -162,6 +165,14 @@ fn enroll(a: &Enroll) -> Result<(), String> {
             ));
         }
     }
+    let client = Client::new(
+        &a.server,
+        &Trust {
+            fingerprint: a.fingerprint.clone(),
+            ca_file: Some(a.common.state.join("ca.pem")),
+        },
+    )
+    .map_err(|e| e.to_string())?;
     step("opening the TPM");
     let tpm = Attester::open(a.tcti.as_deref()).map_err(|e| format!("TPM: {e}"))?;
     step("reading the EK certificate from NV");

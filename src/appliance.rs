@@ -53,6 +53,8 @@ pub struct ApplianceConfig {
     pub ek_roots: EkTrustStore,
     /// SHA-256 of the admin token, if admin operations by token are enabled.
     pub admin_token_sha256: Option<[u8; 32]>,
+    /// The CA certificate (PEM) clients pin, when TLS is on.
+    pub ca_certificate_pem: Option<String>,
 }
 
 impl std::fmt::Debug for ApplianceConfig {
@@ -367,6 +369,11 @@ impl Appliance {
     /// The decision log.
     pub fn log(&self) -> &Arc<DecisionLog> {
         &self.log
+    }
+
+    /// The CA certificate (PEM), when TLS is on.
+    pub fn ca_certificate_pem(&self) -> Option<&str> {
+        self.config.ca_certificate_pem.as_deref()
     }
 
     /// The trust domain.

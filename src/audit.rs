@@ -38,9 +38,15 @@ pub enum AuditCommand {
 
 #[derive(Debug, Args)]
 pub struct LogArgs {
-    /// The log's base URL (e.g. http://127.0.0.1:8080).
+    /// The log's base URL (e.g. https://writ.example:8787, or http:// on loopback).
     #[arg(long)]
     log: String,
+    /// `sha256:<hex>` of the appliance's CA certificate, for an https:// log.
+    #[arg(long)]
+    fingerprint: Option<String>,
+    /// Where the pinned CA certificate is kept (read if present, written on first contact).
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
     /// The checkpoint verifier key, `<origin>+<key id>+<base64>` (writ keys show --log-origin).
     #[arg(long)]
     key: String,
@@ -100,11 +106,33 @@ fn error(e: impl std::fmt::Display) -> Fail {
     Fail::Error(e.to_string())
 }
 
+/// The agent for this run's log (set once by `run`, from `--log`, `--fingerprint`,
+/// `--ca-file`); a plain one for commands that read no log.
+static AGENT: std::sync::OnceLock<ureq::Agent> = std::sync::OnceLock::new();
+
 fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .timeout_global(Some(TIMEOUT))
-        .build()
-        .new_agent()
+    AGENT
+        .get_or_init(|| {
+            ureq::Agent::config_builder()
+                .timeout_global(Some(TIMEOUT))
+                .build()
+                .new_agent()
+        })
+        .clone()
+}
+
+fn trust(log: &LogArgs) -> Result<(), Fail> {
+    let a = crate::client::agent_for(
+        log.log.trim_end_matches('/'),
+        &crate::client::Trust {
+            fingerprint: log.fingerprint.clone(),
+            ca_file: log.ca_file.clone(),
+        },
+        true,
+    )
+    .map_err(|e| Fail::Error(e.to_string()))?;
+    let _ = AGENT.set(a);
+    Ok(())
 }
 
 fn get(url: &str) -> Result<Vec<u8>, Fail> {
@@ -413,8 +441,8 @@ fn bundle(args: BundleArgs) -> Result<Vec<String>, Fail> {
 
 pub fn run(cmd: AuditCommand) -> ExitCode {
     let result = match cmd {
-        AuditCommand::Check(a) => check(a),
-        AuditCommand::Record(a) => record(a),
+        AuditCommand::Check(a) => trust(&a.log).and_then(|()| check(a)),
+        AuditCommand::Record(a) => trust(&a.log).and_then(|()| record(a)),
         AuditCommand::Bundle(a) => bundle(a),
     };
     match result {

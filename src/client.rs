@@ -1,5 +1,13 @@
 //! The CLI's HTTP client for the appliance: JSON in, JSON out, problem+json errors read back
-//! into their stable code. Plain HTTP only until TLS is built (loopback appliances).
+//! into their stable code.
+//!
+//! TLS trust is one pinned CA: `--fingerprint sha256:<hex>` of the appliance's CA certificate
+//! (printed by `writ serve`), as `step ca bootstrap --fingerprint` does. On first contact the
+//! client fetches `/v1/ca.pem` without trusting the connection, accepts it only if its SHA-256
+//! is the pinned fingerprint, keeps it (the agent in its state folder), and from then on trusts
+//! that CA alone, with hostname (or IP) verification and, through webpki, the serverAuth
+//! usage: a certificate the CA gave a runtime or a gateway (clientAuth only) cannot pass for the
+//! appliance. Plain `http://` is for loopback appliances only.
 
 use std::time::Duration;
 
@@ -39,31 +47,148 @@ impl std::fmt::Display for ClientError {
     }
 }
 
-/// The appliance at `base` (e.g. `http://127.0.0.1:8787`).
+/// How the client trusts an `https://` appliance.
+#[derive(Debug, Clone, Default)]
+pub struct Trust {
+    /// `sha256:<hex>` of the CA certificate to pin.
+    pub fingerprint: Option<String>,
+    /// Where the pinned CA certificate is kept (read if present, written after bootstrap).
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+/// The appliance at `base` (e.g. `https://writ.example:8787`, or `http://127.0.0.1:8787`).
 #[derive(Debug, Clone)]
 pub struct Client {
     base: String,
     agent: ureq::Agent,
 }
 
-impl Client {
-    /// A client for the appliance at `base`.
-    pub fn new(base: &str) -> Result<Self, ClientError> {
-        if !base.starts_with("http://") {
-            return Err(ClientError::Transport(format!(
-                "{base}: only http:// is supported until TLS is built (loopback appliances)"
+fn transport(e: impl std::fmt::Display) -> ClientError {
+    ClientError::Transport(e.to_string())
+}
+
+fn sha256_fingerprint(der: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(der)))
+}
+
+fn first_certificate_der(pem: &[u8]) -> Result<Vec<u8>, ClientError> {
+    for item in ureq::tls::parse_pem(pem) {
+        if let Ok(ureq::tls::PemItem::Certificate(c)) = item {
+            return Ok(c.der().to_vec());
+        }
+    }
+    Err(transport("no certificate in the CA PEM"))
+}
+
+fn tls_agent(roots: Option<Vec<u8>>, verify: bool, status_errors: bool) -> ureq::Agent {
+    let mut tls = ureq::tls::TlsConfig::builder()
+        .provider(ureq::tls::TlsProvider::Rustls)
+        .unversioned_rustls_crypto_provider(std::sync::Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .disable_verification(!verify);
+    if let Some(der) = roots {
+        tls = tls.root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(vec![
+            ureq::tls::Certificate::from_der(&der).to_owned(),
+        ])));
+    }
+    ureq::Agent::config_builder()
+        .timeout_global(Some(TIMEOUT))
+        .http_status_as_error(status_errors)
+        .tls_config(tls.build())
+        .build()
+        .new_agent()
+}
+
+fn loopback(base: &str) -> bool {
+    let host = base
+        .trim_start_matches("http://")
+        .split(['/', ':'])
+        .next()
+        .unwrap_or("");
+    host == "localhost" || host == "127.0.0.1" || base.starts_with("http://[::1]")
+}
+
+/// An agent for the appliance at `base` (no trailing slash), trusting it as `trust` says;
+/// `status_errors`: whether HTTP error statuses are errors (else answers to read).
+pub fn agent_for(
+    base: &str,
+    trust: &Trust,
+    status_errors: bool,
+) -> Result<ureq::Agent, ClientError> {
+    if base.starts_with("http://") {
+        if !loopback(base) {
+            return Err(transport(format!(
+                "{base}: plain http is for loopback appliances only; use https:// with --fingerprint"
             )));
         }
-        Ok(Client {
-            base: base.trim_end_matches('/').to_string(),
-            agent: ureq::Agent::config_builder()
-                .timeout_global(Some(TIMEOUT))
-                .http_status_as_error(false)
-                .build()
-                .new_agent(),
-        })
+        return Ok(ureq::Agent::config_builder()
+            .timeout_global(Some(TIMEOUT))
+            .http_status_as_error(status_errors)
+            .build()
+            .new_agent());
     }
+    if !base.starts_with("https://") {
+        return Err(transport(format!("{base}: not an http(s) URL")));
+    }
+    let kept = match &trust.ca_file {
+        Some(p) if p.exists() => Some(
+            std::fs::read(p)
+                .map_err(|e| transport(format!("{}: {e}", p.display())))
+                .and_then(|pem| first_certificate_der(&pem))?,
+        ),
+        _ => None,
+    };
+    let ca = match (kept, &trust.fingerprint) {
+        (Some(der), Some(fp)) if sha256_fingerprint(&der) != fp.to_ascii_lowercase() => {
+            return Err(transport(format!(
+                "the kept CA certificate is {}, not the pinned {fp}",
+                sha256_fingerprint(&der)
+            )));
+        }
+        (Some(der), _) => der,
+        (None, None) => {
+            return Err(transport(
+                "an https appliance needs --fingerprint sha256:<hex> of its CA certificate (writ serve prints it)",
+            ));
+        }
+        (None, Some(fp)) => {
+            // Bootstrap: nothing is trusted on this connection but the fingerprint check.
+            let url = format!("{base}/v1/ca.pem");
+            let mut resp = tls_agent(None, false, true)
+                .get(&url)
+                .call()
+                .map_err(|e| transport(format!("GET {url}: {e}")))?;
+            let pem = resp
+                .body_mut()
+                .with_config()
+                .limit(64 * 1024)
+                .read_to_vec()
+                .map_err(|e| transport(format!("GET {url}: {e}")))?;
+            let der = first_certificate_der(&pem)?;
+            let got = sha256_fingerprint(&der);
+            if got != fp.to_ascii_lowercase() {
+                return Err(transport(format!(
+                    "the appliance's CA certificate is {got}, not the pinned {fp}: refusing to trust it"
+                )));
+            }
+            if let Some(p) = &trust.ca_file {
+                std::fs::write(p, &pem).map_err(|e| transport(format!("{}: {e}", p.display())))?;
+            }
+            der
+        }
+    };
+    Ok(tls_agent(Some(ca), true, status_errors))
+}
 
+impl Client {
+    /// A client for the appliance at `base`, trusting it as `trust` says.
+    pub fn new(base: &str, trust: &Trust) -> Result<Self, ClientError> {
+        let base = base.trim_end_matches('/').to_string();
+        let agent = agent_for(&base, trust, false)?;
+        Ok(Client { base, agent })
+    }
     /// `method path` with an optional JSON body and bearer token; the JSON answer (`null` for
     /// an empty one).
     pub fn call(

@@ -32,6 +32,32 @@ pub struct Config {
     pub admin: Admin,
     /// HTTP limits.
     pub http: Http,
+    /// TLS (on when `keys.ca` is set).
+    pub tls: Tls,
+}
+
+/// TLS: a server certificate signed by the `ca` key, for the appliance's SPIFFE ID and these
+/// names.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tls {
+    /// Where the CA certificate of the `ca` key is kept (made on first start); default
+    /// `<SQLite file>.ca.pem`, required with PostgreSQL.
+    pub ca_certificate: Option<PathBuf>,
+    /// DNS names and IP addresses clients reach the appliance at.
+    pub names: Vec<String>,
+    /// Seconds the server certificate lives (renewed at half).
+    pub certificate_lifetime_s: u64,
+}
+
+impl Default for Tls {
+    fn default() -> Self {
+        Tls {
+            ca_certificate: None,
+            names: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+            certificate_lifetime_s: 86_400,
+        }
+    }
 }
 
 /// Custody keys by purpose (URIs: `pkcs11:`, `tpm:`).
@@ -40,6 +66,8 @@ pub struct Config {
 pub struct Keys {
     /// The `checkpoint` key: signs the log's checkpoints.
     pub checkpoint: Option<String>,
+    /// The `ca` key: signs the appliance's TLS certificates (TLS is on when it is set).
+    pub ca: Option<String>,
 }
 
 /// The decision log.
@@ -89,6 +117,7 @@ impl Default for Config {
             enrollment: Enrollment::default(),
             admin: Admin::default(),
             http: Http::default(),
+            tls: Tls::default(),
         }
     }
 }
@@ -138,6 +167,17 @@ impl Config {
                 "LISTEN" => self.listen = v.parse().map_err(|e| bad(&k, e))?,
                 "STORE" => self.store = v.clone(),
                 "KEYS_CHECKPOINT" => self.keys.checkpoint = Some(v.clone()),
+                "KEYS_CA" => self.keys.ca = Some(v.clone()),
+                "TLS_CA_CERTIFICATE" => self.tls.ca_certificate = Some(PathBuf::from(&v)),
+                "TLS_NAMES" => {
+                    self.tls.names = v
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|n| !n.is_empty())
+                        .map(str::to_string)
+                        .collect();
+                }
+                "TLS_CERTIFICATE_LIFETIME_S" => self.tls.certificate_lifetime_s = num(&k)?,
                 "LOG_ORIGIN" => self.log.origin = Some(v.clone()),
                 "LOG_CHECKPOINT_INTERVAL_MS" => self.log.checkpoint_interval_ms = num(&k)?,
                 "LOG_MAX_CHECKPOINT_AGE_S" => self.log.max_checkpoint_age_s = num(&k)?,
@@ -151,7 +191,7 @@ impl Config {
                 "ADMIN_TOKEN_FILE" => self.admin.token_file = Some(PathBuf::from(&v)),
                 "HTTP_HEADER_READ_TIMEOUT_S" => self.http.header_read_timeout_s = num(&k)?,
                 other => {
-                    let ours = ["KEYS_", "ENROLLMENT_", "ADMIN_", "HTTP_"]
+                    let ours = ["KEYS_", "ENROLLMENT_", "ADMIN_", "HTTP_", "TLS_"]
                         .iter()
                         .any(|p| other.starts_with(p))
                         || (other.starts_with("LOG_") && other != "LOG");

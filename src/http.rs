@@ -184,6 +184,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/readyz"),
     ("GET", "/metrics"),
     ("GET", "/openapi.json"),
+    ("GET", "/v1/ca.pem"),
     ("POST", "/v1/enroll"),
     ("POST", "/v1/enroll/activate"),
     ("POST", "/v1/admin/ek-registrations"),
@@ -221,6 +222,7 @@ pub fn appliance_router(app: Arc<Appliance>) -> Router {
             "/openapi.json",
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
         )
+        .route("/v1/ca.pem", get(ca_pem))
         .route("/v1/enroll", post(enroll_start))
         .route("/v1/enroll/activate", post(enroll_activate))
         .route("/v1/admin/ek-registrations", post(admin_register_ek))
@@ -262,6 +264,21 @@ fn dependency_of(code: &str) -> &'static str {
         "checkpoint_stale" | "log_corrupt" | "store_stopped" => "log",
         _ => "store",
     }
+}
+
+async fn ca_pem(State(app): State<Arc<Appliance>>) -> Result<Response, Problem> {
+    let pem = app.ca_certificate_pem().ok_or_else(|| {
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            "tls_off",
+            "this appliance serves plain HTTP on loopback: it has no CA certificate",
+        )
+    })?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-pem-file")],
+        pem.to_string(),
+    )
+        .into_response())
 }
 
 async fn readyz(State(app): State<Arc<Appliance>>) -> Response {
@@ -625,8 +642,10 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     limits: Limits,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let request_limit = limits.request;
     let router = router.layer(axum::middleware::from_fn(
         move |req: axum::extract::Request, next: axum::middleware::Next| async move {
@@ -661,14 +680,31 @@ pub async fn serve(
             continue;
         };
         let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(limits.header_read)
                 .keep_alive(true);
-            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(limits.connection, conn).await;
+            match acceptor {
+                // The handshake is bounded like the headers: a silent client costs a task only.
+                Some(acceptor) => {
+                    let Ok(Ok(tls)) =
+                        tokio::time::timeout(limits.header_read, acceptor.accept(stream)).await
+                    else {
+                        drop(slot);
+                        return;
+                    };
+                    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(tls), service);
+                    let _ = tokio::time::timeout(limits.connection, conn).await;
+                }
+                None => {
+                    let conn =
+                        builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                    let _ = tokio::time::timeout(limits.connection, conn).await;
+                }
+            }
             drop(slot);
         });
     }

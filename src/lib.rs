@@ -8,3 +8,4 @@ pub mod decision_log;
 pub mod http;
 pub mod metrics;
 pub mod store;
+pub mod tls;

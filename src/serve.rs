@@ -56,6 +56,10 @@ pub struct Serve {
     /// requests on one connection; default 10).
     #[arg(long)]
     header_read_timeout: Option<u64>,
+    /// The `ca` key (pkcs11: or tpm: URI): with it, TLS only, with a server certificate it
+    /// signs; without it, plain HTTP on loopback only.
+    #[arg(long)]
+    ca_key: Option<String>,
     /// A file holding the admin token (admin operations need `Authorization: Bearer <token>`).
     /// Without it, admin operations are refused.
     #[arg(long)]
@@ -77,6 +81,9 @@ fn configure(args: &Serve) -> Result<Config, String> {
     }
     if let Some(v) = &args.checkpoint_key {
         c.keys.checkpoint = Some(v.clone());
+    }
+    if let Some(v) = &args.ca_key {
+        c.keys.ca = Some(v.clone());
     }
     if let Some(v) = &args.origin {
         c.log.origin = Some(v.clone());
@@ -163,9 +170,9 @@ fn admin_token(path: &Path) -> Result<[u8; 32], String> {
 
 pub fn run(args: Serve) -> Result<(), String> {
     let c = configure(&args)?;
-    if !c.listen.ip().is_loopback() {
+    if c.keys.ca.is_none() && !c.listen.ip().is_loopback() {
         return Err(format!(
-            "listen {}: TLS is not built yet, and plain HTTP is served on loopback only",
+            "listen {}: plain HTTP is served on loopback only; configure the ca key (keys.ca, --ca-key) for TLS",
             c.listen
         ));
     }
@@ -190,6 +197,44 @@ pub fn run(args: Serve) -> Result<(), String> {
         },
     )
     .map_err(|e| format!("checkpoint key: {e}"))?;
+    // TLS: the ca key, its CA certificate (made once), a server certificate for the appliance.
+    let tls = match &c.keys.ca {
+        None => None,
+        Some(uri) => {
+            let ca = open_key(
+                &uri.parse().map_err(|e| format!("ca key: {e}"))?,
+                &OpenOptions {
+                    allow_software_keys: args.allow_software_keys,
+                },
+            )
+            .map_err(|e| format!("ca key: {e}"))?;
+            if ca.public_key().spki_der() == key.public_key().spki_der() {
+                return Err(
+                    "the ca key and the checkpoint key are one key: one key, one purpose".into(),
+                );
+            }
+            let path = match (&c.tls.ca_certificate, &engine) {
+                (Some(p), _) => p.clone(),
+                (None, Engine::Sqlite(db)) => {
+                    let mut p = db.clone().into_os_string();
+                    p.push(".ca.pem");
+                    PathBuf::from(p)
+                }
+                (None, Engine::Postgres(_)) => {
+                    return Err("tls.ca_certificate is required with a PostgreSQL store".into());
+                }
+            };
+            let ca_der = writ::tls::ca_certificate(&ca, &c.trust_domain, &path)?;
+            let tls = writ::tls::ApplianceTls::new(
+                ca,
+                ca_der,
+                &c.trust_domain,
+                c.tls.names.clone(),
+                Duration::from_secs(c.tls.certificate_lifetime_s.max(60)),
+            )?;
+            Some(tls)
+        }
+    };
     let mut config = LogConfig::new(&c.origin());
     config.checkpoint_interval = Duration::from_millis(c.log.checkpoint_interval_ms.max(10));
     config.max_checkpoint_age = Duration::from_secs(c.log.max_checkpoint_age_s.max(1));
@@ -206,8 +251,36 @@ pub fn run(args: Serve) -> Result<(), String> {
         let addr = listener
             .local_addr()
             .map_err(|e| format!("--listen: {e}"))?;
-        println!("writ serve: listening on http://{addr}");
-        eprintln!("writ serve: warning: plain HTTP (loopback only); TLS is not built yet");
+        let server_config = match &tls {
+            Some(t) => {
+                println!("writ serve: listening on https://{addr}");
+                println!(
+                    "writ serve: CA fingerprint {}",
+                    writ::tls::fingerprint(t.ca_der())
+                );
+                // Renew the server certificate at half its life; a failure keeps the old one.
+                let renewing = Arc::clone(t);
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(renewing.renew_every()).await;
+                        let t = Arc::clone(&renewing);
+                        match tokio::task::spawn_blocking(move || t.renew()).await {
+                            Ok(Ok(())) => tracing::info!("TLS certificate renewed"),
+                            Ok(Err(e)) => tracing::error!("TLS certificate not renewed: {e}"),
+                            Err(e) => tracing::error!("TLS renewal: {e}"),
+                        }
+                    }
+                });
+                Some(t.server_config()?)
+            }
+            None => {
+                println!("writ serve: listening on http://{addr}");
+                eprintln!(
+                    "writ serve: warning: plain HTTP (loopback only); configure the ca key for TLS"
+                );
+                None
+            }
+        };
         println!("writ serve: checkpoint verifier key {}", log.verifier_key());
         let shutdown = async {
             let mut term =
@@ -226,15 +299,22 @@ pub fn run(args: Serve) -> Result<(), String> {
                 trust_domain: c.trust_domain.clone(),
                 ek_roots: roots,
                 admin_token_sha256: admin,
+                ca_certificate_pem: tls.as_ref().map(|t| pem_of(t.ca_der())),
             },
         ));
         let limits = Limits {
             header_read: Duration::from_secs(c.http.header_read_timeout_s.max(1)),
             ..Limits::default()
         };
-        serve(listener, appliance_router(app), limits, shutdown)
-            .await
-            .map_err(|e| format!("server: {e}"))
+        serve(
+            listener,
+            appliance_router(app),
+            limits,
+            server_config,
+            shutdown,
+        )
+        .await
+        .map_err(|e| format!("server: {e}"))
     })?;
     log.close();
     Ok(())
@@ -245,4 +325,16 @@ fn valid_trust_domain(td: &str) -> bool {
         && td
             .bytes()
             .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_'))
+}
+
+fn pem_of(der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).unwrap_or(""));
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
 }

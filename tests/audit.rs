@@ -43,9 +43,15 @@ fn serve(log: Arc<DecisionLog>) -> Served {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let router = writ::http::log_router(Arc::clone(&log));
     rt.spawn(async move {
-        writ::http::serve(listener, router, writ::http::Limits::default(), async {
-            let _ = rx.await;
-        })
+        writ::http::serve(
+            listener,
+            router,
+            writ::http::Limits::default(),
+            None,
+            async {
+                let _ = rx.await;
+            },
+        )
         .await
         .unwrap();
     });

@@ -8,9 +8,10 @@
 # shows what makes each key safe. It runs again on the
 # same machine without clean-up: existing keys are shown, never overwritten.
 #
-# Then writ serve runs the decision log and enrollment: an admin join token, writ agent enroll
-# against the swtpm, and writ audit over the log. Not built yet (see README): TLS, attestation
-# as a service, issuance, the gateway's exec and proxy.
+# Then writ serve runs over TLS (its certificate signed by the 'ca' key in the HSM) with the
+# decision log and enrollment: an admin join token, writ agent enroll against the swtpm, and
+# writ audit over the log, each client pinning the CA by fingerprint. Not built yet (see
+# README): attestation as a service, issuance, the gateway's exec and proxy.
 # When they land, this script grows into the full chain (issue 17).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -95,43 +96,48 @@ fi
 say "A key in the TPM (persistent handle 0x81000101): generated inside, fixedTPM, fixedParent, with an authValue"
 key issuer "tpm:handle=0x81000101?tcti=$TPM2TOOLS_TCTI&auth-source=file:$WRIT_DEV_TPM_AUTH_FILE"
 
-say "writ serve: the appliance (decision log signed by that key, enrollment, admin operations)"
+say "writ serve: the appliance over TLS (certificate signed by the 'ca' key in the HSM; decision log; enrollment)"
 port="${WRIT_DEV_SERVE_PORT:-8787}"
-server="http://127.0.0.1:$port"
 serve_log="$WRIT_DEV_DIR/serve.log"
 admin_token="$WRIT_DEV_DIR/admin.token"
 if [ ! -s "$admin_token" ]; then
   (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$admin_token")
 fi
-# deploy/dev/writ.toml, with the paths of this dev stack from the environment.
+# deploy/dev/writ.toml, with the paths of this dev stack from the environment. (The old log is
+# removed first: the background start truncates it later than the wait below may read it.)
+rm -f "$serve_log"
 WRIT_STORE="sqlite:$WRIT_DEV_DIR/writ.db" WRIT_KEYS_CHECKPOINT="$(pkcs11_uri writ-checkpoint)" \
+  WRIT_KEYS_CA="$(pkcs11_uri writ-ca)" WRIT_TLS_CA_CERTIFICATE="$WRIT_DEV_DIR/ca.pem" \
   WRIT_ENROLLMENT_EK_ROOTS="$WRIT_DEV_DIR/swtpm/ca" WRIT_ADMIN_TOKEN_FILE="$admin_token" \
   "$writ" serve --config "$here/writ.toml" --listen "127.0.0.1:$port" >"$serve_log" 2>&1 &
 serve_pid=$!
 trap 'kill "$serve_pid" 2>/dev/null || true; rm -f "$shown"' EXIT
 vkey=""
 for _ in $(seq 1 100); do
-  vkey=$(sed -n 's/^writ serve: checkpoint verifier key //p' "$serve_log")
+  vkey=$(sed -n 's/^writ serve: checkpoint verifier key //p' "$serve_log" 2>/dev/null || true)
   [ -n "$vkey" ] && break
   kill -0 "$serve_pid" 2>/dev/null || { cat "$serve_log" >&2; exit 1; }
   sleep 0.1
 done
 [ -n "$vkey" ] || { cat "$serve_log" >&2; echo "writ serve did not start" >&2; exit 1; }
-echo "listening on $server (plain HTTP, loopback: TLS is not built yet); log in $serve_log"
+server=$(sed -n 's/^writ serve: listening on //p' "$serve_log")
+fingerprint=$(sed -n 's/^writ serve: CA fingerprint //p' "$serve_log")
+echo "listening on $server; clients pin the CA certificate $WRIT_DEV_DIR/ca.pem by its fingerprint:"
+echo "  $fingerprint"
+admin=("$writ" admin --server "$server" --token-file "$admin_token" --fingerprint "$fingerprint")
 
 say "Enrollment: an admin issues a one-time join token; the agent proves its AK lives in this TPM"
 token_file="$WRIT_DEV_DIR/join.token"
 rm -f "$token_file"
-"$writ" admin --server "$server" --token-file "$admin_token" \
-  join-token --name dev-runtime --ttl 600 --out "$token_file"
-"$writ" agent enroll --server "$server" --join-token "$token_file" --state "$WRIT_DEV_DIR/agent" \
-  --tcti "$TPM2TOOLS_TCTI"
+"${admin[@]}" join-token --name dev-runtime --ttl 600 --out "$token_file"
+"$writ" agent enroll --server "$server" --fingerprint "$fingerprint" --join-token "$token_file" \
+  --state "$WRIT_DEV_DIR/agent" --tcti "$TPM2TOOLS_TCTI"
 rm -f "$token_file"
-"$writ" admin --server "$server" --token-file "$admin_token" runtimes
+"${admin[@]}" runtimes
 
 say "writ audit: every decision above is in the log, under a checkpoint signed in the HSM"
 sleep 2 # checkpoints are signed every second while the log grows
-"$writ" audit check --log "$server" --key "$vkey" \
+"$writ" audit check --log "$server" --fingerprint "$fingerprint" --key "$vkey" \
   --state "$WRIT_DEV_DIR/audit.checkpoint" --full
 kill "$serve_pid" 2>/dev/null || true
 wait "$serve_pid" 2>/dev/null || true
@@ -148,5 +154,7 @@ the AK's attributes, and the TPM's answer to a credential challenge made for tha
 runtime's identity is in $WRIT_DEV_DIR/agent/identity.json.
 The store (decision log and runtime registry) is $WRIT_DEV_DIR/writ.db; writ audit remembers the last
 checkpoint it verified.
-Not built yet: TLS, attestation as a service, issuance, and the gateway's exec and proxy (see README).
+The appliance's TLS certificate names spiffe://writ.dev/writ/appliance and is signed by the 'ca' key in
+the token; its CA certificate is $WRIT_DEV_DIR/ca.pem.
+Not built yet: attestation as a service, issuance, and the gateway's exec and proxy (see README).
 DONE

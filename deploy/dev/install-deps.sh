@@ -4,9 +4,10 @@
 set -euo pipefail
 # postgresql: the store's tests run against a real server (PostgreSQL 15 on Debian 12); the test
 # harness starts a private cluster (writ_testkit::Postgres). python3-jwt: PyJWT, the independent
-# JWT implementation the interop tests check writs and DPoP proofs against.
+# JWT implementation the interop tests check writs and DPoP proofs against. openssl: the
+# independent X.509 validator of the TLS tests.
 packages=(swtpm swtpm-tools tpm2-tools libtss2-dev softhsm2 opensc pkg-config postgresql postgresql-client
-  python3 python3-jwt python3-cryptography)
+  python3 python3-jwt python3-cryptography openssl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

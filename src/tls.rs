@@ -1,0 +1,311 @@
+//! The appliance's TLS: a CA certificate for the `ca` custody key (made once, kept in a file,
+//! pinned by clients with its SHA-256 fingerprint) and a short-lived server certificate that
+//! carries the appliance's SPIFFE ID (`spiffe://<td>/writ/appliance`) and the DNS names and IP
+//! addresses it is reached at, serverAuth only, for a TLS key generated in memory at start and
+//! renewed at half its life. The server certificate is signed by the `ca` key in custody.
+//!
+//! The CA certificate is self-signed (basicConstraints CA, pathLen 0, keyCertSign): in this
+//! release it certifies only the appliance's own TLS certificates; runtimes' and gateways'
+//! X.509-SVIDs (clientAuth only) come with the certificates issue.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use p256::ecdsa::{DerSignature, SigningKey};
+use p256::pkcs8::EncodePrivateKey;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use sha2::{Digest, Sha256};
+use writ_hsm::CustodyKey;
+use writ_hsm::signer::CustodySigner;
+use x509_cert::Certificate;
+use x509_cert::builder::profile::BuilderProfile;
+use x509_cert::builder::{Builder, CertificateBuilder};
+use x509_cert::der::asn1::{Ia5String, OctetString};
+use x509_cert::der::oid::AssociatedOid;
+use x509_cert::der::{Decode, DecodePem, Encode, EncodePem};
+use x509_cert::ext::Extension;
+use x509_cert::ext::pkix::name::GeneralName;
+use x509_cert::ext::pkix::{
+    BasicConstraints, ExtendedKeyUsage, KeyUsage, KeyUsages, SubjectAltName,
+};
+use x509_cert::name::Name;
+use x509_cert::serial_number::SerialNumber;
+use x509_cert::spki::{SubjectPublicKeyInfo, SubjectPublicKeyInfoRef};
+use x509_cert::time::Validity;
+
+/// serverAuth (RFC 5280 4.2.1.12).
+const SERVER_AUTH: x509_cert::der::asn1::ObjectIdentifier =
+    x509_cert::der::asn1::ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.1");
+
+fn ext<T: AssociatedOid + Encode>(value: &T, critical: bool) -> Result<Extension, String> {
+    Ok(Extension {
+        extn_id: T::OID,
+        critical,
+        extn_value: OctetString::new(value.to_der().map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?,
+    })
+}
+
+/// Issuer, subject and extensions, as given.
+struct Profile {
+    issuer: Name,
+    subject: Name,
+    extensions: Vec<Extension>,
+}
+
+impl BuilderProfile for Profile {
+    fn get_issuer(&self, _subject: &Name) -> Name {
+        self.issuer.clone()
+    }
+    fn get_subject(&self) -> Name {
+        self.subject.clone()
+    }
+    fn build_extensions(
+        &self,
+        _spk: SubjectPublicKeyInfoRef<'_>,
+        _issuer_spk: SubjectPublicKeyInfoRef<'_>,
+        _tbs: &x509_cert::TbsCertificate,
+    ) -> x509_cert::builder::Result<Vec<Extension>> {
+        Ok(self.extensions.clone())
+    }
+}
+
+fn serial() -> Result<SerialNumber, String> {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).map_err(|e| format!("random: {e}"))?;
+    b[0] &= 0x7f; // positive
+    b[0] |= 0x01; // no leading zero byte to strip
+    SerialNumber::new(&b).map_err(|e| e.to_string())
+}
+
+fn ca_name(trust_domain: &str) -> Result<Name, String> {
+    Name::from_str(&format!("CN=writ CA {trust_domain},O=writ")).map_err(|e| e.to_string())
+}
+
+/// `sha256:<hex>` of a certificate's DER: what clients pin with `--fingerprint`.
+pub fn fingerprint(der: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(der)))
+}
+
+/// The CA certificate of the `ca` key: read from `path` (its key must be the `ca` key's), or
+/// made once (self-signed in custody, 10 years) and written there (0644). Returns its DER.
+pub fn ca_certificate(
+    ca: &Arc<dyn CustodyKey>,
+    trust_domain: &str,
+    path: &Path,
+) -> Result<Vec<u8>, String> {
+    let key_spki = ca.public_key().spki_der().to_vec();
+    if path.exists() {
+        let pem = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let cert = Certificate::from_pem(pem.as_bytes())
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let spki = cert
+            .tbs_certificate()
+            .subject_public_key_info()
+            .to_der()
+            .map_err(|e| e.to_string())?;
+        if spki != key_spki {
+            return Err(format!(
+                "{}: this CA certificate is for another key than the configured ca key",
+                path.display()
+            ));
+        }
+        return cert.to_der().map_err(|e| e.to_string());
+    }
+    let name = ca_name(trust_domain)?;
+    let profile = Profile {
+        issuer: name.clone(),
+        subject: name,
+        extensions: vec![
+            ext(
+                &BasicConstraints {
+                    ca: true,
+                    path_len_constraint: Some(0),
+                },
+                true,
+            )?,
+            ext(&KeyUsage(KeyUsages::KeyCertSign | KeyUsages::CRLSign), true)?,
+        ],
+    };
+    let spki = SubjectPublicKeyInfo::from_der(&key_spki).map_err(|e| e.to_string())?;
+    let cert = CertificateBuilder::new(
+        profile,
+        serial()?,
+        Validity::from_now(Duration::from_secs(10 * 365 * 86_400)).map_err(|e| e.to_string())?,
+        spki,
+    )
+    .map_err(|e| e.to_string())?
+    .build::<_, DerSignature>(&CustodySigner::new(Arc::clone(ca)))
+    .map_err(|e| format!("the ca key could not sign the CA certificate: {e}"))?;
+    let pem = cert
+        .to_pem(x509_cert::der::pem::LineEnding::LF)
+        .map_err(|e| e.to_string())?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    std::fs::write(path, pem).map_err(|e| format!("{}: {e}", path.display()))?;
+    cert.to_der().map_err(|e| e.to_string())
+}
+
+/// A fresh TLS key (in memory) and its certificate for the appliance, signed by the `ca` key.
+fn server_key(
+    ca: &Arc<dyn CustodyKey>,
+    ca_der: &[u8],
+    trust_domain: &str,
+    names: &[String],
+    lifetime: Duration,
+) -> Result<CertifiedKey, String> {
+    let key = loop {
+        let mut d = zeroize::Zeroizing::new([0u8; 32]);
+        getrandom::fill(d.as_mut()).map_err(|e| format!("random: {e}"))?;
+        if let Ok(k) = SigningKey::from_slice(d.as_ref()) {
+            break k;
+        }
+    };
+    let ca_cert = Certificate::from_der(ca_der).map_err(|e| e.to_string())?;
+    let mut sans = vec![GeneralName::UniformResourceIdentifier(
+        Ia5String::new(&format!("spiffe://{trust_domain}/writ/appliance"))
+            .map_err(|e| e.to_string())?,
+    )];
+    for n in names {
+        sans.push(match n.parse::<IpAddr>() {
+            Ok(ip) => GeneralName::IpAddress(
+                OctetString::new(match ip {
+                    IpAddr::V4(v) => v.octets().to_vec(),
+                    IpAddr::V6(v) => v.octets().to_vec(),
+                })
+                .map_err(|e| e.to_string())?,
+            ),
+            Err(_) => GeneralName::DnsName(Ia5String::new(n).map_err(|e| format!("{n}: {e}"))?),
+        });
+    }
+    let profile = Profile {
+        issuer: ca_cert.tbs_certificate().subject().clone(),
+        subject: Name::from_str("CN=writ appliance,O=writ").map_err(|e| e.to_string())?,
+        extensions: vec![
+            ext(
+                &BasicConstraints {
+                    ca: false,
+                    path_len_constraint: None,
+                },
+                true,
+            )?,
+            ext(&KeyUsage(KeyUsages::DigitalSignature.into()), true)?,
+            ext(&ExtendedKeyUsage(vec![SERVER_AUTH]), false)?,
+            ext(&SubjectAltName(sans), false)?,
+        ],
+    };
+    let spki = SubjectPublicKeyInfo::from_key(key.verifying_key()).map_err(|e| e.to_string())?;
+    let cert = CertificateBuilder::new(
+        profile,
+        serial()?,
+        Validity::from_now(lifetime).map_err(|e| e.to_string())?,
+        spki,
+    )
+    .map_err(|e| e.to_string())?
+    .build::<_, DerSignature>(&CustodySigner::new(Arc::clone(ca)))
+    .map_err(|e| format!("the ca key could not sign the TLS certificate: {e}"))?;
+    let pkcs8 = key.to_pkcs8_der().map_err(|e| e.to_string())?;
+    let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8.as_bytes().to_vec()));
+    let signing = rustls::crypto::aws_lc_rs::sign::any_ecdsa_type(&private)
+        .map_err(|e| format!("TLS key: {e}"))?;
+    Ok(CertifiedKey::new(
+        vec![
+            CertificateDer::from(cert.to_der().map_err(|e| e.to_string())?),
+            CertificateDer::from(ca_der.to_vec()),
+        ],
+        signing,
+    ))
+}
+
+/// The appliance's TLS: serves the current certificate and renews it.
+pub struct ApplianceTls {
+    ca: Arc<dyn CustodyKey>,
+    ca_der: Vec<u8>,
+    trust_domain: String,
+    names: Vec<String>,
+    lifetime: Duration,
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl std::fmt::Debug for ApplianceTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApplianceTls")
+            .field("ca", &fingerprint(&self.ca_der))
+            .field("names", &self.names)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ApplianceTls {
+    /// Makes the first server certificate.
+    pub fn new(
+        ca: Arc<dyn CustodyKey>,
+        ca_der: Vec<u8>,
+        trust_domain: &str,
+        names: Vec<String>,
+        lifetime: Duration,
+    ) -> Result<Arc<Self>, String> {
+        let first = server_key(&ca, &ca_der, trust_domain, &names, lifetime)?;
+        Ok(Arc::new(ApplianceTls {
+            ca,
+            ca_der,
+            trust_domain: trust_domain.to_string(),
+            names,
+            lifetime,
+            current: RwLock::new(Arc::new(first)),
+        }))
+    }
+
+    /// The CA certificate, DER.
+    pub fn ca_der(&self) -> &[u8] {
+        &self.ca_der
+    }
+
+    /// A new key and certificate in place of the current one (the old one keeps serving if the
+    /// `ca` key cannot sign now).
+    pub fn renew(&self) -> Result<(), String> {
+        let next = server_key(
+            &self.ca,
+            &self.ca_der,
+            &self.trust_domain,
+            &self.names,
+            self.lifetime,
+        )?;
+        let mut cur = self
+            .current
+            .write()
+            .map_err(|_| "lock poisoned".to_string())?;
+        *cur = Arc::new(next);
+        Ok(())
+    }
+
+    /// How often to renew: half the lifetime.
+    pub fn renew_every(&self) -> Duration {
+        self.lifetime / 2
+    }
+
+    /// The rustls server configuration (TLS 1.3 and 1.2, aws-lc-rs, HTTP/1.1).
+    pub fn server_config(self: &Arc<Self>) -> Result<Arc<rustls::ServerConfig>, String> {
+        let mut c = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::clone(self) as Arc<dyn ResolvesServerCert>);
+        c.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(c))
+    }
+}
+
+impl ResolvesServerCert for ApplianceTls {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current.read().ok().map(|c| Arc::clone(&c))
+    }
+}

@@ -1,0 +1,364 @@
+//! TLS end to end: `writ serve` with a `ca` key in SoftHSM2 speaks TLS only, with a server
+//! certificate for the appliance's SPIFFE ID signed in the HSM under a CA certificate made once
+//! and kept; `writ agent enroll` and `writ admin` pin that CA by fingerprint and refuse another;
+//! openssl (an independent validator) accepts the chain for serverAuth; the service refuses to
+//! start on a non-loopback address without TLS, with one key for two purposes, or with a kept
+//! CA certificate of another key.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::io::BufRead;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+
+use serde_json::Value;
+use writ_testkit::{SoftHsm, Swtpm};
+
+struct Server {
+    child: Child,
+    url: String,
+    fingerprint: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn writ(hsm: &SoftHsm, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_writ"))
+        .env("SOFTHSM2_CONF", hsm.conf())
+        .env("TSS2_LOG", "all+NONE")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn key(hsm: &SoftHsm, purpose: &str) -> String {
+    let uri = hsm.key_uri(&format!("writ-{purpose}"));
+    let out = writ(
+        hsm,
+        &["keys", "generate", "--key", &uri, "--purpose", purpose],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    uri
+}
+
+fn serve_args<'a>(dir: &'a Path, checkpoint: &'a str, ca: &'a str, tpm: &'a Swtpm) -> Vec<String> {
+    vec![
+        "serve".into(),
+        "--store".into(),
+        format!("sqlite:{}", dir.join("writ.db").display()),
+        "--checkpoint-key".into(),
+        checkpoint.into(),
+        "--ca-key".into(),
+        ca.into(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--trust-domain".into(),
+        "writ.test".into(),
+        "--ek-roots".into(),
+        tpm.ca_dir().join("issuercert.pem").display().to_string(),
+        "--ek-roots".into(),
+        tpm.ca_dir()
+            .join("swtpm-localca-rootca-cert.pem")
+            .display()
+            .to_string(),
+        "--admin-token-file".into(),
+        dir.join("admin.token").display().to_string(),
+    ]
+}
+
+fn start(hsm: &SoftHsm, args: &[String]) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_writ"))
+        .env("SOFTHSM2_CONF", hsm.conf())
+        .env("TSS2_LOG", "all+NONE")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let url = first
+        .strip_prefix("writ serve: listening on ")
+        .unwrap_or_else(|| panic!("{first}"))
+        .to_string();
+    let second = lines.next().unwrap().unwrap();
+    let fingerprint = second
+        .strip_prefix("writ serve: CA fingerprint ")
+        .unwrap_or_else(|| panic!("{second}"))
+        .to_string();
+    std::thread::spawn(move || for _ in lines {});
+    Server {
+        child,
+        url,
+        fingerprint,
+    }
+}
+
+fn openssl(args: &[&str], stdin: Option<&str>) -> Output {
+    use std::io::Write;
+    let mut c = Command::new("openssl")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl installed");
+    if let Some(s) = stdin {
+        c.stdin.as_mut().unwrap().write_all(s.as_bytes()).unwrap();
+    }
+    drop(c.stdin.take());
+    c.wait_with_output().unwrap()
+}
+
+#[test]
+fn agents_and_admins_pin_the_appliance_ca_and_openssl_validates_its_certificate() {
+    let hsm = SoftHsm::new();
+    let tpm = Swtpm::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    writ_testkit::write_secret(&d.join("admin.token"), "admin-token-0123456789");
+    let (cp, ca) = (key(&hsm, "checkpoint"), key(&hsm, "ca"));
+    let args = serve_args(d, &cp, &ca, &tpm);
+    let s = start(&hsm, &args);
+    assert!(s.url.starts_with("https://127.0.0.1:"), "{}", s.url);
+    assert!(s.fingerprint.starts_with("sha256:"));
+
+    // An admin pins the CA by fingerprint and keeps it.
+    let token_file = d.join("admin.token").to_str().unwrap().to_string();
+    let admin = |extra: &[&str]| {
+        let mut a = vec![
+            "admin",
+            "--server",
+            &s.url,
+            "--token-file",
+            &token_file,
+            "--fingerprint",
+            &s.fingerprint,
+        ];
+        a.extend(extra);
+        writ(&hsm, &a)
+    };
+    let token = d.join("rt.token");
+    let out = admin(&[
+        "join-token",
+        "--name",
+        "rt",
+        "--out",
+        token.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The agent enrolls over TLS, and keeps the CA it pinned.
+    let state = d.join("agent");
+    let enroll = |fp: &str, state: &Path| {
+        writ(
+            &hsm,
+            &[
+                "agent",
+                "enroll",
+                "--server",
+                &s.url,
+                "--fingerprint",
+                fp,
+                "--join-token",
+                token.to_str().unwrap(),
+                "--state",
+                state.to_str().unwrap(),
+                "--tcti",
+                &tpm.tcti(),
+            ],
+        )
+    };
+    let out = enroll(&s.fingerprint, &state);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(id["spiffe_id"], "spiffe://writ.test/runtime/rt");
+    assert!(state.join("ca.pem").exists());
+
+    // Another fingerprint: refused before anything is sent.
+    let other = format!("sha256:{}", "0".repeat(64));
+    let out = enroll(&other, &d.join("agent2"));
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not the pinned"), "{err}");
+    // https without any pin: refused.
+    let out = writ(
+        &hsm,
+        &[
+            "admin",
+            "--server",
+            &s.url,
+            "--token-file",
+            d.join("admin.token").to_str().unwrap(),
+            "runtimes",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--fingerprint"));
+
+    // openssl: the served chain validates for serverAuth under the kept CA certificate, and the
+    // leaf names the appliance's SPIFFE ID.
+    let addr = s.url.trim_start_matches("https://");
+    let shown = openssl(&["s_client", "-connect", addr, "-showcerts"], Some(""));
+    let text = String::from_utf8_lossy(&shown.stdout).to_string();
+    let leaf_start = text
+        .find("-----BEGIN CERTIFICATE-----")
+        .expect("a certificate");
+    let leaf_end = text[leaf_start..]
+        .find("-----END CERTIFICATE-----")
+        .unwrap()
+        + leaf_start
+        + 25;
+    std::fs::write(d.join("leaf.pem"), &text[leaf_start..leaf_end]).unwrap();
+    let ca_file = d.join("writ.db.ca.pem");
+    let v = openssl(
+        &[
+            "verify",
+            "-CAfile",
+            ca_file.to_str().unwrap(),
+            "-purpose",
+            "sslserver",
+            d.join("leaf.pem").to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(
+        v.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&v.stdout),
+        String::from_utf8_lossy(&v.stderr)
+    );
+    let x = openssl(
+        &[
+            "x509",
+            "-noout",
+            "-ext",
+            "subjectAltName,extendedKeyUsage,basicConstraints",
+            "-in",
+            d.join("leaf.pem").to_str().unwrap(),
+        ],
+        None,
+    );
+    let ext = String::from_utf8_lossy(&x.stdout);
+    assert!(
+        ext.contains("URI:spiffe://writ.test/writ/appliance"),
+        "{ext}"
+    );
+    assert!(ext.contains("TLS Web Server Authentication"), "{ext}");
+    assert!(!ext.contains("Client Authentication"), "{ext}");
+    assert!(ext.contains("CA:FALSE"), "{ext}");
+    // The fingerprint printed is the kept CA certificate's.
+    let fp = openssl(
+        &[
+            "x509",
+            "-noout",
+            "-fingerprint",
+            "-sha256",
+            "-in",
+            ca_file.to_str().unwrap(),
+        ],
+        None,
+    );
+    let fp = String::from_utf8_lossy(&fp.stdout)
+        .to_lowercase()
+        .replace(':', "");
+    assert!(
+        fp.contains(s.fingerprint.trim_start_matches("sha256:")),
+        "{fp}"
+    );
+
+    // A restart keeps the CA (same fingerprint); the kept agent CA still works.
+    drop(s);
+    let s2 = start(&hsm, &args);
+    let first_fp = std::fs::read_to_string(state.join("ca.pem")).unwrap();
+    assert!(!first_fp.is_empty());
+    let out = writ(
+        &hsm,
+        &["agent", "status", "--state", state.to_str().unwrap()],
+    );
+    assert!(out.status.success());
+    let out = writ(
+        &hsm,
+        &[
+            "admin",
+            "--server",
+            &s2.url,
+            "--token-file",
+            d.join("admin.token").to_str().unwrap(),
+            "--ca-file",
+            state.join("ca.pem").to_str().unwrap(),
+            "runtimes",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_service_refuses_to_start_without_tls_off_loopback_or_with_shared_or_foreign_keys() {
+    let hsm = SoftHsm::new();
+    let tpm = Swtpm::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    writ_testkit::write_secret(&d.join("admin.token"), "admin-token-0123456789");
+    let cp = key(&hsm, "checkpoint");
+    let ca = key(&hsm, "ca");
+    let run = |args: &[String]| {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        writ(&hsm, &a)
+    };
+    // Plain HTTP on a non-loopback address.
+    let mut args = serve_args(d, &cp, &ca, &tpm);
+    let i = args.iter().position(|a| a == "--ca-key").unwrap();
+    args.drain(i..i + 2);
+    let j = args.iter().position(|a| a == "127.0.0.1:0").unwrap();
+    args[j] = "0.0.0.0:0".into();
+    let out = run(&args);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("loopback only"));
+    // One key for two purposes.
+    let args = serve_args(d, &cp, &cp, &tpm);
+    let out = run(&args);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("one key, one purpose"));
+    // A kept CA certificate of another key.
+    let other = hsm.key_uri("writ-ca2");
+    let out = writ(
+        &hsm,
+        &["keys", "generate", "--key", &other, "--purpose", "ca"],
+    );
+    assert!(out.status.success());
+    let s = start(&hsm, &serve_args(d, &cp, &ca, &tpm));
+    drop(s);
+    let out = run(&serve_args(d, &cp, &other, &tpm));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("another key"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
