@@ -98,13 +98,27 @@ impl Backend for Sqlite {
             .write(true)
             .open(&lock_path)
             .map_err(|e| StoreError::Unavailable(format!("writer lock: {e}")))?;
-        file.try_lock().map_err(|_| {
-            StoreError::Busy(format!(
-                "another writ process writes {} (lock {})",
-                self.path.display(),
-                PathBuf::from(lock_path).display()
-            ))
-        })?;
+        // A lock held a moment longer than its holder (a forked child of this process holds a
+        // copy of the descriptor until it execs) is waited for, briefly; another writer is not.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(StoreError::Busy(format!(
+                        "another writ process writes {} (lock {})",
+                        self.path.display(),
+                        PathBuf::from(lock_path).display()
+                    )));
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(StoreError::Unavailable(format!("writer lock: {e}")));
+                }
+            }
+        }
         self.writer_lock = Some(file);
         Ok(())
     }
