@@ -131,8 +131,9 @@ fn trust(log: &LogArgs) -> Result<(), Fail> {
         true,
     )
     .map_err(|e| Fail::Error(e.to_string()))?;
-    let _ = AGENT.set(a);
-    Ok(())
+    AGENT
+        .set(a)
+        .map_err(|_| Fail::Error("the log's agent was set twice".into()))
 }
 
 fn get(url: &str) -> Result<Vec<u8>, Fail> {

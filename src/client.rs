@@ -5,9 +5,12 @@
 //! (printed by `writ serve`), as `step ca bootstrap --fingerprint` does. On first contact the
 //! client fetches `/v1/ca.pem` without trusting the connection, accepts it only if its SHA-256
 //! is the pinned fingerprint, keeps it (the agent in its state folder), and from then on trusts
-//! that CA alone, with hostname (or IP) verification and, through webpki, the serverAuth
-//! usage: a certificate the CA gave a runtime or a gateway (clientAuth only) cannot pass for the
-//! appliance. Plain `http://` is for loopback appliances only.
+//! that CA alone, with hostname (or IP) verification and the serverAuth usage where the
+//! certificate states one. The appliance's SPIFFE ID in the server certificate is not checked
+//! on this side yet: today the `ca` key certifies only the appliance's own TLS certificates;
+//! this check must exist before it certifies anything else (X.509-SVIDs). Plain `http://` is
+//! for loopback appliances only (an authority with userinfo is refused), never through a proxy;
+//! no redirects are followed.
 
 use std::time::Duration;
 
@@ -96,18 +99,60 @@ fn tls_agent(roots: Option<Vec<u8>>, verify: bool, status_errors: bool) -> ureq:
     ureq::Agent::config_builder()
         .timeout_global(Some(TIMEOUT))
         .http_status_as_error(status_errors)
+        .proxy(None)
+        .max_redirects(0)
+        .https_only(true)
         .tls_config(tls.build())
         .build()
         .new_agent()
 }
 
-fn loopback(base: &str) -> bool {
-    let host = base
-        .trim_start_matches("http://")
-        .split(['/', ':'])
-        .next()
-        .unwrap_or("");
-    host == "localhost" || host == "127.0.0.1" || base.starts_with("http://[::1]")
+/// Whether `base` (an `http://` URL) names this machine: its authority has no userinfo and its
+/// host is `localhost` or a loopback address.
+pub fn loopback(base: &str) -> bool {
+    let Ok(uri) = base.parse::<axum::http::Uri>() else {
+        return false;
+    };
+    let Some(authority) = uri.authority() else {
+        return false;
+    };
+    if authority.as_str().contains('@') {
+        return false;
+    }
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+fn pem_of(der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).unwrap_or(""));
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
+/// Writes the pinned CA certificate (only the verified one) through a temporary file and a
+/// rename.
+fn keep(path: &std::path::Path, der: &[u8]) -> Result<(), ClientError> {
+    let mut r = [0u8; 8];
+    getrandom::fill(&mut r).map_err(|e| transport(format!("random: {e}")))?;
+    let tmp = path.with_extension(format!("{}.tmp", hex::encode(r)));
+    std::fs::write(&tmp, pem_of(der))
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            transport(format!("{}: {e}", path.display()))
+        })
 }
 
 /// An agent for the appliance at `base` (no trailing slash), trusting it as `trust` says;
@@ -174,7 +219,7 @@ pub fn agent_for(
                 )));
             }
             if let Some(p) = &trust.ca_file {
-                std::fs::write(p, &pem).map_err(|e| transport(format!("{}: {e}", p.display())))?;
+                keep(p, &der)?;
             }
             der
         }
@@ -249,5 +294,33 @@ impl Client {
             },
             detail: field("detail"),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn loopback_means_this_machine_and_nothing_else() {
+        for ok in [
+            "http://127.0.0.1:8787",
+            "http://localhost:1",
+            "http://[::1]:8787",
+            "http://127.1.2.3",
+        ] {
+            assert!(super::loopback(ok), "{ok}");
+        }
+        for bad in [
+            "http://localhost:x@evil.com:8787",
+            "http://127.0.0.1:8787@evil.com",
+            "http://[::1]@evil.com",
+            "http://[::1]:1@evil.com",
+            "http://127.0.0.1.evil.com",
+            "http://localhost.evil.com",
+            "http://10.0.0.1",
+            "http://evil.com",
+            "not a url",
+        ] {
+            assert!(!super::loopback(bad), "{bad}");
+        }
     }
 }

@@ -60,6 +60,10 @@ pub struct Serve {
     /// signs; without it, plain HTTP on loopback only.
     #[arg(long)]
     ca_key: Option<String>,
+    /// A DNS name or IP address clients reach the appliance at (in its TLS certificate).
+    /// Repeatable; replaces the configured list (default localhost, 127.0.0.1, ::1).
+    #[arg(long = "tls-name")]
+    tls_names: Vec<String>,
     /// A file holding the admin token (admin operations need `Authorization: Bearer <token>`).
     /// Without it, admin operations are refused.
     #[arg(long)]
@@ -84,6 +88,9 @@ fn configure(args: &Serve) -> Result<Config, String> {
     }
     if let Some(v) = &args.ca_key {
         c.keys.ca = Some(v.clone());
+    }
+    if !args.tls_names.is_empty() {
+        c.tls.names = args.tls_names.clone();
     }
     if let Some(v) = &args.origin {
         c.log.origin = Some(v.clone());
@@ -230,7 +237,7 @@ pub fn run(args: Serve) -> Result<(), String> {
                 ca_der,
                 &c.trust_domain,
                 c.tls.names.clone(),
-                Duration::from_secs(c.tls.certificate_lifetime_s.max(60)),
+                Duration::from_secs(c.tls.certificate_lifetime_s),
             )?;
             Some(tls)
         }
@@ -259,16 +266,29 @@ pub fn run(args: Serve) -> Result<(), String> {
                     writ::tls::fingerprint(t.ca_der())
                 );
                 // Renew the server certificate at half its life; a failure keeps the old one.
+                // After a failure, retry soon (the old certificate serves meanwhile, and clients
+                // refuse it once it expires: closed, not open).
                 let renewing = Arc::clone(t);
                 tokio::spawn(async move {
+                    let mut wait = renewing.renew_every();
                     loop {
-                        tokio::time::sleep(renewing.renew_every()).await;
+                        tokio::time::sleep(wait).await;
                         let t = Arc::clone(&renewing);
-                        match tokio::task::spawn_blocking(move || t.renew()).await {
-                            Ok(Ok(())) => tracing::info!("TLS certificate renewed"),
-                            Ok(Err(e)) => tracing::error!("TLS certificate not renewed: {e}"),
-                            Err(e) => tracing::error!("TLS renewal: {e}"),
-                        }
+                        let retry = (renewing.renew_every() / 5).min(Duration::from_secs(60));
+                        wait = match tokio::task::spawn_blocking(move || t.renew()).await {
+                            Ok(Ok(())) => {
+                                tracing::info!("TLS certificate renewed");
+                                renewing.renew_every()
+                            }
+                            Ok(Err(e)) => {
+                                tracing::error!("TLS certificate not renewed: {e}");
+                                retry
+                            }
+                            Err(e) => {
+                                tracing::error!("TLS renewal: {e}");
+                                retry
+                            }
+                        };
                     }
                 });
                 Some(t.server_config()?)

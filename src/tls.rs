@@ -31,7 +31,8 @@ use x509_cert::der::{Decode, DecodePem, Encode, EncodePem};
 use x509_cert::ext::Extension;
 use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::ext::pkix::{
-    BasicConstraints, ExtendedKeyUsage, KeyUsage, KeyUsages, SubjectAltName,
+    AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, KeyUsages,
+    SubjectAltName, SubjectKeyIdentifier,
 };
 use x509_cert::name::Name;
 use x509_cert::serial_number::SerialNumber;
@@ -75,6 +76,38 @@ impl BuilderProfile for Profile {
     }
 }
 
+/// The shortest and longest server certificate lifetime accepted.
+pub const LIFETIME: std::ops::RangeInclusive<u64> = 60..=30 * 86_400;
+
+/// From 5 minutes ago (clients whose clock is a little behind) for `lifetime`, no later than
+/// `not_after` (the CA's).
+fn validity(
+    lifetime: Duration,
+    not_after: Option<std::time::SystemTime>,
+) -> Result<Validity, String> {
+    let now = std::time::SystemTime::now();
+    let start = now
+        .checked_sub(Duration::from_secs(300))
+        .ok_or("clock before the epoch")?;
+    let mut end = now.checked_add(lifetime).ok_or("lifetime out of range")?;
+    if let Some(limit) = not_after {
+        end = end.min(limit);
+    }
+    Ok(Validity::new(
+        x509_cert::time::Time::try_from(start).map_err(|e| e.to_string())?,
+        x509_cert::time::Time::try_from(end).map_err(|e| e.to_string())?,
+    ))
+}
+
+/// A key identifier: SHA-1 of the subjectPublicKey bits (RFC 5280 4.2.1.2, method 1).
+fn key_id(spki_der: &[u8]) -> Result<OctetString, String> {
+    use sha1::Digest as _;
+    let spki = x509_cert::spki::SubjectPublicKeyInfoOwned::from_der(spki_der)
+        .map_err(|e| e.to_string())?;
+    let bits = spki.subject_public_key.raw_bytes();
+    OctetString::new(sha1::Sha1::digest(bits).to_vec()).map_err(|e| e.to_string())
+}
+
 fn serial() -> Result<SerialNumber, String> {
     let mut b = [0u8; 16];
     getrandom::fill(&mut b).map_err(|e| format!("random: {e}"))?;
@@ -92,15 +125,19 @@ pub fn fingerprint(der: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(der)))
 }
 
-/// The CA certificate of the `ca` key: read from `path` (its key must be the `ca` key's), or
-/// made once (self-signed in custody, 10 years) and written there (0644). Returns its DER.
+/// The CA certificate of the `ca` key: read from `path` (its key must be the `ca` key's and it
+/// must not expire within 30 days), or made once (self-signed in custody, 10 years) and written
+/// there (0644, atomically, never over an existing file). Returns its DER.
 pub fn ca_certificate(
     ca: &Arc<dyn CustodyKey>,
     trust_domain: &str,
     path: &Path,
 ) -> Result<Vec<u8>, String> {
     let key_spki = ca.public_key().spki_der().to_vec();
-    if path.exists() {
+    if path
+        .try_exists()
+        .map_err(|e| format!("{}: {e}", path.display()))?
+    {
         let pem = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let cert = Certificate::from_pem(pem.as_bytes())
             .map_err(|e| format!("{}: {e}", path.display()))?;
@@ -112,6 +149,13 @@ pub fn ca_certificate(
         if spki != key_spki {
             return Err(format!(
                 "{}: this CA certificate is for another key than the configured ca key",
+                path.display()
+            ));
+        }
+        let not_after = cert.tbs_certificate().validity().not_after.to_system_time();
+        if not_after < std::time::SystemTime::now() + Duration::from_secs(30 * 86_400) {
+            return Err(format!(
+                "{}: this CA certificate expires within 30 days (or has): rotate the ca key",
                 path.display()
             ));
         }
@@ -130,13 +174,14 @@ pub fn ca_certificate(
                 true,
             )?,
             ext(&KeyUsage(KeyUsages::KeyCertSign | KeyUsages::CRLSign), true)?,
+            ext(&SubjectKeyIdentifier(key_id(&key_spki)?), false)?,
         ],
     };
     let spki = SubjectPublicKeyInfo::from_der(&key_spki).map_err(|e| e.to_string())?;
     let cert = CertificateBuilder::new(
         profile,
         serial()?,
-        Validity::from_now(Duration::from_secs(10 * 365 * 86_400)).map_err(|e| e.to_string())?,
+        validity(Duration::from_secs(10 * 365 * 86_400), None)?,
         spki,
     )
     .map_err(|e| e.to_string())?
@@ -145,11 +190,35 @@ pub fn ca_certificate(
     let pem = cert
         .to_pem(x509_cert::der::pem::LineEnding::LF)
         .map_err(|e| e.to_string())?;
+    write_new(path, pem.as_bytes())?;
+    cert.to_der().map_err(|e| e.to_string())
+}
+
+/// Writes `bytes` to a new file at `path` (0644): through a temporary file beside it and a
+/// rename that does not replace an existing file, so a crash leaves no half-written file and two
+/// first starts cannot both write one.
+fn write_new(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
-    std::fs::write(path, pem).map_err(|e| format!("{}: {e}", path.display()))?;
-    cert.to_der().map_err(|e| e.to_string())
+    let mut r = [0u8; 8];
+    getrandom::fill(&mut r).map_err(|e| format!("random: {e}"))?;
+    let tmp = path.with_extension(format!("{}.tmp", hex::encode(r)));
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        // hard_link fails if the target exists: the first writer wins, the others refuse.
+        std::fs::hard_link(&tmp, path)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    written.map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// A fresh TLS key (in memory) and its certificate for the appliance, signed by the `ca` key.
@@ -172,6 +241,11 @@ fn server_key(
         Ia5String::new(&format!("spiffe://{trust_domain}/writ/appliance"))
             .map_err(|e| e.to_string())?,
     )];
+    let ca_spki = ca_cert
+        .tbs_certificate()
+        .subject_public_key_info()
+        .to_der()
+        .map_err(|e| e.to_string())?;
     for n in names {
         sans.push(match n.parse::<IpAddr>() {
             Ok(ip) => GeneralName::IpAddress(
@@ -198,20 +272,39 @@ fn server_key(
             ext(&KeyUsage(KeyUsages::DigitalSignature.into()), true)?,
             ext(&ExtendedKeyUsage(vec![SERVER_AUTH]), false)?,
             ext(&SubjectAltName(sans), false)?,
+            ext(
+                &AuthorityKeyIdentifier {
+                    key_identifier: Some(key_id(&ca_spki)?),
+                    authority_cert_issuer: None,
+                    authority_cert_serial_number: None,
+                },
+                false,
+            )?,
         ],
     };
     let spki = SubjectPublicKeyInfo::from_key(key.verifying_key()).map_err(|e| e.to_string())?;
+    let spki_der = spki.to_der().map_err(|e| e.to_string())?;
+    let mut profile = profile;
+    profile
+        .extensions
+        .push(ext(&SubjectKeyIdentifier(key_id(&spki_der)?), false)?);
+    let ca_not_after = ca_cert
+        .tbs_certificate()
+        .validity()
+        .not_after
+        .to_system_time();
     let cert = CertificateBuilder::new(
         profile,
         serial()?,
-        Validity::from_now(lifetime).map_err(|e| e.to_string())?,
+        validity(lifetime, Some(ca_not_after))?,
         spki,
     )
     .map_err(|e| e.to_string())?
     .build::<_, DerSignature>(&CustodySigner::new(Arc::clone(ca)))
     .map_err(|e| format!("the ca key could not sign the TLS certificate: {e}"))?;
     let pkcs8 = key.to_pkcs8_der().map_err(|e| e.to_string())?;
-    let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8.as_bytes().to_vec()));
+    // Borrowed, not copied: the only copy is the zeroizing PKCS#8 document.
+    let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8.as_bytes()));
     let signing = rustls::crypto::aws_lc_rs::sign::any_ecdsa_type(&private)
         .map_err(|e| format!("TLS key: {e}"))?;
     Ok(CertifiedKey::new(
@@ -251,6 +344,24 @@ impl ApplianceTls {
         names: Vec<String>,
         lifetime: Duration,
     ) -> Result<Arc<Self>, String> {
+        if names.is_empty() {
+            return Err("tls.names: at least one DNS name or IP address clients use".into());
+        }
+        for n in &names {
+            rustls::pki_types::ServerName::try_from(n.as_str())
+                .map_err(|_| format!("tls.names: {n:?} is not a DNS name or an IP address"))?;
+            if n.contains('*') {
+                return Err(format!("tls.names: {n:?}: no wildcards"));
+            }
+        }
+        if !LIFETIME.contains(&lifetime.as_secs()) {
+            return Err(format!(
+                "tls.certificate_lifetime_s: {} (from {} to {})",
+                lifetime.as_secs(),
+                LIFETIME.start(),
+                LIFETIME.end()
+            ));
+        }
         let first = server_key(&ca, &ca_der, trust_domain, &names, lifetime)?;
         Ok(Arc::new(ApplianceTls {
             ca,

@@ -198,6 +198,7 @@ fn agents_and_admins_pin_the_appliance_ca_and_openssl_validates_its_certificate(
 
     // Another fingerprint: refused before anything is sent.
     let other = format!("sha256:{}", "0".repeat(64));
+    let token_file = token_file.clone();
     let out = enroll(&other, &d.join("agent2"));
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -235,6 +236,7 @@ fn agents_and_admins_pin_the_appliance_ca_and_openssl_validates_its_certificate(
     let v = openssl(
         &[
             "verify",
+            "-x509_strict",
             "-CAfile",
             ca_file.to_str().unwrap(),
             "-purpose",
@@ -288,34 +290,108 @@ fn agents_and_admins_pin_the_appliance_ca_and_openssl_validates_its_certificate(
         "{fp}"
     );
 
-    // A restart keeps the CA (same fingerprint); the kept agent CA still works.
+    // The kept CA file holds exactly the pinned certificate.
+    let kept = std::fs::read_to_string(state.join("ca.pem")).unwrap();
+    assert_eq!(kept.matches("BEGIN CERTIFICATE").count(), 1);
+    assert_eq!(kept, std::fs::read_to_string(&ca_file).unwrap());
+
+    // A restart keeps the CA: the same fingerprint, and what clients kept still works.
     drop(s);
     let s2 = start(&hsm, &args);
-    let first_fp = std::fs::read_to_string(state.join("ca.pem")).unwrap();
-    assert!(!first_fp.is_empty());
-    let out = writ(
-        &hsm,
-        &["agent", "status", "--state", state.to_str().unwrap()],
-    );
-    assert!(out.status.success());
-    let out = writ(
-        &hsm,
-        &[
-            "admin",
-            "--server",
-            &s2.url,
-            "--token-file",
-            d.join("admin.token").to_str().unwrap(),
-            "--ca-file",
-            state.join("ca.pem").to_str().unwrap(),
-            "runtimes",
-        ],
-    );
+    let first = std::fs::read_to_string(&ca_file).unwrap();
+    assert_eq!(s2.fingerprint, fingerprint_of(&first));
+    let runtimes = |url: &str, ca: &Path, fp: Option<&str>| {
+        let mut a = vec![
+            "admin".to_string(),
+            "--server".into(),
+            url.to_string(),
+            "--token-file".into(),
+            token_file.clone(),
+            "--ca-file".into(),
+            ca.display().to_string(),
+        ];
+        if let Some(fp) = fp {
+            a.extend(["--fingerprint".to_string(), fp.to_string()]);
+        }
+        a.push("runtimes".into());
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        writ(&hsm, &a)
+    };
+    let out = runtimes(&s2.url, &state.join("ca.pem"), None);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // A kept CA that is not the one pinned: refused.
+    let out = runtimes(&s2.url, &state.join("ca.pem"), Some(&other));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not the pinned"));
+    drop(s2);
+
+    // Another appliance (another ca key): the kept CA does not trust it, nor a name its
+    // certificate does not carry.
+    let dir2 = tempfile::tempdir().unwrap();
+    writ_testkit::write_secret(&dir2.path().join("admin.token"), "admin-token-0123456789");
+    let ca2 = {
+        let uri = hsm.key_uri("writ-ca-other");
+        let out = writ(
+            &hsm,
+            &["keys", "generate", "--key", &uri, "--purpose", "ca"],
+        );
+        assert!(out.status.success());
+        uri
+    };
+    let cp2 = {
+        let uri = hsm.key_uri("writ-checkpoint-other");
+        let out = writ(
+            &hsm,
+            &["keys", "generate", "--key", &uri, "--purpose", "checkpoint"],
+        );
+        assert!(out.status.success());
+        uri
+    };
+    let mut args2 = serve_args(dir2.path(), &cp2, &ca2, &tpm);
+    args2.extend(["--tls-name".into(), "127.0.0.1".into()]);
+    let s3 = start(&hsm, &args2);
+    assert_ne!(s3.fingerprint, s2_fp(&first));
+    let out = runtimes(&s3.url, &state.join("ca.pem"), None);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // Its own CA, but by a name not in its certificate.
+    let own = dir2.path().join("writ.db.ca.pem");
+    let by_name = s3.url.replace("127.0.0.1", "localhost");
+    let out = runtimes(&by_name, &own, None);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = runtimes(&s3.url, &own, None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn fingerprint_of(pem: &str) -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap();
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(der)))
+}
+
+fn s2_fp(pem: &str) -> String {
+    fingerprint_of(pem)
 }
 
 #[test]
