@@ -104,6 +104,9 @@ pub struct Admin {
 pub struct Http {
     /// Seconds a client has to send a request's headers (and idle time between requests).
     pub header_read_timeout_s: u64,
+    /// Refusals before anyone is identified that one address may cause per minute; past it,
+    /// 429 until the minute ends.
+    pub unidentified_per_minute: u32,
 }
 
 impl Default for Config {
@@ -136,6 +139,7 @@ impl Default for Http {
     fn default() -> Self {
         Http {
             header_read_timeout_s: 10,
+            unidentified_per_minute: 60,
         }
     }
 }
@@ -190,6 +194,10 @@ impl Config {
                 }
                 "ADMIN_TOKEN_FILE" => self.admin.token_file = Some(PathBuf::from(&v)),
                 "HTTP_HEADER_READ_TIMEOUT_S" => self.http.header_read_timeout_s = num(&k)?,
+                "HTTP_UNIDENTIFIED_PER_MINUTE" => {
+                    self.http.unidentified_per_minute =
+                        u32::try_from(num(&k)?).map_err(|e| bad(&k, e))?;
+                }
                 other => {
                     let ours = ["KEYS_", "ENROLLMENT_", "ADMIN_", "HTTP_", "TLS_"]
                         .iter()

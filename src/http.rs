@@ -213,6 +213,11 @@ pub const OPENAPI: &str = include_str!("../docs/openapi.json");
 /// | `GET /v1/admin/runtimes` | every runtime and its state |
 /// | `POST /v1/admin/runtimes/{name}/revoke` | 204 |
 pub fn appliance_router(app: Arc<Appliance>) -> Router {
+    appliance_router_limited(app, Arc::new(UnidentifiedLimit::new(60)))
+}
+
+/// [`appliance_router`] with its limit of unidentified refusals.
+pub fn appliance_router_limited(app: Arc<Appliance>, limit: Arc<UnidentifiedLimit>) -> Router {
     let metrics = Arc::clone(app.metrics());
     Router::new()
         .route("/livez", get(|| async { "ok\n" }))
@@ -235,15 +240,34 @@ pub fn appliance_router(app: Arc<Appliance>) -> Router {
         .layer(axum::middleware::from_fn(
             move |req: axum::extract::Request, next: axum::middleware::Next| {
                 let metrics = Arc::clone(&metrics);
+                let limit = Arc::clone(&limit);
                 async move {
                     let route = req
                         .extensions()
                         .get::<axum::extract::MatchedPath>()
                         .map_or("unmatched", |m| m.as_str())
                         .to_string();
+                    let peer = req.extensions().get::<Peer>().map(|p| p.0);
                     let started = std::time::Instant::now();
-                    let resp = next.run(req).await;
+                    let limited =
+                        route.starts_with("/v1/") && peer.is_some_and(|ip| limit.blocked(ip));
+                    let resp = if limited {
+                        Problem::new(
+                            StatusCode::TOO_MANY_REQUESTS,
+                            "rate_limited",
+                            "too many unidentified requests from this address; wait a minute",
+                        )
+                        .into_response()
+                    } else {
+                        next.run(req).await
+                    };
                     let code = resp.extensions().get::<ProblemCode>().map_or("ok", |c| c.0);
+                    if let Some(ip) = peer
+                        && !limited
+                        && unidentified(resp.status(), code)
+                    {
+                        limit.count(ip);
+                    }
                     metrics.request(&route, resp.status().as_u16(), code, started.elapsed());
                     if resp.status() == StatusCode::SERVICE_UNAVAILABLE {
                         metrics.error(dependency_of(code), code);
@@ -622,6 +646,73 @@ pub struct Limits {
     pub max_connections: usize,
 }
 
+/// The address a request came from (set by [`serve`] on every connection).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::IpAddr);
+
+/// Refusals before anyone is identified (no or wrong credential, unknown enrollment, malformed
+/// or oversize body) are not logged one by one; they are counted and, per source address,
+/// limited: past `per_minute` in a minute, that address gets `429 rate_limited` on every `/v1`
+/// route until the minute ends.
+#[derive(Debug)]
+pub struct UnidentifiedLimit {
+    per_minute: u32,
+    seen: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (std::time::Instant, u32)>>,
+}
+
+/// Addresses remembered at most (older windows are dropped first).
+const MAX_TRACKED: usize = 100_000;
+
+impl UnidentifiedLimit {
+    /// A limit of `per_minute` unidentified refusals per address.
+    pub fn new(per_minute: u32) -> Self {
+        UnidentifiedLimit {
+            per_minute,
+            seen: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    fn blocked(&self, ip: std::net::IpAddr) -> bool {
+        let Ok(mut m) = self.seen.lock() else {
+            return true;
+        };
+        match m.get(&ip) {
+            Some((start, n)) if start.elapsed() < Duration::from_secs(60) => *n >= self.per_minute,
+            Some(_) => {
+                m.remove(&ip);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn count(&self, ip: std::net::IpAddr) {
+        let Ok(mut m) = self.seen.lock() else {
+            return;
+        };
+        if m.len() >= MAX_TRACKED {
+            m.retain(|_, (start, _)| start.elapsed() < Duration::from_secs(60));
+        }
+        if m.len() >= MAX_TRACKED {
+            return;
+        }
+        let e = m.entry(ip).or_insert((std::time::Instant::now(), 0));
+        if e.0.elapsed() >= Duration::from_secs(60) {
+            *e = (std::time::Instant::now(), 0);
+        }
+        e.1 = e.1.saturating_add(1);
+    }
+}
+
+/// Codes of refusals made before anyone was identified.
+fn unidentified(status: StatusCode, code: &str) -> bool {
+    status == StatusCode::PAYLOAD_TOO_LARGE
+        || matches!(
+            code,
+            "enrollment_unauthorized" | "enrollment_unknown" | "admin_unauthorized" | "malformed"
+        )
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -663,7 +754,7 @@ pub async fn serve(
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(c) => c,
                 // Out of descriptors and the like: wait a little rather than spin.
@@ -679,7 +770,9 @@ pub async fn serve(
             drop(stream);
             continue;
         };
-        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let service = hyper_util::service::TowerToHyperService::new(
+            router.clone().layer(axum::Extension(Peer(peer.ip()))),
+        );
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
             let mut builder = hyper::server::conn::http1::Builder::new();

@@ -12,7 +12,7 @@ use clap::Args;
 use writ::appliance::{Appliance, ApplianceConfig};
 use writ::config::Config;
 use writ::decision_log::{DecisionLog, LogConfig};
-use writ::http::{Limits, appliance_router, serve};
+use writ::http::{Limits, UnidentifiedLimit, appliance_router_limited, serve};
 use writ::store::Engine;
 use writ_attestation::evidence::EkTrustStore;
 use writ_hsm::{OpenOptions, open_key};
@@ -56,6 +56,9 @@ pub struct Serve {
     /// requests on one connection; default 10).
     #[arg(long)]
     header_read_timeout: Option<u64>,
+    /// Unidentified refusals one address may cause per minute before it gets 429 (default 60).
+    #[arg(long)]
+    unidentified_per_minute: Option<u32>,
     /// The `ca` key (pkcs11: or tpm: URI): with it, TLS only, with a server certificate it
     /// signs; without it, plain HTTP on loopback only.
     #[arg(long)]
@@ -112,6 +115,9 @@ fn configure(args: &Serve) -> Result<Config, String> {
     }
     if let Some(v) = args.header_read_timeout {
         c.http.header_read_timeout_s = v;
+    }
+    if let Some(v) = args.unidentified_per_minute {
+        c.http.unidentified_per_minute = v;
     }
     if let Some(v) = &args.admin_token_file {
         c.admin.token_file = Some(v.clone());
@@ -326,15 +332,13 @@ pub fn run(args: Serve) -> Result<(), String> {
             header_read: Duration::from_secs(c.http.header_read_timeout_s.max(1)),
             ..Limits::default()
         };
-        serve(
-            listener,
-            appliance_router(app),
-            limits,
-            server_config,
-            shutdown,
-        )
-        .await
-        .map_err(|e| format!("server: {e}"))
+        let router = appliance_router_limited(
+            app,
+            Arc::new(UnidentifiedLimit::new(c.http.unidentified_per_minute)),
+        );
+        serve(listener, router, limits, server_config, shutdown)
+            .await
+            .map_err(|e| format!("server: {e}"))
     })?;
     log.close();
     Ok(())

@@ -300,3 +300,35 @@ fn a_custody_device_that_disappears_fails_closed_and_recovers_without_a_restart(
     let (st, body) = issue();
     assert_eq!(st, 200, "{body}");
 }
+
+#[test]
+fn unidentified_refusals_are_counted_and_limited_per_address() {
+    let hsm = SoftHsm::new();
+    let dir = tempfile::tempdir().unwrap();
+    let s = serve(
+        &softhsm_key(&hsm),
+        Some(&hsm),
+        dir.path(),
+        &["--unidentified-per-minute", "5"],
+    );
+    let bad =
+        json!({"ek_certificate": "AA==", "ak_public": "AA==", "join_token": "nope"}).to_string();
+    for _ in 0..5 {
+        let (st, _, _) = call("POST", &format!("{}/v1/enroll", s.url), Some(&bad));
+        assert_eq!(st, 401);
+    }
+    // The sixth, and anything else under /v1 from this address, waits out the minute.
+    let (st, _, body) = call("POST", &format!("{}/v1/enroll", s.url), Some(&bad));
+    assert_eq!(st, 429, "{body}");
+    assert!(body.contains("rate_limited"), "{body}");
+    let (st, _, _) = call("GET", &format!("{}/v1/log/checkpoint", s.url), None);
+    assert_eq!(st, 429);
+    // Health and metrics are not limited; the refusals are counted there.
+    assert_eq!(call("GET", &format!("{}/livez", s.url), None).0, 200);
+    let (_, _, text) = call("GET", &format!("{}/metrics", s.url), None);
+    assert!(
+        text.contains("writ_requests_total{route=\"/v1/enroll\",status=\"401\",code=\"enrollment_unauthorized\"} 5"),
+        "{text}"
+    );
+    assert!(text.contains("code=\"rate_limited\""), "{text}");
+}
