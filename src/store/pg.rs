@@ -18,6 +18,9 @@ const SCAN_BATCH: i64 = 10_000;
 
 pub(crate) struct Pg {
     client: Client,
+    /// Prepared statements of the state SQL (a constant set), so that each statement inside
+    /// the writer's transaction is one round trip, not two.
+    statements: std::collections::HashMap<String, postgres::Statement>,
 }
 
 fn err(e: postgres::Error) -> StoreError {
@@ -68,7 +71,24 @@ impl Pg {
                     .into(),
             ));
         }
-        Ok(Pg { client })
+        Ok(Pg {
+            client,
+            statements: std::collections::HashMap::new(),
+        })
+    }
+}
+
+impl Pg {
+    fn prepared(&mut self, sql: &str) -> Result<postgres::Statement, StoreError> {
+        if let Some(st) = self.statements.get(sql) {
+            return Ok(st.clone());
+        }
+        let st = self.client.prepare(sql).map_err(err)?;
+        // The state SQL is a small constant set; a bound keeps a misuse from growing this.
+        if self.statements.len() < 256 {
+            self.statements.insert(sql.to_string(), st.clone());
+        }
+        Ok(st)
     }
 }
 
@@ -356,14 +376,14 @@ impl Backend for Pg {
     }
 
     fn exec(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {
-        let st = self.client.prepare(sql).map_err(err)?;
+        let st = self.prepared(sql)?;
         let bound = bind(params);
         let refs: Vec<&(dyn ToSql + Sync)> = bound.iter().map(|b| b.as_ref()).collect();
         self.client.execute(&st, &refs).map_err(err)
     }
 
     fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Vec<Value>>, StoreError> {
-        let st = self.client.prepare(sql).map_err(err)?;
+        let st = self.prepared(sql)?;
         let bound = bind(params);
         let refs: Vec<&(dyn ToSql + Sync)> = bound.iter().map(|b| b.as_ref()).collect();
         let rows = self.client.query(&st, &refs).map_err(err)?;
