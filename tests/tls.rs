@@ -22,6 +22,7 @@ struct Server {
     child: Child,
     url: String,
     fingerprint: String,
+    verifier_key: String,
 }
 
 impl Drop for Server {
@@ -99,11 +100,17 @@ fn start(hsm: &SoftHsm, args: &[String]) -> Server {
         .strip_prefix("writ serve: CA fingerprint ")
         .unwrap_or_else(|| panic!("{second}"))
         .to_string();
+    let third = lines.next().unwrap().unwrap();
+    let verifier_key = third
+        .strip_prefix("writ serve: checkpoint verifier key ")
+        .unwrap_or_else(|| panic!("{third}"))
+        .to_string();
     std::thread::spawn(move || for _ in lines {});
     Server {
         child,
         url,
         fingerprint,
+        verifier_key,
     }
 }
 
@@ -289,6 +296,37 @@ fn agents_and_admins_pin_the_appliance_ca_and_openssl_validates_its_certificate(
         fp.contains(s.fingerprint.trim_start_matches("sha256:")),
         "{fp}"
     );
+
+    // writ audit reads the log over TLS with the same pin (and refuses another).
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let audit = |fp: &str| {
+        writ(
+            &hsm,
+            &[
+                "audit",
+                "check",
+                "--log",
+                &s.url,
+                "--fingerprint",
+                fp,
+                "--key",
+                &s.verifier_key,
+                "--state",
+                d.join(format!("audit-{}.cp", &fp[7..15])).to_str().unwrap(),
+                "--full",
+            ],
+        )
+    };
+    let out = audit(&s.fingerprint);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("verified"));
+    let out = audit(&other);
+    assert_eq!(out.status.code(), Some(2));
 
     // The kept CA file holds exactly the pinned certificate.
     let kept = std::fs::read_to_string(state.join("ca.pem")).unwrap();
