@@ -183,10 +183,12 @@ fn enroll(a: &Enroll) -> Result<(), String> {
              --create-ek-cert`. See docs/enrollment.md."
         )
     })?;
-    let cert = certs
-        .iter()
-        .find(|c| c.kind == EkKind::Rsa2048)
-        .ok_or("this TPM has no RSA 2048 EK certificate (index 0x01c00002), which writ's AK is created under")?;
+    let cert = certs.iter().find(|c| c.kind == EkKind::Rsa2048).ok_or(
+        "this TPM has no RSA 2048 EK certificate in NV (index 0x01c00002), the EK writ's AK is \
+             created under. Hardware TPMs carry one from their vendor (some only after a firmware \
+             update); for swtpm, provision it with `swtpm_setup --create-ek-cert`. See \
+             docs/enrollment.md.",
+    )?;
     let ek_public = tpm.ek_public().map_err(|e| format!("EK: {e}"))?;
     let ak_path = a.common.state.join("ak.json");
     let ak = match load_ak(&ak_path)? {

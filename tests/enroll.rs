@@ -773,3 +773,43 @@ fn idle_and_slow_connections_do_not_starve_a_real_client() {
         .count();
     assert_eq!(closed, idle.len());
 }
+
+#[test]
+fn a_tpm_without_an_ek_certificate_gets_a_message_that_says_what_to_do() {
+    let s = Stack::new();
+    let dir = tempfile::tempdir().unwrap();
+    let enroll = |state: &str| {
+        let token = s.join_token("bare", "600");
+        s.writ(&[
+            "agent",
+            "enroll",
+            "--server",
+            &s.url(),
+            "--join-token",
+            token.to_str().unwrap(),
+            "--state",
+            s.dir.path().join(state).to_str().unwrap(),
+            "--tcti",
+            &s.tpm.tcti(),
+        ])
+    };
+    // Without the RSA EK certificate (swtpm's platform hierarchy has an empty auth), then
+    // without any.
+    s.tpm
+        .tool(dir.path(), &["tpm2_nvundefine", "-C", "p", "0x1c00002"]);
+    let out = enroll("a");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no RSA 2048 EK certificate"), "{err}");
+    assert!(err.contains("swtpm_setup --create-ek-cert"), "{err}");
+    s.tpm
+        .tool(dir.path(), &["tpm2_nvundefine", "-C", "p", "0x1c00016"]);
+    let out = enroll("b");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no EK certificate in NV"), "{err}");
+    assert!(err.contains("docs/enrollment.md"), "{err}");
+    // Nothing was asked of the appliance: its last records are the admin's token issuances.
+    let last = s.records().pop().unwrap();
+    assert_eq!(serde_json::to_value(last.kind).unwrap(), "admin");
+}
