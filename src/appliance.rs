@@ -42,6 +42,8 @@ use crate::store::{Op, StoreError, Value};
 pub const CHALLENGE_TTL: i64 = 300;
 /// The longest a join token can live, seconds (7 days).
 pub const MAX_JOIN_TOKEN_TTL: i64 = 7 * 86_400;
+/// Unanswered, unexpired challenges one name may have.
+pub const MAX_PENDING: i64 = 8;
 /// Challenges are deleted this long after they expired.
 const CHALLENGE_KEEP: i64 = 86_400;
 
@@ -552,6 +554,32 @@ impl Appliance {
                     "this name is enrolled with other keys or revoked, or this EK is enrolled under another name",
                 ));
             }
+        }
+
+        // Pending challenges per name are bounded: EK certificates are public, so anyone can
+        // start an enrollment for a registered EK; each start is a record and a row.
+        let pending = self.query(
+            "SELECT COUNT(*) FROM enrollments WHERE name = $1 AND used_at IS NULL AND expires_at > $2",
+            &[name.clone().into(), t.into()],
+        )?;
+        let pending = pending
+            .first()
+            .and_then(|r| r.first())
+            .and_then(Value::int)
+            .unwrap_or(i64::MAX);
+        if pending >= MAX_PENDING {
+            return Err(self.deny(
+                Rec {
+                    kind: Kind::Enroll,
+                    subject: &subject,
+                    reason: Some("too_many_challenges"),
+                    digests: &digests,
+                },
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "{pending} challenges for this name are unanswered; answer one or wait for them to expire"
+                ),
+            ));
         }
 
         // The challenge, made in software for the certificate's key and the AK's name.

@@ -813,3 +813,31 @@ fn a_tpm_without_an_ek_certificate_gets_a_message_that_says_what_to_do() {
     let last = s.records().pop().unwrap();
     assert_eq!(serde_json::to_value(last.kind).unwrap(), "admin");
 }
+
+#[test]
+fn unanswered_challenges_per_name_are_bounded() {
+    let s = Stack::new();
+    let rt = Runtime::new(&s.tpm);
+    let cert = s.dir.path().join("ek.der");
+    std::fs::write(&cert, &rt.ek_cert).unwrap();
+    let out = s.admin(&[
+        "register-ek",
+        "--ek-cert",
+        cert.to_str().unwrap(),
+        "--name",
+        "pub",
+    ]);
+    assert!(out.status.success());
+    // EK certificates are public: anyone may start, but only so many challenges wait.
+    for _ in 0..writ::appliance::MAX_PENDING {
+        let (st, p) = s.post("/v1/enroll", &rt.start_body(None), None);
+        assert_eq!(st, 200, "{p}");
+    }
+    let (st, p) = s.post("/v1/enroll", &rt.start_body(None), None);
+    assert_eq!(
+        (st, p["code"].as_str()),
+        (429, Some("too_many_challenges")),
+        "{p}"
+    );
+    assert_eq!(s.last().2, vec!["too_many_challenges".to_string()]);
+}
