@@ -113,8 +113,12 @@ fn admin(a: Admin) -> Result<Value, (u8, String)> {
         client
             .call(method, path, body.as_ref(), Some(token.as_str()))
             .map_err(|e| match e {
-                ClientError::Refused { .. } => (1u8, e.to_string()),
-                ClientError::Transport(_) => (2u8, e.to_string()),
+                // A refusal of this request is 1; the appliance unable to decide (503, 500, a
+                // rate limit) is an error, 2.
+                ClientError::Refused { status, .. } if status < 500 && status != 429 => {
+                    (1u8, e.to_string())
+                }
+                _ => (2u8, e.to_string()),
             })
     };
     match a.command {
@@ -141,36 +145,53 @@ fn admin(a: Admin) -> Result<Value, (u8, String)> {
             )
         }
         AdminCommand::JoinToken { name, ttl, out } => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            // The file first: a token issued (and logged) but not kept would be lost.
+            let mut file = match &out {
+                Some(path) => Some(
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(path)
+                        .map_err(|e| err2(format!("--out {}: {e}", path.display())))?,
+                ),
+                None => None,
+            };
             let mut v = call(
                 "POST",
                 "/v1/admin/join-tokens",
                 Some(json!({"name": name, "ttl_seconds": ttl})),
-            )?;
-            if let Some(path) = out {
-                use std::io::Write;
-                use std::os::unix::fs::OpenOptionsExt;
+            );
+            if let (Err(_), Some(path)) = (&v, &out) {
+                drop(file.take());
+                let _ = std::fs::remove_file(path);
+            }
+            let v = v.as_mut().map_err(|e| e.clone())?;
+            if let (Some(f), Some(path)) = (file.as_mut(), &out) {
                 let token = v
                     .get("token")
                     .and_then(Value::as_str)
                     .ok_or_else(|| err2("the appliance's answer has no token".into()))?
                     .to_string();
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&path)
-                    .map_err(|e| err2(format!("--out {}: {e}", path.display())))?;
                 f.write_all(token.as_bytes())
+                    .and_then(|()| f.sync_all())
                     .map_err(|e| err2(format!("--out {}: {e}", path.display())))?;
                 if let Some(o) = v.as_object_mut() {
                     o.remove("token");
                     o.insert("token_file".into(), json!(path.display().to_string()));
                 }
             }
-            Ok(v)
+            Ok(v.clone())
         }
         AdminCommand::Runtimes => call("GET", "/v1/admin/runtimes", None),
         AdminCommand::Revoke { name } => {
+            if !writ::appliance::valid_name(&name) {
+                return Err(err2(format!(
+                    "{name:?} is not a runtime name (1 to 64 of a-z 0-9 - _ .)"
+                )));
+            }
             call("POST", &format!("/v1/admin/runtimes/{name}/revoke"), None)
         }
     }

@@ -331,13 +331,15 @@ impl Appliance {
         &self.metrics
     }
 
-    /// Readiness: each dependency and whether it answers now (custody: the checkpoint key signs
-    /// a probe; store: a query; log: its writer runs and checkpoints are fresh; clock: readable).
+    /// Readiness: each dependency and whether it answers (custody: the checkpointer's last
+    /// signature, at most three intervals old; store: a query; log: its writer runs, its last
+    /// transaction succeeded and checkpoints are fresh; clock: readable). Nothing is signed or
+    /// written for the asking.
     pub fn readiness(&self) -> Vec<(&'static str, Result<(), String>)> {
         vec![
             (
                 "custody",
-                self.log.probe_key().map_err(|e| e.code().to_string()),
+                self.log.custody().map_err(|e| e.code().to_string()),
             ),
             (
                 "store",
@@ -400,7 +402,7 @@ impl Appliance {
     fn deny(&self, rec: Rec<'_>, status: StatusCode, detail: impl Into<String>) -> Problem {
         let code = rec.reason.unwrap_or("denied");
         match self.logged(&rec, Vec::new()) {
-            Ok(Ok(_)) => Problem::new(status, code, detail),
+            Ok(Ok(_)) => Problem::new(status, code, detail).identified(),
             Ok(Err(e)) => store_problem(e),
             Err(p) => p,
         }
@@ -618,9 +620,13 @@ impl Appliance {
             must_affect: None,
         });
         effect.push(Op {
+            // The bound on pending challenges holds inside the transaction too (the check above
+            // reads outside it).
             sql: "INSERT INTO enrollments
                   (id, name, ek_key, ak_name, ak_public, tpm, secret_hash, expires_at, ek_certificate)
-                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                  SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9
+                  WHERE (SELECT COUNT(*) FROM enrollments
+                         WHERE name = $2 AND used_at IS NULL AND expires_at > $10) < $11",
             params: vec![
                 id.clone().into(),
                 name.clone().into(),
@@ -631,8 +637,13 @@ impl Appliance {
                 Sha256::digest(secret.as_ref()).to_vec().into(),
                 expires_at.into(),
                 ek_hash.clone().into(),
+                t.into(),
+                MAX_PENDING.into(),
             ],
-            must_affect: None,
+            must_affect: Some((
+                "too_many_challenges",
+                "too many challenges for this name are unanswered",
+            )),
         });
         self.commit(
             Rec {
@@ -713,7 +724,8 @@ impl Appliance {
                     StatusCode::FORBIDDEN,
                     "activation",
                     "the answer to the credential challenge is wrong; start again",
-                ),
+                )
+                .identified(),
                 Err(StoreError::Conflict { code, detail }) => {
                     self.deny(rec(Some(code)), StatusCode::FORBIDDEN, detail)
                 }
@@ -755,18 +767,13 @@ impl Appliance {
                 } else {
                     StatusCode::FORBIDDEN
                 };
-                return Err(
-                    match self
-                        .log
-                        .append_with(vec![rec(Some(code)).leaf()?], vec![take])
-                    {
-                        Ok(_) => Problem::new(status, code, detail),
-                        Err(StoreError::Conflict { code, detail }) => {
-                            self.deny(rec(Some(code)), StatusCode::FORBIDDEN, detail)
-                        }
-                        Err(e) => store_problem(e),
-                    },
-                );
+                return Err(match self.logged(&rec(Some(code)), vec![take])? {
+                    Ok(_) => Problem::new(status, code, detail).identified(),
+                    Err(StoreError::Conflict { code, detail }) => {
+                        self.deny(rec(Some(code)), StatusCode::FORBIDDEN, detail)
+                    }
+                    Err(e) => store_problem(e),
+                });
             }
             Err(e) => return Err(store_problem(e)),
         }
@@ -838,12 +845,13 @@ impl Appliance {
                 .bytes()
                 .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
         if !ok_hash {
-            return Err(malformed(
-                "ek_certificate_sha256 is 64 lowercase hex digits",
+            return Err(self.admin_refused(
+                admin,
+                malformed("ek_certificate_sha256 is 64 lowercase hex digits"),
             ));
         }
         if !valid_name(name) {
-            return Err(malformed("a name is 1 to 64 of a-z 0-9 - _ ."));
+            return Err(self.admin_refused(admin, malformed(NAME_RULE)));
         }
         self.admin_record(
             admin,
@@ -866,12 +874,13 @@ impl Appliance {
         ttl: i64,
     ) -> Result<JoinToken, Problem> {
         if !valid_name(name) {
-            return Err(malformed("a name is 1 to 64 of a-z 0-9 - _ ."));
+            return Err(self.admin_refused(admin, malformed(NAME_RULE)));
         }
         if !(1..=MAX_JOIN_TOKEN_TTL).contains(&ttl) {
-            return Err(malformed(format!(
-                "a join token lives 1 to {MAX_JOIN_TOKEN_TTL} s"
-            )));
+            return Err(self.admin_refused(
+                admin,
+                malformed(format!("a join token lives 1 to {MAX_JOIN_TOKEN_TTL} s")),
+            ));
         }
         let token = URL_SAFE_NO_PAD.encode(random::<32>()?);
         let hash = sha256_hex(token.as_bytes());

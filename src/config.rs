@@ -13,12 +13,13 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 /// The whole configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// The trust domain of the SPIFFE IDs this appliance gives.
     pub trust_domain: String,
-    /// Where to listen (plain HTTP on loopback only until TLS is built).
+    /// Where to listen (plain HTTP is served on loopback only: off loopback, configure the ca
+    /// key for TLS).
     pub listen: SocketAddr,
     /// The store: `sqlite:PATH` or a PostgreSQL connection string.
     pub store: String,
@@ -57,6 +58,23 @@ impl Default for Tls {
             names: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
             certificate_lifetime_s: 86_400,
         }
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The store string may hold a PostgreSQL password.
+        f.debug_struct("Config")
+            .field("trust_domain", &self.trust_domain)
+            .field("listen", &self.listen)
+            .field("store", &"(withheld)")
+            .field("keys", &self.keys)
+            .field("log", &self.log)
+            .field("enrollment", &self.enrollment)
+            .field("admin", &self.admin)
+            .field("http", &self.http)
+            .field("tls", &self.tls)
+            .finish()
     }
 }
 
@@ -199,16 +217,69 @@ impl Config {
                         u32::try_from(num(&k)?).map_err(|e| bad(&k, e))?;
                 }
                 other => {
-                    let ours = ["KEYS_", "ENROLLMENT_", "ADMIN_", "HTTP_", "TLS_"]
-                        .iter()
-                        .any(|p| other.starts_with(p))
-                        || (other.starts_with("LOG_") && other != "LOG");
-                    if ours {
+                    // Other writ tools' variables are left alone; any other WRIT_ name is a
+                    // misspelt setting (a silent default trust domain would be worse than a
+                    // refusal).
+                    let theirs = other == "LOG"
+                        || other.starts_with("TEST")
+                        || ["AGENT_", "PKCS11_", "DEV_", "BENCH_", "CRASH_"]
+                            .iter()
+                            .any(|p| other.starts_with(p));
+                    if !theirs {
                         return Err(format!("{k}: not a writ serve setting"));
                     }
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Refuses values outside their ranges (rather than clamping them silently).
+    pub fn check(&self) -> Result<(), String> {
+        let range = |what: &str, v: u64, lo: u64, hi: u64| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("{what} = {v}: from {lo} to {hi}"))
+            }
+        };
+        range(
+            "log.checkpoint_interval_ms",
+            self.log.checkpoint_interval_ms,
+            10,
+            60_000,
+        )?;
+        range(
+            "log.max_checkpoint_age_s",
+            self.log.max_checkpoint_age_s,
+            1,
+            3600,
+        )?;
+        if self.log.max_checkpoint_age_s.saturating_mul(1000)
+            < self.log.checkpoint_interval_ms.saturating_mul(2)
+        {
+            return Err(
+                "log.max_checkpoint_age_s must be at least twice the checkpoint interval".into(),
+            );
+        }
+        range(
+            "http.header_read_timeout_s",
+            self.http.header_read_timeout_s,
+            1,
+            300,
+        )?;
+        range(
+            "tls.certificate_lifetime_s",
+            self.tls.certificate_lifetime_s,
+            60,
+            30 * 86_400,
+        )?;
+        range(
+            "http.unidentified_per_minute",
+            u64::from(self.http.unidentified_per_minute),
+            1,
+            1_000_000,
+        )?;
         Ok(())
     }
 
@@ -283,5 +354,22 @@ mod tests {
             )])
             .is_err()
         );
+        // A misspelt top-level setting is refused, not ignored; other tools' variables are not.
+        assert!(
+            c.apply_env([("WRIT_TRUST_DOMIAN".to_string(), "x".to_string())])
+                .is_err()
+        );
+        c.apply_env([
+            ("WRIT_PKCS11_MODULE".to_string(), "x".to_string()),
+            ("WRIT_DEV_DIR".to_string(), "x".to_string()),
+            ("WRIT_TEST_PG".to_string(), "x".to_string()),
+            ("WRIT_AGENT_STATE".to_string(), "x".to_string()),
+        ])
+        .unwrap();
+        // Out-of-range values are refused, not clamped.
+        let mut c = Config::default();
+        c.log.max_checkpoint_age_s = u64::MAX;
+        assert!(c.check().is_err());
+        assert!(Config::default().check().is_ok());
     }
 }

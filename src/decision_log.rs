@@ -195,6 +195,10 @@ struct Inner {
     dead: AtomicBool,
     /// Checkpoint signatures the key failed to make.
     signing_failures: std::sync::atomic::AtomicU64,
+    /// The checkpointer's last signature (checkpoint or probe): when, and whether it worked.
+    last_signature: Mutex<(Instant, Result<(), String>)>,
+    /// Whether the writer's last transaction (or reconnection) succeeded.
+    writer_ok: AtomicBool,
 }
 
 impl Inner {
@@ -285,6 +289,8 @@ impl DecisionLog {
             stopping: AtomicBool::new(false),
             dead: AtomicBool::new(false),
             signing_failures: std::sync::atomic::AtomicU64::new(0),
+            last_signature: Mutex::new((Instant::now(), Ok(()))),
+            writer_ok: AtomicBool::new(true),
         });
         let mut threads = Vec::new();
         let w = Arc::clone(&inner);
@@ -319,6 +325,19 @@ impl DecisionLog {
                 "the store moved under the log; restart after investigating".into(),
             ));
         }
+        let writer_alive = self
+            .threads
+            .lock()
+            .map(|t| t.first().is_some_and(|w| !w.is_finished()))
+            .unwrap_or(false);
+        if !writer_alive {
+            return Err(StoreError::Stopped);
+        }
+        if !self.inner.writer_ok.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable(
+                "the writer's last transaction failed".into(),
+            ));
+        }
         let stale = self
             .inner
             .healthy_at
@@ -334,14 +353,24 @@ impl DecisionLog {
         Ok(())
     }
 
-    /// Has the checkpoint key sign a probe (not a checkpoint): whether the custody device
-    /// answers now.
-    pub fn probe_key(&self) -> Result<(), StoreError> {
-        self.inner
-            .key
-            .sign(PROBE)
-            .map(|_| ())
-            .map_err(|e| StoreError::Signing(e.to_string()))
+    /// Whether the checkpoint key answered the checkpointer's last signature (a checkpoint, or a
+    /// probe when the log is quiet), made within three intervals. Nothing is signed for the
+    /// asking: readiness checks cannot be used to queue work on the custody device.
+    pub fn custody(&self) -> Result<(), StoreError> {
+        let (at, last) = self
+            .inner
+            .last_signature
+            .lock()
+            .map(|l| l.clone())
+            .map_err(|_| StoreError::Stopped)?;
+        if at.elapsed()
+            > self.inner.config.checkpoint_interval.saturating_mul(3) + Duration::from_secs(1)
+        {
+            return Err(StoreError::Signing(
+                "the checkpointer has not signed recently".into(),
+            ));
+        }
+        last.map_err(StoreError::Signing)
     }
 
     /// Checkpoint signatures the key failed to make since the log opened.
@@ -932,10 +961,10 @@ fn writer_loop(inner: &Inner, backend: Box<dyn Backend>, mut tree: Tree, rx: Rec
                     backend.insert(b)
                 }
                 Err(e) => {
+                    inner.writer_ok.store(false, Ordering::SeqCst);
                     tracing::error!(code = e.code(), "decision log: {e}");
                     if matches!(e, StoreError::Corrupt(_)) {
                         dead = Some(e.clone());
-                        inner.dead.store(true, Ordering::SeqCst);
                         inner.dead.store(true, Ordering::SeqCst);
                     }
                     fail_all(batch, &e);
@@ -945,6 +974,7 @@ fn writer_loop(inner: &Inner, backend: Box<dyn Backend>, mut tree: Tree, rx: Rec
         };
         match commit_batch(inner, b.as_mut(), &tree, &mut batch) {
             Ok((staged, firsts)) => {
+                inner.writer_ok.store(true, Ordering::SeqCst);
                 tree = staged;
                 if let Ok(mut h) = inner.head.write() {
                     *h = (tree.size(), tree.root());
@@ -964,6 +994,7 @@ fn writer_loop(inner: &Inner, backend: Box<dyn Backend>, mut tree: Tree, rx: Rec
                 }
             }
             Err((e, staged)) => {
+                inner.writer_ok.store(false, Ordering::SeqCst);
                 b.rollback();
                 backend = None;
                 failed = staged;
@@ -1232,11 +1263,21 @@ fn checkpointer_loop(inner: &Arc<Inner>) {
         if inner.stopping.load(Ordering::SeqCst) {
             return;
         }
-        if let Err(e) = sign_checkpoint(inner) {
+        let signed = sign_checkpoint(inner);
+        if let Err(e) = &signed {
             if matches!(e, StoreError::Signing(_)) {
                 inner.signing_failures.fetch_add(1, Ordering::Relaxed);
             }
             tracing::warn!(code = e.code(), "checkpoint not signed: {e}");
+        }
+        if let Ok(mut l) = inner.last_signature.lock() {
+            *l = (
+                Instant::now(),
+                match signed {
+                    Err(StoreError::Signing(e)) => Err(e),
+                    _ => Ok(()),
+                },
+            );
         }
     }
 }

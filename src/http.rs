@@ -38,6 +38,8 @@ pub struct Problem {
     status: StatusCode,
     code: &'static str,
     detail: String,
+    /// About an identified subject (and so logged): not an unidentified refusal.
+    identified: bool,
 }
 
 impl Problem {
@@ -47,7 +49,15 @@ impl Problem {
             status,
             code,
             detail: detail.into(),
+            identified: false,
         }
+    }
+
+    /// Marks the problem as a decision about an identified subject (logged), which the
+    /// unidentified-refusal limit does not count.
+    pub fn identified(mut self) -> Self {
+        self.identified = true;
+        self
     }
 
     /// The stable code.
@@ -70,6 +80,7 @@ impl Problem {
             status: StatusCode::BAD_REQUEST,
             code,
             detail: detail.into(),
+            identified: false,
         }
     }
 }
@@ -81,11 +92,16 @@ impl From<StoreError> for Problem {
             StoreError::Corrupt(_) => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         };
-        Problem {
-            status,
-            code: e.code(),
-            detail: e.to_string(),
-        }
+        // Out-of-range answers are about the request; anything else stays in the service's
+        // log (store errors can name hosts, files or rows).
+        let detail = match &e {
+            StoreError::Range(_) => e.to_string(),
+            _ => {
+                tracing::error!(code = e.code(), "store: {e}");
+                "the appliance's store cannot answer now".to_string()
+            }
+        };
+        Problem::new(status, e.code(), detail)
     }
 }
 
@@ -109,9 +125,16 @@ impl IntoResponse for Problem {
         )
             .into_response();
         r.extensions_mut().insert(ProblemCode(self.code));
+        if self.identified {
+            r.extensions_mut().insert(Identified);
+        }
         r
     }
 }
+
+/// Marks an answer about an identified subject (see [`Problem::identified`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Identified;
 
 /// Runs a blocking store call off the async workers.
 async fn blocking<T: Send + 'static>(
@@ -119,10 +142,12 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, Problem> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| Problem {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            code: "internal",
-            detail: format!("worker: {e}"),
+        .map_err(|e| {
+            Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("worker: {e}"),
+            )
         })?
         .map_err(Problem::from)
 }
@@ -157,10 +182,12 @@ fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Problem> 
 async fn work<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Problem> + Send + 'static,
 ) -> Result<T, Problem> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| Problem {
-        status: StatusCode::INTERNAL_SERVER_ERROR,
-        code: "internal",
-        detail: format!("worker: {e}"),
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("worker: {e}"),
+        )
     })?
 }
 
@@ -237,6 +264,21 @@ pub fn appliance_router_limited(app: Arc<Appliance>, limit: Arc<UnidentifiedLimi
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(Arc::clone(&app))
         .merge(log_router(Arc::clone(app.log())))
+        // The request bound inside the metrics layer, so that timeouts are counted (serve's
+        // own bound stays as the backstop for any router).
+        .layer(axum::middleware::from_fn(
+            |req: axum::extract::Request, next: axum::middleware::Next| async move {
+                match tokio::time::timeout(Limits::default().request, next.run(req)).await {
+                    Ok(r) => r,
+                    Err(_) => Problem::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "timeout",
+                        "the request was not completed in time",
+                    )
+                    .into_response(),
+                }
+            },
+        ))
         .layer(axum::middleware::from_fn(
             move |req: axum::extract::Request, next: axum::middleware::Next| {
                 let metrics = Arc::clone(&metrics);
@@ -249,8 +291,10 @@ pub fn appliance_router_limited(app: Arc<Appliance>, limit: Arc<UnidentifiedLimi
                         .to_string();
                     let peer = req.extensions().get::<Peer>().map(|p| p.0);
                     let started = std::time::Instant::now();
-                    let limited =
-                        route.starts_with("/v1/") && peer.is_some_and(|ip| limit.blocked(ip));
+                    // The log's read routes stay open to auditors behind a shared address.
+                    let limited = route.starts_with("/v1/")
+                        && !route.starts_with("/v1/log/")
+                        && peer.is_some_and(|ip| limit.blocked(ip));
                     let resp = if limited {
                         Problem::new(
                             StatusCode::TOO_MANY_REQUESTS,
@@ -264,12 +308,15 @@ pub fn appliance_router_limited(app: Arc<Appliance>, limit: Arc<UnidentifiedLimi
                     let code = resp.extensions().get::<ProblemCode>().map_or("ok", |c| c.0);
                     if let Some(ip) = peer
                         && !limited
+                        && resp.extensions().get::<Identified>().is_none()
                         && unidentified(resp.status(), code)
                     {
                         limit.count(ip);
                     }
                     metrics.request(&route, resp.status().as_u16(), code, started.elapsed());
-                    if resp.status() == StatusCode::SERVICE_UNAVAILABLE {
+                    if resp.status() == StatusCode::SERVICE_UNAVAILABLE
+                        && dependency_of(code) != "none"
+                    {
                         metrics.error(dependency_of(code), code);
                     }
                     resp
@@ -285,6 +332,7 @@ fn dependency_of(code: &str) -> &'static str {
         "clock" => "clock",
         "rng" => "rng",
         "timeout" => "time",
+        "not_yet_checkpointed" => "none",
         "checkpoint_stale" | "log_corrupt" | "store_stopped" => "log",
         _ => "store",
     }
@@ -451,11 +499,11 @@ pub fn log_router(log: Arc<DecisionLog>) -> Router {
 }
 
 async fn checkpoint(State(log): State<Arc<DecisionLog>>) -> Result<Response, Problem> {
-    let cp = log.latest_checkpoint().ok_or(Problem {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        code: "checkpoint_stale",
-        detail: "no checkpoint published yet".into(),
-    })?;
+    let cp = log.latest_checkpoint().ok_or(Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "checkpoint_stale",
+        "no checkpoint published yet",
+    ))?;
     Ok((
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         cp.note,
@@ -567,20 +615,20 @@ async fn bundle(
     Query(q): Query<InclusionQuery>,
 ) -> Result<Response, Problem> {
     let index = locate(&log, &q).await?;
-    let cp = log.latest_checkpoint().ok_or(Problem {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        code: "checkpoint_stale",
-        detail: "no checkpoint published yet".into(),
-    })?;
+    let cp = log.latest_checkpoint().ok_or(Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "checkpoint_stale",
+        "no checkpoint published yet",
+    ))?;
     if index >= cp.size {
-        return Err(Problem {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            code: "not_yet_checkpointed",
-            detail: format!(
+        return Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_yet_checkpointed",
+            format!(
                 "record {index} is not yet covered by a checkpoint (size {}); retry within the checkpoint interval",
                 cp.size
             ),
-        });
+        ));
     }
     let size = cp.size;
     let l = Arc::clone(&log);
@@ -609,10 +657,8 @@ async fn tile(
     let body = match t.level {
         None => {
             let records = blocking(move || log.records(start, t.width)).await?;
-            entry_bundle(&records).map_err(|e| Problem {
-                status: StatusCode::INTERNAL_SERVER_ERROR,
-                code: "internal",
-                detail: e.to_string(),
+            entry_bundle(&records).map_err(|e| {
+                Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
             })?
         }
         Some(l) => {
@@ -658,6 +704,22 @@ pub struct Peer(pub std::net::IpAddr);
 pub struct UnidentifiedLimit {
     per_minute: u32,
     seen: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (std::time::Instant, u32)>>,
+    swept: std::sync::Mutex<std::time::Instant>,
+}
+
+/// The bucket shared by new addresses once the table is full.
+const OVERFLOW: std::net::IpAddr = std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+
+/// The source a budget belongs to: an IPv4 address (IPv4-mapped IPv6 included), or an IPv6
+/// /64 (one host's usual allocation).
+fn source(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip.to_canonical() {
+        std::net::IpAddr::V6(v6) => {
+            let s = v6.segments();
+            std::net::IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
 }
 
 /// Addresses remembered at most (older windows are dropped first).
@@ -669,10 +731,12 @@ impl UnidentifiedLimit {
         UnidentifiedLimit {
             per_minute,
             seen: std::sync::Mutex::new(std::collections::HashMap::new()),
+            swept: std::sync::Mutex::new(std::time::Instant::now()),
         }
     }
 
     fn blocked(&self, ip: std::net::IpAddr) -> bool {
+        let ip = source(ip);
         let Ok(mut m) = self.seen.lock() else {
             return true;
         };
@@ -687,14 +751,22 @@ impl UnidentifiedLimit {
     }
 
     fn count(&self, ip: std::net::IpAddr) {
+        let mut ip = source(ip);
         let Ok(mut m) = self.seen.lock() else {
             return;
         };
-        if m.len() >= MAX_TRACKED {
-            m.retain(|_, (start, _)| start.elapsed() < Duration::from_secs(60));
-        }
-        if m.len() >= MAX_TRACKED {
-            return;
+        if m.len() >= MAX_TRACKED && !m.contains_key(&ip) {
+            let Ok(mut swept) = self.swept.lock() else {
+                return;
+            };
+            if swept.elapsed() >= Duration::from_secs(1) {
+                m.retain(|_, (start, _)| start.elapsed() < Duration::from_secs(60));
+                *swept = std::time::Instant::now();
+            }
+            // Still full: every new address shares one bucket (limited, never uncounted).
+            if m.len() >= MAX_TRACKED {
+                ip = OVERFLOW;
+            }
         }
         let e = m.entry(ip).or_insert((std::time::Instant::now(), 0));
         if e.0.elapsed() >= Duration::from_secs(60) {

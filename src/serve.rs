@@ -1,7 +1,7 @@
 //! `writ serve`: the appliance. Built so far: the decision log (store, sequencing, checkpoints)
-//! and its read routes, enrollment and the admin operations, over plain HTTP on loopback only.
-//! Attestation, issuance, TLS (and so any non-loopback address) and the configuration file are
-//! not built yet (README).
+//! and its read routes, enrollment and the admin operations, health and metrics, over TLS with
+//! the `ca` key (plain HTTP on loopback only without it), configured from defaults, a TOML file,
+//! the environment and flags. Attestation and issuance are not built yet (README).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -82,7 +82,11 @@ fn configure(args: &Serve) -> Result<Config, String> {
         .map_err(|e| format!("--config {}: {e}", p.display()))?,
         None => Config::default(),
     };
-    c.apply_env(std::env::vars())?;
+    // Non-UTF-8 variables are not ours (ours are refused if misspelt).
+    c.apply_env(
+        std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+    )?;
     if let Some(v) = &args.store {
         c.store = v.clone();
     }
@@ -122,6 +126,7 @@ fn configure(args: &Serve) -> Result<Config, String> {
     if let Some(v) = &args.admin_token_file {
         c.admin.token_file = Some(v.clone());
     }
+    c.check()?;
     Ok(c)
 }
 
