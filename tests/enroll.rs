@@ -9,12 +9,14 @@
     clippy::indexing_slicing
 )]
 
-use std::io::BufRead;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use common::{Served, agent};
 use serde_json::{Value, json};
 use writ_attestation::log::record::DecisionRecord;
 use writ_hsm::tpm::attester::{Attester, EkKind, KeyBlob};
@@ -28,24 +30,12 @@ enum Engine {
 
 const TD: &str = "writ.test";
 
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 struct Stack {
     tpm: Swtpm,
     hsm: SoftHsm,
     dir: tempfile::TempDir,
     key: String,
-    server: Option<Server>,
+    server: Option<Served>,
     roots: Vec<PathBuf>,
     store: String,
     _pg: Option<Postgres>,
@@ -53,10 +43,7 @@ struct Stack {
 }
 
 fn writ_cmd(hsm: &SoftHsm) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_writ"));
-    c.env("SOFTHSM2_CONF", hsm.conf())
-        .env("TSS2_LOG", "all+NONE");
-    c
+    common::writ(Some(hsm))
 }
 
 impl Stack {
@@ -80,16 +67,7 @@ impl Stack {
     fn build(tpm: Swtpm, roots: Vec<PathBuf>, engine: Engine, extra: &[&str]) -> Stack {
         let hsm = SoftHsm::new();
         let dir = tempfile::tempdir().unwrap();
-        let key = hsm.key_uri("checkpoint");
-        let out = writ_cmd(&hsm)
-            .args(["keys", "generate", "--key", &key, "--purpose", "checkpoint"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let key = common::softhsm_key(&hsm, "checkpoint", "checkpoint");
         writ_testkit::write_secret(&dir.path().join("admin.token"), "admin-token-0123456789");
         let (store, pg) = match engine {
             Engine::Sqlite => (
@@ -137,32 +115,13 @@ impl Stack {
             cmd.arg("--ek-roots").arg(r);
         }
         cmd.args(&self.extra);
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let first = lines.next().unwrap().unwrap();
-        let url = first
-            .strip_prefix("writ serve: listening on ")
-            .unwrap_or_else(|| panic!("{first}"))
-            .to_string();
-        // Keep draining stdout so the server never blocks on it.
-        std::thread::spawn(move || for _ in lines {});
-        self.server = Some(Server { child, url });
+        self.server = Some(common::serve(cmd));
     }
 
     /// kill -9, and start again on the same store.
     fn kill_and_restart(&mut self) {
-        if let Some(mut s) = self.server.take() {
-            Command::new("kill")
-                .args(["-9", &s.child.id().to_string()])
-                .status()
-                .unwrap();
-            let _ = s.child.wait();
-            std::mem::forget(s);
-        }
+        // Dropping the server kills it with SIGKILL.
+        drop(self.server.take());
         self.start();
     }
 
@@ -230,13 +189,6 @@ impl Stack {
         let d = serde_json::to_value(r.decision).unwrap();
         (r.subject, d.as_str().unwrap().to_string(), r.reasons)
     }
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .new_agent()
 }
 
 fn raw_post(url: &str, path: &str, body: &[u8], bearer: Option<&str>) -> (u16, Value) {

@@ -9,32 +9,18 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{Served, agent};
 use serde_json::{Value, json};
 use writ_testkit::{Fault, FaultProxy, SoftHsm, Swtpm};
 
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(key: &str, hsm: Option<&SoftHsm>, dir: &std::path::Path, extra: &[&str]) -> Server {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_writ"));
-    if let Some(h) = hsm {
-        cmd.env("SOFTHSM2_CONF", h.conf());
-    }
-    cmd.env("TSS2_LOG", "all+NONE").args([
+fn serve(key: &str, hsm: Option<&SoftHsm>, dir: &std::path::Path, extra: &[&str]) -> Served {
+    let mut cmd = common::writ(hsm);
+    cmd.args([
         "serve",
         "--store",
         &format!("sqlite:{}", dir.join("writ.db").display()),
@@ -48,27 +34,7 @@ fn serve(key: &str, hsm: Option<&SoftHsm>, dir: &std::path::Path, extra: &[&str]
         "writ.test",
     ]);
     cmd.args(extra);
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next().unwrap().unwrap();
-    let url = first
-        .strip_prefix("writ serve: listening on ")
-        .unwrap_or_else(|| panic!("{first}"))
-        .to_string();
-    std::thread::spawn(move || for _ in lines {});
-    Server { child, url }
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(20)))
-        .build()
-        .new_agent()
+    common::serve(cmd)
 }
 
 /// (status, content type, body)
@@ -95,18 +61,7 @@ fn call(method: &str, url: &str, body: Option<&str>) -> (u16, String, String) {
 }
 
 fn softhsm_key(hsm: &SoftHsm) -> String {
-    let key = hsm.key_uri("checkpoint");
-    let out = Command::new(env!("CARGO_BIN_EXE_writ"))
-        .env("SOFTHSM2_CONF", hsm.conf())
-        .args(["keys", "generate", "--key", &key, "--purpose", "checkpoint"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    key
+    common::softhsm_key(hsm, "checkpoint", "checkpoint")
 }
 
 #[test]
@@ -202,8 +157,7 @@ fn a_custody_device_that_disappears_fails_closed_and_recovers_without_a_restart(
     let dir = tempfile::tempdir().unwrap();
     // The checkpoint key lives in the swtpm; the appliance reaches it through a proxy.
     let direct = tpm.key_uri(0x8100_0111);
-    let out = Command::new(env!("CARGO_BIN_EXE_writ"))
-        .env("TSS2_LOG", "all+NONE")
+    let out = common::writ(None)
         .args([
             "keys",
             "generate",

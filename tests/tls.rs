@@ -11,48 +11,26 @@
     clippy::indexing_slicing
 )]
 
-use std::io::BufRead;
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+mod common;
 
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use common::Served;
 use serde_json::Value;
 use writ_testkit::{SoftHsm, Swtpm};
 
-struct Server {
-    child: Child,
-    url: String,
-    fingerprint: String,
-    verifier_key: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn writ(hsm: &SoftHsm, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_writ"))
-        .env("SOFTHSM2_CONF", hsm.conf())
-        .env("TSS2_LOG", "all+NONE")
-        .args(args)
-        .output()
-        .unwrap()
+    common::writ(Some(hsm)).args(args).output().unwrap()
+}
+
+/// The CA fingerprint a TLS appliance printed.
+fn ca_fp(s: &Served) -> &str {
+    s.fingerprint.as_deref().expect("TLS: a CA fingerprint")
 }
 
 fn key(hsm: &SoftHsm, purpose: &str) -> String {
-    let uri = hsm.key_uri(&format!("writ-{purpose}"));
-    let out = writ(
-        hsm,
-        &["keys", "generate", "--key", &uri, "--purpose", purpose],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    uri
+    common::softhsm_key(hsm, &format!("writ-{purpose}"), purpose)
 }
 
 fn serve_args<'a>(dir: &'a Path, checkpoint: &'a str, ca: &'a str, tpm: &'a Swtpm) -> Vec<String> {
@@ -80,38 +58,10 @@ fn serve_args<'a>(dir: &'a Path, checkpoint: &'a str, ca: &'a str, tpm: &'a Swtp
     ]
 }
 
-fn start(hsm: &SoftHsm, args: &[String]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_writ"))
-        .env("SOFTHSM2_CONF", hsm.conf())
-        .env("TSS2_LOG", "all+NONE")
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next().unwrap().unwrap();
-    let url = first
-        .strip_prefix("writ serve: listening on ")
-        .unwrap_or_else(|| panic!("{first}"))
-        .to_string();
-    let second = lines.next().unwrap().unwrap();
-    let fingerprint = second
-        .strip_prefix("writ serve: CA fingerprint ")
-        .unwrap_or_else(|| panic!("{second}"))
-        .to_string();
-    let third = lines.next().unwrap().unwrap();
-    let verifier_key = third
-        .strip_prefix("writ serve: checkpoint verifier key ")
-        .unwrap_or_else(|| panic!("{third}"))
-        .to_string();
-    std::thread::spawn(move || for _ in lines {});
-    Server {
-        child,
-        url,
-        fingerprint,
-        verifier_key,
-    }
+fn start(hsm: &SoftHsm, args: &[String]) -> Served {
+    let mut cmd = common::writ(Some(hsm));
+    cmd.args(args);
+    common::serve(cmd)
 }
 
 fn openssl(args: &[&str], stdin: Option<&str>) -> Output {
@@ -141,7 +91,7 @@ fn agents_and_admins_pin_the_appliance_ca_and_openssl_validates_its_certificate(
     let args = serve_args(d, &cp, &ca, &tpm);
     let s = start(&hsm, &args);
     assert!(s.url.starts_with("https://127.0.0.1:"), "{}", s.url);
-    assert!(s.fingerprint.starts_with("sha256:"));
+    assert!(ca_fp(&s).starts_with("sha256:"));
 
     // An admin pins the CA by fingerprint and keeps it.
     let token_file = d.join("admin.token").to_str().unwrap().to_string();
@@ -153,7 +103,7 @@ fn agents_and_admins_pin_the_appliance_ca_and_openssl_validates_its_certificate(
             "--token-file",
             &token_file,
             "--fingerprint",
-            &s.fingerprint,
+            ca_fp(&s),
         ];
         a.extend(extra);
         writ(&hsm, &a)
@@ -193,7 +143,7 @@ fn agents_and_admins_pin_the_appliance_ca_and_openssl_validates_its_certificate(
             ],
         )
     };
-    let out = enroll(&s.fingerprint, &state);
+    let out = enroll(ca_fp(&s), &state);
     assert!(
         out.status.success(),
         "{}",
@@ -292,10 +242,7 @@ fn agents_and_admins_pin_the_appliance_ca_and_openssl_validates_its_certificate(
     let fp = String::from_utf8_lossy(&fp.stdout)
         .to_lowercase()
         .replace(':', "");
-    assert!(
-        fp.contains(s.fingerprint.trim_start_matches("sha256:")),
-        "{fp}"
-    );
+    assert!(fp.contains(ca_fp(&s).trim_start_matches("sha256:")), "{fp}");
 
     // writ audit reads the log over TLS with the same pin (and refuses another).
     std::thread::sleep(std::time::Duration::from_millis(1500));
@@ -317,7 +264,7 @@ fn agents_and_admins_pin_the_appliance_ca_and_openssl_validates_its_certificate(
             ],
         )
     };
-    let out = audit(&s.fingerprint);
+    let out = audit(ca_fp(&s));
     assert!(
         out.status.success(),
         "{}{}",
@@ -337,7 +284,7 @@ fn agents_and_admins_pin_the_appliance_ca_and_openssl_validates_its_certificate(
     drop(s);
     let s2 = start(&hsm, &args);
     let first = std::fs::read_to_string(&ca_file).unwrap();
-    assert_eq!(s2.fingerprint, fingerprint_of(&first));
+    assert_eq!(ca_fp(&s2), fingerprint_of(&first));
     let runtimes = |url: &str, ca: &Path, fp: Option<&str>| {
         let mut a = vec![
             "admin".to_string(),
@@ -392,7 +339,7 @@ fn agents_and_admins_pin_the_appliance_ca_and_openssl_validates_its_certificate(
     let mut args2 = serve_args(dir2.path(), &cp2, &ca2, &tpm);
     args2.extend(["--tls-name".into(), "127.0.0.1".into()]);
     let s3 = start(&hsm, &args2);
-    assert_ne!(s3.fingerprint, s2_fp(&first));
+    assert_ne!(ca_fp(&s3), s2_fp(&first));
     let out = runtimes(&s3.url, &state.join("ca.pem"), None);
     assert_eq!(
         out.status.code(),

@@ -1,0 +1,95 @@
+//! What the end-to-end tests of `writ serve` share: the `writ` binary with the device
+//! environment, a running `writ serve` child (killed with SIGKILL when dropped), custody keys
+//! made through `writ keys generate`, and an HTTP agent that reads error answers.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::BufRead;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use writ_testkit::SoftHsm;
+
+/// The `writ` binary, with SoftHSM2's configuration when there is a token, and quiet TSS logs.
+pub fn writ(hsm: Option<&SoftHsm>) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_writ"));
+    if let Some(h) = hsm {
+        c.env("SOFTHSM2_CONF", h.conf());
+    }
+    c.env("TSS2_LOG", "all+NONE");
+    c
+}
+
+/// A key of `purpose` made in `hsm` under `object`; returns its URI.
+pub fn softhsm_key(hsm: &SoftHsm, object: &str, purpose: &str) -> String {
+    let uri = hsm.key_uri(object);
+    let out = writ(Some(hsm))
+        .args(["keys", "generate", "--key", &uri, "--purpose", purpose])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    uri
+}
+
+/// A running `writ serve`. Dropping it kills it (SIGKILL: no orderly shutdown).
+pub struct Served {
+    child: Child,
+    /// `http://...` or `https://...`.
+    pub url: String,
+    /// The CA fingerprint it printed, with TLS.
+    pub fingerprint: Option<String>,
+    /// The checkpoint verifier key it printed.
+    pub verifier_key: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `cmd` (a `writ serve` command) and reads what it prints before serving: its address,
+/// with TLS its CA fingerprint, and its checkpoint verifier key. Its output is drained after.
+pub fn serve(mut cmd: Command) -> Served {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut url, mut fingerprint) = (None, None);
+    let verifier_key = loop {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("writ serve stopped before serving"))
+            .unwrap();
+        if let Some(v) = line.strip_prefix("writ serve: listening on ") {
+            url = Some(v.to_string());
+        } else if let Some(v) = line.strip_prefix("writ serve: CA fingerprint ") {
+            fingerprint = Some(v.to_string());
+        } else if let Some(v) = line.strip_prefix("writ serve: checkpoint verifier key ") {
+            break v.to_string();
+        }
+    };
+    // Keep draining stdout so the server never blocks on it.
+    std::thread::spawn(move || for _ in lines {});
+    Served {
+        child,
+        url: url.expect("writ serve printed its address"),
+        fingerprint,
+        verifier_key,
+    }
+}
+
+/// An HTTP agent whose error statuses are answers to read, not errors.
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(20)))
+        .build()
+        .new_agent()
+}
