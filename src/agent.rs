@@ -58,24 +58,9 @@ fn step(what: &str) {
     eprintln!("writ agent: {what}");
 }
 
-/// Writes `bytes` to `path` (0600) through a fresh temporary file beside it (never an existing
-/// file or a planted link), then renames it into place.
+/// Writes `bytes` to `path` (0600), whole or not at all.
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut r = [0u8; 8];
-    getrandom::fill(&mut r).map_err(|e| format!("random: {e}"))?;
-    let tmp = path.with_extension(format!("{}.tmp", hex::encode(r)));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| format!("{}: {e}", tmp.display()))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+    writ::files::write_atomically(path, bytes, 0o600, writ::files::Existing::Replace)
 }
 
 fn load_ak(path: &Path) -> Result<Option<KeyBlob>, String> {

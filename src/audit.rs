@@ -115,6 +115,8 @@ fn agent() -> ureq::Agent {
         .get_or_init(|| {
             ureq::Agent::config_builder()
                 .timeout_global(Some(TIMEOUT))
+                .proxy(None)
+                .max_redirects(0)
                 .build()
                 .new_agent()
         })
@@ -244,13 +246,13 @@ fn verified_latest(
     }
     let remembered = seen.first().filter(|(n, _)| n == "remembered");
     if remembered.is_none_or(|(_, r)| r.size < latest.size) {
-        if let Some(dir) = state.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| error(format!("{}: {e}", dir.display())))?;
-        }
-        let mut tmp = state.clone().into_os_string();
-        tmp.push(format!(".{}.tmp", std::process::id()));
-        std::fs::write(&tmp, &note).map_err(|e| error(format!("{}: {e}", state.display())))?;
-        std::fs::rename(&tmp, &state).map_err(|e| error(format!("{}: {e}", state.display())))?;
+        writ::files::write_atomically(
+            &state,
+            note.as_bytes(),
+            0o644,
+            writ::files::Existing::Replace,
+        )
+        .map_err(error)?;
     }
     Ok(latest)
 }

@@ -70,11 +70,6 @@ fn transport(e: impl std::fmt::Display) -> ClientError {
     ClientError::Transport(e.to_string())
 }
 
-fn sha256_fingerprint(der: &[u8]) -> String {
-    use sha2::Digest as _;
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(der)))
-}
-
 fn first_certificate_der(pem: &[u8]) -> Result<Vec<u8>, ClientError> {
     for item in ureq::tls::parse_pem(pem) {
         if let Ok(ureq::tls::PemItem::Certificate(c)) = item {
@@ -129,30 +124,11 @@ pub fn loopback(base: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-fn pem_of(der: &[u8]) -> String {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(chunk).unwrap_or(""));
-        out.push('\n');
-    }
-    out.push_str("-----END CERTIFICATE-----\n");
-    out
-}
-
-/// Writes the pinned CA certificate (only the verified one) through a temporary file and a
-/// rename.
+/// Keeps the pinned CA certificate (only the verified one).
 fn keep(path: &std::path::Path, der: &[u8]) -> Result<(), ClientError> {
-    let mut r = [0u8; 8];
-    getrandom::fill(&mut r).map_err(|e| transport(format!("random: {e}")))?;
-    let tmp = path.with_extension(format!("{}.tmp", hex::encode(r)));
-    std::fs::write(&tmp, pem_of(der))
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            transport(format!("{}: {e}", path.display()))
-        })
+    let pem = writ::tls::pem(der).map_err(transport)?;
+    writ::files::write_atomically(path, pem.as_bytes(), 0o644, writ::files::Existing::Replace)
+        .map_err(transport)
 }
 
 /// An agent for the appliance at `base` (no trailing slash), trusting it as `trust` says;
@@ -186,10 +162,10 @@ pub fn agent_for(
         _ => None,
     };
     let ca = match (kept, &trust.fingerprint) {
-        (Some(der), Some(fp)) if sha256_fingerprint(&der) != fp.to_ascii_lowercase() => {
+        (Some(der), Some(fp)) if writ::tls::fingerprint(&der) != fp.to_ascii_lowercase() => {
             return Err(transport(format!(
                 "the kept CA certificate is {}, not the pinned {fp}",
-                sha256_fingerprint(&der)
+                writ::tls::fingerprint(&der)
             )));
         }
         (Some(der), _) => der,
@@ -212,7 +188,7 @@ pub fn agent_for(
                 .read_to_vec()
                 .map_err(|e| transport(format!("GET {url}: {e}")))?;
             let der = first_certificate_der(&pem)?;
-            let got = sha256_fingerprint(&der);
+            let got = writ::tls::fingerprint(&der);
             if got != fp.to_ascii_lowercase() {
                 return Err(transport(format!(
                     "the appliance's CA certificate is {got}, not the pinned {fp}: refusing to trust it"

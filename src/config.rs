@@ -271,8 +271,8 @@ impl Config {
         range(
             "tls.certificate_lifetime_s",
             self.tls.certificate_lifetime_s,
-            60,
-            30 * 86_400,
+            *crate::tls::LIFETIME.start(),
+            *crate::tls::LIFETIME.end(),
         )?;
         range(
             "http.unidentified_per_minute",

@@ -687,25 +687,15 @@ fn read_mark(
     }
 }
 
-/// Writes the mark atomically and durably (temporary file, fsync, rename, fsync of the folder).
+/// Writes the mark atomically and durably.
 fn write_mark(path: &std::path::Path, note: &str) -> Result<(), StoreError> {
-    use std::io::Write as _;
-    let fail = |e: std::io::Error| {
-        StoreError::Unavailable(format!("published-checkpoint mark {}: {e}", path.display()))
-    };
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = std::path::PathBuf::from(tmp);
-    let mut f = std::fs::File::create(&tmp).map_err(fail)?;
-    f.write_all(note.as_bytes()).map_err(fail)?;
-    f.sync_all().map_err(fail)?;
-    std::fs::rename(&tmp, path).map_err(fail)?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(fail)?;
-    }
-    Ok(())
+    crate::files::write_atomically(
+        path,
+        note.as_bytes(),
+        0o644,
+        crate::files::Existing::Replace,
+    )
+    .map_err(|e| StoreError::Unavailable(format!("published-checkpoint mark {e}")))
 }
 
 /// Reads everything back: leaves (contiguous, re-hashed), checkpoints (each note's text matching

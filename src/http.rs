@@ -140,16 +140,7 @@ pub struct Identified;
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, Problem> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| {
-            Problem::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                format!("worker: {e}"),
-            )
-        })?
-        .map_err(Problem::from)
+    work(move || f().map_err(Problem::from)).await
 }
 
 fn hexes(proof: &[Hash]) -> Vec<String> {

@@ -254,8 +254,8 @@ pub fn run(args: Serve) -> Result<(), String> {
         }
     };
     let mut config = LogConfig::new(&c.origin());
-    config.checkpoint_interval = Duration::from_millis(c.log.checkpoint_interval_ms.max(10));
-    config.max_checkpoint_age = Duration::from_secs(c.log.max_checkpoint_age_s.max(1));
+    config.checkpoint_interval = Duration::from_millis(c.log.checkpoint_interval_ms);
+    config.max_checkpoint_age = Duration::from_secs(c.log.max_checkpoint_age_s);
     let log =
         Arc::new(DecisionLog::open(engine, config, key).map_err(|e| format!("{}: {e}", e.code()))?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -330,11 +330,14 @@ pub fn run(args: Serve) -> Result<(), String> {
                 trust_domain: c.trust_domain.clone(),
                 ek_roots: roots,
                 admin_token_sha256: admin,
-                ca_certificate_pem: tls.as_ref().map(|t| pem_of(t.ca_der())),
+                ca_certificate_pem: tls
+                    .as_ref()
+                    .map(|t| writ::tls::pem(t.ca_der()))
+                    .transpose()?,
             },
         ));
         let limits = Limits {
-            header_read: Duration::from_secs(c.http.header_read_timeout_s.max(1)),
+            header_read: Duration::from_secs(c.http.header_read_timeout_s),
             ..Limits::default()
         };
         let router = appliance_router_limited(
@@ -354,16 +357,4 @@ fn valid_trust_domain(td: &str) -> bool {
         && td
             .bytes()
             .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_'))
-}
-
-fn pem_of(der: &[u8]) -> String {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(chunk).unwrap_or(""));
-        out.push('\n');
-    }
-    out.push_str("-----END CERTIFICATE-----\n");
-    out
 }

@@ -120,6 +120,12 @@ fn ca_name(trust_domain: &str) -> Result<Name, String> {
     Name::from_str(&format!("CN=writ CA {trust_domain},O=writ")).map_err(|e| e.to_string())
 }
 
+/// A certificate's DER as PEM.
+pub fn pem(der: &[u8]) -> Result<String, String> {
+    x509_cert::der::pem::encode_string("CERTIFICATE", x509_cert::der::pem::LineEnding::LF, der)
+        .map_err(|e| e.to_string())
+}
+
 /// `sha256:<hex>` of a certificate's DER: what clients pin with `--fingerprint`.
 pub fn fingerprint(der: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(der)))
@@ -190,35 +196,8 @@ pub fn ca_certificate(
     let pem = cert
         .to_pem(x509_cert::der::pem::LineEnding::LF)
         .map_err(|e| e.to_string())?;
-    write_new(path, pem.as_bytes())?;
+    crate::files::write_atomically(path, pem.as_bytes(), 0o644, crate::files::Existing::Keep)?;
     cert.to_der().map_err(|e| e.to_string())
-}
-
-/// Writes `bytes` to a new file at `path` (0644): through a temporary file beside it and a
-/// rename that does not replace an existing file, so a crash leaves no half-written file and two
-/// first starts cannot both write one.
-fn write_new(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    }
-    let mut r = [0u8; 8];
-    getrandom::fill(&mut r).map_err(|e| format!("random: {e}"))?;
-    let tmp = path.with_extension(format!("{}.tmp", hex::encode(r)));
-    let written = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        // hard_link fails if the target exists: the first writer wins, the others refuse.
-        std::fs::hard_link(&tmp, path)
-    })();
-    let _ = std::fs::remove_file(&tmp);
-    written.map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// A fresh TLS key (in memory) and its certificate for the appliance, signed by the `ca` key.

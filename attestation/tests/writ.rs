@@ -799,6 +799,7 @@ mod offline {
                 now: NOW,
                 skew: 30,
                 nonce: None,
+                max_bundle_age: 86_400,
             },
             store,
         )
@@ -825,6 +826,7 @@ mod offline {
             now: NOW,
             skew: 30,
             nonce: None,
+            max_bundle_age: 86_400,
         };
         let first = check(&AwsLc, &bundle(), &ctx).unwrap();
         let second = check(&AwsLc, &bundle(), &ctx).unwrap();
@@ -880,6 +882,7 @@ mod offline {
             now: NOW,
             skew: 30,
             nonce: None,
+            max_bundle_age: 86_400,
         };
         let broken = Memory {
             broken: true,
@@ -903,6 +906,15 @@ mod offline {
                 .consume_async(&store),
         );
         assert_eq!(e.unwrap_err().code, "replayed");
+        // A bundle older than the caller's bound refuses, whoever calls.
+        let stale = Context {
+            max_bundle_age: 5,
+            ..ctx
+        };
+        assert_eq!(
+            check(&AwsLc, &bundle(), &stale).unwrap_err().code,
+            "bundle_stale"
+        );
         // A skew outside the bound is refused before anything else.
         for skew in [-1, 301] {
             let bad = Context { skew, ..ctx };
@@ -1022,6 +1034,7 @@ mod offline {
                 now: NOW,
                 skew: 30,
                 nonce: None,
+                max_bundle_age: 86_400,
             },
             &store,
         );

@@ -239,6 +239,7 @@ fn async_rate(
                                 now: now(),
                                 skew: 30,
                                 nonce: None,
+                                max_bundle_age: 86_400,
                             },
                         )
                         .unwrap();
@@ -322,6 +323,7 @@ fn full_rate(
                             now: now(),
                             skew: 30,
                             nonce: None,
+                            max_bundle_age: 86_400,
                         },
                         store,
                     );

@@ -152,9 +152,6 @@ fn decide(a: &VerifyArgs) -> Outcome {
         Err(r) => return Outcome::Deny(r),
     };
     let now = now();
-    if let Err(r) = bundle.check(now, a.max_bundle_age, None) {
-        return Outcome::Deny(r);
-    }
     let store = match SqliteReplay::open(&a.replay_db) {
         Ok(s) => s,
         Err(r) => return Outcome::Deny(r),
@@ -207,6 +204,7 @@ fn decide(a: &VerifyArgs) -> Outcome {
             now,
             skew: a.skew,
             nonce: None,
+            max_bundle_age: a.max_bundle_age,
         },
     );
     // Rollback, once the writ checked out under this bundle and before it is consumed: the

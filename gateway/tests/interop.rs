@@ -139,6 +139,7 @@ fn dpop_proofs_made_by_pyjwt_verify_here() {
                 now: now(),
                 skew: 30,
                 nonce: None,
+                max_bundle_age: 86_400,
             },
             &store,
         )

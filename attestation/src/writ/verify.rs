@@ -85,6 +85,9 @@ pub struct Context<'a> {
     pub skew: i64,
     /// The DPoP nonce this gateway requires, if any.
     pub nonce: Option<&'a str>,
+    /// The oldest trust bundle accepted, seconds since it was issued (a bundle past it, or past
+    /// its expiry, refuses everything).
+    pub max_bundle_age: i64,
 }
 
 /// A writ that passed every check and was consumed. Only consuming a [`Checked`] makes one.
@@ -170,6 +173,8 @@ pub fn check(
             format!("a clock skew of {} s (0 to {MAX_SKEW})", ctx.skew),
         ));
     }
+    // A stale or expired bundle refuses everything, whoever calls.
+    bundle.check(ctx.now, ctx.max_bundle_age, None)?;
     let unverified = parse(ctx.token, TYP_WRIT, HeaderShape::Kid)?;
     let kid = unverified
         .kid()
@@ -218,7 +223,7 @@ pub fn check(
             nonce: ctx.nonce,
         },
     )?;
-    if claims.att.status != "affirming" {
+    if claims.att.status != crate::appraisal::Status::Affirming.as_str() {
         return Err(Refusal::new(
             "attestation",
             format!("issued on an EAR status of {:?}", claims.att.status),
