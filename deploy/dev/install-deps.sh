@@ -2,11 +2,15 @@
 # Installs the Debian packages writ's build, tests and dev stack need, if any are missing.
 # Idempotent and quiet when everything is present. Needs root (or sudo) only when it installs.
 set -euo pipefail
+if ! command -v cargo >/dev/null; then
+  echo "install-deps: Rust is missing (cargo 1.89 or newer, e.g. through rustup); Debian's packaged cargo is too old" >&2
+  exit 1
+fi
 # postgresql: the store's tests run against a real server (PostgreSQL 15 on Debian 12); the test
 # harness starts a private cluster (writ_testkit::Postgres). python3-jwt: PyJWT, the independent
 # JWT implementation the interop tests check writs and DPoP proofs against. openssl: the
 # independent X.509 validator of the TLS tests.
-packages=(swtpm swtpm-tools tpm2-tools libtss2-dev softhsm2 opensc pkg-config postgresql postgresql-client
+packages=(build-essential swtpm swtpm-tools tpm2-tools libtss2-dev softhsm2 opensc pkg-config postgresql postgresql-client
   python3 python3-jwt python3-cryptography openssl)
 missing=()
 for p in "${packages[@]}"; do

@@ -223,7 +223,9 @@ fn template_dir() -> PathBuf {
             "{} belongs to another user",
             base.display()
         );
-        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        // Others may pass through (the test PostgreSQL cluster runs as `postgres` in a folder
+        // of its own below) but not list it; what is secret below has its own modes.
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o711)).expect("chmod");
     }
     let lock = File::create(base.join("swtpm-template.lock")).expect("lock file");
     lock.lock().expect("lock template");
