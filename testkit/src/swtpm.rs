@@ -36,7 +36,7 @@ impl Swtpm {
             let lease = crate::lease_port_pair();
             let port = lease.port;
             let mut child = spawn(port, dir.path());
-            if wait_listening(&mut child, port + 1) {
+            if wait_listening(&mut child, port) {
                 crate::write_secret(&dir.path().join("key.auth"), &crate::random_hex(12));
                 return Swtpm {
                     dir,
@@ -186,14 +186,19 @@ fn run(cmd: &mut Command) {
     );
 }
 
+/// Waits until swtpm listens on both its data port and its control port (one above). swtpm
+/// binds the control port first, so a control port that answers says nothing about the data port:
+/// a client connecting in between is refused (seen in CI as a TCTI I/O error on the first
+/// command). A swtpm that exits (a port taken meanwhile) is reported as not started.
 fn wait_listening(child: &mut Child, port: u16) -> bool {
     let deadline = Instant::now() + Duration::from_secs(10);
+    let listening = |p: u16| TcpStream::connect(("127.0.0.1", p)).is_ok();
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
             return false;
         }
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return true;
+        if listening(port + 1) && listening(port) {
+            return matches!(child.try_wait(), Ok(None));
         }
         std::thread::sleep(Duration::from_millis(10));
     }
