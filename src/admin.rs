@@ -60,6 +60,24 @@ enum AdminCommand {
         /// The runtime's name.
         name: String,
     },
+    /// Load (or replace) a reference profile under a name (docs/reference-profiles.md); a
+    /// profile the appliance refuses leaves the old one in force.
+    LoadProfile {
+        /// The profile's name.
+        #[arg(long)]
+        name: String,
+        /// The profile (JSON), e.g. from `writ reference capture`.
+        file: PathBuf,
+    },
+    /// Assign a loaded profile to a runtime: its attestations are appraised against it.
+    AssignProfile {
+        /// The runtime's name.
+        #[arg(long)]
+        runtime: String,
+        /// The profile's name.
+        #[arg(long)]
+        profile: String,
+    },
 }
 
 fn der_of(bytes: &[u8]) -> Result<Vec<u8>, String> {
@@ -193,6 +211,30 @@ fn admin(a: Admin) -> Result<Value, (u8, String)> {
                 )));
             }
             call("POST", &format!("/v1/admin/runtimes/{name}/revoke"), None)
+        }
+        AdminCommand::LoadProfile { name, file } => {
+            let bytes =
+                std::fs::read(&file).map_err(|e| err2(format!("{}: {e}", file.display())))?;
+            // Strictly: a key given twice is refused here rather than silently merged.
+            let profile: Value = writ_attestation::writ::json::parse(&bytes)
+                .map_err(|e| err2(format!("{}: not JSON: {}", file.display(), e.detail)))?;
+            call(
+                "POST",
+                "/v1/admin/profiles",
+                Some(json!({"name": name, "profile": profile})),
+            )
+        }
+        AdminCommand::AssignProfile { runtime, profile } => {
+            if !writ::appliance::valid_name(&runtime) {
+                return Err(err2(format!(
+                    "{runtime:?} is not a runtime name (1 to 64 of a-z 0-9 - _ .)"
+                )));
+            }
+            call(
+                "POST",
+                &format!("/v1/admin/runtimes/{runtime}/profile"),
+                Some(json!({ "profile": profile })),
+            )
         }
     }
 }

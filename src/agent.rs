@@ -1,6 +1,12 @@
-//! `writ agent`: the runtime's side. Built so far: `writ agent enroll` (EK certificate from NV,
-//! an AK under the EK, credential activation) and `writ agent status`. Attestation is not built
-//! yet (README).
+//! `writ agent`: the runtime's side: `writ agent enroll` (EK certificate from NV, an AK under
+//! the EK, credential activation), `writ agent attest` (a quote over the nonce and the selection
+//! the appliance names, the PCR values, the event log, and the holder key certified by the AK;
+//! `--every` repeats it) and `writ agent status` (identity and the last result).
+//!
+//! The state folder (0700) holds `identity.json`, `ak.json` (the AK, wrapped by the TPM),
+//! `holder.json` (the holder key, wrapped by the TPM) with its authValue in `holder.auth`
+//! (0600, random, read only by the agent), the pinned `ca.pem`, and `last.json`, the last
+//! attestation's answer (the EAR token, or the refusal with its reasons).
 
 use std::path::{Path, PathBuf};
 
@@ -17,8 +23,48 @@ pub enum AgentCommand {
     /// Enroll this machine's TPM with the appliance: prove, once, that the AK lives in a genuine
     /// TPM. Progress on stderr; the identity is kept in the state folder.
     Enroll(Enroll),
-    /// Show this runtime's identity (from the state folder).
+    /// Show this runtime's identity and its last attestation (from the state folder).
     Status(Status),
+    /// Attest: prove this machine's current state to the appliance and receive an EAR token
+    /// bound to the TPM-held holder key. Exit 0 affirmed, 1 refused, 2 error.
+    Attest(Attest),
+}
+
+#[derive(Debug, Args)]
+pub struct Attest {
+    #[command(flatten)]
+    common: Common,
+    /// The TPM (TCTI), else `TPM2TOOLS_TCTI`, `TCTI` or /dev/tpmrm0.
+    #[arg(long)]
+    tcti: Option<String>,
+    /// The firmware event log (default /sys/kernel/security/tpm0/binary_bios_measurements).
+    #[arg(long)]
+    event_log: Option<PathBuf>,
+    /// Attest again this often (e.g. `60s`, `5m`) until stopped, keeping the runtime's state
+    /// fresh; a failed round is reported and the next one still runs.
+    #[arg(long, value_parser = parse_every)]
+    every: Option<std::time::Duration>,
+}
+
+/// `30`, `30s`, `5m`, `1h`: 1 s to 24 h.
+fn parse_every(s: &str) -> Result<std::time::Duration, String> {
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected e.g. 60s, 5m, 1h"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        _ => return Err(format!("{s:?}: the unit is s, m or h")),
+    };
+    if !(1..=86_400).contains(&secs) {
+        return Err(format!("{s:?}: from 1 s to 24 h"));
+    }
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 #[derive(Debug, Args)]
@@ -104,20 +150,266 @@ fn refused(e: ClientError) -> String {
     }
 }
 
-pub fn run(cmd: AgentCommand) -> Result<(), String> {
+/// Why the agent stopped: the appliance refused (exit 1), or something failed (exit 2).
+#[derive(Debug)]
+pub enum Failure {
+    /// A refusal.
+    Refused(String),
+    /// An error.
+    Error(String),
+}
+
+impl From<String> for Failure {
+    fn from(e: String) -> Self {
+        Failure::Error(e)
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(e: &str) -> Self {
+        Failure::Error(e.to_string())
+    }
+}
+
+impl Failure {
+    /// The exit code: 1 refused, 2 error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Failure::Refused(_) => 1,
+            Failure::Error(_) => 2,
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Refused(e) | Failure::Error(e) => f.write_str(e),
+        }
+    }
+}
+
+fn failure(e: ClientError) -> Failure {
+    match e {
+        ClientError::Refused { status, .. } if status != 503 && status < 500 => {
+            Failure::Refused(refused(e))
+        }
+        other => Failure::Error(refused(other)),
+    }
+}
+
+pub fn run(cmd: AgentCommand) -> Result<(), Failure> {
     match cmd {
-        AgentCommand::Enroll(a) => enroll(&a),
-        AgentCommand::Status(a) => {
-            let p = a.common.state.join("identity.json");
-            let text = std::fs::read_to_string(&p).map_err(|e| {
-                format!(
-                    "{}: {e} (not enrolled? run `writ agent enroll`)",
-                    p.display()
-                )
-            })?;
-            println!("{text}");
+        AgentCommand::Enroll(a) => Ok(enroll(&a)?),
+        AgentCommand::Status(a) => Ok(status(&a.common.state)?),
+        AgentCommand::Attest(a) => match a.every {
+            None => attest(&a),
+            Some(every) => loop {
+                if let Err(e) = attest(&a) {
+                    eprintln!("writ agent: attestation failed: {e}");
+                }
+                std::thread::sleep(every);
+            },
+        },
+    }
+}
+
+fn read_json(path: &Path, hint: &str) -> Result<Value, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("{}: {e}{hint}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn now_s() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(0))
+        .unwrap_or(0)
+}
+
+/// Identity and the last attestation, with its age.
+fn status(state: &Path) -> Result<(), String> {
+    let identity = read_json(
+        &state.join("identity.json"),
+        " (not enrolled? run `writ agent enroll`)",
+    )?;
+    let mut out = json!({ "identity": identity });
+    match read_json(&state.join("last.json"), "") {
+        Ok(mut last) => {
+            if let Some(at) = last.get("at").and_then(Value::as_i64)
+                && let Some(o) = last.as_object_mut()
+            {
+                o.insert("age_s".into(), json!(now_s().saturating_sub(at)));
+                if let Some(exp) = o.get("expires_at").and_then(Value::as_i64) {
+                    o.insert("ear_valid".into(), json!(exp > now_s()));
+                }
+                // The token itself stays in the file.
+                o.remove("ear");
+            }
+            if let Some(o) = out.as_object_mut() {
+                o.insert("last_attestation".into(), last);
+            }
+        }
+        Err(_) => {
+            if let Some(o) = out.as_object_mut() {
+                o.insert("last_attestation".into(), Value::Null);
+            }
+        }
+    }
+    println!("{out:#}");
+    Ok(())
+}
+
+/// The holder key (made once and kept) and its authValue.
+fn holder_key(
+    tpm: &Attester,
+    state: &Path,
+) -> Result<(KeyBlob, zeroize::Zeroizing<Vec<u8>>), String> {
+    let auth_path = state.join("holder.auth");
+    let key_path = state.join("holder.json");
+    if let Some(blob) = load_ak(&key_path)? {
+        let auth = std::fs::read(&auth_path)
+            .map_err(|e| format!("{}: {e} (the holder key's authValue)", auth_path.display()))?;
+        return Ok((blob, zeroize::Zeroizing::new(auth)));
+    }
+    step("creating the holder key (ECDSA P-256 signing key, fixed to this TPM)");
+    let mut raw = [0u8; 32];
+    getrandom::fill(&mut raw).map_err(|e| format!("random: {e}"))?;
+    let auth = zeroize::Zeroizing::new(hex::encode(raw).into_bytes());
+    raw.iter_mut().for_each(|b| *b = 0);
+    let blob = tpm
+        .create_holder_key(Some(auth.as_slice()))
+        .map_err(|e| format!("holder key: {e}"))?;
+    write_private(&auth_path, auth.as_slice())?;
+    let doc = json!({
+        "public": STANDARD.encode(&blob.public),
+        "private": STANDARD.encode(&blob.private),
+        "name": STANDARD.encode(&blob.name),
+    });
+    write_private(&key_path, doc.to_string().as_bytes())?;
+    Ok((blob, auth))
+}
+
+fn attest(a: &Attest) -> Result<(), Failure> {
+    let state = &a.common.state;
+    let identity = read_json(
+        &state.join("identity.json"),
+        " (not enrolled? run `writ agent enroll`)",
+    )?;
+    let text = |k: &str| -> Result<String, String> {
+        identity
+            .get(k)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| format!("identity.json has no {k}"))
+    };
+    let (server, name) = (text("server")?, text("name")?);
+    let ak = load_ak(&state.join("ak.json"))?.ok_or("no AK in the state folder (enroll first)")?;
+    let client = Client::new(
+        &server,
+        &Trust {
+            fingerprint: None,
+            ca_file: Some(state.join("ca.pem")),
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let tpm = Attester::open(a.tcti.as_deref()).map_err(|e| format!("TPM: {e}"))?;
+    let (holder, holder_auth) = holder_key(&tpm, state)?;
+    step("asking the appliance for a nonce");
+    let n = client
+        .call(
+            "POST",
+            "/v1/attest/nonce",
+            Some(&json!({ "name": name })),
+            None,
+        )
+        .map_err(failure)?;
+    let nonce_b64 = n
+        .get("nonce")
+        .and_then(Value::as_str)
+        .ok_or("the appliance's answer has no nonce")?
+        .to_string();
+    let nonce = STANDARD
+        .decode(&nonce_b64)
+        .map_err(|_| "the appliance's nonce is not base64".to_string())?;
+    let selection: writ_hsm::tpm::attester::PcrSelection = n
+        .get("selection")
+        .and_then(Value::as_str)
+        .ok_or("the appliance's answer has no selection")?
+        .parse()
+        .map_err(|e| format!("the appliance's selection: {e}"))?;
+    step(&format!("quoting {selection}"));
+    let loaded_ak = tpm.load_ak(&ak).map_err(|e| format!("AK: {e}"))?;
+    let quote = tpm
+        .quote(&loaded_ak, &nonce, &selection)
+        .map_err(|e| format!("quote: {e}"))?;
+    let pcrs = tpm
+        .read_pcrs(&selection)
+        .map_err(|e| format!("PCR read: {e}"))?;
+    let log = writ_hsm::tpm::attester::read_event_log(a.event_log.as_deref())
+        .map_err(|e| format!("{e}"))?;
+    let loaded_holder = tpm
+        .load_holder_key(&holder, Some(holder_auth.as_slice()))
+        .map_err(|e| format!("holder key: {e}"))?;
+    let certify = tpm
+        .certify(&loaded_ak, &loaded_holder, &nonce)
+        .map_err(|e| format!("certify: {e}"))?;
+    let mut values = serde_json::Map::new();
+    for (bank, index, v) in pcrs.iter() {
+        let entry = values
+            .entry(bank.name().to_string())
+            .or_insert_with(|| json!({}));
+        if let Some(o) = entry.as_object_mut() {
+            o.insert(index.to_string(), json!(hex::encode(v)));
+        }
+    }
+    let body = json!({
+        "name": name,
+        "nonce": nonce_b64,
+        "quote": {"attest": STANDARD.encode(&quote.attest), "signature": STANDARD.encode(&quote.signature)},
+        "pcrs": values,
+        "event_log": STANDARD.encode(&log),
+        "holder": {
+            "public": STANDARD.encode(&holder.public),
+            "certify": {"attest": STANDARD.encode(&certify.attest), "signature": STANDARD.encode(&certify.signature)},
+        },
+    });
+    step("sending the evidence");
+    let answer = client.call("POST", "/v1/attest", Some(&body), None);
+    let last_path = state.join("last.json");
+    match answer {
+        Ok(mut v) => {
+            if let Some(o) = v.as_object_mut() {
+                o.insert("at".into(), json!(now_s()));
+            }
+            write_private(&last_path, format!("{v:#}\n").as_bytes())?;
+            step(&format!(
+                "{}: EAR token kept in {} (counters: {})",
+                v.get("status").and_then(Value::as_str).unwrap_or("?"),
+                last_path.display(),
+                v.get("counters").and_then(Value::as_str).unwrap_or("?")
+            ));
+            let mut shown = v.clone();
+            if let Some(o) = shown.as_object_mut() {
+                o.remove("ear");
+            }
+            println!("{shown}");
             Ok(())
         }
+        Err(ClientError::Refused {
+            status,
+            code,
+            detail,
+        }) => {
+            let doc = json!({"at": now_s(), "status": "refused", "code": code, "detail": detail});
+            write_private(&last_path, format!("{doc:#}\n").as_bytes())?;
+            Err(failure(ClientError::Refused {
+                status,
+                code,
+                detail,
+            }))
+        }
+        Err(e) => Err(failure(e)),
     }
 }
 

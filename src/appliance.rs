@@ -38,6 +38,12 @@ use crate::http::Problem;
 use crate::metrics::Metrics;
 use crate::store::{Op, StoreError, Value};
 
+mod attest;
+pub use attest::{
+    AttestAnswer, AttestRequest, Holder, MAX_ATTEST_BODY, MAX_EVENT_LOG, MAX_PENDING_NONCES,
+    NonceAnswer, NonceRequest, Signed, required_selection,
+};
+
 /// How long a credential challenge can be answered, seconds.
 pub const CHALLENGE_TTL: i64 = 300;
 /// The longest a join token can live, seconds (7 days).
@@ -57,6 +63,12 @@ pub struct ApplianceConfig {
     pub admin_token_sha256: Option<[u8; 32]>,
     /// The CA certificate (PEM) clients pin, when TLS is on.
     pub ca_certificate_pem: Option<String>,
+    /// The `ear` key, which signs attestation results (none: attestation answers 503).
+    pub ear_key: Option<Arc<dyn writ_hsm::CustodyKey>>,
+    /// How long a nonce can be used, seconds.
+    pub nonce_ttl: i64,
+    /// How long an EAR token lives, seconds.
+    pub ear_ttl: i64,
 }
 
 impl std::fmt::Debug for ApplianceConfig {
@@ -73,6 +85,7 @@ pub struct Appliance {
     log: Arc<DecisionLog>,
     config: ApplianceConfig,
     metrics: Arc<Metrics>,
+    profiles: attest::ProfileCache,
 }
 
 impl std::fmt::Debug for Appliance {
@@ -255,6 +268,10 @@ pub struct RuntimeInfo {
     pub enrolled_at: i64,
     /// When its state last changed.
     pub changed_at: i64,
+    /// Its reference profile's name, if one is assigned.
+    pub profile: Option<String>,
+    /// Its current appraisal (`status`, `attested_at`, `profile` digest), if it attested.
+    pub attestation: Option<serde_json::Value>,
 }
 
 /// A join token, as issued (the token itself is shown once and stored only as a digest).
@@ -323,6 +340,7 @@ impl Appliance {
             log,
             config,
             metrics: Arc::new(Metrics::default()),
+            profiles: attest::ProfileCache::default(),
         }
     }
 
@@ -387,6 +405,10 @@ impl Appliance {
 
     fn runtime_id(&self, name: &str) -> String {
         format!("spiffe://{}/runtime/{name}", self.config.trust_domain)
+    }
+
+    fn appliance_id(&self) -> String {
+        format!("spiffe://{}/writ/appliance", self.config.trust_domain)
     }
 
     fn admin_id(&self) -> String {
@@ -923,7 +945,10 @@ impl Appliance {
     /// Every runtime with its state (the listing is itself logged).
     pub fn runtimes(&self, admin: &str) -> Result<Vec<RuntimeInfo>, Problem> {
         let rows = self.query(
-            "SELECT name, state, tpm, ek_certificate, enrolled_at, changed_at FROM runtimes ORDER BY name",
+            "SELECT r.name, r.state, r.tpm, r.ek_certificate, r.enrolled_at, r.changed_at,
+                    r.profile, a.status, a.attested_at, a.profile
+             FROM runtimes r LEFT JOIN attestations a ON a.name = r.name
+             ORDER BY r.name",
             &[],
         )?;
         let list: Vec<RuntimeInfo> = rows
@@ -939,6 +964,14 @@ impl Appliance {
                     ek_certificate_sha256: text(3),
                     enrolled_at: int(4),
                     changed_at: int(5),
+                    profile: r.get(6).and_then(Value::text).map(str::to_string),
+                    attestation: r.get(7).and_then(Value::text).map(|status| {
+                        serde_json::json!({
+                            "status": status,
+                            "attested_at": int(8),
+                            "profile": text(9),
+                        })
+                    }),
                 }
             })
             .collect();

@@ -35,6 +35,27 @@ pub struct Config {
     pub http: Http,
     /// TLS (on when `keys.ca` is set).
     pub tls: Tls,
+    /// Attestation.
+    pub attestation: Attestation,
+}
+
+/// Attestation.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Attestation {
+    /// Seconds a nonce can be used.
+    pub nonce_ttl_s: u64,
+    /// Seconds an EAR token lives.
+    pub ear_ttl_s: u64,
+}
+
+impl Default for Attestation {
+    fn default() -> Self {
+        Attestation {
+            nonce_ttl_s: 60,
+            ear_ttl_s: 300,
+        }
+    }
 }
 
 /// TLS: a server certificate signed by the `ca` key, for the appliance's SPIFFE ID and these
@@ -86,6 +107,8 @@ pub struct Keys {
     pub checkpoint: Option<String>,
     /// The `ca` key: signs the appliance's TLS certificates (TLS is on when it is set).
     pub ca: Option<String>,
+    /// The `ear` key: signs attestation results (without it, attestation answers 503).
+    pub ear: Option<String>,
 }
 
 /// The decision log.
@@ -139,6 +162,7 @@ impl Default for Config {
             admin: Admin::default(),
             http: Http::default(),
             tls: Tls::default(),
+            attestation: Attestation::default(),
         }
     }
 }
@@ -190,6 +214,9 @@ impl Config {
                 "STORE" => self.store = v.clone(),
                 "KEYS_CHECKPOINT" => self.keys.checkpoint = Some(v.clone()),
                 "KEYS_CA" => self.keys.ca = Some(v.clone()),
+                "KEYS_EAR" => self.keys.ear = Some(v.clone()),
+                "ATTESTATION_NONCE_TTL_S" => self.attestation.nonce_ttl_s = num(&k)?,
+                "ATTESTATION_EAR_TTL_S" => self.attestation.ear_ttl_s = num(&k)?,
                 "TLS_CA_CERTIFICATE" => self.tls.ca_certificate = Some(PathBuf::from(&v)),
                 "TLS_NAMES" => {
                     self.tls.names = v
@@ -273,6 +300,18 @@ impl Config {
             self.tls.certificate_lifetime_s,
             *crate::tls::LIFETIME.start(),
             *crate::tls::LIFETIME.end(),
+        )?;
+        range(
+            "attestation.nonce_ttl_s",
+            self.attestation.nonce_ttl_s,
+            1,
+            600,
+        )?;
+        range(
+            "attestation.ear_ttl_s",
+            self.attestation.ear_ttl_s,
+            10,
+            3600,
         )?;
         range(
             "http.unidentified_per_minute",

@@ -407,6 +407,21 @@ impl DecisionLog {
         if records.is_empty() {
             return Err(StoreError::Range("no records".into()));
         }
+        self.submit(records, effect)
+    }
+
+    /// Changes the appliance's state without a record (what is not a decision: a nonce handed
+    /// out), through the same writer and group commit as the records, so it is as durable as
+    /// they are. Refused, like a record, when checkpoints are stale: state that leads to a
+    /// decision is not made while decisions cannot be published.
+    pub fn write_state(&self, effect: Vec<Op>) -> Result<(), StoreError> {
+        if effect.is_empty() {
+            return Err(StoreError::Range("no state change".into()));
+        }
+        self.submit(Vec::new(), effect).map(|_| ())
+    }
+
+    fn submit(&self, records: Vec<Vec<u8>>, effect: Vec<Op>) -> Result<u64, StoreError> {
         if let Some(r) = records
             .iter()
             .find(|r| r.len() > MAX_RECORD || r.is_empty())
@@ -1008,7 +1023,8 @@ fn job_bytes(j: &Job) -> usize {
 
 fn job_records(j: &Job) -> usize {
     match j {
-        Job::Append { records, .. } => records.len(),
+        // A state change without records still counts towards the batch bound.
+        Job::Append { records, .. } => records.len().max(1),
         Job::Checkpoint { .. } => 1,
     }
 }

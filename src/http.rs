@@ -28,7 +28,9 @@ use serde_json::json;
 use writ_attestation::log::merkle::Hash;
 use writ_attestation::log::tiles::{TILE_HEIGHT, TILE_WIDTH, Tile, entry_bundle};
 
-use crate::appliance::{ActivateRequest, Appliance, EnrollRequest};
+use crate::appliance::{
+    ActivateRequest, Appliance, AttestRequest, EnrollRequest, MAX_ATTEST_BODY, NonceRequest,
+};
 use crate::decision_log::DecisionLog;
 use crate::store::StoreError;
 
@@ -205,6 +207,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/ca.pem"),
     ("POST", "/v1/enroll"),
     ("POST", "/v1/enroll/activate"),
+    ("POST", "/v1/attest/nonce"),
+    ("POST", "/v1/attest"),
+    ("POST", "/v1/admin/profiles"),
+    ("POST", "/v1/admin/runtimes/{name}/profile"),
     ("POST", "/v1/admin/ek-registrations"),
     ("POST", "/v1/admin/join-tokens"),
     ("GET", "/v1/admin/runtimes"),
@@ -230,6 +236,10 @@ pub const OPENAPI: &str = include_str!("../docs/openapi.json");
 /// | `POST /v1/admin/join-tokens` `{"name","ttl_seconds"}` | the token, shown once |
 /// | `GET /v1/admin/runtimes` | every runtime and its state |
 /// | `POST /v1/admin/runtimes/{name}/revoke` | 204 |
+/// | `POST /v1/attest/nonce` `{"name"}` | a nonce and the selection to quote ([`crate::appliance::NonceAnswer`]) |
+/// | `POST /v1/attest` | the EAR token ([`crate::appliance::AttestAnswer`]) |
+/// | `POST /v1/admin/profiles` `{"name","profile"}` | the profile's digest |
+/// | `POST /v1/admin/runtimes/{name}/profile` `{"profile"}` | 204 |
 pub fn appliance_router(app: Arc<Appliance>) -> Router {
     appliance_router_limited(app, Arc::new(UnidentifiedLimit::new(60)))
 }
@@ -248,6 +258,17 @@ pub fn appliance_router_limited(app: Arc<Appliance>, limit: Arc<UnidentifiedLimi
         .route("/v1/ca.pem", get(ca_pem))
         .route("/v1/enroll", post(enroll_start))
         .route("/v1/enroll/activate", post(enroll_activate))
+        .route("/v1/attest/nonce", post(attest_nonce))
+        // An event log in base64 is larger than other bodies (the route's bound wins).
+        .route(
+            "/v1/attest",
+            post(attest).layer(axum::extract::DefaultBodyLimit::max(MAX_ATTEST_BODY)),
+        )
+        .route("/v1/admin/profiles", post(admin_load_profile))
+        .route(
+            "/v1/admin/runtimes/{name}/profile",
+            post(admin_assign_profile),
+        )
         .route("/v1/admin/ek-registrations", post(admin_register_ek))
         .route("/v1/admin/join-tokens", post(admin_join_token))
         .route("/v1/admin/runtimes", get(admin_runtimes))
@@ -408,6 +429,70 @@ async fn enroll_activate(
     work(move || app.enroll_activate(&req))
         .await
         .map(|c| ok_json(&c))
+}
+
+async fn attest_nonce(
+    State(app): State<Arc<Appliance>>,
+    body: axum::body::Bytes,
+) -> Result<Response, Problem> {
+    let req: NonceRequest = json_body(&body)?;
+    work(move || app.attest_nonce(&req))
+        .await
+        .map(|n| ok_json(&n))
+}
+
+async fn attest(
+    State(app): State<Arc<Appliance>>,
+    body: axum::body::Bytes,
+) -> Result<Response, Problem> {
+    work(move || {
+        let req: AttestRequest = json_body(&body)?;
+        app.attest(&req)
+    })
+    .await
+    .map(|a| ok_json(&a))
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoadProfile {
+    name: String,
+    profile: serde_json::Value,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AssignProfile {
+    profile: String,
+}
+
+async fn admin_load_profile(
+    State(app): State<Arc<Appliance>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, Problem> {
+    let admin = app.admin(bearer(&headers).as_deref())?;
+    work(move || {
+        let req: LoadProfile = json_body(&body).map_err(|p| app.admin_refused(&admin, p))?;
+        app.load_profile(&admin, &req.name, &req.profile)
+    })
+    .await
+    .map(|id| ok_json(&json!({ "digest": id })))
+}
+
+async fn admin_assign_profile(
+    State(app): State<Arc<Appliance>>,
+    headers: axum::http::HeaderMap,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, Problem> {
+    let admin = app.admin(bearer(&headers).as_deref())?;
+    work(move || {
+        let req: AssignProfile = json_body(&body).map_err(|p| app.admin_refused(&admin, p))?;
+        app.assign_profile(&admin, &name, &req.profile)
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -78,7 +78,7 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("writ agent: error: {e}");
-                    ExitCode::from(2)
+                    ExitCode::from(e.exit_code())
                 }
             };
         }

@@ -63,6 +63,13 @@ pub struct Serve {
     /// signs; without it, plain HTTP on loopback only.
     #[arg(long)]
     ca_key: Option<String>,
+    /// The `ear` key (pkcs11: or tpm: URI): signs attestation results; without it,
+    /// attestations are answered 503.
+    #[arg(long)]
+    ear_key: Option<String>,
+    /// Seconds a nonce handed out for an attestation can be used (default 60).
+    #[arg(long)]
+    nonce_ttl: Option<u64>,
     /// A DNS name or IP address clients reach the appliance at (in its TLS certificate).
     /// Repeatable; replaces the configured list (default localhost, 127.0.0.1, ::1).
     #[arg(long = "tls-name")]
@@ -95,6 +102,12 @@ fn configure(args: &Serve) -> Result<Config, String> {
     }
     if let Some(v) = &args.ca_key {
         c.keys.ca = Some(v.clone());
+    }
+    if let Some(v) = &args.ear_key {
+        c.keys.ear = Some(v.clone());
+    }
+    if let Some(v) = args.nonce_ttl {
+        c.attestation.nonce_ttl_s = v;
     }
     if !args.tls_names.is_empty() {
         c.tls.names = args.tls_names.clone();
@@ -215,6 +228,28 @@ pub fn run(args: Serve) -> Result<(), String> {
         },
     )
     .map_err(|e| format!("checkpoint key: {e}"))?;
+    let ear = c
+        .keys
+        .ear
+        .as_deref()
+        .map(|uri| {
+            open_key(
+                &uri.parse().map_err(|e| format!("ear key: {e}"))?,
+                &OpenOptions {
+                    allow_software_keys: args.allow_software_keys,
+                },
+            )
+            .map_err(|e| format!("ear key: {e}"))
+        })
+        .transpose()?;
+    if ear.is_none() {
+        tracing::warn!("no ear key: every attestation will be answered 503 (ear_signing)");
+    }
+    if let Some(e) = &ear
+        && e.public_key().spki_der() == key.public_key().spki_der()
+    {
+        return Err("the ear key and the checkpoint key are one key: one key, one purpose".into());
+    }
     // TLS: the ca key, its CA certificate (made once), a server certificate for the appliance.
     let tls = match &c.keys.ca {
         None => None,
@@ -230,6 +265,12 @@ pub fn run(args: Serve) -> Result<(), String> {
                 return Err(
                     "the ca key and the checkpoint key are one key: one key, one purpose".into(),
                 );
+            }
+            if ear
+                .as_ref()
+                .is_some_and(|e| e.public_key().spki_der() == ca.public_key().spki_der())
+            {
+                return Err("the ca key and the ear key are one key: one key, one purpose".into());
             }
             let path = match (&c.tls.ca_certificate, &engine) {
                 (Some(p), _) => p.clone(),
@@ -334,6 +375,9 @@ pub fn run(args: Serve) -> Result<(), String> {
                     .as_ref()
                     .map(|t| writ::tls::pem(t.ca_der()))
                     .transpose()?,
+                ear_key: ear,
+                nonce_ttl: i64::try_from(c.attestation.nonce_ttl_s).unwrap_or(60),
+                ear_ttl: i64::try_from(c.attestation.ear_ttl_s).unwrap_or(300),
             },
         ));
         let limits = Limits {

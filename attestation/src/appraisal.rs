@@ -383,6 +383,12 @@ pub mod values {
     pub const UNSAFE_HARDWARE: i8 = 32;
     /// `hardware`: not recognized (a manufacturer the profile does not allow).
     pub const UNRECOGNIZED_HARDWARE: i8 = 97;
+    /// `instance-identity`: a recognized instance (the quoting AK is bound, by credential
+    /// activation, to an enrolled EK).
+    pub const TRUSTWORTHY_INSTANCE: i8 = 2;
+    /// `instance-identity`: contraindicated (the TPM's counters went backwards: the TPM was
+    /// cleared or its state restored, or the evidence is replayed).
+    pub const UNTRUSTWORTHY_INSTANCE: i8 = 96;
 }
 
 /// The AR4SI trustworthiness vector (claims writ does not appraise stay 0, "no claim").
@@ -495,6 +501,27 @@ impl Appraisal {
     fn finish(mut self) -> Self {
         self.status = status_of(&self.vector);
         self
+    }
+
+    /// An appraisal of evidence that could not be read at all (an event log that does not
+    /// parse): `reason` at `value`, nothing affirmed.
+    pub fn unreadable(policy_id: &str, value: i8, reason: Reason) -> Self {
+        let mut a = Appraisal {
+            status: Status::None,
+            vector: TrustVector::default(),
+            reasons: Vec::new(),
+            policy_id: policy_id.to_string(),
+        };
+        a.fail(value, reason);
+        a
+    }
+
+    /// Adds a failed check made outside the appraisal (the appliance's comparison of the TPM's
+    /// counters with the last attestation) and recomputes the status.
+    pub fn fail(&mut self, value: i8, reason: Reason) {
+        self.vector.worsen(reason.claim, value);
+        self.reasons.push(reason);
+        self.status = status_of(&self.vector);
     }
 
     /// Sets `instance-identity` (the caller knows whether the AK is bound to an enrolled EK)

@@ -45,6 +45,23 @@ impl EcJwk {
         Ok(jwk)
     }
 
+    /// From affine coordinates, big-endian (a TPM's TPMS_ECC_POINT; a coordinate shorter than
+    /// 32 bytes is left-padded with zeros); checks the point is on the curve.
+    pub fn from_coordinates(x: &[u8], y: &[u8]) -> Result<Self, JwkError> {
+        let pad = |v: &[u8]| -> Option<[u8; 32]> {
+            let mut out = [0u8; 32];
+            out.get_mut(32usize.checked_sub(v.len())?..)?
+                .copy_from_slice(v);
+            Some(out)
+        };
+        let jwk = EcJwk {
+            x: pad(x).ok_or(JwkError("x is longer than 32 bytes"))?,
+            y: pad(y).ok_or(JwkError("y is longer than 32 bytes"))?,
+        };
+        jwk.verifying_key()?;
+        Ok(jwk)
+    }
+
     /// The affine coordinates (big-endian, 32 bytes each).
     pub fn coordinates(&self) -> (&[u8; 32], &[u8; 32]) {
         (&self.x, &self.y)

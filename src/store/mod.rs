@@ -279,7 +279,7 @@ pub(crate) trait Backend: Send {
 }
 
 /// The current schema version.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Migrations, in order; `{int}` and `{blob}` are the engine's 64-bit integer and byte types.
 const MIGRATIONS: &[(u32, &str)] = &[
@@ -345,6 +345,42 @@ const MIGRATIONS: &[(u32, &str)] = &[
         used_at {int}
     );
     CREATE INDEX enrollments_by_expiry ON enrollments (expires_at);",
+    ),
+    (
+        3,
+        // Attestation: reference profiles (as loaded, by name), each runtime's profile, the
+        // single-use nonces (by SHA-256; the nonce itself is never stored), and each runtime's
+        // current appraisal with the counters of its last verified quote. `generation` grows
+        // with every change of a runtime's appraisal, so a writer that read an older one cannot
+        // overwrite a newer one.
+        "CREATE TABLE profiles (
+        name TEXT PRIMARY KEY,
+        profile TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        loaded_at {int} NOT NULL
+    );
+    ALTER TABLE runtimes ADD COLUMN profile TEXT;
+    CREATE TABLE nonces (
+        nonce_hash {blob} PRIMARY KEY,
+        name TEXT NOT NULL,
+        expires_at {int} NOT NULL,
+        used_at {int}
+    );
+    CREATE INDEX nonces_by_name ON nonces (name, expires_at);
+    CREATE INDEX nonces_by_expiry ON nonces (expires_at);
+    CREATE TABLE attestations (
+        name TEXT PRIMARY KEY,
+        generation {int} NOT NULL,
+        status TEXT NOT NULL,
+        result TEXT NOT NULL,
+        profile TEXT NOT NULL,
+        reset_count {int} NOT NULL,
+        restart_count {int} NOT NULL,
+        clock {int} NOT NULL,
+        holder_jkt TEXT NOT NULL,
+        ear_digest TEXT NOT NULL,
+        attested_at {int} NOT NULL
+    );",
     ),
 ];
 

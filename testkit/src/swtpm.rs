@@ -22,7 +22,16 @@ impl Swtpm {
     /// Starts a fresh TPM: a copy of a provisioned template state (EK certificates from the local
     /// CA, nothing else), listening on two fresh loopback ports.
     pub fn start() -> Swtpm {
-        let template = template_dir();
+        Swtpm::from_template(template_dir("swtpm-template-v1"))
+    }
+
+    /// A TPM other than the one [`start`](Self::start) copies: another EK, under another local
+    /// CA (its own [`ca_dir`](Self::ca_dir)), for tests that need two distinct machines.
+    pub fn start_second() -> Swtpm {
+        Swtpm::from_template(template_dir("swtpm-template-v1-second"))
+    }
+
+    fn from_template(template: PathBuf) -> Swtpm {
         let dir = tempfile::Builder::new()
             .prefix("writ-swtpm-")
             .tempdir()
@@ -142,6 +151,35 @@ impl Swtpm {
         self.tool(dir, &["tpm2_flushcontext", "-t"]);
     }
 
+    /// The TPM's persistent state as it is on disk now (tpm2-00.permall), after a clean
+    /// shutdown of nothing: swtpm writes it on every NV change.
+    pub fn snapshot(&self) -> Vec<u8> {
+        std::fs::read(self.dir.path().join("tpm2-00.permall")).expect("read TPM state")
+    }
+
+    /// Stops swtpm, puts `state` (from [`snapshot`](Self::snapshot)) back, and starts it again
+    /// on the same ports: a TPM whose state was restored from the past (its counters go back).
+    pub fn restore(&mut self, state: &[u8]) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::fs::write(self.dir.path().join("tpm2-00.permall"), state).expect("write TPM state");
+        for attempt in 0..50 {
+            let mut child = spawn(self.port, self.dir.path());
+            if wait_listening(&mut child, self.port) {
+                self.child = child;
+                return;
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            eprintln!(
+                "swtpm did not come back on port {} (attempt {attempt})",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("swtpm would not restart");
+    }
+
     /// Reboots the TPM: TPM2_Init through the control channel, then TPM2_Startup(CLEAR). PCRs reset,
     /// resetCount increments, persistent objects stay.
     pub fn reboot(&self) {
@@ -212,9 +250,9 @@ pub(crate) fn user_dir() -> PathBuf {
     std::env::temp_dir().join(format!("writ-testkit-{}", current_uid()))
 }
 
-fn template_dir() -> PathBuf {
+fn template_dir(name: &str) -> PathBuf {
     let base = user_dir();
-    let dir = base.join("swtpm-template-v1");
+    let dir = base.join(name);
     if dir.join("state/tpm2-00.permall").is_file() {
         return dir;
     }
@@ -232,7 +270,7 @@ fn template_dir() -> PathBuf {
         // of its own below) but not list it; what is secret below has its own modes.
         std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o711)).expect("chmod");
     }
-    let lock = File::create(base.join("swtpm-template.lock")).expect("lock file");
+    let lock = File::create(base.join(format!("{name}.lock"))).expect("lock file");
     lock.lock().expect("lock template");
     if !dir.join("state/tpm2-00.permall").is_file() {
         let staging = tempfile::Builder::new()

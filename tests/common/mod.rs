@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use writ_testkit::SoftHsm;
 
+pub mod stack;
+
 /// The `writ` binary, with SoftHSM2's configuration when there is a token, and quiet TSS logs.
 pub fn writ(hsm: Option<&SoftHsm>) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_writ"));

@@ -40,6 +40,14 @@ impl CertifiedKey {
     pub fn clock(&self) -> ClockInfo {
         self.clock
     }
+    /// The certified key as a JWK (its RFC 7638 thumbprint is what `cnf.jkt` names).
+    pub fn jwk(&self) -> Result<crate::jwk::EcJwk, EvidenceError> {
+        match self.public.params() {
+            KeyParams::Ecc { x, y, .. } => crate::jwk::EcJwk::from_coordinates(x, y)
+                .map_err(|e| EvidenceError::CertifiedKey(e.to_string())),
+            KeyParams::Rsa { .. } => Err(EvidenceError::CertifiedKey("not an ECC key".into())),
+        }
+    }
 }
 
 /// Verifies a TPM2_Certify of `certified` (its TPMT_PUBLIC) by `ak` over `nonce`.

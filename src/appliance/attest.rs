@@ -1,0 +1,897 @@
+//! Attestation as a service (security.md, "Enrollment and attestation"; docs/attestation.md).
+//!
+//! **Nonce.** A runtime asks for a nonce by name: 32 bytes from the OS RNG, stored only as its
+//! SHA-256, bound to the name, short-lived, written durably (through the decision log's writer)
+//! before it is answered. At most [`MAX_PENDING_NONCES`] unused, unexpired nonces per runtime.
+//! Handing out a nonce decides nothing and is not a record; the request is not authenticated
+//! (runtimes have no credential before X.509-SVIDs), so a refusal here is an unidentified one.
+//!
+//! **Attest.** The runtime answers with a quote by its enrolled AK over the selection its
+//! profile requires, the PCR values, its event log and a holder key certified by the AK over
+//! the same nonce. In order: the runtime is known; the quote's signature verifies with its
+//! stored AK (until then the request is unidentified: counted, not logged); then every refusal
+//! is a decision about the runtime, in the log before the answer. The nonce must be the
+//! runtime's own, unused and unexpired; it is spent in the transaction that records the
+//! decision, so two concurrent uses give one success, and a nonce is never accepted twice,
+//! across restarts too. Then the rest of the quote (nonce, selection, PCR digest), the
+//! certification of the holder key, the event log (parsed, replayed, appraised against the
+//! runtime's profile), the TPM's counters against the last verified quote. An appraisal (of
+//! any status) replaces the runtime's current state; only an affirming or warning one gets an
+//! EAR token, signed with the `ear` key and bound to the holder key's thumbprint.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use axum::http::StatusCode;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use writ_attestation::EvidenceError;
+use writ_attestation::appraisal::{
+    Appraisal, Claim, LoadedProfile, Reason, Status, TpmIdentity, appraise, values,
+};
+use writ_attestation::crypto::default_provider;
+use writ_attestation::evidence::{
+    CheckedAk, CounterChange, Nonce, TpmAttributes, verify_certify, verify_quote,
+};
+use writ_attestation::log::record::{Decision, DecisionRecord, Kind, RECORD_VERSION};
+use writ_attestation::tpm::HashAlg;
+use writ_attestation::tpm::attest::ClockInfo;
+use writ_attestation::tpm::pcr::{PcrSelection, PcrValues};
+
+use super::{
+    Appliance, NAME_RULE, Rec, b64, digest, malformed, now, random, store_problem, valid_name,
+};
+use crate::http::Problem;
+use crate::store::{Op, StoreError, Value};
+
+/// Unused, unexpired nonces one runtime may hold.
+pub const MAX_PENDING_NONCES: i64 = 16;
+/// Nonces are deleted this long after they expired (until then a reuse is answered
+/// `nonce_consumed`; afterwards `nonce_unknown`: refused either way).
+const NONCE_KEEP: i64 = 3600;
+/// Largest event log accepted in an attestation, bytes (before base64).
+pub const MAX_EVENT_LOG: usize = 1024 * 1024;
+/// Largest attestation request body, bytes: the event log in base64 and the rest.
+pub const MAX_ATTEST_BODY: usize = MAX_EVENT_LOG / 3 * 4 + 64 * 1024;
+
+/// A nonce request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NonceRequest {
+    /// The runtime's name.
+    pub name: String,
+}
+
+/// A nonce, and what the quote must cover.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct NonceAnswer {
+    /// 32 random bytes, base64.
+    pub nonce: String,
+    /// When it expires (seconds since the Unix epoch).
+    pub expires_at: i64,
+    /// The PCR selection the quote must cover exactly (tpm2-tools syntax, `sha256:0,2,4,7`).
+    pub selection: String,
+    /// The runtime's reference profile (its name).
+    pub profile: String,
+}
+
+/// A TPM attestation (TPMS_ATTEST) and its signature (TPMT_SIGNATURE), base64.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Signed {
+    /// TPMS_ATTEST, exactly as signed.
+    pub attest: String,
+    /// TPMT_SIGNATURE.
+    pub signature: String,
+}
+
+/// A holder key and its certification by the AK.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Holder {
+    /// The key's TPMT_PUBLIC, base64.
+    pub public: String,
+    /// TPM2_Certify of the key by the AK over the nonce.
+    pub certify: Signed,
+}
+
+/// An attestation.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttestRequest {
+    /// The runtime's name.
+    pub name: String,
+    /// The nonce, base64, as it was handed out.
+    pub nonce: String,
+    /// TPM2_Quote by the AK over the nonce.
+    pub quote: Signed,
+    /// The PCR values: bank name → PCR number → hex value.
+    pub pcrs: BTreeMap<String, BTreeMap<String, String>>,
+    /// The firmware event log (TCG crypto-agile), base64.
+    pub event_log: String,
+    /// The holder key.
+    pub holder: Holder,
+}
+
+/// The answer to an attestation that was affirmed (or warned about).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AttestAnswer {
+    /// The runtime's SPIFFE ID.
+    pub spiffe_id: String,
+    /// `affirming` or `warning`.
+    pub status: String,
+    /// The EAR token (`ear+jwt`), bound to the holder key (`cnf.jkt`).
+    pub ear: String,
+    /// When the token expires.
+    pub expires_at: i64,
+    /// The holder key's RFC 7638 thumbprint.
+    pub holder_jkt: String,
+    /// How the TPM's counters moved since the last attestation: `first`, `unchanged`,
+    /// `reboot`, `reboots`, `restart`.
+    pub counters: String,
+    /// The TPM's reset and restart counts in this quote.
+    pub reset_count: u32,
+    /// The TPM's restart count in this quote.
+    pub restart_count: u32,
+    /// Every failed rule (a warning's reasons).
+    pub reasons: Vec<serde_json::Value>,
+    /// The decision's index in the log.
+    pub log_index: u64,
+}
+
+/// What the appliance keeps of profiles it parsed (by digest).
+#[derive(Default)]
+pub(crate) struct ProfileCache(Mutex<HashMap<String, Arc<LoadedProfile>>>);
+
+impl ProfileCache {
+    fn get(&self, digest: &str, text: &str) -> Result<Arc<LoadedProfile>, Problem> {
+        if let Ok(map) = self.0.lock()
+            && let Some(p) = map.get(digest)
+        {
+            return Ok(Arc::clone(p));
+        }
+        let p = Arc::new(LoadedProfile::from_json(text.as_bytes()).map_err(|e| {
+            // Stored by a checked load: a profile that no longer parses is the store's fault.
+            tracing::error!("stored profile {digest}: {e}");
+            Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "profile_corrupt",
+                "the runtime's stored reference profile does not load",
+            )
+        })?);
+        if let Ok(mut map) = self.0.lock() {
+            if map.len() > 1024 {
+                map.clear();
+            }
+            map.insert(digest.to_string(), Arc::clone(&p));
+        }
+        Ok(p)
+    }
+}
+
+/// The selection a profile requires: the PCRs it reads, in its bank.
+pub fn required_selection(profile: &LoadedProfile) -> Result<PcrSelection, EvidenceError> {
+    PcrSelection::new(vec![(
+        profile.bank(),
+        profile.read_pcrs().into_iter().collect(),
+    )])
+}
+
+struct Runtime {
+    ak_public: Vec<u8>,
+    tpm: String,
+    state: String,
+    /// The assigned profile: name, digest, text.
+    profile: Option<(String, String, String)>,
+}
+
+fn parse_pcrs(pcrs: &BTreeMap<String, BTreeMap<String, String>>) -> Result<PcrValues, Problem> {
+    let mut out = PcrValues::new();
+    for (bank, values) in pcrs {
+        let alg = HashAlg::from_name(bank)
+            .ok_or_else(|| malformed(format!("pcrs: unknown bank {bank:?}")))?;
+        for (index, hex_value) in values {
+            let canonical = index == "0" || (!index.starts_with('0') && !index.is_empty());
+            let i: u8 = index
+                .parse()
+                .ok()
+                .filter(|_| canonical && index.bytes().all(|b| b.is_ascii_digit()))
+                .ok_or_else(|| malformed(format!("pcrs: {index:?} is not a PCR number")))?;
+            let v = hex::decode(hex_value)
+                .map_err(|_| malformed(format!("pcrs: {bank}:{i} is not hex")))?;
+            out.insert(alg, i, v)
+                .map_err(|e| malformed(format!("pcrs: {e}")))?;
+        }
+    }
+    Ok(out)
+}
+
+fn reason(code: &'static str, claim: Claim, rule: &str, message: String) -> Reason {
+    Reason {
+        code,
+        claim,
+        rule: rule.to_string(),
+        pcr: None,
+        bank: None,
+        event: None,
+        expected: None,
+        found: None,
+        message,
+    }
+}
+
+/// The code under which a failed certification is refused.
+fn certify_code(e: &EvidenceError) -> &'static str {
+    match e {
+        EvidenceError::Signature(_) | EvidenceError::SignatureScheme(_) => "certify_signature",
+        EvidenceError::NonceMismatch => "certify_nonce",
+        EvidenceError::CertifiedName => "certified_name",
+        EvidenceError::CertifiedKey(_) => "certified_key",
+        _ => "certify",
+    }
+}
+
+impl Appliance {
+    fn runtime(&self, name: &str) -> Result<Option<Runtime>, Problem> {
+        let rows = self.query(
+            "SELECT r.ak_public, r.tpm, r.state, p.name, p.profile, p.digest
+             FROM runtimes r LEFT JOIN profiles p ON p.name = r.profile
+             WHERE r.name = $1",
+            &[name.into()],
+        )?;
+        Ok(rows.first().map(|r| {
+            let text = |i: usize| r.get(i).and_then(Value::text).map(str::to_string);
+            Runtime {
+                ak_public: r
+                    .first()
+                    .and_then(Value::blob)
+                    .map(<[u8]>::to_vec)
+                    .unwrap_or_default(),
+                tpm: text(1).unwrap_or_default(),
+                state: text(2).unwrap_or_default(),
+                profile: match (text(3), text(4), text(5)) {
+                    (Some(n), Some(p), Some(d)) => Some((n, d, p)),
+                    _ => None,
+                },
+            }
+        }))
+    }
+
+    fn loaded_profile(&self, digest: &str, text: &str) -> Result<Arc<LoadedProfile>, Problem> {
+        self.profiles.get(digest, text)
+    }
+
+    /// Hands out a nonce for `req.name`.
+    pub fn attest_nonce(&self, req: &NonceRequest) -> Result<NonceAnswer, Problem> {
+        if !valid_name(&req.name) {
+            return Err(malformed(NAME_RULE));
+        }
+        let t = now()?;
+        let Some(rt) = self.runtime(&req.name)? else {
+            return Err(Problem::new(
+                StatusCode::NOT_FOUND,
+                "runtime_unknown",
+                "no such enrolled runtime",
+            ));
+        };
+        if rt.state != "enrolled" {
+            return Err(Problem::new(
+                StatusCode::FORBIDDEN,
+                "revoked",
+                "this runtime is revoked",
+            ));
+        }
+        let Some((profile_name, profile_digest, profile_text)) = &rt.profile else {
+            return Err(Problem::new(
+                StatusCode::CONFLICT,
+                "no_profile",
+                "no reference profile is assigned to this runtime (writ admin assign-profile)",
+            ));
+        };
+        let profile = self.loaded_profile(profile_digest, profile_text)?;
+        let selection = required_selection(&profile).map_err(|e| {
+            Problem::new(
+                StatusCode::CONFLICT,
+                "profile",
+                format!("the runtime's profile requires no PCR selection: {e}"),
+            )
+        })?;
+        let nonce = random::<32>()?;
+        let expires_at = t.saturating_add(self.config.nonce_ttl);
+        let effect = vec![
+            Op {
+                sql: "DELETE FROM nonces WHERE expires_at < $1",
+                params: vec![t.saturating_sub(NONCE_KEEP).into()],
+                must_affect: None,
+            },
+            Op {
+                sql: "INSERT INTO nonces (nonce_hash, name, expires_at)
+                      SELECT $1, $2, $3
+                      WHERE (SELECT COUNT(*) FROM nonces
+                             WHERE name = $2 AND used_at IS NULL AND expires_at > $4) < $5",
+                params: vec![
+                    Sha256::digest(nonce).to_vec().into(),
+                    req.name.clone().into(),
+                    expires_at.into(),
+                    t.into(),
+                    MAX_PENDING_NONCES.into(),
+                ],
+                must_affect: Some((
+                    "too_many_nonces",
+                    "this runtime holds too many unused nonces; use one or wait for them to expire",
+                )),
+            },
+        ];
+        match self.log.write_state(effect) {
+            Ok(()) => {}
+            Err(StoreError::Conflict { code, detail }) => {
+                return Err(Problem::new(StatusCode::TOO_MANY_REQUESTS, code, detail));
+            }
+            Err(e) => return Err(store_problem(e)),
+        }
+        Ok(NonceAnswer {
+            nonce: STANDARD.encode(nonce),
+            expires_at,
+            selection: selection.to_string(),
+            profile: profile_name.clone(),
+        })
+    }
+
+    /// Appends an attestation decision (with `reasons`, none for an allow) and its state
+    /// change; counts it once durable.
+    fn attest_logged(
+        &self,
+        subject: &str,
+        reasons: &[&'static str],
+        digests: &[(&str, String)],
+        effect: Vec<Op>,
+    ) -> Result<Result<u64, StoreError>, Problem> {
+        let mut codes: Vec<String> = Vec::new();
+        for r in reasons {
+            if !codes.iter().any(|c| c == r) {
+                codes.push(r.to_string());
+            }
+        }
+        let record = DecisionRecord {
+            v: RECORD_VERSION,
+            kind: Kind::Attest,
+            time: now()?,
+            subject: subject.to_string(),
+            decision: if reasons.is_empty() {
+                Decision::Allow
+            } else {
+                Decision::Deny
+            },
+            reasons: codes,
+            digests: digests
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+            policy_bundle_hash: None,
+            parent: None,
+        };
+        let leaf = record.to_leaf().map_err(|e| {
+            Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "record",
+                format!("a decision record could not be made: {e}"),
+            )
+        })?;
+        let r = self.log.append_with(vec![leaf], effect);
+        if r.is_ok() {
+            match reasons.first() {
+                Some(code) => self.metrics.decision("attest", "deny", code),
+                None => self.metrics.decision("attest", "allow", "ok"),
+            }
+        }
+        Ok(r)
+    }
+
+    /// Verifies an attestation; see the module's documentation.
+    pub fn attest(&self, req: &AttestRequest) -> Result<AttestAnswer, Problem> {
+        if !valid_name(&req.name) {
+            return Err(malformed(NAME_RULE));
+        }
+        let nonce_bytes = b64("nonce", &req.nonce)?;
+        let quote_attest = b64("quote.attest", &req.quote.attest)?;
+        let quote_sig = b64("quote.signature", &req.quote.signature)?;
+        let holder_public = b64("holder.public", &req.holder.public)?;
+        let certify_attest = b64("holder.certify.attest", &req.holder.certify.attest)?;
+        let certify_sig = b64("holder.certify.signature", &req.holder.certify.signature)?;
+        let log_bytes = b64("event_log", &req.event_log)?;
+        if log_bytes.len() > MAX_EVENT_LOG {
+            return Err(malformed(format!(
+                "the event log is larger than {MAX_EVENT_LOG} bytes"
+            )));
+        }
+        let pcrs = parse_pcrs(&req.pcrs)?;
+        let nonce = Nonce::new(&nonce_bytes).map_err(|e| malformed(format!("nonce: {e}")))?;
+        let t = now()?;
+
+        let Some(rt) = self.runtime(&req.name)? else {
+            return Err(Problem::new(
+                StatusCode::NOT_FOUND,
+                "runtime_unknown",
+                "no such enrolled runtime",
+            ));
+        };
+        let ak = CheckedAk::from_tpmt(&rt.ak_public).map_err(|e| {
+            tracing::error!(runtime = %req.name, "stored AK: {e}");
+            Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "store_corrupt",
+                "the runtime's stored AK does not load",
+            )
+        })?;
+        let subject = self.runtime_id(&req.name);
+        let nonce_hash = Sha256::digest(&nonce_bytes).to_vec();
+        let mut digests: Vec<(&str, String)> = vec![
+            ("nonce", digest(&nonce_bytes)),
+            ("quote", digest(&quote_attest)),
+            ("event_log", digest(&log_bytes)),
+            ("ak", digest(&rt.ak_public)),
+        ];
+
+        // The profile decides the selection; without one nothing can be appraised.
+        let profile = match &rt.profile {
+            Some((_, d, text)) => Some(self.loaded_profile(d, text)?),
+            None => None,
+        };
+        let required = profile
+            .as_deref()
+            .map(required_selection)
+            .transpose()
+            .map_err(|e| {
+                Problem::new(
+                    StatusCode::CONFLICT,
+                    "profile",
+                    format!("the runtime's profile requires no PCR selection: {e}"),
+                )
+            })?;
+        let provider = default_provider();
+        // The quote first: until its signature verifies with the runtime's AK, nobody is
+        // identified (any name can be claimed) and the refusal is not a record.
+        let quote = match &required {
+            Some(sel) => verify_quote(provider, &ak, &quote_attest, &quote_sig, &nonce, sel, &pcrs),
+            // No profile: the signature still decides who is asking.
+            None => verify_quote(
+                provider,
+                &ak,
+                &quote_attest,
+                &quote_sig,
+                &nonce,
+                &PcrSelection::new(vec![(HashAlg::Sha256, vec![0])])
+                    .map_err(|e| malformed(e.to_string()))?,
+                &pcrs,
+            ),
+        };
+        if let Err(
+            e @ (EvidenceError::Signature(_)
+            | EvidenceError::SignatureScheme(_)
+            | EvidenceError::Malformed(_)),
+        ) = &quote
+        {
+            return Err(Problem::new(
+                StatusCode::UNAUTHORIZED,
+                e.code(),
+                format!("the quote is not signed by this runtime's AK: {e}"),
+            ));
+        }
+
+        // Identified from here on: every refusal is logged before it is answered.
+        let deny =
+            |code: &'static str, status: StatusCode, detail: String, effect: Vec<Op>| match self
+                .attest_logged(&subject, &[code], &digests, effect)
+            {
+                Ok(Ok(_)) => Problem::new(status, code, detail).identified(),
+                Ok(Err(StoreError::Conflict { code, detail })) => self.deny(
+                    Rec {
+                        kind: Kind::Attest,
+                        subject: &subject,
+                        reason: Some(code),
+                        digests: &digests,
+                    },
+                    StatusCode::FORBIDDEN,
+                    detail,
+                ),
+                Ok(Err(e)) => store_problem(e),
+                Err(p) => p,
+            };
+        let spend = Op {
+            sql: "UPDATE nonces SET used_at = $3
+                  WHERE nonce_hash = $1 AND name = $2 AND used_at IS NULL AND expires_at > $3",
+            params: vec![nonce_hash.clone().into(), req.name.clone().into(), t.into()],
+            must_affect: Some(("nonce_consumed", "this nonce was already used")),
+        };
+        let rows = self.query(
+            "SELECT name, expires_at, used_at FROM nonces WHERE nonce_hash = $1",
+            &[nonce_hash.clone().into()],
+        )?;
+        match rows.first() {
+            None => {
+                return Err(deny(
+                    "nonce_unknown",
+                    StatusCode::FORBIDDEN,
+                    "this nonce was not handed out (or expired long ago); ask for a new one".into(),
+                    Vec::new(),
+                ));
+            }
+            Some(r) if r.first().and_then(Value::text) != Some(req.name.as_str()) => {
+                return Err(deny(
+                    "nonce_foreign",
+                    StatusCode::FORBIDDEN,
+                    "this nonce was handed out for another runtime".into(),
+                    Vec::new(),
+                ));
+            }
+            Some(r) if !matches!(r.get(2), Some(Value::Null)) => {
+                return Err(deny(
+                    "nonce_consumed",
+                    StatusCode::FORBIDDEN,
+                    "this nonce was already used; ask for a new one".into(),
+                    Vec::new(),
+                ));
+            }
+            Some(r) if r.get(1).and_then(Value::int).unwrap_or(0) <= t => {
+                return Err(deny(
+                    "nonce_expired",
+                    StatusCode::FORBIDDEN,
+                    "this nonce has expired; ask for a new one".into(),
+                    Vec::new(),
+                ));
+            }
+            Some(_) => {}
+        }
+        // From here on every decision spends the nonce with its record.
+        if rt.state != "enrolled" {
+            return Err(deny(
+                "revoked",
+                StatusCode::FORBIDDEN,
+                "this runtime is revoked".into(),
+                vec![spend],
+            ));
+        }
+        let Some(profile) = profile else {
+            return Err(deny(
+                "no_profile",
+                StatusCode::CONFLICT,
+                "no reference profile is assigned to this runtime".into(),
+                vec![spend],
+            ));
+        };
+        let quote = match quote {
+            Ok(q) => q,
+            Err(e) => {
+                return Err(deny(
+                    e.code(),
+                    StatusCode::FORBIDDEN,
+                    format!("the quote does not verify: {e}"),
+                    vec![spend],
+                ));
+            }
+        };
+        let holder = match verify_certify(
+            provider,
+            &ak,
+            &certify_attest,
+            &certify_sig,
+            &nonce,
+            &holder_public,
+        )
+        .and_then(|c| c.jwk().map(|j| (c, j)))
+        {
+            Ok(h) => h,
+            Err(e) => {
+                return Err(deny(
+                    certify_code(&e),
+                    StatusCode::FORBIDDEN,
+                    format!("the holder key's certification does not verify: {e}"),
+                    vec![spend],
+                ));
+            }
+        };
+        let jkt = holder.1.thumbprint();
+        digests.push(("holder", digest(holder.0.public().tpmt_bytes())));
+
+        // The appraisal: the log against the quote and the profile; the instance is the
+        // enrolled one (the AK was bound to its EK by credential activation).
+        let identity = TpmIdentity::enrolled(tpm_attributes(&rt.tpm), false);
+        let mut appraisal = match writ_attestation::eventlog::parse(&log_bytes) {
+            Ok(log) => appraise(&profile, &log, &quote, Some(&identity)),
+            Err(e) => Appraisal::unreadable(
+                profile.id(),
+                values::CRYPTO_FAILED,
+                reason(
+                    "event_log",
+                    Claim::Configuration,
+                    "event_log",
+                    format!("the event log does not parse: {e}"),
+                ),
+            ),
+        };
+        appraisal.set_instance_identity(values::TRUSTWORTHY_INSTANCE);
+
+        // The counters against the last verified quote of this runtime.
+        let last = self.query(
+            "SELECT generation, reset_count, restart_count, clock FROM attestations WHERE name = $1",
+            &[req.name.clone().into()],
+        )?;
+        let (generation, change) = match last.first() {
+            None => (0, None),
+            Some(r) => {
+                let int = |i: usize| r.get(i).and_then(Value::int).unwrap_or(0);
+                let before = ClockInfo {
+                    clock: u64::try_from(int(3)).unwrap_or(0),
+                    reset_count: u32::try_from(int(1)).unwrap_or(0),
+                    restart_count: u32::try_from(int(2)).unwrap_or(0),
+                    safe: true,
+                };
+                (int(0), Some(quote.counters_since(&before)))
+            }
+        };
+        let counters = match change {
+            None => "first".to_string(),
+            Some(CounterChange::Unchanged) => "unchanged".into(),
+            Some(CounterChange::Reboot) => "reboot".into(),
+            Some(CounterChange::Jump { .. }) => "reboots".into(),
+            Some(CounterChange::Restart) => "restart".into(),
+            Some(CounterChange::Rollback { counter }) => {
+                appraisal.fail(
+                    values::UNTRUSTWORTHY_INSTANCE,
+                    reason(
+                        "counters_rollback",
+                        Claim::InstanceIdentity,
+                        "counters",
+                        format!(
+                            "the TPM's {counter} went backwards since the last attestation (a cleared or restored TPM, or replayed evidence)"
+                        ),
+                    ),
+                );
+                format!("rollback:{counter}")
+            }
+            Some(_) => "changed".into(),
+        };
+        let clock = quote.clock();
+
+        // The EAR, for an affirming or warning result only; signed before the record, released
+        // after it.
+        let affirmed = matches!(appraisal.status, Status::Affirming | Status::Warning);
+        let expires_at = t.saturating_add(self.config.ear_ttl);
+        let ear = if affirmed {
+            let token = self.sign_ear(&appraisal, &subject, &nonce_bytes, &jkt, t, expires_at)?;
+            digests.push(("ear", digest(token.as_bytes())));
+            Some(token)
+        } else {
+            None
+        };
+        let reasons_json: Vec<serde_json::Value> = appraisal
+            .reasons
+            .iter()
+            .map(|r| serde_json::to_value(r).unwrap_or(serde_json::Value::Null))
+            .collect();
+        let result = json!({
+            "status": appraisal.status.as_str(),
+            "vector": appraisal.vector,
+            "reasons": reasons_json,
+            "counters": counters,
+            "nonce": digest(&nonce_bytes),
+            "quote": digest(&quote_attest),
+            "event_log": digest(&log_bytes),
+        })
+        .to_string();
+        let effect = vec![
+            spend,
+            Op {
+                // The runtime is still enrolled with this AK when the result is stored.
+                sql: "UPDATE runtimes SET changed_at = changed_at
+                      WHERE name = $1 AND state = 'enrolled' AND ak_public = $2",
+                params: vec![req.name.clone().into(), rt.ak_public.clone().into()],
+                must_affect: Some(("revoked", "this runtime was revoked meanwhile")),
+            },
+            Op {
+                // Replaces the state it was appraised against, never a newer one.
+                sql: "INSERT INTO attestations
+                      (name, generation, status, result, profile, reset_count, restart_count,
+                       clock, holder_jkt, ear_digest, attested_at)
+                      VALUES ($1, $2 + 1, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                      ON CONFLICT (name) DO UPDATE SET generation = excluded.generation,
+                          status = excluded.status, result = excluded.result,
+                          profile = excluded.profile, reset_count = excluded.reset_count,
+                          restart_count = excluded.restart_count, clock = excluded.clock,
+                          holder_jkt = excluded.holder_jkt, ear_digest = excluded.ear_digest,
+                          attested_at = excluded.attested_at
+                      WHERE attestations.generation = $2",
+                params: vec![
+                    req.name.clone().into(),
+                    generation.into(),
+                    appraisal.status.as_str().into(),
+                    result.into(),
+                    profile.id().into(),
+                    i64::from(clock.reset_count).into(),
+                    i64::from(clock.restart_count).into(),
+                    i64::try_from(clock.clock).unwrap_or(i64::MAX).into(),
+                    jkt.clone().into(),
+                    ear.as_deref()
+                        .map(|e| digest(e.as_bytes()))
+                        .unwrap_or_default()
+                        .into(),
+                    t.into(),
+                ],
+                must_affect: Some((
+                    "attestation_raced",
+                    "another attestation of this runtime was recorded meanwhile",
+                )),
+            },
+        ];
+        let codes: Vec<&'static str> = if affirmed {
+            Vec::new()
+        } else if appraisal.reasons.is_empty() {
+            vec!["appraisal"]
+        } else {
+            appraisal.reasons.iter().map(|r| r.code).collect()
+        };
+        let index = match self.attest_logged(&subject, &codes, &digests, effect)? {
+            Ok(i) => i,
+            Err(StoreError::Conflict { code, detail }) => {
+                return Err(self.deny(
+                    Rec {
+                        kind: Kind::Attest,
+                        subject: &subject,
+                        reason: Some(code),
+                        digests: &digests,
+                    },
+                    StatusCode::FORBIDDEN,
+                    detail,
+                ));
+            }
+            Err(e) => return Err(store_problem(e)),
+        };
+        match ear {
+            Some(ear) => Ok(AttestAnswer {
+                spiffe_id: subject,
+                status: appraisal.status.as_str().to_string(),
+                ear,
+                expires_at,
+                holder_jkt: jkt,
+                counters,
+                reset_count: clock.reset_count,
+                restart_count: clock.restart_count,
+                reasons: reasons_json,
+                log_index: index,
+            }),
+            None => {
+                let first = codes.first().copied().unwrap_or("appraisal");
+                let list: Vec<String> = appraisal.reasons.iter().map(|r| r.to_string()).collect();
+                Err(Problem::new(
+                    StatusCode::FORBIDDEN,
+                    first,
+                    format!(
+                        "appraisal {}: {}; this is now the runtime's state",
+                        appraisal.status.as_str(),
+                        list.join("; ")
+                    ),
+                )
+                .identified())
+            }
+        }
+    }
+
+    fn sign_ear(
+        &self,
+        appraisal: &Appraisal,
+        subject: &str,
+        nonce: &[u8],
+        jkt: &str,
+        iat: i64,
+        exp: i64,
+    ) -> Result<String, Problem> {
+        let unavailable =
+            |detail: String| Problem::new(StatusCode::SERVICE_UNAVAILABLE, "ear_signing", detail);
+        let key = self
+            .config
+            .ear_key
+            .as_ref()
+            .ok_or_else(|| unavailable("no ear key is configured (keys.ear)".into()))?;
+        let build = format!("writ {}", env!("CARGO_PKG_VERSION"));
+        let mut claims = writ_attestation::ear::claims(
+            appraisal,
+            writ_attestation::ear::Context {
+                iat: u64::try_from(iat).unwrap_or(0),
+                nonce: Some(nonce),
+                build: &build,
+            },
+        );
+        if let Some(map) = claims.as_object_mut() {
+            map.insert("iss".into(), json!(self.appliance_id()));
+            map.insert("sub".into(), json!(subject));
+            map.insert("exp".into(), json!(exp));
+            map.insert("cnf".into(), json!({ "jkt": jkt }));
+        }
+        let kid =
+            writ_attestation::jwk::EcJwk::from_verifying_key(key.public_key().verifying_key())
+                .thumbprint();
+        let header = json!({"alg": "ES256", "typ": "ear+jwt", "kid": kid});
+        writ_attestation::writ::jws::sign(
+            &header,
+            &claims,
+            &writ_hsm::signer::JwsSigner(Arc::clone(key)),
+        )
+        .map_err(|e| {
+            self.metrics.error("custody", "ear_signing");
+            unavailable(format!("the EAR could not be signed: {}", e.detail))
+        })
+    }
+
+    /// Loads (or replaces) a reference profile under `name`; it is checked first and a bad
+    /// one leaves the old one in force.
+    pub fn load_profile(
+        &self,
+        admin: &str,
+        name: &str,
+        profile: &serde_json::Value,
+    ) -> Result<String, Problem> {
+        if !valid_name(name) {
+            return Err(self.admin_refused(admin, malformed(NAME_RULE)));
+        }
+        let text = writ_attestation::jcs::canonical(profile)
+            .map_err(|e| self.admin_refused(admin, malformed(format!("profile: {e}"))))?;
+        let loaded = LoadedProfile::from_json(text.as_bytes()).map_err(|e| {
+            self.admin_refused(
+                admin,
+                Problem::new(StatusCode::BAD_REQUEST, "profile", e.to_string()),
+            )
+        })?;
+        let id = loaded.id().to_string();
+        self.admin_record(
+            admin,
+            &[
+                ("profile", id.clone()),
+                ("profile_name", digest(name.as_bytes())),
+            ],
+            vec![Op {
+                sql: "INSERT INTO profiles (name, profile, digest, loaded_at)
+                      VALUES ($1, $2, $3, $4)
+                      ON CONFLICT (name) DO UPDATE SET profile = excluded.profile,
+                          digest = excluded.digest, loaded_at = excluded.loaded_at",
+                params: vec![name.into(), text.into(), id.clone().into(), now()?.into()],
+                must_affect: None,
+            }],
+        )?;
+        Ok(id)
+    }
+
+    /// Assigns the profile `profile` to the runtime `name`.
+    pub fn assign_profile(&self, admin: &str, name: &str, profile: &str) -> Result<(), Problem> {
+        if !valid_name(name) || !valid_name(profile) {
+            return Err(self.admin_refused(admin, malformed(NAME_RULE)));
+        }
+        self.admin_record(
+            admin,
+            &[
+                ("runtime", digest(self.runtime_id(name).as_bytes())),
+                ("profile_name", digest(profile.as_bytes())),
+            ],
+            vec![Op {
+                sql: "UPDATE runtimes SET profile = $2
+                      WHERE name = $1 AND EXISTS (SELECT 1 FROM profiles WHERE name = $2)",
+                params: vec![name.into(), profile.into()],
+                must_affect: Some(("runtime_unknown", "no such runtime, or no such profile")),
+            }],
+        )?;
+        Ok(())
+    }
+}
+
+/// The TPM attributes enrollment stored (from the verified EK certificate).
+fn tpm_attributes(stored: &str) -> TpmAttributes {
+    let v: serde_json::Value = serde_json::from_str(stored).unwrap_or(serde_json::Value::Null);
+    let field = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+    TpmAttributes {
+        manufacturer: field("manufacturer"),
+        model: field("model"),
+        version: field("version"),
+    }
+}

@@ -1,0 +1,547 @@
+//! Attestation end to end: a running `writ serve` (checkpoint and ear keys in SoftHSM2), swtpm
+//! runtimes running the simulated measured boot, `writ admin` and `writ agent attest`; each
+//! refusal checked in the answer and in the decision log. Crafted evidence is made with the
+//! same TPM calls the agent makes (writ-hsm's attester).
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use std::path::Path;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use common::stack::{Engine, Stack, TD};
+use serde_json::{Value, json};
+use writ_attestation::tpm::pcr::PcrSelection;
+use writ_hsm::tpm::attester::{Attester, EkKind, KeyBlob};
+use writ_hsm::tpm::simboot::{BootProfile, simulate_boot};
+use writ_testkit::Swtpm;
+
+/// A runtime driven by hand: its TPM, its AK and holder key, enrolled under `name`.
+struct Runtime {
+    name: String,
+    tpm: Attester,
+    ak: KeyBlob,
+    holder: KeyBlob,
+    log: Vec<u8>,
+}
+
+const HOLDER_AUTH: &[u8] = b"holder-auth-value";
+
+impl Runtime {
+    /// Boots `tpm` (simulated), makes an AK and enrolls it under `name` with a join token.
+    fn enroll(s: &Stack, tpm: &Swtpm, name: &str) -> Runtime {
+        let a = Attester::open(Some(&tpm.tcti())).unwrap();
+        let log = simulate_boot(&a, BootProfile::SecureBoot).unwrap();
+        let ek_cert = a
+            .ek_certificates()
+            .unwrap()
+            .into_iter()
+            .find(|c| c.kind == EkKind::Rsa2048)
+            .unwrap()
+            .der;
+        let ak = a.create_ak().unwrap();
+        let token = std::fs::read_to_string(s.join_token(name, "600")).unwrap();
+        let (st, challenge) = s.post(
+            "/v1/enroll",
+            &json!({
+                "ek_certificate": STANDARD.encode(&ek_cert),
+                "ak_public": STANDARD.encode(&ak.public),
+                "join_token": token,
+            }),
+            None,
+        );
+        assert_eq!(st, 200, "{challenge}");
+        let f = |k: &str| STANDARD.decode(challenge[k].as_str().unwrap()).unwrap();
+        let secret = a
+            .activate_credential(&ak, &f("id_object"), &f("encrypted_secret"))
+            .unwrap();
+        let (st, v) = s.post(
+            "/v1/enroll/activate",
+            &json!({"enrollment": challenge["enrollment"], "secret": STANDARD.encode(secret.as_slice())}),
+            None,
+        );
+        assert_eq!(st, 200, "{v}");
+        let holder = a.create_holder_key(Some(HOLDER_AUTH)).unwrap();
+        Runtime {
+            name: name.to_string(),
+            tpm: a,
+            ak,
+            holder,
+            log,
+        }
+    }
+
+    fn nonce(&self, s: &Stack) -> Value {
+        let (st, n) = s.post("/v1/attest/nonce", &json!({"name": self.name}), None);
+        assert_eq!(st, 200, "{n}");
+        n
+    }
+
+    /// Honest evidence for nonce answer `n`, quoting `selection` (else what the appliance asked).
+    fn evidence_over(&self, n: &Value, selection: Option<&str>) -> Value {
+        let nonce = STANDARD.decode(n["nonce"].as_str().unwrap()).unwrap();
+        let sel: PcrSelection = selection
+            .unwrap_or(n["selection"].as_str().unwrap())
+            .parse()
+            .unwrap();
+        let ak = self.tpm.load_ak(&self.ak).unwrap();
+        let quote = self.tpm.quote(&ak, &nonce, &sel).unwrap();
+        let pcrs = self.tpm.read_pcrs(&sel).unwrap();
+        let holder = self
+            .tpm
+            .load_holder_key(&self.holder, Some(HOLDER_AUTH))
+            .unwrap();
+        let certify = self.tpm.certify(&ak, &holder, &nonce).unwrap();
+        let mut values = serde_json::Map::new();
+        for (bank, index, v) in pcrs.iter() {
+            values
+                .entry(bank.name().to_string())
+                .or_insert_with(|| json!({}))[index.to_string()] = json!(hex::encode(v));
+        }
+        json!({
+            "name": self.name,
+            "nonce": n["nonce"],
+            "quote": {"attest": STANDARD.encode(&quote.attest), "signature": STANDARD.encode(&quote.signature)},
+            "pcrs": values,
+            "event_log": STANDARD.encode(&self.log),
+            "holder": {
+                "public": STANDARD.encode(&self.holder.public),
+                "certify": {"attest": STANDARD.encode(&certify.attest), "signature": STANDARD.encode(&certify.signature)},
+            },
+        })
+    }
+
+    fn evidence(&self, n: &Value) -> Value {
+        self.evidence_over(n, None)
+    }
+
+    fn attest(&self, s: &Stack) -> (u16, Value) {
+        let n = self.nonce(s);
+        s.post("/v1/attest", &self.evidence(&n), None)
+    }
+}
+
+/// A reference profile of the simulated boot as the TPM now holds it: PCRs 0-7 in sha256,
+/// Secure Boot on.
+fn profile_of(tpm: &Attester) -> Value {
+    let sel: PcrSelection = "sha256:0,1,2,3,4,5,6,7".parse().unwrap();
+    let pcrs = tpm.read_pcrs(&sel).unwrap();
+    let mut map = serde_json::Map::new();
+    for (_, i, v) in pcrs.iter() {
+        map.insert(i.to_string(), json!([hex::encode(v)]));
+    }
+    json!({
+        "writ_reference_profile": 1,
+        "name": "simulated-secure-boot",
+        "bank": "sha256",
+        "pcrs": map,
+        "secure_boot": true,
+    })
+}
+
+fn ok(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Loads `profile` as `name` and assigns it to `runtime`.
+fn assign(s: &Stack, runtime: &str, profile: &Value) {
+    let file = s
+        .dir
+        .path()
+        .join(format!("profile-{}.json", writ_testkit::random_hex(4)));
+    std::fs::write(&file, profile.to_string()).unwrap();
+    ok(&s.admin(&[
+        "load-profile",
+        "--name",
+        "simulated",
+        file.to_str().unwrap(),
+    ]));
+    ok(&s.admin(&[
+        "assign-profile",
+        "--runtime",
+        runtime,
+        "--profile",
+        "simulated",
+    ]));
+}
+
+/// Enrolls a runtime in a fresh swtpm and assigns it the profile of its boot.
+fn ready(s: &Stack, name: &str) -> Runtime {
+    let rt = Runtime::enroll(s, &s.tpm, name);
+    assign(s, name, &profile_of(&rt.tpm));
+    rt
+}
+
+/// The last record's (kind, subject, decision, reasons).
+fn last(s: &Stack) -> (String, String, String, Vec<String>) {
+    let r = s.records().pop().expect("a record");
+    let kind = serde_json::to_value(r.kind).unwrap();
+    let d = serde_json::to_value(r.decision).unwrap();
+    (
+        kind.as_str().unwrap().to_string(),
+        r.subject,
+        d.as_str().unwrap().to_string(),
+        r.reasons,
+    )
+}
+
+/// Asserts the answer was refused with `code` and that the log's last record is the attest
+/// denial of `name` with `code` among its reasons.
+fn refused_and_logged(s: &Stack, answer: &(u16, Value), name: &str, code: &str) {
+    assert_eq!(answer.1["code"], code, "{}", answer.1);
+    assert!(answer.0 == 403 || answer.0 == 409, "{}", answer.0);
+    let (kind, subject, decision, reasons) = last(s);
+    assert_eq!(kind, "attest");
+    assert_eq!(subject, format!("spiffe://{TD}/runtime/{name}"));
+    assert_eq!(decision, "deny");
+    assert!(reasons.iter().any(|r| r == code), "{reasons:?}");
+}
+
+fn agent_attest(s: &Stack, state: &Path, log: &Path) -> std::process::Output {
+    s.writ(&[
+        "agent",
+        "attest",
+        "--state",
+        state.to_str().unwrap(),
+        "--tcti",
+        &s.tpm.tcti(),
+        "--event-log",
+        log.to_str().unwrap(),
+    ])
+}
+
+#[test]
+fn a_swtpm_runtime_enrolls_and_attests_with_writ_agent() {
+    let s = Stack::new();
+    // The runtime boots (simulated measured boot into the swtpm) and keeps its event log.
+    let a = Attester::open(Some(&s.tpm.tcti())).unwrap();
+    let log = simulate_boot(&a, BootProfile::SecureBoot).unwrap();
+    let log_file = s.dir.path().join("binary_bios_measurements");
+    std::fs::write(&log_file, &log).unwrap();
+    let state = s.dir.path().join("agent");
+    let token = s.join_token("web-1", "600");
+    ok(&s.writ(&[
+        "agent",
+        "enroll",
+        "--server",
+        &s.url(),
+        "--join-token",
+        token.to_str().unwrap(),
+        "--state",
+        state.to_str().unwrap(),
+        "--tcti",
+        &s.tpm.tcti(),
+    ]));
+    // Without a profile there is nothing to appraise against.
+    let out = agent_attest(&s, &state, &log_file);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no_profile"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assign(&s, "web-1", &profile_of(&a));
+
+    let out = agent_attest(&s, &state, &log_file);
+    ok(&out);
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["status"], "affirming");
+    assert_eq!(answer["counters"], "first");
+    assert_eq!(answer["spiffe_id"], format!("spiffe://{TD}/runtime/web-1"));
+    // The EAR token: ear+jwt signed by the ear key in the token, bound to the holder key.
+    let last_json: Value =
+        serde_json::from_str(&std::fs::read_to_string(state.join("last.json")).unwrap()).unwrap();
+    let ear = last_json["ear"].as_str().unwrap();
+    let parts: Vec<&str> = ear.split('.').collect();
+    assert_eq!(parts.len(), 3);
+    let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[0]).unwrap()).unwrap();
+    let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+    assert_eq!(header["typ"], "ear+jwt");
+    assert_eq!(header["alg"], "ES256");
+    let shown = s.writ(&["keys", "show", "--key", &s.ear_key, "--json"]);
+    ok(&shown);
+    let shown: Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(header["kid"], shown["kid"]);
+    let jwk = writ_attestation::jwk::EcJwk::from_members(
+        "EC",
+        "P-256",
+        shown["jwk"]["x"].as_str().unwrap(),
+        shown["jwk"]["y"].as_str().unwrap(),
+    )
+    .unwrap();
+    let sig = URL_SAFE_NO_PAD.decode(parts[2]).unwrap();
+    writ_attestation::writ::jws::verify_es256(
+        writ_attestation::crypto::default_provider(),
+        &jwk,
+        format!("{}.{}", parts[0], parts[1]).as_bytes(),
+        &sig,
+    )
+    .unwrap();
+    assert_eq!(claims["cnf"]["jkt"], answer["holder_jkt"]);
+    assert_eq!(claims["sub"], format!("spiffe://{TD}/runtime/web-1"));
+    assert_eq!(claims["submods"]["tpm"]["ear_status"], "affirming");
+    assert!(claims["exp"].as_i64().unwrap() > claims["iat"].as_i64().unwrap());
+    // The decision is in the log, with the EAR's digest.
+    let recs = s.records();
+    let r = recs.last().unwrap();
+    assert!(r.reasons.is_empty());
+    assert!(r.digests.contains_key("ear") && r.digests.contains_key("holder"));
+    assert_eq!(
+        answer["log_index"].as_u64().unwrap() as usize,
+        recs.len() - 1
+    );
+    // writ agent status: the identity, the last result and its age.
+    let out = s.writ(&["agent", "status", "--state", state.to_str().unwrap()]);
+    ok(&out);
+    let st: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(st["last_attestation"]["status"], "affirming");
+    assert!(st["last_attestation"]["age_s"].as_i64().unwrap() >= 0);
+    assert!(st["last_attestation"].get("ear").is_none());
+
+    // Again: the same boot, counters unchanged; the holder key was kept.
+    let out = agent_attest(&s, &state, &log_file);
+    ok(&out);
+    let again: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(again["counters"], "unchanged");
+    assert_eq!(again["holder_jkt"], answer["holder_jkt"]);
+    // A reboot (and the same measured boot again) is noted, and still affirming.
+    s.tpm.reboot();
+    let log2 = simulate_boot(&a, BootProfile::SecureBoot).unwrap();
+    assert_eq!(log2, log);
+    let out = agent_attest(&s, &state, &log_file);
+    ok(&out);
+    let rebooted: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rebooted["counters"], "reboot");
+    // A PCR extended after boot: the appraisal is contraindicated and becomes the state.
+    a.extend_pcr(4, &[7u8; 32]).unwrap();
+    let out = agent_attest(&s, &state, &log_file);
+    assert_eq!(out.status.code(), Some(1));
+    let last_json: Value =
+        serde_json::from_str(&std::fs::read_to_string(state.join("last.json")).unwrap()).unwrap();
+    assert_eq!(last_json["status"], "refused");
+    let (kind, _, decision, reasons) = last(&s);
+    assert_eq!((kind.as_str(), decision.as_str()), ("attest", "deny"));
+    assert!(!reasons.is_empty());
+    let list: Value = serde_json::from_slice(&s.admin(&["runtimes"]).stdout).unwrap();
+    assert_eq!(list[0]["attestation"]["status"], "contraindicated");
+}
+
+#[test]
+fn each_attestation_refusal_is_answered_and_logged() {
+    let mut s = Stack::on(Engine::Sqlite, &["--nonce-ttl", "2"]);
+    let rt = ready(&s, "db-1");
+
+    // Affirming first, then the same evidence again: the nonce is spent.
+    let n = rt.nonce(&s);
+    let body = rt.evidence(&n);
+    let (st, v) = s.post("/v1/attest", &body, None);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["status"], "affirming");
+    let again = s.post("/v1/attest", &body, None);
+    refused_and_logged(&s, &again, "db-1", "nonce_consumed");
+
+    // Two concurrent uses of one nonce: exactly one succeeds.
+    let n = rt.nonce(&s);
+    let body = rt.evidence(&n);
+    let answers: Vec<(u16, Value)> = std::thread::scope(|scope| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| s.post("/v1/attest", &body, None)))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(
+        answers.iter().filter(|(st, _)| *st == 200).count(),
+        1,
+        "{answers:?}"
+    );
+    assert!(
+        answers
+            .iter()
+            .all(|(st, v)| *st == 200 || v["code"] == "nonce_consumed"),
+        "{answers:?}"
+    );
+
+    // An expired nonce (this appliance's nonces live 2 s).
+    let n = rt.nonce(&s);
+    let body = rt.evidence(&n);
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let a = s.post("/v1/attest", &body, None);
+    refused_and_logged(&s, &a, "db-1", "nonce_expired");
+
+    // A nonce nobody handed out.
+    let mut fake = rt.nonce(&s);
+    fake["nonce"] = json!(STANDARD.encode([9u8; 32]));
+    let a = s.post("/v1/attest", &rt.evidence(&fake), None);
+    refused_and_logged(&s, &a, "db-1", "nonce_unknown");
+
+    // A quote over a narrower selection than the profile requires.
+    let n = rt.nonce(&s);
+    let a = s.post(
+        "/v1/attest",
+        &rt.evidence_over(&n, Some("sha256:0,1,2,3")),
+        None,
+    );
+    refused_and_logged(&s, &a, "db-1", "pcr_selection");
+    // The spent nonce cannot be tried again with the right selection.
+    let a = s.post("/v1/attest", &rt.evidence(&n), None);
+    refused_and_logged(&s, &a, "db-1", "nonce_consumed");
+
+    // Reported PCR values that are not what the TPM quoted.
+    let n = rt.nonce(&s);
+    let mut body = rt.evidence(&n);
+    body["pcrs"]["sha256"]["0"] = json!(hex::encode([1u8; 32]));
+    let a = s.post("/v1/attest", &body, None);
+    refused_and_logged(&s, &a, "db-1", "pcr_digest");
+
+    // A certification signed by another AK of the same TPM (not the enrolled one).
+    let n = rt.nonce(&s);
+    let mut body = rt.evidence(&n);
+    let other_ak = rt.tpm.create_ak().unwrap();
+    {
+        let nonce = STANDARD.decode(n["nonce"].as_str().unwrap()).unwrap();
+        let ak = rt.tpm.load_ak(&other_ak).unwrap();
+        let holder = rt
+            .tpm
+            .load_holder_key(&rt.holder, Some(HOLDER_AUTH))
+            .unwrap();
+        let c = rt.tpm.certify(&ak, &holder, &nonce).unwrap();
+        body["holder"]["certify"] = json!({"attest": STANDARD.encode(&c.attest), "signature": STANDARD.encode(&c.signature)});
+    }
+    let a = s.post("/v1/attest", &body, None);
+    refused_and_logged(&s, &a, "db-1", "certify_signature");
+
+    // A holder key other than the one certified.
+    let n = rt.nonce(&s);
+    let mut body = rt.evidence(&n);
+    let other = rt.tpm.create_holder_key(None).unwrap();
+    body["holder"]["public"] = json!(STANDARD.encode(&other.public));
+    let a = s.post("/v1/attest", &body, None);
+    refused_and_logged(&s, &a, "db-1", "certified_name");
+
+    // An event log that does not explain the quote (another boot's log): contraindicated, and
+    // the runtime's state.
+    let n = rt.nonce(&s);
+    let mut body = rt.evidence(&n);
+    let other_boot =
+        writ_attestation::eventlog::simulated::simulated_boot(BootProfile::NoSecureBoot).unwrap();
+    body["event_log"] = json!(STANDARD.encode(&other_boot.log));
+    let a = s.post("/v1/attest", &body, None);
+    refused_and_logged(&s, &a, "db-1", "pcr_replay");
+    let list: Value = serde_json::from_slice(&s.admin(&["runtimes"]).stdout).unwrap();
+    assert_eq!(list[0]["attestation"]["status"], "contraindicated");
+    // A log that does not parse at all.
+    let n = rt.nonce(&s);
+    let mut body = rt.evidence(&n);
+    body["event_log"] = json!(STANDARD.encode(&rt.log[..rt.log.len() - 7]));
+    let a = s.post("/v1/attest", &body, None);
+    refused_and_logged(&s, &a, "db-1", "event_log");
+    // Honest evidence restores it.
+    let (st, v) = rt.attest(&s);
+    assert_eq!(st, 200, "{v}");
+
+    // A quote not signed by the runtime's AK is nobody's: refused, not logged.
+    let size = s.records().len();
+    let n = rt.nonce(&s);
+    let mut body = rt.evidence(&n);
+    let mut sig = STANDARD
+        .decode(body["quote"]["signature"].as_str().unwrap())
+        .unwrap();
+    let at = sig.len() - 5;
+    sig[at] ^= 1;
+    body["quote"]["signature"] = json!(STANDARD.encode(&sig));
+    let (st, v) = s.post("/v1/attest", &body, None);
+    assert_eq!((st, v["code"].as_str()), (401, Some("signature")), "{v}");
+    assert_eq!(s.records().len(), size);
+
+    // kill -9 between the nonce and its use: it works once, then never again.
+    let n = rt.nonce(&s);
+    let body = rt.evidence(&n);
+    s.kill_and_restart();
+    let (st, v) = s.post("/v1/attest", &body, None);
+    assert_eq!(st, 200, "{v}");
+    let a = s.post("/v1/attest", &body, None);
+    refused_and_logged(&s, &a, "db-1", "nonce_consumed");
+
+    // Revocation takes effect for the next request: a nonce handed out before it is refused
+    // (and logged), and no new nonce is handed out.
+    let n = rt.nonce(&s);
+    let body = rt.evidence(&n);
+    ok(&s.admin(&["revoke", "db-1"]));
+    let a = s.post("/v1/attest", &body, None);
+    refused_and_logged(&s, &a, "db-1", "revoked");
+    let (st, v) = s.post("/v1/attest/nonce", &json!({"name": "db-1"}), None);
+    assert_eq!((st, v["code"].as_str()), (403, Some("revoked")), "{v}");
+}
+
+#[test]
+fn a_nonce_of_another_runtime_is_refused() {
+    let tpm = Swtpm::start();
+    let other_tpm = Swtpm::start_second();
+    let roots = [tpm.ca_dir(), other_tpm.ca_dir()]
+        .iter()
+        .flat_map(|d| {
+            [
+                d.join("issuercert.pem"),
+                d.join("swtpm-localca-rootca-cert.pem"),
+            ]
+        })
+        .collect();
+    let s = Stack::with_roots(tpm, roots);
+    let a = ready(&s, "a-1");
+    let b = Runtime::enroll(&s, &other_tpm, "b-1");
+    assign(&s, "b-1", &profile_of(&b.tpm));
+    // b's evidence over a nonce handed out for a.
+    let n = a.nonce(&s);
+    let mut body = b.evidence(&n);
+    body["name"] = json!("b-1");
+    let r = s.post("/v1/attest", &body, None);
+    refused_and_logged(&s, &r, "b-1", "nonce_foreign");
+    // a can still use it.
+    let (st, v) = s.post("/v1/attest", &a.evidence(&n), None);
+    assert_eq!(st, 200, "{v}");
+    // Unused nonces per runtime are bounded.
+    let mut last = (0, Value::Null);
+    for _ in 0..=writ::appliance::MAX_PENDING_NONCES {
+        last = s.post("/v1/attest/nonce", &json!({"name": "b-1"}), None);
+    }
+    assert_eq!(last.0, 429, "{}", last.1);
+    assert_eq!(last.1["code"], "too_many_nonces");
+}
+
+#[test]
+fn tpm_counters_going_backwards_are_contraindicated() {
+    let mut s = Stack::new();
+    let rt = ready(&s, "edge-1");
+    let (st, v) = rt.attest(&s);
+    assert_eq!(st, 200, "{v}");
+    // The TPM's state now, then two reboots, each measured and attested.
+    let snapshot = s.tpm.snapshot();
+    for _ in 0..2 {
+        s.tpm.reboot();
+        simulate_boot(&rt.tpm, BootProfile::SecureBoot).unwrap();
+        let (st, v) = rt.attest(&s);
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v["counters"], "reboot");
+    }
+    // The TPM's state restored from before them: its resetCount goes back.
+    s.tpm.restore(&snapshot);
+    // The attester's connection died with the old swtpm: the first call says so, the next
+    // one reconnects.
+    let _ = rt.tpm.read_pcrs(&"sha256:0".parse().unwrap());
+    simulate_boot(&rt.tpm, BootProfile::SecureBoot).unwrap();
+    let r = rt.attest(&s);
+    refused_and_logged(&s, &r, "edge-1", "counters_rollback");
+    let list: Value = serde_json::from_slice(&s.admin(&["runtimes"]).stdout).unwrap();
+    assert_eq!(list[0]["attestation"]["status"], "contraindicated");
+}

@@ -1,0 +1,209 @@
+//! A `writ serve` under test with its devices: a swtpm runtime, a SoftHSM2 token holding the
+//! checkpoint key, a SQLite or PostgreSQL store, an admin token; and the calls the tests make.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde_json::Value;
+use writ_attestation::log::record::DecisionRecord;
+use writ_testkit::{Postgres, SoftHsm, Swtpm};
+
+use super::{Served, agent};
+
+#[derive(Clone, Copy)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+pub const TD: &str = "writ.test";
+
+pub struct Stack {
+    pub tpm: Swtpm,
+    pub hsm: SoftHsm,
+    pub dir: tempfile::TempDir,
+    pub key: String,
+    /// The `ear` key's URI (in the token).
+    pub ear_key: String,
+    pub server: Option<Served>,
+    pub roots: Vec<PathBuf>,
+    pub store: String,
+    pub _pg: Option<Postgres>,
+    pub extra: Vec<String>,
+}
+
+pub fn writ_cmd(hsm: &SoftHsm) -> Command {
+    super::writ(Some(hsm))
+}
+
+impl Stack {
+    pub fn new() -> Stack {
+        Stack::on(Engine::Sqlite, &[])
+    }
+
+    pub fn on(engine: Engine, extra: &[&str]) -> Stack {
+        let tpm = Swtpm::start();
+        let roots = vec![
+            tpm.ca_dir().join("issuercert.pem"),
+            tpm.ca_dir().join("swtpm-localca-rootca-cert.pem"),
+        ];
+        Stack::build(tpm, roots, engine, extra)
+    }
+
+    pub fn with_roots(tpm: Swtpm, roots: Vec<PathBuf>) -> Stack {
+        Stack::build(tpm, roots, Engine::Sqlite, &[])
+    }
+
+    pub fn build(tpm: Swtpm, roots: Vec<PathBuf>, engine: Engine, extra: &[&str]) -> Stack {
+        let hsm = SoftHsm::new();
+        let dir = tempfile::tempdir().unwrap();
+        let key = super::softhsm_key(&hsm, "checkpoint", "checkpoint");
+        let ear_key = super::softhsm_key(&hsm, "ear", "ear");
+        writ_testkit::write_secret(&dir.path().join("admin.token"), "admin-token-0123456789");
+        let (store, pg) = match engine {
+            Engine::Sqlite => (
+                format!("sqlite:{}", dir.path().join("writ.db").display()),
+                None,
+            ),
+            Engine::Postgres => {
+                let pg = Postgres::database();
+                (pg.url(), Some(pg))
+            }
+        };
+        let mut s = Stack {
+            tpm,
+            hsm,
+            dir,
+            key,
+            ear_key,
+            server: None,
+            roots,
+            store,
+            _pg: pg,
+            extra: extra.iter().map(|e| e.to_string()).collect(),
+        };
+        s.start();
+        s
+    }
+
+    pub fn start(&mut self) {
+        let mut cmd = writ_cmd(&self.hsm);
+        cmd.args([
+            "serve",
+            "--store",
+            &self.store,
+            "--checkpoint-key",
+            &self.key,
+            "--ear-key",
+            &self.ear_key,
+            "--origin",
+            "writ.test/log",
+            "--listen",
+            "127.0.0.1:0",
+            "--trust-domain",
+            TD,
+            "--admin-token-file",
+            self.dir.path().join("admin.token").to_str().unwrap(),
+        ]);
+        for r in &self.roots {
+            cmd.arg("--ek-roots").arg(r);
+        }
+        cmd.args(&self.extra);
+        self.server = Some(super::serve(cmd));
+    }
+
+    /// kill -9, and start again on the same store.
+    pub fn kill_and_restart(&mut self) {
+        // Dropping the server kills it with SIGKILL.
+        drop(self.server.take());
+        self.start();
+    }
+
+    pub fn url(&self) -> String {
+        self.server.as_ref().unwrap().url.clone()
+    }
+
+    pub fn writ(&self, args: &[&str]) -> Output {
+        writ_cmd(&self.hsm).args(args).output().unwrap()
+    }
+
+    pub fn admin(&self, args: &[&str]) -> Output {
+        let url = self.url();
+        let token = self.dir.path().join("admin.token");
+        let mut all = vec![
+            "admin",
+            "--server",
+            &url,
+            "--token-file",
+            token.to_str().unwrap(),
+        ];
+        all.extend(args);
+        self.writ(&all)
+    }
+
+    pub fn join_token(&self, name: &str, ttl: &str) -> PathBuf {
+        let out = self.admin(&["join-token", "--name", name, "--ttl", ttl]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let p = self
+            .dir
+            .path()
+            .join(format!("{name}-{}.token", writ_testkit::random_hex(4)));
+        std::fs::write(&p, v["token"].as_str().unwrap()).unwrap();
+        p
+    }
+
+    pub fn post(&self, path: &str, body: &Value, bearer: Option<&str>) -> (u16, Value) {
+        raw_post(&self.url(), path, body.to_string().as_bytes(), bearer)
+    }
+
+    /// Every durable record in the log (checkpoints may lag by a second; records do not).
+    pub fn records(&self) -> Vec<DecisionRecord> {
+        let mut out = Vec::new();
+        loop {
+            let (st, r) = get(&self.url(), &format!("/v1/log/records/{}", out.len()));
+            if st != 200 {
+                return out;
+            }
+            let v: Value = serde_json::from_str(&r).unwrap();
+            out.push(
+                DecisionRecord::from_leaf(&STANDARD.decode(v["record"].as_str().unwrap()).unwrap())
+                    .unwrap(),
+            );
+        }
+    }
+
+    /// The last record's (subject, decision, reasons).
+    pub fn last(&self) -> (String, String, Vec<String>) {
+        let r = self.records().pop().expect("a record");
+        let d = serde_json::to_value(r.decision).unwrap();
+        (r.subject, d.as_str().unwrap().to_string(), r.reasons)
+    }
+}
+
+pub fn raw_post(url: &str, path: &str, body: &[u8], bearer: Option<&str>) -> (u16, Value) {
+    let mut r = agent()
+        .post(format!("{url}{path}"))
+        .header("Content-Type", "application/json");
+    if let Some(b) = bearer {
+        r = r.header("Authorization", format!("Bearer {b}"));
+    }
+    let mut resp = r.send(body).unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+pub fn get(url: &str, path: &str) -> (u16, String) {
+    let mut resp = agent().get(format!("{url}{path}")).call().unwrap();
+    (
+        resp.status().as_u16(),
+        resp.body_mut().read_to_string().unwrap(),
+    )
+}
