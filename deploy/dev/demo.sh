@@ -9,9 +9,11 @@
 # same machine without clean-up: existing keys are shown, never overwritten.
 #
 # Then writ serve runs over TLS (its certificate signed by the 'ca' key in the HSM) with the
-# decision log and enrollment: an admin join token, writ agent enroll against the swtpm, and
-# writ audit over the log, each client pinning the CA by fingerprint. Not built yet (see
-# README): attestation as a service, issuance, the gateway's exec and proxy.
+# decision log, enrollment and attestation: an admin join token, writ agent enroll against the
+# swtpm, the reference profile loaded and assigned, writ agent attest (quote, event log, holder
+# key certified by the AK; an EAR token signed by the 'ear' key in the HSM), and writ audit over
+# the log, each client pinning the CA by fingerprint. Not built yet (see README): issuance, the
+# gateway's exec and proxy.
 # When they land, this script grows into the full chain (issue 17).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -66,7 +68,7 @@ else
   echo "(reference profile captured earlier: $profile)"
 fi
 "$writ" appraise --profile "$profile" --log "$boot_log" "${quote_args[@]}" >"$att/ear.json"
-echo "EAR (draft-ietf-rats-ear claims, unsigned: signing with the 'ear' key comes with writ serve): $att/ear.json"
+echo "EAR claims of this offline appraisal (unsigned; writ serve signs them with the 'ear' key below): $att/ear.json"
 
 shown=$(mktemp)
 trap 'rm -f "$shown"' EXIT
@@ -107,7 +109,8 @@ fi
 # removed first: the background start truncates it later than the wait below may read it.)
 rm -f "$serve_log"
 WRIT_STORE="sqlite:$WRIT_DEV_DIR/writ.db" WRIT_KEYS_CHECKPOINT="$(pkcs11_uri writ-checkpoint)" \
-  WRIT_KEYS_CA="$(pkcs11_uri writ-ca)" WRIT_TLS_CA_CERTIFICATE="$WRIT_DEV_DIR/ca.pem" \
+  WRIT_KEYS_CA="$(pkcs11_uri writ-ca)" WRIT_KEYS_EAR="$(pkcs11_uri writ-ear)" \
+  WRIT_TLS_CA_CERTIFICATE="$WRIT_DEV_DIR/ca.pem" \
   WRIT_ENROLLMENT_EK_ROOTS="$WRIT_DEV_DIR/swtpm/ca" WRIT_ADMIN_TOKEN_FILE="$admin_token" \
   "$writ" serve --config "$here/writ.toml" --listen "127.0.0.1:$port" >"$serve_log" 2>&1 &
 serve_pid=$!
@@ -133,6 +136,12 @@ rm -f "$token_file"
 "$writ" agent enroll --server "$server" --fingerprint "$fingerprint" --join-token "$token_file" \
   --state "$WRIT_DEV_DIR/agent" --tcti "$TPM2TOOLS_TCTI"
 rm -f "$token_file"
+
+say "Attestation: the reference profile is assigned; the agent quotes its boot and gets an EAR token"
+"${admin[@]}" load-profile --name writ-dev-swtpm "$profile"
+"${admin[@]}" assign-profile --runtime dev-runtime --profile writ-dev-swtpm
+"$writ" agent attest --state "$WRIT_DEV_DIR/agent" --tcti "$TPM2TOOLS_TCTI" --event-log "$boot_log"
+"$writ" agent status --state "$WRIT_DEV_DIR/agent"
 "${admin[@]}" runtimes
 
 say "writ audit: every decision above is in the log, under a checkpoint signed in the HSM"
@@ -152,9 +161,13 @@ Start over from factory-new devices: deploy/dev/stack.sh reset.
 Enrollment checked: the EK certificate chains to the swtpm's local CA (the appliance's --ek-roots),
 the AK's attributes, and the TPM's answer to a credential challenge made for that EK and AK; the
 runtime's identity is in $WRIT_DEV_DIR/agent/identity.json.
+Attestation checked: the quote by that AK over a fresh single-use nonce and the selection of the
+runtime's profile, the PCR values, the event log replayed and appraised, the TPM's counters, the holder
+key certified by the AK; the EAR token (signed by the 'ear' key in the token, bound to the holder key)
+is in $WRIT_DEV_DIR/agent/last.json.
 The store (decision log and runtime registry) is $WRIT_DEV_DIR/writ.db; writ audit remembers the last
 checkpoint it verified.
 The appliance's TLS certificate names spiffe://writ.dev/writ/appliance and is signed by the 'ca' key in
 the token; its CA certificate is $WRIT_DEV_DIR/ca.pem.
-Not built yet: attestation as a service, issuance, and the gateway's exec and proxy (see README).
+Not built yet: issuance, and the gateway's exec and proxy (see README).
 DONE
