@@ -4,7 +4,8 @@
 //! `--every` repeats it) and `writ agent status` (identity and the last result).
 //!
 //! The state folder (0700) holds `identity.json`, `ak.json` (the AK, wrapped by the TPM),
-//! `holder.json` (the holder key, wrapped by the TPM) with its authValue in `holder.auth`
+//! `holder.json` (the holder key, wrapped by the TPM; `holder-bound.json` for one bound to the
+//! PCR values when the profile asks for it) with its authValue in `holder.auth`
 //! (0600, random, read only by the agent), the pinned `ca.pem`, and `last.json`, the last
 //! attestation's answer (the EAR token, or the refusal with its reasons).
 
@@ -260,27 +261,65 @@ fn status(state: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// The holder key (made once and kept) and its authValue.
+/// The holder key and its authValue: made once and kept; when the appliance's profile asks for
+/// a key bound to the PCR values (`bound`), one bound to `selection`'s current values, made again
+/// whenever they moved (after a reboot into another state the old key can no longer sign).
 fn holder_key(
     tpm: &Attester,
     state: &Path,
+    bound: Option<&writ_hsm::tpm::attester::PcrSelection>,
 ) -> Result<(KeyBlob, zeroize::Zeroizing<Vec<u8>>), String> {
     let auth_path = state.join("holder.auth");
-    let key_path = state.join("holder.json");
+    let key_path = state.join(if bound.is_some() {
+        "holder-bound.json"
+    } else {
+        "holder.json"
+    });
+    let auth = match std::fs::read(&auth_path) {
+        Ok(a) => zeroize::Zeroizing::new(a),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut raw = zeroize::Zeroizing::new([0u8; 32]);
+            getrandom::fill(raw.as_mut_slice()).map_err(|e| format!("random: {e}"))?;
+            let auth = zeroize::Zeroizing::new(hex::encode(raw.as_slice()).into_bytes());
+            write_private(&auth_path, auth.as_slice())?;
+            auth
+        }
+        Err(e) => {
+            return Err(format!(
+                "{}: {e} (the holder key's authValue)",
+                auth_path.display()
+            ));
+        }
+    };
     if let Some(blob) = load_ak(&key_path)? {
-        let auth = std::fs::read(&auth_path)
-            .map_err(|e| format!("{}: {e} (the holder key's authValue)", auth_path.display()))?;
-        return Ok((blob, zeroize::Zeroizing::new(auth)));
+        let current = match bound {
+            None => true,
+            Some(sel) => {
+                let values = tpm.read_pcrs(sel).map_err(|e| format!("PCR read: {e}"))?;
+                let expected = writ_attestation::tpm::policy::pcr_and_auth_value(sel, &values)
+                    .map_err(|e| format!("policy: {e}"))?;
+                writ_attestation::tpm::public::Public::from_tpmt(&blob.public)
+                    .is_ok_and(|p| p.auth_policy() == expected.as_slice())
+            }
+        };
+        if current {
+            return Ok((blob, auth));
+        }
+        step("the PCRs moved since the holder key was made: making a new one bound to them");
     }
-    step("creating the holder key (ECDSA P-256 signing key, fixed to this TPM)");
-    let mut raw = [0u8; 32];
-    getrandom::fill(&mut raw).map_err(|e| format!("random: {e}"))?;
-    let auth = zeroize::Zeroizing::new(hex::encode(raw).into_bytes());
-    raw.iter_mut().for_each(|b| *b = 0);
-    let blob = tpm
-        .create_holder_key(Some(auth.as_slice()))
-        .map_err(|e| format!("holder key: {e}"))?;
-    write_private(&auth_path, auth.as_slice())?;
+    let blob = match bound {
+        None => {
+            step("creating the holder key (ECDSA P-256 signing key, fixed to this TPM)");
+            tpm.create_holder_key(Some(auth.as_slice()))
+        }
+        Some(sel) => {
+            step(&format!(
+                "creating the holder key bound to the current values of {sel} (PolicyPCR)"
+            ));
+            tpm.create_holder_key_bound(auth.as_slice(), sel)
+        }
+    }
+    .map_err(|e| format!("holder key: {e}"))?;
     let doc = json!({
         "public": STANDARD.encode(&blob.public),
         "private": STANDARD.encode(&blob.private),
@@ -314,7 +353,6 @@ fn attest(a: &Attest) -> Result<(), Failure> {
     )
     .map_err(|e| e.to_string())?;
     let tpm = Attester::open(a.tcti.as_deref()).map_err(|e| format!("TPM: {e}"))?;
-    let (holder, holder_auth) = holder_key(&tpm, state)?;
     step("asking the appliance for a nonce");
     let n = client
         .call(
@@ -338,6 +376,11 @@ fn attest(a: &Attest) -> Result<(), Failure> {
         .ok_or("the appliance's answer has no selection")?
         .parse()
         .map_err(|e| format!("the appliance's selection: {e}"))?;
+    let bound = n
+        .get("holder_pcr_policy")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let (holder, holder_auth) = holder_key(&tpm, state, bound.then_some(&selection))?;
     step(&format!("quoting {selection}"));
     let loaded_ak = tpm.load_ak(&ak).map_err(|e| format!("AK: {e}"))?;
     let quote = tpm

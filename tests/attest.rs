@@ -545,3 +545,93 @@ fn tpm_counters_going_backwards_are_contraindicated() {
     let list: Value = serde_json::from_slice(&s.admin(&["runtimes"]).stdout).unwrap();
     assert_eq!(list[0]["attestation"]["status"], "contraindicated");
 }
+
+#[test]
+fn a_profile_can_bind_the_holder_key_to_the_attested_pcrs() {
+    let s = Stack::new();
+    let mut rt = Runtime::enroll(&s, &s.tpm, "gpu-1");
+    let mut profile = profile_of(&rt.tpm);
+    profile["holder_pcr_policy"] = json!(true);
+    assign(&s, "gpu-1", &profile);
+    // The nonce answer says so.
+    let n = rt.nonce(&s);
+    assert_eq!(n["holder_pcr_policy"], true);
+    // A holder key without the policy is refused, and logged.
+    let a = s.post("/v1/attest", &rt.evidence(&n), None);
+    refused_and_logged(&s, &a, "gpu-1", "holder_policy");
+    // One bound to the current values of the selection is accepted.
+    let sel: PcrSelection = n["selection"].as_str().unwrap().parse().unwrap();
+    rt.holder = rt.tpm.create_holder_key_bound(HOLDER_AUTH, &sel).unwrap();
+    let (st, v) = rt.attest(&s);
+    assert_eq!(st, 200, "{v}");
+    // It signs while the machine stays in the attested state...
+    let digest = [3u8; 32];
+    let holder = rt
+        .tpm
+        .load_holder_key(&rt.holder, Some(HOLDER_AUTH))
+        .unwrap();
+    let sig = rt.tpm.sign_digest_bound(&holder, &sel, &digest).unwrap();
+    let public = writ_attestation::tpm::public::Public::from_tpmt(&rt.holder.public).unwrap();
+    let writ_attestation::tpm::public::KeyParams::Ecc { x, y, .. } = public.params() else {
+        panic!("an ECC key")
+    };
+    let jwk = writ_attestation::jwk::EcJwk::from_coordinates(x, y).unwrap();
+    assert_eq!(jwk.thumbprint(), v["holder_jkt"].as_str().unwrap());
+    {
+        use p256::ecdsa::signature::hazmat::PrehashVerifier;
+        jwk.verifying_key()
+            .unwrap()
+            .verify_prehash(&digest, &sig)
+            .unwrap();
+    }
+    // ...and the authValue alone does not make it sign (userWithAuth is clear).
+    assert!(rt.tpm.sign_digest(&holder, &digest).is_err());
+    // Once a PCR of the selection moves, the TPM refuses to sign with it.
+    rt.tpm.extend_pcr(7, &[9u8; 32]).unwrap();
+    let e = rt
+        .tpm
+        .sign_digest_bound(&holder, &sel, &digest)
+        .unwrap_err();
+    assert!(e.to_string().to_lowercase().contains("policy"), "{e}");
+    // And a key bound to values other than the quoted ones is refused by the appliance: the
+    // machine is now in another state, the old bound key does not match its quote.
+    drop(holder); // swtpm has three object slots
+    let n = rt.nonce(&s);
+    let a = s.post("/v1/attest", &rt.evidence(&n), None);
+    refused_and_logged(&s, &a, "gpu-1", "holder_policy");
+}
+
+#[test]
+fn writ_agent_makes_a_bound_holder_key_when_the_profile_asks() {
+    let s = Stack::new();
+    let a = Attester::open(Some(&s.tpm.tcti())).unwrap();
+    let log = simulate_boot(&a, BootProfile::SecureBoot).unwrap();
+    let log_file = s.dir.path().join("binary_bios_measurements");
+    std::fs::write(&log_file, &log).unwrap();
+    let state = s.dir.path().join("agent");
+    let token = s.join_token("ci-1", "600");
+    ok(&s.writ(&[
+        "agent",
+        "enroll",
+        "--server",
+        &s.url(),
+        "--join-token",
+        token.to_str().unwrap(),
+        "--state",
+        state.to_str().unwrap(),
+        "--tcti",
+        &s.tpm.tcti(),
+    ]));
+    let mut profile = profile_of(&a);
+    profile["holder_pcr_policy"] = json!(true);
+    assign(&s, "ci-1", &profile);
+    let out = agent_attest(&s, &state, &log_file);
+    ok(&out);
+    assert!(state.join("holder-bound.json").is_file());
+    let first: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // The same state: the same key.
+    let out = agent_attest(&s, &state, &log_file);
+    ok(&out);
+    let second: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(first["holder_jkt"], second["holder_jkt"]);
+}

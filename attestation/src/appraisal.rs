@@ -73,6 +73,12 @@ pub struct Profile {
     /// The least TPM firmware version (the quote's firmwareVersion, a 64-bit number).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_tpm_firmware: Option<u64>,
+    /// Whether the runtime's holder key must be bound to the attested PCR values: its authPolicy
+    /// TPM2_PolicyPCR over the quoted selection and values, then TPM2_PolicyAuthValue, with
+    /// userWithAuth clear ([`crate::tpm::policy::pcr_and_auth_value`]). Not an appraisal rule: the
+    /// appliance refuses an attestation whose holder key is not so bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder_pcr_policy: Option<bool>,
 }
 
 /// Reads `pcrs` strictly: canonical decimal keys ("7", not "07" or "+7"), none twice (JSON
@@ -1143,6 +1149,7 @@ pub fn capture(
         min_dbx_entries,
         tpm_manufacturers: None,
         min_tpm_firmware: None,
+        holder_pcr_policy: None,
     };
     // What capture writes must load.
     LoadedProfile::new(profile.clone(), String::new())?;

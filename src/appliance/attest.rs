@@ -76,6 +76,10 @@ pub struct NonceAnswer {
     pub selection: String,
     /// The runtime's reference profile (its name).
     pub profile: String,
+    /// Whether the holder key must be bound to the quoted PCR values (TPM2_PolicyPCR, then
+    /// TPM2_PolicyAuthValue, userWithAuth clear).
+    #[serde(default)]
+    pub holder_pcr_policy: bool,
 }
 
 /// A TPM attestation (TPMS_ATTEST) and its signature (TPMT_SIGNATURE), base64.
@@ -337,6 +341,7 @@ impl Appliance {
             expires_at,
             selection: selection.to_string(),
             profile: profile_name.clone(),
+            holder_pcr_policy: profile.profile().holder_pcr_policy == Some(true),
         })
     }
 
@@ -593,6 +598,26 @@ impl Appliance {
                 ));
             }
         };
+        // The profile may ask for a holder key that works only while the quoted PCRs hold
+        // their values.
+        if profile.profile().holder_pcr_policy == Some(true) {
+            let public = holder.0.public();
+            let bound =
+                writ_attestation::tpm::policy::pcr_and_auth_value(quote.selection(), quote.pcrs())
+                    .is_ok_and(|expected| public.auth_policy() == expected.as_slice())
+                    && !public.has(writ_attestation::tpm::public::attr::USER_WITH_AUTH);
+            if !bound {
+                return Err(deny(
+                    "holder_policy",
+                    StatusCode::FORBIDDEN,
+                    "the profile requires a holder key bound to the attested PCR values \
+                     (authPolicy PolicyPCR over the quoted selection and values, then \
+                     PolicyAuthValue; userWithAuth clear); this one is not"
+                        .into(),
+                    vec![spend],
+                ));
+            }
+        }
         let jkt = holder.1.thumbprint();
         digests.push(("holder", digest(holder.0.public().tpmt_bytes())));
 

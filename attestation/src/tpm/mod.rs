@@ -2,6 +2,7 @@
 
 pub mod attest;
 pub mod pcr;
+pub mod policy;
 pub mod public;
 pub mod signature;
 pub mod tools;

@@ -357,6 +357,125 @@ impl Attester {
         blob(&created.out_public, &created.out_private)
     }
 
+    /// Creates a holder key bound to the values `selection` holds now: its authPolicy is
+    /// TPM2_PolicyPCR over those values followed by TPM2_PolicyAuthValue
+    /// ([`writ_attestation::tpm::policy::pcr_and_auth_value`]), and userWithAuth is clear, so it
+    /// signs only in a policy session while the PCRs still hold these values, and only for a
+    /// caller who knows `auth`. Otherwise as [`create_holder_key`](Self::create_holder_key)
+    /// (TPM2_Certify, an admin-role command, still takes the authValue).
+    pub fn create_holder_key_bound(
+        &self,
+        auth: &[u8],
+        selection: &PcrSelection,
+    ) -> Result<KeyBlob, CustodyError> {
+        use tss_esapi::attributes::ObjectAttributesBuilder;
+        use tss_esapi::interface_types::algorithm::PublicAlgorithm;
+        use tss_esapi::structures::{
+            EccPoint, KeyDerivationFunctionScheme, PublicBuilder, PublicEccParametersBuilder,
+        };
+        let values = self.read_pcrs(selection)?;
+        let policy = writ_attestation::tpm::policy::pcr_and_auth_value(selection, &values)
+            .map_err(|e| CustodyError::InvalidInput(e.to_string()))?;
+        let auth = auth_value(auth)?;
+        let template_error = |e: tss_esapi::Error| CustodyError::tpm("template", e);
+        let attributes = ObjectAttributesBuilder::new()
+            .with_fixed_tpm(true)
+            .with_fixed_parent(true)
+            .with_sensitive_data_origin(true)
+            .with_user_with_auth(false)
+            .with_sign_encrypt(true)
+            .build()
+            .map_err(template_error)?;
+        let template = PublicBuilder::new()
+            .with_public_algorithm(PublicAlgorithm::Ecc)
+            .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+            .with_object_attributes(attributes)
+            .with_auth_policy(Digest::try_from(policy).map_err(template_error)?)
+            .with_ecc_parameters(
+                PublicEccParametersBuilder::new()
+                    .with_ecc_scheme(EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)))
+                    .with_curve(EccCurve::NistP256)
+                    .with_is_signing_key(true)
+                    .with_is_decryption_key(false)
+                    .with_restricted(false)
+                    .with_key_derivation_function_scheme(KeyDerivationFunctionScheme::Null)
+                    .build()
+                    .map_err(template_error)?,
+            )
+            .with_ecc_unique_identifier(EccPoint::default())
+            .build()
+            .map_err(template_error)?;
+        let mut st = self.device.lock()?;
+        let srk = create_srk(&mut st)?;
+        let created = st.with_session("Create (PCR-bound holder key)", ObjectAuth::Set, |c| {
+            c.create(srk, template.clone(), Some(auth.clone()), None, None, None)
+        });
+        flush(&mut st, srk.into());
+        let created = created?;
+        blob(&created.out_public, &created.out_private)
+    }
+
+    /// Signs a SHA-256 digest with a loaded key made by
+    /// [`create_holder_key_bound`](Self::create_holder_key_bound), in a policy session that
+    /// asserts the PCRs of `selection` (the TPM compares their current values with the key's
+    /// policy) and the key's authValue. Once a PCR moved, the TPM refuses (TPM_RC_POLICY_FAIL).
+    pub fn sign_digest_bound(
+        &self,
+        key: &LoadedKey,
+        selection: &PcrSelection,
+        digest: &[u8; 32],
+    ) -> Result<p256::ecdsa::Signature, CustodyError> {
+        let list = tss_selection(selection)?;
+        let digest_value =
+            Digest::try_from(digest.to_vec()).map_err(|e| CustodyError::tpm("Sign", e))?;
+        let mut st = self.lock_for(&[key])?;
+        let started = st.retry("StartAuthSession (policy)", |c| {
+            c.start_auth_session(
+                None,
+                None,
+                None,
+                SessionType::Policy,
+                SymmetricDefinition::AES_128_CFB,
+                HashingAlgorithm::Sha256,
+            )
+        })?;
+        let session = started.ok_or_else(|| CustodyError::Tpm {
+            op: "StartAuthSession (policy)",
+            reason: "no session returned".into(),
+        })?;
+        let result = (|| {
+            let policy = PolicySession::try_from(session)
+                .map_err(|e| CustodyError::tpm("policy session", e))?;
+            // PolicyPCR is sent without other sessions (swtpm refuses PCR commands with them).
+            st.clear_sessions();
+            st.retry("PolicyPCR", |c| {
+                c.policy_pcr(policy, Digest::default(), list.clone())
+            })?;
+            st.retry("PolicyAuthValue", |c| c.policy_auth_value(policy))?;
+            let scheme = SignatureScheme::EcDsa {
+                hash_scheme: HashScheme::new(HashingAlgorithm::Sha256),
+            };
+            let ticket = super::key::null_ticket()?;
+            let signature = st.retry("Sign (policy)", |c| {
+                c.execute_with_session(Some(session), |c| {
+                    c.sign(key.handle, digest_value.clone(), scheme, ticket.clone())
+                })
+            })?;
+            match signature {
+                tss_esapi::structures::Signature::EcDsa(sig) => crate::key::signature_from_scalars(
+                    sig.signature_r().value(),
+                    sig.signature_s().value(),
+                ),
+                other => Err(CustodyError::BadSignature(format!(
+                    "TPM returned a {:?} signature, expected ECDSA",
+                    other.algorithm()
+                ))),
+            }
+        })();
+        flush(&mut st, SessionHandle::from(session).into());
+        result
+    }
+
     /// Loads a holder key made by [`create_holder_key`](Self::create_holder_key).
     pub fn load_holder_key(
         &self,

@@ -265,7 +265,7 @@ fn tpm_auth(secret: &[u8]) -> Result<Auth, CustodyError> {
     })
 }
 
-fn null_ticket() -> Result<HashcheckTicket, CustodyError> {
+pub(crate) fn null_ticket() -> Result<HashcheckTicket, CustodyError> {
     HashcheckTicket::try_from(TPMT_TK_HASHCHECK {
         tag: TPM2_ST_HASHCHECK,
         hierarchy: TPM2_RH_NULL,
