@@ -338,8 +338,17 @@ fn a_swtpm_runtime_enrolls_and_attests_with_writ_agent() {
 }
 
 #[test]
-fn each_attestation_refusal_is_answered_and_logged() {
-    let mut s = Stack::on(Engine::Sqlite, &["--nonce-ttl", "2"]);
+fn each_attestation_refusal_is_answered_and_logged_on_sqlite() {
+    refusals(Engine::Sqlite);
+}
+
+#[test]
+fn each_attestation_refusal_is_answered_and_logged_on_postgresql() {
+    refusals(Engine::Postgres);
+}
+
+fn refusals(engine: Engine) {
+    let s = Stack::on(engine, &["--nonce-ttl", "3"]);
     let rt = ready(&s, "db-1");
 
     // Affirming first, then the same evidence again: the nonce is spent.
@@ -372,10 +381,10 @@ fn each_attestation_refusal_is_answered_and_logged() {
         "{answers:?}"
     );
 
-    // An expired nonce (this appliance's nonces live 2 s).
+    // An expired nonce (this appliance's nonces live 3 s).
     let n = rt.nonce(&s);
     let body = rt.evidence(&n);
-    std::thread::sleep(std::time::Duration::from_millis(2500));
+    std::thread::sleep(std::time::Duration::from_millis(3500));
     let a = s.post("/v1/attest", &body, None);
     refused_and_logged(&s, &a, "db-1", "nonce_expired");
 
@@ -464,15 +473,6 @@ fn each_attestation_refusal_is_answered_and_logged() {
     assert_eq!((st, v["code"].as_str()), (401, Some("signature")), "{v}");
     assert_eq!(s.records().len(), size);
 
-    // kill -9 between the nonce and its use: it works once, then never again.
-    let n = rt.nonce(&s);
-    let body = rt.evidence(&n);
-    s.kill_and_restart();
-    let (st, v) = s.post("/v1/attest", &body, None);
-    assert_eq!(st, 200, "{v}");
-    let a = s.post("/v1/attest", &body, None);
-    refused_and_logged(&s, &a, "db-1", "nonce_consumed");
-
     // Revocation takes effect for the next request: a nonce handed out before it is refused
     // (and logged), and no new nonce is handed out.
     let n = rt.nonce(&s);
@@ -482,6 +482,30 @@ fn each_attestation_refusal_is_answered_and_logged() {
     refused_and_logged(&s, &a, "db-1", "revoked");
     let (st, v) = s.post("/v1/attest/nonce", &json!({"name": "db-1"}), None);
     assert_eq!((st, v["code"].as_str()), (403, Some("revoked")), "{v}");
+}
+
+#[test]
+fn a_nonce_outlives_a_kill_of_the_appliance_and_works_once() {
+    for engine in [Engine::Sqlite, Engine::Postgres] {
+        let mut s = Stack::on(engine, &[]);
+        let rt = ready(&s, "job-1");
+        // kill -9 between the nonce and its use: it works once, then never again.
+        let n = rt.nonce(&s);
+        let body = rt.evidence(&n);
+        s.kill_and_restart();
+        let (st, v) = s.post("/v1/attest", &body, None);
+        assert_eq!(st, 200, "{v}");
+        let a = s.post("/v1/attest", &body, None);
+        refused_and_logged(&s, &a, "job-1", "nonce_consumed");
+        // A nonce handed out before the kill and never used works once after it too.
+        let n = rt.nonce(&s);
+        s.kill_and_restart();
+        let body = rt.evidence(&n);
+        let (st, v) = s.post("/v1/attest", &body, None);
+        assert_eq!(st, 200, "{v}");
+        let a = s.post("/v1/attest", &body, None);
+        refused_and_logged(&s, &a, "job-1", "nonce_consumed");
+    }
 }
 
 #[test]
@@ -634,4 +658,114 @@ fn writ_agent_makes_a_bound_holder_key_when_the_profile_asks() {
     ok(&out);
     let second: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(first["holder_jkt"], second["holder_jkt"]);
+}
+
+#[test]
+fn relabelled_events_and_keys_not_bound_to_the_tpm_are_refused() {
+    let s = Stack::new();
+    let rt = ready(&s, "svc-1");
+
+    // Relabelling an event (its type is not in its digest) never improves the result. The
+    // SecureBoot variable's event relabelled from EV_EFI_VARIABLE_DRIVER_CONFIG to
+    // EV_EFI_VARIABLE_AUTHORITY: the fact is read by its content, the result stays affirming.
+    let relabel = |log: &[u8], pcr: u8, from: u32, to: u32| -> Vec<u8> {
+        let mut log = log.to_vec();
+        let mut pattern = vec![pcr, 0, 0, 0];
+        pattern.extend_from_slice(&from.to_le_bytes());
+        let at = log
+            .windows(8)
+            .position(|w| w == pattern.as_slice())
+            .expect("the event");
+        log[at + 4..at + 8].copy_from_slice(&to.to_le_bytes());
+        log
+    };
+    let n = rt.nonce(&s);
+    let mut body = rt.evidence(&n);
+    body["event_log"] = json!(STANDARD.encode(relabel(&rt.log, 7, 0x8000_0001, 0x8000_00e0)));
+    let (st, v) = s.post("/v1/attest", &body, None);
+    assert_eq!((st, v["status"].as_str()), (200, Some("affirming")), "{v}");
+    // A profile that names the allowed boot applications (not this one) and no PCR 4 value:
+    // the boot manager's image is refused, and relabelled as an EV_EFI_ACTION it is still an
+    // image, still refused.
+    let mut profile = profile_of(&rt.tpm);
+    profile["pcrs"].as_object_mut().unwrap().remove("4");
+    profile["boot_applications"] = json!([hex::encode([0x42u8; 32])]);
+    assign(&s, "svc-1", &profile);
+    let n = rt.nonce(&s);
+    let a = s.post("/v1/attest", &rt.evidence(&n), None);
+    refused_and_logged(&s, &a, "svc-1", "boot_application");
+    let n = rt.nonce(&s);
+    let mut body = rt.evidence(&n);
+    body["event_log"] = json!(STANDARD.encode(relabel(&rt.log, 4, 0x8000_0003, 0x8000_0007)));
+    let a = s.post("/v1/attest", &body, None);
+    refused_and_logged(&s, &a, "svc-1", "boot_application");
+    assign(&s, "svc-1", &profile_of(&rt.tpm));
+
+    // A duplicable key (fixedTPM and fixedParent clear), made with tpm2-tools under the same
+    // storage key the attester uses, certified by the enrolled AK: not a holder key.
+    let dir = tempfile::tempdir().unwrap();
+    s.tpm.tool(
+        dir.path(),
+        &[
+            "tpm2_createprimary",
+            "-C",
+            "o",
+            "-g",
+            "sha256",
+            "-G",
+            "ecc256:aes128cfb",
+            "-a",
+            "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda|restricted|decrypt",
+            "-c",
+            "srk.ctx",
+        ],
+    );
+    s.tpm.tool(dir.path(), &["tpm2_flushcontext", "-t"]);
+    s.tpm.tool(
+        dir.path(),
+        &[
+            "tpm2_create",
+            "-C",
+            "srk.ctx",
+            "-g",
+            "sha256",
+            "-G",
+            "ecc256:ecdsa-sha256",
+            "-a",
+            "sign|userwithauth|sensitivedataorigin",
+            "-u",
+            "dup.pub",
+            "-r",
+            "dup.priv",
+        ],
+    );
+    s.tpm.tool(dir.path(), &["tpm2_flushcontext", "-t"]);
+    let public = std::fs::read(dir.path().join("dup.pub")).unwrap()[2..].to_vec();
+    let private = std::fs::read(dir.path().join("dup.priv")).unwrap()[2..].to_vec();
+    let mut name = vec![0x00, 0x0b];
+    name.extend_from_slice(&<sha2::Sha256 as sha2::Digest>::digest(&public));
+    let duplicable = KeyBlob {
+        public,
+        private,
+        name,
+    };
+    let n = rt.nonce(&s);
+    let mut body = rt.evidence(&n);
+    {
+        let nonce = STANDARD.decode(n["nonce"].as_str().unwrap()).unwrap();
+        let ak = rt.tpm.load_ak(&rt.ak).unwrap();
+        let key = rt.tpm.load_holder_key(&duplicable, None).unwrap();
+        let c = rt.tpm.certify(&ak, &key, &nonce).unwrap();
+        body["holder"] = json!({
+            "public": STANDARD.encode(&duplicable.public),
+            "certify": {"attest": STANDARD.encode(&c.attest), "signature": STANDARD.encode(&c.signature)},
+        });
+    }
+    let a = s.post("/v1/attest", &body, None);
+    refused_and_logged(&s, &a, "svc-1", "certified_key");
+    assert!(
+        a.1["detail"].as_str().unwrap().contains("fixedTPM"),
+        "{}",
+        a.1
+    );
 }

@@ -721,7 +721,7 @@ impl Appliance {
                 sql: "INSERT INTO attestations
                       (name, generation, status, result, profile, reset_count, restart_count,
                        clock, holder_jkt, ear_digest, attested_at)
-                      VALUES ($1, $2 + 1, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                      VALUES ($1, $12, $3, $4, $5, $6, $7, $8, $9, $10, $11)
                       ON CONFLICT (name) DO UPDATE SET generation = excluded.generation,
                           status = excluded.status, result = excluded.result,
                           profile = excluded.profile, reset_count = excluded.reset_count,
@@ -744,6 +744,7 @@ impl Appliance {
                         .unwrap_or_default()
                         .into(),
                     t.into(),
+                    generation.saturating_add(1).into(),
                 ],
                 must_affect: Some((
                     "attestation_raced",
