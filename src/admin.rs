@@ -69,6 +69,13 @@ enum AdminCommand {
         /// The profile (JSON), e.g. from `writ reference capture`.
         file: PathBuf,
     },
+    /// Forget a runtime's current appraisal and the TPM counters it is compared with (after a
+    /// `counters_rollback` whose cause is known, e.g. a TPM cleared on purpose): its next
+    /// attestation is its first.
+    Rebaseline {
+        /// The runtime's name.
+        name: String,
+    },
     /// Assign a loaded profile to a runtime: its attestations are appraised against it.
     AssignProfile {
         /// The runtime's name.
@@ -222,6 +229,18 @@ fn admin(a: Admin) -> Result<Value, (u8, String)> {
                 "POST",
                 "/v1/admin/profiles",
                 Some(json!({"name": name, "profile": profile})),
+            )
+        }
+        AdminCommand::Rebaseline { name } => {
+            if !writ::appliance::valid_name(&name) {
+                return Err(err2(format!(
+                    "{name:?} is not a runtime name (1 to 64 of a-z 0-9 - _ .)"
+                )));
+            }
+            call(
+                "POST",
+                &format!("/v1/admin/runtimes/{name}/rebaseline"),
+                None,
             )
         }
         AdminCommand::AssignProfile { runtime, profile } => {

@@ -278,11 +278,11 @@ fn holder_key(
     let auth = match std::fs::read(&auth_path) {
         Ok(a) => zeroize::Zeroizing::new(a),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut raw = zeroize::Zeroizing::new([0u8; 32]);
+            // 32 random bytes: an authValue is at most the size of the key's nameAlg digest.
+            let mut raw = zeroize::Zeroizing::new(vec![0u8; 32]);
             getrandom::fill(raw.as_mut_slice()).map_err(|e| format!("random: {e}"))?;
-            let auth = zeroize::Zeroizing::new(hex::encode(raw.as_slice()).into_bytes());
-            write_private(&auth_path, auth.as_slice())?;
-            auth
+            write_private(&auth_path, raw.as_slice())?;
+            raw
         }
         Err(e) => {
             return Err(format!(

@@ -211,6 +211,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/attest"),
     ("POST", "/v1/admin/profiles"),
     ("POST", "/v1/admin/runtimes/{name}/profile"),
+    ("POST", "/v1/admin/runtimes/{name}/rebaseline"),
     ("POST", "/v1/admin/ek-registrations"),
     ("POST", "/v1/admin/join-tokens"),
     ("GET", "/v1/admin/runtimes"),
@@ -240,6 +241,7 @@ pub const OPENAPI: &str = include_str!("../docs/openapi.json");
 /// | `POST /v1/attest` | the EAR token ([`crate::appliance::AttestAnswer`]) |
 /// | `POST /v1/admin/profiles` `{"name","profile"}` | the profile's digest |
 /// | `POST /v1/admin/runtimes/{name}/profile` `{"profile"}` | 204 |
+/// | `POST /v1/admin/runtimes/{name}/rebaseline` | 204 |
 pub fn appliance_router(app: Arc<Appliance>) -> Router {
     appliance_router_limited(app, Arc::new(UnidentifiedLimit::new(60)))
 }
@@ -268,6 +270,10 @@ pub fn appliance_router_limited(app: Arc<Appliance>, limit: Arc<UnidentifiedLimi
         .route(
             "/v1/admin/runtimes/{name}/profile",
             post(admin_assign_profile),
+        )
+        .route(
+            "/v1/admin/runtimes/{name}/rebaseline",
+            post(admin_rebaseline),
         )
         .route("/v1/admin/ek-registrations", post(admin_register_ek))
         .route("/v1/admin/join-tokens", post(admin_join_token))
@@ -492,6 +498,16 @@ async fn admin_assign_profile(
         app.assign_profile(&admin, &name, &req.profile)
     })
     .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn admin_rebaseline(
+    State(app): State<Arc<Appliance>>,
+    headers: axum::http::HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, Problem> {
+    let admin = app.admin(bearer(&headers).as_deref())?;
+    work(move || app.rebaseline(&admin, &name)).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -857,7 +873,16 @@ fn unidentified(status: StatusCode, code: &str) -> bool {
     status == StatusCode::PAYLOAD_TOO_LARGE
         || matches!(
             code,
-            "enrollment_unauthorized" | "enrollment_unknown" | "admin_unauthorized" | "malformed"
+            "enrollment_unauthorized"
+                | "enrollment_unknown"
+                | "admin_unauthorized"
+                | "malformed"
+                // Attestation before the quote's signature verified with the runtime's AK.
+                | "runtime_unknown"
+                | "signature"
+                | "signature_scheme"
+                | "hash_too_weak"
+                | "unsupported_algorithm"
         )
 }
 

@@ -289,6 +289,13 @@ fn a_swtpm_runtime_enrolls_and_attests_with_writ_agent() {
     )
     .unwrap();
     assert_eq!(claims["cnf"]["jkt"], answer["holder_jkt"]);
+    assert_eq!(claims["iss"], format!("spiffe://{TD}/writ/appliance"));
+    assert_eq!(
+        claims["exp"].as_i64().unwrap(),
+        claims["iat"].as_i64().unwrap() + 300
+    );
+    assert_eq!(claims["eat_profile"], "tag:ietf.org,2026:rats/ear#04");
+    assert!(claims["eat_nonce"].as_str().is_some_and(|n| n.len() == 43));
     assert_eq!(claims["sub"], format!("spiffe://{TD}/runtime/web-1"));
     assert_eq!(claims["submods"]["tpm"]["ear_status"], "affirming");
     assert!(claims["exp"].as_i64().unwrap() > claims["iat"].as_i64().unwrap());
@@ -330,9 +337,11 @@ fn a_swtpm_runtime_enrolls_and_attests_with_writ_agent() {
     let last_json: Value =
         serde_json::from_str(&std::fs::read_to_string(state.join("last.json")).unwrap()).unwrap();
     assert_eq!(last_json["status"], "refused");
+    // Extended outside the log: the log no longer explains the quoted PCR 4.
+    assert_eq!(last_json["code"], "pcr_replay");
     let (kind, _, decision, reasons) = last(&s);
     assert_eq!((kind.as_str(), decision.as_str()), ("attest", "deny"));
-    assert!(!reasons.is_empty());
+    assert!(reasons.iter().any(|r| r == "pcr_replay"), "{reasons:?}");
     let list: Value = serde_json::from_slice(&s.admin(&["runtimes"]).stdout).unwrap();
     assert_eq!(list[0]["attestation"]["status"], "contraindicated");
 }
@@ -348,7 +357,7 @@ fn each_attestation_refusal_is_answered_and_logged_on_postgresql() {
 }
 
 fn refusals(engine: Engine) {
-    let s = Stack::on(engine, &["--nonce-ttl", "3"]);
+    let s = Stack::on(engine, &[]);
     let rt = ready(&s, "db-1");
 
     // Affirming first, then the same evidence again: the nonce is spent.
@@ -380,13 +389,6 @@ fn refusals(engine: Engine) {
             .all(|(st, v)| *st == 200 || v["code"] == "nonce_consumed"),
         "{answers:?}"
     );
-
-    // An expired nonce (this appliance's nonces live 3 s).
-    let n = rt.nonce(&s);
-    let body = rt.evidence(&n);
-    std::thread::sleep(std::time::Duration::from_millis(3500));
-    let a = s.post("/v1/attest", &body, None);
-    refused_and_logged(&s, &a, "db-1", "nonce_expired");
 
     // A nonce nobody handed out.
     let mut fake = rt.nonce(&s);
@@ -459,6 +461,43 @@ fn refusals(engine: Engine) {
     let (st, v) = rt.attest(&s);
     assert_eq!(st, 200, "{v}");
 
+    // A quote over another nonce than the one sent.
+    let n = rt.nonce(&s);
+    let other = rt.nonce(&s);
+    let mut body = rt.evidence(&n);
+    body["nonce"] = other["nonce"].clone();
+    body["holder"] = rt.evidence(&other)["holder"].clone();
+    let a = s.post("/v1/attest", &body, None);
+    refused_and_logged(&s, &a, "db-1", "nonce_mismatch");
+    // A certification over another nonce than the quote's.
+    let n = rt.nonce(&s);
+    let other = rt.nonce(&s);
+    let mut body = rt.evidence(&n);
+    body["holder"] = rt.evidence(&other)["holder"].clone();
+    let a = s.post("/v1/attest", &body, None);
+    refused_and_logged(&s, &a, "db-1", "certify_nonce");
+
+    // Unknown runtimes and malformed bodies: refused before anyone is identified.
+    let (st, v) = s.post("/v1/attest/nonce", &json!({"name": "nobody"}), None);
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (404, Some("runtime_unknown")),
+        "{v}"
+    );
+    let n = rt.nonce(&s);
+    let mut body = rt.evidence(&n);
+    body["name"] = json!("nobody");
+    let (st, v) = s.post("/v1/attest", &body, None);
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (404, Some("runtime_unknown")),
+        "{v}"
+    );
+    let (st, v) = s.post("/v1/attest", &json!({"name": "db-1"}), None);
+    assert_eq!((st, v["code"].as_str()), (400, Some("malformed")), "{v}");
+    let (st, v) = s.post("/v1/attest/nonce", &json!({"name": "DB 1"}), None);
+    assert_eq!((st, v["code"].as_str()), (400, Some("malformed")), "{v}");
+
     // A quote not signed by the runtime's AK is nobody's: refused, not logged.
     let size = s.records().len();
     let n = rt.nonce(&s);
@@ -472,6 +511,31 @@ fn refusals(engine: Engine) {
     let (st, v) = s.post("/v1/attest", &body, None);
     assert_eq!((st, v["code"].as_str()), (401, Some("signature")), "{v}");
     assert_eq!(s.records().len(), size);
+    // Nor is one whose signature claims SHA-1 or an unknown scheme (refused before any
+    // signature is checked), even over a nonce of the runtime's: no record, the nonce unspent.
+    let n = rt.nonce(&s);
+    let honest = rt.evidence(&n);
+    for (alg, hash, code) in [
+        (0x0018u16, 0x0004u16, "hash_too_weak"),
+        (0x0099, 0x000b, "unsupported_algorithm"),
+    ] {
+        let mut body = honest.clone();
+        let mut sig = STANDARD
+            .decode(body["quote"]["signature"].as_str().unwrap())
+            .unwrap();
+        sig[0..2].copy_from_slice(&alg.to_be_bytes());
+        sig[2..4].copy_from_slice(&hash.to_be_bytes());
+        body["quote"]["signature"] = json!(STANDARD.encode(&sig));
+        let (st, v) = s.post("/v1/attest", &body, None);
+        assert_eq!(st, 401, "{v}");
+        assert!(
+            v["code"] == code || v["code"] == "signature_scheme" || v["code"] == "malformed",
+            "{v}"
+        );
+        assert_eq!(s.records().len(), size);
+    }
+    let (st, v) = s.post("/v1/attest", &honest, None);
+    assert_eq!(st, 200, "{v}");
 
     // Revocation takes effect for the next request: a nonce handed out before it is refused
     // (and logged), and no new nonce is handed out.
@@ -482,6 +546,19 @@ fn refusals(engine: Engine) {
     refused_and_logged(&s, &a, "db-1", "revoked");
     let (st, v) = s.post("/v1/attest/nonce", &json!({"name": "db-1"}), None);
     assert_eq!((st, v["code"].as_str()), (403, Some("revoked")), "{v}");
+}
+
+#[test]
+fn an_expired_nonce_is_refused_and_logged() {
+    // This appliance's nonces live 1 s (expiry is counted in whole seconds: after 2.1 s any
+    // nonce has expired).
+    let s = Stack::on(Engine::Sqlite, &["--nonce-ttl", "1"]);
+    let rt = ready(&s, "old-1");
+    let n = rt.nonce(&s);
+    let body = rt.evidence(&n);
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let a = s.post("/v1/attest", &body, None);
+    refused_and_logged(&s, &a, "old-1", "nonce_expired");
 }
 
 #[test]
@@ -568,6 +645,20 @@ fn tpm_counters_going_backwards_are_contraindicated() {
     refused_and_logged(&s, &r, "edge-1", "counters_rollback");
     let list: Value = serde_json::from_slice(&s.admin(&["runtimes"]).stdout).unwrap();
     assert_eq!(list[0]["attestation"]["status"], "contraindicated");
+    // The restored TPM's next quote compares with nothing it could have lowered: it stays
+    // contraindicated, after another reboot too.
+    let r = rt.attest(&s);
+    refused_and_logged(&s, &r, "edge-1", "counters_rollback");
+    s.tpm.reboot();
+    simulate_boot(&rt.tpm, BootProfile::SecureBoot).unwrap();
+    let r = rt.attest(&s);
+    refused_and_logged(&s, &r, "edge-1", "counters_rollback");
+    // Until an admin re-baselines it (logged): then its next attestation is its first.
+    ok(&s.admin(&["rebaseline", "edge-1"]));
+    let (kind, _, decision, _) = last(&s);
+    assert_eq!((kind.as_str(), decision.as_str()), ("admin", "allow"));
+    let (st, v) = rt.attest(&s);
+    assert_eq!((st, v["counters"].as_str()), (200, Some("first")), "{v}");
 }
 
 #[test]
@@ -610,6 +701,80 @@ fn a_profile_can_bind_the_holder_key_to_the_attested_pcrs() {
     }
     // ...and the authValue alone does not make it sign (userWithAuth is clear).
     assert!(rt.tpm.sign_digest(&holder, &digest).is_err());
+    // A key with the right policy but userWithAuth set (its authValue alone would make it
+    // sign, whatever the PCRs hold) is refused too. Made with tpm2-tools under the attester's
+    // storage key.
+    drop(holder); // swtpm has three object slots
+    {
+        let values = rt.tpm.read_pcrs(&sel).unwrap();
+        let policy = writ_attestation::tpm::policy::pcr_and_auth_value(&sel, &values).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("policy.bin"), &policy).unwrap();
+        s.tpm.tool(
+            dir.path(),
+            &[
+                "tpm2_createprimary",
+                "-C",
+                "o",
+                "-g",
+                "sha256",
+                "-G",
+                "ecc256:aes128cfb",
+                "-a",
+                "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda|restricted|decrypt",
+                "-c",
+                "srk.ctx",
+            ],
+        );
+        s.tpm.tool(dir.path(), &["tpm2_flushcontext", "-t"]);
+        s.tpm.tool(
+            dir.path(),
+            &[
+                "tpm2_create",
+                "-C",
+                "srk.ctx",
+                "-g",
+                "sha256",
+                "-G",
+                "ecc256:ecdsa-sha256",
+                "-L",
+                "policy.bin",
+                "-a",
+                "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|sign",
+                "-u",
+                "k.pub",
+                "-r",
+                "k.priv",
+            ],
+        );
+        s.tpm.tool(dir.path(), &["tpm2_flushcontext", "-t"]);
+        let public = std::fs::read(dir.path().join("k.pub")).unwrap()[2..].to_vec();
+        let private = std::fs::read(dir.path().join("k.priv")).unwrap()[2..].to_vec();
+        let mut name = vec![0x00, 0x0b];
+        name.extend_from_slice(&<sha2::Sha256 as sha2::Digest>::digest(&public));
+        let loose = KeyBlob {
+            public,
+            private,
+            name,
+        };
+        let n = rt.nonce(&s);
+        let mut body = rt.evidence(&n);
+        let nonce = STANDARD.decode(n["nonce"].as_str().unwrap()).unwrap();
+        let ak = rt.tpm.load_ak(&rt.ak).unwrap();
+        let key = rt.tpm.load_holder_key(&loose, None).unwrap();
+        let c = rt.tpm.certify(&ak, &key, &nonce).unwrap();
+        body["holder"] = json!({
+            "public": STANDARD.encode(&loose.public),
+            "certify": {"attest": STANDARD.encode(&c.attest), "signature": STANDARD.encode(&c.signature)},
+        });
+        drop((ak, key));
+        let a = s.post("/v1/attest", &body, None);
+        refused_and_logged(&s, &a, "gpu-1", "holder_policy");
+    }
+    let holder = rt
+        .tpm
+        .load_holder_key(&rt.holder, Some(HOLDER_AUTH))
+        .unwrap();
     // Once a PCR of the selection moves, the TPM refuses to sign with it.
     rt.tpm.extend_pcr(7, &[9u8; 32]).unwrap();
     let e = rt
@@ -619,7 +784,7 @@ fn a_profile_can_bind_the_holder_key_to_the_attested_pcrs() {
     assert!(e.to_string().to_lowercase().contains("policy"), "{e}");
     // And a key bound to values other than the quoted ones is refused by the appliance: the
     // machine is now in another state, the old bound key does not match its quote.
-    drop(holder); // swtpm has three object slots
+    drop(holder);
     let n = rt.nonce(&s);
     let a = s.post("/v1/attest", &rt.evidence(&n), None);
     refused_and_logged(&s, &a, "gpu-1", "holder_policy");
@@ -768,4 +933,41 @@ fn relabelled_events_and_keys_not_bound_to_the_tpm_are_refused() {
         "{}",
         a.1
     );
+}
+
+#[test]
+fn forged_quotes_are_rate_limited_and_an_appliance_without_an_ear_key_issues_nothing() {
+    let s = Stack::on(Engine::Sqlite, &["--unidentified-per-minute", "3"]);
+    let rt = ready(&s, "lim-1");
+    let n = rt.nonce(&s);
+    let mut forged = rt.evidence(&n);
+    let mut sig = STANDARD
+        .decode(forged["quote"]["signature"].as_str().unwrap())
+        .unwrap();
+    let at = sig.len() - 3;
+    sig[at] ^= 0x40;
+    forged["quote"]["signature"] = json!(STANDARD.encode(&sig));
+    let codes: Vec<u16> = (0..4)
+        .map(|_| s.post("/v1/attest", &forged, None).0)
+        .collect();
+    assert_eq!(codes, [401, 401, 401, 429]);
+    drop(s);
+
+    // Without an ear key nothing is issued: the refusal is logged and spends the nonce; the
+    // runtime's state is untouched.
+    let mut s = Stack::new();
+    let rt = ready(&s, "noear-1");
+    s.ear_key.clear();
+    s.kill_and_restart();
+    let n = rt.nonce(&s);
+    let body = rt.evidence(&n);
+    let (st, v) = s.post("/v1/attest", &body, None);
+    assert_eq!((st, v["code"].as_str()), (503, Some("ear_signing")), "{v}");
+    let (kind, _, decision, reasons) = last(&s);
+    assert_eq!((kind.as_str(), decision.as_str()), ("attest", "deny"));
+    assert_eq!(reasons, ["ear_signing"]);
+    let a = s.post("/v1/attest", &body, None);
+    refused_and_logged(&s, &a, "noear-1", "nonce_consumed");
+    let list: Value = serde_json::from_slice(&s.admin(&["runtimes"]).stdout).unwrap();
+    assert!(list[0]["attestation"].is_null(), "{list}");
 }

@@ -473,11 +473,19 @@ impl Appliance {
                 &pcrs,
             ),
         };
-        if let Err(
-            e @ (EvidenceError::Signature(_)
-            | EvidenceError::SignatureScheme(_)
-            | EvidenceError::Malformed(_)),
-        ) = &quote
+        // Only these failures can follow a verified signature (verify_quote checks the
+        // signature first); anything else, whatever it is, is a quote nobody is known to have
+        // signed.
+        if let Err(e) = &quote
+            && !matches!(
+                e,
+                EvidenceError::Magic(_)
+                    | EvidenceError::AttestType { .. }
+                    | EvidenceError::NonceMismatch
+                    | EvidenceError::PcrSelection(_)
+                    | EvidenceError::PcrValue(_)
+                    | EvidenceError::PcrDigest
+            )
         {
             return Err(Problem::new(
                 StatusCode::UNAUTHORIZED,
@@ -641,11 +649,13 @@ impl Appliance {
 
         // The counters against the last verified quote of this runtime.
         let last = self.query(
-            "SELECT generation, reset_count, restart_count, clock FROM attestations WHERE name = $1",
+            "SELECT generation, reset_count, restart_count, clock, rollback
+             FROM attestations WHERE name = $1",
             &[req.name.clone().into()],
         )?;
-        let (generation, change) = match last.first() {
-            None => (0, None),
+        let clock = quote.clock();
+        let (generation, change, before, flagged) = match last.first() {
+            None => (0, None, None, None),
             Some(r) => {
                 let int = |i: usize| r.get(i).and_then(Value::int).unwrap_or(0);
                 let before = ClockInfo {
@@ -654,9 +664,30 @@ impl Appliance {
                     restart_count: u32::try_from(int(2)).unwrap_or(0),
                     safe: true,
                 };
-                (int(0), Some(quote.counters_since(&before)))
+                (
+                    int(0),
+                    Some(quote.counters_since(&before)),
+                    Some(before),
+                    r.get(4).and_then(Value::text).map(str::to_string),
+                )
             }
         };
+        // Once the counters went backwards, the runtime stays contraindicated until an admin
+        // re-baselines it: the restored TPM's next quote would otherwise compare with its own
+        // (lower) counters and look unchanged.
+        if let Some(counter) = &flagged {
+            appraisal.fail(
+                values::UNTRUSTWORTHY_INSTANCE,
+                reason(
+                    "counters_rollback",
+                    Claim::InstanceIdentity,
+                    "counters",
+                    format!(
+                        "an earlier attestation saw the TPM's {counter} go backwards; it stays contraindicated until an admin re-baselines it (writ admin rebaseline)"
+                    ),
+                ),
+            );
+        }
         let counters = match change {
             None => "first".to_string(),
             Some(CounterChange::Unchanged) => "unchanged".into(),
@@ -679,16 +710,41 @@ impl Appliance {
             }
             Some(_) => "changed".into(),
         };
-        let clock = quote.clock();
+        let rollback = match (&flagged, change) {
+            (Some(c), _) => Some(c.clone()),
+            (None, Some(CounterChange::Rollback { counter })) => Some(counter.to_string()),
+            _ => None,
+        };
+        // What is kept to compare the next quote with: this one's counters, or, after a
+        // rollback, the highest seen.
+        let kept = match (&rollback, before) {
+            (Some(_), Some(b)) => b,
+            _ => clock,
+        };
 
         // The EAR, for an affirming or warning result only; signed before the record, released
         // after it.
         let affirmed = matches!(appraisal.status, Status::Affirming | Status::Warning);
         let expires_at = t.saturating_add(self.config.ear_ttl);
         let ear = if affirmed {
-            let token = self.sign_ear(&appraisal, &subject, &nonce_bytes, &jkt, t, expires_at)?;
-            digests.push(("ear", digest(token.as_bytes())));
-            Some(token)
+            match self.sign_ear(&appraisal, &subject, &nonce_bytes, &jkt, t, expires_at) {
+                Ok(token) => {
+                    digests.push(("ear", digest(token.as_bytes())));
+                    Some(token)
+                }
+                // Nothing is issued; the refusal is a decision, and it spends the nonce. The
+                // runtime's state stays as it was.
+                Err(p) => {
+                    return Err(
+                        match self.attest_logged(&subject, &["ear_signing"], &digests, vec![spend])
+                        {
+                            Ok(Ok(_)) => p,
+                            Ok(Err(e)) => store_problem(e),
+                            Err(p2) => p2,
+                        },
+                    );
+                }
+            }
         } else {
             None
         };
@@ -708,7 +764,7 @@ impl Appliance {
         })
         .to_string();
         let effect = vec![
-            spend,
+            spend.clone(),
             Op {
                 // The runtime is still enrolled with this AK when the result is stored.
                 sql: "UPDATE runtimes SET changed_at = changed_at
@@ -717,27 +773,40 @@ impl Appliance {
                 must_affect: Some(("revoked", "this runtime was revoked meanwhile")),
             },
             Op {
-                // Replaces the state it was appraised against, never a newer one.
+                // Replaces the state it was appraised against, never a newer one; except that
+                // a contraindicated result always replaces the state (with a newer generation),
+                // leaving the counters of the newer attestation.
                 sql: "INSERT INTO attestations
                       (name, generation, status, result, profile, reset_count, restart_count,
-                       clock, holder_jkt, ear_digest, attested_at)
-                      VALUES ($1, $12, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-                      ON CONFLICT (name) DO UPDATE SET generation = excluded.generation,
+                       clock, holder_jkt, ear_digest, attested_at, rollback)
+                      VALUES ($1, $12, $3, $4, $5, $6, $7, $8, $9, $10, $11, $13)
+                      ON CONFLICT (name) DO UPDATE SET
+                          generation = CASE WHEN attestations.generation >= excluded.generation
+                                            THEN attestations.generation + 1
+                                            ELSE excluded.generation END,
                           status = excluded.status, result = excluded.result,
-                          profile = excluded.profile, reset_count = excluded.reset_count,
-                          restart_count = excluded.restart_count, clock = excluded.clock,
+                          profile = excluded.profile,
+                          reset_count = CASE WHEN attestations.generation = $2
+                                             THEN excluded.reset_count
+                                             ELSE attestations.reset_count END,
+                          restart_count = CASE WHEN attestations.generation = $2
+                                               THEN excluded.restart_count
+                                               ELSE attestations.restart_count END,
+                          clock = CASE WHEN attestations.generation = $2
+                                       THEN excluded.clock ELSE attestations.clock END,
                           holder_jkt = excluded.holder_jkt, ear_digest = excluded.ear_digest,
-                          attested_at = excluded.attested_at
-                      WHERE attestations.generation = $2",
+                          attested_at = excluded.attested_at,
+                          rollback = COALESCE(excluded.rollback, attestations.rollback)
+                      WHERE attestations.generation = $2 OR excluded.status = 'contraindicated'",
                 params: vec![
                     req.name.clone().into(),
                     generation.into(),
                     appraisal.status.as_str().into(),
                     result.into(),
                     profile.id().into(),
-                    i64::from(clock.reset_count).into(),
-                    i64::from(clock.restart_count).into(),
-                    i64::try_from(clock.clock).unwrap_or(i64::MAX).into(),
+                    i64::from(kept.reset_count).into(),
+                    i64::from(kept.restart_count).into(),
+                    i64::try_from(kept.clock).unwrap_or(i64::MAX).into(),
                     jkt.clone().into(),
                     ear.as_deref()
                         .map(|e| digest(e.as_bytes()))
@@ -745,6 +814,7 @@ impl Appliance {
                         .into(),
                     t.into(),
                     generation.saturating_add(1).into(),
+                    rollback.clone().map_or(Value::Null, Value::from),
                 ],
                 must_affect: Some((
                     "attestation_raced",
@@ -761,17 +831,25 @@ impl Appliance {
         };
         let index = match self.attest_logged(&subject, &codes, &digests, effect)? {
             Ok(i) => i,
+            // Revoked or overtaken meanwhile: refused, and the nonce is spent with the refusal
+            // (if another use spent it first, that is the refusal).
             Err(StoreError::Conflict { code, detail }) => {
-                return Err(self.deny(
-                    Rec {
-                        kind: Kind::Attest,
-                        subject: &subject,
-                        reason: Some(code),
-                        digests: &digests,
+                return Err(
+                    match self.attest_logged(&subject, &[code], &digests, vec![spend])? {
+                        Ok(_) => Problem::new(StatusCode::FORBIDDEN, code, detail).identified(),
+                        Err(StoreError::Conflict { code, detail }) => self.deny(
+                            Rec {
+                                kind: Kind::Attest,
+                                subject: &subject,
+                                reason: Some(code),
+                                digests: &digests,
+                            },
+                            StatusCode::FORBIDDEN,
+                            detail,
+                        ),
+                        Err(e) => store_problem(e),
                     },
-                    StatusCode::FORBIDDEN,
-                    detail,
-                ));
+                );
             }
             Err(e) => return Err(store_problem(e)),
         };
@@ -887,6 +965,28 @@ impl Appliance {
             }],
         )?;
         Ok(id)
+    }
+
+    /// Forgets the runtime's current appraisal and the TPM counters it was compared with (after
+    /// a counter rollback, once an admin knows why: a TPM cleared on purpose). Its next
+    /// attestation is its first.
+    pub fn rebaseline(&self, admin: &str, name: &str) -> Result<(), Problem> {
+        if !valid_name(name) {
+            return Err(self.admin_refused(admin, malformed(NAME_RULE)));
+        }
+        self.admin_record(
+            admin,
+            &[("rebaselined", digest(self.runtime_id(name).as_bytes()))],
+            vec![Op {
+                sql: "DELETE FROM attestations WHERE name = $1",
+                params: vec![name.into()],
+                must_affect: Some((
+                    "runtime_unknown",
+                    "this runtime has no attestation to forget",
+                )),
+            }],
+        )?;
+        Ok(())
     }
 
     /// Assigns the profile `profile` to the runtime `name`.

@@ -352,7 +352,8 @@ const MIGRATIONS: &[(u32, &str)] = &[
         // single-use nonces (by SHA-256; the nonce itself is never stored), and each runtime's
         // current appraisal with the counters of its last verified quote. `generation` grows
         // with every change of a runtime's appraisal, so a writer that read an older one cannot
-        // overwrite a newer one.
+        // overwrite a newer one. `rollback` names the counter once one went backwards: it sticks
+        // (every later attestation is contraindicated) until an admin re-baselines the runtime.
         "CREATE TABLE profiles (
         name TEXT PRIMARY KEY,
         profile TEXT NOT NULL,
@@ -379,7 +380,8 @@ const MIGRATIONS: &[(u32, &str)] = &[
         clock {int} NOT NULL,
         holder_jkt TEXT NOT NULL,
         ear_digest TEXT NOT NULL,
-        attested_at {int} NOT NULL
+        attested_at {int} NOT NULL,
+        rollback TEXT
     );",
     ),
 ];

@@ -96,8 +96,6 @@ impl Stack {
             &self.store,
             "--checkpoint-key",
             &self.key,
-            "--ear-key",
-            &self.ear_key,
             "--origin",
             "writ.test/log",
             "--listen",
@@ -107,6 +105,10 @@ impl Stack {
             "--admin-token-file",
             self.dir.path().join("admin.token").to_str().unwrap(),
         ]);
+        // An empty ear key: an appliance without one.
+        if !self.ear_key.is_empty() {
+            cmd.args(["--ear-key", &self.ear_key]);
+        }
         for r in &self.roots {
             cmd.arg("--ek-roots").arg(r);
         }

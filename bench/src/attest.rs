@@ -1,0 +1,743 @@
+//! Attestations per second through `writ serve` over HTTPS on loopback, with simulated attesters.
+//!
+//! The appliance is the release `writ serve` binary, unchanged: TLS with its `ca` key, checkpoint
+//! and `ear` keys in a private SoftHSM2 token, a SQLite store, every durable write through the
+//! group-commit writer. The attesters are simulated in software (a TPM per runtime would need as
+//! many swtpm processes, each with its own EK): each has an ECC P-256 EK whose certificate
+//! `swtpm_cert` issues under a bench-only EK CA that only this run's appliance trusts
+//! (`--ek-roots`), a software AK and holder key with TPM public areas, and answers the
+//! appliance's credential challenge with a software ActivateCredential. Nothing in the server is
+//! bypassed: enrollment, nonces, quote and certify verification, the replay and appraisal of
+//! Keylime's 49 KB event log, the counters, the state write, the decision record and the EAR
+//! signature in SoftHSM2 all run as they do for a real TPM.
+//!
+//! Each worker thread drives one runtime over one keep-alive connection: ask for a nonce, quote
+//! and certify in software, send the evidence, check the answer is affirming. Reported: rate,
+//! p50 / p99 latency of the two requests together, and the CPU time of the server and of this
+//! load generator (from /proc).
+//!
+//! usage: cargo build --release --bin writ && \
+//!        cargo run --release -p writ-bench --bin attest-bench -- [--seconds S] [--workers N]
+#![forbid(unsafe_code)]
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod machine;
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use clap::Parser;
+use p256::ecdsa::signature::hazmat::PrehashSigner;
+use p256::elliptic_curve::sec1::ToSec1Point;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use writ_attestation::appraisal::capture;
+use writ_attestation::crypto::AwsLc;
+use writ_attestation::evidence::{CheckedAk, Nonce, verify_quote};
+use writ_attestation::tpm::HashAlg;
+use writ_attestation::tpm::attest::{
+    Attest, Attested, ClockInfo, ST_ATTEST_CERTIFY, ST_ATTEST_QUOTE, TPM_GENERATED,
+};
+use writ_attestation::tpm::pcr::{PcrSelection, PcrValues};
+use writ_attestation::tpm::public::{self, EccCurve, KeyParams, Scheme, attr};
+use writ_attestation::tpm::signature::Signature;
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Seconds measured (after a 2 s warm-up).
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Concurrent simulated runtimes (one connection and one thread each).
+    #[arg(long, default_value_t = 32)]
+    workers: usize,
+    /// The writ binary (default: beside this one; build it with `cargo build --release --bin writ`).
+    #[arg(long)]
+    writ: Option<PathBuf>,
+}
+
+fn run(cmd: &mut Command) -> Vec<u8> {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    // USER_HZ is 100 on Linux.
+    ticks / 100.0
+}
+
+fn tpmt_ecc(attributes: u32, key: &p256::ecdsa::VerifyingKey) -> Vec<u8> {
+    let point = key.to_sec1_point(false);
+    public::encode(
+        HashAlg::Sha256,
+        attributes,
+        &[],
+        &KeyParams::Ecc {
+            symmetric: 0x0010,
+            scheme: Scheme::Ecdsa(HashAlg::Sha256),
+            curve: EccCurve::P256,
+            kdf: 0x0010,
+            x: point.x().unwrap().to_vec(),
+            y: point.y().unwrap().to_vec(),
+        },
+    )
+}
+
+fn name_of(tpmt: &[u8]) -> Vec<u8> {
+    let mut n = vec![0x00, 0x0b];
+    n.extend_from_slice(&Sha256::digest(tpmt));
+    n
+}
+
+/// A TPMS_ATTEST signed by `ak` as a TPM signs it: (attest, TPMT_SIGNATURE).
+fn sign_attest(ak: &p256::ecdsa::SigningKey, attest: &Attest) -> (Vec<u8>, Vec<u8>) {
+    let bytes = attest.encode();
+    let digest: [u8; 32] = Sha256::digest(&bytes).into();
+    let sig: p256::ecdsa::Signature = ak.sign_prehash(&digest).unwrap();
+    let rs = sig.to_bytes();
+    let tpmt = Signature::Ecdsa {
+        hash: HashAlg::Sha256,
+        r: rs[..32].to_vec(),
+        s: rs[32..].to_vec(),
+    }
+    .to_tpmt();
+    (bytes, tpmt)
+}
+
+/// A P-256 key from the OS RNG.
+fn random_key() -> p256::SecretKey {
+    loop {
+        let mut b = [0u8; 32];
+        getrandom::fill(&mut b).unwrap();
+        if let Ok(k) = p256::SecretKey::from_slice(&b) {
+            return k;
+        }
+    }
+}
+
+type HmacSha256 = hmac::Hmac<sha2_010::Sha256>;
+
+fn hmac256(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    use hmac::Mac;
+    let mut m = HmacSha256::new_from_slice(key).unwrap();
+    for p in parts {
+        m.update(p);
+    }
+    m.finalize().into_bytes().to_vec()
+}
+
+/// KDFa with SHA-256 (TPM 2.0 Part 1): SP 800-108 counter mode, label followed by a zero byte.
+fn kdfa(key: &[u8], label: &[u8], u: &[u8], v: &[u8], bits: u32) -> Vec<u8> {
+    let bytes = (bits as usize).div_ceil(8);
+    let mut out = Vec::new();
+    let mut counter = 1u32;
+    while out.len() < bytes {
+        out.extend(hmac256(
+            key,
+            &[
+                &counter.to_be_bytes(),
+                label,
+                &[0],
+                u,
+                v,
+                &bits.to_be_bytes(),
+            ],
+        ));
+        counter += 1;
+    }
+    out.truncate(bytes);
+    out
+}
+
+fn tpm2b(data: &[u8]) -> (&[u8], &[u8]) {
+    let n = usize::from(u16::from_be_bytes([data[0], data[1]]));
+    (&data[2..2 + n], &data[2 + n..])
+}
+
+/// TPM2_ActivateCredential in software for an ECC P-256 EK: the seed from ECDH with the
+/// ephemeral point and KDFe("IDENTITY"), the HMAC checked, the credential decrypted.
+fn activate(ek: &p256::SecretKey, ak_name: &[u8], id_object: &[u8], secret: &[u8]) -> Vec<u8> {
+    let (ex, rest) = tpm2b(secret);
+    let (ey, _) = tpm2b(rest);
+    let mut sec1 = vec![0x04];
+    sec1.extend_from_slice(ex);
+    sec1.extend_from_slice(ey);
+    let eph = p256::PublicKey::from_sec1_bytes(&sec1).unwrap();
+    let shared = p256::ecdh::diffie_hellman(ek.to_nonzero_scalar(), eph.as_affine());
+    let ek_point = ek.public_key().to_sec1_point(false);
+    let mut data = 1u32.to_be_bytes().to_vec();
+    data.extend_from_slice(shared.raw_secret_bytes());
+    data.extend_from_slice(b"IDENTITY\0");
+    data.extend_from_slice(ex);
+    data.extend_from_slice(ek_point.x().unwrap());
+    let seed = Sha256::digest(&data).to_vec();
+    let (outer, enc_identity) = tpm2b(id_object);
+    let hmac_key = kdfa(&seed, b"INTEGRITY", &[], &[], 256);
+    assert_eq!(
+        hmac256(&hmac_key, &[enc_identity, ak_name]),
+        outer,
+        "credential integrity"
+    );
+    let sym = kdfa(&seed, b"STORAGE", ak_name, &[], 128);
+    let mut plain = enc_identity.to_vec();
+    {
+        use cfb_mode::cipher::{AsyncStreamCipher, KeyIvInit};
+        cfb_mode::Decryptor::<aes::Aes128>::new_from_slices(&sym, &[0u8; 16])
+            .unwrap()
+            .decrypt(&mut plain);
+    }
+    tpm2b(&plain).0.to_vec()
+}
+
+/// One simulated runtime.
+struct Sim {
+    name: String,
+    ak: p256::ecdsa::SigningKey,
+    ak_name: Vec<u8>,
+    holder_public: String,
+    holder_name: Vec<u8>,
+    clock: u64,
+}
+
+struct Appliance {
+    child: Child,
+    url: String,
+    agent: ureq::Agent,
+    token: String,
+}
+
+impl Drop for Appliance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn agent(ca_der: &[u8]) -> ureq::Agent {
+    let tls = ureq::tls::TlsConfig::builder()
+        .provider(ureq::tls::TlsProvider::Rustls)
+        .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .root_certs(ureq::tls::RootCerts::Specific(Arc::new(vec![
+            ureq::tls::Certificate::from_der(ca_der).to_owned(),
+        ])))
+        .build();
+    ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(30)))
+        .http_status_as_error(false)
+        .tls_config(tls)
+        .build()
+        .new_agent()
+}
+
+fn post(agent: &ureq::Agent, url: &str, body: &str, bearer: Option<&str>) -> (u16, Value) {
+    let mut r = agent.post(url).header("Content-Type", "application/json");
+    if let Some(t) = bearer {
+        r = r.header("Authorization", format!("Bearer {t}"));
+    }
+    let mut resp = r.send(body.as_bytes()).unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+fn start(writ: &Path, dir: &Path, hsm: &writ_testkit::SoftHsm, roots: &Path) -> Appliance {
+    let key = |object: &str, purpose: &str| {
+        let uri = hsm.key_uri(object);
+        run(Command::new(writ).env("SOFTHSM2_CONF", hsm.conf()).args([
+            "keys",
+            "generate",
+            "--key",
+            &uri,
+            "--purpose",
+            purpose,
+        ]));
+        uri
+    };
+    let (checkpoint, ear, ca) = (
+        key("checkpoint", "checkpoint"),
+        key("ear", "ear"),
+        key("ca", "ca"),
+    );
+    let token = "bench-admin-token-0123456789".to_string();
+    writ_testkit::write_secret(&dir.join("admin.token"), &token);
+    let db = dir.join("writ.db");
+    let mut child = Command::new(writ)
+        .env("SOFTHSM2_CONF", hsm.conf())
+        .env("WRIT_LOG", "warn")
+        .args(["serve", "--store"])
+        .arg(format!("sqlite:{}", db.display()))
+        .args([
+            "--checkpoint-key",
+            &checkpoint,
+            "--ear-key",
+            &ear,
+            "--ca-key",
+            &ca,
+        ])
+        .args(["--listen", "127.0.0.1:0", "--trust-domain", "writ.bench"])
+        .arg("--ek-roots")
+        .arg(roots)
+        .arg("--admin-token-file")
+        .arg(dir.join("admin.token"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut url = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(u) = line.strip_prefix("writ serve: listening on ") {
+            url = Some(u.to_string());
+        }
+        if line.starts_with("writ serve: checkpoint verifier key") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    let pem = std::fs::read_to_string(dir.join("writ.db.ca.pem")).unwrap();
+    let b64: String = pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect::<String>();
+    let der = STANDARD.decode(b64).unwrap();
+    Appliance {
+        child,
+        url: url.expect("writ serve printed its address"),
+        agent: agent(&der),
+        token,
+    }
+}
+
+/// A bench-only EK CA (openssl) in `dir`: (key, certificate).
+fn ek_ca(dir: &Path) -> (PathBuf, PathBuf) {
+    let key = dir.join("ekca.key");
+    let cert = dir.join("ekca.pem");
+    run(Command::new("openssl")
+        .args([
+            "ecparam",
+            "-genkey",
+            "-name",
+            "prime256v1",
+            "-noout",
+            "-out",
+        ])
+        .arg(&key));
+    run(Command::new("openssl")
+        .args(["req", "-x509", "-new", "-key"])
+        .arg(&key)
+        .args([
+            "-subj",
+            "/CN=writ bench EK CA (not a TPM manufacturer)",
+            "-days",
+            "2",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            "-out",
+        ])
+        .arg(&cert));
+    (key, cert)
+}
+
+/// Enrolls a simulated runtime `name` and returns it.
+fn enroll(app: &Appliance, dir: &Path, ca: &(PathBuf, PathBuf), name: &str, serial: u32) -> Sim {
+    let ek = random_key();
+    let point = ek.public_key().to_sec1_point(false);
+    let cert_file = dir.join(format!("{name}.ek.der"));
+    run(Command::new("swtpm_cert")
+        .args(["--tpm2", "--ecc-curveid", "secp256r1", "--ecc-x"])
+        .arg(hex::encode(point.x().unwrap()))
+        .arg("--ecc-y")
+        .arg(hex::encode(point.y().unwrap()))
+        .arg("--signkey")
+        .arg(&ca.0)
+        .arg("--issuercert")
+        .arg(&ca.1)
+        .arg("--out-cert")
+        .arg(&cert_file)
+        .args(["--days", "2", "--serial"])
+        .arg(serial.to_string())
+        .args([
+            "--tpm-manufacturer",
+            "id:00001014",
+            "--tpm-model",
+            "writ-bench-simulated",
+            "--tpm-version",
+            "id:00000001",
+            "--subject",
+            "CN=writ bench simulated EK",
+        ]));
+    let ek_cert = std::fs::read(&cert_file).unwrap();
+    let ak = p256::ecdsa::SigningKey::from(random_key());
+    let ak_public = tpmt_ecc(
+        attr::FIXED_TPM
+            | attr::FIXED_PARENT
+            | attr::SENSITIVE_DATA_ORIGIN
+            | attr::USER_WITH_AUTH
+            | attr::RESTRICTED
+            | attr::SIGN_ENCRYPT,
+        ak.verifying_key(),
+    );
+    let ak_name = name_of(&ak_public);
+    let admin = Some(app.token.as_str());
+    let (st, t) = post(
+        &app.agent,
+        &format!("{}/v1/admin/join-tokens", app.url),
+        &json!({"name": name, "ttl_seconds": 600}).to_string(),
+        admin,
+    );
+    assert_eq!(st, 200, "{t}");
+    let (st, ch) = post(
+        &app.agent,
+        &format!("{}/v1/enroll", app.url),
+        &json!({
+            "ek_certificate": STANDARD.encode(&ek_cert),
+            "ak_public": STANDARD.encode(&ak_public),
+            "join_token": t["token"],
+        })
+        .to_string(),
+        None,
+    );
+    assert_eq!(st, 200, "{ch}");
+    let f = |k: &str| STANDARD.decode(ch[k].as_str().unwrap()).unwrap();
+    let secret = activate(&ek, &ak_name, &f("id_object"), &f("encrypted_secret"));
+    let (st, v) = post(
+        &app.agent,
+        &format!("{}/v1/enroll/activate", app.url),
+        &json!({"enrollment": ch["enrollment"], "secret": STANDARD.encode(&secret)}).to_string(),
+        None,
+    );
+    assert_eq!(st, 200, "{v}");
+    let holder = p256::ecdsa::SigningKey::from(random_key());
+    let holder_public = tpmt_ecc(
+        attr::FIXED_TPM
+            | attr::FIXED_PARENT
+            | attr::SENSITIVE_DATA_ORIGIN
+            | attr::USER_WITH_AUTH
+            | attr::SIGN_ENCRYPT,
+        holder.verifying_key(),
+    );
+    Sim {
+        name: name.to_string(),
+        ak,
+        ak_name,
+        holder_name: name_of(&holder_public),
+        holder_public: STANDARD.encode(&holder_public),
+        clock: 1,
+    }
+}
+
+/// One attestation: nonce, software quote and certify, evidence. Returns whether it was
+/// affirmed.
+fn attest_once(
+    app_url: &str,
+    agent: &ureq::Agent,
+    sim: &mut Sim,
+    log_b64: &str,
+    pcrs: &PcrValues,
+    pcrs_json: &Value,
+) -> Result<(), String> {
+    let (st, n) = post(
+        agent,
+        &format!("{app_url}/v1/attest/nonce"),
+        &json!({"name": sim.name}).to_string(),
+        None,
+    );
+    if st != 200 {
+        return Err(format!("nonce: {st} {n}"));
+    }
+    let nonce = STANDARD.decode(n["nonce"].as_str().unwrap()).unwrap();
+    let selection: PcrSelection = n["selection"].as_str().unwrap().parse().unwrap();
+    sim.clock += 10;
+    let clock_info = ClockInfo {
+        clock: sim.clock,
+        reset_count: 1,
+        restart_count: 0,
+        safe: true,
+    };
+    let (quote, quote_sig) = sign_attest(
+        &sim.ak,
+        &Attest {
+            magic: TPM_GENERATED,
+            kind: ST_ATTEST_QUOTE,
+            qualified_signer: sim.ak_name.clone(),
+            extra_data: nonce.clone(),
+            clock_info,
+            firmware_version: 1,
+            attested: Attested::Quote {
+                selection: selection.clone(),
+                pcr_digest: pcrs.digest(&selection, HashAlg::Sha256).unwrap(),
+            },
+        },
+    );
+    let (certify, certify_sig) = sign_attest(
+        &sim.ak,
+        &Attest {
+            magic: TPM_GENERATED,
+            kind: ST_ATTEST_CERTIFY,
+            qualified_signer: sim.ak_name.clone(),
+            extra_data: nonce,
+            clock_info,
+            firmware_version: 1,
+            attested: Attested::Certify {
+                name: sim.holder_name.clone(),
+                qualified_name: sim.holder_name.clone(),
+            },
+        },
+    );
+    let body = json!({
+        "name": sim.name,
+        "nonce": n["nonce"],
+        "quote": {"attest": STANDARD.encode(&quote), "signature": STANDARD.encode(&quote_sig)},
+        "pcrs": pcrs_json,
+        "event_log": log_b64,
+        "holder": {
+            "public": sim.holder_public,
+            "certify": {"attest": STANDARD.encode(&certify), "signature": STANDARD.encode(&certify_sig)},
+        },
+    });
+    let (st, v) = post(
+        agent,
+        &format!("{app_url}/v1/attest"),
+        &body.to_string(),
+        None,
+    );
+    if st != 200 || v["status"] != "affirming" {
+        return Err(format!("attest: {st} {v}"));
+    }
+    Ok(())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+fn main() {
+    let args = Args::parse();
+    let writ = args.writ.clone().unwrap_or_else(|| {
+        std::env::current_exe()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .join("writ")
+    });
+    assert!(
+        writ.is_file(),
+        "{}: build it first (cargo build --release --bin writ)",
+        writ.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let hsm = writ_testkit::SoftHsm::new();
+    let ca = ek_ca(dir.path());
+    let app = start(&writ, dir.path(), &hsm, &ca.1);
+
+    // Keylime's 49 KB log, its replayed PCRs 0-7 (sha256), and a profile captured from them.
+    let log_path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/vectors/eventlogs/keylime_binary_bios_measurements.bin");
+    let log_bytes = std::fs::read(&log_path).unwrap();
+    let log = writ_attestation::eventlog::parse(&log_bytes).unwrap();
+    let replayed = log.replay().unwrap();
+    let extended: Vec<u8> = (0u8..8)
+        .filter(|p| replayed.get(HashAlg::Sha256, *p).is_some())
+        .collect();
+    let mut pcrs = PcrValues::new();
+    let mut pcr_map = serde_json::Map::new();
+    for p in &extended {
+        let v = replayed.get(HashAlg::Sha256, *p).unwrap().to_vec();
+        pcr_map.insert(p.to_string(), json!(hex::encode(&v)));
+        pcrs.insert(HashAlg::Sha256, *p, v).unwrap();
+    }
+    let pcrs_json = json!({ "sha256": pcr_map });
+    let profile = {
+        // capture() reads a verified quote: one made and verified here with a throwaway AK.
+        let ak = p256::ecdsa::SigningKey::from_slice(&[1u8; 32]).unwrap();
+        let tpmt = tpmt_ecc(
+            attr::FIXED_TPM
+                | attr::FIXED_PARENT
+                | attr::SENSITIVE_DATA_ORIGIN
+                | attr::USER_WITH_AUTH
+                | attr::RESTRICTED
+                | attr::SIGN_ENCRYPT,
+            ak.verifying_key(),
+        );
+        let checked = CheckedAk::from_tpmt(&tpmt).unwrap();
+        let nonce = Nonce::new(&[7u8; 32]).unwrap();
+        let spec = format!(
+            "sha256:{}",
+            extended
+                .iter()
+                .map(u8::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let sel: PcrSelection = spec.parse().unwrap();
+        let (attest, sig) = sign_attest(
+            &ak,
+            &Attest {
+                magic: TPM_GENERATED,
+                kind: ST_ATTEST_QUOTE,
+                qualified_signer: checked.name().to_vec(),
+                extra_data: nonce.as_bytes().to_vec(),
+                clock_info: ClockInfo {
+                    clock: 1,
+                    reset_count: 1,
+                    restart_count: 0,
+                    safe: true,
+                },
+                firmware_version: 1,
+                attested: Attested::Quote {
+                    selection: sel.clone(),
+                    pcr_digest: pcrs.digest(&sel, HashAlg::Sha256).unwrap(),
+                },
+            },
+        );
+        let quote = verify_quote(&AwsLc, &checked, &attest, &sig, &nonce, &sel, &pcrs).unwrap();
+        capture("keylime", &log, &quote, HashAlg::Sha256, &extended).unwrap()
+    };
+    let admin = Some(app.token.as_str());
+    let (st, v) = post(
+        &app.agent,
+        &format!("{}/v1/admin/profiles", app.url),
+        &json!({"name": "keylime", "profile": profile}).to_string(),
+        admin,
+    );
+    assert_eq!(st, 200, "{v}");
+    eprintln!(
+        "attest-bench: enrolling {} simulated runtimes",
+        args.workers
+    );
+    let mut sims: Vec<Sim> = (0..args.workers)
+        .map(|i| {
+            let s = enroll(&app, dir.path(), &ca, &format!("sim-{i}"), 1000 + i as u32);
+            let (st, v) = post(
+                &app.agent,
+                &format!("{}/v1/admin/runtimes/{}/profile", app.url, s.name),
+                &json!({"profile": "keylime"}).to_string(),
+                admin,
+            );
+            assert_eq!(st, 204, "{v}");
+            s
+        })
+        .collect();
+    // One attestation each, checked, before anything is timed.
+    let log_b64 = Arc::new(STANDARD.encode(&log_bytes));
+    for s in &mut sims {
+        attest_once(&app.url, &app.agent, s, &log_b64, &pcrs, &pcrs_json).unwrap();
+    }
+
+    let warmup = Duration::from_secs(2);
+    let window = Duration::from_secs_f64(args.seconds);
+    let measuring = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let url = app.url.clone();
+    let ca_der = {
+        let pem = std::fs::read_to_string(dir.path().join("writ.db.ca.pem")).unwrap();
+        STANDARD
+            .decode(
+                pem.lines()
+                    .filter(|l| !l.starts_with("-----"))
+                    .collect::<String>(),
+            )
+            .unwrap()
+    };
+    let pcrs = Arc::new(pcrs);
+    let pcrs_json = Arc::new(pcrs_json);
+    let handles: Vec<_> = sims
+        .into_iter()
+        .map(|mut sim| {
+            let (measuring, stop, url, log_b64, pcrs, pcrs_json) = (
+                Arc::clone(&measuring),
+                Arc::clone(&stop),
+                url.clone(),
+                Arc::clone(&log_b64),
+                Arc::clone(&pcrs),
+                Arc::clone(&pcrs_json),
+            );
+            let agent = agent(&ca_der);
+            std::thread::spawn(move || {
+                let mut lat = Vec::new();
+                let mut errors = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    let r = attest_once(&url, &agent, &mut sim, &log_b64, &pcrs, &pcrs_json);
+                    if measuring.load(Ordering::Relaxed) {
+                        match r {
+                            Ok(()) => lat.push(t.elapsed()),
+                            Err(e) => errors.push(e),
+                        }
+                    }
+                }
+                (lat, errors)
+            })
+        })
+        .collect();
+    std::thread::sleep(warmup);
+    let server_pid = app.child.id();
+    let (server0, self0) = (cpu_seconds(server_pid), cpu_seconds(std::process::id()));
+    measuring.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    std::thread::sleep(window);
+    measuring.store(false, Ordering::Relaxed);
+    let elapsed = started.elapsed().as_secs_f64();
+    let (server1, self1) = (cpu_seconds(server_pid), cpu_seconds(std::process::id()));
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    let mut errors = Vec::new();
+    for h in handles {
+        let (l, e) = h.join().unwrap();
+        all.extend(l);
+        errors.extend(e);
+    }
+    all.sort();
+    let rate = all.len() as f64 / elapsed;
+    println!("attest-bench on {}", machine::describe());
+    println!(
+        "  {} workers, {:.1} s: {} attestations affirmed, {} refused or failed",
+        args.workers,
+        elapsed,
+        all.len(),
+        errors.len()
+    );
+    println!("  rate: {rate:.0} attestations/s (nonce + attest, HTTPS, 49 KB log)");
+    println!(
+        "  latency (nonce + attest): p50 {:.1} ms, p99 {:.1} ms",
+        percentile(&all, 0.50),
+        percentile(&all, 0.99)
+    );
+    println!(
+        "  CPU: server {:.2} cores, load generator {:.2} cores (of {})",
+        (server1 - server0) / elapsed,
+        (self1 - self0) / elapsed,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    if let Some(e) = errors.first() {
+        println!("  first failure: {e}");
+    }
+}
