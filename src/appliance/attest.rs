@@ -151,6 +151,10 @@ pub struct AttestAnswer {
 pub(crate) struct ProfileCache(Mutex<HashMap<String, Arc<LoadedProfile>>>);
 
 impl ProfileCache {
+    fn cached(&self, digest: &str) -> Option<Arc<LoadedProfile>> {
+        self.0.lock().ok()?.get(digest).cloned()
+    }
+
     fn get(&self, digest: &str, text: &str) -> Result<Arc<LoadedProfile>, Problem> {
         if let Ok(map) = self.0.lock()
             && let Some(p) = map.get(digest)
@@ -188,8 +192,12 @@ struct Runtime {
     ak_public: Vec<u8>,
     tpm: String,
     state: String,
-    /// The assigned profile: name, digest, text.
-    profile: Option<(String, String, String)>,
+    /// The assigned profile: name, digest.
+    profile: Option<(String, String)>,
+    /// The nonce asked about: its runtime's name, expiry, use.
+    nonce: Option<Vec<Value>>,
+    /// The last attestation: generation, resetCount, restartCount, clock, rollback.
+    last: Option<Vec<Value>>,
 }
 
 fn parse_pcrs(pcrs: &BTreeMap<String, BTreeMap<String, String>>) -> Result<PcrValues, Problem> {
@@ -239,14 +247,23 @@ fn certify_code(e: &EvidenceError) -> &'static str {
 }
 
 impl Appliance {
-    fn runtime(&self, name: &str) -> Result<Option<Runtime>, Problem> {
+    /// The runtime `name`, with (in one read) the nonce whose SHA-256 is `nonce_hash`, if any,
+    /// and its last attestation's counters.
+    fn runtime(&self, name: &str, nonce_hash: &[u8]) -> Result<Option<Runtime>, Problem> {
         let rows = self.query(
-            "SELECT r.ak_public, r.tpm, r.state, p.name, p.profile, p.digest
-             FROM runtimes r LEFT JOIN profiles p ON p.name = r.profile
+            "SELECT r.ak_public, r.tpm, r.state, p.name, p.digest,
+                    n.name, n.expires_at, n.used_at, n.nonce_hash,
+                    a.generation, a.reset_count, a.restart_count, a.clock, a.rollback
+             FROM runtimes r
+             LEFT JOIN profiles p ON p.name = r.profile
+             LEFT JOIN nonces n ON n.nonce_hash = $2
+             LEFT JOIN attestations a ON a.name = r.name
              WHERE r.name = $1",
-            &[name.into()],
+            &[name.into(), nonce_hash.into()],
         )?;
         Ok(rows.first().map(|r| {
+            let present = |i: usize| !matches!(r.get(i), None | Some(Value::Null));
+            let cols = |from: usize, to: usize| r.get(from..to).map(<[Value]>::to_vec);
             let text = |i: usize| r.get(i).and_then(Value::text).map(str::to_string);
             Runtime {
                 ak_public: r
@@ -256,15 +273,33 @@ impl Appliance {
                     .unwrap_or_default(),
                 tpm: text(1).unwrap_or_default(),
                 state: text(2).unwrap_or_default(),
-                profile: match (text(3), text(4), text(5)) {
-                    (Some(n), Some(p), Some(d)) => Some((n, d, p)),
-                    _ => None,
-                },
+                profile: text(3).zip(text(4)),
+                nonce: if present(8) { cols(5, 8) } else { None },
+                last: if present(9) { cols(9, 14) } else { None },
             }
         }))
     }
 
-    fn loaded_profile(&self, digest: &str, text: &str) -> Result<Arc<LoadedProfile>, Problem> {
+    /// The profile `name` as loaded with `digest`: parsed once, then from the cache.
+    fn loaded_profile(&self, name: &str, digest: &str) -> Result<Arc<LoadedProfile>, Problem> {
+        if let Some(p) = self.profiles.cached(digest) {
+            return Ok(p);
+        }
+        let rows = self.query(
+            "SELECT profile FROM profiles WHERE name = $1 AND digest = $2",
+            &[name.into(), digest.into()],
+        )?;
+        let text = rows
+            .first()
+            .and_then(|r| r.first())
+            .and_then(Value::text)
+            .ok_or_else(|| {
+                Problem::new(
+                    StatusCode::CONFLICT,
+                    "profile",
+                    "the runtime's profile was replaced meanwhile; ask again",
+                )
+            })?;
         self.profiles.get(digest, text)
     }
 
@@ -274,7 +309,7 @@ impl Appliance {
             return Err(malformed(NAME_RULE));
         }
         let t = now()?;
-        let Some(rt) = self.runtime(&req.name)? else {
+        let Some(rt) = self.runtime(&req.name, &[])? else {
             return Err(Problem::new(
                 StatusCode::NOT_FOUND,
                 "runtime_unknown",
@@ -288,14 +323,14 @@ impl Appliance {
                 "this runtime is revoked",
             ));
         }
-        let Some((profile_name, profile_digest, profile_text)) = &rt.profile else {
+        let Some((profile_name, profile_digest)) = &rt.profile else {
             return Err(Problem::new(
                 StatusCode::CONFLICT,
                 "no_profile",
                 "no reference profile is assigned to this runtime (writ admin assign-profile)",
             ));
         };
-        let profile = self.loaded_profile(profile_digest, profile_text)?;
+        let profile = self.loaded_profile(profile_name, profile_digest)?;
         let selection = required_selection(&profile).map_err(|e| {
             Problem::new(
                 StatusCode::CONFLICT,
@@ -415,8 +450,8 @@ impl Appliance {
         let pcrs = parse_pcrs(&req.pcrs)?;
         let nonce = Nonce::new(&nonce_bytes).map_err(|e| malformed(format!("nonce: {e}")))?;
         let t = now()?;
-
-        let Some(rt) = self.runtime(&req.name)? else {
+        let nonce_hash = Sha256::digest(&nonce_bytes).to_vec();
+        let Some(rt) = self.runtime(&req.name, &nonce_hash)? else {
             return Err(Problem::new(
                 StatusCode::NOT_FOUND,
                 "runtime_unknown",
@@ -432,17 +467,17 @@ impl Appliance {
             )
         })?;
         let subject = self.runtime_id(&req.name);
-        let nonce_hash = Sha256::digest(&nonce_bytes).to_vec();
         let mut digests: Vec<(&str, String)> = vec![
             ("nonce", digest(&nonce_bytes)),
             ("quote", digest(&quote_attest)),
+            // Hashed once: the stored result repeats these.
             ("event_log", digest(&log_bytes)),
             ("ak", digest(&rt.ak_public)),
         ];
 
         // The profile decides the selection; without one nothing can be appraised.
         let profile = match &rt.profile {
-            Some((_, d, text)) => Some(self.loaded_profile(d, text)?),
+            Some((name, d)) => Some(self.loaded_profile(name, d)?),
             None => None,
         };
         let required = profile
@@ -519,11 +554,7 @@ impl Appliance {
             params: vec![nonce_hash.clone().into(), req.name.clone().into(), t.into()],
             must_affect: Some(("nonce_consumed", "this nonce was already used")),
         };
-        let rows = self.query(
-            "SELECT name, expires_at, used_at FROM nonces WHERE nonce_hash = $1",
-            &[nonce_hash.clone().into()],
-        )?;
-        match rows.first() {
+        match &rt.nonce {
             None => {
                 return Err(deny(
                     "nonce_unknown",
@@ -648,13 +679,8 @@ impl Appliance {
         appraisal.set_instance_identity(values::TRUSTWORTHY_INSTANCE);
 
         // The counters against the last verified quote of this runtime.
-        let last = self.query(
-            "SELECT generation, reset_count, restart_count, clock, rollback
-             FROM attestations WHERE name = $1",
-            &[req.name.clone().into()],
-        )?;
         let clock = quote.clock();
-        let (generation, change, before, flagged) = match last.first() {
+        let (generation, change, before, flagged) = match &rt.last {
             None => (0, None, None, None),
             Some(r) => {
                 let int = |i: usize| r.get(i).and_then(Value::int).unwrap_or(0);
@@ -758,9 +784,7 @@ impl Appliance {
             "vector": appraisal.vector,
             "reasons": reasons_json,
             "counters": counters,
-            "nonce": digest(&nonce_bytes),
-            "quote": digest(&quote_attest),
-            "event_log": digest(&log_bytes),
+            "evidence": digests.iter().take(3).map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
         })
         .to_string();
         let effect = vec![

@@ -367,7 +367,7 @@ const MIGRATIONS: &[(u32, &str)] = &[
         expires_at {int} NOT NULL,
         used_at {int}
     );
-    CREATE INDEX nonces_by_name ON nonces (name, expires_at);
+    CREATE INDEX nonces_pending ON nonces (name, expires_at) WHERE used_at IS NULL;
     CREATE INDEX nonces_by_expiry ON nonces (expires_at);
     CREATE TABLE attestations (
         name TEXT PRIMARY KEY,
