@@ -76,6 +76,12 @@ enum AdminCommand {
         /// The runtime's name.
         name: String,
     },
+    /// Load a policy bundle (Cedar schema and policies, issuance limits; docs/issuance.md). It
+    /// is validated first; a bundle refused leaves the one in force.
+    LoadPolicy {
+        /// The bundle (JSON).
+        file: PathBuf,
+    },
     /// Assign a loaded profile to a runtime: its attestations are appraised against it.
     AssignProfile {
         /// The runtime's name.
@@ -230,6 +236,13 @@ fn admin(a: Admin) -> Result<Value, (u8, String)> {
                 "/v1/admin/profiles",
                 Some(json!({"name": name, "profile": profile})),
             )
+        }
+        AdminCommand::LoadPolicy { file } => {
+            let bytes =
+                std::fs::read(&file).map_err(|e| err2(format!("{}: {e}", file.display())))?;
+            let bundle: Value = writ_attestation::writ::json::parse(&bytes)
+                .map_err(|e| err2(format!("{}: not JSON: {}", file.display(), e.detail)))?;
+            call("POST", "/v1/admin/policy", Some(bundle))
         }
         AdminCommand::Rebaseline { name } => {
             if !writ::appliance::valid_name(&name) {

@@ -39,10 +39,12 @@ use crate::metrics::Metrics;
 use crate::store::{Op, StoreError, Value};
 
 mod attest;
+mod issue;
 pub use attest::{
     AttestAnswer, AttestRequest, Holder, MAX_ATTEST_BODY, MAX_EVENT_LOG, MAX_PENDING_NONCES,
     NonceAnswer, NonceRequest, Signed, required_selection,
 };
+pub use issue::{Issued, PROOF_SKEW, WritRequest};
 
 /// How long a credential challenge can be answered, seconds.
 pub const CHALLENGE_TTL: i64 = 300;
@@ -69,6 +71,8 @@ pub struct ApplianceConfig {
     pub nonce_ttl: i64,
     /// How long an EAR token lives, seconds.
     pub ear_ttl: i64,
+    /// The `issuer` key, which signs writs (none: issuance answers 503).
+    pub issuer_key: Option<Arc<dyn writ_hsm::CustodyKey>>,
 }
 
 impl std::fmt::Debug for ApplianceConfig {
@@ -86,6 +90,8 @@ pub struct Appliance {
     config: ApplianceConfig,
     metrics: Arc<Metrics>,
     profiles: attest::ProfileCache,
+    policy: issue::PolicyCache,
+    rates: issue::Rates,
 }
 
 impl std::fmt::Debug for Appliance {
@@ -341,6 +347,8 @@ impl Appliance {
             config,
             metrics: Arc::new(Metrics::default()),
             profiles: attest::ProfileCache::default(),
+            policy: issue::PolicyCache::default(),
+            rates: issue::Rates::default(),
         }
     }
 

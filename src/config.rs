@@ -109,6 +109,8 @@ pub struct Keys {
     pub ca: Option<String>,
     /// The `ear` key: signs attestation results (without it, attestation answers 503).
     pub ear: Option<String>,
+    /// The `issuer` key: signs writs (without it, issuance answers 503).
+    pub issuer: Option<String>,
 }
 
 /// The decision log.
@@ -215,6 +217,7 @@ impl Config {
                 "KEYS_CHECKPOINT" => self.keys.checkpoint = Some(v.clone()),
                 "KEYS_CA" => self.keys.ca = Some(v.clone()),
                 "KEYS_EAR" => self.keys.ear = Some(v.clone()),
+                "KEYS_ISSUER" => self.keys.issuer = Some(v.clone()),
                 "ATTESTATION_NONCE_TTL_S" => self.attestation.nonce_ttl_s = num(&k)?,
                 "ATTESTATION_EAR_TTL_S" => self.attestation.ear_ttl_s = num(&k)?,
                 "TLS_CA_CERTIFICATE" => self.tls.ca_certificate = Some(PathBuf::from(&v)),

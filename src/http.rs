@@ -30,6 +30,7 @@ use writ_attestation::log::tiles::{TILE_HEIGHT, TILE_WIDTH, Tile, entry_bundle};
 
 use crate::appliance::{
     ActivateRequest, Appliance, AttestRequest, EnrollRequest, MAX_ATTEST_BODY, NonceRequest,
+    WritRequest,
 };
 use crate::decision_log::DecisionLog;
 use crate::store::StoreError;
@@ -212,6 +213,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/admin/profiles"),
     ("POST", "/v1/admin/runtimes/{name}/profile"),
     ("POST", "/v1/admin/runtimes/{name}/rebaseline"),
+    ("POST", "/v1/admin/policy"),
+    ("POST", "/v1/writs"),
     ("POST", "/v1/admin/ek-registrations"),
     ("POST", "/v1/admin/join-tokens"),
     ("GET", "/v1/admin/runtimes"),
@@ -242,6 +245,8 @@ pub const OPENAPI: &str = include_str!("../docs/openapi.json");
 /// | `POST /v1/admin/profiles` `{"name","profile"}` | the profile's digest |
 /// | `POST /v1/admin/runtimes/{name}/profile` `{"profile"}` | 204 |
 /// | `POST /v1/admin/runtimes/{name}/rebaseline` | 204 |
+/// | `POST /v1/admin/policy` (a policy bundle) | its hash |
+/// | `POST /v1/writs` (`Authorization: DPoP <EAR>`, `DPoP: <proof>`) | an execution writ ([`crate::appliance::Issued`]) |
 pub fn appliance_router(app: Arc<Appliance>) -> Router {
     appliance_router_limited(app, Arc::new(UnidentifiedLimit::new(60)))
 }
@@ -275,6 +280,13 @@ pub fn appliance_router_limited(app: Arc<Appliance>, limit: Arc<UnidentifiedLimi
             "/v1/admin/runtimes/{name}/rebaseline",
             post(admin_rebaseline),
         )
+        .route(
+            "/v1/admin/policy",
+            post(admin_load_policy).layer(axum::extract::DefaultBodyLimit::max(
+                crate::policy::MAX_BUNDLE,
+            )),
+        )
+        .route("/v1/writs", post(issue_writ))
         .route("/v1/admin/ek-registrations", post(admin_register_ek))
         .route("/v1/admin/join-tokens", post(admin_join_token))
         .route("/v1/admin/runtimes", get(admin_runtimes))
@@ -499,6 +511,49 @@ async fn admin_assign_profile(
     })
     .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn admin_load_policy(
+    State(app): State<Arc<Appliance>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, Problem> {
+    let admin = app.admin(bearer(&headers).as_deref())?;
+    work(move || app.load_policy(&admin, &body))
+        .await
+        .map(|hash| ok_json(&json!({ "policy_bundle_hash": hash })))
+}
+
+/// The value of a header, if it is one valid string.
+fn header_text(headers: &axum::http::HeaderMap, name: &str) -> Option<String> {
+    let mut all = headers.get_all(name).iter();
+    let first = all.next()?;
+    if all.next().is_some() {
+        return None;
+    }
+    first.to_str().ok().map(str::to_string)
+}
+
+async fn issue_writ(
+    State(app): State<Arc<Appliance>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, Problem> {
+    let req: WritRequest = json_body(&body)?;
+    let ear = header_text(&headers, "authorization")
+        .and_then(|v| v.strip_prefix("DPoP ").map(str::to_string));
+    let proof = header_text(&headers, "dpop");
+    // The URL the proof must name: the scheme this appliance serves, the Host the client used.
+    let scheme = if app.ca_certificate_pem().is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let host = header_text(&headers, "host").unwrap_or_default();
+    let htu = format!("{scheme}://{host}/v1/writs");
+    work(move || app.issue(ear.as_deref(), proof.as_deref(), &htu, &req))
+        .await
+        .map(|w| ok_json(&w))
 }
 
 async fn admin_rebaseline(
@@ -883,6 +938,10 @@ fn unidentified(status: StatusCode, code: &str) -> bool {
                 | "signature_scheme"
                 | "hash_too_weak"
                 | "unsupported_algorithm"
+                // Issuance before the EAR token verified.
+                | "ear_missing"
+                | "ear_invalid"
+                | "ear_expired"
         )
 }
 

@@ -8,5 +8,6 @@ pub mod decision_log;
 pub mod files;
 pub mod http;
 pub mod metrics;
+pub mod policy;
 pub mod store;
 pub mod tls;

@@ -67,6 +67,9 @@ pub struct Serve {
     /// attestations are answered 503.
     #[arg(long)]
     ear_key: Option<String>,
+    /// The `issuer` key (pkcs11: or tpm: URI): signs writs; without it, issuance answers 503.
+    #[arg(long)]
+    issuer_key: Option<String>,
     /// Seconds a nonce handed out for an attestation can be used (default 60).
     #[arg(long)]
     nonce_ttl: Option<u64>,
@@ -105,6 +108,9 @@ fn configure(args: &Serve) -> Result<Config, String> {
     }
     if let Some(v) = &args.ear_key {
         c.keys.ear = Some(v.clone());
+    }
+    if let Some(v) = &args.issuer_key {
+        c.keys.issuer = Some(v.clone());
     }
     if let Some(v) = args.nonce_ttl {
         c.attestation.nonce_ttl_s = v;
@@ -245,6 +251,32 @@ pub fn run(args: Serve) -> Result<(), String> {
     if ear.is_none() {
         tracing::warn!("no ear key: every attestation will be answered 503 (ear_signing)");
     }
+    let issuer = c
+        .keys
+        .issuer
+        .as_deref()
+        .map(|uri| {
+            open_key(
+                &uri.parse().map_err(|e| format!("issuer key: {e}"))?,
+                &OpenOptions {
+                    allow_software_keys: args.allow_software_keys,
+                },
+            )
+            .map_err(|e| format!("issuer key: {e}"))
+        })
+        .transpose()?;
+    if let Some(i) = &issuer {
+        let spki = i.public_key().spki_der();
+        if spki == key.public_key().spki_der()
+            || ear
+                .as_ref()
+                .is_some_and(|e| e.public_key().spki_der() == spki)
+        {
+            return Err(
+                "the issuer key is also the checkpoint or ear key: one key, one purpose".into(),
+            );
+        }
+    }
     if let Some(e) = &ear
         && e.public_key().spki_der() == key.public_key().spki_der()
     {
@@ -269,8 +301,13 @@ pub fn run(args: Serve) -> Result<(), String> {
             if ear
                 .as_ref()
                 .is_some_and(|e| e.public_key().spki_der() == ca.public_key().spki_der())
+                || issuer
+                    .as_ref()
+                    .is_some_and(|i| i.public_key().spki_der() == ca.public_key().spki_der())
             {
-                return Err("the ca key and the ear key are one key: one key, one purpose".into());
+                return Err(
+                    "the ca key is also the ear or issuer key: one key, one purpose".into(),
+                );
             }
             let path = match (&c.tls.ca_certificate, &engine) {
                 (Some(p), _) => p.clone(),
@@ -376,6 +413,7 @@ pub fn run(args: Serve) -> Result<(), String> {
                     .map(|t| writ::tls::pem(t.ca_der()))
                     .transpose()?,
                 ear_key: ear,
+                issuer_key: issuer,
                 nonce_ttl: i64::try_from(c.attestation.nonce_ttl_s).unwrap_or(60),
                 ear_ttl: i64::try_from(c.attestation.ear_ttl_s).unwrap_or(300),
             },

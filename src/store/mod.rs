@@ -279,7 +279,7 @@ pub(crate) trait Backend: Send {
 }
 
 /// The current schema version.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// Migrations, in order; `{int}` and `{blob}` are the engine's 64-bit integer and byte types.
 const MIGRATIONS: &[(u32, &str)] = &[
@@ -383,6 +383,25 @@ const MIGRATIONS: &[(u32, &str)] = &[
         attested_at {int} NOT NULL,
         rollback TEXT
     );",
+    ),
+    (
+        4,
+        // Issuance: every policy bundle loaded (the current one is the highest generation), and
+        // the DPoP proofs already used (by holder key and jti) until they could no longer be
+        // accepted anyway.
+        "CREATE TABLE policy_bundles (
+        generation {int} PRIMARY KEY,
+        hash TEXT NOT NULL,
+        bundle TEXT NOT NULL,
+        loaded_at {int} NOT NULL
+    );
+    CREATE TABLE proof_jtis (
+        jkt TEXT NOT NULL,
+        jti TEXT NOT NULL,
+        keep_until {int} NOT NULL,
+        PRIMARY KEY (jkt, jti)
+    );
+    CREATE INDEX proof_jtis_by_expiry ON proof_jtis (keep_until);",
     ),
 ];
 

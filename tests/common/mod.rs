@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use writ_testkit::SoftHsm;
 
+pub mod runtime;
 pub mod stack;
 
 /// The `writ` binary, with SoftHSM2's configuration when there is a token, and quiet TSS logs.

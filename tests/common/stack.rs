@@ -27,6 +27,8 @@ pub struct Stack {
     pub key: String,
     /// The `ear` key's URI (in the token).
     pub ear_key: String,
+    /// The `issuer` key's URI (in the token; empty: an appliance without one).
+    pub issuer_key: String,
     pub server: Option<Served>,
     pub roots: Vec<PathBuf>,
     pub store: String,
@@ -61,6 +63,7 @@ impl Stack {
         let dir = tempfile::tempdir().unwrap();
         let key = super::softhsm_key(&hsm, "checkpoint", "checkpoint");
         let ear_key = super::softhsm_key(&hsm, "ear", "ear");
+        let issuer_key = super::softhsm_key(&hsm, "issuer", "issuer");
         writ_testkit::write_secret(&dir.path().join("admin.token"), "admin-token-0123456789");
         let (store, pg) = match engine {
             Engine::Sqlite => (
@@ -78,6 +81,7 @@ impl Stack {
             dir,
             key,
             ear_key,
+            issuer_key,
             server: None,
             roots,
             store,
@@ -108,6 +112,9 @@ impl Stack {
         // An empty ear key: an appliance without one.
         if !self.ear_key.is_empty() {
             cmd.args(["--ear-key", &self.ear_key]);
+        }
+        if !self.issuer_key.is_empty() {
+            cmd.args(["--issuer-key", &self.issuer_key]);
         }
         for r in &self.roots {
             cmd.arg("--ek-roots").arg(r);

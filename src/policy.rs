@@ -1,0 +1,290 @@
+//! The policy bundle (docs/issuance.md): Cedar policies with the schema they are validated
+//! against, and the issuance limits that go with them. A bundle is loaded whole by an admin; it
+//! is checked completely first (a bundle that does not parse or validate leaves the one in force),
+//! and its hash (SHA-256 of its RFC 8785 canonical JSON) goes into every writ and every decision
+//! record made under it.
+//!
+//! What writ gives Cedar for a writ request:
+//! * principal `Runtime::"<spiffe id>"` with attributes `spiffe_id`, `name`, `status` (the EAR
+//!   status), `configuration`, `executables`, `hardware`, `instance_identity` (the AR4SI trust
+//!   vector's values), `manufacturer` (the TPM vendor from the EK certificate, or "");
+//! * action `Action::"<action>"` (the request's action name);
+//! * resource `Resource::"<resource>"`;
+//! * context `audience`, `req` (the request digest), `depth` (0 for a root writ), `time` (seconds).
+//!
+//! The bundle's schema must declare those (an example: deploy/policy/example.json); a request
+//! whose data does not fit the schema is refused (`policy_input`), never evaluated loosely.
+
+use std::str::FromStr;
+
+use cedar_policy::{
+    Authorizer, Context, Decision, Entities, EntityUid, PolicySet, Request, Schema, ValidationMode,
+    Validator,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+/// The bundle format version.
+pub const BUNDLE_VERSION: u32 = 1;
+/// Largest bundle accepted, bytes.
+pub const MAX_BUNDLE: usize = 256 * 1024;
+
+/// A policy bundle as an admin writes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyBundle {
+    /// The format version ([`BUNDLE_VERSION`]).
+    pub writ_policy_bundle: u32,
+    /// The Cedar schema (human-readable Cedar schema syntax).
+    pub schema: String,
+    /// The Cedar policies. An `@id("...")` annotation names a policy in refusals.
+    pub policies: String,
+    /// The oldest appraisal a writ is issued on, seconds.
+    #[serde(default = "default_appraisal_age")]
+    pub max_appraisal_age_s: i64,
+    /// A writ's lifetime when the request names none, seconds.
+    #[serde(default = "default_lifetime")]
+    pub writ_lifetime_s: i64,
+    /// The longest lifetime a request may ask for, seconds.
+    #[serde(default = "default_max_lifetime")]
+    pub max_writ_lifetime_s: i64,
+    /// Writs (and refusals) per runtime per minute.
+    #[serde(default = "default_rate")]
+    pub rate_per_minute: u32,
+}
+
+fn default_appraisal_age() -> i64 {
+    300
+}
+fn default_lifetime() -> i64 {
+    60
+}
+fn default_max_lifetime() -> i64 {
+    300
+}
+fn default_rate() -> u32 {
+    600
+}
+
+/// A bundle that parsed and validated.
+#[derive(Debug, Clone)]
+pub struct LoadedPolicy {
+    /// The bundle.
+    pub bundle: PolicyBundle,
+    /// `sha256:<hex>` of its canonical JSON.
+    pub hash: String,
+    /// Its canonical JSON (what is stored).
+    pub canonical: String,
+    schema: Schema,
+    policies: PolicySet,
+}
+
+/// Why a bundle was refused.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct BundleError(pub String);
+
+/// What policy decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Allowed, by these policies.
+    Allow(Vec<String>),
+    /// Denied: by these forbid policies, or (empty) because no permit policy applies.
+    Deny(Vec<String>),
+    /// The request's data does not fit the schema, or evaluation failed: refused.
+    Error(String),
+}
+
+/// The principal's attributes.
+#[derive(Debug, Clone)]
+pub struct Principal<'a> {
+    /// SPIFFE ID.
+    pub spiffe_id: &'a str,
+    /// Runtime name.
+    pub name: &'a str,
+    /// EAR status.
+    pub status: &'a str,
+    /// The AR4SI trust vector (`configuration`, `executables`, `hardware`,
+    /// `instance-identity`).
+    pub vector: &'a Value,
+    /// TPM vendor, or "".
+    pub manufacturer: &'a str,
+}
+
+/// The request's context.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestContext<'a> {
+    /// The writ's audience.
+    pub audience: &'a str,
+    /// The request digest.
+    pub req: &'a str,
+    /// Lineage depth.
+    pub depth: i64,
+    /// Now, seconds.
+    pub time: i64,
+}
+
+impl LoadedPolicy {
+    /// Parses, checks and validates a bundle (its JSON bytes).
+    pub fn from_json(bytes: &[u8]) -> Result<Self, BundleError> {
+        if bytes.len() > MAX_BUNDLE {
+            return Err(BundleError(format!(
+                "the bundle is larger than {MAX_BUNDLE} bytes"
+            )));
+        }
+        let value = writ_attestation::writ::json::parse(bytes)
+            .map_err(|r| BundleError(format!("not JSON: {}", r.detail)))?;
+        let bundle: PolicyBundle = serde_json::from_value(value)
+            .map_err(|e| BundleError(format!("not a policy bundle: {e}")))?;
+        Self::new(bundle)
+    }
+
+    /// Checks and validates a bundle.
+    pub fn new(bundle: PolicyBundle) -> Result<Self, BundleError> {
+        if bundle.writ_policy_bundle != BUNDLE_VERSION {
+            return Err(BundleError(format!(
+                "writ_policy_bundle {} (this writ reads {BUNDLE_VERSION})",
+                bundle.writ_policy_bundle
+            )));
+        }
+        let range = |what: &str, v: i64, lo: i64, hi: i64| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(BundleError(format!("{what} = {v}: from {lo} to {hi}")))
+            }
+        };
+        range("max_appraisal_age_s", bundle.max_appraisal_age_s, 1, 86_400)?;
+        range("max_writ_lifetime_s", bundle.max_writ_lifetime_s, 1, 86_400)?;
+        range(
+            "writ_lifetime_s",
+            bundle.writ_lifetime_s,
+            1,
+            bundle.max_writ_lifetime_s,
+        )?;
+        range(
+            "rate_per_minute",
+            i64::from(bundle.rate_per_minute),
+            1,
+            1_000_000,
+        )?;
+        let (schema, _warnings) = Schema::from_cedarschema_str(&bundle.schema)
+            .map_err(|e| BundleError(format!("schema: {e}")))?;
+        let policies = PolicySet::from_str(&bundle.policies)
+            .map_err(|e| BundleError(format!("policies: {e}")))?;
+        if policies.policies().next().is_none() {
+            return Err(BundleError(
+                "no policies: nothing would ever be allowed".into(),
+            ));
+        }
+        let result = Validator::new(schema.clone()).validate(&policies, ValidationMode::default());
+        if !result.validation_passed() {
+            let errors: Vec<String> = result
+                .validation_errors()
+                .map(|e| e.to_string())
+                .take(8)
+                .collect();
+            return Err(BundleError(format!(
+                "the policies do not validate against the schema: {}",
+                errors.join("; ")
+            )));
+        }
+        let canonical = writ_attestation::jcs::canonical(
+            &serde_json::to_value(&bundle).map_err(|e| BundleError(e.to_string()))?,
+        )
+        .map_err(|e| BundleError(e.to_string()))?;
+        let hash = format!(
+            "sha256:{}",
+            hex::encode(Sha256::digest(canonical.as_bytes()))
+        );
+        Ok(LoadedPolicy {
+            bundle,
+            hash,
+            canonical,
+            schema,
+            policies,
+        })
+    }
+
+    /// The name of a policy in refusals: its `@id` annotation, else Cedar's id.
+    fn name_of(&self, id: &cedar_policy::PolicyId) -> String {
+        self.policies
+            .policy(id)
+            .and_then(|p| p.annotation("id").map(str::to_string))
+            .unwrap_or_else(|| id.to_string())
+    }
+
+    /// Decides a writ request.
+    pub fn decide(
+        &self,
+        principal: &Principal<'_>,
+        action: &str,
+        resource: &str,
+        ctx: &RequestContext<'_>,
+    ) -> Verdict {
+        let uid = |t: &str, id: &str| {
+            EntityUid::from_json(json!({"type": t, "id": id})).map_err(|e| e.to_string())
+        };
+        let built = (|| {
+            let p = uid("Runtime", principal.spiffe_id)?;
+            let a = uid("Action", action)?;
+            let r = uid("Resource", resource)?;
+            let v = |k: &str| principal.vector.get(k).and_then(Value::as_i64).unwrap_or(0);
+            let entities = Entities::from_json_value(
+                json!([
+                    {"uid": {"type": "Runtime", "id": principal.spiffe_id}, "parents": [], "attrs": {
+                        "spiffe_id": principal.spiffe_id,
+                        "name": principal.name,
+                        "status": principal.status,
+                        "configuration": v("configuration"),
+                        "executables": v("executables"),
+                        "hardware": v("hardware"),
+                        "instance_identity": v("instance-identity"),
+                        "manufacturer": principal.manufacturer,
+                    }},
+                    {"uid": {"type": "Resource", "id": resource}, "parents": [], "attrs": {}},
+                ]),
+                Some(&self.schema),
+            )
+            .map_err(|e| e.to_string())?;
+            let context = Context::from_json_value(
+                json!({
+                    "audience": ctx.audience,
+                    "req": ctx.req,
+                    "depth": ctx.depth,
+                    "time": ctx.time,
+                }),
+                Some((&self.schema, &a)),
+            )
+            .map_err(|e| e.to_string())?;
+            let request =
+                Request::new(p, a, r, context, Some(&self.schema)).map_err(|e| e.to_string())?;
+            Ok::<_, String>((request, entities))
+        })();
+        let (request, entities) = match built {
+            Ok(x) => x,
+            Err(e) => return Verdict::Error(e),
+        };
+        let response = Authorizer::new().is_authorized(&request, &self.policies, &entities);
+        let errors: Vec<String> = response
+            .diagnostics()
+            .errors()
+            .map(|e| e.to_string())
+            .collect();
+        if !errors.is_empty() {
+            // A policy that errs is skipped by Cedar; writ refuses instead of deciding without it.
+            return Verdict::Error(errors.join("; "));
+        }
+        let mut rules: Vec<String> = response
+            .diagnostics()
+            .reason()
+            .map(|id| self.name_of(id))
+            .collect();
+        rules.sort();
+        match response.decision() {
+            Decision::Allow => Verdict::Allow(rules),
+            Decision::Deny => Verdict::Deny(rules),
+        }
+    }
+}

@@ -1,0 +1,413 @@
+//! Issuance end to end: an attested swtpm runtime asks `writ serve` for execution writs with its
+//! EAR token and DPoP proofs made by its holder key in the TPM; Cedar decides under a loaded
+//! policy bundle; the writ is signed by the issuer key in SoftHSM2. Each refusal is checked in
+//! the answer and in the log, and after every test no writ exists without its committed record.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use common::runtime::{HOLDER_AUTH, Runtime, last, ok, ready};
+use common::stack::{Stack, TD};
+use serde_json::{Value, json};
+use writ_attestation::writ::dpop::{self, ProofClaims};
+use writ_attestation::writ::jws::Es256Signer;
+use writ_hsm::tpm::attester::{Attester, KeyBlob, LoadedKey};
+
+const AUDIENCE: &str = "spiffe://writ.test/gateway/tools";
+const REQ: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000001";
+
+/// The holder key in the TPM as a JWS signer.
+struct TpmSigner<'a> {
+    tpm: &'a Attester,
+    key: LoadedKey,
+}
+
+impl Es256Signer for TpmSigner<'_> {
+    fn sign_es256(&self, message: &[u8]) -> Result<[u8; 64], writ_attestation::writ::Refusal> {
+        let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(message).into();
+        let sig = self.tpm.sign_digest(&self.key, &digest).unwrap();
+        Ok(sig.to_bytes().as_slice().try_into().unwrap())
+    }
+}
+
+fn holder_jwk(holder: &KeyBlob) -> writ_attestation::jwk::EcJwk {
+    let public = writ_attestation::tpm::public::Public::from_tpmt(&holder.public).unwrap();
+    let writ_attestation::tpm::public::KeyParams::Ecc { x, y, .. } = public.params() else {
+        panic!("an ECC key")
+    };
+    writ_attestation::jwk::EcJwk::from_coordinates(x, y).unwrap()
+}
+
+/// A DPoP proof by `rt`'s holder key for `POST <url>/v1/writs` with `ear`.
+fn proof(rt: &Runtime, url: &str, ear: &str) -> String {
+    proof_by(&rt.tpm, &rt.holder, url, ear)
+}
+
+/// A DPoP proof by the holder key `holder` in `tpm`.
+fn proof_by(tpm: &Attester, holder: &KeyBlob, url: &str, ear: &str) -> String {
+    let key = tpm.load_holder_key(holder, Some(HOLDER_AUTH)).unwrap();
+    let signer = TpmSigner { tpm, key };
+    let mut jti = [0u8; 16];
+    getrandom::fill(&mut jti).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    dpop::create(
+        &signer,
+        &holder_jwk(holder),
+        &ProofClaims {
+            jti: URL_SAFE_NO_PAD.encode(jti),
+            iat: now,
+            htm: "POST".into(),
+            htu: format!("{url}/v1/writs"),
+            ath: dpop::ath(ear),
+            nonce: None,
+        },
+    )
+    .unwrap()
+}
+
+fn request(s: &Stack, ear: Option<&str>, proof: Option<&str>, body: &Value) -> (u16, Value) {
+    let mut r = common::agent()
+        .post(format!("{}/v1/writs", s.url()))
+        .header("Content-Type", "application/json");
+    if let Some(e) = ear {
+        r = r.header("Authorization", format!("DPoP {e}"));
+    }
+    if let Some(p) = proof {
+        r = r.header("DPoP", p);
+    }
+    let mut resp = r.send(body.to_string().as_bytes()).unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+fn body(resource: &str) -> Value {
+    json!({"action": "exec", "resource": resource, "audience": AUDIENCE, "req": REQ})
+}
+
+fn bundle(extra: Value) -> Value {
+    let mut b: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/policy/example.json"),
+        )
+        .unwrap()
+        .replace("spiffe://writ.dev/gateway/tools", AUDIENCE),
+    )
+    .unwrap();
+    for (k, v) in extra.as_object().unwrap() {
+        b[k] = v.clone();
+    }
+    b
+}
+
+fn load_policy(s: &Stack, b: &Value) -> std::process::Output {
+    let file = s
+        .dir
+        .path()
+        .join(format!("policy-{}.json", writ_testkit::random_hex(4)));
+    std::fs::write(&file, b.to_string()).unwrap();
+    s.admin(&["load-policy", file.to_str().unwrap()])
+}
+
+/// Asserts a refusal with `code`, and that the log's last record is the issue denial of
+/// `name` with that code.
+fn refused(s: &Stack, answer: &(u16, Value), name: &str, code: &str) {
+    assert_eq!(answer.1["code"], code, "{}", answer.1);
+    let (kind, subject, decision, reasons) = last(s);
+    assert_eq!(kind, "issue");
+    assert_eq!(subject, format!("spiffe://{TD}/runtime/{name}"));
+    assert_eq!(decision, "deny");
+    assert_eq!(reasons, [code]);
+}
+
+/// No writ answered without its committed `issue` allow record, and no allow record without
+/// its writ answered.
+fn invariant(s: &Stack, answered: &BTreeSet<String>) {
+    let recorded: BTreeSet<String> = s
+        .records()
+        .into_iter()
+        .filter(|r| {
+            serde_json::to_value(r.kind).unwrap() == "issue"
+                && serde_json::to_value(r.decision).unwrap() == "allow"
+        })
+        .map(|r| r.digests["writ"].clone())
+        .collect();
+    let answered: BTreeSet<String> = answered
+        .iter()
+        .map(|w| {
+            format!(
+                "sha256:{}",
+                hex::encode(<sha2::Sha256 as sha2::Digest>::digest(w.as_bytes()))
+            )
+        })
+        .collect();
+    assert_eq!(recorded, answered);
+}
+
+fn attest(s: &Stack, rt: &Runtime) -> String {
+    let (st, v) = rt.attest(s);
+    assert_eq!(st, 200, "{v}");
+    v["ear"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn an_attested_runtime_gets_a_writ_for_what_policy_allows_and_nothing_else() {
+    let s = Stack::new();
+    let rt = ready(&s, "agent-1");
+    let ear = attest(&s, &rt);
+    let url = s.url();
+    let mut answered = BTreeSet::new();
+
+    // No policy loaded yet: nothing is allowed (logged).
+    let a = request(
+        &s,
+        Some(&ear),
+        Some(&proof(&rt, &url, &ear)),
+        &body("tools/build"),
+    );
+    assert_eq!(a.0, 503);
+    refused(&s, &a, "agent-1", "no_policy");
+    // A bundle that does not validate is refused and leaves none in force.
+    let bad =
+        bundle(json!({"policies": "permit(principal, action == Action::\"nope\", resource);"}));
+    let out = load_policy(&s, &bad);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("policy_bundle"));
+    ok(&load_policy(&s, &bundle(json!({}))));
+    let (kind, _, _, _) = last(&s);
+    assert_eq!(kind, "policy");
+
+    // Allowed: the writ verifies with the issuer key and carries the exact request.
+    let (st, v) = request(
+        &s,
+        Some(&ear),
+        Some(&proof(&rt, &url, &ear)),
+        &body("tools/build"),
+    );
+    assert_eq!(st, 200, "{v}");
+    let writ = v["writ"].as_str().unwrap().to_string();
+    answered.insert(writ.clone());
+    let shown = s.writ(&["keys", "show", "--key", &s.issuer_key, "--json"]);
+    ok(&shown);
+    let shown: Value = serde_json::from_slice(&shown.stdout).unwrap();
+    let issuer = writ_attestation::jwk::EcJwk::from_members(
+        "EC",
+        "P-256",
+        shown["jwk"]["x"].as_str().unwrap(),
+        shown["jwk"]["y"].as_str().unwrap(),
+    )
+    .unwrap();
+    let payload = writ_attestation::writ::jws::parse(
+        &writ,
+        "writ+jwt",
+        writ_attestation::writ::jws::HeaderShape::Kid,
+    )
+    .unwrap()
+    .verify(writ_attestation::crypto::default_provider(), &issuer)
+    .unwrap();
+    let claims = writ_attestation::writ::claims::WritClaims::from_payload(payload).unwrap();
+    assert_eq!(claims.sub, format!("spiffe://{TD}/runtime/agent-1"));
+    assert_eq!(claims.aud, AUDIENCE);
+    assert_eq!(claims.cnf.jkt, holder_jwk(&rt.holder).thumbprint());
+    let act = claims.act.as_ref().unwrap();
+    assert_eq!(
+        (act.name.as_str(), act.resource.as_str(), act.req.as_str()),
+        ("exec", "tools/build", REQ)
+    );
+    assert_eq!(claims.exp - claims.iat, 60);
+    let records = s.records();
+    let r = records.last().unwrap();
+    assert_eq!(serde_json::to_value(r.kind).unwrap(), "issue");
+    assert_eq!(
+        r.policy_bundle_hash.as_deref(),
+        Some(claims.att.policy.as_str())
+    );
+    assert_eq!(v["log_index"].as_u64().unwrap() as usize, records.len() - 1);
+
+    // Policy: a forbid rule, named in the answer.
+    let a = request(
+        &s,
+        Some(&ear),
+        Some(&proof(&rt, &url, &ear)),
+        &body("db/prod"),
+    );
+    refused(&s, &a, "agent-1", "policy");
+    assert!(
+        a.1["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no-production-database"),
+        "{}",
+        a.1
+    );
+    // No permit rule for another audience.
+    let mut other = body("tools/build");
+    other["audience"] = json!("spiffe://writ.test/gateway/elsewhere");
+    let a = request(&s, Some(&ear), Some(&proof(&rt, &url, &ear)), &other);
+    refused(&s, &a, "agent-1", "policy");
+    assert!(
+        a.1["detail"].as_str().unwrap().contains("no permit"),
+        "{}",
+        a.1
+    );
+    // A lifetime beyond the bundle's bound.
+    let mut long = body("tools/build");
+    long["lifetime_s"] = json!(3600);
+    let a = request(&s, Some(&ear), Some(&proof(&rt, &url, &ear)), &long);
+    refused(&s, &a, "agent-1", "lifetime");
+
+    // Proofs: missing, garbage, replayed, by another key, for another URL.
+    let a = request(&s, Some(&ear), None, &body("tools/build"));
+    refused(&s, &a, "agent-1", "proof_missing");
+    let a = request(&s, Some(&ear), Some("not.a.proof"), &body("tools/build"));
+    refused(&s, &a, "agent-1", "proof");
+    let p = proof(&rt, &url, &ear);
+    let (st, v) = request(&s, Some(&ear), Some(&p), &body("tools/test"));
+    assert_eq!(st, 200, "{v}");
+    answered.insert(v["writ"].as_str().unwrap().to_string());
+    let a = request(&s, Some(&ear), Some(&p), &body("tools/test"));
+    refused(&s, &a, "agent-1", "replayed");
+    let stranger = rt.tpm.create_holder_key(Some(HOLDER_AUTH)).unwrap();
+    let a = request(
+        &s,
+        Some(&ear),
+        Some(&proof_by(&rt.tpm, &stranger, &url, &ear)),
+        &body("tools/build"),
+    );
+    refused(&s, &a, "agent-1", "proof_key");
+    let a = request(
+        &s,
+        Some(&ear),
+        Some(&proof(&rt, "https://elsewhere.example", &ear)),
+        &body("tools/build"),
+    );
+    refused(&s, &a, "agent-1", "proof_binding");
+
+    // No EAR, or a forged one: nobody is identified, nothing is logged.
+    let size = s.records().len();
+    let a = request(
+        &s,
+        None,
+        Some(&proof(&rt, &url, &ear)),
+        &body("tools/build"),
+    );
+    assert_eq!((a.0, a.1["code"].as_str()), (401, Some("ear_missing")));
+    let mut forged = ear.clone();
+    forged.push('A');
+    let a = request(
+        &s,
+        Some(&forged),
+        Some(&proof(&rt, &url, &forged)),
+        &body("tools/build"),
+    );
+    assert_eq!(
+        (a.0, a.1["code"].as_str()),
+        (401, Some("ear_invalid")),
+        "{}",
+        a.1
+    );
+    assert_eq!(s.records().len(), size);
+
+    // A later attestation supersedes the EAR; a contraindicated one stops issuance.
+    let ear2 = attest(&s, &rt);
+    let a = request(
+        &s,
+        Some(&ear),
+        Some(&proof(&rt, &url, &ear)),
+        &body("tools/build"),
+    );
+    refused(&s, &a, "agent-1", "ear_superseded");
+    rt.tpm.extend_pcr(4, &[1u8; 32]).unwrap();
+    let (st, _) = rt.attest(&s);
+    assert_eq!(st, 403);
+    let a = request(
+        &s,
+        Some(&ear2),
+        Some(&proof(&rt, &url, &ear2)),
+        &body("tools/build"),
+    );
+    refused(&s, &a, "agent-1", "contraindicated");
+    invariant(&s, &answered);
+}
+
+#[test]
+fn stale_appraisals_rates_revocation_and_a_missing_issuer_key_stop_issuance() {
+    let mut s = Stack::new();
+    let rt = ready(&s, "agent-2");
+    let url = s.url();
+    let mut answered = BTreeSet::new();
+    ok(&load_policy(
+        &s,
+        &bundle(json!({"max_appraisal_age_s": 1, "rate_per_minute": 3})),
+    ));
+    // An appraisal older than the bundle's bound.
+    let ear = attest(&s, &rt);
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let a = request(
+        &s,
+        Some(&ear),
+        Some(&proof(&rt, &url, &ear)),
+        &body("tools/build"),
+    );
+    refused(&s, &a, "agent-2", "stale_appraisal");
+    // The runtime's rate (3 a minute, the refusal above not counted: it came first).
+    let ear = attest(&s, &rt);
+    for _ in 0..3 {
+        let (st, v) = request(
+            &s,
+            Some(&ear),
+            Some(&proof(&rt, &url, &ear)),
+            &body("tools/build"),
+        );
+        if st == 200 {
+            answered.insert(v["writ"].as_str().unwrap().to_string());
+        } else {
+            assert_eq!(v["code"], "policy", "{v}");
+        }
+    }
+    let a = request(
+        &s,
+        Some(&ear),
+        Some(&proof(&rt, &url, &ear)),
+        &body("tools/build"),
+    );
+    assert_eq!(a.0, 429);
+    refused(&s, &a, "agent-2", "rate_limited");
+    invariant(&s, &answered);
+
+    // Without an issuer key nothing is issued (a logged refusal, 503).
+    s.issuer_key.clear();
+    s.kill_and_restart();
+    ok(&load_policy(&s, &bundle(json!({}))));
+    let ear = attest(&s, &rt);
+    let a = request(
+        &s,
+        Some(&ear),
+        Some(&proof(&rt, &s.url(), &ear)),
+        &body("tools/build"),
+    );
+    assert_eq!(a.0, 503);
+    refused(&s, &a, "agent-2", "issuer_signing");
+    // A revoked runtime.
+    ok(&s.admin(&["revoke", "agent-2"]));
+    let a = request(
+        &s,
+        Some(&ear),
+        Some(&proof(&rt, &s.url(), &ear)),
+        &body("tools/build"),
+    );
+    refused(&s, &a, "agent-2", "revoked");
+    invariant(&s, &answered);
+}
