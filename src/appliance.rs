@@ -73,6 +73,9 @@ pub struct ApplianceConfig {
     pub ear_ttl: i64,
     /// The `issuer` key, which signs writs (none: issuance answers 503).
     pub issuer_key: Option<Arc<dyn writ_hsm::CustodyKey>>,
+    /// The origins (`scheme://host[:port]`) clients address this appliance at; a DPoP proof's
+    /// `htu` must name one of them.
+    pub origins: Vec<String>,
 }
 
 impl std::fmt::Debug for ApplianceConfig {
@@ -92,6 +95,7 @@ pub struct Appliance {
     profiles: attest::ProfileCache,
     policy: issue::PolicyCache,
     rates: issue::Rates,
+    refusals: issue::Rates,
 }
 
 impl std::fmt::Debug for Appliance {
@@ -349,6 +353,7 @@ impl Appliance {
             profiles: attest::ProfileCache::default(),
             policy: issue::PolicyCache::default(),
             rates: issue::Rates::default(),
+            refusals: issue::Rates::default(),
         }
     }
 
@@ -404,6 +409,11 @@ impl Appliance {
     /// The CA certificate (PEM), when TLS is on.
     pub fn ca_certificate_pem(&self) -> Option<&str> {
         self.config.ca_certificate_pem.as_deref()
+    }
+
+    /// Whether `origin` (`scheme://host[:port]`) is one this appliance is addressed at.
+    pub fn is_origin(&self, origin: &str) -> bool {
+        self.config.origins.iter().any(|o| o == origin)
     }
 
     /// The trust domain.

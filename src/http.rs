@@ -549,8 +549,18 @@ async fn issue_writ(
     } else {
         "http"
     };
+    // Only a Host this appliance is known by: a proof made for another server never passes
+    // here by a Host header chosen to match it.
     let host = header_text(&headers, "host").unwrap_or_default();
-    let htu = format!("{scheme}://{host}/v1/writs");
+    let origin = format!("{scheme}://{}", host.to_ascii_lowercase());
+    if !app.is_origin(&origin) {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "htu_origin",
+            format!("{origin} is not an address of this appliance (tls.names)"),
+        ));
+    }
+    let htu = format!("{origin}/v1/writs");
     work(move || app.issue(ear.as_deref(), proof.as_deref(), &htu, &req))
         .await
         .map(|w| ok_json(&w))
@@ -942,6 +952,7 @@ fn unidentified(status: StatusCode, code: &str) -> bool {
                 | "ear_missing"
                 | "ear_invalid"
                 | "ear_expired"
+                | "htu_origin"
         )
 }
 

@@ -12,7 +12,8 @@
 //! * resource `Resource::"<resource>"`;
 //! * context `audience`, `req` (the request digest), `depth` (0 for a root writ), `time` (seconds).
 //!
-//! The bundle's schema must declare those (an example: deploy/policy/example.json); a request
+//! writ declares these entity types and the context type itself ([`WRIT_SCHEMA`]); the bundle's
+//! schema declares the actions over them (an example: deploy/policy/example.json). A request
 //! whose data does not fit the schema is refused (`policy_input`), never evaluated loosely.
 
 use std::str::FromStr;
@@ -27,6 +28,18 @@ use sha2::{Digest, Sha256};
 
 /// The bundle format version.
 pub const BUNDLE_VERSION: u32 = 1;
+
+/// What writ declares itself, before the bundle's schema: the entities and the context it
+/// supplies, exactly (no parents, no optional attributes), so that no policy can rely on data
+/// writ never gives (a rule on a missing parent or attribute would silently never apply). A
+/// bundle declares its actions over these; declaring these types again is an error.
+pub const WRIT_SCHEMA: &str =
+    "entity Runtime = { spiffe_id: String, name: String, status: String, \
+configuration: Long, executables: Long, hardware: Long, instance_identity: Long, \
+manufacturer: String };
+entity Resource;
+type WritContext = { audience: String, req: String, depth: Long, time: Long };
+";
 /// Largest bundle accepted, bytes.
 pub const MAX_BUNDLE: usize = 256 * 1024;
 
@@ -36,7 +49,8 @@ pub const MAX_BUNDLE: usize = 256 * 1024;
 pub struct PolicyBundle {
     /// The format version ([`BUNDLE_VERSION`]).
     pub writ_policy_bundle: u32,
-    /// The Cedar schema (human-readable Cedar schema syntax).
+    /// The Cedar schema of the actions (human-readable Cedar schema syntax), over writ's own
+    /// declarations ([`WRIT_SCHEMA`]).
     pub schema: String,
     /// The Cedar policies. An `@id("...")` annotation names a policy in refusals.
     pub policies: String,
@@ -169,8 +183,9 @@ impl LoadedPolicy {
             1,
             1_000_000,
         )?;
-        let (schema, _warnings) = Schema::from_cedarschema_str(&bundle.schema)
-            .map_err(|e| BundleError(format!("schema: {e}")))?;
+        let (schema, _warnings) =
+            Schema::from_cedarschema_str(&format!("{WRIT_SCHEMA}{}", bundle.schema))
+                .map_err(|e| BundleError(format!("schema: {e}")))?;
         let policies = PolicySet::from_str(&bundle.policies)
             .map_err(|e| BundleError(format!("policies: {e}")))?;
         if policies.policies().next().is_none() {

@@ -205,6 +205,32 @@ fn admin_token(path: &Path) -> Result<[u8; 32], String> {
     Ok(Sha256::digest(token.as_bytes()).into())
 }
 
+/// The origins clients may address this appliance at (what DPoP proofs name in `htu`): with
+/// TLS, `https://` and each name of its certificate; without, `http://` and the loopback names;
+/// with the port it listens on (and without it, for the scheme's default port), and the address
+/// it listens on.
+fn public_origins(tls: bool, names: &[String], addr: SocketAddr) -> Vec<String> {
+    let scheme = if tls { "https" } else { "http" };
+    let default_port = if tls { 443 } else { 80 };
+    let mut hosts: Vec<String> = if tls {
+        names.to_vec()
+    } else {
+        vec!["localhost".into(), "127.0.0.1".into(), "::1".into()]
+    };
+    hosts.push(addr.ip().to_string());
+    let mut out = Vec::new();
+    for h in hosts {
+        let host = if h.contains(':') { format!("[{h}]") } else { h };
+        out.push(format!("{scheme}://{host}:{}", addr.port()));
+        if addr.port() == default_port {
+            out.push(format!("{scheme}://{host}"));
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
 pub fn run(args: Serve) -> Result<(), String> {
     let c = configure(&args)?;
     if c.keys.ca.is_none() && !c.listen.ip().is_loopback() {
@@ -416,6 +442,7 @@ pub fn run(args: Serve) -> Result<(), String> {
                 issuer_key: issuer,
                 nonce_ttl: i64::try_from(c.attestation.nonce_ttl_s).unwrap_or(60),
                 ear_ttl: i64::try_from(c.attestation.ear_ttl_s).unwrap_or(300),
+                origins: public_origins(tls.is_some(), &c.tls.names, addr),
             },
         ));
         let limits = Limits {

@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::runtime::{HOLDER_AUTH, Runtime, last, ok, ready};
-use common::stack::{Stack, TD};
+use common::stack::{Engine, Stack, TD};
 use serde_json::{Value, json};
 use writ_attestation::writ::dpop::{self, ProofClaims};
 use writ_attestation::writ::jws::Es256Signer;
@@ -54,6 +54,17 @@ fn proof(rt: &Runtime, url: &str, ear: &str) -> String {
 
 /// A DPoP proof by the holder key `holder` in `tpm`.
 fn proof_by(tpm: &Attester, holder: &KeyBlob, url: &str, ear: &str) -> String {
+    proof_edited(tpm, holder, url, ear, |_| {})
+}
+
+/// A DPoP proof by `holder` whose claims `edit` changes before it is signed.
+fn proof_edited(
+    tpm: &Attester,
+    holder: &KeyBlob,
+    url: &str,
+    ear: &str,
+    edit: impl FnOnce(&mut ProofClaims),
+) -> String {
     let key = tpm.load_holder_key(holder, Some(HOLDER_AUTH)).unwrap();
     let signer = TpmSigner { tpm, key };
     let mut jti = [0u8; 16];
@@ -62,19 +73,16 @@ fn proof_by(tpm: &Attester, holder: &KeyBlob, url: &str, ear: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    dpop::create(
-        &signer,
-        &holder_jwk(holder),
-        &ProofClaims {
-            jti: URL_SAFE_NO_PAD.encode(jti),
-            iat: now,
-            htm: "POST".into(),
-            htu: format!("{url}/v1/writs"),
-            ath: dpop::ath(ear),
-            nonce: None,
-        },
-    )
-    .unwrap()
+    let mut claims = ProofClaims {
+        jti: URL_SAFE_NO_PAD.encode(jti),
+        iat: now,
+        htm: "POST".into(),
+        htu: format!("{url}/v1/writs"),
+        ath: dpop::ath(ear),
+        nonce: None,
+    };
+    edit(&mut claims);
+    dpop::create(&signer, &holder_jwk(holder), &claims).unwrap()
 }
 
 fn request(s: &Stack, ear: Option<&str>, proof: Option<&str>, body: &Value) -> (u16, Value) {
@@ -130,6 +138,9 @@ fn refused(s: &Stack, answer: &(u16, Value), name: &str, code: &str) {
     assert_eq!(subject, format!("spiffe://{TD}/runtime/{name}"));
     assert_eq!(decision, "deny");
     assert_eq!(reasons, [code]);
+    // A refusal's record never names a writ.
+    let r = s.records().pop().unwrap();
+    assert!(!r.digests.contains_key("writ"), "{:?}", r.digests);
 }
 
 /// No writ answered without its committed `issue` allow record, and no allow record without
@@ -163,8 +174,17 @@ fn attest(s: &Stack, rt: &Runtime) -> String {
 }
 
 #[test]
-fn an_attested_runtime_gets_a_writ_for_what_policy_allows_and_nothing_else() {
-    let s = Stack::new();
+fn an_attested_runtime_gets_a_writ_for_what_policy_allows_and_nothing_else_on_sqlite() {
+    issuance(Engine::Sqlite);
+}
+
+#[test]
+fn an_attested_runtime_gets_a_writ_for_what_policy_allows_and_nothing_else_on_postgresql() {
+    issuance(Engine::Postgres);
+}
+
+fn issuance(engine: Engine) {
+    let s = Stack::on(engine, &[]);
     let rt = ready(&s, "agent-1");
     let ear = attest(&s, &rt);
     let url = s.url();
@@ -183,6 +203,14 @@ fn an_attested_runtime_gets_a_writ_for_what_policy_allows_and_nothing_else() {
     let bad =
         bundle(json!({"policies": "permit(principal, action == Action::\"nope\", resource);"}));
     let out = load_policy(&s, &bad);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("policy_bundle"));
+    // Nor does one that re-declares what writ supplies (here: resources with parents writ never
+    // gives, so a forbid on them would never apply).
+    let shadow = bundle(
+        json!({"schema": "entity Folder;\nentity Resource in [Folder];\naction \"exec\" appliesTo { principal: Runtime, resource: Resource, context: WritContext };\n"}),
+    );
+    let out = load_policy(&s, &shadow);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("policy_bundle"));
     ok(&load_policy(&s, &bundle(json!({}))));
@@ -227,6 +255,28 @@ fn an_attested_runtime_gets_a_writ_for_what_policy_allows_and_nothing_else() {
         ("exec", "tools/build", REQ)
     );
     assert_eq!(claims.exp - claims.iat, 60);
+    // Interop: PyJWT (an independent implementation) verifies the served writ with the issuer's
+    // JWK and refuses it for another audience.
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("gateway/tests/interop/pyjwt.py");
+    let jwk = shown["jwk"].to_string();
+    let iss = format!("spiffe://{TD}/writ/appliance");
+    let py = |aud: &str| {
+        std::process::Command::new("/usr/bin/python3")
+            .arg(&script)
+            .args(["verify-writ", &jwk, &writ, aud, &iss])
+            .output()
+            .unwrap()
+    };
+    let out = py(AUDIENCE);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let py_claims: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(py_claims["claims"]["jti"], claims.jti.as_str());
+    assert!(!py("spiffe://writ.test/gateway/other").status.success());
     let records = s.records();
     let r = records.last().unwrap();
     assert_eq!(serde_json::to_value(r.kind).unwrap(), "issue");
@@ -294,6 +344,54 @@ fn an_attested_runtime_gets_a_writ_for_what_policy_allows_and_nothing_else() {
         &body("tools/build"),
     );
     refused(&s, &a, "agent-1", "proof_binding");
+
+    // A proof out of its time window, or for another EAR.
+    let a = request(
+        &s,
+        Some(&ear),
+        Some(&proof_edited(&rt.tpm, &rt.holder, &url, &ear, |c| {
+            c.iat -= 3600
+        })),
+        &body("tools/build"),
+    );
+    refused(&s, &a, "agent-1", "proof_time");
+    let a = request(
+        &s,
+        Some(&ear),
+        Some(&proof_edited(&rt.tpm, &rt.holder, &url, &ear, |c| {
+            c.ath = dpop::ath("another token")
+        })),
+        &body("tools/build"),
+    );
+    refused(&s, &a, "agent-1", "proof_binding");
+    // A refused request spends its proof too.
+    let p = proof(&rt, &url, &ear);
+    let a = request(&s, Some(&ear), Some(&p), &body("db/prod"));
+    refused(&s, &a, "agent-1", "policy");
+    let a = request(&s, Some(&ear), Some(&p), &body("tools/build"));
+    refused(&s, &a, "agent-1", "replayed");
+    // A malformed request digest.
+    let mut bad = body("tools/build");
+    bad["req"] = json!("sha256:not-a-digest");
+    let a = request(&s, Some(&ear), Some(&proof(&rt, &url, &ear)), &bad);
+    refused(&s, &a, "agent-1", "malformed");
+    // A Host this appliance is not known by: refused before anything else.
+    {
+        use std::io::{Read, Write};
+        let addr = url.trim_start_matches("http://");
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        let b = body("tools/build").to_string();
+        write!(
+            c,
+            "POST /v1/writs HTTP/1.1\r\nHost: evil.example\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}",
+            b.len()
+        )
+        .unwrap();
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        assert!(answer.contains("htu_origin"), "{answer}");
+    }
 
     // No EAR, or a forged one: nobody is identified, nothing is logged.
     let size = s.records().len();

@@ -36,6 +36,8 @@ use crate::store::{Op, StoreError, Value as Db};
 pub const PROOF_SKEW: i64 = 60;
 /// Largest action, resource or audience, bytes.
 const MAX_FIELD: usize = 512;
+/// Refused writ requests recorded per runtime per minute (beyond: 429, not recorded).
+pub const MAX_REFUSALS_PER_MINUTE: u32 = 120;
 
 /// A writ request (the body of `POST /v1/writs`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -55,7 +57,7 @@ pub struct WritRequest {
 }
 
 /// An issued writ.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Issued {
     /// The writ (JWS compact, `writ+jwt`).
     pub writ: String,
@@ -65,6 +67,16 @@ pub struct Issued {
     pub expires_at: i64,
     /// The index of its `issue` record in the decision log.
     pub log_index: u64,
+}
+
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued")
+            .field("jti", &self.jti)
+            .field("expires_at", &self.expires_at)
+            .field("log_index", &self.log_index)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The policy bundle in force (generation and bundle), as this process last read it.
@@ -291,6 +303,16 @@ impl Appliance {
                     detail: String,
                     digests: &[(&str, String)],
                     effect: Vec<Op>| {
+            // Refusals about one runtime are recorded at a bounded rate: a copied EAR must not
+            // let anyone write records under its name without end. Past the bound: 429, counted,
+            // not recorded.
+            if !self.refusals.admit(&name, t, MAX_REFUSALS_PER_MINUTE) {
+                return Problem::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "too many refused writ requests for this runtime this minute",
+                );
+            }
             match self.issue_logged(
                 &subject,
                 Some(code),
@@ -332,70 +354,13 @@ impl Appliance {
                 Vec::new(),
             ));
         };
-        let col = |i: usize| row.get(i).and_then(Db::text).unwrap_or("").to_string();
-        let int = |i: usize| row.get(i).and_then(Db::int).unwrap_or(0);
-        let ak_public = row
-            .get(1)
-            .and_then(Db::blob)
-            .map(<[u8]>::to_vec)
-            .unwrap_or_default();
-        if col(0) != "enrolled" {
-            return Err(deny(
-                "revoked",
-                StatusCode::FORBIDDEN,
-                "this runtime is revoked".into(),
-                &digests,
-                Vec::new(),
-            ));
-        }
-        let generation = int(3);
-        let status = col(4);
-        // The current appraisal first (a contraindicated one has no EAR), then that the EAR
-        // presented is the current appraisal's.
-        let attested = !matches!(row.get(3), None | Some(Db::Null));
-        let usable = status == "affirming" || status == "warning";
-        if attested && !usable {
-            return Err(deny(
-                "contraindicated",
-                StatusCode::FORBIDDEN,
-                format!("the runtime's current appraisal is {status}"),
-                &digests,
-                Vec::new(),
-            ));
-        }
-        if matches!(row.get(3), None | Some(Db::Null)) || col(7) != ear_digest {
-            return Err(deny(
-                "ear_superseded",
-                StatusCode::FORBIDDEN,
-                "this EAR is not the runtime's current appraisal (a later attestation replaced it); use the latest".into(),
-                &digests,
-                Vec::new(),
-            ));
-        }
-        let Some((policy_generation, policy)) = policy else {
-            return Err(deny(
-                "no_policy",
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no policy bundle is loaded (writ admin load-policy): nothing is allowed".into(),
-                &digests,
-                Vec::new(),
-            ));
-        };
-        let age = t.saturating_sub(int(8));
-        if age > policy.bundle.max_appraisal_age_s {
-            return Err(deny(
-                "stale_appraisal",
-                StatusCode::FORBIDDEN,
-                format!(
-                    "the runtime's appraisal is {age} s old (policy accepts {} s); attest again",
-                    policy.bundle.max_appraisal_age_s
-                ),
-                &digests,
-                Vec::new(),
-            ));
-        }
         // The holder proof: by the holder key the appraisal certified, for this request.
-        let jkt = col(6);
+        let jkt = claims
+            .get("cnf")
+            .and_then(|c| c.get("jkt"))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         let Some(proof) = proof else {
             return Err(deny(
                 "proof_missing",
@@ -439,7 +404,8 @@ impl Appliance {
             "proof",
             digest(format!("{}:{}", verified.jkt, verified.jti).as_bytes()),
         ));
-        // A proof is used once, refused or not.
+        // A proof that verified for this request is used once, refused or not (expired ones
+        // are purged with it).
         let spend_proof = |must: bool| Op {
             sql: "INSERT INTO proof_jtis (jkt, jti, keep_until) VALUES ($1, $2, $3)
                   ON CONFLICT (jkt, jti) DO NOTHING",
@@ -449,6 +415,16 @@ impl Appliance {
                 t.saturating_add(2 * PROOF_SKEW + 60).into(),
             ],
             must_affect: must.then_some(("replayed", "this DPoP proof was already used")),
+        };
+        let spent = || {
+            vec![
+                Op {
+                    sql: "DELETE FROM proof_jtis WHERE keep_until < $1",
+                    params: vec![t.into()],
+                    must_affect: None,
+                },
+                spend_proof(false),
+            ]
         };
         let used = self.query(
             "SELECT 1 FROM proof_jtis WHERE jkt = $1 AND jti = $2",
@@ -463,6 +439,68 @@ impl Appliance {
                 Vec::new(),
             ));
         }
+        let col = |i: usize| row.get(i).and_then(Db::text).unwrap_or("").to_string();
+        let int = |i: usize| row.get(i).and_then(Db::int).unwrap_or(0);
+        let ak_public = row
+            .get(1)
+            .and_then(Db::blob)
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default();
+        if col(0) != "enrolled" {
+            return Err(deny(
+                "revoked",
+                StatusCode::FORBIDDEN,
+                "this runtime is revoked".into(),
+                &digests,
+                spent(),
+            ));
+        }
+        let generation = int(3);
+        let status = col(4);
+        // The current appraisal first (a contraindicated one has no EAR), then that the EAR
+        // presented is the current appraisal's.
+        let attested = !matches!(row.get(3), None | Some(Db::Null));
+        let usable = status == "affirming" || status == "warning";
+        if attested && !usable {
+            return Err(deny(
+                "contraindicated",
+                StatusCode::FORBIDDEN,
+                format!("the runtime's current appraisal is {status}"),
+                &digests,
+                spent(),
+            ));
+        }
+        if matches!(row.get(3), None | Some(Db::Null)) || col(7) != ear_digest {
+            return Err(deny(
+                "ear_superseded",
+                StatusCode::FORBIDDEN,
+                "this EAR is not the runtime's current appraisal (a later attestation replaced it); use the latest".into(),
+                &digests,
+                spent(),
+            ));
+        }
+        let Some((policy_generation, policy)) = policy else {
+            return Err(deny(
+                "no_policy",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no policy bundle is loaded (writ admin load-policy): nothing is allowed".into(),
+                &digests,
+                spent(),
+            ));
+        };
+        let age = t.saturating_sub(int(8));
+        if age > policy.bundle.max_appraisal_age_s {
+            return Err(deny(
+                "stale_appraisal",
+                StatusCode::FORBIDDEN,
+                format!(
+                    "the runtime's appraisal is {age} s old (policy accepts {} s); attest again",
+                    policy.bundle.max_appraisal_age_s
+                ),
+                &digests,
+                spent(),
+            ));
+        }
         // The request.
         let field_ok =
             |v: &str| !v.is_empty() && v.len() <= MAX_FIELD && !v.chars().any(char::is_control);
@@ -474,7 +512,7 @@ impl Appliance {
                     "action, resource and audience are 1 to {MAX_FIELD} bytes without control characters"
                 ),
                 &digests,
-                vec![spend_proof(false)],
+                spent(),
             ));
         }
         if !is_digest(&req.req) {
@@ -484,7 +522,7 @@ impl Appliance {
                 "req is the request digest, sha256:<64 hex> (writ agent request computes it)"
                     .into(),
                 &digests,
-                vec![spend_proof(false)],
+                spent(),
             ));
         }
         digests.push(("req", req.req.clone()));
@@ -498,7 +536,7 @@ impl Appliance {
                     policy.bundle.max_writ_lifetime_s
                 ),
                 &digests,
-                vec![spend_proof(false)],
+                spent(),
             ));
         }
         if !self.rates.admit(&name, t, policy.bundle.rate_per_minute) {
@@ -510,12 +548,22 @@ impl Appliance {
                     policy.bundle.rate_per_minute
                 ),
                 &digests,
-                vec![spend_proof(false)],
+                spent(),
             ));
         }
         // Policy.
         let result: Value = serde_json::from_str(&col(5)).unwrap_or(Value::Null);
-        let vector = result.get("vector").cloned().unwrap_or(Value::Null);
+        let (Some(vector), Some(evidence_map)) = (
+            result.get("vector").cloned(),
+            result.get("evidence").cloned(),
+        ) else {
+            tracing::error!(runtime = %name, "stored appraisal without vector or evidence");
+            return Err(Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "store_corrupt",
+                "the runtime's stored appraisal is incomplete",
+            ));
+        };
         let tpm: Value = serde_json::from_str(&col(2)).unwrap_or(Value::Null);
         let manufacturer = writ_attestation::evidence::TpmAttributes {
             manufacturer: tpm
@@ -557,7 +605,7 @@ impl Appliance {
                     StatusCode::FORBIDDEN,
                     detail,
                     &digests,
-                    vec![spend_proof(false)],
+                    spent(),
                 ));
             }
             Verdict::Error(e) => {
@@ -566,7 +614,7 @@ impl Appliance {
                     StatusCode::FORBIDDEN,
                     format!("the request does not fit the policy's schema: {e}"),
                     &digests,
-                    vec![spend_proof(false)],
+                    spent(),
                 ));
             }
         }
@@ -578,19 +626,29 @@ impl Appliance {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no issuer key is configured (keys.issuer): nothing is issued".into(),
                 &digests,
-                vec![spend_proof(false)],
+                spent(),
             ));
         };
-        let evidence = result
-            .get("evidence")
-            .and_then(|e| writ_attestation::jcs::canonical(e).ok())
+        let evidence = writ_attestation::jcs::canonical(&evidence_map)
             .map(|c| digest(c.as_bytes()))
-            .unwrap_or_else(|| digest(b""));
-        let nonce_digest = result
-            .get("evidence")
-            .and_then(|e| e.get("nonce"))
+            .map_err(|e| {
+                Problem::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "store_corrupt",
+                    e.to_string(),
+                )
+            })?;
+        let nonce_digest = evidence_map
+            .get("nonce")
             .and_then(Value::as_str)
-            .unwrap_or("")
+            .filter(|n| is_digest(n))
+            .ok_or_else(|| {
+                Problem::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "store_corrupt",
+                    "the runtime's stored appraisal has no nonce digest",
+                )
+            })?
             .to_string();
         let writ_claims = WritClaims {
             iss: self.appliance_id(),
@@ -645,13 +703,14 @@ impl Appliance {
                         Some("issuer_signing"),
                         &digests,
                         Some(&policy.hash),
-                        vec![spend_proof(false)],
+                        spent(),
                     ) {
-                        Ok(Ok(_)) => Problem::new(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "issuer_signing",
-                            format!("the writ could not be signed: {}", e.detail),
-                        ),
+                        Ok(Ok(_)) => {
+                            Problem::new(StatusCode::SERVICE_UNAVAILABLE, "issuer_signing", {
+                                tracing::error!("issuer key: {}", e.detail);
+                                "the writ could not be signed by the issuer key"
+                            })
+                        }
                         Ok(Err(e)) => store_problem(e),
                         Err(p) => p,
                     },
@@ -708,7 +767,7 @@ impl Appliance {
                         Some(code),
                         &digests,
                         Some(&policy.hash),
-                        vec![spend_proof(false)],
+                        spent(),
                     )? {
                         Ok(_) => Problem::new(StatusCode::CONFLICT, code, detail).identified(),
                         Err(e) => store_problem(e),

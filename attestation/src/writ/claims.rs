@@ -25,7 +25,7 @@ pub struct Att {
     pub ear: String,
     /// `sha256:` of the evidence.
     pub evidence: String,
-    /// The attestation's nonce (base64url).
+    /// The attestation's nonce, as `sha256:` of its bytes (the appliance keeps no nonce).
     pub nonce: String,
     /// The policy bundle hash the decision was made under.
     pub policy: String,
