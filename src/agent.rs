@@ -29,6 +29,75 @@ pub enum AgentCommand {
     /// Attest: prove this machine's current state to the appliance and receive an EAR token
     /// bound to the TPM-held holder key. Exit 0 affirmed, 1 refused, 2 error.
     Attest(Attest),
+    /// Ask for an execution writ for one exact request (the last attestation's EAR and a DPoP
+    /// proof by the holder key in the TPM). Exit 0 issued, 1 refused, 2 error.
+    Request(RequestArgs),
+    /// Make the DPoP proof that goes with a writ and its request, with the holder key in the TPM.
+    Proof(ProofArgs),
+}
+
+/// The request a writ is for: a command (`--tool NAME -- ARGS...`) or an HTTP request
+/// (`--http METHOD --url URL [--content-type T] [--body FILE]`).
+#[derive(Debug, Args)]
+pub struct RequestSpec {
+    /// The tool's name in the gateway's manifest.
+    #[arg(long, conflicts_with = "http")]
+    tool: Option<String>,
+    /// The HTTP method.
+    #[arg(long, requires = "url")]
+    http: Option<String>,
+    /// The absolute URL (the gateway's public origin, path and query).
+    #[arg(long)]
+    url: Option<String>,
+    /// The Content-Type of the body.
+    #[arg(long, default_value = "")]
+    content_type: String,
+    /// The body (default: empty).
+    #[arg(long)]
+    body: Option<PathBuf>,
+    /// The command's arguments after the tool name.
+    #[arg(last = true)]
+    argv: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RequestArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The TPM (TCTI), else `TPM2TOOLS_TCTI`, `TCTI` or /dev/tpmrm0.
+    #[arg(long)]
+    tcti: Option<String>,
+    /// The action's name (e.g. `exec`).
+    #[arg(long)]
+    action: String,
+    /// The resource it acts on.
+    #[arg(long)]
+    resource: String,
+    /// The gateway deployment that will run it (its SPIFFE ID or configured audience).
+    #[arg(long)]
+    audience: String,
+    /// The lifetime to ask for, seconds (default: the policy's).
+    #[arg(long)]
+    lifetime: Option<i64>,
+    /// Write the writ to this file (0600) instead of standard output.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    spec: RequestSpec,
+}
+
+#[derive(Debug, Args)]
+pub struct ProofArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The TPM (TCTI), else `TPM2TOOLS_TCTI`, `TCTI` or /dev/tpmrm0.
+    #[arg(long)]
+    tcti: Option<String>,
+    /// The writ the proof goes with.
+    #[arg(long)]
+    writ: PathBuf,
+    #[command(flatten)]
+    spec: RequestSpec,
 }
 
 #[derive(Debug, Args)]
@@ -203,6 +272,19 @@ pub fn run(cmd: AgentCommand) -> Result<(), Failure> {
     match cmd {
         AgentCommand::Enroll(a) => Ok(enroll(&a)?),
         AgentCommand::Status(a) => Ok(status(&a.common.state)?),
+        AgentCommand::Request(a) => request(&a),
+        AgentCommand::Proof(a) => {
+            let writ = std::fs::read_to_string(&a.writ)
+                .map_err(|e| format!("{}: {e}", a.writ.display()))?;
+            let body = spec_body(&a.spec)?;
+            let req = a.spec.request(&body)?;
+            let (htm, htu) = writ_attestation::writ::request::proof_target(&req)
+                .map_err(|e| format!("the request: {}", e.detail))?;
+            let tpm = Attester::open(a.tcti.as_deref()).map_err(|e| format!("TPM: {e}"))?;
+            let proof = holder_proof(&tpm, &a.common.state, &htm, &htu, writ.trim())?;
+            println!("{proof}");
+            Ok(())
+        }
         AgentCommand::Attest(a) => match a.every {
             None => attest(&a),
             Some(every) => loop {
@@ -213,6 +295,195 @@ pub fn run(cmd: AgentCommand) -> Result<(), Failure> {
             },
         },
     }
+}
+
+fn spec_body(spec: &RequestSpec) -> Result<Vec<u8>, String> {
+    match &spec.body {
+        Some(p) => std::fs::read(p).map_err(|e| format!("--body {}: {e}", p.display())),
+        None => Ok(Vec::new()),
+    }
+}
+
+impl RequestSpec {
+    /// The request, as the shared digest function reads it.
+    fn request<'a>(
+        &'a self,
+        body: &'a [u8],
+    ) -> Result<writ_attestation::writ::request::Request<'a>, String> {
+        use writ_attestation::writ::request::Request;
+        match (&self.tool, &self.http, &self.url) {
+            (Some(tool), None, None) => Ok(Request::Exec {
+                tool,
+                argv: &self.argv,
+            }),
+            (None, Some(method), Some(url)) if self.argv.is_empty() => Ok(Request::Http {
+                method,
+                url,
+                content_type: &self.content_type,
+                body,
+            }),
+            _ => Err("give --tool NAME -- ARGS..., or --http METHOD --url URL".into()),
+        }
+    }
+}
+
+/// Signs with the holder key the last attestation certified (a PCR-bound one in a policy
+/// session over the selection it was bound to).
+struct HolderSigner<'a> {
+    tpm: &'a Attester,
+    key: writ_hsm::tpm::attester::LoadedKey,
+    bound: Option<writ_hsm::tpm::attester::PcrSelection>,
+}
+
+impl writ_attestation::writ::jws::Es256Signer for HolderSigner<'_> {
+    fn sign_es256(&self, message: &[u8]) -> Result<[u8; 64], writ_attestation::writ::Refusal> {
+        let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(message).into();
+        let sig = match &self.bound {
+            None => self.tpm.sign_digest(&self.key, &digest),
+            Some(sel) => self.tpm.sign_digest_bound(&self.key, sel, &digest),
+        }
+        .map_err(|e| writ_attestation::writ::Refusal::new("signing", format!("holder key: {e}")))?;
+        sig.to_bytes().as_slice().try_into().map_err(|_| {
+            writ_attestation::writ::Refusal::new("signing", "a signature of the wrong size")
+        })
+    }
+}
+
+/// A DPoP proof by the holder key of the last attestation for (`htm`, `htu`) with `token`.
+fn holder_proof(
+    tpm: &Attester,
+    state: &Path,
+    htm: &str,
+    htu: &str,
+    token: &str,
+) -> Result<String, String> {
+    let last = read_json(
+        &state.join("last.json"),
+        " (attest first: writ agent attest)",
+    )?;
+    let jkt = last
+        .get("holder_jkt")
+        .and_then(Value::as_str)
+        .ok_or("the last attestation was refused: attest again")?;
+    let auth = std::fs::read(state.join("holder.auth")).map_err(|e| format!("holder.auth: {e}"))?;
+    let bound: Option<writ_hsm::tpm::attester::PcrSelection> = last
+        .get("holder_selection")
+        .and_then(Value::as_str)
+        .map(str::parse)
+        .transpose()
+        .map_err(|e| format!("last.json: {e}"))?;
+    let file = if bound.is_some() {
+        "holder-bound.json"
+    } else {
+        "holder.json"
+    };
+    let blob = load_ak(&state.join(file))?.ok_or("no holder key: attest first")?;
+    let public = writ_attestation::tpm::public::Public::from_tpmt(&blob.public)
+        .map_err(|e| format!("{file}: {e}"))?;
+    let writ_attestation::tpm::public::KeyParams::Ecc { x, y, .. } = public.params() else {
+        return Err(format!("{file}: not an ECC key"));
+    };
+    let jwk =
+        writ_attestation::jwk::EcJwk::from_coordinates(x, y).map_err(|e| format!("{file}: {e}"))?;
+    if jwk.thumbprint() != jkt {
+        return Err(
+            "the holder key is not the one the last attestation certified: attest again".into(),
+        );
+    }
+    let key = tpm
+        .load_holder_key(&blob, Some(&auth))
+        .map_err(|e| format!("holder key: {e}"))?;
+    let mut jti = [0u8; 16];
+    getrandom::fill(&mut jti).map_err(|e| format!("random: {e}"))?;
+    let claims = writ_attestation::writ::dpop::ProofClaims {
+        jti: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(jti),
+        iat: now_s(),
+        htm: htm.to_string(),
+        htu: htu.to_string(),
+        ath: writ_attestation::writ::dpop::ath(token),
+        nonce: None,
+    };
+    writ_attestation::writ::dpop::create(&HolderSigner { tpm, key, bound }, &jwk, &claims)
+        .map_err(|e| format!("the proof: {}", e.detail))
+}
+
+fn request(a: &RequestArgs) -> Result<(), Failure> {
+    let state = &a.common.state;
+    let identity = read_json(
+        &state.join("identity.json"),
+        " (not enrolled? run `writ agent enroll`)",
+    )?;
+    let server = identity
+        .get("server")
+        .and_then(Value::as_str)
+        .ok_or("identity.json has no server")?
+        .to_string();
+    let last = read_json(
+        &state.join("last.json"),
+        " (attest first: writ agent attest)",
+    )?;
+    let ear = last
+        .get("ear")
+        .and_then(Value::as_str)
+        .ok_or("the last attestation was refused: attest again")?
+        .to_string();
+    if last.get("expires_at").and_then(Value::as_i64).unwrap_or(0) <= now_s() {
+        return Err("the last attestation's EAR has expired: attest again (or run writ agent attest --every)".into());
+    }
+    let body = spec_body(&a.spec)?;
+    let req = a.spec.request(&body)?;
+    let digest = writ_attestation::writ::request::digest(&req)
+        .map_err(|e| format!("the request: {}", e.detail))?;
+    let client = Client::new(
+        &server,
+        &Trust {
+            fingerprint: None,
+            ca_file: Some(state.join("ca.pem")),
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let tpm = Attester::open(a.tcti.as_deref()).map_err(|e| format!("TPM: {e}"))?;
+    let htu = format!("{}/v1/writs", client.base());
+    let proof = holder_proof(&tpm, state, "POST", &htu, &ear)?;
+    let mut ask = json!({
+        "action": a.action, "resource": a.resource, "audience": a.audience, "req": digest,
+    });
+    if let (Some(l), Some(o)) = (a.lifetime, ask.as_object_mut()) {
+        o.insert("lifetime_s".into(), json!(l));
+    }
+    let issued = client
+        .call_with(
+            "POST",
+            "/v1/writs",
+            Some(&ask),
+            Some(&format!("DPoP {ear}")),
+            Some(&proof),
+        )
+        .map_err(failure)?;
+    let writ = issued
+        .get("writ")
+        .and_then(Value::as_str)
+        .ok_or("the appliance's answer has no writ")?;
+    match &a.out {
+        Some(p) => {
+            write_private(p, format!("{writ}\n").as_bytes())?;
+            step(&format!(
+                "writ for {} {} written to {} (log index {})",
+                a.action,
+                a.resource,
+                p.display(),
+                issued.get("log_index").and_then(Value::as_u64).unwrap_or(0)
+            ));
+            let mut shown = issued.clone();
+            if let Some(o) = shown.as_object_mut() {
+                o.remove("writ");
+                o.insert("req".into(), json!(digest));
+            }
+            println!("{shown}");
+        }
+        None => println!("{writ}"),
+    }
+    Ok(())
 }
 
 fn read_json(path: &Path, hint: &str) -> Result<Value, String> {
@@ -381,6 +652,7 @@ fn attest(a: &Attest) -> Result<(), Failure> {
         .and_then(Value::as_bool)
         .unwrap_or(false);
     let (holder, holder_auth) = holder_key(&tpm, state, bound.then_some(&selection))?;
+    let holder_selection = bound.then(|| selection.to_string());
     step(&format!("quoting {selection}"));
     let loaded_ak = tpm.load_ak(&ak).map_err(|e| format!("AK: {e}"))?;
     let quote = tpm
@@ -424,6 +696,9 @@ fn attest(a: &Attest) -> Result<(), Failure> {
         Ok(mut v) => {
             if let Some(o) = v.as_object_mut() {
                 o.insert("at".into(), json!(now_s()));
+                if let Some(sel) = &holder_selection {
+                    o.insert("holder_selection".into(), json!(sel));
+                }
             }
             write_private(&last_path, format!("{v:#}\n").as_bytes())?;
             step(&format!(

@@ -219,13 +219,30 @@ impl Client {
         body: Option<&Value>,
         bearer: Option<&str>,
     ) -> Result<Value, ClientError> {
+        let auth = bearer.map(|t| format!("Bearer {t}"));
+        self.call_with(method, path, body, auth.as_deref(), None)
+    }
+
+    /// The base URL (scheme, host, port).
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// As [`call`](Self::call), with an `Authorization` header value and a DPoP proof.
+    pub fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        auth: Option<&str>,
+        dpop: Option<&str>,
+    ) -> Result<Value, ClientError> {
         let url = format!("{}{path}", self.base);
         let transport = |e: ureq::Error| ClientError::Transport(format!("{method} {url}: {e}"));
-        let auth = bearer.map(|t| format!("Bearer {t}"));
         let resp = match (method, body) {
             ("GET", _) => {
                 let mut r = self.agent.get(&url);
-                if let Some(a) = &auth {
+                if let Some(a) = auth {
                     r = r.header("Authorization", a);
                 }
                 r.call().map_err(transport)?
@@ -235,8 +252,11 @@ impl Client {
                     .agent
                     .post(&url)
                     .header("Content-Type", "application/json");
-                if let Some(a) = &auth {
+                if let Some(a) = auth {
                     r = r.header("Authorization", a);
+                }
+                if let Some(p) = dpop {
+                    r = r.header("DPoP", p);
                 }
                 let text = b.map(Value::to_string).unwrap_or_default();
                 r.send(text.as_bytes()).map_err(transport)?

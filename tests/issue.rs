@@ -509,3 +509,143 @@ fn stale_appraisals_rates_revocation_and_a_missing_issuer_key_stop_issuance() {
     refused(&s, &a, "agent-2", "revoked");
     invariant(&s, &answered);
 }
+
+#[test]
+fn writ_agent_requests_a_writ_and_makes_its_proof_in_the_tpm() {
+    let s = Stack::new();
+    let a = Attester::open(Some(&s.tpm.tcti())).unwrap();
+    let log =
+        writ_hsm::tpm::simboot::simulate_boot(&a, writ_hsm::tpm::simboot::BootProfile::SecureBoot)
+            .unwrap();
+    let log_file = s.dir.path().join("binary_bios_measurements");
+    std::fs::write(&log_file, &log).unwrap();
+    let state = s.dir.path().join("agent");
+    let st = state.to_str().unwrap();
+    let token = s.join_token("ci-7", "600");
+    let tcti = s.tpm.tcti();
+    ok(&s.writ(&[
+        "agent",
+        "enroll",
+        "--server",
+        &s.url(),
+        "--join-token",
+        token.to_str().unwrap(),
+        "--state",
+        st,
+        "--tcti",
+        &tcti,
+    ]));
+    common::runtime::assign(&s, "ci-7", &common::runtime::profile_of(&a));
+    ok(&s.writ(&[
+        "agent",
+        "attest",
+        "--state",
+        st,
+        "--tcti",
+        &tcti,
+        "--event-log",
+        log_file.to_str().unwrap(),
+    ]));
+    ok(&load_policy(&s, &bundle(json!({}))));
+    let writ_file = s.dir.path().join("writ.jws");
+    let out = s.writ(&[
+        "agent",
+        "request",
+        "--state",
+        st,
+        "--tcti",
+        &tcti,
+        "--action",
+        "exec",
+        "--resource",
+        "tools/build",
+        "--audience",
+        AUDIENCE,
+        "--out",
+        writ_file.to_str().unwrap(),
+        "--tool",
+        "build",
+        "--",
+        "make",
+        "all",
+    ]);
+    ok(&out);
+    let writ = std::fs::read_to_string(&writ_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    let argv = vec!["make".to_string(), "all".to_string()];
+    let req = writ_attestation::writ::request::Request::Exec {
+        tool: "build",
+        argv: &argv,
+    };
+    let digest = writ_attestation::writ::request::digest(&req).unwrap();
+    let unverified = writ_attestation::writ::jws::parse(
+        &writ,
+        "writ+jwt",
+        writ_attestation::writ::jws::HeaderShape::Kid,
+    )
+    .unwrap();
+    let payload: Value = serde_json::from_slice(unverified.unverified_payload()).unwrap();
+    assert_eq!(payload["act"]["req"], digest.as_str());
+    // The proof for that writ and request, made in the TPM, verifies as a gateway checks it.
+    let out = s.writ(&[
+        "agent",
+        "proof",
+        "--state",
+        st,
+        "--tcti",
+        &tcti,
+        "--writ",
+        writ_file.to_str().unwrap(),
+        "--tool",
+        "build",
+        "--",
+        "make",
+        "all",
+    ]);
+    ok(&out);
+    let proof = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let (htm, htu) = writ_attestation::writ::request::proof_target(&req).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    dpop::verify(
+        writ_attestation::crypto::default_provider(),
+        &proof,
+        &dpop::Expected {
+            jkt: payload["cnf"]["jkt"].as_str().unwrap(),
+            htm: &htm,
+            htu: &htu,
+            token: &writ,
+            now,
+            skew: 60,
+            nonce: None,
+        },
+    )
+    .unwrap();
+    // A request policy forbids: exit 1, the rule named.
+    let out = s.writ(&[
+        "agent",
+        "request",
+        "--state",
+        st,
+        "--tcti",
+        &tcti,
+        "--action",
+        "exec",
+        "--resource",
+        "db/prod",
+        "--audience",
+        AUDIENCE,
+        "--tool",
+        "psql",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no-production-database"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -12,8 +12,9 @@
 # decision log, enrollment and attestation: an admin join token, writ agent enroll against the
 # swtpm, the reference profile loaded and assigned, writ agent attest (quote, event log, holder
 # key certified by the AK; an EAR token signed by the 'ear' key in the HSM), and writ audit over
-# the log, each client pinning the CA by fingerprint. Not built yet (see README): issuance, the
-# gateway's exec and proxy.
+# the log, each client pinning the CA by fingerprint; then a policy bundle, a writ for one exact
+# command (writ agent request) and its DPoP proof made in the TPM (writ agent proof). Not built yet
+# (see README): delegation writs, the gateway's exec and proxy.
 # When they land, this script grows into the full chain (issue 17).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -110,6 +111,7 @@ fi
 rm -f "$serve_log"
 WRIT_STORE="sqlite:$WRIT_DEV_DIR/writ.db" WRIT_KEYS_CHECKPOINT="$(pkcs11_uri writ-checkpoint)" \
   WRIT_KEYS_CA="$(pkcs11_uri writ-ca)" WRIT_KEYS_EAR="$(pkcs11_uri writ-ear)" \
+  WRIT_KEYS_ISSUER="$(pkcs11_uri writ-issuer)" \
   WRIT_TLS_CA_CERTIFICATE="$WRIT_DEV_DIR/ca.pem" \
   WRIT_ENROLLMENT_EK_ROOTS="$WRIT_DEV_DIR/swtpm/ca" WRIT_ADMIN_TOKEN_FILE="$admin_token" \
   "$writ" serve --config "$here/writ.toml" --listen "127.0.0.1:$port" >"$serve_log" 2>&1 &
@@ -144,6 +146,20 @@ say "Attestation: the reference profile is assigned; the agent quotes its boot a
 "$writ" agent status --state "$WRIT_DEV_DIR/agent"
 "${admin[@]}" runtimes
 
+say "Issuance: the policy bundle is loaded; the agent asks for a writ for one exact command and makes its proof in the TPM"
+"${admin[@]}" load-policy "$root/deploy/policy/example.json"
+agent_tpm=(--state "$WRIT_DEV_DIR/agent" --tcti "$TPM2TOOLS_TCTI")
+"$writ" agent request "${agent_tpm[@]}" --action exec --resource tools/build \
+  --audience spiffe://writ.dev/gateway/tools --out "$WRIT_DEV_DIR/writ.jws" --tool build -- make all
+"$writ" agent proof "${agent_tpm[@]}" --writ "$WRIT_DEV_DIR/writ.jws" --tool build -- make all \
+  >"$WRIT_DEV_DIR/writ.proof"
+echo "writ: $WRIT_DEV_DIR/writ.jws (signed by the 'issuer' key in the token); its DPoP proof: $WRIT_DEV_DIR/writ.proof"
+if "$writ" agent request "${agent_tpm[@]}" --action exec --resource db/prod \
+  --audience spiffe://writ.dev/gateway/tools --tool psql; then
+  echo "policy allowed db/prod: the example policy forbids it" >&2; exit 1
+fi
+echo "(refused as the policy says: no-production-database)"
+
 say "writ audit: every decision above is in the log, under a checkpoint signed in the HSM"
 sleep 2 # checkpoints are signed every second while the log grows
 "$writ" audit check --log "$server" --fingerprint "$fingerprint" --key "$vkey" \
@@ -165,9 +181,12 @@ Attestation checked: the quote by that AK over a fresh single-use nonce and the 
 runtime's profile, the PCR values, the event log replayed and appraised, the TPM's counters, the holder
 key certified by the AK; the EAR token (signed by the 'ear' key in the token, bound to the holder key)
 is in $WRIT_DEV_DIR/agent/last.json.
+Issuance checked: the EAR is the runtime's current appraisal, the DPoP proof by its holder key, the
+policy bundle (deploy/policy/example.json, Cedar) allows the request, and the allow record is durable in
+the log before the writ is answered.
 The store (decision log and runtime registry) is $WRIT_DEV_DIR/writ.db; writ audit remembers the last
 checkpoint it verified.
 The appliance's TLS certificate names spiffe://writ.dev/writ/appliance and is signed by the 'ca' key in
 the token; its CA certificate is $WRIT_DEV_DIR/ca.pem.
-Not built yet: issuance, and the gateway's exec and proxy (see README).
+Not built yet: delegation writs and lineage, and the gateway's exec and proxy (see README).
 DONE
