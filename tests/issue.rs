@@ -649,3 +649,44 @@ fn writ_agent_requests_a_writ_and_makes_its_proof_in_the_tpm() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn with_the_hsm_gone_nothing_is_issued() {
+    let s = Stack::on(
+        Engine::Sqlite,
+        &[
+            "--checkpoint-interval-ms",
+            "500",
+            "--max-checkpoint-age",
+            "3",
+        ],
+    );
+    let rt = ready(&s, "agent-9");
+    let ear = attest(&s, &rt);
+    let url = s.url();
+    ok(&load_policy(&s, &bundle(json!({}))));
+    let (st, v) = request(
+        &s,
+        Some(&ear),
+        Some(&proof(&rt, &url, &ear)),
+        &body("tools/build"),
+    );
+    assert_eq!(st, 200, "{v}");
+    let answered: BTreeSet<String> = [v["writ"].as_str().unwrap().to_string()].into();
+    // The token's files vanish: the issuer key cannot sign, checkpoints cannot be signed, so the
+    // log refuses new records. Nothing is issued, whichever fails first.
+    let tokens = s.hsm.dir().join("tokens");
+    let moved = s.hsm.dir().join("tokens.gone");
+    std::fs::rename(&tokens, &moved).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(4000));
+    let (st, v) = request(
+        &s,
+        Some(&ear),
+        Some(&proof(&rt, &url, &ear)),
+        &body("tools/build"),
+    );
+    assert_eq!(st, 503, "{v}");
+    assert!(v.get("writ").is_none(), "{v}");
+    std::fs::rename(&moved, &tokens).unwrap();
+    invariant(&s, &answered);
+}
