@@ -64,6 +64,10 @@ struct Args {
     /// The writ binary (default: beside this one; build it with `cargo build --release --bin writ`).
     #[arg(long)]
     writ: Option<PathBuf>,
+    /// Measure writ requests (`POST /v1/writs`, a Cedar decision, the issuer's signature in
+    /// SoftHSM2, the record) by attested runtimes instead of attestations.
+    #[arg(long)]
+    writs: bool,
 }
 
 fn run(cmd: &mut Command) -> Vec<u8> {
@@ -217,7 +221,10 @@ struct Sim {
     ak_name: Vec<u8>,
     holder_public: String,
     holder_name: Vec<u8>,
+    holder: p256::ecdsa::SigningKey,
     clock: u64,
+    /// The EAR of the last attestation.
+    ear: String,
 }
 
 struct Appliance {
@@ -274,10 +281,11 @@ fn start(writ: &Path, dir: &Path, hsm: &writ_testkit::SoftHsm, roots: &Path) -> 
         ]));
         uri
     };
-    let (checkpoint, ear, ca) = (
+    let (checkpoint, ear, ca, issuer) = (
         key("checkpoint", "checkpoint"),
         key("ear", "ear"),
         key("ca", "ca"),
+        key("issuer", "issuer"),
     );
     let token = "bench-admin-token-0123456789".to_string();
     writ_testkit::write_secret(&dir.join("admin.token"), &token);
@@ -294,6 +302,8 @@ fn start(writ: &Path, dir: &Path, hsm: &writ_testkit::SoftHsm, roots: &Path) -> 
             &ear,
             "--ca-key",
             &ca,
+            "--issuer-key",
+            &issuer,
         ])
         .args(["--listen", "127.0.0.1:0", "--trust-domain", "writ.bench"])
         .arg("--ek-roots")
@@ -452,6 +462,8 @@ fn enroll(app: &Appliance, dir: &Path, ca: &(PathBuf, PathBuf), name: &str, seri
         ak_name,
         holder_name: name_of(&holder_public),
         holder_public: STANDARD.encode(&holder_public),
+        holder,
+        ear: String::new(),
         clock: 1,
     }
 }
@@ -536,7 +548,76 @@ fn attest_once(
     if st != 200 || v["status"] != "affirming" {
         return Err(format!("attest: {st} {v}"));
     }
+    sim.ear = v["ear"].as_str().unwrap_or_default().to_string();
     Ok(())
+}
+
+/// The holder key in software as a JWS signer.
+struct SoftHolder<'a>(&'a p256::ecdsa::SigningKey);
+
+impl writ_attestation::writ::jws::Es256Signer for SoftHolder<'_> {
+    fn sign_es256(&self, message: &[u8]) -> Result<[u8; 64], writ_attestation::writ::Refusal> {
+        let digest: [u8; 32] = Sha256::digest(message).into();
+        let sig: p256::ecdsa::Signature = self.0.sign_prehash(&digest).unwrap();
+        Ok(sig.to_bytes().as_slice().try_into().unwrap())
+    }
+}
+
+/// One writ request: a DPoP proof by the holder key with the EAR, `POST /v1/writs`.
+fn writ_once(app_url: &str, agent: &ureq::Agent, sim: &Sim, n: u64) -> Result<(), String> {
+    use writ_attestation::writ::dpop;
+    let mut jti = [0u8; 16];
+    getrandom::fill(&mut jti).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let proof = dpop::create(
+        &SoftHolder(&sim.holder),
+        &writ_attestation::jwk::EcJwk::from_verifying_key(sim.holder.verifying_key()),
+        &dpop::ProofClaims {
+            jti: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(jti),
+            iat: now,
+            htm: "POST".into(),
+            htu: format!("{app_url}/v1/writs"),
+            ath: dpop::ath(&sim.ear),
+            nonce: None,
+        },
+    )
+    .map_err(|e| e.detail)?;
+    let body = json!({
+        "action": "exec",
+        "resource": format!("tools/build/{}", n % 64),
+        "audience": "spiffe://writ.bench/gateway/tools",
+        "req": format!("sha256:{}", hex::encode(Sha256::digest(n.to_be_bytes()))),
+    })
+    .to_string();
+    let mut resp = agent
+        .post(format!("{app_url}/v1/writs"))
+        .header("Content-Type", "application/json")
+        .header("Authorization", format!("DPoP {}", sim.ear))
+        .header("DPoP", proof)
+        .send(body.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    if status != 200 {
+        return Err(format!("writ: {status} {text}"));
+    }
+    Ok(())
+}
+
+/// The bench's policy bundle: deploy/policy/example.json (for this trust domain), with a rate
+/// bound no simulated runtime reaches.
+fn bench_policy() -> Value {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/policy/example.json"),
+    )
+    .unwrap()
+    .replace("writ.dev", "writ.bench");
+    let mut b: Value = serde_json::from_str(&text).unwrap();
+    b["rate_per_minute"] = json!(1_000_000);
+    b
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -659,6 +740,19 @@ fn main() {
     for s in &mut sims {
         attest_once(&app.url, &app.agent, s, &log_b64, &pcrs, &pcrs_json).unwrap();
     }
+    let writs = args.writs;
+    if writs {
+        let (st, v) = post(
+            &app.agent,
+            &format!("{}/v1/admin/policy", app.url),
+            &bench_policy().to_string(),
+            admin,
+        );
+        assert_eq!(st, 200, "{v}");
+        for (i, s) in sims.iter().enumerate() {
+            writ_once(&app.url, &app.agent, s, i as u64).unwrap();
+        }
+    }
 
     let warmup = Duration::from_secs(2);
     let window = Duration::from_secs_f64(args.seconds);
@@ -692,9 +786,15 @@ fn main() {
             std::thread::spawn(move || {
                 let mut lat = Vec::new();
                 let mut errors = Vec::new();
+                let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     let t = Instant::now();
-                    let r = attest_once(&url, &agent, &mut sim, &log_b64, &pcrs, &pcrs_json);
+                    n += 1;
+                    let r = if writs {
+                        writ_once(&url, &agent, &sim, n)
+                    } else {
+                        attest_once(&url, &agent, &mut sim, &log_b64, &pcrs, &pcrs_json)
+                    };
                     if measuring.load(Ordering::Relaxed) {
                         match r {
                             Ok(()) => lat.push(t.elapsed()),
@@ -727,15 +827,19 @@ fn main() {
     let rate = all.len() as f64 / elapsed;
     println!("attest-bench on {}", machine::describe());
     println!(
-        "  {} workers, {:.1} s: {} attestations affirmed, {} refused or failed",
+        "  {} workers, {:.1} s: {} answered, {} refused or failed",
         args.workers,
         elapsed,
         all.len(),
         errors.len()
     );
-    println!("  rate: {rate:.0} attestations/s (nonce + attest, HTTPS, 49 KB log)");
+    if writs {
+        println!("  rate: {rate:.0} writs/s (POST /v1/writs with EAR and DPoP proof, HTTPS)");
+    } else {
+        println!("  rate: {rate:.0} attestations/s (nonce + attest, HTTPS, 49 KB log)");
+    }
     println!(
-        "  latency (nonce + attest): p50 {:.1} ms, p99 {:.1} ms",
+        "  latency (per round): p50 {:.1} ms, p99 {:.1} ms",
         percentile(&all, 0.50),
         percentile(&all, 0.99)
     );
