@@ -179,7 +179,8 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
     writ::files::write_atomically(path, bytes, 0o600, writ::files::Existing::Replace)
 }
 
-fn load_ak(path: &Path) -> Result<Option<KeyBlob>, String> {
+/// A TPM-wrapped key blob kept in the state folder (the AK, a holder key), if there is one.
+fn load_blob(path: &Path) -> Result<Option<KeyBlob>, String> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -327,28 +328,6 @@ impl RequestSpec {
     }
 }
 
-/// Signs with the holder key the last attestation certified (a PCR-bound one in a policy
-/// session over the selection it was bound to).
-struct HolderSigner<'a> {
-    tpm: &'a Attester,
-    key: writ_hsm::tpm::attester::LoadedKey,
-    bound: Option<writ_hsm::tpm::attester::PcrSelection>,
-}
-
-impl writ_attestation::writ::jws::Es256Signer for HolderSigner<'_> {
-    fn sign_es256(&self, message: &[u8]) -> Result<[u8; 64], writ_attestation::writ::Refusal> {
-        let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(message).into();
-        let sig = match &self.bound {
-            None => self.tpm.sign_digest(&self.key, &digest),
-            Some(sel) => self.tpm.sign_digest_bound(&self.key, sel, &digest),
-        }
-        .map_err(|e| writ_attestation::writ::Refusal::new("signing", format!("holder key: {e}")))?;
-        sig.to_bytes().as_slice().try_into().map_err(|_| {
-            writ_attestation::writ::Refusal::new("signing", "a signature of the wrong size")
-        })
-    }
-}
-
 /// A DPoP proof by the holder key of the last attestation for (`htm`, `htu`) with `token`.
 fn holder_proof(
     tpm: &Attester,
@@ -377,7 +356,7 @@ fn holder_proof(
     } else {
         "holder.json"
     };
-    let blob = load_ak(&state.join(file))?.ok_or("no holder key: attest first")?;
+    let blob = load_blob(&state.join(file))?.ok_or("no holder key: attest first")?;
     let public = writ_attestation::tpm::public::Public::from_tpmt(&blob.public)
         .map_err(|e| format!("{file}: {e}"))?;
     let writ_attestation::tpm::public::KeyParams::Ecc { x, y, .. } = public.params() else {
@@ -403,8 +382,12 @@ fn holder_proof(
         ath: writ_attestation::writ::dpop::ath(token),
         nonce: None,
     };
-    writ_attestation::writ::dpop::create(&HolderSigner { tpm, key, bound }, &jwk, &claims)
-        .map_err(|e| format!("the proof: {}", e.detail))
+    writ_attestation::writ::dpop::create(
+        &writ_hsm::tpm::attester::HolderSigner { tpm, key, bound },
+        &jwk,
+        &claims,
+    )
+    .map_err(|e| format!("the proof: {}", e.detail))
 }
 
 fn request(a: &RequestArgs) -> Result<(), Failure> {
@@ -562,7 +545,7 @@ fn holder_key(
             ));
         }
     };
-    if let Some(blob) = load_ak(&key_path)? {
+    if let Some(blob) = load_blob(&key_path)? {
         let current = match bound {
             None => true,
             Some(sel) => {
@@ -614,7 +597,7 @@ fn attest(a: &Attest) -> Result<(), Failure> {
             .ok_or_else(|| format!("identity.json has no {k}"))
     };
     let (server, name) = (text("server")?, text("name")?);
-    let ak = load_ak(&state.join("ak.json"))?.ok_or("no AK in the state folder (enroll first)")?;
+    let ak = load_blob(&state.join("ak.json"))?.ok_or("no AK in the state folder (enroll first)")?;
     let client = Client::new(
         &server,
         &Trust {
@@ -786,7 +769,7 @@ fn enroll(a: &Enroll) -> Result<(), String> {
     )?;
     let ek_public = tpm.ek_public().map_err(|e| format!("EK: {e}"))?;
     let ak_path = a.common.state.join("ak.json");
-    let ak = match load_ak(&ak_path)? {
+    let ak = match load_blob(&ak_path)? {
         Some(ak) => {
             step("using the AK from an earlier enrollment");
             ak

@@ -132,7 +132,8 @@ fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-fn digest(bytes: &[u8]) -> String {
+/// `sha256:<hex>` of `bytes`, the form of every digest in records, writs and bundle hashes.
+pub(crate) fn digest(bytes: &[u8]) -> String {
     format!("sha256:{}", sha256_hex(bytes))
 }
 
@@ -312,37 +313,6 @@ struct Rec<'a> {
     digests: &'a [(&'a str, String)],
 }
 
-impl Rec<'_> {
-    fn leaf(&self) -> Result<Vec<u8>, Problem> {
-        let r = DecisionRecord {
-            v: RECORD_VERSION,
-            kind: self.kind,
-            time: now()?,
-            subject: self.subject.to_string(),
-            decision: if self.reason.is_some() {
-                Decision::Deny
-            } else {
-                Decision::Allow
-            },
-            reasons: self.reason.map(|r| vec![r.to_string()]).unwrap_or_default(),
-            digests: self
-                .digests
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.clone()))
-                .collect::<BTreeMap<_, _>>(),
-            policy_bundle_hash: None,
-            parent: None,
-        };
-        r.to_leaf().map_err(|e| {
-            Problem::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "record",
-                format!("a decision record could not be made: {e}"),
-            )
-        })
-    }
-}
-
 impl Appliance {
     /// An appliance over `log` (whose store holds the state tables).
     pub fn new(log: Arc<DecisionLog>, config: ApplianceConfig) -> Self {
@@ -386,14 +356,67 @@ impl Appliance {
 
     /// Appends `rec` with `effect`; counts the decision once it is durable.
     fn logged(&self, rec: &Rec<'_>, effect: Vec<Op>) -> Result<Result<u64, StoreError>, Problem> {
-        let leaf = rec.leaf()?;
+        self.append_decision(
+            rec.kind,
+            rec.subject,
+            rec.reason.as_slice(),
+            rec.digests,
+            None,
+            effect,
+        )
+    }
+
+    /// Appends one decision record (deny with `reasons`, each once, or allow if there are
+    /// none; under `policy` when a policy bundle decided) with `effect`, the state change it
+    /// commits with; counts the decision once it is durable. Every decision of the appliance
+    /// is recorded through here.
+    fn append_decision(
+        &self,
+        kind: Kind,
+        subject: &str,
+        reasons: &[&'static str],
+        digests: &[(&str, String)],
+        policy: Option<&str>,
+        effect: Vec<Op>,
+    ) -> Result<Result<u64, StoreError>, Problem> {
+        let mut codes: Vec<String> = Vec::new();
+        for r in reasons {
+            if !codes.iter().any(|c| c == r) {
+                codes.push(r.to_string());
+            }
+        }
+        let record = DecisionRecord {
+            v: RECORD_VERSION,
+            kind,
+            time: now()?,
+            subject: subject.to_string(),
+            decision: if reasons.is_empty() {
+                Decision::Allow
+            } else {
+                Decision::Deny
+            },
+            reasons: codes,
+            digests: digests
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect::<BTreeMap<_, _>>(),
+            policy_bundle_hash: policy.map(str::to_string),
+            parent: None,
+        };
+        let leaf = record.to_leaf().map_err(|e| {
+            Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "record",
+                format!("a decision record could not be made: {e}"),
+            )
+        })?;
         let r = self.log.append_with(vec![leaf], effect);
         if r.is_ok() {
-            let kind = serde_json::to_value(rec.kind)
+            let kind = serde_json::to_value(kind)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_string))
                 .unwrap_or_default();
-            match rec.reason {
+            match reasons.first() {
                 Some(code) => self.metrics.decision(&kind, "deny", code),
                 None => self.metrics.decision(&kind, "allow", "ok"),
             }

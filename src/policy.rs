@@ -24,7 +24,6 @@ use cedar_policy::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 /// The bundle format version.
 pub const BUNDLE_VERSION: u32 = 1;
@@ -209,10 +208,7 @@ impl LoadedPolicy {
             &serde_json::to_value(&bundle).map_err(|e| BundleError(e.to_string()))?,
         )
         .map_err(|e| BundleError(e.to_string()))?;
-        let hash = format!(
-            "sha256:{}",
-            hex::encode(Sha256::digest(canonical.as_bytes()))
-        );
+        let hash = crate::appliance::digest(canonical.as_bytes());
         Ok(LoadedPolicy {
             bundle,
             hash,

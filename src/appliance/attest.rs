@@ -36,7 +36,7 @@ use writ_attestation::crypto::default_provider;
 use writ_attestation::evidence::{
     CheckedAk, CounterChange, Nonce, TpmAttributes, verify_certify, verify_quote,
 };
-use writ_attestation::log::record::{Decision, DecisionRecord, Kind, RECORD_VERSION};
+use writ_attestation::log::record::Kind;
 use writ_attestation::tpm::HashAlg;
 use writ_attestation::tpm::attest::ClockInfo;
 use writ_attestation::tpm::pcr::{PcrSelection, PcrValues};
@@ -380,56 +380,6 @@ impl Appliance {
         })
     }
 
-    /// Appends an attestation decision (with `reasons`, none for an allow) and its state
-    /// change; counts it once durable.
-    fn attest_logged(
-        &self,
-        subject: &str,
-        reasons: &[&'static str],
-        digests: &[(&str, String)],
-        effect: Vec<Op>,
-    ) -> Result<Result<u64, StoreError>, Problem> {
-        let mut codes: Vec<String> = Vec::new();
-        for r in reasons {
-            if !codes.iter().any(|c| c == r) {
-                codes.push(r.to_string());
-            }
-        }
-        let record = DecisionRecord {
-            v: RECORD_VERSION,
-            kind: Kind::Attest,
-            time: now()?,
-            subject: subject.to_string(),
-            decision: if reasons.is_empty() {
-                Decision::Allow
-            } else {
-                Decision::Deny
-            },
-            reasons: codes,
-            digests: digests
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.clone()))
-                .collect(),
-            policy_bundle_hash: None,
-            parent: None,
-        };
-        let leaf = record.to_leaf().map_err(|e| {
-            Problem::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "record",
-                format!("a decision record could not be made: {e}"),
-            )
-        })?;
-        let r = self.log.append_with(vec![leaf], effect);
-        if r.is_ok() {
-            match reasons.first() {
-                Some(code) => self.metrics.decision("attest", "deny", code),
-                None => self.metrics.decision("attest", "allow", "ok"),
-            }
-        }
-        Ok(r)
-    }
-
     /// Verifies an attestation; see the module's documentation.
     pub fn attest(&self, req: &AttestRequest) -> Result<AttestAnswer, Problem> {
         if !valid_name(&req.name) {
@@ -494,20 +444,26 @@ impl Appliance {
         let provider = default_provider();
         // The quote first: until its signature verifies with the runtime's AK, nobody is
         // identified (any name can be claimed) and the refusal is not a record.
-        let quote = match &required {
-            Some(sel) => verify_quote(provider, &ak, &quote_attest, &quote_sig, &nonce, sel, &pcrs),
-            // No profile: the signature still decides who is asking.
-            None => verify_quote(
-                provider,
-                &ak,
-                &quote_attest,
-                &quote_sig,
-                &nonce,
-                &PcrSelection::new(vec![(HashAlg::Sha256, vec![0])])
-                    .map_err(|e| malformed(e.to_string()))?,
-                &pcrs,
-            ),
+        // Without a profile there is no selection to require; the signature still decides who
+        // is asking (the selection check then fails, and `no_profile` is the refusal).
+        let placeholder;
+        let selection = match &required {
+            Some(sel) => sel,
+            None => {
+                placeholder = PcrSelection::new(vec![(HashAlg::Sha256, vec![0])])
+                    .map_err(|e| malformed(e.to_string()))?;
+                &placeholder
+            }
         };
+        let quote = verify_quote(
+            provider,
+            &ak,
+            &quote_attest,
+            &quote_sig,
+            &nonce,
+            selection,
+            &pcrs,
+        );
         // Only these failures can follow a verified signature (verify_quote checks the
         // signature first); anything else, whatever it is, is a quote nobody is known to have
         // signed.
@@ -532,7 +488,7 @@ impl Appliance {
         // Identified from here on: every refusal is logged before it is answered.
         let deny =
             |code: &'static str, status: StatusCode, detail: String, effect: Vec<Op>| match self
-                .attest_logged(&subject, &[code], &digests, effect)
+                .append_decision(Kind::Attest, &subject, &[code], &digests, None, effect)
             {
                 Ok(Ok(_)) => Problem::new(status, code, detail).identified(),
                 Ok(Err(StoreError::Conflict { code, detail })) => self.deny(
@@ -762,8 +718,14 @@ impl Appliance {
                 // runtime's state stays as it was.
                 Err(p) => {
                     return Err(
-                        match self.attest_logged(&subject, &["ear_signing"], &digests, vec![spend])
-                        {
+                        match self.append_decision(
+                            Kind::Attest,
+                            &subject,
+                            &["ear_signing"],
+                            &digests,
+                            None,
+                            vec![spend],
+                        ) {
                             Ok(Ok(_)) => p,
                             Ok(Err(e)) => store_problem(e),
                             Err(p2) => p2,
@@ -853,30 +815,38 @@ impl Appliance {
         } else {
             appraisal.reasons.iter().map(|r| r.code).collect()
         };
-        let index = match self.attest_logged(&subject, &codes, &digests, effect)? {
-            Ok(i) => i,
-            // Revoked or overtaken meanwhile: refused, and the nonce is spent with the refusal
-            // (if another use spent it first, that is the refusal).
-            Err(StoreError::Conflict { code, detail }) => {
-                return Err(
-                    match self.attest_logged(&subject, &[code], &digests, vec![spend])? {
-                        Ok(_) => Problem::new(StatusCode::FORBIDDEN, code, detail).identified(),
-                        Err(StoreError::Conflict { code, detail }) => self.deny(
-                            Rec {
-                                kind: Kind::Attest,
-                                subject: &subject,
-                                reason: Some(code),
-                                digests: &digests,
-                            },
-                            StatusCode::FORBIDDEN,
-                            detail,
-                        ),
-                        Err(e) => store_problem(e),
-                    },
-                );
-            }
-            Err(e) => return Err(store_problem(e)),
-        };
+        let index =
+            match self.append_decision(Kind::Attest, &subject, &codes, &digests, None, effect)? {
+                Ok(i) => i,
+                // Revoked or overtaken meanwhile: refused, and the nonce is spent with the refusal
+                // (if another use spent it first, that is the refusal).
+                Err(StoreError::Conflict { code, detail }) => {
+                    return Err(
+                        match self.append_decision(
+                            Kind::Attest,
+                            &subject,
+                            &[code],
+                            &digests,
+                            None,
+                            vec![spend],
+                        )? {
+                            Ok(_) => Problem::new(StatusCode::FORBIDDEN, code, detail).identified(),
+                            Err(StoreError::Conflict { code, detail }) => self.deny(
+                                Rec {
+                                    kind: Kind::Attest,
+                                    subject: &subject,
+                                    reason: Some(code),
+                                    digests: &digests,
+                                },
+                                StatusCode::FORBIDDEN,
+                                detail,
+                            ),
+                            Err(e) => store_problem(e),
+                        },
+                    );
+                }
+                Err(e) => return Err(store_problem(e)),
+            };
         match ear {
             Some(ear) => Ok(AttestAnswer {
                 spiffe_id: subject,

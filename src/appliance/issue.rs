@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use writ_attestation::crypto::default_provider;
 use writ_attestation::jwk::EcJwk;
-use writ_attestation::log::record::{Decision, DecisionRecord, Kind, RECORD_VERSION};
+use writ_attestation::log::record::Kind;
 use writ_attestation::writ::claims::{Act, Att, Cnf, Lin, WritClaims, is_digest};
 use writ_attestation::writ::dpop;
 use writ_attestation::writ::jws::{self, HeaderShape};
@@ -160,26 +160,6 @@ impl Appliance {
             )
         })?;
         let t = now()?;
-        let rec = DecisionRecord {
-            v: RECORD_VERSION,
-            kind: Kind::Policy,
-            time: t,
-            subject: admin.to_string(),
-            decision: Decision::Allow,
-            reasons: Vec::new(),
-            digests: [("policy_bundle".to_string(), loaded.hash.clone())]
-                .into_iter()
-                .collect(),
-            policy_bundle_hash: Some(loaded.hash.clone()),
-            parent: None,
-        };
-        let leaf = rec.to_leaf().map_err(|e| {
-            Problem::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "record",
-                format!("a decision record could not be made: {e}"),
-            )
-        })?;
         let effect = vec![Op {
             sql: "INSERT INTO policy_bundles (generation, hash, bundle, loaded_at)
                   SELECT COALESCE(MAX(generation), 0) + 1, $1, $2, $3 FROM policy_bundles",
@@ -190,59 +170,21 @@ impl Appliance {
             ],
             must_affect: None,
         }];
-        match self.log.append_with(vec![leaf], effect) {
+        match self.append_decision(
+            Kind::Policy,
+            admin,
+            &[],
+            &[("policy_bundle", loaded.hash.clone())],
+            Some(&loaded.hash),
+            effect,
+        )? {
             Ok(_) => {
-                self.metrics.decision("policy", "allow", "ok");
                 // Read back on next use (the generation is the store's).
                 self.forget_policy();
                 Ok(loaded.hash)
             }
             Err(e) => Err(store_problem(e)),
         }
-    }
-
-    /// Appends an `issue` decision with its state change; counts it once durable.
-    fn issue_logged(
-        &self,
-        subject: &str,
-        reason: Option<&'static str>,
-        digests: &[(&str, String)],
-        policy: Option<&str>,
-        effect: Vec<Op>,
-    ) -> Result<Result<u64, StoreError>, Problem> {
-        let record = DecisionRecord {
-            v: RECORD_VERSION,
-            kind: Kind::Issue,
-            time: now()?,
-            subject: subject.to_string(),
-            decision: if reason.is_some() {
-                Decision::Deny
-            } else {
-                Decision::Allow
-            },
-            reasons: reason.map(|r| vec![r.to_string()]).unwrap_or_default(),
-            digests: digests
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.clone()))
-                .collect(),
-            policy_bundle_hash: policy.map(str::to_string),
-            parent: None,
-        };
-        let leaf = record.to_leaf().map_err(|e| {
-            Problem::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "record",
-                format!("a decision record could not be made: {e}"),
-            )
-        })?;
-        let r = self.log.append_with(vec![leaf], effect);
-        if r.is_ok() {
-            match reason {
-                Some(code) => self.metrics.decision("issue", "deny", code),
-                None => self.metrics.decision("issue", "allow", "ok"),
-            }
-        }
-        Ok(r)
     }
 
     /// Issues an execution writ; see the module's documentation. `htu` is the URL the request
@@ -313,18 +255,20 @@ impl Appliance {
                     "too many refused writ requests for this runtime this minute",
                 );
             }
-            match self.issue_logged(
+            match self.append_decision(
+                Kind::Issue,
                 &subject,
-                Some(code),
+                &[code],
                 digests,
                 policy_hash.as_deref(),
                 effect,
             ) {
                 Ok(Ok(_)) => Problem::new(status, code, detail).identified(),
                 Ok(Err(StoreError::Conflict { code, detail })) => {
-                    match self.issue_logged(
+                    match self.append_decision(
+                        Kind::Issue,
                         &subject,
-                        Some(code),
+                        &[code],
                         digests,
                         policy_hash.as_deref(),
                         Vec::new(),
@@ -698,9 +642,10 @@ impl Appliance {
             Err(e) => {
                 self.metrics.error("custody", "issuer_signing");
                 return Err(
-                    match self.issue_logged(
+                    match self.append_decision(
+                        Kind::Issue,
                         &subject,
-                        Some("issuer_signing"),
+                        &["issuer_signing"],
                         &digests,
                         Some(&policy.hash),
                         spent(),
@@ -754,7 +699,14 @@ impl Appliance {
             },
             spend_proof(true),
         ];
-        let index = match self.issue_logged(&subject, None, &allowed, Some(&policy.hash), effect)? {
+        let index = match self.append_decision(
+            Kind::Issue,
+            &subject,
+            &[],
+            &allowed,
+            Some(&policy.hash),
+            effect,
+        )? {
             Ok(i) => i,
             Err(StoreError::Conflict { code, detail }) => {
                 if code == "policy_changed" {
@@ -762,9 +714,10 @@ impl Appliance {
                 }
                 // Refused, and logged; the writ made for it is never answered.
                 return Err(
-                    match self.issue_logged(
+                    match self.append_decision(
+                        Kind::Issue,
                         &subject,
-                        Some(code),
+                        &[code],
                         &digests,
                         Some(&policy.hash),
                         spent(),

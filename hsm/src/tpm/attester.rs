@@ -347,9 +347,20 @@ impl Attester {
             EccCurve::NistP256,
         )
         .map_err(|e| CustodyError::tpm("template", e))?;
+        self.create_under_srk("Create (holder key)", &template, auth)
+    }
+
+    /// Creates a key from `template` under the owner hierarchy's ECC storage key, with `auth`
+    /// as its authValue (sent inside the salted session).
+    fn create_under_srk(
+        &self,
+        op: &'static str,
+        template: &Public,
+        auth: Option<Auth>,
+    ) -> Result<KeyBlob, CustodyError> {
         let mut st = self.device.lock()?;
         let srk = create_srk(&mut st)?;
-        let created = st.with_session("Create (holder key)", ObjectAuth::Set, |c| {
+        let created = st.with_session(op, ObjectAuth::Set, |c| {
             c.create(srk, template.clone(), auth.clone(), None, None, None)
         });
         flush(&mut st, srk.into());
@@ -405,14 +416,7 @@ impl Attester {
             .with_ecc_unique_identifier(EccPoint::default())
             .build()
             .map_err(template_error)?;
-        let mut st = self.device.lock()?;
-        let srk = create_srk(&mut st)?;
-        let created = st.with_session("Create (PCR-bound holder key)", ObjectAuth::Set, |c| {
-            c.create(srk, template.clone(), Some(auth.clone()), None, None, None)
-        });
-        flush(&mut st, srk.into());
-        let created = created?;
-        blob(&created.out_public, &created.out_private)
+        self.create_under_srk("Create (PCR-bound holder key)", &template, Some(auth))
     }
 
     /// Signs a SHA-256 digest with a loaded key made by
@@ -613,6 +617,34 @@ impl Attester {
         let mut st = self.device.lock()?;
         st.with_session("PCR_Extend", ObjectAuth::Empty, |c| {
             c.pcr_extend(handle, values.clone())
+        })
+    }
+}
+
+/// A holder key in the TPM as an ES256 JWS signer (DPoP proofs): the SHA-256 of the signing
+/// input, signed by the key; in a policy session over `bound` for a key made by
+/// [`Attester::create_holder_key_bound`].
+#[derive(Debug)]
+pub struct HolderSigner<'a> {
+    /// The TPM the key is loaded in.
+    pub tpm: &'a Attester,
+    /// The loaded holder key.
+    pub key: LoadedKey,
+    /// The selection a PCR-bound key's policy asserts; `None` for a key without one.
+    pub bound: Option<PcrSelection>,
+}
+
+impl writ_attestation::writ::jws::Es256Signer for HolderSigner<'_> {
+    fn sign_es256(&self, message: &[u8]) -> Result<[u8; 64], writ_attestation::writ::Refusal> {
+        use sha2::Digest as _;
+        let digest: [u8; 32] = sha2::Sha256::digest(message).into();
+        let sig = match &self.bound {
+            None => self.tpm.sign_digest(&self.key, &digest),
+            Some(sel) => self.tpm.sign_digest_bound(&self.key, sel, &digest),
+        }
+        .map_err(|e| writ_attestation::writ::Refusal::new("signing", format!("holder key: {e}")))?;
+        sig.to_bytes().as_slice().try_into().map_err(|_| {
+            writ_attestation::writ::Refusal::new("signing", "an ES256 signature of the wrong size")
         })
     }
 }
