@@ -15,11 +15,11 @@ use std::path::Path;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use common::runtime::{HOLDER_AUTH, Runtime, assign, last, ok, profile_of, ready};
+use common::runtime::{HOLDER_AUTH, Runtime, agent_enrolled, assign, last, ok, profile_of, ready};
 use common::stack::{Engine, Stack, TD};
 use serde_json::{Value, json};
 use writ_attestation::tpm::pcr::PcrSelection;
-use writ_hsm::tpm::attester::{Attester, KeyBlob};
+use writ_hsm::tpm::attester::KeyBlob;
 use writ_hsm::tpm::simboot::{BootProfile, simulate_boot};
 use writ_testkit::Swtpm;
 
@@ -51,25 +51,9 @@ fn agent_attest(s: &Stack, state: &Path, log: &Path) -> std::process::Output {
 #[test]
 fn a_swtpm_runtime_enrolls_and_attests_with_writ_agent() {
     let s = Stack::new();
-    // The runtime boots (simulated measured boot into the swtpm) and keeps its event log.
-    let a = Attester::open(Some(&s.tpm.tcti())).unwrap();
-    let log = simulate_boot(&a, BootProfile::SecureBoot).unwrap();
-    let log_file = s.dir.path().join("binary_bios_measurements");
-    std::fs::write(&log_file, &log).unwrap();
-    let state = s.dir.path().join("agent");
-    let token = s.join_token("web-1", "600");
-    ok(&s.writ(&[
-        "agent",
-        "enroll",
-        "--server",
-        &s.url(),
-        "--join-token",
-        token.to_str().unwrap(),
-        "--state",
-        state.to_str().unwrap(),
-        "--tcti",
-        &s.tpm.tcti(),
-    ]));
+    // The runtime boots (simulated measured boot into the swtpm), keeps its event log, enrolls.
+    let (a, log_file, state) = agent_enrolled(&s, "web-1");
+    let log = std::fs::read(&log_file).unwrap();
     // Without a profile there is nothing to appraise against.
     let out = agent_attest(&s, &state, &log_file);
     assert_eq!(out.status.code(), Some(1));
@@ -535,55 +519,11 @@ fn a_profile_can_bind_the_holder_key_to_the_attested_pcrs() {
     {
         let values = rt.tpm.read_pcrs(&sel).unwrap();
         let policy = writ_attestation::tpm::policy::pcr_and_auth_value(&sel, &values).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("policy.bin"), &policy).unwrap();
-        s.tpm.tool(
-            dir.path(),
-            &[
-                "tpm2_createprimary",
-                "-C",
-                "o",
-                "-g",
-                "sha256",
-                "-G",
-                "ecc256:aes128cfb",
-                "-a",
-                "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda|restricted|decrypt",
-                "-c",
-                "srk.ctx",
-            ],
+        let loose = tool_key(
+            &s.tpm,
+            "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|sign",
+            Some(&policy),
         );
-        s.tpm.tool(dir.path(), &["tpm2_flushcontext", "-t"]);
-        s.tpm.tool(
-            dir.path(),
-            &[
-                "tpm2_create",
-                "-C",
-                "srk.ctx",
-                "-g",
-                "sha256",
-                "-G",
-                "ecc256:ecdsa-sha256",
-                "-L",
-                "policy.bin",
-                "-a",
-                "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|sign",
-                "-u",
-                "k.pub",
-                "-r",
-                "k.priv",
-            ],
-        );
-        s.tpm.tool(dir.path(), &["tpm2_flushcontext", "-t"]);
-        let public = std::fs::read(dir.path().join("k.pub")).unwrap()[2..].to_vec();
-        let private = std::fs::read(dir.path().join("k.priv")).unwrap()[2..].to_vec();
-        let mut name = vec![0x00, 0x0b];
-        name.extend_from_slice(&<sha2::Sha256 as sha2::Digest>::digest(&public));
-        let loose = KeyBlob {
-            public,
-            private,
-            name,
-        };
         let n = rt.nonce(&s);
         let mut body = rt.evidence(&n);
         let nonce = STANDARD.decode(n["nonce"].as_str().unwrap()).unwrap();
@@ -620,24 +560,7 @@ fn a_profile_can_bind_the_holder_key_to_the_attested_pcrs() {
 #[test]
 fn writ_agent_makes_a_bound_holder_key_when_the_profile_asks() {
     let s = Stack::new();
-    let a = Attester::open(Some(&s.tpm.tcti())).unwrap();
-    let log = simulate_boot(&a, BootProfile::SecureBoot).unwrap();
-    let log_file = s.dir.path().join("binary_bios_measurements");
-    std::fs::write(&log_file, &log).unwrap();
-    let state = s.dir.path().join("agent");
-    let token = s.join_token("ci-1", "600");
-    ok(&s.writ(&[
-        "agent",
-        "enroll",
-        "--server",
-        &s.url(),
-        "--join-token",
-        token.to_str().unwrap(),
-        "--state",
-        state.to_str().unwrap(),
-        "--tcti",
-        &s.tpm.tcti(),
-    ]));
+    let (a, log_file, state) = agent_enrolled(&s, "ci-1");
     let mut profile = profile_of(&a);
     profile["holder_pcr_policy"] = json!(true);
     assign(&s, "ci-1", &profile);
@@ -695,52 +618,7 @@ fn relabelled_events_and_keys_not_bound_to_the_tpm_are_refused() {
 
     // A duplicable key (fixedTPM and fixedParent clear), made with tpm2-tools under the same
     // storage key the attester uses, certified by the enrolled AK: not a holder key.
-    let dir = tempfile::tempdir().unwrap();
-    s.tpm.tool(
-        dir.path(),
-        &[
-            "tpm2_createprimary",
-            "-C",
-            "o",
-            "-g",
-            "sha256",
-            "-G",
-            "ecc256:aes128cfb",
-            "-a",
-            "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda|restricted|decrypt",
-            "-c",
-            "srk.ctx",
-        ],
-    );
-    s.tpm.tool(dir.path(), &["tpm2_flushcontext", "-t"]);
-    s.tpm.tool(
-        dir.path(),
-        &[
-            "tpm2_create",
-            "-C",
-            "srk.ctx",
-            "-g",
-            "sha256",
-            "-G",
-            "ecc256:ecdsa-sha256",
-            "-a",
-            "sign|userwithauth|sensitivedataorigin",
-            "-u",
-            "dup.pub",
-            "-r",
-            "dup.priv",
-        ],
-    );
-    s.tpm.tool(dir.path(), &["tpm2_flushcontext", "-t"]);
-    let public = std::fs::read(dir.path().join("dup.pub")).unwrap()[2..].to_vec();
-    let private = std::fs::read(dir.path().join("dup.priv")).unwrap()[2..].to_vec();
-    let mut name = vec![0x00, 0x0b];
-    name.extend_from_slice(&<sha2::Sha256 as sha2::Digest>::digest(&public));
-    let duplicable = KeyBlob {
-        public,
-        private,
-        name,
-    };
+    let duplicable = tool_key(&s.tpm, "sign|userwithauth|sensitivedataorigin", None);
     let n = rt.nonce(&s);
     let mut body = rt.evidence(&n);
     {
@@ -797,4 +675,59 @@ fn forged_quotes_are_rate_limited_and_an_appliance_without_an_ear_key_issues_not
     refused_and_logged(&s, &a, "noear-1", "nonce_consumed");
     let list: Value = serde_json::from_slice(&s.admin(&["runtimes"]).stdout).unwrap();
     assert!(list[0]["attestation"].is_null(), "{list}");
+}
+
+/// A P-256 signing key with `attributes` (tpm2-tools syntax) and `policy` as its authPolicy,
+/// made with tpm2-tools under the storage key the attester uses (its template is deterministic),
+/// so the attester can load it.
+fn tool_key(tpm: &Swtpm, attributes: &str, policy: Option<&[u8]>) -> KeyBlob {
+    let dir = tempfile::tempdir().unwrap();
+    tpm.tool(
+        dir.path(),
+        &[
+            "tpm2_createprimary",
+            "-C",
+            "o",
+            "-g",
+            "sha256",
+            "-G",
+            "ecc256:aes128cfb",
+            "-a",
+            "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda|restricted|decrypt",
+            "-c",
+            "srk.ctx",
+        ],
+    );
+    tpm.tool(dir.path(), &["tpm2_flushcontext", "-t"]);
+    let mut args = vec![
+        "tpm2_create",
+        "-C",
+        "srk.ctx",
+        "-g",
+        "sha256",
+        "-G",
+        "ecc256:ecdsa-sha256",
+        "-a",
+        attributes,
+        "-u",
+        "k.pub",
+        "-r",
+        "k.priv",
+    ];
+    if let Some(p) = policy {
+        std::fs::write(dir.path().join("policy.bin"), p).unwrap();
+        args.extend(["-L", "policy.bin"]);
+    }
+    tpm.tool(dir.path(), &args);
+    tpm.tool(dir.path(), &["tpm2_flushcontext", "-t"]);
+    // tpm2-tools writes TPM2B_PUBLIC and TPM2B_PRIVATE: the buffers follow a 2-byte size.
+    let public = std::fs::read(dir.path().join("k.pub")).unwrap()[2..].to_vec();
+    let private = std::fs::read(dir.path().join("k.priv")).unwrap()[2..].to_vec();
+    let mut name = vec![0x00, 0x0b];
+    name.extend_from_slice(&<sha2::Sha256 as sha2::Digest>::digest(&public));
+    KeyBlob {
+        public,
+        private,
+        name,
+    }
 }

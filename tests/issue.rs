@@ -19,25 +19,10 @@ use common::runtime::{HOLDER_AUTH, Runtime, last, ok, ready};
 use common::stack::{Engine, Stack, TD};
 use serde_json::{Value, json};
 use writ_attestation::writ::dpop::{self, ProofClaims};
-use writ_attestation::writ::jws::Es256Signer;
-use writ_hsm::tpm::attester::{Attester, KeyBlob, LoadedKey};
+use writ_hsm::tpm::attester::{Attester, HolderSigner, KeyBlob};
 
 const AUDIENCE: &str = "spiffe://writ.test/gateway/tools";
 const REQ: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000001";
-
-/// The holder key in the TPM as a JWS signer.
-struct TpmSigner<'a> {
-    tpm: &'a Attester,
-    key: LoadedKey,
-}
-
-impl Es256Signer for TpmSigner<'_> {
-    fn sign_es256(&self, message: &[u8]) -> Result<[u8; 64], writ_attestation::writ::Refusal> {
-        let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(message).into();
-        let sig = self.tpm.sign_digest(&self.key, &digest).unwrap();
-        Ok(sig.to_bytes().as_slice().try_into().unwrap())
-    }
-}
 
 fn holder_jwk(holder: &KeyBlob) -> writ_attestation::jwk::EcJwk {
     let public = writ_attestation::tpm::public::Public::from_tpmt(&holder.public).unwrap();
@@ -66,7 +51,11 @@ fn proof_edited(
     edit: impl FnOnce(&mut ProofClaims),
 ) -> String {
     let key = tpm.load_holder_key(holder, Some(HOLDER_AUTH)).unwrap();
-    let signer = TpmSigner { tpm, key };
+    let signer = HolderSigner {
+        tpm,
+        key,
+        bound: None,
+    };
     let mut jti = [0u8; 16];
     getrandom::fill(&mut jti).unwrap();
     let now = std::time::SystemTime::now()
@@ -513,28 +502,9 @@ fn stale_appraisals_rates_revocation_and_a_missing_issuer_key_stop_issuance() {
 #[test]
 fn writ_agent_requests_a_writ_and_makes_its_proof_in_the_tpm() {
     let s = Stack::new();
-    let a = Attester::open(Some(&s.tpm.tcti())).unwrap();
-    let log =
-        writ_hsm::tpm::simboot::simulate_boot(&a, writ_hsm::tpm::simboot::BootProfile::SecureBoot)
-            .unwrap();
-    let log_file = s.dir.path().join("binary_bios_measurements");
-    std::fs::write(&log_file, &log).unwrap();
-    let state = s.dir.path().join("agent");
+    let (a, log_file, state) = common::runtime::agent_enrolled(&s, "ci-7");
     let st = state.to_str().unwrap();
-    let token = s.join_token("ci-7", "600");
     let tcti = s.tpm.tcti();
-    ok(&s.writ(&[
-        "agent",
-        "enroll",
-        "--server",
-        &s.url(),
-        "--join-token",
-        token.to_str().unwrap(),
-        "--state",
-        st,
-        "--tcti",
-        &tcti,
-    ]));
     common::runtime::assign(&s, "ci-7", &common::runtime::profile_of(&a));
     ok(&s.writ(&[
         "agent",

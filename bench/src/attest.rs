@@ -27,6 +27,7 @@
 )]
 
 mod machine;
+mod tpmsim;
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -42,6 +43,7 @@ use p256::ecdsa::signature::hazmat::PrehashSigner;
 use p256::elliptic_curve::sec1::ToSec1Point;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use tpmsim::{name_of, sign_attest, tpmt_ecc};
 use writ_attestation::appraisal::capture;
 use writ_attestation::crypto::AwsLc;
 use writ_attestation::evidence::{CheckedAk, Nonce, verify_quote};
@@ -50,8 +52,6 @@ use writ_attestation::tpm::attest::{
     Attest, Attested, ClockInfo, ST_ATTEST_CERTIFY, ST_ATTEST_QUOTE, TPM_GENERATED,
 };
 use writ_attestation::tpm::pcr::{PcrSelection, PcrValues};
-use writ_attestation::tpm::public::{self, EccCurve, KeyParams, Scheme, attr};
-use writ_attestation::tpm::signature::Signature;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -89,44 +89,6 @@ fn cpu_seconds(pid: u32) -> f64 {
     let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
     // USER_HZ is 100 on Linux.
     ticks / 100.0
-}
-
-fn tpmt_ecc(attributes: u32, key: &p256::ecdsa::VerifyingKey) -> Vec<u8> {
-    let point = key.to_sec1_point(false);
-    public::encode(
-        HashAlg::Sha256,
-        attributes,
-        &[],
-        &KeyParams::Ecc {
-            symmetric: 0x0010,
-            scheme: Scheme::Ecdsa(HashAlg::Sha256),
-            curve: EccCurve::P256,
-            kdf: 0x0010,
-            x: point.x().unwrap().to_vec(),
-            y: point.y().unwrap().to_vec(),
-        },
-    )
-}
-
-fn name_of(tpmt: &[u8]) -> Vec<u8> {
-    let mut n = vec![0x00, 0x0b];
-    n.extend_from_slice(&Sha256::digest(tpmt));
-    n
-}
-
-/// A TPMS_ATTEST signed by `ak` as a TPM signs it: (attest, TPMT_SIGNATURE).
-fn sign_attest(ak: &p256::ecdsa::SigningKey, attest: &Attest) -> (Vec<u8>, Vec<u8>) {
-    let bytes = attest.encode();
-    let digest: [u8; 32] = Sha256::digest(&bytes).into();
-    let sig: p256::ecdsa::Signature = ak.sign_prehash(&digest).unwrap();
-    let rs = sig.to_bytes();
-    let tpmt = Signature::Ecdsa {
-        hash: HashAlg::Sha256,
-        r: rs[..32].to_vec(),
-        s: rs[32..].to_vec(),
-    }
-    .to_tpmt();
-    (bytes, tpmt)
 }
 
 /// A P-256 key from the OS RNG.
@@ -408,15 +370,7 @@ fn enroll(app: &Appliance, dir: &Path, ca: &(PathBuf, PathBuf), name: &str, seri
         ]));
     let ek_cert = std::fs::read(&cert_file).unwrap();
     let ak = p256::ecdsa::SigningKey::from(random_key());
-    let ak_public = tpmt_ecc(
-        attr::FIXED_TPM
-            | attr::FIXED_PARENT
-            | attr::SENSITIVE_DATA_ORIGIN
-            | attr::USER_WITH_AUTH
-            | attr::RESTRICTED
-            | attr::SIGN_ENCRYPT,
-        ak.verifying_key(),
-    );
+    let ak_public = tpmt_ecc(tpmsim::AK, ak.verifying_key());
     let ak_name = name_of(&ak_public);
     let admin = Some(app.token.as_str());
     let (st, t) = post(
@@ -448,14 +402,7 @@ fn enroll(app: &Appliance, dir: &Path, ca: &(PathBuf, PathBuf), name: &str, seri
     );
     assert_eq!(st, 200, "{v}");
     let holder = p256::ecdsa::SigningKey::from(random_key());
-    let holder_public = tpmt_ecc(
-        attr::FIXED_TPM
-            | attr::FIXED_PARENT
-            | attr::SENSITIVE_DATA_ORIGIN
-            | attr::USER_WITH_AUTH
-            | attr::SIGN_ENCRYPT,
-        holder.verifying_key(),
-    );
+    let holder_public = tpmt_ecc(tpmsim::HOLDER, holder.verifying_key());
     Sim {
         name: name.to_string(),
         ak,
@@ -496,7 +443,7 @@ fn attest_once(
         restart_count: 0,
         safe: true,
     };
-    let (quote, quote_sig) = sign_attest(
+    let (quote, quote_sig, _) = sign_attest(
         &sim.ak,
         &Attest {
             magic: TPM_GENERATED,
@@ -511,7 +458,7 @@ fn attest_once(
             },
         },
     );
-    let (certify, certify_sig) = sign_attest(
+    let (certify, certify_sig, _) = sign_attest(
         &sim.ak,
         &Attest {
             magic: TPM_GENERATED,
@@ -667,15 +614,7 @@ fn main() {
     let profile = {
         // capture() reads a verified quote: one made and verified here with a throwaway AK.
         let ak = p256::ecdsa::SigningKey::from_slice(&[1u8; 32]).unwrap();
-        let tpmt = tpmt_ecc(
-            attr::FIXED_TPM
-                | attr::FIXED_PARENT
-                | attr::SENSITIVE_DATA_ORIGIN
-                | attr::USER_WITH_AUTH
-                | attr::RESTRICTED
-                | attr::SIGN_ENCRYPT,
-            ak.verifying_key(),
-        );
+        let tpmt = tpmt_ecc(tpmsim::AK, ak.verifying_key());
         let checked = CheckedAk::from_tpmt(&tpmt).unwrap();
         let nonce = Nonce::new(&[7u8; 32]).unwrap();
         let spec = format!(
@@ -687,7 +626,7 @@ fn main() {
                 .join(",")
         );
         let sel: PcrSelection = spec.parse().unwrap();
-        let (attest, sig) = sign_attest(
+        let (attest, sig, _) = sign_attest(
             &ak,
             &Attest {
                 magic: TPM_GENERATED,

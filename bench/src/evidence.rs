@@ -11,12 +11,13 @@
 )]
 
 mod machine;
+mod tpmsim;
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use p256::ecdsa::signature::hazmat::{PrehashSigner, PrehashVerifier};
+use p256::ecdsa::signature::hazmat::PrehashVerifier;
 use sha2::{Digest, Sha256};
 use writ_attestation::appraisal::{LoadedProfile, Status, appraise, capture};
 use writ_attestation::crypto::{AwsLc, CryptoProvider, RustCrypto};
@@ -24,8 +25,6 @@ use writ_attestation::evidence::{CheckedAk, Nonce, verify_quote};
 use writ_attestation::tpm::HashAlg;
 use writ_attestation::tpm::attest::{Attest, Attested, ClockInfo, ST_ATTEST_QUOTE, TPM_GENERATED};
 use writ_attestation::tpm::pcr::{PcrSelection, PcrValues};
-use writ_attestation::tpm::public::{self, EccCurve, KeyParams, Scheme, attr};
-use writ_attestation::tpm::signature::Signature;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -58,34 +57,26 @@ fn sign_quote(
     selection: &PcrSelection,
     pcrs: &PcrValues,
 ) -> (Vec<u8>, Vec<u8>, p256::ecdsa::Signature) {
-    let attest = Attest {
-        magic: TPM_GENERATED,
-        kind: ST_ATTEST_QUOTE,
-        qualified_signer: checked.name().to_vec(),
-        extra_data: nonce.as_bytes().to_vec(),
-        clock_info: ClockInfo {
-            clock: 1,
-            reset_count: 1,
-            restart_count: 0,
-            safe: true,
+    tpmsim::sign_attest(
+        ak,
+        &Attest {
+            magic: TPM_GENERATED,
+            kind: ST_ATTEST_QUOTE,
+            qualified_signer: checked.name().to_vec(),
+            extra_data: nonce.as_bytes().to_vec(),
+            clock_info: ClockInfo {
+                clock: 1,
+                reset_count: 1,
+                restart_count: 0,
+                safe: true,
+            },
+            firmware_version: 1,
+            attested: Attested::Quote {
+                selection: selection.clone(),
+                pcr_digest: pcrs.digest(selection, HashAlg::Sha256).unwrap(),
+            },
         },
-        firmware_version: 1,
-        attested: Attested::Quote {
-            selection: selection.clone(),
-            pcr_digest: pcrs.digest(selection, HashAlg::Sha256).unwrap(),
-        },
-    }
-    .encode();
-    let digest: [u8; 32] = Sha256::digest(&attest).into();
-    let sig: p256::ecdsa::Signature = ak.sign_prehash(&digest).unwrap();
-    let bytes = sig.to_bytes();
-    let tpmt = Signature::Ecdsa {
-        hash: HashAlg::Sha256,
-        r: bytes[..32].to_vec(),
-        s: bytes[32..].to_vec(),
-    }
-    .to_tpmt();
-    (attest, tpmt, sig)
+    )
 }
 
 fn main() {
@@ -94,23 +85,7 @@ fn main() {
     // A software AK and a quote over sha256:0-7 (the shape of a real one: a 32-byte nonce, a
     // 34-byte qualified signer name), signed as a TPM signs it.
     let ak = p256::ecdsa::SigningKey::from_slice(&[1u8; 32]).unwrap();
-    let point = ak.verifying_key().to_sec1_point(false);
-    let attrs = attr::FIXED_TPM
-        | attr::FIXED_PARENT
-        | attr::SENSITIVE_DATA_ORIGIN
-        | attr::USER_WITH_AUTH
-        | attr::RESTRICTED
-        | attr::SIGN_ENCRYPT;
-    let params = KeyParams::Ecc {
-        symmetric: 0x0010,
-        scheme: Scheme::Ecdsa(HashAlg::Sha256),
-        curve: EccCurve::P256,
-        kdf: 0x0010,
-        x: point.x().unwrap().to_vec(),
-        y: point.y().unwrap().to_vec(),
-    };
-    let checked =
-        CheckedAk::from_tpmt(&public::encode(HashAlg::Sha256, attrs, &[], &params)).unwrap();
+    let checked = CheckedAk::from_tpmt(&tpmsim::tpmt_ecc(tpmsim::AK, ak.verifying_key())).unwrap();
     let selection: PcrSelection = "sha256:0,1,2,3,4,5,6,7".parse().unwrap();
     let mut pcrs = PcrValues::new();
     for i in 0..8u8 {

@@ -185,3 +185,28 @@ pub fn last(s: &Stack) -> (String, String, String, Vec<String>) {
         r.reasons,
     )
 }
+
+/// A runtime set up the README's way: the swtpm boots (simulated measured boot, its event log
+/// kept in a file), then `writ agent enroll` under a join token for `name`. Returns the TPM
+/// handle, the event log file and the agent's state folder.
+pub fn agent_enrolled(s: &Stack, name: &str) -> (Attester, std::path::PathBuf, std::path::PathBuf) {
+    let a = Attester::open(Some(&s.tpm.tcti())).unwrap();
+    let log = simulate_boot(&a, BootProfile::SecureBoot).unwrap();
+    let log_file = s.dir.path().join("binary_bios_measurements");
+    std::fs::write(&log_file, &log).unwrap();
+    let state = s.dir.path().join("agent");
+    let token = s.join_token(name, "600");
+    ok(&s.writ(&[
+        "agent",
+        "enroll",
+        "--server",
+        &s.url(),
+        "--join-token",
+        token.to_str().unwrap(),
+        "--state",
+        state.to_str().unwrap(),
+        "--tcti",
+        &s.tpm.tcti(),
+    ]));
+    (a, log_file, state)
+}
