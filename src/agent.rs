@@ -597,7 +597,8 @@ fn attest(a: &Attest) -> Result<(), Failure> {
             .ok_or_else(|| format!("identity.json has no {k}"))
     };
     let (server, name) = (text("server")?, text("name")?);
-    let ak = load_blob(&state.join("ak.json"))?.ok_or("no AK in the state folder (enroll first)")?;
+    let ak =
+        load_blob(&state.join("ak.json"))?.ok_or("no AK in the state folder (enroll first)")?;
     let client = Client::new(
         &server,
         &Trust {
