@@ -34,6 +34,24 @@ pub enum AgentCommand {
     Request(RequestArgs),
     /// Make the DPoP proof that goes with a writ and its request, with the holder key in the TPM.
     Proof(ProofArgs),
+    /// As the holder of a delegation writ, make the proof that lets another runtime's holder key
+    /// (`--for`, its thumbprint from `writ agent status`) ask for one child writ under it.
+    Consent(ConsentArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ConsentArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The TPM (TCTI), else `TPM2TOOLS_TCTI`, `TCTI` or /dev/tpmrm0.
+    #[arg(long)]
+    tcti: Option<String>,
+    /// The delegation writ this runtime holds.
+    #[arg(long)]
+    parent: PathBuf,
+    /// The requester's holder key thumbprint (its `holder_jkt`).
+    #[arg(long = "for")]
+    holder: String,
 }
 
 /// The request a writ is for: a command (`--tool NAME -- ARGS...`) or an HTTP request
@@ -67,16 +85,32 @@ pub struct RequestArgs {
     /// The TPM (TCTI), else `TPM2TOOLS_TCTI`, `TCTI` or /dev/tpmrm0.
     #[arg(long)]
     tcti: Option<String>,
-    /// The action's name (e.g. `exec`).
+    /// The action's name (e.g. `exec`); with --scope, each action delegated (repeat).
+    #[arg(long, required = true)]
+    action: Vec<String>,
+    /// The resource it acts on; with --scope, each resource prefix delegated (repeat).
+    #[arg(long, required = true)]
+    resource: Vec<String>,
+    /// The gateway deployment that will run it (its SPIFFE ID or configured audience); with
+    /// --scope, each audience delegated (repeat).
+    #[arg(long, required = true)]
+    audience: Vec<String>,
+    /// Ask for a delegation writ for the scope given by --action, --resource and --audience,
+    /// instead of an execution writ.
     #[arg(long)]
-    action: String,
-    /// The resource it acts on.
+    scope: bool,
+    /// With --scope: how deep the lineage below the root may go.
+    #[arg(long, default_value_t = 1, requires = "scope")]
+    max_depth: u32,
+    /// Ask under this delegation writ (its holder consents: this runtime's own holder key if it
+    /// holds it, else --parent-proof).
     #[arg(long)]
-    resource: String,
-    /// The gateway deployment that will run it (its SPIFFE ID or configured audience).
-    #[arg(long)]
-    audience: String,
-    /// The lifetime to ask for, seconds (default: the policy's).
+    parent: Option<PathBuf>,
+    /// The parent holder's consent (writ agent consent --for <this holder>), when another
+    /// runtime holds the parent.
+    #[arg(long, requires = "parent")]
+    parent_proof: Option<PathBuf>,
+    /// The lifetime to ask for, seconds (default: the policy's, within the parent's).
     #[arg(long)]
     lifetime: Option<i64>,
     /// Write the writ to this file (0600) instead of standard output.
@@ -282,7 +316,24 @@ pub fn run(cmd: AgentCommand) -> Result<(), Failure> {
             let (htm, htu) = writ_attestation::writ::request::proof_target(&req)
                 .map_err(|e| format!("the request: {}", e.detail))?;
             let tpm = Attester::open(a.tcti.as_deref()).map_err(|e| format!("TPM: {e}"))?;
-            let proof = holder_proof(&tpm, &a.common.state, &htm, &htu, writ.trim())?;
+            let proof = holder_proof(&tpm, &a.common.state, &htm, &htu, writ.trim(), None)?;
+            println!("{proof}");
+            Ok(())
+        }
+        AgentCommand::Consent(a) => {
+            let parent = std::fs::read_to_string(&a.parent)
+                .map_err(|e| format!("{}: {e}", a.parent.display()))?;
+            let client = client_of(&a.common.state)?;
+            let tpm = Attester::open(a.tcti.as_deref()).map_err(|e| format!("TPM: {e}"))?;
+            let htu = format!("{}/v1/writs", client.base());
+            let proof = holder_proof(
+                &tpm,
+                &a.common.state,
+                "POST",
+                &htu,
+                parent.trim(),
+                Some(&a.holder),
+            )?;
             println!("{proof}");
             Ok(())
         }
@@ -335,6 +386,7 @@ fn holder_proof(
     htm: &str,
     htu: &str,
     token: &str,
+    nonce: Option<&str>,
 ) -> Result<String, String> {
     let last = read_json(
         &state.join("last.json"),
@@ -380,7 +432,7 @@ fn holder_proof(
         htm: htm.to_string(),
         htu: htu.to_string(),
         ath: writ_attestation::writ::dpop::ath(token),
-        nonce: None,
+        nonce: nonce.map(str::to_string),
     };
     writ_attestation::writ::dpop::create(
         &writ_hsm::tpm::attester::HolderSigner { tpm, key, bound },
@@ -390,8 +442,8 @@ fn holder_proof(
     .map_err(|e| format!("the proof: {}", e.detail))
 }
 
-fn request(a: &RequestArgs) -> Result<(), Failure> {
-    let state = &a.common.state;
+/// The appliance this runtime enrolled with, trusted through the pinned CA certificate.
+fn client_of(state: &Path) -> Result<Client, String> {
     let identity = read_json(
         &state.join("identity.json"),
         " (not enrolled? run `writ agent enroll`)",
@@ -401,6 +453,36 @@ fn request(a: &RequestArgs) -> Result<(), Failure> {
         .and_then(Value::as_str)
         .ok_or("identity.json has no server")?
         .to_string();
+    Client::new(
+        &server,
+        &Trust {
+            fingerprint: None,
+            ca_file: Some(state.join("ca.pem")),
+        },
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// The holder key thumbprint (`cnf.jkt`) a writ names, read without verifying it (only to
+/// choose which key proves for it; the appliance verifies).
+fn writ_holder(writ: &str) -> Result<String, String> {
+    let u = writ_attestation::writ::jws::parse(
+        writ,
+        "writ+jwt",
+        writ_attestation::writ::jws::HeaderShape::Kid,
+    )
+    .map_err(|e| format!("the parent writ: {}", e.detail))?;
+    let v: Value = serde_json::from_slice(u.unverified_payload())
+        .map_err(|e| format!("the parent writ: {e}"))?;
+    v.get("cnf")
+        .and_then(|c| c.get("jkt"))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| "the parent writ names no holder key".to_string())
+}
+
+fn request(a: &RequestArgs) -> Result<(), Failure> {
+    let state = &a.common.state;
     let last = read_json(
         &state.join("last.json"),
         " (attest first: writ agent attest)",
@@ -413,27 +495,79 @@ fn request(a: &RequestArgs) -> Result<(), Failure> {
     if last.get("expires_at").and_then(Value::as_i64).unwrap_or(0) <= now_s() {
         return Err("the last attestation's EAR has expired: attest again (or run writ agent attest --every)".into());
     }
-    let body = spec_body(&a.spec)?;
-    let req = a.spec.request(&body)?;
-    let digest = writ_attestation::writ::request::digest(&req)
-        .map_err(|e| format!("the request: {}", e.detail))?;
-    let client = Client::new(
-        &server,
-        &Trust {
-            fingerprint: None,
-            ca_file: Some(state.join("ca.pem")),
-        },
-    )
-    .map_err(|e| e.to_string())?;
+    let own = last
+        .get("holder_jkt")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let client = client_of(state)?;
     let tpm = Attester::open(a.tcti.as_deref()).map_err(|e| format!("TPM: {e}"))?;
     let htu = format!("{}/v1/writs", client.base());
-    let proof = holder_proof(&tpm, state, "POST", &htu, &ear)?;
-    let mut ask = json!({
-        "action": a.action, "resource": a.resource, "audience": a.audience, "req": digest,
-    });
-    if let (Some(l), Some(o)) = (a.lifetime, ask.as_object_mut()) {
+    let one = |v: &[String], what: &str| match v {
+        [x] => Ok(x.clone()),
+        _ => Err(format!(
+            "an execution writ names one --{what} (several only with --scope)"
+        )),
+    };
+    let (mut ask, shown_what) = if a.scope {
+        if a.spec.tool.is_some() || a.spec.http.is_some() {
+            return Err(
+                "a delegation writ (--scope) is for no one request: drop --tool/--http".into(),
+            );
+        }
+        (
+            json!({"scope": {
+                "actions": a.action, "resources": a.resource, "audiences": a.audience,
+                "max_depth": a.max_depth,
+            }}),
+            format!(
+                "delegation of {} on {}",
+                a.action.join(","),
+                a.resource.join(",")
+            ),
+        )
+    } else {
+        let body = spec_body(&a.spec)?;
+        let req = a.spec.request(&body)?;
+        let digest = writ_attestation::writ::request::digest(&req)
+            .map_err(|e| format!("the request: {}", e.detail))?;
+        let (action, resource) = (one(&a.action, "action")?, one(&a.resource, "resource")?);
+        (
+            json!({
+                "action": action, "resource": resource,
+                "audience": one(&a.audience, "audience")?, "req": digest,
+            }),
+            format!("{action} {resource} (req {digest})"),
+        )
+    };
+    let Some(o) = ask.as_object_mut() else {
+        return Err("the request is not an object".into());
+    };
+    if let Some(l) = a.lifetime {
         o.insert("lifetime_s".into(), json!(l));
     }
+    if let Some(p) = &a.parent {
+        let parent = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        let parent = parent.trim().to_string();
+        let consent = match &a.parent_proof {
+            Some(f) => std::fs::read_to_string(f)
+                .map_err(|e| format!("{}: {e}", f.display()))?
+                .trim()
+                .to_string(),
+            None if writ_holder(&parent)? == own => {
+                holder_proof(&tpm, state, "POST", &htu, &parent, Some(&own))?
+            }
+            None => {
+                return Err(format!(
+                    "another runtime holds the parent writ: ask it for `writ agent consent --parent <writ> --for {own}` and pass --parent-proof"
+                )
+                .into());
+            }
+        };
+        o.insert("parent".into(), json!(parent));
+        o.insert("parent_proof".into(), json!(consent));
+    }
+    let proof = holder_proof(&tpm, state, "POST", &htu, &ear, None)?;
     let issued = client
         .call_with(
             "POST",
@@ -451,16 +585,16 @@ fn request(a: &RequestArgs) -> Result<(), Failure> {
         Some(p) => {
             write_private(p, format!("{writ}\n").as_bytes())?;
             step(&format!(
-                "writ for {} {} written to {} (log index {})",
-                a.action,
-                a.resource,
+                "writ for {shown_what} written to {} (log index {})",
                 p.display(),
                 issued.get("log_index").and_then(Value::as_u64).unwrap_or(0)
             ));
             let mut shown = issued.clone();
             if let Some(o) = shown.as_object_mut() {
                 o.remove("writ");
-                o.insert("req".into(), json!(digest));
+                if let Some(d) = ask.get("req") {
+                    o.insert("req".into(), d.clone());
+                }
             }
             println!("{shown}");
         }

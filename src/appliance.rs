@@ -177,7 +177,7 @@ pub fn valid_name(name: &str) -> bool {
 }
 
 /// A problem for a store failure: 503 naming the store (or the conflict's own code, 403).
-fn store_problem(e: StoreError) -> Problem {
+pub(crate) fn store_problem(e: StoreError) -> Problem {
     match e {
         StoreError::Conflict { code, detail } => Problem::new(StatusCode::FORBIDDEN, code, detail),
         other => {
@@ -379,49 +379,31 @@ impl Appliance {
         policy: Option<&str>,
         effect: Vec<Op>,
     ) -> Result<Result<u64, StoreError>, Problem> {
-        let mut codes: Vec<String> = Vec::new();
-        for r in reasons {
-            if !codes.iter().any(|c| c == r) {
-                codes.push(r.to_string());
-            }
-        }
-        let record = DecisionRecord {
-            v: RECORD_VERSION,
-            kind,
-            time: now()?,
-            subject: subject.to_string(),
-            decision: if reasons.is_empty() {
-                Decision::Allow
-            } else {
-                Decision::Deny
-            },
-            reasons: codes,
-            digests: digests
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.clone()))
-                .collect::<BTreeMap<_, _>>(),
-            policy_bundle_hash: policy.map(str::to_string),
-            parent: None,
-        };
-        let leaf = record.to_leaf().map_err(|e| {
-            Problem::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "record",
-                format!("a decision record could not be made: {e}"),
-            )
-        })?;
+        let leaf = decision_leaf(kind, subject, reasons, digests, policy, None)?;
+        Ok(self.append_leaf(kind, reasons.first().copied(), leaf, effect))
+    }
+
+    /// Appends one decision record made by [`decision_leaf`] with `effect`; counts the
+    /// decision (denied with `reason`, or allowed) once it is durable.
+    fn append_leaf(
+        &self,
+        kind: Kind,
+        reason: Option<&str>,
+        leaf: Vec<u8>,
+        effect: Vec<Op>,
+    ) -> Result<u64, StoreError> {
         let r = self.log.append_with(vec![leaf], effect);
         if r.is_ok() {
             let kind = serde_json::to_value(kind)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_string))
                 .unwrap_or_default();
-            match reasons.first() {
+            match reason {
                 Some(code) => self.metrics.decision(&kind, "deny", code),
                 None => self.metrics.decision(&kind, "allow", "ok"),
             }
         }
-        Ok(r)
+        r
     }
 
     /// The decision log.
@@ -1020,4 +1002,48 @@ impl Appliance {
         self.admin_record(admin, &[("runtimes_listed", digest(&listing))], Vec::new())?;
         Ok(list)
     }
+}
+
+/// The leaf bytes of one decision record: denied with `reasons` (each once), or allowed if there
+/// are none; under `policy` when a policy bundle decided; descending from the record whose leaf
+/// hash is `parent` (`sha256:`), for a child writ.
+fn decision_leaf(
+    kind: Kind,
+    subject: &str,
+    reasons: &[&'static str],
+    digests: &[(&str, String)],
+    policy: Option<&str>,
+    parent: Option<String>,
+) -> Result<Vec<u8>, Problem> {
+    let mut codes: Vec<String> = Vec::new();
+    for r in reasons {
+        if !codes.iter().any(|c| c == r) {
+            codes.push(r.to_string());
+        }
+    }
+    let record = DecisionRecord {
+        v: RECORD_VERSION,
+        kind,
+        time: now()?,
+        subject: subject.to_string(),
+        decision: if reasons.is_empty() {
+            Decision::Allow
+        } else {
+            Decision::Deny
+        },
+        reasons: codes,
+        digests: digests
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect::<BTreeMap<_, _>>(),
+        policy_bundle_hash: policy.map(str::to_string),
+        parent,
+    };
+    record.to_leaf().map_err(|e| {
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "record",
+            format!("a decision record could not be made: {e}"),
+        )
+    })
 }

@@ -34,6 +34,17 @@ pub enum AuditCommand {
     Record(RecordArgs),
     /// Verify an inclusion bundle offline (what a gateway is shown), optionally for a writ.
     Bundle(BundleArgs),
+    /// Print a writ's ancestry from the log: its `issue` record (found by jti, and checked to be
+    /// that writ's), then each parent's, each verified against the latest checkpoint.
+    Lineage(LineageArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LineageArgs {
+    #[command(flatten)]
+    log: LogArgs,
+    /// The writ's `jti`.
+    jti: String,
 }
 
 #[derive(Debug, Args)]
@@ -343,14 +354,58 @@ fn record(args: RecordArgs) -> Result<Vec<String>, Fail> {
     let key = key_of(&args.log.key)?;
     let mut report = Vec::new();
     let latest = verified_latest(&args.log, &key, &[], &mut report)?;
+    walk(&args.log, &latest, report, args.index, args.lineage, None)
+}
+
+fn lineage(args: LineageArgs) -> Result<Vec<String>, Fail> {
     let base = args.log.log.trim_end_matches('/').to_string();
-    let mut index = args.index;
+    if args.jti.is_empty()
+        || !args
+            .jti
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(error("a jti is base64url"));
+    }
+    let found = get_json(&format!("{base}/v1/log/writs/{}", args.jti))?;
+    let leaf = found
+        .get("leaf_hash")
+        .and_then(|h| h.as_str())
+        .ok_or_else(|| error("the log's answer has no leaf_hash"))?;
+    // The index is the log's word; walk checks the record there against the checkpoint and
+    // that it is this writ's.
+    let index = found
+        .get("index")
+        .and_then(|i| i.as_u64())
+        .ok_or_else(|| finding(format!("writ {}: its record is not in the log", args.jti)))?;
+    let key = key_of(&args.log.key)?;
+    let mut report = vec![format!(
+        "writ {}: record {index} (leaf hash {leaf})",
+        args.jti
+    )];
+    let latest = verified_latest(&args.log, &key, &[], &mut report)?;
+    walk(&args.log, &latest, report, index, true, Some(&args.jti))
+}
+
+/// Verifies the record at `index` against the latest checkpoint and prints it; with `lineage`,
+/// follows `parent` links to the root. With `jti`, every record must be an `issue` allow record
+/// and the first must be that writ's (its `digests.jti`).
+fn walk(
+    log: &LogArgs,
+    latest: &Checkpoint,
+    mut report: Vec<String>,
+    index: u64,
+    lineage: bool,
+    jti: Option<&str>,
+) -> Result<Vec<String>, Fail> {
+    let base = log.log.trim_end_matches('/').to_string();
+    let mut index = index;
     let mut expected: Option<Hash> = None;
     let mut visited = std::collections::HashSet::new();
     for depth in 0..MAX_LINEAGE {
         if index >= latest.size {
             return Err(error(format!(
-                "record {index} is not covered by the latest checkpoint (size {})",
+                "record {index} is not covered by the latest checkpoint (size {}) yet: try again after the next checkpoint",
                 latest.size
             )));
         }
@@ -383,11 +438,44 @@ fn record(args: RecordArgs) -> Result<Vec<String>, Fail> {
             "record {index} (included in size {}): {text}",
             latest.size
         ));
-        if !args.lineage || !visited.insert(index) {
-            break;
-        }
         let rec = DecisionRecord::from_leaf(&bytes)
             .map_err(|e| finding(format!("record {index}: {e}")))?;
+        if let Some(jti) = jti {
+            if rec.kind != writ_attestation::log::record::Kind::Issue
+                || rec.decision != writ_attestation::log::record::Decision::Allow
+            {
+                return Err(finding(format!(
+                    "record {index} is not the issue record of a writ"
+                )));
+            }
+            if depth == 0 {
+                use sha2::Digest as _;
+                let want = format!(
+                    "sha256:{}",
+                    hex::encode(sha2::Sha256::digest(jti.as_bytes()))
+                );
+                if rec.digests.get("jti") != Some(&want) {
+                    return Err(finding(format!(
+                        "record {index} is not the issue record of writ {jti}"
+                    )));
+                }
+            }
+            report.push(format!(
+                "  {}: writ {} issued to {} at {}{}",
+                if depth == 0 { "writ" } else { "parent" },
+                rec.digests.get("writ").map(String::as_str).unwrap_or("?"),
+                rec.subject,
+                rec.time,
+                if rec.digests.contains_key("scope") {
+                    " (delegation)"
+                } else {
+                    ""
+                },
+            ));
+        }
+        if !lineage || !visited.insert(index) {
+            break;
+        }
         let Some(parent) = rec.parent_hash() else {
             report.push(format!("lineage: {} record(s), root reached", depth + 1));
             break;
@@ -447,6 +535,7 @@ pub fn run(cmd: AuditCommand) -> ExitCode {
         AuditCommand::Check(a) => trust(&a.log).and_then(|()| check(a)),
         AuditCommand::Record(a) => trust(&a.log).and_then(|()| record(a)),
         AuditCommand::Bundle(a) => bundle(a),
+        AuditCommand::Lineage(a) => trust(&a.log).and_then(|()| lineage(a)),
     };
     match result {
         Ok(lines) => {

@@ -215,6 +215,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/admin/runtimes/{name}/rebaseline"),
     ("POST", "/v1/admin/policy"),
     ("POST", "/v1/writs"),
+    ("GET", "/v1/log/writs/{jti}"),
     ("POST", "/v1/admin/ek-registrations"),
     ("POST", "/v1/admin/join-tokens"),
     ("GET", "/v1/admin/runtimes"),
@@ -246,7 +247,8 @@ pub const OPENAPI: &str = include_str!("../docs/openapi.json");
 /// | `POST /v1/admin/runtimes/{name}/profile` `{"profile"}` | 204 |
 /// | `POST /v1/admin/runtimes/{name}/rebaseline` | 204 |
 /// | `POST /v1/admin/policy` (a policy bundle) | its hash |
-/// | `POST /v1/writs` (`Authorization: DPoP <EAR>`, `DPoP: <proof>`) | an execution writ ([`crate::appliance::Issued`]) |
+/// | `POST /v1/writs` (`Authorization: DPoP <EAR>`, `DPoP: <proof>`) | an execution or delegation writ ([`crate::appliance::Issued`]) |
+/// | `GET /v1/log/writs/{jti}` | `{"jti","leaf_hash","index"}`: the writ's `issue` record (for `writ audit lineage`) |
 pub fn appliance_router(app: Arc<Appliance>) -> Router {
     appliance_router_limited(app, Arc::new(UnidentifiedLimit::new(60)))
 }
@@ -287,6 +289,7 @@ pub fn appliance_router_limited(app: Arc<Appliance>, limit: Arc<UnidentifiedLimi
             )),
         )
         .route("/v1/writs", post(issue_writ))
+        .route("/v1/log/writs/{jti}", get(writ_record))
         .route("/v1/admin/ek-registrations", post(admin_register_ek))
         .route("/v1/admin/join-tokens", post(admin_join_token))
         .route("/v1/admin/runtimes", get(admin_runtimes))
@@ -564,6 +567,48 @@ async fn issue_writ(
     work(move || app.issue(ear.as_deref(), proof.as_deref(), &htu, &req))
         .await
         .map(|w| ok_json(&w))
+}
+
+async fn writ_record(
+    State(app): State<Arc<Appliance>>,
+    Path(jti): Path<String>,
+) -> Result<Response, Problem> {
+    if jti.is_empty()
+        || jti.len() > 64
+        || !jti
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(Problem::bad_request("malformed", "a jti is base64url"));
+    }
+    let j = jti.clone();
+    let (leaf, index) = work(move || {
+        let leaf = app.writ_record(&j)?;
+        let index = match &leaf {
+            Some(l) => {
+                let h = parse_hash(l.strip_prefix("sha256:").unwrap_or(l))?;
+                app.log()
+                    .index_of(&h)
+                    .map_err(crate::appliance::store_problem)?
+            }
+            None => None,
+        };
+        Ok::<_, Problem>(leaf.zip(index))
+    })
+    .await?
+    .ok_or_else(|| {
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no writ with this jti was issued here",
+        )
+    })?;
+    Ok(axum::Json(json!({
+        "jti": jti,
+        "leaf_hash": leaf.strip_prefix("sha256:").unwrap_or(&leaf),
+        "index": index,
+    }))
+    .into_response())
 }
 
 async fn admin_rebaseline(

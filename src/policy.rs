@@ -10,7 +10,12 @@
 //!   vector's values), `manufacturer` (the TPM vendor from the EK certificate, or "");
 //! * action `Action::"<action>"` (the request's action name);
 //! * resource `Resource::"<resource>"`;
-//! * context `audience`, `req` (the request digest), `depth` (0 for a root writ), `time` (seconds).
+//! * context `audience`, `req` (the request digest; "" when delegating), `depth` (0 for a root
+//!   writ), `time` (seconds), `delegation` (whether this is one combination of a delegation
+//!   writ's scope), `parent` (the parent writ's subject, "" for a root writ).
+//!
+//! A delegation writ is allowed only if policy allows every (action, resource, audience) of its
+//! scope, each decided as above with `delegation` true.
 //!
 //! writ declares these entity types and the context type itself ([`WRIT_SCHEMA`]); the bundle's
 //! schema declares the actions over them (an example: deploy/policy/example.json). A request
@@ -37,7 +42,8 @@ pub const WRIT_SCHEMA: &str =
 configuration: Long, executables: Long, hardware: Long, instance_identity: Long, \
 manufacturer: String };
 entity Resource;
-type WritContext = { audience: String, req: String, depth: Long, time: Long };
+type WritContext = { audience: String, req: String, depth: Long, time: Long, delegation: Bool, \
+parent: String };
 ";
 /// Largest bundle accepted, bytes.
 pub const MAX_BUNDLE: usize = 256 * 1024;
@@ -65,6 +71,23 @@ pub struct PolicyBundle {
     /// Writs (and refusals) per runtime per minute.
     #[serde(default = "default_rate")]
     pub rate_per_minute: u32,
+    /// The deepest lineage a delegation writ may allow (its `max_depth`); default
+    /// [`DEFAULT_MAX_DELEGATION_DEPTH`], 0 allows no delegation writ.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_delegation_depth: Option<u32>,
+}
+
+/// The deepest lineage when the bundle names none.
+pub const DEFAULT_MAX_DELEGATION_DEPTH: u32 = 3;
+/// The most a bundle may allow.
+pub const MOST_DELEGATION_DEPTH: u32 = 16;
+
+impl PolicyBundle {
+    /// The deepest lineage a delegation writ may allow.
+    pub fn max_delegation_depth(&self) -> u32 {
+        self.max_delegation_depth
+            .unwrap_or(DEFAULT_MAX_DELEGATION_DEPTH)
+    }
 }
 
 fn default_appraisal_age() -> i64 {
@@ -136,6 +159,10 @@ pub struct RequestContext<'a> {
     pub depth: i64,
     /// Now, seconds.
     pub time: i64,
+    /// One combination of a delegation writ's scope.
+    pub delegation: bool,
+    /// The parent writ's subject ("" for a root writ).
+    pub parent: &'a str,
 }
 
 impl LoadedPolicy {
@@ -175,6 +202,12 @@ impl LoadedPolicy {
             bundle.writ_lifetime_s,
             1,
             bundle.max_writ_lifetime_s,
+        )?;
+        range(
+            "max_delegation_depth",
+            i64::from(bundle.max_delegation_depth()),
+            0,
+            i64::from(MOST_DELEGATION_DEPTH),
         )?;
         range(
             "rate_per_minute",
@@ -265,6 +298,8 @@ impl LoadedPolicy {
                     "req": ctx.req,
                     "depth": ctx.depth,
                     "time": ctx.time,
+                    "delegation": ctx.delegation,
+                    "parent": ctx.parent,
                 }),
                 Some((&self.schema, &a)),
             )

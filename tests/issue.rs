@@ -15,11 +15,13 @@ use std::collections::BTreeSet;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use common::runtime::{HOLDER_AUTH, Runtime, last, ok, ready};
+use common::runtime::{HOLDER_AUTH, Runtime, assign, last, ok, profile_of, ready};
 use common::stack::{Engine, Stack, TD};
 use serde_json::{Value, json};
+use writ_attestation::writ::claims::WritClaims;
 use writ_attestation::writ::dpop::{self, ProofClaims};
 use writ_hsm::tpm::attester::{Attester, HolderSigner, KeyBlob};
+use writ_testkit::Swtpm;
 
 const AUDIENCE: &str = "spiffe://writ.test/gateway/tools";
 const REQ: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000001";
@@ -658,5 +660,355 @@ fn with_the_hsm_gone_nothing_is_issued() {
     assert_eq!(st, 503, "{v}");
     assert!(v.get("writ").is_none(), "{v}");
     std::fs::rename(&moved, &tokens).unwrap();
+    invariant(&s, &answered);
+}
+
+/// The issuer key's public JWK as `writ keys show` prints it.
+fn issuer_jwk(s: &Stack) -> writ_attestation::jwk::EcJwk {
+    let shown = s.writ(&["keys", "show", "--key", &s.issuer_key, "--json"]);
+    ok(&shown);
+    let shown: Value = serde_json::from_slice(&shown.stdout).unwrap();
+    writ_attestation::jwk::EcJwk::from_members(
+        "EC",
+        "P-256",
+        shown["jwk"]["x"].as_str().unwrap(),
+        shown["jwk"]["y"].as_str().unwrap(),
+    )
+    .unwrap()
+}
+
+/// A served writ's claims, verified with the issuer key.
+fn verified(s: &Stack, writ: &str) -> WritClaims {
+    let payload = writ_attestation::writ::jws::parse(
+        writ,
+        "writ+jwt",
+        writ_attestation::writ::jws::HeaderShape::Kid,
+    )
+    .unwrap()
+    .verify(writ_attestation::crypto::default_provider(), &issuer_jwk(s))
+    .unwrap();
+    WritClaims::from_payload(payload).unwrap()
+}
+
+fn sha256(text: &str) -> String {
+    format!(
+        "sha256:{}",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()))
+    )
+}
+
+/// The leaf hash (`sha256:`) of the `issue` record of `writ`.
+fn record_of(s: &Stack, writ: &str) -> String {
+    let want = sha256(writ);
+    let r = s
+        .records()
+        .into_iter()
+        .find(|r| r.digests.get("writ") == Some(&want))
+        .expect("the writ's record");
+    writ_attestation::log::record::leaf_ref(&r.to_leaf().unwrap())
+}
+
+fn scope(resources: &[&str], max_depth: u32) -> Value {
+    json!({"scope": {
+        "actions": ["exec"], "resources": resources, "audiences": [AUDIENCE], "max_depth": max_depth,
+    }})
+}
+
+/// `body` under `parent`, with the parent holder's consent when given.
+fn under(mut body: Value, parent: &str, consent: Option<String>) -> Value {
+    body["parent"] = json!(parent);
+    if let Some(c) = consent {
+        body["parent_proof"] = json!(c);
+    }
+    body
+}
+
+/// The consent of `holder` (the runtime holding `parent`) for the holder key `for_jkt`.
+fn consent(holder: &Runtime, url: &str, parent: &str, for_jkt: &str) -> String {
+    proof_edited(&holder.tpm, &holder.holder, url, parent, |c| {
+        c.nonce = Some(for_jkt.to_string())
+    })
+}
+
+#[test]
+fn delegation_writs_narrow_and_their_lineage_reads_back_from_the_log() {
+    let tpm = Swtpm::start();
+    let other_tpm = Swtpm::start_second();
+    let roots = [tpm.ca_dir(), other_tpm.ca_dir()]
+        .iter()
+        .flat_map(|d| {
+            [
+                d.join("issuercert.pem"),
+                d.join("swtpm-localca-rootca-cert.pem"),
+            ]
+        })
+        .collect();
+    let s = Stack::with_roots(tpm, roots);
+    let a = ready(&s, "agent-a");
+    let b = Runtime::enroll(&s, &other_tpm, "agent-b");
+    assign(&s, "agent-b", &profile_of(&b.tpm));
+    let ear_a = attest(&s, &a);
+    let ear_b = attest(&s, &b);
+    ok(&load_policy(&s, &bundle(json!({}))));
+    let url = s.url();
+    let jkt_a = holder_jwk(&a.holder).thumbprint();
+    let appliance = format!("spiffe://{TD}/writ/appliance");
+    let mut answered = BTreeSet::new();
+    let ask = |rt: &Runtime, ear: &str, body: &Value| {
+        request(&s, Some(ear), Some(&proof(rt, &url, ear)), body)
+    };
+    let mut issued = |r: (u16, Value)| {
+        assert_eq!(r.0, 200, "{}", r.1);
+        let w = r.1["writ"].as_str().unwrap().to_string();
+        answered.insert(w.clone());
+        w
+    };
+
+    // Policy decides every combination of a scope: delegating the production database is
+    // forbidden by the rule that forbids it.
+    let r = ask(&a, &ear_a, &scope(&["tools", "db/prod"], 2));
+    refused(&s, &r, "agent-a", "policy");
+    assert!(
+        r.1["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no-production-database"),
+        "{}",
+        r.1
+    );
+    // Scopes beyond the policy's depth bound (3 by default), with an escaping resource, or
+    // both forms at once: malformed.
+    refused(
+        &s,
+        &ask(&a, &ear_a, &scope(&["tools"], 4)),
+        "agent-a",
+        "malformed",
+    );
+    refused(
+        &s,
+        &ask(&a, &ear_a, &scope(&["tools/../db"], 1)),
+        "agent-a",
+        "malformed",
+    );
+    let mut both = body("tools/build");
+    both["scope"] = scope(&["tools"], 1)["scope"].clone();
+    refused(&s, &ask(&a, &ear_a, &both), "agent-a", "malformed");
+
+    // A's delegation writ: addressed to the appliance (no gateway accepts it), a root.
+    let d = issued(ask(&a, &ear_a, &scope(&["tools"], 1)));
+    let dc = verified(&s, &d);
+    assert_eq!(dc.aud, appliance);
+    assert!(dc.act.is_none());
+    let sc = dc.scope.as_ref().unwrap();
+    assert_eq!(
+        (&sc.actions, &sc.resources, &sc.audiences, sc.max_depth),
+        (
+            &vec!["exec".to_string()],
+            &vec!["tools".to_string()],
+            &vec![AUDIENCE.to_string()],
+            1
+        )
+    );
+    assert_eq!((dc.lin.parent.as_deref(), dc.lin.depth), (None, 0));
+
+    // An execution writ under it, with A's consent as the parent's holder: its lineage names
+    // the parent, and its record names the parent's record.
+    let c = issued(ask(
+        &a,
+        &ear_a,
+        &under(body("tools/build"), &d, Some(consent(&a, &url, &d, &jkt_a))),
+    ));
+    let cc = verified(&s, &c);
+    assert_eq!(cc.lin.parent, Some(sha256(&d)));
+    assert_eq!(cc.lin.root, Some(sha256(&d)));
+    assert_eq!(cc.lin.depth, 1);
+    assert!(cc.exp <= dc.exp);
+    let rec = s.records().pop().unwrap();
+    assert_eq!(rec.parent, Some(record_of(&s, &d)));
+    assert_eq!(rec.digests["parent"], sha256(&d));
+
+    // Refusals under the parent, each logged (and each naming the parent's record).
+    let r = ask(&a, &ear_a, &under(body("tools/build"), &d, None));
+    refused(&s, &r, "agent-a", "parent_proof_missing");
+    let stranger = a.tpm.create_holder_key(Some(HOLDER_AUTH)).unwrap();
+    let by_stranger = proof_edited(&a.tpm, &stranger, &url, &d, |c| {
+        c.nonce = Some(jkt_a.clone())
+    });
+    let r = ask(
+        &a,
+        &ear_a,
+        &under(body("tools/build"), &d, Some(by_stranger)),
+    );
+    refused(&s, &r, "agent-a", "parent_proof");
+    let for_other = consent(&a, &url, &d, &holder_jwk(&b.holder).thumbprint());
+    let r = ask(&a, &ear_a, &under(body("tools/build"), &d, Some(for_other)));
+    refused(&s, &r, "agent-a", "parent_proof");
+    assert_eq!(s.records().pop().unwrap().parent, Some(record_of(&s, &d)));
+    // Outside the parent's scope: a resource by prefix only, another audience, a lifetime past
+    // the parent's. A consent used by a refusal is spent.
+    let once = consent(&a, &url, &d, &jkt_a);
+    let r = ask(
+        &a,
+        &ear_a,
+        &under(body("toolsmith/x"), &d, Some(once.clone())),
+    );
+    refused(&s, &r, "agent-a", "lineage");
+    let r = ask(&a, &ear_a, &under(body("tools/build"), &d, Some(once)));
+    refused(&s, &r, "agent-a", "replayed");
+    let mut other_aud = body("tools/build");
+    other_aud["audience"] = json!("spiffe://writ.test/gateway/other");
+    let r = ask(
+        &a,
+        &ear_a,
+        &under(other_aud, &d, Some(consent(&a, &url, &d, &jkt_a))),
+    );
+    refused(&s, &r, "agent-a", "lineage");
+    let mut long = body("tools/build");
+    long["lifetime_s"] = json!(200);
+    let r = ask(
+        &a,
+        &ear_a,
+        &under(long, &d, Some(consent(&a, &url, &d, &jkt_a))),
+    );
+    refused(&s, &r, "agent-a", "lineage");
+    assert!(
+        r.1["detail"].as_str().unwrap().contains("outlives"),
+        "{}",
+        r.1
+    );
+    // Depth: a delegation child at depth 1 is within max_depth 1; its own child is not.
+    let d1 = issued(ask(
+        &a,
+        &ear_a,
+        &under(
+            scope(&["tools/build"], 1),
+            &d,
+            Some(consent(&a, &url, &d, &jkt_a)),
+        ),
+    ));
+    assert_eq!(verified(&s, &d1).lin.root, Some(sha256(&d)));
+    let r = ask(
+        &a,
+        &ear_a,
+        &under(
+            body("tools/build"),
+            &d1,
+            Some(consent(&a, &url, &d1, &jkt_a)),
+        ),
+    );
+    refused(&s, &r, "agent-a", "lineage");
+    assert!(r.1["detail"].as_str().unwrap().contains("depth"), "{}", r.1);
+    // Not a parent: an execution writ, or a writ whose signature was altered.
+    let r = ask(
+        &a,
+        &ear_a,
+        &under(body("tools/build"), &c, Some(consent(&a, &url, &c, &jkt_a))),
+    );
+    refused(&s, &r, "agent-a", "parent_invalid");
+    let mut forged = d.clone();
+    let last_char = if forged.ends_with('A') { 'B' } else { 'A' };
+    forged.pop();
+    forged.push(last_char);
+    let r = ask(
+        &a,
+        &ear_a,
+        &under(
+            body("tools/build"),
+            &forged,
+            Some(consent(&a, &url, &forged, &jkt_a)),
+        ),
+    );
+    refused(&s, &r, "agent-a", "parent_invalid");
+
+    // B delegates to A: A asks under B's writ with B's consent for A's holder key; A's own
+    // proof in its place is not B's consent.
+    let db = issued(ask(&b, &ear_b, &scope(&["tools"], 2)));
+    let cb = issued(ask(
+        &a,
+        &ear_a,
+        &under(
+            body("tools/test"),
+            &db,
+            Some(consent(&b, &url, &db, &jkt_a)),
+        ),
+    ));
+    assert_eq!(
+        verified(&s, &cb).sub,
+        format!("spiffe://{TD}/runtime/agent-a")
+    );
+    let r = ask(
+        &a,
+        &ear_a,
+        &under(
+            body("tools/test"),
+            &db,
+            Some(consent(&a, &url, &db, &jkt_a)),
+        ),
+    );
+    refused(&s, &r, "agent-a", "parent_proof");
+
+    // The lineage reads back from the log: `writ audit lineage <jti>`, each record verified
+    // against the latest checkpoint, the first checked to be this writ's.
+    let key = s.server.as_ref().unwrap().verifier_key.clone();
+    let state = s.dir.path().join("audit.cp");
+    let lineage = |jti: &str| {
+        s.writ(&[
+            "audit",
+            "lineage",
+            "--log",
+            &url,
+            "--key",
+            &key,
+            "--state",
+            state.to_str().unwrap(),
+            jti,
+        ])
+    };
+    s.covered();
+    let out = lineage(&verified(&s, &cb).jti);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&format!(
+            "writ {} issued to spiffe://{TD}/runtime/agent-a",
+            sha256(&cb)
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "parent: writ {} issued to spiffe://{TD}/runtime/agent-b",
+            sha256(&db)
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("lineage: 2 record(s), root reached"),
+        "{text}"
+    );
+    let out = lineage("AAAAAAAAAAAAAAAAAAAAAA");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // B revoked: nothing more under B's writ, even for A.
+    ok(&s.admin(&["revoke", "agent-b"]));
+    let r = ask(
+        &a,
+        &ear_a,
+        &under(
+            body("tools/test"),
+            &db,
+            Some(consent(&b, &url, &db, &jkt_a)),
+        ),
+    );
+    refused(&s, &r, "agent-a", "revoked_in_chain");
     invariant(&s, &answered);
 }

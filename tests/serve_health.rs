@@ -97,6 +97,7 @@ fn openapi_matches_the_routes_and_metrics_count_requests_and_decisions() {
         let concrete = path
             .replace("{name}", "nobody")
             .replace("{index}", "0")
+            .replace("{jti}", "AAAAAAAAAAAAAAAAAAAAAA")
             .replace("{path}", "0/x");
         let (st, ct, _) = call(method, &format!("{}{concrete}", s.url), None);
         assert_ne!(st, 405, "{method} {path}");

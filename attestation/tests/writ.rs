@@ -680,6 +680,47 @@ fn children_never_exceed_their_parent() {
         };
         assert!(refused, "{what}");
     }
+    // A delegation child: addressed to the appliance like its parent, its scope within the
+    // parent's.
+    let mut sub = child.clone();
+    sub.as_object_mut().unwrap().remove("act");
+    sub["aud"] = json!("spiffe://writ.test/writ/appliance");
+    sub["scope"] = json!({
+        "actions": ["exec"],
+        "resources": ["db/prod/orders"],
+        "audiences": ["spiffe://writ.test/gateway/g"],
+        "max_depth": 2
+    });
+    let ok = WritClaims::from_payload(sub.as_object().unwrap().clone()).unwrap();
+    check_child(&parent, &parent_digest, &ok).unwrap();
+    let variants: Vec<(&str, Edit)> = vec![
+        (
+            "audience other than the parent's",
+            Box::new(|c| c["aud"] = json!("spiffe://writ.test/gateway/g")),
+        ),
+        (
+            "scope action",
+            Box::new(|c| c["scope"]["actions"] = json!(["exec", "http"])),
+        ),
+        (
+            "scope resource",
+            Box::new(|c| c["scope"]["resources"] = json!(["db"])),
+        ),
+        (
+            "scope audience",
+            Box::new(|c| c["scope"]["audiences"] = json!(["spiffe://writ.test/gateway/h"])),
+        ),
+        (
+            "scope depth",
+            Box::new(|c| c["scope"]["max_depth"] = json!(3)),
+        ),
+    ];
+    for (what, edit) in variants {
+        let mut c = sub.clone();
+        edit(&mut c);
+        let c = WritClaims::from_payload(c.as_object().unwrap().clone()).unwrap();
+        assert!(check_child(&parent, &parent_digest, &c).is_err(), "{what}");
+    }
     assert!(covers("db/prod", "db/prod"));
     assert!(covers("db/prod", "db/prod/x/y"));
     assert!(!covers("db/prod", "db/production"));

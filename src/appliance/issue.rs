@@ -12,6 +12,7 @@
 //! enrolled with the same AK, its appraisal is the one decided on, the policy bundle is the one in
 //! force, and the proof was not used meanwhile. Only then is the writ answered.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -22,14 +23,17 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use writ_attestation::crypto::default_provider;
 use writ_attestation::jwk::EcJwk;
-use writ_attestation::log::record::Kind;
-use writ_attestation::writ::claims::{Act, Att, Cnf, Lin, WritClaims, is_digest};
+use writ_attestation::log::record::{Kind, leaf_ref};
+use writ_attestation::writ::Refusal;
+use writ_attestation::writ::claims::{
+    Act, Att, Cnf, Form, Lin, Scope, WritClaims, check_child, covers, is_digest,
+};
 use writ_attestation::writ::dpop;
 use writ_attestation::writ::jws::{self, HeaderShape};
 
-use super::{Appliance, digest, now, random, store_problem, valid_name};
+use super::{Appliance, decision_leaf, digest, now, random, store_problem, valid_name};
 use crate::http::Problem;
-use crate::policy::{LoadedPolicy, Principal, RequestContext, Verdict};
+use crate::policy::{LoadedPolicy, MOST_DELEGATION_DEPTH, Principal, RequestContext, Verdict};
 use crate::store::{Op, StoreError, Value as Db};
 
 /// Tolerated clock skew of a proof's `iat`, seconds.
@@ -39,22 +43,56 @@ const MAX_FIELD: usize = 512;
 /// Refused writ requests recorded per runtime per minute (beyond: 429, not recorded).
 pub const MAX_REFUSALS_PER_MINUTE: u32 = 120;
 
-/// A writ request (the body of `POST /v1/writs`).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// A writ request (the body of `POST /v1/writs`): an execution writ (`action`, `resource`,
+/// `audience`, `req`) or a delegation writ (`scope`), optionally under a `parent` delegation writ
+/// presented with `parent_proof`, a DPoP proof by the parent's holder key.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WritRequest {
     /// The action's name (e.g. `exec`).
-    pub action: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
     /// The resource it acts on.
-    pub resource: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
     /// The gateway deployment that will run it.
-    pub audience: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
     /// The request digest (`sha256:` of the canonical request object).
-    pub req: String,
-    /// The lifetime asked for, seconds (default and bound from the policy bundle).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub req: Option<String>,
+    /// What a delegation writ may hand down (instead of the four above).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Scope>,
+    /// The parent delegation writ (JWS compact).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// A DPoP proof by the parent's holder key: `POST`, this URL, `ath` of the parent writ, and
+    /// `nonce` the requester's holder key thumbprint (the parent's holder consents to this
+    /// holder, once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_proof: Option<String>,
+    /// The lifetime asked for, seconds (default and bound from the policy bundle, and never past
+    /// the parent's expiry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lifetime_s: Option<i64>,
 }
+
+/// The form asked for, checked.
+enum Asked<'a> {
+    Execution {
+        action: &'a str,
+        resource: &'a str,
+        audience: &'a str,
+        req: &'a str,
+    },
+    Delegation(&'a Scope),
+}
+
+/// Most entries in each list of a scope.
+pub const MAX_SCOPE_ENTRIES: usize = 8;
+/// Most (action, resource, audience) combinations of a scope, each decided by policy.
+pub const MAX_SCOPE_COMBINATIONS: usize = 64;
 
 /// An issued writ.
 #[derive(Clone, Serialize, Deserialize)]
@@ -187,8 +225,8 @@ impl Appliance {
         }
     }
 
-    /// Issues an execution writ; see the module's documentation. `htu` is the URL the request
-    /// was sent to (scheme, host and path), as the proof must name it.
+    /// Issues a writ; see the module's documentation. `htu` is the URL the request was sent
+    /// to (scheme, host and path), as the proofs must name it.
     pub fn issue(
         &self,
         ear: Option<&str>,
@@ -240,6 +278,20 @@ impl Appliance {
         let mut digests: Vec<(&str, String)> = vec![("ear", ear_digest.clone())];
         let policy = self.current_policy()?;
         let policy_hash = policy.as_ref().map(|(_, p)| p.hash.clone());
+        // The leaf hash of the parent's `issue` record, once the parent is found in the log:
+        // every later record about this request names it.
+        let parent_leaf: RefCell<Option<String>> = RefCell::new(None);
+        let record = |reasons: &[&'static str], digests: &[(&str, String)], effect: Vec<Op>| {
+            let leaf = decision_leaf(
+                Kind::Issue,
+                &subject,
+                reasons,
+                digests,
+                policy_hash.as_deref(),
+                parent_leaf.borrow().clone(),
+            )?;
+            Ok::<_, Problem>(self.append_leaf(Kind::Issue, reasons.first().copied(), leaf, effect))
+        };
         let deny = |code: &'static str,
                     status: StatusCode,
                     detail: String,
@@ -255,24 +307,11 @@ impl Appliance {
                     "too many refused writ requests for this runtime this minute",
                 );
             }
-            match self.append_decision(
-                Kind::Issue,
-                &subject,
-                &[code],
-                digests,
-                policy_hash.as_deref(),
-                effect,
-            ) {
+            match record(&[code], digests, effect) {
                 Ok(Ok(_)) => Problem::new(status, code, detail).identified(),
+                // A proof spent meanwhile: the refusal is recorded with that reason instead.
                 Ok(Err(StoreError::Conflict { code, detail })) => {
-                    match self.append_decision(
-                        Kind::Issue,
-                        &subject,
-                        &[code],
-                        digests,
-                        policy_hash.as_deref(),
-                        Vec::new(),
-                    ) {
+                    match record(&[code], digests, Vec::new()) {
                         Ok(Ok(_)) => Problem::new(status, code, detail).identified(),
                         Ok(Err(e)) => store_problem(e),
                         Err(p) => p,
@@ -329,14 +368,8 @@ impl Appliance {
         ) {
             Ok(v) => v,
             Err(r) => {
-                let code = match r.code {
-                    "proof_key" => "proof_key",
-                    "proof_binding" => "proof_binding",
-                    "proof_time" => "proof_time",
-                    _ => "proof",
-                };
                 return Err(deny(
-                    code,
+                    proof_code(r.code),
                     StatusCode::UNAUTHORIZED,
                     format!("the DPoP proof: {}", r.detail),
                     &digests,
@@ -349,32 +382,9 @@ impl Appliance {
             digest(format!("{}:{}", verified.jkt, verified.jti).as_bytes()),
         ));
         // A proof that verified for this request is used once, refused or not (expired ones
-        // are purged with it).
-        let spend_proof = |must: bool| Op {
-            sql: "INSERT INTO proof_jtis (jkt, jti, keep_until) VALUES ($1, $2, $3)
-                  ON CONFLICT (jkt, jti) DO NOTHING",
-            params: vec![
-                verified.jkt.clone().into(),
-                verified.jti.clone().into(),
-                t.saturating_add(2 * PROOF_SKEW + 60).into(),
-            ],
-            must_affect: must.then_some(("replayed", "this DPoP proof was already used")),
-        };
-        let spent = || {
-            vec![
-                Op {
-                    sql: "DELETE FROM proof_jtis WHERE keep_until < $1",
-                    params: vec![t.into()],
-                    must_affect: None,
-                },
-                spend_proof(false),
-            ]
-        };
-        let used = self.query(
-            "SELECT 1 FROM proof_jtis WHERE jkt = $1 AND jti = $2",
-            &[verified.jkt.clone().into(), verified.jti.clone().into()],
-        )?;
-        if !used.is_empty() {
+        // are purged with it); the parent's proof joins once it verifies.
+        let mut proofs: Vec<(String, String)> = vec![(verified.jkt.clone(), verified.jti.clone())];
+        if self.proof_used(&verified.jkt, &verified.jti)? {
             return Err(deny(
                 "replayed",
                 StatusCode::UNAUTHORIZED,
@@ -396,7 +406,7 @@ impl Appliance {
                 StatusCode::FORBIDDEN,
                 "this runtime is revoked".into(),
                 &digests,
-                spent(),
+                spend(&proofs, t, false),
             ));
         }
         let generation = int(3);
@@ -411,16 +421,16 @@ impl Appliance {
                 StatusCode::FORBIDDEN,
                 format!("the runtime's current appraisal is {status}"),
                 &digests,
-                spent(),
+                spend(&proofs, t, false),
             ));
         }
-        if matches!(row.get(3), None | Some(Db::Null)) || col(7) != ear_digest {
+        if !attested || col(7) != ear_digest {
             return Err(deny(
                 "ear_superseded",
                 StatusCode::FORBIDDEN,
                 "this EAR is not the runtime's current appraisal (a later attestation replaced it); use the latest".into(),
                 &digests,
-                spent(),
+                spend(&proofs, t, false),
             ));
         }
         let Some((policy_generation, policy)) = policy else {
@@ -429,7 +439,7 @@ impl Appliance {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no policy bundle is loaded (writ admin load-policy): nothing is allowed".into(),
                 &digests,
-                spent(),
+                spend(&proofs, t, false),
             ));
         };
         let age = t.saturating_sub(int(8));
@@ -442,162 +452,216 @@ impl Appliance {
                     policy.bundle.max_appraisal_age_s
                 ),
                 &digests,
-                spent(),
+                spend(&proofs, t, false),
             ));
         }
         // The request.
-        let field_ok =
-            |v: &str| !v.is_empty() && v.len() <= MAX_FIELD && !v.chars().any(char::is_control);
-        if !field_ok(&req.action) || !field_ok(&req.resource) || !field_ok(&req.audience) {
-            return Err(deny(
-                "malformed",
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "action, resource and audience are 1 to {MAX_FIELD} bytes without control characters"
-                ),
-                &digests,
-                spent(),
-            ));
+        let asked = match asked(req, policy.bundle.max_delegation_depth()) {
+            Ok(a) => a,
+            Err(detail) => {
+                return Err(deny(
+                    "malformed",
+                    StatusCode::BAD_REQUEST,
+                    detail,
+                    &digests,
+                    spend(&proofs, t, false),
+                ));
+            }
+        };
+        match &asked {
+            Asked::Execution { req, .. } => digests.push(("req", (*req).to_string())),
+            Asked::Delegation(scope) => digests.push((
+                "scope",
+                serde_json::to_value(scope)
+                    .ok()
+                    .and_then(|v| writ_attestation::jcs::canonical(&v).ok())
+                    .map(|c| digest(c.as_bytes()))
+                    .unwrap_or_default(),
+            )),
         }
-        if !is_digest(&req.req) {
-            return Err(deny(
-                "malformed",
-                StatusCode::BAD_REQUEST,
-                "req is the request digest, sha256:<64 hex> (writ agent request computes it)"
-                    .into(),
-                &digests,
-                spent(),
-            ));
-        }
-        digests.push(("req", req.req.clone()));
-        let lifetime = req.lifetime_s.unwrap_or(policy.bundle.writ_lifetime_s);
-        if !(1..=policy.bundle.max_writ_lifetime_s).contains(&lifetime) {
+        if let Some(l) = req.lifetime_s
+            && !(1..=policy.bundle.max_writ_lifetime_s).contains(&l)
+        {
             return Err(deny(
                 "lifetime",
                 StatusCode::FORBIDDEN,
                 format!(
-                    "a lifetime of {lifetime} s (policy allows 1 to {} s)",
+                    "a lifetime of {l} s (policy allows 1 to {} s)",
                     policy.bundle.max_writ_lifetime_s
                 ),
                 &digests,
-                spent(),
+                spend(&proofs, t, false),
             ));
-        }
-        if !self.rates.admit(&name, t, policy.bundle.rate_per_minute) {
-            return Err(deny(
-                "rate_limited",
-                StatusCode::TOO_MANY_REQUESTS,
-                format!(
-                    "more than {} writ requests this minute (policy)",
-                    policy.bundle.rate_per_minute
-                ),
-                &digests,
-                spent(),
-            ));
-        }
-        // Policy.
-        let result: Value = serde_json::from_str(&col(5)).unwrap_or(Value::Null);
-        let (Some(vector), Some(evidence_map)) = (
-            result.get("vector").cloned(),
-            result.get("evidence").cloned(),
-        ) else {
-            tracing::error!(runtime = %name, "stored appraisal without vector or evidence");
-            return Err(Problem::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "store_corrupt",
-                "the runtime's stored appraisal is incomplete",
-            ));
-        };
-        let tpm: Value = serde_json::from_str(&col(2)).unwrap_or(Value::Null);
-        let manufacturer = writ_attestation::evidence::TpmAttributes {
-            manufacturer: tpm
-                .get("manufacturer")
-                .and_then(Value::as_str)
-                .map(str::to_string),
-            model: None,
-            version: None,
-        }
-        .vendor()
-        .unwrap_or_default();
-        let verdict = policy.decide(
-            &Principal {
-                spiffe_id: &subject,
-                name: &name,
-                status: &status,
-                vector: &vector,
-                manufacturer: &manufacturer,
-            },
-            &req.action,
-            &req.resource,
-            &RequestContext {
-                audience: &req.audience,
-                req: &req.req,
-                depth: 0,
-                time: t,
-            },
-        );
-        match verdict {
-            Verdict::Allow(_) => {}
-            Verdict::Deny(rules) => {
-                let detail = if rules.is_empty() {
-                    "no permit policy applies to this request".to_string()
-                } else {
-                    format!("forbidden by policy {}", rules.join(", "))
-                };
-                return Err(deny(
-                    "policy",
-                    StatusCode::FORBIDDEN,
-                    detail,
-                    &digests,
-                    spent(),
-                ));
-            }
-            Verdict::Error(e) => {
-                return Err(deny(
-                    "policy_input",
-                    StatusCode::FORBIDDEN,
-                    format!("the request does not fit the policy's schema: {e}"),
-                    &digests,
-                    spent(),
-                ));
-            }
         }
 
-        // The writ.
+        // The parent: ours, in force, its holder consenting to this holder, in the log, and
+        // nobody in its chain revoked.
+        let mut chain: Vec<String> = Vec::new();
+        let parent = match &req.parent {
+            None => None,
+            Some(parent) => {
+                let parent_digest = digest(parent.as_bytes());
+                digests.push(("parent", parent_digest.clone()));
+                let parent_claims = match self.verify_parent(parent, t) {
+                    Ok(c) => c,
+                    Err((code, detail)) => {
+                        return Err(deny(
+                            code,
+                            StatusCode::FORBIDDEN,
+                            detail,
+                            &digests,
+                            spend(&proofs, t, false),
+                        ));
+                    }
+                };
+                match self.lineage_of(&parent_digest)? {
+                    Some((leaf, runtimes)) => {
+                        *parent_leaf.borrow_mut() = Some(leaf);
+                        chain = runtimes;
+                    }
+                    None => {
+                        tracing::error!(
+                            parent = %parent_digest,
+                            "a parent writ signed by the issuer key has no issue record"
+                        );
+                        return Err(deny(
+                            "parent_unlogged",
+                            StatusCode::FORBIDDEN,
+                            "the parent writ has no issue record in the log".into(),
+                            &digests,
+                            spend(&proofs, t, false),
+                        ));
+                    }
+                }
+                let Some(parent_proof) = req.parent_proof.as_deref() else {
+                    return Err(deny(
+                        "parent_proof_missing",
+                        StatusCode::UNAUTHORIZED,
+                        "a parent writ comes with a DPoP proof by its holder (parent_proof)".into(),
+                        &digests,
+                        spend(&proofs, t, false),
+                    ));
+                };
+                let pv = match dpop::verify(
+                    provider,
+                    parent_proof,
+                    &dpop::Expected {
+                        jkt: &parent_claims.cnf.jkt,
+                        htm: "POST",
+                        htu,
+                        token: parent,
+                        now: t,
+                        skew: PROOF_SKEW,
+                        nonce: Some(&jkt),
+                    },
+                ) {
+                    Ok(v) => v,
+                    Err(r) => {
+                        return Err(deny(
+                            "parent_proof",
+                            StatusCode::UNAUTHORIZED,
+                            format!("the parent holder's proof: {}", r.detail),
+                            &digests,
+                            spend(&proofs, t, false),
+                        ));
+                    }
+                };
+                if (pv.jkt.as_str(), pv.jti.as_str())
+                    == (verified.jkt.as_str(), verified.jti.as_str())
+                    || self.proof_used(&pv.jkt, &pv.jti)?
+                {
+                    return Err(deny(
+                        "replayed",
+                        StatusCode::UNAUTHORIZED,
+                        "the parent holder's proof was already used".into(),
+                        &digests,
+                        spend(&proofs, t, false),
+                    ));
+                }
+                proofs.push((pv.jkt, pv.jti));
+                if let Some(revoked) = self.first_revoked(&chain)? {
+                    return Err(deny(
+                        "revoked_in_chain",
+                        StatusCode::FORBIDDEN,
+                        format!(
+                            "{} in the parent chain is revoked",
+                            self.runtime_id(&revoked)
+                        ),
+                        &digests,
+                        spend(&proofs, t, false),
+                    ));
+                }
+                Some((parent_digest, parent_claims))
+            }
+        };
+
+        // The claims, and (under a parent) that they stay within it.
         let Some(issuer) = self.config.issuer_key.as_ref() else {
             return Err(deny(
                 "issuer_signing",
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no issuer key is configured (keys.issuer): nothing is issued".into(),
                 &digests,
-                spent(),
+                spend(&proofs, t, false),
             ));
+        };
+        let result: Value = serde_json::from_str(&col(5)).unwrap_or(Value::Null);
+        let (Some(vector), Some(evidence_map)) = (
+            result.get("vector").cloned(),
+            result.get("evidence").cloned(),
+        ) else {
+            tracing::error!(runtime = %name, "stored appraisal without vector or evidence");
+            return Err(corrupt("the runtime's stored appraisal is incomplete"));
         };
         let evidence = writ_attestation::jcs::canonical(&evidence_map)
             .map(|c| digest(c.as_bytes()))
-            .map_err(|e| {
-                Problem::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "store_corrupt",
-                    e.to_string(),
-                )
-            })?;
+            .map_err(|e| corrupt(&e.to_string()))?;
         let nonce_digest = evidence_map
             .get("nonce")
             .and_then(Value::as_str)
             .filter(|n| is_digest(n))
-            .ok_or_else(|| {
-                Problem::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "store_corrupt",
-                    "the runtime's stored appraisal has no nonce digest",
-                )
-            })?
+            .ok_or_else(|| corrupt("the runtime's stored appraisal has no nonce digest"))?
             .to_string();
+        // Lifetime: as asked, else the policy's default, and never past the parent (asking
+        // for more than the parent has left is refused by the lineage check below).
+        let lifetime = match (&parent, req.lifetime_s) {
+            (_, Some(l)) => l,
+            (Some((_, p)), None) => policy.bundle.writ_lifetime_s.min(p.exp.saturating_sub(t)),
+            (None, None) => policy.bundle.writ_lifetime_s,
+        };
+        let (act, scope, aud) = match &asked {
+            Asked::Execution {
+                action,
+                resource,
+                audience,
+                req,
+            } => (
+                Some(Act {
+                    name: (*action).to_string(),
+                    resource: (*resource).to_string(),
+                    req: (*req).to_string(),
+                }),
+                None,
+                (*audience).to_string(),
+            ),
+            Asked::Delegation(scope) => (None, Some((*scope).clone()), self.appliance_id()),
+        };
+        let lin = match &parent {
+            None => Lin {
+                parent: None,
+                root: None,
+                depth: 0,
+            },
+            Some((d, p)) => Lin {
+                parent: Some(d.clone()),
+                root: Some(p.lin.root.clone().unwrap_or_else(|| d.clone())),
+                depth: p.lin.depth.saturating_add(1),
+            },
+        };
         let writ_claims = WritClaims {
             iss: self.appliance_id(),
             sub: subject.clone(),
-            aud: req.audience.clone(),
+            aud,
             iat: t,
             nbf: t,
             exp: t.saturating_add(lifetime),
@@ -610,25 +674,146 @@ impl Appliance {
                 nonce: nonce_digest,
                 policy: policy.hash.clone(),
             },
-            lin: Lin {
-                parent: None,
-                root: None,
-                depth: 0,
-            },
-            act: Some(Act {
-                name: req.action.clone(),
-                resource: req.resource.clone(),
-                req: req.req.clone(),
-            }),
-            scope: None,
+            lin,
+            act,
+            scope,
         };
-        writ_claims.check().map_err(|r| {
-            Problem::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "claims",
+        if let Err(r) = writ_claims.check() {
+            return Err(deny(
+                "lifetime",
+                StatusCode::FORBIDDEN,
                 format!("the writ's claims do not hold: {}", r.detail),
-            )
-        })?;
+                &digests,
+                spend(&proofs, t, false),
+            ));
+        }
+        let depth_bound = policy.bundle.max_delegation_depth();
+        if let Some((d, p)) = &parent {
+            let narrowed = check_child(p, d, &writ_claims).and_then(|()| {
+                if writ_claims.lin.depth > depth_bound {
+                    Err(Refusal::new(
+                        "lineage",
+                        format!(
+                            "depth {} (policy allows up to {depth_bound})",
+                            writ_claims.lin.depth
+                        ),
+                    ))
+                } else {
+                    Ok(())
+                }
+            });
+            if let Err(r) = narrowed {
+                return Err(deny(
+                    "lineage",
+                    StatusCode::FORBIDDEN,
+                    format!("the parent does not allow this: {}", r.detail),
+                    &digests,
+                    spend(&proofs, t, false),
+                ));
+            }
+        }
+        if !self.rates.admit(&name, t, policy.bundle.rate_per_minute) {
+            return Err(deny(
+                "rate_limited",
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "more than {} writ requests this minute (policy)",
+                    policy.bundle.rate_per_minute
+                ),
+                &digests,
+                spend(&proofs, t, false),
+            ));
+        }
+
+        // Policy: the request, or every combination of the scope.
+        let tpm: Value = serde_json::from_str(&col(2)).unwrap_or(Value::Null);
+        let manufacturer = writ_attestation::evidence::TpmAttributes {
+            manufacturer: tpm
+                .get("manufacturer")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            model: None,
+            version: None,
+        }
+        .vendor()
+        .unwrap_or_default();
+        let principal = Principal {
+            spiffe_id: &subject,
+            name: &name,
+            status: &status,
+            vector: &vector,
+            manufacturer: &manufacturer,
+        };
+        let parent_subject = parent.as_ref().map(|(_, p)| p.sub.as_str()).unwrap_or("");
+        let depth = i64::from(writ_claims.lin.depth);
+        let asks: Vec<(&str, &str, &str, &str)> = match &asked {
+            Asked::Execution {
+                action,
+                resource,
+                audience,
+                req,
+            } => vec![(action, resource, audience, req)],
+            Asked::Delegation(scope) => {
+                let mut all = Vec::new();
+                for a in &scope.actions {
+                    for r in &scope.resources {
+                        for u in &scope.audiences {
+                            all.push((a.as_str(), r.as_str(), u.as_str(), ""));
+                        }
+                    }
+                }
+                all
+            }
+        };
+        for (action, resource, audience, digest_of_req) in asks {
+            let verdict = policy.decide(
+                &principal,
+                action,
+                resource,
+                &RequestContext {
+                    audience,
+                    req: digest_of_req,
+                    depth,
+                    time: t,
+                    delegation: matches!(asked, Asked::Delegation(_)),
+                    parent: parent_subject,
+                },
+            );
+            let what = match asked {
+                Asked::Execution { .. } => String::new(),
+                Asked::Delegation(_) => {
+                    format!(" (delegating {action} on {resource} for {audience})")
+                }
+            };
+            match verdict {
+                Verdict::Allow(_) => {}
+                Verdict::Deny(rules) => {
+                    let detail = if rules.is_empty() {
+                        format!("no permit policy applies to this request{what}")
+                    } else {
+                        format!("forbidden by policy {}{what}", rules.join(", "))
+                    };
+                    return Err(deny(
+                        "policy",
+                        StatusCode::FORBIDDEN,
+                        detail,
+                        &digests,
+                        spend(&proofs, t, false),
+                    ));
+                }
+                Verdict::Error(e) => {
+                    return Err(deny(
+                        "policy_input",
+                        StatusCode::FORBIDDEN,
+                        format!("the request does not fit the policy's schema{what}: {e}"),
+                        &digests,
+                        spend(&proofs, t, false),
+                    ));
+                }
+            }
+        }
+
+        // The writ.
         let kid = EcJwk::from_verifying_key(issuer.public_key().verifying_key()).thumbprint();
         let payload = serde_json::to_value(&writ_claims).map_err(|e| {
             Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "claims", e.to_string())
@@ -641,32 +826,34 @@ impl Appliance {
             Ok(t) => t,
             Err(e) => {
                 self.metrics.error("custody", "issuer_signing");
+                tracing::error!("issuer key: {}", e.detail);
                 return Err(
-                    match self.append_decision(
-                        Kind::Issue,
-                        &subject,
-                        &["issuer_signing"],
-                        &digests,
-                        Some(&policy.hash),
-                        spent(),
-                    ) {
-                        Ok(Ok(_)) => {
-                            Problem::new(StatusCode::SERVICE_UNAVAILABLE, "issuer_signing", {
-                                tracing::error!("issuer key: {}", e.detail);
-                                "the writ could not be signed by the issuer key"
-                            })
-                        }
-                        Ok(Err(e)) => store_problem(e),
-                        Err(p) => p,
+                    match record(&["issuer_signing"], &digests, spend(&proofs, t, false))? {
+                        Ok(_) => Problem::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "issuer_signing",
+                            "the writ could not be signed by the issuer key",
+                        ),
+                        Err(e) => store_problem(e),
                     },
                 );
             }
         };
         // The writ's digest is recorded only with the allow: a refusal's record never names a
         // writ (inclusion of an `issue` record is what gateways may require).
+        let writ_digest = digest(token.as_bytes());
         let mut allowed = digests.clone();
-        allowed.push(("writ", digest(token.as_bytes())));
-        let effect = vec![
+        allowed.push(("writ", writ_digest.clone()));
+        allowed.push(("jti", digest(writ_claims.jti.as_bytes())));
+        let leaf = decision_leaf(
+            Kind::Issue,
+            &subject,
+            &[],
+            &allowed,
+            Some(&policy.hash),
+            parent_leaf.borrow().clone(),
+        )?;
+        let mut effect = vec![
             Op {
                 sql: "UPDATE runtimes SET changed_at = changed_at
                       WHERE name = $1 AND state = 'enrolled' AND ak_public = $2",
@@ -692,40 +879,48 @@ impl Appliance {
                     "the policy bundle changed meanwhile; ask again",
                 )),
             },
-            Op {
-                sql: "DELETE FROM proof_jtis WHERE keep_until < $1",
-                params: vec![t.into()],
-                must_affect: None,
-            },
-            spend_proof(true),
         ];
-        let index = match self.append_decision(
-            Kind::Issue,
-            &subject,
-            &[],
-            &allowed,
-            Some(&policy.hash),
-            effect,
-        )? {
+        for runtime in &chain {
+            effect.push(Op {
+                sql: "UPDATE runtimes SET changed_at = changed_at
+                      WHERE name = $1 AND state = 'enrolled'",
+                params: vec![runtime.clone().into()],
+                must_affect: Some((
+                    "revoked_in_chain",
+                    "a runtime in the parent chain was revoked meanwhile",
+                )),
+            });
+        }
+        effect.extend(spend(&proofs, t, true));
+        effect.push(Op {
+            sql: "INSERT INTO writs (jti, digest, runtime, parent, depth, delegation, expires_at, leaf_hash)
+                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            params: vec![
+                writ_claims.jti.clone().into(),
+                writ_digest.into(),
+                name.clone().into(),
+                match &parent {
+                    Some((d, _)) => d.clone().into(),
+                    None => Db::Null,
+                },
+                i64::from(writ_claims.lin.depth).into(),
+                i64::from(writ_claims.scope.is_some()).into(),
+                writ_claims.exp.into(),
+                leaf_ref(&leaf).into(),
+            ],
+            must_affect: None,
+        });
+        let index = match self.append_leaf(Kind::Issue, None, leaf, effect) {
             Ok(i) => i,
             Err(StoreError::Conflict { code, detail }) => {
                 if code == "policy_changed" {
                     self.forget_policy();
                 }
                 // Refused, and logged; the writ made for it is never answered.
-                return Err(
-                    match self.append_decision(
-                        Kind::Issue,
-                        &subject,
-                        &[code],
-                        &digests,
-                        Some(&policy.hash),
-                        spent(),
-                    )? {
-                        Ok(_) => Problem::new(StatusCode::CONFLICT, code, detail).identified(),
-                        Err(e) => store_problem(e),
-                    },
-                );
+                return Err(match record(&[code], &digests, spend(&proofs, t, false))? {
+                    Ok(_) => Problem::new(StatusCode::CONFLICT, code, detail).identified(),
+                    Err(e) => store_problem(e),
+                });
             }
             Err(e) => return Err(store_problem(e)),
         };
@@ -735,5 +930,240 @@ impl Appliance {
             expires_at: writ_claims.exp,
             log_index: index,
         })
+    }
+
+    /// Whether a DPoP proof (holder key, jti) was already used here.
+    fn proof_used(&self, jkt: &str, jti: &str) -> Result<bool, Problem> {
+        Ok(!self
+            .query(
+                "SELECT 1 FROM proof_jtis WHERE jkt = $1 AND jti = $2",
+                &[jkt.to_string().into(), jti.to_string().into()],
+            )?
+            .is_empty())
+    }
+
+    /// A parent writ: signed by the issuer key, ours, a delegation writ addressed to this
+    /// appliance, in force. A refusal's code and detail otherwise.
+    fn verify_parent(&self, parent: &str, t: i64) -> Result<WritClaims, (&'static str, String)> {
+        let invalid = |d: String| ("parent_invalid", format!("the parent writ: {d}"));
+        let issuer = self
+            .config
+            .issuer_key
+            .as_ref()
+            .ok_or_else(|| invalid("no issuer key is configured to check it".into()))?;
+        let jwk = EcJwk::from_verifying_key(issuer.public_key().verifying_key());
+        let payload = jws::parse(parent, "writ+jwt", HeaderShape::Kid)
+            .and_then(|u| {
+                if u.kid() == Some(jwk.thumbprint().as_str()) {
+                    u.verify(default_provider(), &jwk)
+                } else {
+                    Err(Refusal::new(
+                        "kid",
+                        "not signed by this appliance's issuer key",
+                    ))
+                }
+            })
+            .map_err(|r| invalid(r.detail))?;
+        let c = WritClaims::from_payload(payload).map_err(|r| invalid(r.detail))?;
+        if c.iss != self.appliance_id() || c.aud != self.appliance_id() {
+            return Err(invalid(
+                "not a writ of this appliance addressed to it".into(),
+            ));
+        }
+        if !matches!(c.form(), Form::Delegation(_)) {
+            return Err(invalid(
+                "an execution writ delegates nothing (ask for a delegation writ with scope)".into(),
+            ));
+        }
+        c.check_time(t, 0)
+            .map_err(|r| ("parent_expired", format!("the parent writ: {}", r.detail)))?;
+        Ok(c)
+    }
+
+    /// A logged writ's lineage: the leaf hash of its `issue` record and the runtimes holding it
+    /// and each of its ancestors. None if it has no record.
+    fn lineage_of(&self, writ_digest: &str) -> Result<Option<(String, Vec<String>)>, Problem> {
+        let mut at = writ_digest.to_string();
+        let mut leaf = None;
+        let mut runtimes: Vec<String> = Vec::new();
+        for _ in 0..=MOST_DELEGATION_DEPTH {
+            let rows = self.query(
+                "SELECT runtime, parent, leaf_hash FROM writs WHERE digest = $1",
+                &[at.clone().into()],
+            )?;
+            let Some(r) = rows.first() else {
+                // The first link is what is asked; an ancestor missing is a broken store.
+                return if leaf.is_none() {
+                    Ok(None)
+                } else {
+                    Err(corrupt("a parent writ's lineage is missing from the store"))
+                };
+            };
+            let text = |i: usize| r.get(i).and_then(Db::text).map(str::to_string);
+            if leaf.is_none() {
+                leaf = text(2);
+            }
+            if let Some(rt) = text(0)
+                && !runtimes.contains(&rt)
+            {
+                runtimes.push(rt);
+            }
+            match text(1) {
+                Some(p) => at = p,
+                None => return Ok(leaf.map(|l| (l, runtimes))),
+            }
+        }
+        Err(corrupt("a lineage longer than any policy allows"))
+    }
+
+    /// The first of `runtimes` that is not enrolled.
+    fn first_revoked(&self, runtimes: &[String]) -> Result<Option<String>, Problem> {
+        for r in runtimes {
+            let rows = self.query(
+                "SELECT state FROM runtimes WHERE name = $1",
+                &[r.clone().into()],
+            )?;
+            let state = rows
+                .first()
+                .and_then(|row| row.first())
+                .and_then(Db::text)
+                .unwrap_or("");
+            if state != "enrolled" {
+                return Ok(Some(r.clone()));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The `issue` record's leaf hash of the writ with `jti`, for auditors.
+    pub fn writ_record(&self, jti: &str) -> Result<Option<String>, Problem> {
+        let rows = self.query(
+            "SELECT leaf_hash FROM writs WHERE jti = $1",
+            &[jti.to_string().into()],
+        )?;
+        Ok(rows
+            .first()
+            .and_then(|r| r.first())
+            .and_then(Db::text)
+            .map(str::to_string))
+    }
+}
+
+fn corrupt(detail: &str) -> Problem {
+    Problem::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "store_corrupt",
+        detail.to_string(),
+    )
+}
+
+/// The code of a refused holder proof.
+fn proof_code(code: &str) -> &'static str {
+    match code {
+        "proof_key" => "proof_key",
+        "proof_binding" => "proof_binding",
+        "proof_time" => "proof_time",
+        _ => "proof",
+    }
+}
+
+/// Spending DPoP proofs (holder key, jti): kept until they could no longer be accepted anyway,
+/// after purging those past that. With `must`, a proof already spent is a conflict (`replayed`).
+fn spend(proofs: &[(String, String)], t: i64, must: bool) -> Vec<Op> {
+    let mut ops = vec![Op {
+        sql: "DELETE FROM proof_jtis WHERE keep_until < $1",
+        params: vec![t.into()],
+        must_affect: None,
+    }];
+    for (jkt, jti) in proofs {
+        ops.push(Op {
+            sql: "INSERT INTO proof_jtis (jkt, jti, keep_until) VALUES ($1, $2, $3)
+                  ON CONFLICT (jkt, jti) DO NOTHING",
+            params: vec![
+                jkt.clone().into(),
+                jti.clone().into(),
+                t.saturating_add(2 * PROOF_SKEW + 60).into(),
+            ],
+            must_affect: must.then_some(("replayed", "this DPoP proof was already used")),
+        });
+    }
+    ops
+}
+
+/// The form a request asks for, with its fields checked.
+fn asked(req: &WritRequest, max_depth: u32) -> Result<Asked<'_>, String> {
+    let field_ok =
+        |v: &str| !v.is_empty() && v.len() <= MAX_FIELD && !v.chars().any(char::is_control);
+    let fields = format!(
+        "action, resource and audience are 1 to {MAX_FIELD} bytes without control characters"
+    );
+    match (
+        &req.action,
+        &req.resource,
+        &req.audience,
+        &req.req,
+        &req.scope,
+    ) {
+        (Some(action), Some(resource), Some(audience), Some(r), None) => {
+            if !field_ok(action) || !field_ok(resource) || !field_ok(audience) {
+                return Err(fields);
+            }
+            if !is_digest(r) {
+                return Err(
+                    "req is the request digest, sha256:<64 hex> (writ agent request computes it)"
+                        .into(),
+                );
+            }
+            Ok(Asked::Execution {
+                action,
+                resource,
+                audience,
+                req: r,
+            })
+        }
+        (None, None, None, None, Some(scope)) => {
+            let lists = [&scope.actions, &scope.resources, &scope.audiences];
+            if lists
+                .iter()
+                .any(|l| l.is_empty() || l.len() > MAX_SCOPE_ENTRIES)
+            {
+                return Err(format!(
+                    "a scope names 1 to {MAX_SCOPE_ENTRIES} actions, resources and audiences"
+                ));
+            }
+            if lists.iter().any(|l| l.iter().any(|v| !field_ok(v))) {
+                return Err(format!("scope entries: {fields}"));
+            }
+            if lists
+                .iter()
+                .any(|l| l.iter().enumerate().any(|(i, v)| l.iter().take(i).any(|x| x == v)))
+            {
+                return Err("a scope names each entry once".into());
+            }
+            if let Some(r) = scope.resources.iter().find(|r| !covers(r, r)) {
+                return Err(format!(
+                    "scope resource {r:?} is not a path of whole segments (not empty, no . or .. segments)"
+                ));
+            }
+            let combinations =
+                scope.actions.len() * scope.resources.len() * scope.audiences.len();
+            if combinations > MAX_SCOPE_COMBINATIONS {
+                return Err(format!(
+                    "a scope of {combinations} (action, resource, audience) combinations (at most {MAX_SCOPE_COMBINATIONS})"
+                ));
+            }
+            if !(1..=max_depth).contains(&scope.max_depth) {
+                return Err(if max_depth == 0 {
+                    "policy allows no delegation writs (max_delegation_depth 0)".into()
+                } else {
+                    format!("scope max_depth is 1 to {max_depth} (policy)")
+                });
+            }
+            Ok(Asked::Delegation(scope))
+        }
+        _ => Err(
+            "ask for an execution writ (action, resource, audience, req) or a delegation writ (scope), not both or parts"
+                .into(),
+        ),
     }
 }

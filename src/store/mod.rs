@@ -279,7 +279,7 @@ pub(crate) trait Backend: Send {
 }
 
 /// The current schema version.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
 /// Migrations, in order; `{int}` and `{blob}` are the engine's 64-bit integer and byte types.
 const MIGRATIONS: &[(u32, &str)] = &[
@@ -402,6 +402,22 @@ const MIGRATIONS: &[(u32, &str)] = &[
         PRIMARY KEY (jkt, jti)
     );
     CREATE INDEX proof_jtis_by_expiry ON proof_jtis (keep_until);",
+    ),
+    (
+        5,
+        // Lineage: every writ issued, by jti and by the digest of its compact form, with its
+        // holder runtime, its parent's digest and the leaf hash of its `issue` record (what a
+        // child's record names as `parent`). Written with the allow record, in its transaction.
+        "CREATE TABLE writs (
+        jti TEXT PRIMARY KEY,
+        digest TEXT NOT NULL UNIQUE,
+        runtime TEXT NOT NULL,
+        parent TEXT,
+        depth {int} NOT NULL,
+        delegation {int} NOT NULL,
+        expires_at {int} NOT NULL,
+        leaf_hash TEXT NOT NULL
+    );",
     ),
 ];
 

@@ -173,6 +173,24 @@ impl Stack {
     }
 
     /// Every durable record in the log (checkpoints may lag by a second; records do not).
+    /// Waits until the latest checkpoint covers every record so far.
+    pub fn covered(&self) {
+        let want = self.records().len();
+        for _ in 0..100 {
+            let (_, note) = get(&self.url(), "/v1/log/checkpoint");
+            let size: usize = note
+                .lines()
+                .nth(1)
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(0);
+            if size >= want {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("no checkpoint covers the log's {want} records");
+    }
+
     pub fn records(&self) -> Vec<DecisionRecord> {
         let mut out = Vec::new();
         loop {

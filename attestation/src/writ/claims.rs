@@ -249,14 +249,14 @@ pub fn check_child(
     if child.exp > parent.exp || child.nbf < parent.nbf {
         return Err(narrow("the child outlives its parent".into()));
     }
-    if !scope.audiences.contains(&child.aud) {
-        return Err(narrow(format!(
-            "audience {:?} is not in the parent's scope",
-            child.aud
-        )));
-    }
     match child.form() {
         Form::Execution(a) => {
+            if !scope.audiences.contains(&child.aud) {
+                return Err(narrow(format!(
+                    "audience {:?} is not in the parent's scope",
+                    child.aud
+                )));
+            }
             if !scope.actions.contains(&a.name) {
                 return Err(narrow(format!(
                     "action {:?} is not in the parent's scope",
@@ -271,6 +271,13 @@ pub fn check_child(
             }
         }
         Form::Delegation(s) => {
+            // A delegation writ is addressed to the appliance, like its parent.
+            if child.aud != parent.aud {
+                return Err(narrow(format!(
+                    "a delegation writ's audience {:?} is not its parent's",
+                    child.aud
+                )));
+            }
             if let Some(x) = s.actions.iter().find(|x| !scope.actions.contains(x)) {
                 return Err(narrow(format!("action {x:?} is not in the parent's scope")));
             }
