@@ -620,6 +620,95 @@ fn writ_agent_requests_a_writ_and_makes_its_proof_in_the_tpm() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // A delegation writ (--scope), then an execution writ under it (--parent): the agent makes
+    // the parent holder's consent with its own holder key.
+    let parent_file = s.dir.path().join("parent.jws");
+    ok(&s.writ(&[
+        "agent",
+        "request",
+        "--state",
+        st,
+        "--tcti",
+        &tcti,
+        "--scope",
+        "--action",
+        "exec",
+        "--resource",
+        "tools",
+        "--audience",
+        AUDIENCE,
+        "--max-depth",
+        "1",
+        "--out",
+        parent_file.to_str().unwrap(),
+    ]));
+    let parent = std::fs::read_to_string(&parent_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    let child_file = s.dir.path().join("child.jws");
+    let child = |resource: &str| {
+        s.writ(&[
+            "agent",
+            "request",
+            "--state",
+            st,
+            "--tcti",
+            &tcti,
+            "--action",
+            "exec",
+            "--resource",
+            resource,
+            "--audience",
+            AUDIENCE,
+            "--parent",
+            parent_file.to_str().unwrap(),
+            "--out",
+            child_file.to_str().unwrap(),
+            "--tool",
+            "build",
+            "--",
+            "make",
+            "all",
+        ])
+    };
+    ok(&child("tools/build"));
+    let child_writ = std::fs::read_to_string(&child_file).unwrap();
+    let c = verified(&s, child_writ.trim());
+    assert_eq!(c.lin.parent, Some(sha256(&parent)));
+    assert_eq!(c.act.unwrap().req, digest);
+    // Outside the parent's scope: refused (exit 1), the check named.
+    let out = child("db/staging");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("lineage"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A parent another runtime holds needs that holder's consent (writ agent consent).
+    let out = s.writ(&[
+        "agent",
+        "consent",
+        "--state",
+        st,
+        "--tcti",
+        &tcti,
+        "--parent",
+        parent_file.to_str().unwrap(),
+        "--for",
+        "some-other-holder",
+    ]);
+    ok(&out);
+    let consent = String::from_utf8(out.stdout).unwrap();
+    let claims: Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(consent.trim().split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["nonce"], "some-other-holder");
+    assert_eq!(claims["ath"], dpop::ath(&parent).as_str());
 }
 
 #[test]
@@ -1011,4 +1100,157 @@ fn delegation_writs_narrow_and_their_lineage_reads_back_from_the_log() {
     );
     refused(&s, &r, "agent-a", "revoked_in_chain");
     invariant(&s, &answered);
+}
+
+/// Holds the SQLite store's write lock (as another appliance's transaction on the same store
+/// would), sends `body` as `rt`, and while the appliance waits to commit its decision, makes
+/// `change` in that transaction and commits it. Returns the answer.
+fn race(s: &Stack, rt: &Runtime, ear: &str, body: &Value, change: &str) -> (u16, Value) {
+    let url = s.url();
+    let p = proof(rt, &url, ear);
+    let conn = rusqlite::Connection::open(s.dir.path().join("writ.db")).unwrap();
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .unwrap();
+    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+    std::thread::scope(|scope| {
+        let asked = scope.spawn(|| request(s, Some(ear), Some(&p), body));
+        // The decision is made on what the store held before `change`; its commit waits for
+        // this transaction.
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        assert!(
+            !asked.is_finished(),
+            "the appliance answered without committing"
+        );
+        conn.execute_batch(change).unwrap();
+        conn.execute_batch("COMMIT").unwrap();
+        asked.join().unwrap()
+    })
+}
+
+#[test]
+fn changes_landing_between_the_decision_and_the_commit_refuse_the_writ() {
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), "[attestation]\near_ttl_s = 10\n").unwrap();
+    let tpm = Swtpm::start();
+    let other_tpm = Swtpm::start_second();
+    let roots = [tpm.ca_dir(), other_tpm.ca_dir()]
+        .iter()
+        .flat_map(|d| {
+            [
+                d.join("issuercert.pem"),
+                d.join("swtpm-localca-rootca-cert.pem"),
+            ]
+        })
+        .collect();
+    let s = Stack::build(
+        tpm,
+        roots,
+        Engine::Sqlite,
+        &["--config", config.path().to_str().unwrap()],
+    );
+    let a = ready(&s, "agent-r");
+    let b = Runtime::enroll(&s, &other_tpm, "agent-p");
+    assign(&s, "agent-p", &profile_of(&b.tpm));
+    let first_ear = attest(&s, &a);
+    ok(&load_policy(&s, &bundle(json!({}))));
+    let url = s.url();
+    let mut answered = BTreeSet::new();
+
+    // Unchanged: the commit goes through once the other transaction ends.
+    let ear = attest(&s, &a);
+    let (st, v) = race(&s, &a, &ear, &body("tools/build"), "SELECT 1");
+    assert_eq!(st, 200, "{v}");
+    answered.insert(v["writ"].as_str().unwrap().to_string());
+
+    // A new policy bundle in force.
+    let r = race(
+        &s,
+        &a,
+        &ear,
+        &body("tools/build"),
+        "INSERT INTO policy_bundles (generation, hash, bundle, loaded_at)
+         SELECT generation + 1, hash, bundle, loaded_at FROM policy_bundles
+         ORDER BY generation DESC LIMIT 1",
+    );
+    assert_eq!(r.0, 409, "{}", r.1);
+    refused(&s, &r, "agent-r", "policy_changed");
+
+    // A new appraisal.
+    let r = race(
+        &s,
+        &a,
+        &ear,
+        &body("tools/build"),
+        "UPDATE attestations SET generation = generation + 1 WHERE name = 'agent-r'",
+    );
+    assert_eq!(r.0, 409, "{}", r.1);
+    refused(&s, &r, "agent-r", "appraisal_changed");
+
+    // A revocation in the parent chain: agent-p's delegation writ, agent-r asking under it.
+    let ear_p = attest(&s, &b);
+    let (st, v) = request(
+        &s,
+        Some(&ear_p),
+        Some(&proof(&b, &url, &ear_p)),
+        &scope(&["tools"], 1),
+    );
+    assert_eq!(st, 200, "{v}");
+    let d = v["writ"].as_str().unwrap().to_string();
+    answered.insert(d.clone());
+    let jkt = holder_jwk(&a.holder).thumbprint();
+    let ear = attest(&s, &a);
+    let r = race(
+        &s,
+        &a,
+        &ear,
+        &under(body("tools/build"), &d, Some(consent(&b, &url, &d, &jkt))),
+        "UPDATE runtimes SET state = 'revoked' WHERE name = 'agent-p'",
+    );
+    assert_eq!(r.0, 409, "{}", r.1);
+    refused(&s, &r, "agent-r", "revoked_in_chain");
+
+    // The requester's own revocation.
+    let r = race(
+        &s,
+        &a,
+        &ear,
+        &body("tools/build"),
+        "UPDATE runtimes SET state = 'revoked' WHERE name = 'agent-r'",
+    );
+    assert_eq!(r.0, 409, "{}", r.1);
+    refused(&s, &r, "agent-r", "revoked");
+    invariant(&s, &answered);
+
+    // An EAR past its lifetime (10 s here): unidentified, not logged.
+    let size = s.records().len();
+    let claims: Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(first_ear.split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    let exp = claims["exp"].as_i64().unwrap();
+    loop {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        if now > exp {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    let r = request(
+        &s,
+        Some(&first_ear),
+        Some(&proof(&a, &url, &first_ear)),
+        &body("tools/build"),
+    );
+    assert_eq!(
+        (r.0, r.1["code"].as_str()),
+        (401, Some("ear_expired")),
+        "{}",
+        r.1
+    );
+    assert_eq!(s.records().len(), size);
 }
