@@ -52,6 +52,10 @@ pub struct ConsentArgs {
     /// The requester's holder key thumbprint (its `holder_jkt`).
     #[arg(long = "for")]
     holder: String,
+    /// The request consented to, exactly as the requester will send it (`writ agent request
+    /// ... --parent FILE --dry-run` prints it).
+    #[arg(long)]
+    request: PathBuf,
 }
 
 /// The request a writ is for: a command (`--tool NAME -- ARGS...`) or an HTTP request
@@ -113,6 +117,10 @@ pub struct RequestArgs {
     /// The lifetime to ask for, seconds (default: the policy's, within the parent's).
     #[arg(long)]
     lifetime: Option<i64>,
+    /// Print the request's body (without proofs) and stop: what the parent's holder consents
+    /// to with `writ agent consent --request`.
+    #[arg(long)]
+    dry_run: bool,
     /// Write the writ to this file (0600) instead of standard output.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -323,6 +331,38 @@ pub fn run(cmd: AgentCommand) -> Result<(), Failure> {
         AgentCommand::Consent(a) => {
             let parent = std::fs::read_to_string(&a.parent)
                 .map_err(|e| format!("{}: {e}", a.parent.display()))?;
+            let asked: writ::appliance::WritRequest = serde_json::from_slice(
+                &std::fs::read(&a.request)
+                    .map_err(|e| format!("--request {}: {e}", a.request.display()))?,
+            )
+            .map_err(|e| format!("--request {}: {e}", a.request.display()))?;
+            if asked.parent.as_deref() != Some(parent.trim()) {
+                return Err("the request is not under this parent writ".into());
+            }
+            let what = match (
+                &asked.scope,
+                &asked.action,
+                &asked.resource,
+                &asked.audience,
+            ) {
+                (Some(s), ..) => format!(
+                    "a delegation writ for {} on {} for {} (max depth {})",
+                    s.actions.join(","),
+                    s.resources.join(","),
+                    s.audiences.join(","),
+                    s.max_depth
+                ),
+                (None, Some(a), Some(r), Some(u)) => format!(
+                    "an execution writ for {a} on {r} for {u} (req {})",
+                    asked.req.as_deref().unwrap_or("?")
+                ),
+                _ => return Err("the request asks for no writ".into()),
+            };
+            step(&format!(
+                "consenting to holder {} asking for {what}, once",
+                a.holder
+            ));
+            let nonce = writ::appliance::consent_nonce(&a.holder, &asked)?;
             let client = client_of(&a.common.state)?;
             let tpm = Attester::open(a.tcti.as_deref()).map_err(|e| format!("TPM: {e}"))?;
             let htu = format!("{}/v1/writs", client.base());
@@ -332,7 +372,7 @@ pub fn run(cmd: AgentCommand) -> Result<(), Failure> {
                 "POST",
                 &htu,
                 parent.trim(),
-                Some(&a.holder),
+                Some(&nonce),
             )?;
             println!("{proof}");
             Ok(())
@@ -549,23 +589,35 @@ fn request(a: &RequestArgs) -> Result<(), Failure> {
     if let Some(p) = &a.parent {
         let parent = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
         let parent = parent.trim().to_string();
+        o.insert("parent".into(), json!(parent));
+        if a.dry_run {
+            println!("{ask}");
+            return Ok(());
+        }
         let consent = match &a.parent_proof {
             Some(f) => std::fs::read_to_string(f)
                 .map_err(|e| format!("{}: {e}", f.display()))?
                 .trim()
                 .to_string(),
             None if writ_holder(&parent)? == own => {
-                holder_proof(&tpm, state, "POST", &htu, &parent, Some(&own))?
+                let asked: writ::appliance::WritRequest =
+                    serde_json::from_value(ask.clone()).map_err(|e| format!("the request: {e}"))?;
+                let nonce = writ::appliance::consent_nonce(&own, &asked)?;
+                holder_proof(&tpm, state, "POST", &htu, &parent, Some(&nonce))?
             }
             None => {
                 return Err(format!(
-                    "another runtime holds the parent writ: ask it for `writ agent consent --parent <writ> --for {own}` and pass --parent-proof"
+                    "another runtime holds the parent writ: give it this request (--dry-run prints it) for `writ agent consent --parent <writ> --for {own} --request <file>`, and pass its answer as --parent-proof"
                 )
                 .into());
             }
         };
-        o.insert("parent".into(), json!(parent));
-        o.insert("parent_proof".into(), json!(consent));
+        if let Some(o) = ask.as_object_mut() {
+            o.insert("parent_proof".into(), json!(consent));
+        }
+    } else if a.dry_run {
+        println!("{ask}");
+        return Ok(());
     }
     let proof = holder_proof(&tpm, state, "POST", &htu, &ear, None)?;
     let issued = client

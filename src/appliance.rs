@@ -44,7 +44,7 @@ pub use attest::{
     AttestAnswer, AttestRequest, Holder, MAX_ATTEST_BODY, MAX_EVENT_LOG, MAX_PENDING_NONCES,
     NonceAnswer, NonceRequest, Signed, required_selection,
 };
-pub use issue::{Issued, PROOF_SKEW, WritRequest};
+pub use issue::{Issued, PROOF_SKEW, WritRequest, consent_nonce};
 
 /// How long a credential challenge can be answered, seconds.
 pub const CHALLENGE_TTL: i64 = 300;

@@ -354,7 +354,15 @@ fn record(args: RecordArgs) -> Result<Vec<String>, Fail> {
     let key = key_of(&args.log.key)?;
     let mut report = Vec::new();
     let latest = verified_latest(&args.log, &key, &[], &mut report)?;
-    walk(&args.log, &latest, report, args.index, args.lineage, None)
+    walk(
+        &args.log,
+        &latest,
+        report,
+        args.index,
+        None,
+        args.lineage,
+        None,
+    )
 }
 
 fn lineage(args: LineageArgs) -> Result<Vec<String>, Fail> {
@@ -384,7 +392,19 @@ fn lineage(args: LineageArgs) -> Result<Vec<String>, Fail> {
         args.jti
     )];
     let latest = verified_latest(&args.log, &key, &[], &mut report)?;
-    walk(&args.log, &latest, report, index, true, Some(&args.jti))
+    let want = parse_hashes(&[leaf.to_string()])
+        .ok()
+        .and_then(|h| h.first().copied())
+        .ok_or_else(|| error("the log's leaf_hash is not a hash"))?;
+    walk(
+        &args.log,
+        &latest,
+        report,
+        index,
+        Some(want),
+        true,
+        Some(&args.jti),
+    )
 }
 
 /// Verifies the record at `index` against the latest checkpoint and prints it; with `lineage`,
@@ -395,12 +415,13 @@ fn walk(
     latest: &Checkpoint,
     mut report: Vec<String>,
     index: u64,
+    expected: Option<Hash>,
     lineage: bool,
     jti: Option<&str>,
 ) -> Result<Vec<String>, Fail> {
     let base = log.log.trim_end_matches('/').to_string();
     let mut index = index;
-    let mut expected: Option<Hash> = None;
+    let mut expected = expected;
     let mut visited = std::collections::HashSet::new();
     for depth in 0..MAX_LINEAGE {
         if index >= latest.size {
@@ -429,7 +450,7 @@ fn walk(
             && leaf_hash(&bytes) != want
         {
             return Err(finding(format!(
-                "the log answered record {index} for a parent whose leaf hash is {}",
+                "the log answered record {index} for a record whose leaf hash is {}",
                 hex::encode(want)
             )));
         }
@@ -477,6 +498,11 @@ fn walk(
             break;
         }
         let Some(parent) = rec.parent_hash() else {
+            if rec.parent.is_some() {
+                return Err(finding(format!(
+                    "record {index} names a parent that is not a leaf hash"
+                )));
+            }
             report.push(format!("lineage: {} record(s), root reached", depth + 1));
             break;
         };

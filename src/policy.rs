@@ -72,13 +72,13 @@ pub struct PolicyBundle {
     #[serde(default = "default_rate")]
     pub rate_per_minute: u32,
     /// The deepest lineage a delegation writ may allow (its `max_depth`); default
-    /// [`DEFAULT_MAX_DELEGATION_DEPTH`], 0 allows no delegation writ.
+    /// [`DEFAULT_MAX_DELEGATION_DEPTH`]: delegation is off until a bundle turns it on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_delegation_depth: Option<u32>,
 }
 
-/// The deepest lineage when the bundle names none.
-pub const DEFAULT_MAX_DELEGATION_DEPTH: u32 = 3;
+/// The deepest lineage when the bundle names none: no delegation writs.
+pub const DEFAULT_MAX_DELEGATION_DEPTH: u32 = 0;
 /// The most a bundle may allow.
 pub const MOST_DELEGATION_DEPTH: u32 = 16;
 

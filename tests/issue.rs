@@ -686,7 +686,36 @@ fn writ_agent_requests_a_writ_and_makes_its_proof_in_the_tpm() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // A parent another runtime holds needs that holder's consent (writ agent consent).
+    // A parent another runtime holds needs that holder's consent (writ agent consent) to the
+    // exact request (writ agent request --dry-run prints it).
+    let out = s.writ(&[
+        "agent",
+        "request",
+        "--state",
+        st,
+        "--tcti",
+        &tcti,
+        "--action",
+        "exec",
+        "--resource",
+        "tools/build",
+        "--audience",
+        AUDIENCE,
+        "--parent",
+        parent_file.to_str().unwrap(),
+        "--dry-run",
+        "--tool",
+        "build",
+        "--",
+        "make",
+        "all",
+    ]);
+    ok(&out);
+    let request_file = s.dir.path().join("request.json");
+    std::fs::write(&request_file, &out.stdout).unwrap();
+    let asked: writ::appliance::WritRequest = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(asked.req.as_deref(), Some(digest.as_str()));
+    assert!(asked.parent_proof.is_none());
     let out = s.writ(&[
         "agent",
         "consent",
@@ -698,8 +727,15 @@ fn writ_agent_requests_a_writ_and_makes_its_proof_in_the_tpm() {
         parent_file.to_str().unwrap(),
         "--for",
         "some-other-holder",
+        "--request",
+        request_file.to_str().unwrap(),
     ]);
     ok(&out);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("an execution writ for exec on tools/build"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let consent = String::from_utf8(out.stdout).unwrap();
     let claims: Value = serde_json::from_slice(
         &URL_SAFE_NO_PAD
@@ -707,7 +743,12 @@ fn writ_agent_requests_a_writ_and_makes_its_proof_in_the_tpm() {
             .unwrap(),
     )
     .unwrap();
-    assert_eq!(claims["nonce"], "some-other-holder");
+    assert_eq!(
+        claims["nonce"],
+        writ::appliance::consent_nonce("some-other-holder", &asked)
+            .unwrap()
+            .as_str()
+    );
     assert_eq!(claims["ath"], dpop::ath(&parent).as_str());
 }
 
@@ -812,11 +853,22 @@ fn under(mut body: Value, parent: &str, consent: Option<String>) -> Value {
     body
 }
 
-/// The consent of `holder` (the runtime holding `parent`) for the holder key `for_jkt`.
-fn consent(holder: &Runtime, url: &str, parent: &str, for_jkt: &str) -> String {
+/// The consent of `holder` (the runtime holding the parent `body` names) for the holder key
+/// `for_jkt` to send `body`.
+fn consent(holder: &Runtime, url: &str, body: &Value, for_jkt: &str) -> String {
+    let asked: writ::appliance::WritRequest = serde_json::from_value(body.clone()).unwrap();
+    let nonce = writ::appliance::consent_nonce(for_jkt, &asked).unwrap();
+    let parent = body["parent"].as_str().unwrap();
     proof_edited(&holder.tpm, &holder.holder, url, parent, |c| {
-        c.nonce = Some(for_jkt.to_string())
+        c.nonce = Some(nonce)
     })
+}
+
+/// `body` under `parent`, with the consent of `holder` for `for_jkt` to send it.
+fn consented(holder: &Runtime, url: &str, body: Value, parent: &str, for_jkt: &str) -> Value {
+    let b = under(body, parent, None);
+    let c = consent(holder, url, &b, for_jkt);
+    under(b, parent, Some(c))
 }
 
 #[test]
@@ -865,8 +917,8 @@ fn delegation_writs_narrow_and_their_lineage_reads_back_from_the_log() {
         "{}",
         r.1
     );
-    // Scopes beyond the policy's depth bound (3 by default), with an escaping resource, or
-    // both forms at once: malformed.
+    // Scopes beyond the policy's depth bound (2 in the example bundle), with an escaping or
+    // non-canonical resource, or both forms at once: malformed.
     refused(
         &s,
         &ask(&a, &ear_a, &scope(&["tools"], 4)),
@@ -876,6 +928,12 @@ fn delegation_writs_narrow_and_their_lineage_reads_back_from_the_log() {
     refused(
         &s,
         &ask(&a, &ear_a, &scope(&["tools/../db"], 1)),
+        "agent-a",
+        "malformed",
+    );
+    refused(
+        &s,
+        &ask(&a, &ear_a, &scope(&["tools//build"], 1)),
         "agent-a",
         "malformed",
     );
@@ -905,7 +963,7 @@ fn delegation_writs_narrow_and_their_lineage_reads_back_from_the_log() {
     let c = issued(ask(
         &a,
         &ear_a,
-        &under(body("tools/build"), &d, Some(consent(&a, &url, &d, &jkt_a))),
+        &consented(&a, &url, body("tools/build"), &d, &jkt_a),
     ));
     let cc = verified(&s, &c);
     assert_eq!(cc.lin.parent, Some(sha256(&d)));
@@ -920,45 +978,46 @@ fn delegation_writs_narrow_and_their_lineage_reads_back_from_the_log() {
     let r = ask(&a, &ear_a, &under(body("tools/build"), &d, None));
     refused(&s, &r, "agent-a", "parent_proof_missing");
     let stranger = a.tpm.create_holder_key(Some(HOLDER_AUTH)).unwrap();
-    let by_stranger = proof_edited(&a.tpm, &stranger, &url, &d, |c| {
-        c.nonce = Some(jkt_a.clone())
-    });
+    let asked = under(body("tools/build"), &d, None);
+    let nonce =
+        writ::appliance::consent_nonce(&jkt_a, &serde_json::from_value(asked.clone()).unwrap())
+            .unwrap();
+    let by_stranger = proof_edited(&a.tpm, &stranger, &url, &d, |c| c.nonce = Some(nonce));
     let r = ask(
         &a,
         &ear_a,
         &under(body("tools/build"), &d, Some(by_stranger)),
     );
     refused(&s, &r, "agent-a", "parent_proof");
-    let for_other = consent(&a, &url, &d, &holder_jwk(&b.holder).thumbprint());
+    let for_other = consent(
+        &a,
+        &url,
+        &under(body("tools/build"), &d, None),
+        &holder_jwk(&b.holder).thumbprint(),
+    );
     let r = ask(&a, &ear_a, &under(body("tools/build"), &d, Some(for_other)));
     refused(&s, &r, "agent-a", "parent_proof");
-    assert_eq!(s.records().pop().unwrap().parent, Some(record_of(&s, &d)));
+    // A consent for another request: refused.
+    let for_build = consent(&a, &url, &under(body("tools/build"), &d, None), &jkt_a);
+    let r = ask(&a, &ear_a, &under(body("tools/test"), &d, Some(for_build)));
+    refused(&s, &r, "agent-a", "parent_proof");
+    // Until the parent's holder consented, refusals do not name the parent's record.
+    assert_eq!(s.records().pop().unwrap().parent, None);
     // Outside the parent's scope: a resource by prefix only, another audience, a lifetime past
     // the parent's. A consent used by a refusal is spent.
-    let once = consent(&a, &url, &d, &jkt_a);
-    let r = ask(
-        &a,
-        &ear_a,
-        &under(body("toolsmith/x"), &d, Some(once.clone())),
-    );
+    let outside = consented(&a, &url, body("toolsmith/x"), &d, &jkt_a);
+    let r = ask(&a, &ear_a, &outside);
     refused(&s, &r, "agent-a", "lineage");
-    let r = ask(&a, &ear_a, &under(body("tools/build"), &d, Some(once)));
+    assert_eq!(s.records().pop().unwrap().parent, Some(record_of(&s, &d)));
+    let r = ask(&a, &ear_a, &outside);
     refused(&s, &r, "agent-a", "replayed");
     let mut other_aud = body("tools/build");
     other_aud["audience"] = json!("spiffe://writ.test/gateway/other");
-    let r = ask(
-        &a,
-        &ear_a,
-        &under(other_aud, &d, Some(consent(&a, &url, &d, &jkt_a))),
-    );
+    let r = ask(&a, &ear_a, &consented(&a, &url, other_aud, &d, &jkt_a));
     refused(&s, &r, "agent-a", "lineage");
     let mut long = body("tools/build");
     long["lifetime_s"] = json!(200);
-    let r = ask(
-        &a,
-        &ear_a,
-        &under(long, &d, Some(consent(&a, &url, &d, &jkt_a))),
-    );
+    let r = ask(&a, &ear_a, &consented(&a, &url, long, &d, &jkt_a));
     refused(&s, &r, "agent-a", "lineage");
     assert!(
         r.1["detail"].as_str().unwrap().contains("outlives"),
@@ -969,21 +1028,13 @@ fn delegation_writs_narrow_and_their_lineage_reads_back_from_the_log() {
     let d1 = issued(ask(
         &a,
         &ear_a,
-        &under(
-            scope(&["tools/build"], 1),
-            &d,
-            Some(consent(&a, &url, &d, &jkt_a)),
-        ),
+        &consented(&a, &url, scope(&["tools/build"], 1), &d, &jkt_a),
     ));
     assert_eq!(verified(&s, &d1).lin.root, Some(sha256(&d)));
     let r = ask(
         &a,
         &ear_a,
-        &under(
-            body("tools/build"),
-            &d1,
-            Some(consent(&a, &url, &d1, &jkt_a)),
-        ),
+        &consented(&a, &url, body("tools/build"), &d1, &jkt_a),
     );
     refused(&s, &r, "agent-a", "lineage");
     assert!(r.1["detail"].as_str().unwrap().contains("depth"), "{}", r.1);
@@ -991,7 +1042,7 @@ fn delegation_writs_narrow_and_their_lineage_reads_back_from_the_log() {
     let r = ask(
         &a,
         &ear_a,
-        &under(body("tools/build"), &c, Some(consent(&a, &url, &c, &jkt_a))),
+        &consented(&a, &url, body("tools/build"), &c, &jkt_a),
     );
     refused(&s, &r, "agent-a", "parent_invalid");
     let mut forged = d.clone();
@@ -1001,11 +1052,7 @@ fn delegation_writs_narrow_and_their_lineage_reads_back_from_the_log() {
     let r = ask(
         &a,
         &ear_a,
-        &under(
-            body("tools/build"),
-            &forged,
-            Some(consent(&a, &url, &forged, &jkt_a)),
-        ),
+        &consented(&a, &url, body("tools/build"), &forged, &jkt_a),
     );
     refused(&s, &r, "agent-a", "parent_invalid");
 
@@ -1015,11 +1062,7 @@ fn delegation_writs_narrow_and_their_lineage_reads_back_from_the_log() {
     let cb = issued(ask(
         &a,
         &ear_a,
-        &under(
-            body("tools/test"),
-            &db,
-            Some(consent(&b, &url, &db, &jkt_a)),
-        ),
+        &consented(&b, &url, body("tools/test"), &db, &jkt_a),
     ));
     assert_eq!(
         verified(&s, &cb).sub,
@@ -1028,11 +1071,7 @@ fn delegation_writs_narrow_and_their_lineage_reads_back_from_the_log() {
     let r = ask(
         &a,
         &ear_a,
-        &under(
-            body("tools/test"),
-            &db,
-            Some(consent(&a, &url, &db, &jkt_a)),
-        ),
+        &consented(&a, &url, body("tools/test"), &db, &jkt_a),
     );
     refused(&s, &r, "agent-a", "parent_proof");
 
@@ -1087,18 +1126,53 @@ fn delegation_writs_narrow_and_their_lineage_reads_back_from_the_log() {
         String::from_utf8_lossy(&out.stdout)
     );
 
+    // A copy of the parent with its signature in high-S form (valid ECDSA, another digest):
+    // not a writ this appliance issued.
+    let high_s = {
+        let (head, sig) = d.rsplit_once('.').unwrap();
+        let sig =
+            p256::ecdsa::Signature::from_slice(&URL_SAFE_NO_PAD.decode(sig).unwrap()).unwrap();
+        let (r, s_) = sig.split_scalars();
+        let flipped =
+            p256::ecdsa::Signature::from_scalars(r.to_bytes(), (-*s_).to_bytes()).unwrap();
+        format!("{head}.{}", URL_SAFE_NO_PAD.encode(flipped.to_bytes()))
+    };
+    let r = ask(
+        &a,
+        &ear_a,
+        &consented(&a, &url, body("tools/build"), &high_s, &jkt_a),
+    );
+    refused(&s, &r, "agent-a", "parent_invalid");
+    assert!(r.1["detail"].as_str().unwrap().contains("low-S"), "{}", r.1);
+
+    // B's machine changes state (contraindicated): its consent no longer carries authority.
+    b.tpm.extend_pcr(4, &[2u8; 32]).unwrap();
+    let (st, _) = b.attest(&s);
+    assert_eq!(st, 403);
+    let r = ask(
+        &a,
+        &ear_a,
+        &consented(&b, &url, body("tools/test"), &db, &jkt_a),
+    );
+    refused(&s, &r, "agent-a", "contraindicated_in_chain");
+
     // B revoked: nothing more under B's writ, even for A.
     ok(&s.admin(&["revoke", "agent-b"]));
     let r = ask(
         &a,
         &ear_a,
-        &under(
-            body("tools/test"),
-            &db,
-            Some(consent(&b, &url, &db, &jkt_a)),
-        ),
+        &consented(&b, &url, body("tools/test"), &db, &jkt_a),
     );
     refused(&s, &r, "agent-a", "revoked_in_chain");
+
+    // A new policy bundle: parents issued under the old one carry no authority any more.
+    ok(&load_policy(&s, &bundle(json!({"rate_per_minute": 599}))));
+    let r = ask(
+        &a,
+        &ear_a,
+        &consented(&a, &url, body("tools/build"), &d, &jkt_a),
+    );
+    refused(&s, &r, "agent-a", "parent_policy");
     invariant(&s, &answered);
 }
 
@@ -1203,7 +1277,7 @@ fn changes_landing_between_the_decision_and_the_commit_refuse_the_writ() {
         &s,
         &a,
         &ear,
-        &under(body("tools/build"), &d, Some(consent(&b, &url, &d, &jkt))),
+        &consented(&b, &url, body("tools/build"), &d, &jkt),
         "UPDATE runtimes SET state = 'revoked' WHERE name = 'agent-p'",
     );
     assert_eq!(r.0, 409, "{}", r.1);

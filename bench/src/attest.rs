@@ -68,6 +68,12 @@ struct Args {
     /// SoftHSM2, the record) by attested runtimes instead of attestations.
     #[arg(long)]
     writs: bool,
+    /// With --writs: then stop the server and measure the same issuance pipeline in this
+    /// process (`Appliance::issue` on the same store, keys and runtimes, no HTTP or TLS), and
+    /// the decision log alone (the same record appended through the same group-commit writer),
+    /// for the HTTP/in-process ratio and the log's share of a writ's cost.
+    #[arg(long, requires = "writs")]
+    in_process: bool,
 }
 
 fn run(cmd: &mut Command) -> Vec<u8> {
@@ -576,7 +582,12 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 }
 
 fn main() {
-    let args = Args::parse();
+    // SoftHSM2 reads SOFTHSM2_CONF once per process: the bench runs in a child that has it, so
+    // that --in-process can open the appliance's keys here.
+    writ_testkit::in_private_softhsm(|hsm| bench(Args::parse(), hsm));
+}
+
+fn bench(args: Args, hsm: &writ_testkit::SoftHsm) {
     let writ = args.writ.clone().unwrap_or_else(|| {
         std::env::current_exe()
             .unwrap()
@@ -590,9 +601,8 @@ fn main() {
         writ.display()
     );
     let dir = tempfile::tempdir().unwrap();
-    let hsm = writ_testkit::SoftHsm::new();
     let ca = ek_ca(dir.path());
-    let app = start(&writ, dir.path(), &hsm, &ca.1);
+    let app = start(&writ, dir.path(), hsm, &ca.1);
 
     // Keylime's 49 KB log, its replayed PCRs 0-7 (sha256), and a profile captured from them.
     let log_path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -741,7 +751,7 @@ fn main() {
                         }
                     }
                 }
-                (lat, errors)
+                (lat, errors, sim)
             })
         })
         .collect();
@@ -757,10 +767,12 @@ fn main() {
     stop.store(true, Ordering::Relaxed);
     let mut all = Vec::new();
     let mut errors = Vec::new();
+    let mut sims = Vec::new();
     for h in handles {
-        let (l, e) = h.join().unwrap();
+        let (l, e, sim) = h.join().unwrap();
         all.extend(l);
         errors.extend(e);
+        sims.push(sim);
     }
     all.sort();
     let rate = all.len() as f64 / elapsed;
@@ -791,4 +803,189 @@ fn main() {
     if let Some(e) = errors.first() {
         println!("  first failure: {e}");
     }
+    if args.in_process {
+        let url = app.url.clone();
+        // The server stops (its writer lock goes with it); this process opens the same store.
+        drop(app);
+        in_process(&args, hsm, dir.path(), &url, &sims, rate);
+    }
+}
+
+/// The issuance pipeline in this process, then the decision log alone; see `--in-process`.
+fn in_process(
+    args: &Args,
+    hsm: &writ_testkit::SoftHsm,
+    dir: &Path,
+    url: &str,
+    sims: &[Sim],
+    http_rate: f64,
+) {
+    use writ::appliance::{Appliance as InProcess, ApplianceConfig, WritRequest};
+    use writ::decision_log::{DecisionLog, LogConfig};
+    let key = |object: &str| {
+        writ_hsm::open_key(
+            &hsm.key_uri(object).parse().unwrap(),
+            &writ_hsm::OpenOptions {
+                allow_software_keys: false,
+            },
+        )
+        .unwrap()
+    };
+    let log = Arc::new(
+        DecisionLog::open(
+            writ::store::Engine::Sqlite(dir.join("writ.db")),
+            LogConfig::new("writ.bench/log"),
+            key("checkpoint"),
+        )
+        .unwrap(),
+    );
+    let app = Arc::new(InProcess::new(
+        Arc::clone(&log),
+        ApplianceConfig {
+            trust_domain: "writ.bench".into(),
+            ek_roots: writ_attestation::evidence::EkTrustStore::new(),
+            admin_token_sha256: None,
+            ca_certificate_pem: None,
+            ear_key: Some(key("ear")),
+            issuer_key: Some(key("issuer")),
+            nonce_ttl: 60,
+            ear_ttl: 300,
+            origins: vec![url.to_string()],
+        },
+    ));
+    let window = Duration::from_secs_f64(args.seconds);
+    // Each worker: a holder proof in software (as the HTTP workers make) and Appliance::issue.
+    let issue_one = |sim: &Sim, n: u64| -> Result<(), String> {
+        let proof = proof_for(url, sim);
+        let req = WritRequest {
+            action: Some("exec".into()),
+            resource: Some(format!("tools/build/{}", n % 64)),
+            audience: Some("spiffe://writ.bench/gateway/tools".into()),
+            req: Some(format!(
+                "sha256:{}",
+                hex::encode(Sha256::digest(n.to_be_bytes()))
+            )),
+            ..WritRequest::default()
+        };
+        app.issue(
+            Some(&sim.ear),
+            Some(&proof),
+            &format!("{url}/v1/writs"),
+            &req,
+        )
+        .map(|_| ())
+        .map_err(|p| format!("{p:?}"))
+    };
+    let (rate, lat, cpu, failures) = measure(window, sims, |sim, n| issue_one(sim, n));
+    println!(
+        "  in-process issuance ({} workers, no HTTP/TLS): {rate:.0} writs/s, p50 {:.2} ms, p99 {:.2} ms, {cpu:.2} cores, {failures} failed",
+        sims.len(),
+        percentile(&lat, 0.50),
+        percentile(&lat, 0.99)
+    );
+    println!("  HTTPS / in-process: {:.2}x", http_rate / rate);
+    // The log alone: the last `issue` record appended again, as many writers, no state change.
+    let size = log.head().0;
+    let leaf = log.record(size - 1).unwrap();
+    let (log_rate, log_lat, log_cpu, log_failures) = measure(window, sims, |_, _| {
+        log.append_with(vec![leaf.clone()], Vec::new())
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    });
+    println!(
+        "  the decision log alone ({} writers, {}-byte record): {log_rate:.0} records/s, p50 {:.2} ms, p99 {:.2} ms, {log_cpu:.2} cores, {log_failures} failed",
+        sims.len(),
+        leaf.len(),
+        percentile(&log_lat, 0.50),
+        percentile(&log_lat, 0.99)
+    );
+    // CPU per writ and per record; the rates' ratio bounds the share from above when the log
+    // alone does not saturate the cores (its writers wait on fsync).
+    let (per_writ, per_record) = (cpu / rate * 1e6, log_cpu / log_rate * 1e6);
+    println!(
+        "  the log's share of a writ's cost: {:.1}% of the CPU ({per_record:.0} of {per_writ:.0} us per writ); {:.1}% by the two rates",
+        100.0 * per_record / per_writ,
+        100.0 * rate / log_rate
+    );
+    log.close();
+}
+
+/// A holder proof for `POST <url>/v1/writs` with the runtime's EAR.
+fn proof_for(url: &str, sim: &Sim) -> String {
+    use writ_attestation::writ::dpop;
+    let mut jti = [0u8; 16];
+    getrandom::fill(&mut jti).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    dpop::create(
+        &SoftHolder(&sim.holder),
+        &writ_attestation::jwk::EcJwk::from_verifying_key(sim.holder.verifying_key()),
+        &dpop::ProofClaims {
+            jti: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(jti),
+            iat: now,
+            htm: "POST".into(),
+            htu: format!("{url}/v1/writs"),
+            ath: dpop::ath(&sim.ear),
+            nonce: None,
+        },
+    )
+    .unwrap()
+}
+
+/// Runs `one` on one thread per runtime for a 1 s warm-up and then `window`; returns the rate,
+/// the sorted latencies, this process's CPU in cores, and the failures.
+fn measure(
+    window: Duration,
+    sims: &[Sim],
+    one: impl Fn(&Sim, u64) -> Result<(), String> + Sync,
+) -> (f64, Vec<Duration>, f64, usize) {
+    let measuring = AtomicBool::new(false);
+    let stop = AtomicBool::new(false);
+    let (mut lat, mut failures, mut elapsed, mut cpu) = (Vec::new(), 0usize, 0.0, 0.0);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = sims
+            .iter()
+            .map(|sim| {
+                let (measuring, stop, one) = (&measuring, &stop, &one);
+                scope.spawn(move || {
+                    let (mut lat, mut failures, mut n) = (Vec::new(), 0usize, 0u64);
+                    while !stop.load(Ordering::Relaxed) {
+                        n += 1;
+                        let t = Instant::now();
+                        let r = one(sim, n);
+                        if measuring.load(Ordering::Relaxed) {
+                            match r {
+                                Ok(()) => lat.push(t.elapsed()),
+                                Err(e) => {
+                                    if failures == 0 {
+                                        eprintln!("attest-bench: {e}");
+                                    }
+                                    failures += 1;
+                                }
+                            }
+                        }
+                    }
+                    (lat, failures)
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_secs(1));
+        let cpu0 = cpu_seconds(std::process::id());
+        measuring.store(true, Ordering::Relaxed);
+        let started = Instant::now();
+        std::thread::sleep(window);
+        measuring.store(false, Ordering::Relaxed);
+        elapsed = started.elapsed().as_secs_f64();
+        cpu = (cpu_seconds(std::process::id()) - cpu0) / elapsed;
+        stop.store(true, Ordering::Relaxed);
+        for h in handles {
+            let (l, f) = h.join().unwrap();
+            lat.extend(l);
+            failures += f;
+        }
+    });
+    lat.sort();
+    (lat.len() as f64 / elapsed, lat, cpu, failures)
 }

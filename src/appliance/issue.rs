@@ -46,7 +46,7 @@ pub const MAX_REFUSALS_PER_MINUTE: u32 = 120;
 /// A writ request (the body of `POST /v1/writs`): an execution writ (`action`, `resource`,
 /// `audience`, `req`) or a delegation writ (`scope`), optionally under a `parent` delegation writ
 /// presented with `parent_proof`, a DPoP proof by the parent's holder key.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WritRequest {
     /// The action's name (e.g. `exec`).
@@ -76,6 +76,21 @@ pub struct WritRequest {
     /// the parent's expiry).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lifetime_s: Option<i64>,
+}
+
+impl std::fmt::Debug for WritRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The parent writ and its holder's proof are tokens: not shown.
+        f.debug_struct("WritRequest")
+            .field("action", &self.action)
+            .field("resource", &self.resource)
+            .field("audience", &self.audience)
+            .field("req", &self.req)
+            .field("scope", &self.scope)
+            .field("parent", &self.parent.as_ref().map(|_| "(a writ)"))
+            .field("lifetime_s", &self.lifetime_s)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The form asked for, checked.
@@ -494,15 +509,28 @@ impl Appliance {
             ));
         }
 
-        // The parent: ours, in force, its holder consenting to this holder, in the log, and
-        // nobody in its chain revoked.
+        if !self.rates.admit(&name, t, policy.bundle.rate_per_minute) {
+            return Err(deny(
+                "rate_limited",
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "more than {} writ requests this minute (policy)",
+                    policy.bundle.rate_per_minute
+                ),
+                &digests,
+                spend(&proofs, t, false),
+            ));
+        }
+
+        // The parent: ours, in force, under the policy in force, its holder consenting to this
+        // request by this holder, in the log, and nobody in its chain revoked or contraindicated.
         let mut chain: Vec<String> = Vec::new();
         let parent = match &req.parent {
             None => None,
             Some(parent) => {
                 let parent_digest = digest(parent.as_bytes());
                 digests.push(("parent", parent_digest.clone()));
-                let parent_claims = match self.verify_parent(parent, t) {
+                let parent_claims = match self.verify_parent(parent, t, &policy.hash) {
                     Ok(c) => c,
                     Err((code, detail)) => {
                         return Err(deny(
@@ -514,13 +542,13 @@ impl Appliance {
                         ));
                     }
                 };
-                match self.lineage_of(&parent_digest)? {
+                let leaf = match self.lineage_of(&parent_digest)? {
                     Some((leaf, runtimes)) => {
-                        *parent_leaf.borrow_mut() = Some(leaf);
                         chain = runtimes;
+                        leaf
                     }
                     None => {
-                        tracing::error!(
+                        tracing::warn!(
                             parent = %parent_digest,
                             "a parent writ signed by the issuer key has no issue record"
                         );
@@ -532,7 +560,7 @@ impl Appliance {
                             spend(&proofs, t, false),
                         ));
                     }
-                }
+                };
                 let Some(parent_proof) = req.parent_proof.as_deref() else {
                     return Err(deny(
                         "parent_proof_missing",
@@ -542,6 +570,8 @@ impl Appliance {
                         spend(&proofs, t, false),
                     ));
                 };
+                let consent = consent_nonce(&jkt, req)
+                    .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "malformed", e))?;
                 let pv = match dpop::verify(
                     provider,
                     parent_proof,
@@ -552,7 +582,7 @@ impl Appliance {
                         token: parent,
                         now: t,
                         skew: PROOF_SKEW,
-                        nonce: Some(&jkt),
+                        nonce: Some(&consent),
                     },
                 ) {
                     Ok(v) => v,
@@ -579,14 +609,13 @@ impl Appliance {
                     ));
                 }
                 proofs.push((pv.jkt, pv.jti));
-                if let Some(revoked) = self.first_revoked(&chain)? {
+                // From here on, refusals name the parent's record: its holder consented.
+                *parent_leaf.borrow_mut() = Some(leaf);
+                if let Some((runtime, code, why)) = self.first_unusable(&chain)? {
                     return Err(deny(
-                        "revoked_in_chain",
+                        code,
                         StatusCode::FORBIDDEN,
-                        format!(
-                            "{} in the parent chain is revoked",
-                            self.runtime_id(&revoked)
-                        ),
+                        format!("{} in the parent chain {why}", self.runtime_id(&runtime)),
                         &digests,
                         spend(&proofs, t, false),
                     ));
@@ -712,19 +741,6 @@ impl Appliance {
                 ));
             }
         }
-        if !self.rates.admit(&name, t, policy.bundle.rate_per_minute) {
-            return Err(deny(
-                "rate_limited",
-                StatusCode::TOO_MANY_REQUESTS,
-                format!(
-                    "more than {} writ requests this minute (policy)",
-                    policy.bundle.rate_per_minute
-                ),
-                &digests,
-                spend(&proofs, t, false),
-            ));
-        }
-
         // Policy: the request, or every combination of the scope.
         let tpm: Value = serde_json::from_str(&col(2)).unwrap_or(Value::Null);
         let manufacturer = writ_attestation::evidence::TpmAttributes {
@@ -890,6 +906,15 @@ impl Appliance {
                     "a runtime in the parent chain was revoked meanwhile",
                 )),
             });
+            effect.push(Op {
+                sql: "UPDATE attestations SET generation = generation
+                      WHERE name = $1 AND status IN ('affirming', 'warning')",
+                params: vec![runtime.clone().into()],
+                must_affect: Some((
+                    "contraindicated_in_chain",
+                    "a runtime in the parent chain was appraised contraindicated meanwhile",
+                )),
+            });
         }
         effect.extend(spend(&proofs, t, true));
         effect.push(Op {
@@ -944,7 +969,12 @@ impl Appliance {
 
     /// A parent writ: signed by the issuer key, ours, a delegation writ addressed to this
     /// appliance, in force. A refusal's code and detail otherwise.
-    fn verify_parent(&self, parent: &str, t: i64) -> Result<WritClaims, (&'static str, String)> {
+    fn verify_parent(
+        &self,
+        parent: &str,
+        t: i64,
+        policy_hash: &str,
+    ) -> Result<WritClaims, (&'static str, String)> {
         let invalid = |d: String| ("parent_invalid", format!("the parent writ: {d}"));
         let issuer = self
             .config
@@ -964,6 +994,19 @@ impl Appliance {
                 }
             })
             .map_err(|r| invalid(r.detail))?;
+        // This appliance signs low-S only: a high-S copy is another encoding of a writ (its
+        // digest, which lineage follows, differs), never one that was issued.
+        let high_s = parent
+            .rsplit('.')
+            .next()
+            .and_then(|sig| URL_SAFE_NO_PAD.decode(sig).ok())
+            .and_then(|b| p256::ecdsa::Signature::from_slice(&b).ok())
+            .is_none_or(|sig| sig.normalize_s() != sig);
+        if high_s {
+            return Err(invalid(
+                "its signature is not in the low-S form this appliance signs".into(),
+            ));
+        }
         let c = WritClaims::from_payload(payload).map_err(|r| invalid(r.detail))?;
         if c.iss != self.appliance_id() || c.aud != self.appliance_id() {
             return Err(invalid(
@@ -973,6 +1016,13 @@ impl Appliance {
         if !matches!(c.form(), Form::Delegation(_)) {
             return Err(invalid(
                 "an execution writ delegates nothing (ask for a delegation writ with scope)".into(),
+            ));
+        }
+        if c.att.policy != policy_hash {
+            return Err((
+                "parent_policy",
+                "the parent writ was issued under another policy bundle than the one in force: ask for a new one"
+                    .into(),
             ));
         }
         c.check_time(t, 0)
@@ -1016,20 +1066,33 @@ impl Appliance {
         Err(corrupt("a lineage longer than any policy allows"))
     }
 
-    /// The first of `runtimes` that is not enrolled.
-    fn first_revoked(&self, runtimes: &[String]) -> Result<Option<String>, Problem> {
+    /// The first of `runtimes` that is not enrolled, or whose current appraisal is not
+    /// affirming or warning: its name, the refusal's code and why.
+    fn first_unusable(
+        &self,
+        runtimes: &[String],
+    ) -> Result<Option<(String, &'static str, &'static str)>, Problem> {
         for r in runtimes {
             let rows = self.query(
-                "SELECT state FROM runtimes WHERE name = $1",
+                "SELECT r.state, a.status FROM runtimes r LEFT JOIN attestations a ON a.name = r.name
+                 WHERE r.name = $1",
                 &[r.clone().into()],
             )?;
-            let state = rows
-                .first()
-                .and_then(|row| row.first())
-                .and_then(Db::text)
-                .unwrap_or("");
-            if state != "enrolled" {
-                return Ok(Some(r.clone()));
+            let row = rows.first();
+            let col = |i: usize| {
+                row.and_then(|row| row.get(i))
+                    .and_then(Db::text)
+                    .unwrap_or("")
+            };
+            if col(0) != "enrolled" {
+                return Ok(Some((r.clone(), "revoked_in_chain", "is revoked")));
+            }
+            if !matches!(col(1), "affirming" | "warning") {
+                return Ok(Some((
+                    r.clone(),
+                    "contraindicated_in_chain",
+                    "has no affirming or warning appraisal",
+                )));
             }
         }
         Ok(None)
@@ -1055,6 +1118,27 @@ fn corrupt(detail: &str) -> Problem {
         "store_corrupt",
         detail.to_string(),
     )
+}
+
+/// The `nonce` of a parent holder's consent: the requester's holder key thumbprint and the
+/// `sha256:` of the request's canonical JSON without `parent_proof`, joined by `.`. The parent's
+/// holder consents to this holder asking for exactly this, once.
+pub fn consent_nonce(requester_jkt: &str, req: &WritRequest) -> Result<String, String> {
+    let asked = WritRequest {
+        parent_proof: None,
+        ..req.clone()
+    };
+    let v = serde_json::to_value(&asked).map_err(|e| e.to_string())?;
+    let c = writ_attestation::jcs::canonical(&v).map_err(|e| e.to_string())?;
+    Ok(format!("{requester_jkt}.{}", digest(c.as_bytes())))
+}
+
+/// Whether `r` is a resource path: segments separated by single `/`, none empty, `.` or `..`,
+/// no leading or trailing `/` (so that policy, which compares strings, and lineage, which
+/// compares segments, read it alike).
+fn canonical_resource(r: &str) -> bool {
+    r.split('/')
+        .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
 }
 
 /// The code of a refused holder proof.
@@ -1108,6 +1192,11 @@ fn asked(req: &WritRequest, max_depth: u32) -> Result<Asked<'_>, String> {
             if !field_ok(action) || !field_ok(resource) || !field_ok(audience) {
                 return Err(fields);
             }
+            if !canonical_resource(resource) {
+                return Err(format!(
+                    "resource {resource:?} is not a path of whole segments (no empty, . or .. segments, no leading or trailing /)"
+                ));
+            }
             if !is_digest(r) {
                 return Err(
                     "req is the request digest, sha256:<64 hex> (writ agent request computes it)"
@@ -1140,9 +1229,13 @@ fn asked(req: &WritRequest, max_depth: u32) -> Result<Asked<'_>, String> {
             {
                 return Err("a scope names each entry once".into());
             }
-            if let Some(r) = scope.resources.iter().find(|r| !covers(r, r)) {
+            if let Some(r) = scope
+                .resources
+                .iter()
+                .find(|r| !canonical_resource(r) || !covers(r, r))
+            {
                 return Err(format!(
-                    "scope resource {r:?} is not a path of whole segments (not empty, no . or .. segments)"
+                    "scope resource {r:?} is not a path of whole segments (no empty, . or .. segments, no leading or trailing /)"
                 ));
             }
             let combinations =

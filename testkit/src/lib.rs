@@ -28,7 +28,7 @@ mod swtpm;
 
 pub use postgres::Postgres;
 pub use proxy::{Fault, FaultProxy};
-pub use softhsm::{SOFTHSM2_MODULE, SoftHsm, isolated};
+pub use softhsm::{SOFTHSM2_MODULE, SoftHsm, in_private_softhsm, isolated};
 pub use swtpm::Swtpm;
 
 use std::path::PathBuf;

@@ -132,6 +132,37 @@ impl Default for SoftHsm {
     }
 }
 
+/// For a program (a benchmark, not a test): runs `body` in a child process of the current
+/// executable, started with the same arguments, whose `SOFTHSM2_CONF` names a fresh private token
+/// directory, so that the program can open the token's keys in its own process (SoftHSM2 reads
+/// `SOFTHSM2_CONF` once per process). The parent exits with the child's status.
+pub fn in_private_softhsm(body: impl FnOnce(&SoftHsm)) {
+    const PROGRAM: &str = "program";
+    if std::env::var(ENV_CHILD).as_deref() == Ok(PROGRAM) {
+        let dir = PathBuf::from(std::env::var(ENV_DIR).expect("child without token dir"));
+        let label = std::env::var(ENV_LABEL).expect("child without token label");
+        body(&SoftHsm {
+            dir,
+            label,
+            _owned: None,
+        });
+        return;
+    }
+    let hsm = SoftHsm::new();
+    let status = Command::new(std::env::current_exe().expect("current executable"))
+        .args(std::env::args_os().skip(1))
+        .env(ENV_CHILD, PROGRAM)
+        .env(ENV_DIR, hsm.dir())
+        .env(ENV_LABEL, hsm.label())
+        .env("SOFTHSM2_CONF", hsm.conf())
+        .status()
+        .expect("re-run in a child process");
+    drop(hsm);
+    if !status.success() {
+        std::process::exit(status.code().unwrap_or(1));
+    }
+}
+
 /// Runs `body` in a child process of the current test binary whose `SOFTHSM2_CONF` names a fresh,
 /// private token directory, and fails the calling test if the child fails.
 ///
