@@ -21,6 +21,7 @@
 //! schema declares the actions over them (an example: deploy/policy/example.json). A request
 //! whose data does not fit the schema is refused (`policy_input`), never evaluated loosely.
 
+use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use cedar_policy::{
@@ -75,7 +76,14 @@ pub struct PolicyBundle {
     /// [`DEFAULT_MAX_DELEGATION_DEPTH`]: delegation is off until a bundle turns it on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_delegation_depth: Option<u32>,
+    /// Reference profiles by name (docs/reference-profiles.md), loaded with the bundle in its
+    /// transaction: each replaces the profile of that name (others stay as they are).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub profiles: BTreeMap<String, Value>,
 }
+
+/// Most reference profiles in one bundle.
+pub const MAX_BUNDLE_PROFILES: usize = 64;
 
 /// The deepest lineage when the bundle names none: no delegation writs.
 pub const DEFAULT_MAX_DELEGATION_DEPTH: u32 = 0;
@@ -112,6 +120,8 @@ pub struct LoadedPolicy {
     pub hash: String,
     /// Its canonical JSON (what is stored).
     pub canonical: String,
+    /// Its reference profiles: name, canonical JSON, digest (the profile's id).
+    pub profiles: Vec<(String, String, String)>,
     schema: Schema,
     policies: PolicySet,
 }
@@ -237,6 +247,25 @@ impl LoadedPolicy {
                 errors.join("; ")
             )));
         }
+        if bundle.profiles.len() > MAX_BUNDLE_PROFILES {
+            return Err(BundleError(format!(
+                "{} profiles (at most {MAX_BUNDLE_PROFILES})",
+                bundle.profiles.len()
+            )));
+        }
+        let mut profiles = Vec::new();
+        for (name, profile) in &bundle.profiles {
+            if !crate::appliance::valid_name(name) {
+                return Err(BundleError(format!(
+                    "profile name {name:?}: 1 to 64 of a-z 0-9 - _ ."
+                )));
+            }
+            let text = writ_attestation::jcs::canonical(profile)
+                .map_err(|e| BundleError(format!("profile {name}: {e}")))?;
+            let loaded = writ_attestation::appraisal::LoadedProfile::from_json(text.as_bytes())
+                .map_err(|e| BundleError(format!("profile {name}: {e}")))?;
+            profiles.push((name.clone(), text, loaded.id().to_string()));
+        }
         let canonical = writ_attestation::jcs::canonical(
             &serde_json::to_value(&bundle).map_err(|e| BundleError(e.to_string()))?,
         )
@@ -246,6 +275,7 @@ impl LoadedPolicy {
             bundle,
             hash,
             canonical,
+            profiles,
             schema,
             policies,
         })

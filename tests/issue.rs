@@ -1328,3 +1328,54 @@ fn changes_landing_between_the_decision_and_the_commit_refuse_the_writ() {
     );
     assert_eq!(s.records().len(), size);
 }
+
+#[test]
+fn a_policy_bundle_carries_reference_profiles() {
+    let s = Stack::new();
+    let rt = Runtime::enroll(&s, &s.tpm, "agent-p");
+    // A bundle whose profile does not load (SHA-1 bank) is refused whole: no policy, no profile.
+    let mut weak = profile_of(&rt.tpm);
+    weak["bank"] = json!("sha1");
+    let out = load_policy(&s, &bundle(json!({"profiles": {"bundled": weak}})));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        err.contains("policy_bundle") && err.contains("profile bundled"),
+        "{err}"
+    );
+    let out = s.admin(&[
+        "assign-profile",
+        "--runtime",
+        "agent-p",
+        "--profile",
+        "bundled",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "no profile was loaded");
+    // With the profile loaded by the bundle, in its transaction: assigned, the runtime is
+    // appraised against it and gets writs.
+    ok(&load_policy(
+        &s,
+        &bundle(json!({"profiles": {"bundled": profile_of(&rt.tpm)}})),
+    ));
+    let (kind, _, decision, _) = last(&s);
+    assert_eq!((kind.as_str(), decision.as_str()), ("policy", "allow"));
+    ok(&s.admin(&[
+        "assign-profile",
+        "--runtime",
+        "agent-p",
+        "--profile",
+        "bundled",
+    ]));
+    let ear = attest(&s, &rt);
+    let (st, v) = request(
+        &s,
+        Some(&ear),
+        Some(&proof(&rt, &s.url(), &ear)),
+        &body("tools/build"),
+    );
+    assert_eq!(st, 200, "{v}");
+    invariant(
+        &s,
+        &BTreeSet::from([v["writ"].as_str().unwrap().to_string()]),
+    );
+}

@@ -13,8 +13,9 @@
 # swtpm, the reference profile loaded and assigned, writ agent attest (quote, event log, holder
 # key certified by the AK; an EAR token signed by the 'ear' key in the HSM), and writ audit over
 # the log, each client pinning the CA by fingerprint; then a policy bundle, a writ for one exact
-# command (writ agent request) and its DPoP proof made in the TPM (writ agent proof). Not built yet
-# (see README): delegation writs, the gateway's exec and proxy.
+# command (writ agent request) and its DPoP proof made in the TPM (writ agent proof), a delegation
+# writ and a writ under it, and the lineage read back from the log. Not built yet (see README): the
+# gateway's exec and proxy.
 # When they land, this script grows into the full chain (issue 17).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -160,10 +161,27 @@ if "$writ" agent request "${agent_tpm[@]}" --action exec --resource db/prod \
 fi
 echo "(refused as the policy says: no-production-database)"
 
+say "Delegation: a writ for a scope (tools, this gateway), then a writ under it for one command"
+"$writ" agent request "${agent_tpm[@]}" --scope --action exec --resource tools \
+  --audience spiffe://writ.dev/gateway/tools --max-depth 1 --out "$WRIT_DEV_DIR/scope.jws"
+child=$("$writ" agent request "${agent_tpm[@]}" --parent "$WRIT_DEV_DIR/scope.jws" --action exec \
+  --resource tools/test --audience spiffe://writ.dev/gateway/tools --out "$WRIT_DEV_DIR/child.jws" \
+  --tool test -- make check)
+echo "$child"
+child_jti=$(printf '%s' "$child" | sed -n 's/.*"jti":"\([^"]*\)".*/\1/p')
+if "$writ" agent request "${agent_tpm[@]}" --parent "$WRIT_DEV_DIR/scope.jws" --action exec \
+  --resource db/staging --audience spiffe://writ.dev/gateway/tools --tool psql; then
+  echo "a writ outside its parent's scope was issued" >&2; exit 1
+fi
+echo "(refused: db/staging is outside the parent's scope)"
+
 say "writ audit: every decision above is in the log, under a checkpoint signed in the HSM"
 sleep 2 # checkpoints are signed every second while the log grows
 "$writ" audit check --log "$server" --fingerprint "$fingerprint" --key "$vkey" \
   --state "$WRIT_DEV_DIR/audit.checkpoint" --full
+echo "The lineage of the writ under the delegation (jti $child_jti), from the log:"
+"$writ" audit lineage --log "$server" --fingerprint "$fingerprint" --key "$vkey" \
+  --state "$WRIT_DEV_DIR/audit.checkpoint" "$child_jti"
 kill "$serve_pid" 2>/dev/null || true
 wait "$serve_pid" 2>/dev/null || true
 
@@ -183,10 +201,12 @@ key certified by the AK; the EAR token (signed by the 'ear' key in the token, bo
 is in $WRIT_DEV_DIR/agent/last.json.
 Issuance checked: the EAR is the runtime's current appraisal, the DPoP proof by its holder key, the
 policy bundle (deploy/policy/example.json, Cedar) allows the request, and the allow record is durable in
-the log before the writ is answered.
+the log before the writ is answered. Under a parent: the parent is this appliance's delegation writ,
+under the policy in force, logged, its holder consented to the exact request (a proof by its TPM key),
+and the child stays within its scope, lifetime and depth; the child's record names the parent's.
 The store (decision log and runtime registry) is $WRIT_DEV_DIR/writ.db; writ audit remembers the last
 checkpoint it verified.
 The appliance's TLS certificate names spiffe://writ.dev/writ/appliance and is signed by the 'ca' key in
 the token; its CA certificate is $WRIT_DEV_DIR/ca.pem.
-Not built yet: delegation writs and lineage, and the gateway's exec and proxy (see README).
+Not built yet: the gateway's exec and proxy (see README).
 DONE

@@ -213,7 +213,7 @@ impl Appliance {
             )
         })?;
         let t = now()?;
-        let effect = vec![Op {
+        let mut effect = vec![Op {
             sql: "INSERT INTO policy_bundles (generation, hash, bundle, loaded_at)
                   SELECT COALESCE(MAX(generation), 0) + 1, $1, $2, $3 FROM policy_bundles",
             params: vec![
@@ -223,6 +223,22 @@ impl Appliance {
             ],
             must_affect: None,
         }];
+        // Its reference profiles, in the same transaction as the bundle and its record.
+        for (name, text, id) in &loaded.profiles {
+            effect.push(Op {
+                sql: "INSERT INTO profiles (name, profile, digest, loaded_at)
+                      VALUES ($1, $2, $3, $4)
+                      ON CONFLICT (name) DO UPDATE SET profile = excluded.profile,
+                          digest = excluded.digest, loaded_at = excluded.loaded_at",
+                params: vec![
+                    name.clone().into(),
+                    text.clone().into(),
+                    id.clone().into(),
+                    t.into(),
+                ],
+                must_affect: None,
+            });
+        }
         match self.append_decision(
             Kind::Policy,
             admin,
