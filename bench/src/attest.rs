@@ -16,8 +16,12 @@
 //! p50 / p99 latency of the two requests together, and the CPU time of the server and of this
 //! load generator (from /proc).
 //!
+//! With `--writs`, the workers ask for execution writs instead; with `--in-process` too, the server
+//! then stops and the same issuance pipeline is measured in this process, and the decision log alone.
+//!
 //! usage: cargo build --release --bin writ && \
-//!        cargo run --release -p writ-bench --bin attest-bench -- [--seconds S] [--workers N]
+//!        cargo run --release -p writ-bench --bin attest-bench -- [--seconds S] [--workers N] \
+//!            [--writs [--in-process]]
 #![forbid(unsafe_code)]
 #![allow(
     clippy::expect_used,
