@@ -1,4 +1,6 @@
-//! `writ admin`: the appliance's admin operations, with the admin token from a file.
+//! `writ admin`: the appliance's admin operations, as an admin identified by a client
+//! certificate (`--cert`, `--key`: `spiffe://<td>/admin/<name>`, from `writ admin issue-cert`)
+//! or by the admin token (`--token-file`).
 
 use std::path::PathBuf;
 
@@ -12,9 +14,15 @@ pub struct Admin {
     /// The appliance, e.g. http://127.0.0.1:8787.
     #[arg(long)]
     server: String,
-    /// A file holding the admin token.
-    #[arg(long)]
-    token_file: PathBuf,
+    /// A file holding the admin token (or give --cert and --key).
+    #[arg(long, required_unless_present = "cert")]
+    token_file: Option<PathBuf>,
+    /// An admin's client certificate (PEM), presented over TLS instead of the token.
+    #[arg(long, requires = "key", conflicts_with = "token_file")]
+    cert: Option<PathBuf>,
+    /// Its private key (PKCS#8 PEM).
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
     /// `sha256:<hex>` of the appliance's CA certificate, for an https:// appliance.
     #[arg(long)]
     fingerprint: Option<String>,
@@ -82,6 +90,23 @@ enum AdminCommand {
         /// The bundle (JSON).
         file: PathBuf,
     },
+    /// Issue an admin's client certificate (spiffe://<td>/admin/<name>, clientAuth only,
+    /// signed by the appliance's ca key; logged): a P-256 key is made here and kept in
+    /// --key-out (0600); only its public key is sent.
+    IssueCert {
+        /// The admin's name.
+        #[arg(long)]
+        name: String,
+        /// Where to write the new private key (PKCS#8 PEM, 0600, must not exist).
+        #[arg(long)]
+        key_out: PathBuf,
+        /// Where to write the certificate (PEM).
+        #[arg(long)]
+        cert_out: PathBuf,
+        /// Hours it is valid (at most 720).
+        #[arg(long, default_value_t = 168)]
+        hours: u64,
+    },
     /// Assign a loaded profile to a runtime: its attestations are appraised against it.
     AssignProfile {
         /// The runtime's name.
@@ -129,20 +154,32 @@ pub fn run(a: Admin) -> std::process::ExitCode {
 
 fn admin(a: Admin) -> Result<Value, (u8, String)> {
     let err2 = |e: String| (2u8, e);
-    let token = std::fs::read_to_string(&a.token_file)
-        .map_err(|e| err2(format!("--token-file {}: {e}", a.token_file.display())))?;
-    let token = zeroize::Zeroizing::new(token.trim().to_string());
+    let token = match &a.token_file {
+        Some(f) => Some(zeroize::Zeroizing::new(
+            std::fs::read_to_string(f)
+                .map_err(|e| err2(format!("--token-file {}: {e}", f.display())))?
+                .trim()
+                .to_string(),
+        )),
+        None => None,
+    };
     let client = Client::new(
         &a.server,
         &Trust {
             fingerprint: a.fingerprint.clone(),
             ca_file: a.ca_file.clone(),
+            client_cert: a.cert.clone().zip(a.key.clone()),
         },
     )
     .map_err(|e| err2(e.to_string()))?;
     let call = |method: &str, path: &str, body: Option<Value>| {
         client
-            .call(method, path, body.as_ref(), Some(token.as_str()))
+            .call(
+                method,
+                path,
+                body.as_ref(),
+                token.as_ref().map(|t| t.as_str()),
+            )
             .map_err(|e| match e {
                 // A refusal of this request is 1; the appliance unable to decide (503, 500, a
                 // rate limit) is an error, 2.
@@ -217,6 +254,63 @@ fn admin(a: Admin) -> Result<Value, (u8, String)> {
             Ok(v.clone())
         }
         AdminCommand::Runtimes => call("GET", "/v1/admin/runtimes", None),
+        AdminCommand::IssueCert {
+            name,
+            key_out,
+            cert_out,
+            hours,
+        } => {
+            use p256::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
+            let key = loop {
+                let mut d = zeroize::Zeroizing::new([0u8; 32]);
+                getrandom::fill(d.as_mut()).map_err(|e| err2(format!("random: {e}")))?;
+                if let Ok(k) = p256::SecretKey::from_slice(d.as_ref()) {
+                    break k;
+                }
+            };
+            let pem = key
+                .to_pkcs8_pem(LineEnding::LF)
+                .map_err(|e| err2(format!("the key: {e}")))?;
+            // The key first, never over an existing file: a certificate without its key is
+            // useless, a key without a certificate harmless.
+            writ::files::write_atomically(
+                &key_out,
+                pem.as_bytes(),
+                0o600,
+                writ::files::Existing::Keep,
+            )
+            .map_err(|e| err2(format!("--key-out {}: {e}", key_out.display())))?;
+            let spki = key
+                .public_key()
+                .to_public_key_der()
+                .map_err(|e| err2(format!("the public key: {e}")))?;
+            use base64::Engine as _;
+            let v = call(
+                "POST",
+                "/v1/admin/certificates",
+                Some(json!({
+                    "name": name,
+                    "public_key": base64::engine::general_purpose::STANDARD.encode(spki.as_bytes()),
+                    "lifetime_s": hours.saturating_mul(3600),
+                })),
+            )?;
+            let cert = v
+                .get("certificate")
+                .and_then(Value::as_str)
+                .ok_or_else(|| err2("the appliance's answer has no certificate".into()))?;
+            writ::files::write_atomically(
+                &cert_out,
+                cert.as_bytes(),
+                0o644,
+                writ::files::Existing::Replace,
+            )
+            .map_err(|e| err2(format!("--cert-out {}: {e}", cert_out.display())))?;
+            Ok(json!({
+                "spiffe_id": v.get("spiffe_id"),
+                "certificate": cert_out.display().to_string(),
+                "key": key_out.display().to_string(),
+            }))
+        }
         AdminCommand::Revoke { name } => {
             if !writ::appliance::valid_name(&name) {
                 return Err(err2(format!(

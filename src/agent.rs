@@ -498,6 +498,7 @@ fn client_of(state: &Path) -> Result<Client, String> {
         &Trust {
             fingerprint: None,
             ca_file: Some(state.join("ca.pem")),
+            client_cert: None,
         },
     )
     .map_err(|e| e.to_string())
@@ -790,6 +791,7 @@ fn attest(a: &Attest) -> Result<(), Failure> {
         &Trust {
             fingerprint: None,
             ca_file: Some(state.join("ca.pem")),
+            client_cert: None,
         },
     )
     .map_err(|e| e.to_string())?;
@@ -935,6 +937,7 @@ fn enroll(a: &Enroll) -> Result<(), String> {
         &Trust {
             fingerprint: a.fingerprint.clone(),
             ca_file: Some(a.common.state.join("ca.pem")),
+            client_cert: None,
         },
     )
     .map_err(|e| e.to_string())?;

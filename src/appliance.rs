@@ -73,6 +73,8 @@ pub struct ApplianceConfig {
     pub ear_ttl: i64,
     /// The `issuer` key, which signs writs (none: issuance answers 503).
     pub issuer_key: Option<Arc<dyn writ_hsm::CustodyKey>>,
+    /// The `ca` key, which signs certificates (none: plain HTTP, no certificates).
+    pub ca_key: Option<Arc<dyn writ_hsm::CustodyKey>>,
     /// The origins (`scheme://host[:port]`) clients address this appliance at; a DPoP proof's
     /// `htu` must name one of them.
     pub origins: Vec<String>,
@@ -865,6 +867,103 @@ impl Appliance {
         }
     }
 
+    /// The admin making a request: by a client certificate whose SPIFFE ID is an admin's
+    /// (`spiffe://<td>/admin/<name>`), else by the admin token ([`Appliance::admin`]). A client
+    /// certificate of any other identity (a runtime's, a gateway's) is refused, token or not, and
+    /// the refusal is logged under that identity (at most [`issue::MAX_REFUSALS_PER_MINUTE`] a
+    /// minute per identity; beyond that, 429 unrecorded): a runtime's credential never
+    /// administers.
+    pub fn admin_by(&self, bearer: Option<&str>, peer: Option<&str>) -> Result<String, Problem> {
+        let Some(id) = peer else {
+            return self.admin(bearer);
+        };
+        if id
+            .strip_prefix(&format!("spiffe://{}/admin/", self.config.trust_domain))
+            .is_some_and(valid_name)
+        {
+            return Ok(id.to_string());
+        }
+        if !self
+            .refusals
+            .admit(id, now()?, issue::MAX_REFUSALS_PER_MINUTE)
+        {
+            return Err(Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many refused admin requests for this identity this minute",
+            ));
+        }
+        Err(self.deny(
+            Rec {
+                kind: Kind::Admin,
+                subject: id,
+                reason: Some("admin_forbidden"),
+                digests: &[],
+            },
+            StatusCode::FORBIDDEN,
+            "this client certificate's SPIFFE ID is not an admin's: it cannot administer",
+        ))
+    }
+
+    /// Issues an admin's client certificate (clientAuth only, the one URI SAN
+    /// `spiffe://<td>/admin/<name>`) for the P-256 public key `spki_der` (DER), signed by the `ca`
+    /// key, for `lifetime_s`; logged. Returns the certificate (PEM).
+    pub fn issue_admin_certificate(
+        &self,
+        admin: &str,
+        name: &str,
+        spki_der: &[u8],
+        lifetime_s: u64,
+    ) -> Result<String, Problem> {
+        if !valid_name(name) {
+            return Err(self.admin_refused(admin, malformed(NAME_RULE)));
+        }
+        let (Some(ca), Some(ca_pem)) = (&self.config.ca_key, &self.config.ca_certificate_pem)
+        else {
+            return Err(self.admin_refused(
+                admin,
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "tls_off",
+                    "this appliance has no ca key (plain HTTP): it issues no certificates",
+                ),
+            ));
+        };
+        let ca_der = x509_der(ca_pem)
+            .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "ca_certificate", e))?;
+        let id = format!("spiffe://{}/admin/{name}", self.config.trust_domain);
+        let der = crate::tls::client_certificate(
+            ca,
+            &ca_der,
+            &id,
+            spki_der,
+            std::time::Duration::from_secs(lifetime_s),
+        )
+        .map_err(|e| {
+            if e.starts_with("the ca key") {
+                self.metrics.error("custody", "ca_signing");
+                tracing::error!("admin certificate: {e}");
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ca_signing",
+                    "the certificate could not be signed by the ca key",
+                )
+            } else {
+                self.admin_refused(admin, malformed(e))
+            }
+        })?;
+        self.admin_record(
+            admin,
+            &[
+                ("admin_certificate", digest(&der)),
+                ("admin_id", digest(id.as_bytes())),
+            ],
+            Vec::new(),
+        )?;
+        crate::tls::pem(&der)
+            .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "certificate", e))
+    }
+
     fn admin_record(
         &self,
         admin: &str,
@@ -1046,4 +1145,12 @@ fn decision_leaf(
             format!("a decision record could not be made: {e}"),
         )
     })
+}
+
+/// The DER of the first certificate in a PEM text.
+fn x509_der(pem: &str) -> Result<Vec<u8>, String> {
+    use x509_cert::der::{DecodePem, Encode};
+    x509_cert::Certificate::from_pem(pem.as_bytes())
+        .and_then(|c| c.to_der())
+        .map_err(|e| format!("the CA certificate: {e}"))
 }

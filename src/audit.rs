@@ -140,6 +140,7 @@ fn trust(log: &LogArgs) -> Result<(), Fail> {
         &crate::client::Trust {
             fingerprint: log.fingerprint.clone(),
             ca_file: log.ca_file.clone(),
+            client_cert: None,
         },
         true,
     )

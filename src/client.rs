@@ -5,12 +5,12 @@
 //! (printed by `writ serve`), as `step ca bootstrap --fingerprint` does. On first contact the
 //! client fetches `/v1/ca.pem` without trusting the connection, accepts it only if its SHA-256
 //! is the pinned fingerprint, keeps it (the agent in its state folder), and from then on trusts
-//! that CA alone, with hostname (or IP) verification and the serverAuth usage where the
-//! certificate states one. The appliance's SPIFFE ID in the server certificate is not checked
-//! on this side yet: today the `ca` key certifies only the appliance's own TLS certificates;
-//! this check must exist before it certifies anything else (X.509-SVIDs). Plain `http://` is
-//! for loopback appliances only (an authority with userinfo is refused), never through a proxy;
-//! no redirects are followed.
+//! that CA alone, with hostname (or IP) verification, the serverAuth usage, and the appliance's
+//! SPIFFE ID (`spiffe://<td>/writ/appliance`, the only SPIFFE ID of the certificate): the same
+//! CA certifies admins' (and later runtimes') client certificates, and none of those may pass
+//! for the appliance. A client certificate and its key (an admin's, `writ admin issue-cert`) are
+//! presented when configured. Plain `http://` is for loopback appliances only (an authority with
+//! userinfo is refused), never through a proxy; no redirects are followed.
 
 use std::time::Duration;
 
@@ -57,6 +57,8 @@ pub struct Trust {
     pub fingerprint: Option<String>,
     /// Where the pinned CA certificate is kept (read if present, written after bootstrap).
     pub ca_file: Option<std::path::PathBuf>,
+    /// A client certificate (PEM) and its private key (PKCS#8 PEM) to present.
+    pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// The appliance at `base` (e.g. `https://writ.example:8787`, or `http://127.0.0.1:8787`).
@@ -200,7 +202,228 @@ pub fn agent_for(
             der
         }
     };
-    Ok(tls_agent(Some(ca), true, status_errors))
+    use ureq::unversioned::transport::Connector as _;
+    let config = verified_tls(&ca, trust.client_cert.as_ref())?;
+    Ok(ureq::Agent::with_parts(
+        ureq::Agent::config_builder()
+            .timeout_global(Some(TIMEOUT))
+            .http_status_as_error(status_errors)
+            .proxy(None)
+            .max_redirects(0)
+            .https_only(true)
+            .build(),
+        ().chain(ureq::unversioned::transport::TcpConnector::default())
+            .chain(ApplianceTls { config }),
+        ureq::unversioned::resolver::DefaultResolver::default(),
+    ))
+}
+
+/// The rustls configuration that trusts the pinned CA `ca_der` alone and requires the
+/// appliance's SPIFFE ID, presenting `client_cert` (certificate PEM, key PEM) if given.
+fn verified_tls(
+    ca_der: &[u8],
+    client_cert: Option<&(std::path::PathBuf, std::path::PathBuf)>,
+) -> Result<std::sync::Arc<rustls::ClientConfig>, ClientError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(ca_der.to_vec()))
+        .map_err(|e| transport(format!("the pinned CA certificate: {e}")))?;
+    let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        std::sync::Arc::new(roots),
+        std::sync::Arc::clone(&provider),
+    )
+    .build()
+    .map_err(|e| transport(format!("TLS verifier: {e}")))?;
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| transport(format!("TLS: {e}")))?
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(ApplianceVerifier { webpki }));
+    let config = match client_cert {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| transport(format!("--cert {}: {e}", cert.display())))?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| transport(format!("--key {}: {e}", key.display())))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| transport(format!("--cert/--key: {e}")))?
+        }
+    };
+    Ok(std::sync::Arc::new(config))
+}
+
+/// The server certificate chains to the pinned CA, names the host, and carries serverAuth
+/// (webpki), and its one SPIFFE ID is an appliance's.
+#[derive(Debug)]
+struct ApplianceVerifier {
+    webpki: std::sync::Arc<rustls::client::WebPkiServerVerifier>,
+}
+
+/// Whether `id` is an appliance's SPIFFE ID (`spiffe://<trust domain>/writ/appliance`).
+fn is_appliance_id(id: &str) -> bool {
+    id.strip_prefix("spiffe://")
+        .and_then(|rest| rest.strip_suffix("/writ/appliance"))
+        .is_some_and(|td| !td.is_empty() && !td.contains('/'))
+}
+
+impl rustls::client::danger::ServerCertVerifier for ApplianceVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let verified = self.webpki.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        match writ::tls::spiffe_ids(end_entity.as_ref())
+            .map_err(|e| rustls::Error::General(format!("server certificate: {e}")))?
+            .as_slice()
+        {
+            [one] if is_appliance_id(one) => Ok(verified),
+            ids => Err(rustls::Error::General(format!(
+                "the server certificate names {ids:?}, not the appliance's SPIFFE ID (spiffe://<td>/writ/appliance): refusing it"
+            ))),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
+}
+
+/// ureq's TLS step with [`verified_tls`]'s configuration (ureq's own takes only root
+/// certificates, no check of the peer's identity beyond its name).
+#[derive(Debug)]
+struct ApplianceTls {
+    config: std::sync::Arc<rustls::ClientConfig>,
+}
+
+impl<In: ureq::unversioned::transport::Transport> ureq::unversioned::transport::Connector<In>
+    for ApplianceTls
+{
+    type Out = ureq::unversioned::transport::Either<In, TlsTransport>;
+
+    fn connect(
+        &self,
+        details: &ureq::unversioned::transport::ConnectionDetails,
+        chained: Option<In>,
+    ) -> Result<Option<Self::Out>, ureq::Error> {
+        use ureq::unversioned::transport::{Either, LazyBuffers, TransportAdapter};
+        let Some(transport) = chained else {
+            return Err(ureq::Error::Io(std::io::Error::other(
+                "no connection to wrap in TLS",
+            )));
+        };
+        if !details.needs_tls() || transport.is_tls() {
+            return Ok(Some(Either::A(transport)));
+        }
+        let host = details
+            .uri
+            .authority()
+            .map(|a| a.host().trim_start_matches('[').trim_end_matches(']'))
+            .ok_or_else(|| ureq::Error::Io(std::io::Error::other("no host to verify")))?;
+        let name = rustls::pki_types::ServerName::try_from(host.to_string())
+            .map_err(|e| ureq::Error::Io(std::io::Error::other(format!("{host}: {e}"))))?;
+        let mut conn = rustls::ClientConnection::new(std::sync::Arc::clone(&self.config), name)?;
+        let mut sock = TransportAdapter::new(transport.boxed(), details.current_time.clone());
+        sock.set_timeout(details.timeout);
+        conn.complete_io(&mut sock)?;
+        Ok(Some(Either::B(TlsTransport {
+            buffers: LazyBuffers::new(
+                details.config.input_buffer_size(),
+                details.config.output_buffer_size(),
+            ),
+            stream: rustls::StreamOwned { conn, sock },
+        })))
+    }
+}
+
+/// A TLS connection for ureq.
+pub(crate) struct TlsTransport {
+    buffers: ureq::unversioned::transport::LazyBuffers,
+    stream: rustls::StreamOwned<
+        rustls::ClientConnection,
+        ureq::unversioned::transport::TransportAdapter,
+    >,
+}
+
+impl std::fmt::Debug for TlsTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsTransport").finish_non_exhaustive()
+    }
+}
+
+impl ureq::unversioned::transport::Transport for TlsTransport {
+    fn buffers(&mut self) -> &mut dyn ureq::unversioned::transport::Buffers {
+        &mut self.buffers
+    }
+
+    fn transmit_output(
+        &mut self,
+        amount: usize,
+        timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<(), ureq::Error> {
+        use std::io::Write;
+        use ureq::unversioned::transport::Buffers;
+        self.stream.get_mut().set_timeout(timeout);
+        let output =
+            self.buffers.output().get(..amount).ok_or_else(|| {
+                ureq::Error::Io(std::io::Error::other("output beyond its buffer"))
+            })?;
+        self.stream.write_all(output)?;
+        Ok(())
+    }
+
+    fn await_input(
+        &mut self,
+        timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<bool, ureq::Error> {
+        use std::io::Read;
+        use ureq::unversioned::transport::Buffers;
+        self.stream.get_mut().set_timeout(timeout);
+        let n = self.stream.read(self.buffers.input_append_buf())?;
+        self.buffers.input_appended(n);
+        Ok(n > 0)
+    }
+
+    fn is_open(&mut self) -> bool {
+        self.stream.get_mut().get_mut().is_open()
+    }
+
+    fn is_tls(&self) -> bool {
+        true
+    }
 }
 
 impl Client {
@@ -295,6 +518,21 @@ impl Client {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_an_appliance_id_is_the_appliance() {
+        assert!(super::is_appliance_id("spiffe://writ.test/writ/appliance"));
+        for bad in [
+            "spiffe://writ.test/runtime/appliance",
+            "spiffe://writ.test/admin/writ/appliance",
+            "spiffe:///writ/appliance",
+            "spiffe://writ.test/writ/appliance/x",
+            "https://writ.test/writ/appliance",
+            "spiffe://a/b/writ/appliance",
+        ] {
+            assert!(!super::is_appliance_id(bad), "{bad}");
+        }
+    }
+
     #[test]
     fn loopback_means_this_machine_and_nothing_else() {
         for ok in [

@@ -220,6 +220,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/admin/join-tokens"),
     ("GET", "/v1/admin/runtimes"),
     ("POST", "/v1/admin/runtimes/{name}/revoke"),
+    ("POST", "/v1/admin/certificates"),
     ("GET", "/v1/log/checkpoint"),
     ("GET", "/v1/log/records/{index}"),
     ("GET", "/v1/log/proof/inclusion"),
@@ -248,6 +249,7 @@ pub const OPENAPI: &str = include_str!("../docs/openapi.json");
 /// | `POST /v1/admin/runtimes/{name}/rebaseline` | 204 |
 /// | `POST /v1/admin/policy` (a policy bundle) | its hash |
 /// | `POST /v1/writs` (`Authorization: DPoP <EAR>`, `DPoP: <proof>`) | an execution or delegation writ ([`crate::appliance::Issued`]) |
+/// | `POST /v1/admin/certificates` `{"name","public_key","lifetime_s"}` | an admin's client certificate (PEM) |
 /// | `GET /v1/log/writs/{jti}` | `{"jti","leaf_hash","index"}`: the writ's `issue` record (for `writ audit lineage`) |
 pub fn appliance_router(app: Arc<Appliance>) -> Router {
     appliance_router_limited(app, Arc::new(UnidentifiedLimit::new(60)))
@@ -294,6 +296,7 @@ pub fn appliance_router_limited(app: Arc<Appliance>, limit: Arc<UnidentifiedLimi
         .route("/v1/admin/join-tokens", post(admin_join_token))
         .route("/v1/admin/runtimes", get(admin_runtimes))
         .route("/v1/admin/runtimes/{name}/revoke", post(admin_revoke))
+        .route("/v1/admin/certificates", post(admin_certificate))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(Arc::clone(&app))
         .merge(log_router(Arc::clone(app.log())))
@@ -489,10 +492,9 @@ struct AssignProfile {
 
 async fn admin_load_profile(
     State(app): State<Arc<Appliance>>,
-    headers: axum::http::HeaderMap,
+    Admin(admin): Admin,
     body: axum::body::Bytes,
 ) -> Result<Response, Problem> {
-    let admin = app.admin(bearer(&headers).as_deref())?;
     work(move || {
         let req: LoadProfile = json_body(&body).map_err(|p| app.admin_refused(&admin, p))?;
         app.load_profile(&admin, &req.name, &req.profile)
@@ -503,11 +505,10 @@ async fn admin_load_profile(
 
 async fn admin_assign_profile(
     State(app): State<Arc<Appliance>>,
-    headers: axum::http::HeaderMap,
+    Admin(admin): Admin,
     Path(name): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Response, Problem> {
-    let admin = app.admin(bearer(&headers).as_deref())?;
     work(move || {
         let req: AssignProfile = json_body(&body).map_err(|p| app.admin_refused(&admin, p))?;
         app.assign_profile(&admin, &name, &req.profile)
@@ -518,10 +519,9 @@ async fn admin_assign_profile(
 
 async fn admin_load_policy(
     State(app): State<Arc<Appliance>>,
-    headers: axum::http::HeaderMap,
+    Admin(admin): Admin,
     body: axum::body::Bytes,
 ) -> Result<Response, Problem> {
-    let admin = app.admin(bearer(&headers).as_deref())?;
     work(move || app.load_policy(&admin, &body))
         .await
         .map(|hash| ok_json(&json!({ "policy_bundle_hash": hash })))
@@ -569,6 +569,40 @@ async fn issue_writ(
         .map(|w| ok_json(&w))
 }
 
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CertificateRequest {
+    name: String,
+    /// base64 of the DER SubjectPublicKeyInfo (P-256).
+    public_key: String,
+    #[serde(default = "default_admin_cert_lifetime")]
+    lifetime_s: u64,
+}
+
+fn default_admin_cert_lifetime() -> u64 {
+    7 * 86_400
+}
+
+async fn admin_certificate(
+    State(app): State<Arc<Appliance>>,
+    Admin(admin): Admin,
+    body: axum::body::Bytes,
+) -> Result<Response, Problem> {
+    let req: CertificateRequest = json_body(&body)?;
+    let spki = STANDARD
+        .decode(req.public_key.as_bytes())
+        .map_err(|_| Problem::bad_request("malformed", "public_key is not base64"))?;
+    let name = req.name.clone();
+    let td = app.trust_domain().to_string();
+    let pem =
+        work(move || app.issue_admin_certificate(&admin, &req.name, &spki, req.lifetime_s)).await?;
+    Ok(axum::Json(json!({
+        "certificate": pem,
+        "spiffe_id": format!("spiffe://{td}/admin/{name}"),
+    }))
+    .into_response())
+}
+
 async fn writ_record(
     State(app): State<Arc<Appliance>>,
     Path(jti): Path<String>,
@@ -613,10 +647,9 @@ async fn writ_record(
 
 async fn admin_rebaseline(
     State(app): State<Arc<Appliance>>,
-    headers: axum::http::HeaderMap,
+    Admin(admin): Admin,
     Path(name): Path<String>,
 ) -> Result<Response, Problem> {
-    let admin = app.admin(bearer(&headers).as_deref())?;
     work(move || app.rebaseline(&admin, &name)).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -642,10 +675,9 @@ fn default_token_ttl() -> i64 {
 
 async fn admin_register_ek(
     State(app): State<Arc<Appliance>>,
-    headers: axum::http::HeaderMap,
+    Admin(admin): Admin,
     body: axum::body::Bytes,
 ) -> Result<Response, Problem> {
-    let admin = app.admin(bearer(&headers).as_deref())?;
     work(move || {
         let req: RegisterEk = json_body(&body).map_err(|p| app.admin_refused(&admin, p))?;
         app.register_ek(&admin, &req.ek_certificate_sha256, &req.name)
@@ -656,10 +688,9 @@ async fn admin_register_ek(
 
 async fn admin_join_token(
     State(app): State<Arc<Appliance>>,
-    headers: axum::http::HeaderMap,
+    Admin(admin): Admin,
     body: axum::body::Bytes,
 ) -> Result<Response, Problem> {
-    let admin = app.admin(bearer(&headers).as_deref())?;
     work(move || {
         let req: NewJoinToken = json_body(&body).map_err(|p| app.admin_refused(&admin, p))?;
         app.issue_join_token(&admin, &req.name, req.ttl_seconds)
@@ -670,9 +701,8 @@ async fn admin_join_token(
 
 async fn admin_runtimes(
     State(app): State<Arc<Appliance>>,
-    headers: axum::http::HeaderMap,
+    Admin(admin): Admin,
 ) -> Result<Response, Problem> {
-    let admin = app.admin(bearer(&headers).as_deref())?;
     work(move || app.runtimes(&admin))
         .await
         .map(|l| ok_json(&l))
@@ -680,10 +710,9 @@ async fn admin_runtimes(
 
 async fn admin_revoke(
     State(app): State<Arc<Appliance>>,
-    headers: axum::http::HeaderMap,
+    Admin(admin): Admin,
     Path(name): Path<String>,
 ) -> Result<Response, Problem> {
-    let admin = app.admin(bearer(&headers).as_deref())?;
     work(move || app.revoke(&admin, &name)).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -898,6 +927,34 @@ pub struct Limits {
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub std::net::IpAddr);
 
+/// The SPIFFE ID of the connection's client certificate, if it presented one that chains to
+/// the appliance's CA (set by [`serve`] on every connection; a certificate naming no or several
+/// SPIFFE IDs names nobody).
+#[derive(Debug, Clone, Default)]
+pub struct PeerId(pub Option<String>);
+
+/// An admin, authenticated by a client certificate with an admin SPIFFE ID or by the admin
+/// token ([`Appliance::admin`]); its SPIFFE ID.
+#[derive(Debug)]
+pub struct Admin(pub String);
+
+impl axum::extract::FromRequestParts<Arc<Appliance>> for Admin {
+    type Rejection = Problem;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        app: &Arc<Appliance>,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts.extensions.get::<PeerId>().and_then(|p| p.0.clone());
+        let token = bearer(&parts.headers);
+        let app = Arc::clone(app);
+        // A refusal of an identified caller (a runtime's certificate) is a record: blocking work.
+        work(move || app.admin_by(token.as_deref(), peer.as_deref()))
+            .await
+            .map(Admin)
+    }
+}
+
 /// Refusals before anyone is identified (no or wrong credential, unknown enrollment, malformed
 /// or oversize body) are not logged one by one; they are counted and, per source address,
 /// limited: past `per_minute` in a minute, that address gets `429 rate_limited` on every `/v1`
@@ -1058,9 +1115,7 @@ pub async fn serve(
             drop(stream);
             continue;
         };
-        let service = hyper_util::service::TowerToHyperService::new(
-            router.clone().layer(axum::Extension(Peer(peer.ip()))),
-        );
+        let router = router.clone();
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
             let mut builder = hyper::server::conn::http1::Builder::new();
@@ -1077,10 +1132,33 @@ pub async fn serve(
                         drop(slot);
                         return;
                     };
+                    // A client certificate (verified against the CA at the handshake) names
+                    // its holder by its SPIFFE ID; what it may do is decided per route.
+                    let id = PeerId(
+                        tls.get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .and_then(|c| crate::tls::spiffe_ids(c.as_ref()).ok())
+                            .and_then(|ids| match ids.as_slice() {
+                                [one] => Some(one.clone()),
+                                _ => None,
+                            }),
+                    );
+                    let service = hyper_util::service::TowerToHyperService::new(
+                        router
+                            .layer(axum::Extension(Peer(peer.ip())))
+                            .layer(axum::Extension(id)),
+                    );
                     let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(tls), service);
                     let _ = tokio::time::timeout(limits.connection, conn).await;
                 }
                 None => {
+                    let service = hyper_util::service::TowerToHyperService::new(
+                        router
+                            .layer(axum::Extension(Peer(peer.ip())))
+                            .layer(axum::Extension(PeerId(None))),
+                    );
                     let conn =
                         builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
                     let _ = tokio::time::timeout(limits.connection, conn).await;

@@ -309,8 +309,8 @@ pub fn run(args: Serve) -> Result<(), String> {
         return Err("the ear key and the checkpoint key are one key: one key, one purpose".into());
     }
     // TLS: the ca key, its CA certificate (made once), a server certificate for the appliance.
-    let tls = match &c.keys.ca {
-        None => None,
+    let (tls, ca_key) = match &c.keys.ca {
+        None => (None, None),
         Some(uri) => {
             let ca = open_key(
                 &uri.parse().map_err(|e| format!("ca key: {e}"))?,
@@ -348,13 +348,13 @@ pub fn run(args: Serve) -> Result<(), String> {
             };
             let ca_der = writ::tls::ca_certificate(&ca, &c.trust_domain, &path)?;
             let tls = writ::tls::ApplianceTls::new(
-                ca,
+                Arc::clone(&ca),
                 ca_der,
                 &c.trust_domain,
                 c.tls.names.clone(),
                 Duration::from_secs(c.tls.certificate_lifetime_s),
             )?;
-            Some(tls)
+            (Some(tls), Some(ca))
         }
     };
     let mut config = LogConfig::new(&c.origin());
@@ -440,6 +440,7 @@ pub fn run(args: Serve) -> Result<(), String> {
                     .transpose()?,
                 ear_key: ear,
                 issuer_key: issuer,
+                ca_key,
                 nonce_ttl: i64::try_from(c.attestation.nonce_ttl_s).unwrap_or(60),
                 ear_ttl: i64::try_from(c.attestation.ear_ttl_s).unwrap_or(300),
                 origins: public_origins(tls.is_some(), &c.tls.names, addr),

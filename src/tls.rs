@@ -4,9 +4,11 @@
 //! addresses it is reached at, serverAuth only, for a TLS key generated in memory at start and
 //! renewed at half its life. The server certificate is signed by the `ca` key in custody.
 //!
-//! The CA certificate is self-signed (basicConstraints CA, pathLen 0, keyCertSign): in this
-//! release it certifies only the appliance's own TLS certificates; runtimes' and gateways'
-//! X.509-SVIDs (clientAuth only) come with the certificates issue.
+//! The CA certificate is self-signed (basicConstraints CA, pathLen 0, keyCertSign). It certifies
+//! the appliance's own TLS certificates (serverAuth) and admins' client certificates (clientAuth
+//! only, one URI SAN `spiffe://<td>/admin/<name>`); runtimes' and gateways' X.509-SVIDs come with
+//! the certificates issue. Clients check the appliance's SPIFFE ID in the server certificate, and
+//! the appliance authorizes a client certificate by its SPIFFE ID, never by chaining alone.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -42,6 +44,9 @@ use x509_cert::time::Validity;
 /// serverAuth (RFC 5280 4.2.1.12).
 const SERVER_AUTH: x509_cert::der::asn1::ObjectIdentifier =
     x509_cert::der::asn1::ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.1");
+/// clientAuth (RFC 5280 4.2.1.12).
+const CLIENT_AUTH: x509_cert::der::asn1::ObjectIdentifier =
+    x509_cert::der::asn1::ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.2");
 
 fn ext<T: AssociatedOid + Encode>(value: &T, critical: bool) -> Result<Extension, String> {
     Ok(Extension {
@@ -200,6 +205,72 @@ pub fn ca_certificate(
     cert.to_der().map_err(|e| e.to_string())
 }
 
+/// A leaf certificate signed by the `ca` key (whose CA certificate is `ca_der`): not a CA,
+/// digitalSignature only, the one extended key usage `usage`, the subject alternative names
+/// `sans`, for the public key `spki`; valid for `lifetime` and never past the CA.
+fn leaf(
+    ca: &Arc<dyn CustodyKey>,
+    ca_der: &[u8],
+    subject: &str,
+    sans: Vec<GeneralName>,
+    usage: x509_cert::der::asn1::ObjectIdentifier,
+    spki: SubjectPublicKeyInfo<x509_cert::der::asn1::Any, x509_cert::der::asn1::BitString>,
+    lifetime: Duration,
+) -> Result<Certificate, String> {
+    let ca_cert = Certificate::from_der(ca_der).map_err(|e| e.to_string())?;
+    let ca_spki = ca_cert
+        .tbs_certificate()
+        .subject_public_key_info()
+        .to_der()
+        .map_err(|e| e.to_string())?;
+    let spki_der = spki.to_der().map_err(|e| e.to_string())?;
+    let profile = Profile {
+        issuer: ca_cert.tbs_certificate().subject().clone(),
+        subject: Name::from_str(subject).map_err(|e| e.to_string())?,
+        extensions: vec![
+            ext(
+                &BasicConstraints {
+                    ca: false,
+                    path_len_constraint: None,
+                },
+                true,
+            )?,
+            ext(&KeyUsage(KeyUsages::DigitalSignature.into()), true)?,
+            ext(&ExtendedKeyUsage(vec![usage]), false)?,
+            ext(&SubjectAltName(sans), false)?,
+            ext(
+                &AuthorityKeyIdentifier {
+                    key_identifier: Some(key_id(&ca_spki)?),
+                    authority_cert_issuer: None,
+                    authority_cert_serial_number: None,
+                },
+                false,
+            )?,
+            ext(&SubjectKeyIdentifier(key_id(&spki_der)?), false)?,
+        ],
+    };
+    let ca_not_after = ca_cert
+        .tbs_certificate()
+        .validity()
+        .not_after
+        .to_system_time();
+    CertificateBuilder::new(
+        profile,
+        serial()?,
+        validity(lifetime, Some(ca_not_after))?,
+        spki,
+    )
+    .map_err(|e| e.to_string())?
+    .build::<_, DerSignature>(&CustodySigner::new(Arc::clone(ca)))
+    .map_err(|e| format!("the ca key could not sign the certificate: {e}"))
+}
+
+fn uri_san(uri: &str) -> Result<GeneralName, String> {
+    Ok(GeneralName::UniformResourceIdentifier(
+        Ia5String::new(uri).map_err(|e| e.to_string())?,
+    ))
+}
+
 /// A fresh TLS key (in memory) and its certificate for the appliance, signed by the `ca` key.
 fn server_key(
     ca: &Arc<dyn CustodyKey>,
@@ -215,16 +286,7 @@ fn server_key(
             break k;
         }
     };
-    let ca_cert = Certificate::from_der(ca_der).map_err(|e| e.to_string())?;
-    let mut sans = vec![GeneralName::UniformResourceIdentifier(
-        Ia5String::new(&format!("spiffe://{trust_domain}/writ/appliance"))
-            .map_err(|e| e.to_string())?,
-    )];
-    let ca_spki = ca_cert
-        .tbs_certificate()
-        .subject_public_key_info()
-        .to_der()
-        .map_err(|e| e.to_string())?;
+    let mut sans = vec![uri_san(&appliance_id(trust_domain))?];
     for n in names {
         sans.push(match n.parse::<IpAddr>() {
             Ok(ip) => GeneralName::IpAddress(
@@ -237,50 +299,16 @@ fn server_key(
             Err(_) => GeneralName::DnsName(Ia5String::new(n).map_err(|e| format!("{n}: {e}"))?),
         });
     }
-    let profile = Profile {
-        issuer: ca_cert.tbs_certificate().subject().clone(),
-        subject: Name::from_str("CN=writ appliance,O=writ").map_err(|e| e.to_string())?,
-        extensions: vec![
-            ext(
-                &BasicConstraints {
-                    ca: false,
-                    path_len_constraint: None,
-                },
-                true,
-            )?,
-            ext(&KeyUsage(KeyUsages::DigitalSignature.into()), true)?,
-            ext(&ExtendedKeyUsage(vec![SERVER_AUTH]), false)?,
-            ext(&SubjectAltName(sans), false)?,
-            ext(
-                &AuthorityKeyIdentifier {
-                    key_identifier: Some(key_id(&ca_spki)?),
-                    authority_cert_issuer: None,
-                    authority_cert_serial_number: None,
-                },
-                false,
-            )?,
-        ],
-    };
     let spki = SubjectPublicKeyInfo::from_key(key.verifying_key()).map_err(|e| e.to_string())?;
-    let spki_der = spki.to_der().map_err(|e| e.to_string())?;
-    let mut profile = profile;
-    profile
-        .extensions
-        .push(ext(&SubjectKeyIdentifier(key_id(&spki_der)?), false)?);
-    let ca_not_after = ca_cert
-        .tbs_certificate()
-        .validity()
-        .not_after
-        .to_system_time();
-    let cert = CertificateBuilder::new(
-        profile,
-        serial()?,
-        validity(lifetime, Some(ca_not_after))?,
+    let cert = leaf(
+        ca,
+        ca_der,
+        "CN=writ appliance,O=writ",
+        sans,
+        SERVER_AUTH,
         spki,
-    )
-    .map_err(|e| e.to_string())?
-    .build::<_, DerSignature>(&CustodySigner::new(Arc::clone(ca)))
-    .map_err(|e| format!("the ca key could not sign the TLS certificate: {e}"))?;
+        lifetime,
+    )?;
     let pkcs8 = key.to_pkcs8_der().map_err(|e| e.to_string())?;
     // Borrowed, not copied: the only copy is the zeroizing PKCS#8 document.
     let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8.as_bytes()));
@@ -293,6 +321,71 @@ fn server_key(
         ],
         signing,
     ))
+}
+
+/// The appliance's SPIFFE ID in `trust_domain`.
+pub fn appliance_id(trust_domain: &str) -> String {
+    format!("spiffe://{trust_domain}/writ/appliance")
+}
+
+/// Longest client certificate lifetime.
+pub const MAX_CLIENT_LIFETIME: Duration = Duration::from_secs(30 * 86_400);
+
+/// A client certificate in the shape of an X.509-SVID: exactly one URI SAN, `spiffe_id`,
+/// clientAuth only, not a CA, for the P-256 public key `spki_der`, signed by the `ca` key
+/// (whose CA certificate is `ca_der`). Returns its DER.
+pub fn client_certificate(
+    ca: &Arc<dyn CustodyKey>,
+    ca_der: &[u8],
+    spiffe_id: &str,
+    spki_der: &[u8],
+    lifetime: Duration,
+) -> Result<Vec<u8>, String> {
+    use p256::pkcs8::DecodePublicKey;
+    if !spiffe_id.starts_with("spiffe://") {
+        return Err(format!("{spiffe_id:?} is not a SPIFFE ID"));
+    }
+    if lifetime > MAX_CLIENT_LIFETIME || lifetime.is_zero() {
+        return Err(format!(
+            "a client certificate lives 1 s to {} days",
+            MAX_CLIENT_LIFETIME.as_secs() / 86_400
+        ));
+    }
+    // A P-256 public key, and nothing else.
+    p256::PublicKey::from_public_key_der(spki_der)
+        .map_err(|e| format!("the public key is not P-256: {e}"))?;
+    let spki = SubjectPublicKeyInfo::from_der(spki_der).map_err(|e| e.to_string())?;
+    let cert = leaf(
+        ca,
+        ca_der,
+        "O=writ",
+        vec![uri_san(spiffe_id)?],
+        CLIENT_AUTH,
+        spki,
+        lifetime,
+    )?;
+    cert.to_der().map_err(|e| e.to_string())
+}
+
+/// The SPIFFE IDs (URI subject alternative names with the `spiffe` scheme) a certificate
+/// names.
+pub fn spiffe_ids(cert_der: &[u8]) -> Result<Vec<String>, String> {
+    let cert = Certificate::from_der(cert_der).map_err(|e| e.to_string())?;
+    let san = match cert.tbs_certificate().get_extension::<SubjectAltName>() {
+        Ok(Some((_, san))) => san,
+        Ok(None) => return Ok(Vec::new()),
+        Err(e) => return Err(e.to_string()),
+    };
+    Ok(san
+        .0
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::UniformResourceIdentifier(u) if u.as_str().starts_with("spiffe://") => {
+                Some(u.as_str().to_string())
+            }
+            _ => None,
+        })
+        .collect())
 }
 
 /// The appliance's TLS: serves the current certificate and renews it.
@@ -387,10 +480,30 @@ impl ApplianceTls {
         ))
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
-        .with_no_client_auth()
+        .with_client_cert_verifier(self.client_verifier()?)
         .with_cert_resolver(Arc::clone(self) as Arc<dyn ResolvesServerCert>);
         c.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Arc::new(c))
+    }
+}
+
+impl ApplianceTls {
+    /// Client certificates are optional; one that is presented must chain to this CA and carry
+    /// clientAuth (what it may do is decided by its SPIFFE ID, per route).
+    fn client_verifier(
+        &self,
+    ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from(self.ca_der.clone()))
+            .map_err(|e| format!("CA certificate: {e}"))?;
+        rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+        )
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| format!("client certificate verifier: {e}"))
     }
 }
 

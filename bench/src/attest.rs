@@ -852,6 +852,7 @@ fn in_process(
             ca_certificate_pem: None,
             ear_key: Some(key("ear")),
             issuer_key: Some(key("issuer")),
+            ca_key: None,
             nonce_ttl: 60,
             ear_ttl: 300,
             origins: vec![url.to_string()],

@@ -142,7 +142,7 @@ pub(crate) struct Rates(Mutex<HashMap<String, (i64, u32)>>);
 
 impl Rates {
     /// Counts one decision for `name` at `now`; false once `limit` were made this minute.
-    fn admit(&self, name: &str, now: i64, limit: u32) -> bool {
+    pub(crate) fn admit(&self, name: &str, now: i64, limit: u32) -> bool {
         let Ok(mut map) = self.0.lock() else {
             return false;
         };
