@@ -790,6 +790,26 @@ fn with_the_hsm_gone_nothing_is_issued() {
     assert_eq!(st, 503, "{v}");
     assert!(v.get("writ").is_none(), "{v}");
     std::fs::rename(&moved, &tokens).unwrap();
+    // The token comes back: issuance recovers without a restart.
+    let mut answered = answered;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (st, v) = request(
+            &s,
+            Some(&ear),
+            Some(&proof(&rt, &url, &ear)),
+            &body("tools/build"),
+        );
+        if st == 200 {
+            answered.insert(v["writ"].as_str().unwrap().to_string());
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not recovered: {st} {v}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
     invariant(&s, &answered);
 }
 

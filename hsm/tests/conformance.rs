@@ -634,6 +634,52 @@ mod pkcs11 {
     }
 }
 
+/// A token whose storage disappears (SoftHSM2's token folder moved away: what a removed token or
+/// a lost HSM looks like to the module) refuses to sign; when it comes back the key signs again,
+/// without reopening the key or restarting the process: the pool re-initialises the module and
+/// finds the token again.
+#[test]
+fn a_token_that_disappears_and_comes_back_signs_again_without_a_restart() {
+    use writ_testkit::isolated;
+    isolated(
+        module_path!(),
+        "a_token_that_disappears_and_comes_back_signs_again_without_a_restart",
+        |hsm| {
+            let key = writ_hsm::pkcs11::Pkcs11Key::generate(
+                match &hsm.key_uri("gone").parse().unwrap() {
+                    KeyUri::Pkcs11(u) => u,
+                    _ => unreachable!(),
+                },
+            )
+            .unwrap();
+            key.sign(b"before").unwrap();
+            let tokens = hsm.dir().join("tokens");
+            let moved = hsm.dir().join("tokens.gone");
+            std::fs::rename(&tokens, &moved).unwrap();
+            for _ in 0..3 {
+                assert!(key.sign(b"gone").is_err(), "signed without its token");
+            }
+            std::fs::rename(&moved, &tokens).unwrap();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+            let sig = loop {
+                match key.sign(b"back") {
+                    Ok(sig) => break sig,
+                    Err(e) => assert!(
+                        std::time::Instant::now() < deadline,
+                        "never signed again: {e}"
+                    ),
+                }
+                std::thread::sleep(std::time::Duration::from_millis(250));
+            };
+            key.public_key()
+                .verifying_key()
+                .verify(b"back", &sig)
+                .unwrap();
+            assert!(key.pool_stats().device_recoveries >= 1);
+        },
+    );
+}
+
 mod pkcs11_more {
     use super::*;
     use cryptoki::mechanism::Mechanism;

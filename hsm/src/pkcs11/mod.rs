@@ -60,6 +60,7 @@ impl Pkcs11Key {
         };
         let pool = SessionPool::new(
             module,
+            module_path,
             slot,
             pin,
             uri.token.clone(),
@@ -194,6 +195,48 @@ impl CustodyKey for Pkcs11Key {
 fn modules() -> &'static Mutex<HashMap<PathBuf, Pkcs11>> {
     static MODULES: OnceLock<Mutex<HashMap<PathBuf, Pkcs11>>> = OnceLock::new();
     MODULES.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// The shortest interval between two re-initialisations of one module.
+pub const REINIT_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn last_reinit() -> &'static Mutex<HashMap<PathBuf, std::time::Instant>> {
+    static LAST: OnceLock<Mutex<HashMap<PathBuf, std::time::Instant>>> = OnceLock::new();
+    LAST.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// `C_Finalize` and `C_Initialize` of a loaded module, at most once per [`REINIT_EVERY`]: every
+/// session of every key of that module is closed (their pools reopen sessions), and the module's
+/// view of its slots and tokens starts over. Returns whether it re-initialised now.
+pub(crate) fn reinitialize_module(path: &Path) -> Result<bool, CustodyError> {
+    let unavailable = |reason: String| CustodyError::ModuleUnavailable {
+        path: path.to_path_buf(),
+        reason,
+    };
+    {
+        let mut last = last_reinit()
+            .lock()
+            .map_err(|_| unavailable("re-initialisation registry poisoned".into()))?;
+        if last
+            .get(path)
+            .is_some_and(|t| t.elapsed() < REINIT_EVERY)
+        {
+            return Ok(false);
+        }
+        last.insert(path.to_path_buf(), std::time::Instant::now());
+    }
+    let map = modules()
+        .lock()
+        .map_err(|_| unavailable("module registry poisoned".into()))?;
+    let Some(module) = map.get(path) else {
+        return Ok(false);
+    };
+    // A module that is not initialised any more finalises with an error: initialise anyway.
+    let _ = module.clone().finalize();
+    match module.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(true),
+        Err(e) => Err(unavailable(format!("C_Initialize again: {e}"))),
+    }
 }
 
 /// Loads and initialises a module, or returns the handle this process already holds for it.
