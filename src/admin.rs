@@ -107,6 +107,11 @@ enum AdminCommand {
         #[arg(long, default_value_t = 168)]
         hours: u64,
     },
+    /// Revoke an admin: none of its client certificates authenticates any more.
+    RevokeAdmin {
+        /// The admin's name.
+        name: String,
+    },
     /// Assign a loaded profile to a runtime: its attestations are appraised against it.
     AssignProfile {
         /// The runtime's name.
@@ -254,6 +259,14 @@ fn admin(a: Admin) -> Result<Value, (u8, String)> {
             Ok(v.clone())
         }
         AdminCommand::Runtimes => call("GET", "/v1/admin/runtimes", None),
+        AdminCommand::RevokeAdmin { name } => {
+            if !writ::appliance::valid_name(&name) {
+                return Err(err2(format!(
+                    "{name:?} is not an admin name (1 to 64 of a-z 0-9 - _ .)"
+                )));
+            }
+            call("POST", &format!("/v1/admin/admins/{name}/revoke"), None)
+        }
         AdminCommand::IssueCert {
             name,
             key_out,

@@ -166,6 +166,9 @@ fn b64(field: &str, v: &str) -> Result<Vec<u8>, Problem> {
         .map_err(|_| malformed(format!("{field} is not base64")))
 }
 
+/// The admin name the token admin goes by (`spiffe://<td>/admin/token`): no certificate gets it.
+const RESERVED_ADMIN: &str = "token";
+
 const NAME_RULE: &str = "a name is 1 to 64 of a-z 0-9 - _ . (not only dots)";
 
 /// A runtime name: 1 to 64 of `a-z`, `0-9`, `-`, `_`, `.`, not only dots (one SPIFFE path
@@ -867,47 +870,75 @@ impl Appliance {
         }
     }
 
-    /// The admin making a request: by a client certificate whose SPIFFE ID is an admin's
-    /// (`spiffe://<td>/admin/<name>`), else by the admin token ([`Appliance::admin`]). A client
-    /// certificate of any other identity (a runtime's, a gateway's) is refused, token or not, and
-    /// the refusal is logged under that identity (at most [`issue::MAX_REFUSALS_PER_MINUTE`] a
-    /// minute per identity; beyond that, 429 unrecorded): a runtime's credential never
-    /// administers.
-    pub fn admin_by(&self, bearer: Option<&str>, peer: Option<&str>) -> Result<String, Problem> {
-        let Some(id) = peer else {
-            return self.admin(bearer);
-        };
-        if id
-            .strip_prefix(&format!("spiffe://{}/admin/", self.config.trust_domain))
-            .is_some_and(valid_name)
-        {
-            return Ok(id.to_string());
-        }
-        if !self
-            .refusals
-            .admit(id, now()?, issue::MAX_REFUSALS_PER_MINUTE)
-        {
+    /// The admin presenting a client certificate: its one SPIFFE ID is an admin's
+    /// (`spiffe://<td>/admin/<name>`) and the certificate is one this appliance issued and has
+    /// not revoked (its serial registered for that ID). Any other certificate is refused, token or
+    /// not: one naming no single SPIFFE ID unrecorded (it names nobody), one of another identity
+    /// (a runtime's, a gateway's) or a revoked or unregistered admin's certificate logged under
+    /// its identity (at most [`issue::MAX_REFUSALS_PER_MINUTE`] a minute per identity; beyond
+    /// that, 429 unrecorded): a runtime's credential never administers.
+    pub fn admin_by_certificate(&self, cert: &crate::http::ClientCert) -> Result<String, Problem> {
+        let Some(id) = cert.spiffe_id.as_deref() else {
             return Err(Problem::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                "too many refused admin requests for this identity this minute",
+                StatusCode::FORBIDDEN,
+                "admin_forbidden",
+                "this client certificate names no single SPIFFE ID",
+            ));
+        };
+        let refuse = |code: &'static str, detail: &str| {
+            match now() {
+                Ok(t) if self.refusals.admit(id, t, issue::MAX_REFUSALS_PER_MINUTE) => {}
+                Ok(_) => {
+                    return Problem::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "rate_limited",
+                        "too many refused admin requests for this identity this minute",
+                    );
+                }
+                Err(p) => return p,
+            }
+            self.deny(
+                Rec {
+                    kind: Kind::Admin,
+                    subject: id,
+                    reason: Some(code),
+                    digests: &[],
+                },
+                StatusCode::FORBIDDEN,
+                detail.to_string(),
+            )
+        };
+        let is_admin = id
+            .strip_prefix(&format!("spiffe://{}/admin/", self.config.trust_domain))
+            .is_some_and(|n| valid_name(n) && n != RESERVED_ADMIN);
+        if !is_admin {
+            return Err(refuse(
+                "admin_forbidden",
+                "this client certificate's SPIFFE ID is not an admin's: it cannot administer",
             ));
         }
-        Err(self.deny(
-            Rec {
-                kind: Kind::Admin,
-                subject: id,
-                reason: Some("admin_forbidden"),
-                digests: &[],
-            },
-            StatusCode::FORBIDDEN,
-            "this client certificate's SPIFFE ID is not an admin's: it cannot administer",
-        ))
+        let rows = self.query(
+            "SELECT spiffe_id, revoked_at FROM admin_certificates WHERE serial = $1",
+            &[cert.serial.clone().into()],
+        )?;
+        let registered = rows.first().is_some_and(|r| {
+            r.first().and_then(Value::text) == Some(id)
+                && matches!(r.get(1), None | Some(Value::Null))
+        });
+        if !registered {
+            return Err(refuse(
+                "admin_revoked",
+                "this admin certificate is revoked, or was not issued by this appliance",
+            ));
+        }
+        Ok(id.to_string())
     }
 
     /// Issues an admin's client certificate (clientAuth only, the one URI SAN
     /// `spiffe://<td>/admin/<name>`) for the P-256 public key `spki_der` (DER), signed by the `ca`
-    /// key, for `lifetime_s`; logged. Returns the certificate (PEM).
+    /// key, for `lifetime_s`; registered (serial, name, expiry) and logged. Only the token admin
+    /// issues them (an admin certificate cannot make more of itself). Returns the certificate
+    /// (PEM).
     pub fn issue_admin_certificate(
         &self,
         admin: &str,
@@ -915,8 +946,40 @@ impl Appliance {
         spki_der: &[u8],
         lifetime_s: u64,
     ) -> Result<String, Problem> {
-        if !valid_name(name) {
-            return Err(self.admin_refused(admin, malformed(NAME_RULE)));
+        if admin != self.admin_id() {
+            return Err(self.admin_refused(
+                admin,
+                Problem::new(
+                    StatusCode::FORBIDDEN,
+                    "admin_forbidden",
+                    "admin certificates are issued by the token admin only",
+                ),
+            ));
+        }
+        if !valid_name(name) || name == RESERVED_ADMIN {
+            return Err(self.admin_refused(
+                admin,
+                malformed(format!("{NAME_RULE}; \"{RESERVED_ADMIN}\" is reserved")),
+            ));
+        }
+        let lifetime = std::time::Duration::from_secs(lifetime_s);
+        if lifetime.is_zero() || lifetime > crate::tls::MAX_CLIENT_LIFETIME {
+            return Err(self.admin_refused(
+                admin,
+                malformed(format!(
+                    "lifetime_s is 1 to {}",
+                    crate::tls::MAX_CLIENT_LIFETIME.as_secs()
+                )),
+            ));
+        }
+        {
+            use p256::pkcs8::DecodePublicKey;
+            if p256::PublicKey::from_public_key_der(spki_der).is_err() {
+                return Err(self.admin_refused(
+                    admin,
+                    malformed("public_key is not a P-256 SubjectPublicKeyInfo (DER)"),
+                ));
+            }
         }
         let (Some(ca), Some(ca_pem)) = (&self.config.ca_key, &self.config.ca_certificate_pem)
         else {
@@ -932,36 +995,63 @@ impl Appliance {
         let ca_der = x509_der(ca_pem)
             .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "ca_certificate", e))?;
         let id = format!("spiffe://{}/admin/{name}", self.config.trust_domain);
-        let der = crate::tls::client_certificate(
-            ca,
-            &ca_der,
-            &id,
-            spki_der,
-            std::time::Duration::from_secs(lifetime_s),
-        )
-        .map_err(|e| {
-            if e.starts_with("the ca key") {
+        // What is checked above is all a request can get wrong: anything else is the ca key's.
+        let der =
+            crate::tls::client_certificate(ca, &ca_der, &id, spki_der, lifetime).map_err(|e| {
                 self.metrics.error("custody", "ca_signing");
                 tracing::error!("admin certificate: {e}");
                 Problem::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "ca_signing",
-                    "the certificate could not be signed by the ca key",
+                    "the certificate could not be made or signed by the ca key",
                 )
-            } else {
-                self.admin_refused(admin, malformed(e))
-            }
-        })?;
+            })?;
+        let serial = crate::tls::certificate_serial(&der)
+            .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "certificate", e))?;
+        let t = now()?;
         self.admin_record(
             admin,
             &[
                 ("admin_certificate", digest(&der)),
                 ("admin_id", digest(id.as_bytes())),
             ],
-            Vec::new(),
+            vec![Op {
+                sql:
+                    "INSERT INTO admin_certificates (serial, spiffe_id, name, not_after, issued_at)
+                      VALUES ($1, $2, $3, $4, $5)",
+                params: vec![
+                    serial.into(),
+                    id.clone().into(),
+                    name.into(),
+                    t.saturating_add(i64::try_from(lifetime_s).unwrap_or(i64::MAX))
+                        .into(),
+                    t.into(),
+                ],
+                must_affect: None,
+            }],
         )?;
         crate::tls::pem(&der)
             .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "certificate", e))
+    }
+
+    /// Revokes an admin: none of the certificates issued for `spiffe://<td>/admin/<name>`
+    /// authenticates any more.
+    pub fn revoke_admin(&self, admin: &str, name: &str) -> Result<(), Problem> {
+        if !valid_name(name) {
+            return Err(self.admin_refused(admin, malformed(NAME_RULE)));
+        }
+        let id = format!("spiffe://{}/admin/{name}", self.config.trust_domain);
+        self.admin_record(
+            admin,
+            &[("admin_revoked", digest(id.as_bytes()))],
+            vec![Op {
+                sql: "UPDATE admin_certificates SET revoked_at = $2
+                      WHERE spiffe_id = $1 AND revoked_at IS NULL",
+                params: vec![id.into(), now()?.into()],
+                must_affect: Some(("admin_unknown", "no certificate of this admin is in force")),
+            }],
+        )?;
+        Ok(())
     }
 
     fn admin_record(

@@ -221,6 +221,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/admin/runtimes"),
     ("POST", "/v1/admin/runtimes/{name}/revoke"),
     ("POST", "/v1/admin/certificates"),
+    ("POST", "/v1/admin/admins/{name}/revoke"),
     ("GET", "/v1/log/checkpoint"),
     ("GET", "/v1/log/records/{index}"),
     ("GET", "/v1/log/proof/inclusion"),
@@ -250,6 +251,7 @@ pub const OPENAPI: &str = include_str!("../docs/openapi.json");
 /// | `POST /v1/admin/policy` (a policy bundle) | its hash |
 /// | `POST /v1/writs` (`Authorization: DPoP <EAR>`, `DPoP: <proof>`) | an execution or delegation writ ([`crate::appliance::Issued`]) |
 /// | `POST /v1/admin/certificates` `{"name","public_key","lifetime_s"}` | an admin's client certificate (PEM) |
+/// | `POST /v1/admin/admins/{name}/revoke` | 204: that admin's certificates no longer authenticate |
 /// | `GET /v1/log/writs/{jti}` | `{"jti","leaf_hash","index"}`: the writ's `issue` record (for `writ audit lineage`) |
 pub fn appliance_router(app: Arc<Appliance>) -> Router {
     appliance_router_limited(app, Arc::new(UnidentifiedLimit::new(60)))
@@ -297,6 +299,7 @@ pub fn appliance_router_limited(app: Arc<Appliance>, limit: Arc<UnidentifiedLimi
         .route("/v1/admin/runtimes", get(admin_runtimes))
         .route("/v1/admin/runtimes/{name}/revoke", post(admin_revoke))
         .route("/v1/admin/certificates", post(admin_certificate))
+        .route("/v1/admin/admins/{name}/revoke", post(admin_revoke_admin))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(Arc::clone(&app))
         .merge(log_router(Arc::clone(app.log())))
@@ -588,10 +591,17 @@ async fn admin_certificate(
     Admin(admin): Admin,
     body: axum::body::Bytes,
 ) -> Result<Response, Problem> {
-    let req: CertificateRequest = json_body(&body)?;
-    let spki = STANDARD
-        .decode(req.public_key.as_bytes())
-        .map_err(|_| Problem::bad_request("malformed", "public_key is not base64"))?;
+    let name_and_key = json_body::<CertificateRequest>(&body).and_then(|req| {
+        let spki = STANDARD
+            .decode(req.public_key.as_bytes())
+            .map_err(|_| Problem::bad_request("malformed", "public_key is not base64"))?;
+        Ok((req, spki))
+    });
+    let (req, spki) = match name_and_key {
+        Ok(x) => x,
+        // The admin is identified: its malformed request is a record like its other refusals.
+        Err(p) => return Err(work(move || Ok(app.admin_refused(&admin, p))).await?),
+    };
     let name = req.name.clone();
     let td = app.trust_domain().to_string();
     let pem =
@@ -601,6 +611,15 @@ async fn admin_certificate(
         "spiffe_id": format!("spiffe://{td}/admin/{name}"),
     }))
     .into_response())
+}
+
+async fn admin_revoke_admin(
+    State(app): State<Arc<Appliance>>,
+    Admin(admin): Admin,
+    Path(name): Path<String>,
+) -> Result<Response, Problem> {
+    work(move || app.revoke_admin(&admin, &name)).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn writ_record(
@@ -927,11 +946,19 @@ pub struct Limits {
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub std::net::IpAddr);
 
-/// The SPIFFE ID of the connection's client certificate, if it presented one that chains to
-/// the appliance's CA (set by [`serve`] on every connection; a certificate naming no or several
-/// SPIFFE IDs names nobody).
+/// The connection's client certificate, if it presented one (it chains to the appliance's CA
+/// and carries clientAuth: checked at the handshake). Set by [`serve`] on every connection.
 #[derive(Debug, Clone, Default)]
-pub struct PeerId(pub Option<String>);
+pub struct PeerId(pub Option<ClientCert>);
+
+/// What the appliance reads from a verified client certificate.
+#[derive(Debug, Clone)]
+pub struct ClientCert {
+    /// Its one SPIFFE ID (none if it names no or several SPIFFE IDs: it names nobody).
+    pub spiffe_id: Option<String>,
+    /// Its serial number (hex).
+    pub serial: String,
+}
 
 /// An admin, authenticated by a client certificate with an admin SPIFFE ID or by the admin
 /// token ([`Appliance::admin`]); its SPIFFE ID.
@@ -947,11 +974,18 @@ impl axum::extract::FromRequestParts<Arc<Appliance>> for Admin {
     ) -> Result<Self, Self::Rejection> {
         let peer = parts.extensions.get::<PeerId>().and_then(|p| p.0.clone());
         let token = bearer(&parts.headers);
-        let app = Arc::clone(app);
-        // A refusal of an identified caller (a runtime's certificate) is a record: blocking work.
-        work(move || app.admin_by(token.as_deref(), peer.as_deref()))
-            .await
-            .map(Admin)
+        match peer {
+            // The token alone: checked here, no blocking work for callers without a credential.
+            None => app.admin(token.as_deref()).map(Admin),
+            // A certificate: its registration is read, and a refusal of an identified caller
+            // (a runtime's certificate) is a record: blocking work.
+            Some(cert) => {
+                let app = Arc::clone(app);
+                work(move || app.admin_by_certificate(&cert))
+                    .await
+                    .map(Admin)
+            }
+        }
     }
 }
 
@@ -1139,10 +1173,15 @@ pub async fn serve(
                             .1
                             .peer_certificates()
                             .and_then(|c| c.first())
-                            .and_then(|c| crate::tls::spiffe_ids(c.as_ref()).ok())
-                            .and_then(|ids| match ids.as_slice() {
-                                [one] => Some(one.clone()),
-                                _ => None,
+                            .map(|c| ClientCert {
+                                spiffe_id: crate::tls::spiffe_ids(c.as_ref()).ok().and_then(
+                                    |ids| match ids.as_slice() {
+                                        [one] => Some(one.clone()),
+                                        _ => None,
+                                    },
+                                ),
+                                serial: crate::tls::certificate_serial(c.as_ref())
+                                    .unwrap_or_default(),
                             }),
                     );
                     let service = hyper_util::service::TowerToHyperService::new(

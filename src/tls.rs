@@ -367,6 +367,14 @@ pub fn client_certificate(
     cert.to_der().map_err(|e| e.to_string())
 }
 
+/// A certificate's serial number, in lowercase hex.
+pub fn certificate_serial(cert_der: &[u8]) -> Result<String, String> {
+    let cert = Certificate::from_der(cert_der).map_err(|e| e.to_string())?;
+    Ok(hex::encode(
+        cert.tbs_certificate().serial_number().as_bytes(),
+    ))
+}
+
 /// The SPIFFE IDs (URI subject alternative names with the `spiffe` scheme) a certificate
 /// names.
 pub fn spiffe_ids(cert_der: &[u8]) -> Result<Vec<String>, String> {
@@ -483,6 +491,11 @@ impl ApplianceTls {
         .with_client_cert_verifier(self.client_verifier()?)
         .with_cert_resolver(Arc::clone(self) as Arc<dyn ResolvesServerCert>);
         c.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // No resumption: a resumed session would carry a client certificate's identity without
+        // verifying it again (its expiry, and later revocation), so every connection handshakes
+        // in full.
+        c.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        c.send_tls13_tickets = 0;
         Ok(Arc::new(c))
     }
 }

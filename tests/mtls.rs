@@ -215,6 +215,29 @@ fn admins_authenticate_by_certificate_and_a_runtime_certificate_never_administer
     let r = last_record(&db);
     assert_eq!(r.subject, format!("spiffe://{TD}/admin/alice"));
     assert_eq!(serde_json::to_value(r.decision).unwrap(), "allow");
+    // An admin certificate does not make more admin certificates (only the token admin does),
+    // and no certificate takes the token admin's name.
+    let issue = |auth: &[&str], name: &str| {
+        let (k, c) = (d.join(format!("{name}.key")), d.join(format!("{name}.pem")));
+        admin(
+            auth,
+            &[
+                "issue-cert",
+                "--name",
+                name,
+                "--key-out",
+                k.to_str().unwrap(),
+                "--cert-out",
+                c.to_str().unwrap(),
+            ],
+        )
+    };
+    let out = issue(&by_cert, "bob");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("admin_forbidden"), "{}", text(&out));
+    let out = issue(&token, "token");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("malformed"), "{}", text(&out));
 
     // A runtime's client certificate from the same CA (what an X.509-SVID will be): refused,
     // and the refusal logged under the runtime's identity.
@@ -282,6 +305,41 @@ fn admins_authenticate_by_certificate_and_a_runtime_certificate_never_administer
         last_record(&db).subject,
         format!("spiffe://{TD}/runtime/rt-1")
     );
+    // A certificate the appliance's CA key signed but the appliance did not issue (not
+    // registered): refused, and logged.
+    let (m_key, m_spki) = client_key(d, "mallory");
+    let m_der = writ::tls::client_certificate(
+        &ca,
+        &ca_der,
+        &format!("spiffe://{TD}/admin/mallory"),
+        &m_spki,
+        Duration::from_secs(600),
+    )
+    .unwrap();
+    let m_cert = d.join("mallory.pem");
+    std::fs::write(&m_cert, writ::tls::pem(&m_der).unwrap()).unwrap();
+    let out = admin(
+        &[
+            "--cert",
+            m_cert.to_str().unwrap(),
+            "--key",
+            m_key.to_str().unwrap(),
+        ],
+        &["runtimes"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let r = last_record(&db);
+    assert_eq!(r.subject, format!("spiffe://{TD}/admin/mallory"));
+    assert_eq!(r.reasons, ["admin_revoked"]);
+    // Revoked, alice's certificate no longer administers.
+    let out = admin(&token, &["revoke-admin", "alice"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = admin(&by_cert, &["runtimes"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("admin_revoked"), "{}", text(&out));
+    let r = last_record(&db);
+    assert_eq!(r.subject, format!("spiffe://{TD}/admin/alice"));
+    assert_eq!(r.reasons, ["admin_revoked"]);
 }
 
 /// A serverAuth certificate for 127.0.0.1 with the URI SANs `uris`, signed by `ca`.

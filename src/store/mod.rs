@@ -279,7 +279,7 @@ pub(crate) trait Backend: Send {
 }
 
 /// The current schema version.
-pub const SCHEMA_VERSION: u32 = 5;
+pub const SCHEMA_VERSION: u32 = 6;
 
 /// Migrations, in order; `{int}` and `{blob}` are the engine's 64-bit integer and byte types.
 const MIGRATIONS: &[(u32, &str)] = &[
@@ -418,6 +418,19 @@ const MIGRATIONS: &[(u32, &str)] = &[
         expires_at {int} NOT NULL,
         leaf_hash TEXT NOT NULL
     );",
+    ),
+    (
+        6,
+        // Admins' client certificates this appliance issued (by serial), and their revocation.
+        "CREATE TABLE admin_certificates (
+        serial TEXT PRIMARY KEY,
+        spiffe_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        not_after {int} NOT NULL,
+        issued_at {int} NOT NULL,
+        revoked_at {int}
+    );
+    CREATE INDEX admin_certificates_by_id ON admin_certificates (spiffe_id);",
     ),
 ];
 

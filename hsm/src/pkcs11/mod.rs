@@ -217,10 +217,7 @@ pub(crate) fn reinitialize_module(path: &Path) -> Result<bool, CustodyError> {
         let mut last = last_reinit()
             .lock()
             .map_err(|_| unavailable("re-initialisation registry poisoned".into()))?;
-        if last
-            .get(path)
-            .is_some_and(|t| t.elapsed() < REINIT_EVERY)
-        {
+        if last.get(path).is_some_and(|t| t.elapsed() < REINIT_EVERY) {
             return Ok(false);
         }
         last.insert(path.to_path_buf(), std::time::Instant::now());

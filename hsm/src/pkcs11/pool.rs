@@ -160,7 +160,9 @@ impl SessionPool {
                 "PKCS#11 failure: module re-initialised to find the device again"
             ),
             Ok(false) => {}
-            Err(e) => tracing::warn!(token = %self.token, error = %e, "PKCS#11 module re-initialisation failed"),
+            Err(e) => {
+                tracing::warn!(token = %self.token, error = %e, "PKCS#11 module re-initialisation failed")
+            }
         }
         // Whoever re-initialised, the token's slot may have changed and every session is gone.
         if let Ok(slot) = super::find_token(&self.module, &self.token)
