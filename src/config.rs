@@ -150,6 +150,12 @@ pub struct Http {
     /// Refusals before anyone is identified that one address may cause per minute; past it,
     /// 429 until the minute ends.
     pub unidentified_per_minute: u32,
+    /// Connections open at once from one address (an IPv4 address, an IPv6 /64).
+    pub max_connections_per_address: u64,
+    /// Reverse proxies in front of the appliance: their connections are not bounded per
+    /// address, and requests through them are counted against the last `X-Forwarded-For`
+    /// address. Empty: the header is never read.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Default for Config {
@@ -184,6 +190,8 @@ impl Default for Http {
         Http {
             header_read_timeout_s: 10,
             unidentified_per_minute: 60,
+            max_connections_per_address: 256,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -245,6 +253,17 @@ impl Config {
                 "HTTP_UNIDENTIFIED_PER_MINUTE" => {
                     self.http.unidentified_per_minute =
                         u32::try_from(num(&k)?).map_err(|e| bad(&k, e))?;
+                }
+                "HTTP_MAX_CONNECTIONS_PER_ADDRESS" => {
+                    self.http.max_connections_per_address = num(&k)?;
+                }
+                "HTTP_TRUSTED_PROXIES" => {
+                    self.http.trusted_proxies = v
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|a| !a.is_empty())
+                        .map(|a| a.parse().map_err(|e| bad(&k, e)))
+                        .collect::<Result<_, _>>()?;
                 }
                 other => {
                     // Other writ tools' variables are left alone; any other WRIT_ name is a
@@ -321,6 +340,12 @@ impl Config {
             u64::from(self.http.unidentified_per_minute),
             1,
             1_000_000,
+        )?;
+        range(
+            "http.max_connections_per_address",
+            self.http.max_connections_per_address,
+            1,
+            4096,
         )?;
         Ok(())
     }

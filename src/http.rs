@@ -328,7 +328,10 @@ pub fn appliance_router_limited(app: Arc<Appliance>, limit: Arc<UnidentifiedLimi
                         .get::<axum::extract::MatchedPath>()
                         .map_or("unmatched", |m| m.as_str())
                         .to_string();
-                    let peer = req.extensions().get::<Peer>().map(|p| p.0);
+                    let peer = req
+                        .extensions()
+                        .get::<Peer>()
+                        .map(|p| limit.client(p.0, req.headers()));
                     let started = std::time::Instant::now();
                     // The log's read routes stay open to auditors behind a shared address.
                     let limited = route.starts_with("/v1/")
@@ -940,6 +943,9 @@ pub struct Limits {
     pub connection: Duration,
     /// Connections open at once; more are closed at accept.
     pub max_connections: usize,
+    /// Connections open at once from one address (an IPv4 address or an IPv6 /64; trusted proxies
+    /// excepted); more from it are closed at accept, so one host cannot take every slot.
+    pub max_connections_per_address: usize,
 }
 
 /// The address a request came from (set by [`serve`] on every connection).
@@ -996,6 +1002,7 @@ impl axum::extract::FromRequestParts<Arc<Appliance>> for Admin {
 #[derive(Debug)]
 pub struct UnidentifiedLimit {
     per_minute: u32,
+    trusted_proxies: Vec<std::net::IpAddr>,
     seen: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (std::time::Instant, u32)>>,
     swept: std::sync::Mutex<std::time::Instant>,
 }
@@ -1023,9 +1030,34 @@ impl UnidentifiedLimit {
     pub fn new(per_minute: u32) -> Self {
         UnidentifiedLimit {
             per_minute,
+            trusted_proxies: Vec::new(),
             seen: std::sync::Mutex::new(std::collections::HashMap::new()),
             swept: std::sync::Mutex::new(std::time::Instant::now()),
         }
+    }
+
+    /// The same limit, counting a request that arrives from one of `proxies` against the address
+    /// the proxy names: the last entry of `X-Forwarded-For` (the one the proxy appended; earlier
+    /// entries are the client's to invent). Requests from anyone else are counted against their
+    /// own address, whatever header they send.
+    pub fn trusting(mut self, proxies: Vec<std::net::IpAddr>) -> Self {
+        self.trusted_proxies = proxies.into_iter().map(|ip| ip.to_canonical()).collect();
+        self
+    }
+
+    /// The address a request is counted against.
+    fn client(&self, peer: std::net::IpAddr, headers: &axum::http::HeaderMap) -> std::net::IpAddr {
+        if !self.trusted_proxies.contains(&peer.to_canonical()) {
+            return peer;
+        }
+        headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|a| a.trim().parse::<std::net::IpAddr>().ok())
+            .unwrap_or(peer)
     }
 
     fn blocked(&self, ip: std::net::IpAddr) -> bool {
@@ -1099,6 +1131,7 @@ impl Default for Limits {
             request: Duration::from_secs(30),
             connection: Duration::from_secs(300),
             max_connections: 4096,
+            max_connections_per_address: 256,
         }
     }
 }
@@ -1115,6 +1148,24 @@ pub async fn serve(
     tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_behind(listener, router, limits, tls, Arc::new([]), shutdown).await
+}
+
+/// [`serve`], with the addresses of trusted reverse proxies, which are exempt from the
+/// per-address connection bound (their clients' addresses come from `X-Forwarded-For`, see
+/// [`UnidentifiedLimit::trusting`]).
+pub async fn serve_behind(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    limits: Limits,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    trusted_proxies: Arc<[std::net::IpAddr]>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let per_address = Arc::new(std::sync::Mutex::new(std::collections::HashMap::<
+        std::net::IpAddr,
+        usize,
+    >::new()));
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let request_limit = limits.request;
     let router = router.layer(axum::middleware::from_fn(
@@ -1148,6 +1199,18 @@ pub async fn serve(
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
             drop(stream);
             continue;
+        };
+        // One address's share: its connections counted while they live.
+        let address_slot = if trusted_proxies.contains(&peer.ip().to_canonical()) {
+            None
+        } else {
+            match AddressSlot::take(&per_address, peer.ip(), limits.max_connections_per_address) {
+                Some(s) => Some(s),
+                None => {
+                    drop(stream);
+                    continue;
+                }
+            }
         };
         let router = router.clone();
         let acceptor = acceptor.clone();
@@ -1203,7 +1266,48 @@ pub async fn serve(
                     let _ = tokio::time::timeout(limits.connection, conn).await;
                 }
             }
+            drop(address_slot);
             drop(slot);
         });
+    }
+}
+
+/// One connection counted against its source address (an IPv4 address or an IPv6 /64) until
+/// dropped.
+struct AddressSlot {
+    table: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    source: std::net::IpAddr,
+}
+
+impl AddressSlot {
+    fn take(
+        table: &Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+        ip: std::net::IpAddr,
+        max: usize,
+    ) -> Option<Self> {
+        let source = source(ip);
+        let mut t = table.lock().ok()?;
+        let n = t.entry(source).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot {
+            table: Arc::clone(table),
+            source,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        if let Ok(mut t) = self.table.lock()
+            && let Some(n) = t.get_mut(&self.source)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                t.remove(&self.source);
+            }
+        }
     }
 }

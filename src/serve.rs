@@ -12,7 +12,7 @@ use clap::Args;
 use writ::appliance::{Appliance, ApplianceConfig};
 use writ::config::Config;
 use writ::decision_log::{DecisionLog, LogConfig};
-use writ::http::{Limits, UnidentifiedLimit, appliance_router_limited, serve};
+use writ::http::{Limits, UnidentifiedLimit, appliance_router_limited, serve_behind};
 use writ::store::Engine;
 use writ_attestation::evidence::EkTrustStore;
 use writ_hsm::{OpenOptions, open_key};
@@ -448,13 +448,24 @@ pub fn run(args: Serve) -> Result<(), String> {
         ));
         let limits = Limits {
             header_read: Duration::from_secs(c.http.header_read_timeout_s),
+            max_connections_per_address: usize::try_from(c.http.max_connections_per_address)
+                .unwrap_or(256),
             ..Limits::default()
         };
         let router = appliance_router_limited(
             app,
-            Arc::new(UnidentifiedLimit::new(c.http.unidentified_per_minute)),
+            Arc::new(
+                UnidentifiedLimit::new(c.http.unidentified_per_minute)
+                    .trusting(c.http.trusted_proxies.clone()),
+            ),
         );
-        serve(listener, router, limits, server_config, shutdown)
+        let trusted: Arc<[std::net::IpAddr]> = c
+            .http
+            .trusted_proxies
+            .iter()
+            .map(|ip| ip.to_canonical())
+            .collect();
+        serve_behind(listener, router, limits, server_config, trusted, shutdown)
             .await
             .map_err(|e| format!("server: {e}"))
     })?;

@@ -476,18 +476,49 @@ fn an_ek_certificate_re_encoded_outside_its_signature_is_refused() {
 #[test]
 fn idle_and_slow_connections_do_not_starve_a_real_client() {
     use std::io::Write;
-    let s = Stack::on(Engine::Sqlite, &["--header-read-timeout", "2"]);
-    let addr = s.url().trim_start_matches("http://").to_string();
-    // 500 sockets that say nothing, and 50 that send half a request line and stop.
-    let mut idle: Vec<std::net::TcpStream> = (0..500)
-        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
-        .collect();
+    let s = Stack::on(Engine::Sqlite, &["--header-read-timeout", "5"]);
+    let addr: std::net::SocketAddr = s.url().trim_start_matches("http://").parse().unwrap();
+    // From another host (another loopback address): 500 sockets that say nothing, and 50 that
+    // send half a request line and stop.
+    let from_other_host = || {
+        let c = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        c.bind(
+            &"127.0.0.2:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+        c.connect(&addr.into()).unwrap();
+        std::net::TcpStream::from(c)
+    };
+    let mut idle: Vec<std::net::TcpStream> = (0..500).map(|_| from_other_host()).collect();
     for _ in 0..50 {
-        let mut c = std::net::TcpStream::connect(&addr).unwrap();
+        let mut c = from_other_host();
         c.write_all(b"POST /v1/enroll HTTP/1.1\r\nHost: x\r\n")
             .unwrap();
         idle.push(c);
     }
+    // That host holds at most 256 connections (http.max_connections_per_address): the others
+    // were closed at accept, long before the header-read bound.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let closed_at_accept = idle
+        .iter()
+        .filter(|c| {
+            use std::io::Read;
+            let mut c: &std::net::TcpStream = c;
+            c.set_nonblocking(true).unwrap();
+            let mut b = [0u8; 16];
+            let closed = match c.read(&mut b) {
+                Ok(0) => true,
+                Ok(_) => false,
+                Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+            };
+            c.set_nonblocking(false).unwrap();
+            closed
+        })
+        .count();
+    assert_eq!(closed_at_accept, idle.len() - 256);
     let token = s.join_token("busy", "600");
     let started = std::time::Instant::now();
     let state = s.dir.path().join("agent");
@@ -510,7 +541,7 @@ fn idle_and_slow_connections_do_not_starve_a_real_client() {
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
     // The header-read bound closes them: each read ends (EOF or reset) within a few seconds.
-    std::thread::sleep(std::time::Duration::from_secs(3));
+    std::thread::sleep(std::time::Duration::from_secs(6));
     let closed = idle
         .iter_mut()
         .map(|c| {

@@ -299,6 +299,9 @@ fn unidentified_refusals_are_counted_and_limited_per_address() {
     let (st, _, body) = call("POST", &format!("{}/v1/enroll", s.url), Some(&bad));
     assert_eq!(st, 429, "{body}");
     assert!(body.contains("rate_limited"), "{body}");
+    // X-Forwarded-For from a client that is not a trusted proxy changes nothing.
+    let (st, _) = call_from(&s.url, "203.0.113.9", &bad);
+    assert_eq!(st, 429);
     let (st, _, _) = call(
         "POST",
         &format!("{}/v1/enroll/activate", s.url),
@@ -315,4 +318,50 @@ fn unidentified_refusals_are_counted_and_limited_per_address() {
         "{text}"
     );
     assert!(text.contains("code=\"rate_limited\""), "{text}");
+}
+
+/// `POST /v1/enroll` with `body` and `X-Forwarded-For: xff`: (status, body).
+fn call_from(url: &str, xff: &str, body: &str) -> (u16, String) {
+    let mut resp = agent()
+        .post(format!("{url}/v1/enroll"))
+        .header("Content-Type", "application/json")
+        .header("X-Forwarded-For", xff)
+        .send(body.as_bytes())
+        .unwrap();
+    (
+        resp.status().as_u16(),
+        resp.body_mut().read_to_string().unwrap_or_default(),
+    )
+}
+
+#[test]
+fn behind_a_trusted_proxy_each_client_address_has_its_own_budget() {
+    let hsm = SoftHsm::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = common::writ(Some(&hsm));
+    cmd.env("WRIT_HTTP_TRUSTED_PROXIES", "127.0.0.1").args([
+        "serve",
+        "--store",
+        &format!("sqlite:{}", dir.path().join("writ.db").display()),
+        "--checkpoint-key",
+        &softhsm_key(&hsm),
+        "--listen",
+        "127.0.0.1:0",
+        "--trust-domain",
+        "writ.test",
+        "--unidentified-per-minute",
+        "3",
+    ]);
+    let s = common::serve(cmd);
+    let bad =
+        json!({"ek_certificate": "AA==", "ak_public": "AA==", "join_token": "nope"}).to_string();
+    for _ in 0..3 {
+        assert_eq!(call_from(&s.url, "203.0.113.7", &bad).0, 401);
+    }
+    assert_eq!(call_from(&s.url, "203.0.113.7", &bad).0, 429);
+    // Another client behind the same proxy has its own budget.
+    assert_eq!(call_from(&s.url, "203.0.113.8", &bad).0, 401);
+    // The entry the proxy appended (the last) counts; what the client put before it does not.
+    assert_eq!(call_from(&s.url, "198.51.100.1, 203.0.113.7", &bad).0, 429);
+    assert_eq!(call_from(&s.url, "203.0.113.7, 198.51.100.1", &bad).0, 401);
 }

@@ -363,3 +363,33 @@ fn a_key_from_another_tpm_is_refused() {
         .expect_err("foreign key");
     assert!(err.to_string().contains("another TPM"), "{err}");
 }
+
+/// A long-lived child started while a TPM connection is open (another test thread starting
+/// swtpm, PostgreSQL or `writ serve` while a command is in flight) must not keep that
+/// connection: tpm2-tss opens its sockets without close-on-exec, and swtpm serves one connection
+/// at a time, so a child holding one would leave every later connection unanswered and the test
+/// hanging. writ_testkit::daemon starts children with nothing inherited but stdio.
+#[test]
+fn a_daemon_started_while_a_tpm_connection_is_open_does_not_hold_it() {
+    let tpm = Swtpm::start();
+    // A connection as tpm2-tss makes them: no close-on-exec.
+    let in_flight =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    in_flight.set_cloexec(false).unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", tpm.port()).parse().unwrap();
+    in_flight.connect(&addr.into()).unwrap();
+    let mut child = writ_testkit::daemon("sleep").arg("60").spawn().unwrap();
+    drop(in_flight);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tcti = tpm.tcti();
+    std::thread::spawn(move || {
+        let ok = Attester::open(Some(&tcti))
+            .and_then(|a| a.read_pcrs(&"sha256:0".parse().unwrap()))
+            .is_ok();
+        let _ = tx.send(ok);
+    });
+    let answered = rx.recv_timeout(std::time::Duration::from_secs(20));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(answered, Ok(true), "swtpm did not answer a new connection");
+}

@@ -33,6 +33,24 @@ pub use swtpm::Swtpm;
 
 use std::path::PathBuf;
 
+/// Closes every inherited descriptor above stderr, then execs its arguments.
+const CLOSE_AND_EXEC: &str = r#"opendir(my $d, "/proc/self/fd") or die "/proc/self/fd: $!\n"; my @fds = grep { /^\d+$/ && $_ > 2 } readdir($d); closedir($d); require POSIX; POSIX::close($_) for @fds; exec { $ARGV[0] } @ARGV or die "exec $ARGV[0]: $!\n";"#;
+
+/// A command for a long-lived child (a server, a daemon) that inherits no file descriptor but
+/// stdin, stdout and stderr.
+///
+/// A test process holds sockets that C libraries opened without close-on-exec (tpm2-tss's TPM
+/// connections). A daemon started meanwhile by another test thread would inherit one and keep
+/// that TPM connection open after the test closed it; swtpm serves one connection at a time, so
+/// it would never accept the next one, and a test would hang. The child therefore starts as perl
+/// (Debian's perl-base is essential), which closes every descriptor above stderr and execs
+/// `program`.
+pub fn daemon(program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+    let mut c = std::process::Command::new("perl");
+    c.arg("-e").arg(CLOSE_AND_EXEC).arg(program);
+    c
+}
+
 /// The repository root (where `deploy/` lives).
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")

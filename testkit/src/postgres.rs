@@ -38,12 +38,13 @@ fn server_cmd(program: &Path) -> Command {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
         .unwrap_or(false);
+    // pg_ctl starts the server, which lives on: nothing of this process may leak into it.
     if root {
-        let mut c = Command::new("runuser");
+        let mut c = crate::daemon("runuser");
         c.args(["-u", "postgres", "--"]).arg(program);
         c
     } else {
-        Command::new(program)
+        crate::daemon(program)
     }
 }
 

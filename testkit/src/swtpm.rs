@@ -199,7 +199,7 @@ impl Drop for Swtpm {
 }
 
 fn spawn(port: u16, state: &Path) -> Child {
-    Command::new("swtpm")
+    crate::daemon("swtpm")
         .args(["socket", "--tpm2"])
         .arg("--server")
         .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))

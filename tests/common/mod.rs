@@ -14,7 +14,8 @@ pub mod stack;
 
 /// The `writ` binary, with SoftHSM2's configuration when there is a token, and quiet TSS logs.
 pub fn writ(hsm: Option<&SoftHsm>) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_writ"));
+    // `writ serve` lives through a test: it must not hold another thread's TPM connection.
+    let mut c = writ_testkit::daemon(env!("CARGO_BIN_EXE_writ"));
     if let Some(h) = hsm {
         c.env("SOFTHSM2_CONF", h.conf());
     }
