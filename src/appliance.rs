@@ -39,11 +39,13 @@ use crate::metrics::Metrics;
 use crate::store::{Op, StoreError, Value};
 
 mod attest;
+mod bundle;
 mod issue;
 pub use attest::{
     AttestAnswer, AttestRequest, Holder, MAX_ATTEST_BODY, MAX_EVENT_LOG, MAX_PENDING_NONCES,
     NonceAnswer, NonceRequest, Signed, required_selection,
 };
+pub use bundle::{BUNDLE_LIFETIME_S, REFRESH_HINT_S};
 pub use issue::{Issued, PROOF_SKEW, WritRequest, consent_nonce};
 
 /// How long a credential challenge can be answered, seconds.
@@ -98,6 +100,8 @@ pub struct Appliance {
     policy: issue::PolicyCache,
     rates: issue::Rates,
     refusals: issue::Rates,
+    /// Publication of trust bundle versions, one at a time.
+    publishing: bundle::Publishing,
 }
 
 impl std::fmt::Debug for Appliance {
@@ -329,6 +333,7 @@ impl Appliance {
             policy: issue::PolicyCache::default(),
             rates: issue::Rates::default(),
             refusals: issue::Rates::default(),
+            publishing: bundle::Publishing::default(),
         }
     }
 

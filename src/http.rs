@@ -216,6 +216,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/admin/policy"),
     ("POST", "/v1/writs"),
     ("GET", "/v1/log/writs/{jti}"),
+    ("GET", "/v1/bundle"),
     ("POST", "/v1/admin/ek-registrations"),
     ("POST", "/v1/admin/join-tokens"),
     ("GET", "/v1/admin/runtimes"),
@@ -252,6 +253,7 @@ pub const OPENAPI: &str = include_str!("../docs/openapi.json");
 /// | `POST /v1/writs` (`Authorization: DPoP <EAR>`, `DPoP: <proof>`) | an execution or delegation writ ([`crate::appliance::Issued`]) |
 /// | `POST /v1/admin/certificates` `{"name","public_key","lifetime_s"}` | an admin's client certificate (PEM) |
 /// | `POST /v1/admin/admins/{name}/revoke` | 204: that admin's certificates no longer authenticate |
+/// | `GET /v1/bundle` | the trust bundle (interfaces.md): keys by purpose, the CA, accepted policy bundles, the log's key |
 /// | `GET /v1/log/writs/{jti}` | `{"jti","leaf_hash","index"}`: the writ's `issue` record (for `writ audit lineage`) |
 pub fn appliance_router(app: Arc<Appliance>) -> Router {
     appliance_router_limited(app, Arc::new(UnidentifiedLimit::new(60)))
@@ -294,6 +296,7 @@ pub fn appliance_router_limited(app: Arc<Appliance>, limit: Arc<UnidentifiedLimi
         )
         .route("/v1/writs", post(issue_writ))
         .route("/v1/log/writs/{jti}", get(writ_record))
+        .route("/v1/bundle", get(trust_bundle))
         .route("/v1/admin/ek-registrations", post(admin_register_ek))
         .route("/v1/admin/join-tokens", post(admin_join_token))
         .route("/v1/admin/runtimes", get(admin_runtimes))
@@ -623,6 +626,18 @@ async fn admin_revoke_admin(
 ) -> Result<Response, Problem> {
     work(move || app.revoke_admin(&admin, &name)).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn trust_bundle(State(app): State<Arc<Appliance>>) -> Result<Response, Problem> {
+    let b = work(move || app.trust_bundle()).await?;
+    Ok((
+        [(
+            header::CACHE_CONTROL,
+            format!("max-age={}", crate::appliance::REFRESH_HINT_S),
+        )],
+        axum::Json(b),
+    )
+        .into_response())
 }
 
 async fn writ_record(

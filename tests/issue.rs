@@ -1399,3 +1399,100 @@ fn a_policy_bundle_carries_reference_profiles() {
         &BTreeSet::from([v["writ"].as_str().unwrap().to_string()]),
     );
 }
+
+#[test]
+fn the_trust_bundle_publishes_each_version_in_the_log() {
+    use writ_attestation::writ::bundle::{Purpose, TrustBundle};
+    let s = Stack::new();
+    let rt = ready(&s, "agent-b");
+    let ear = attest(&s, &rt);
+    let fetch = || {
+        let (st, text) = common::stack::get(&s.url(), "/v1/bundle");
+        (st, text)
+    };
+    let bundles = |s: &Stack| {
+        s.records()
+            .into_iter()
+            .filter(|r| serde_json::to_value(r.kind).unwrap() == "bundle")
+            .count()
+    };
+    // Nothing a relying party could accept before a policy bundle is loaded.
+    let (st, text) = fetch();
+    assert_eq!(st, 503, "{text}");
+    assert!(text.contains("no_policy"), "{text}");
+    ok(&load_policy(&s, &bundle(json!({}))));
+    // The policy load published a version: its record follows the policy record.
+    let (kind, subject, decision, _) = last(&s);
+    assert_eq!(
+        (kind.as_str(), subject.as_str(), decision.as_str()),
+        (
+            "bundle",
+            format!("spiffe://{TD}/writ/appliance").as_str(),
+            "allow"
+        )
+    );
+    let (st, text) = fetch();
+    assert_eq!(st, 200, "{text}");
+    let b1 = TrustBundle::parse(text.as_bytes()).unwrap();
+    assert_eq!(b1.trust_domain, TD);
+    assert_eq!(b1.policy_bundles.len(), 1);
+    assert_eq!(b1.log_verifier_key, s.server.as_ref().unwrap().verifier_key);
+    let issuer = issuer_jwk(&s);
+    let kid = issuer.thumbprint();
+    assert_eq!(b1.key(&kid, Purpose::Issuer).unwrap(), &issuer);
+    // The issuer key is not accepted as an EAR key, nor the reverse.
+    assert_eq!(b1.key(&kid, Purpose::Ear).unwrap_err().code, "key_purpose");
+    // Unchanged, it is the same version, and nothing more is recorded.
+    let (_, again) = fetch();
+    assert_eq!(
+        TrustBundle::parse(again.as_bytes()).unwrap().sequence,
+        b1.sequence
+    );
+    assert_eq!(bundles(&s), 1);
+
+    // A served writ verifies with the bundle's issuer key, names the bundle's appliance, and
+    // was issued under an accepted policy bundle.
+    let (st, v) = request(
+        &s,
+        Some(&ear),
+        Some(&proof(&rt, &s.url(), &ear)),
+        &body("tools/build"),
+    );
+    assert_eq!(st, 200, "{v}");
+    let writ = v["writ"].as_str().unwrap();
+    let parsed = writ_attestation::writ::jws::parse(
+        writ,
+        "writ+jwt",
+        writ_attestation::writ::jws::HeaderShape::Kid,
+    )
+    .unwrap();
+    let key = b1.key(parsed.kid().unwrap(), Purpose::Issuer).unwrap();
+    let claims = WritClaims::from_payload(
+        parsed
+            .verify(writ_attestation::crypto::default_provider(), key)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims.iss, b1.appliance_id());
+    assert!(b1.policy_bundles.contains(&claims.att.policy));
+
+    // A new policy bundle: a new version, accepting the new bundle and, while writs issued
+    // under it may live, the previous one.
+    ok(&load_policy(&s, &bundle(json!({"rate_per_minute": 599}))));
+    let (_, text) = fetch();
+    let b2 = TrustBundle::parse(text.as_bytes()).unwrap();
+    assert_eq!(b2.sequence, b1.sequence + 1);
+    assert_eq!(b2.policy_bundles.len(), 2);
+    assert_eq!(b2.policy_bundles[1], b1.policy_bundles[0]);
+    assert_eq!(bundles(&s), 2);
+    // A relying party that saw version 2 refuses version 1 (a rollback).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert_eq!(
+        b1.check(now, 3600, Some(b2.sequence)).unwrap_err().code,
+        "bundle_rollback"
+    );
+    b2.check(now, 3600, Some(b2.sequence)).unwrap();
+}

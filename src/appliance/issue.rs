@@ -250,6 +250,16 @@ impl Appliance {
             Ok(_) => {
                 // Read back on next use (the generation is the store's).
                 self.forget_policy();
+                // The trust bundle's accepted policy bundles changed: a new version now (else at
+                // the next time it is asked for).
+                if self.config.issuer_key.is_some()
+                    && let Err(e) = self.publish_bundle()
+                {
+                    tracing::warn!(
+                        "trust bundle not published after a policy load: {}",
+                        e.code()
+                    );
+                }
                 Ok(loaded.hash)
             }
             Err(e) => Err(store_problem(e)),

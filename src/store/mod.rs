@@ -279,7 +279,7 @@ pub(crate) trait Backend: Send {
 }
 
 /// The current schema version.
-pub const SCHEMA_VERSION: u32 = 6;
+pub const SCHEMA_VERSION: u32 = 7;
 
 /// Migrations, in order; `{int}` and `{blob}` are the engine's 64-bit integer and byte types.
 const MIGRATIONS: &[(u32, &str)] = &[
@@ -431,6 +431,17 @@ const MIGRATIONS: &[(u32, &str)] = &[
         revoked_at {int}
     );
     CREATE INDEX admin_certificates_by_id ON admin_certificates (spiffe_id);",
+    ),
+    (
+        7,
+        // Trust bundle versions: what each published (keys, CA, accepted policy bundles, the
+        // log's key), by spiffe_sequence.
+        "CREATE TABLE trust_bundles (
+        sequence {int} PRIMARY KEY,
+        digest TEXT NOT NULL,
+        content TEXT NOT NULL,
+        published_at {int} NOT NULL
+    );",
     ),
 ];
 
