@@ -205,8 +205,21 @@ fn issuance(engine: Engine) {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("policy_bundle"));
     ok(&load_policy(&s, &bundle(json!({}))));
-    let (kind, _, _, _) = last(&s);
-    assert_eq!(kind, "policy");
+    // The policy record, then the trust bundle version it made.
+    let kinds: Vec<String> = s
+        .records()
+        .iter()
+        .rev()
+        .take(2)
+        .map(|r| {
+            serde_json::to_value(r.kind)
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(kinds, ["bundle", "policy"]);
 
     // Allowed: the writ verifies with the issuer key and carries the exact request.
     let (st, v) = request(
@@ -1377,8 +1390,14 @@ fn a_policy_bundle_carries_reference_profiles() {
         &s,
         &bundle(json!({"profiles": {"bundled": profile_of(&rt.tpm)}})),
     ));
-    let (kind, _, decision, _) = last(&s);
-    assert_eq!((kind.as_str(), decision.as_str()), ("policy", "allow"));
+    let r = s.records().into_iter().rev().nth(1).unwrap();
+    assert_eq!(
+        (
+            serde_json::to_value(r.kind).unwrap(),
+            serde_json::to_value(r.decision).unwrap()
+        ),
+        (json!("policy"), json!("allow"))
+    );
     ok(&s.admin(&[
         "assign-profile",
         "--runtime",

@@ -277,43 +277,13 @@ impl Appliance {
     ) -> Result<Issued, Problem> {
         let t = now()?;
         let provider = default_provider();
-        // The EAR: ours, unexpired, about a runtime. Until it verifies nobody is identified.
-        let ear = ear.ok_or_else(|| {
-            unidentified(
-                "ear_missing",
-                "Authorization: DPoP <EAR token> is required (writ agent attest gets one)",
-            )
-        })?;
-        let ear_key = self.config.ear_key.as_ref().ok_or_else(|| {
-            Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "ear_signing",
-                "no ear key is configured: EAR tokens cannot be checked",
-            )
-        })?;
-        let ear_jwk = EcJwk::from_verifying_key(ear_key.public_key().verifying_key());
-        let claims = jws::parse(ear, "ear+jwt", HeaderShape::Kid)
-            .and_then(|u| u.verify(provider, &ear_jwk))
-            .map_err(|r| unidentified("ear_invalid", format!("the EAR token: {}", r.detail)))?;
-        let text = |k: &str| claims.get(k).and_then(Value::as_str).unwrap_or("");
-        let subject = text("sub").to_string();
-        let Some(name) = subject
-            .strip_prefix(&format!("spiffe://{}/runtime/", self.config.trust_domain))
-            .filter(|n| valid_name(n))
-            .map(str::to_string)
-        else {
-            return Err(unidentified(
-                "ear_invalid",
-                "the EAR names no runtime of this trust domain",
-            ));
-        };
-        if claims.get("exp").and_then(Value::as_i64).unwrap_or(0) <= t {
-            return Err(unidentified(
-                "ear_expired",
-                "the EAR token has expired; attest again",
-            ));
-        }
-        let ear_digest = digest(ear.as_bytes());
+        let EarCaller {
+            ear,
+            claims,
+            subject,
+            name,
+            ear_digest,
+        } = self.ear_caller(ear, t)?;
 
         // Identified from here on.
         let mut digests: Vec<(&str, String)> = vec![("ear", ear_digest.clone())];
@@ -362,13 +332,7 @@ impl Appliance {
                 Err(p) => p,
             }
         };
-        let rows = self.query(
-            "SELECT r.state, r.ak_public, r.tpm, a.generation, a.status, a.result, a.holder_jkt,
-                    a.ear_digest, a.attested_at
-             FROM runtimes r LEFT JOIN attestations a ON a.name = r.name
-             WHERE r.name = $1",
-            &[name.clone().into()],
-        )?;
+        let rows = self.query(RUNTIME_ROW, &[name.clone().into()])?;
         let Some(row) = rows.first() else {
             return Err(deny(
                 "runtime_unknown",
@@ -441,35 +405,18 @@ impl Appliance {
             .and_then(Db::blob)
             .map(<[u8]>::to_vec)
             .unwrap_or_default();
-        if col(0) != "enrolled" {
-            return Err(deny(
-                "revoked",
-                StatusCode::FORBIDDEN,
-                "this runtime is revoked".into(),
-                &digests,
-                spend(&proofs, t, false),
-            ));
-        }
         let generation = int(3);
         let status = col(4);
-        // The current appraisal first (a contraindicated one has no EAR), then that the EAR
-        // presented is the current appraisal's.
-        let attested = !matches!(row.get(3), None | Some(Db::Null));
-        let usable = status == "affirming" || status == "warning";
-        if attested && !usable {
+        if let Err((code, status, detail)) = standing(
+            row,
+            &ear_digest,
+            policy.as_ref().map(|(_, p)| p.as_ref()),
+            t,
+        ) {
             return Err(deny(
-                "contraindicated",
-                StatusCode::FORBIDDEN,
-                format!("the runtime's current appraisal is {status}"),
-                &digests,
-                spend(&proofs, t, false),
-            ));
-        }
-        if !attested || col(7) != ear_digest {
-            return Err(deny(
-                "ear_superseded",
-                StatusCode::FORBIDDEN,
-                "this EAR is not the runtime's current appraisal (a later attestation replaced it); use the latest".into(),
+                code,
+                status,
+                detail,
                 &digests,
                 spend(&proofs, t, false),
             ));
@@ -478,24 +425,11 @@ impl Appliance {
             return Err(deny(
                 "no_policy",
                 StatusCode::SERVICE_UNAVAILABLE,
-                "no policy bundle is loaded (writ admin load-policy): nothing is allowed".into(),
+                NO_POLICY.into(),
                 &digests,
                 spend(&proofs, t, false),
             ));
         };
-        let age = t.saturating_sub(int(8));
-        if age > policy.bundle.max_appraisal_age_s {
-            return Err(deny(
-                "stale_appraisal",
-                StatusCode::FORBIDDEN,
-                format!(
-                    "the runtime's appraisal is {age} s old (policy accepts {} s); attest again",
-                    policy.bundle.max_appraisal_age_s
-                ),
-                &digests,
-                spend(&proofs, t, false),
-            ));
-        }
         // The request.
         let asked = match asked(req, policy.bundle.max_delegation_depth()) {
             Ok(a) => a,
@@ -983,6 +917,61 @@ impl Appliance {
         })
     }
 
+    /// The caller of a runtime route, by its EAR token: signed by the `ear` key, about a runtime
+    /// of this trust domain, unexpired. Until then nobody is identified: the refusals are
+    /// `401 ear_missing` / `ear_invalid` / `ear_expired`, counted, not logged.
+    pub(crate) fn ear_caller<'a>(
+        &self,
+        ear: Option<&'a str>,
+        t: i64,
+    ) -> Result<EarCaller<'a>, Problem> {
+        let ear = ear.ok_or_else(|| {
+            unidentified(
+                "ear_missing",
+                "Authorization: DPoP <EAR token> is required (writ agent attest gets one)",
+            )
+        })?;
+        let ear_key = self.config.ear_key.as_ref().ok_or_else(|| {
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ear_signing",
+                "no ear key is configured: EAR tokens cannot be checked",
+            )
+        })?;
+        let ear_jwk = EcJwk::from_verifying_key(ear_key.public_key().verifying_key());
+        let claims = jws::parse(ear, "ear+jwt", HeaderShape::Kid)
+            .and_then(|u| u.verify(default_provider(), &ear_jwk))
+            .map_err(|r| unidentified("ear_invalid", format!("the EAR token: {}", r.detail)))?;
+        let subject = claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let Some(name) = subject
+            .strip_prefix(&format!("spiffe://{}/runtime/", self.config.trust_domain))
+            .filter(|n| valid_name(n))
+            .map(str::to_string)
+        else {
+            return Err(unidentified(
+                "ear_invalid",
+                "the EAR names no runtime of this trust domain",
+            ));
+        };
+        if claims.get("exp").and_then(Value::as_i64).unwrap_or(0) <= t {
+            return Err(unidentified(
+                "ear_expired",
+                "the EAR token has expired; attest again",
+            ));
+        }
+        Ok(EarCaller {
+            ear,
+            ear_digest: digest(ear.as_bytes()),
+            claims,
+            subject,
+            name,
+        })
+    }
+
     /// Whether a DPoP proof (holder key, jti) was already used here.
     fn proof_used(&self, jkt: &str, jti: &str) -> Result<bool, Problem> {
         Ok(!self
@@ -1136,6 +1125,87 @@ impl Appliance {
             .and_then(Db::text)
             .map(str::to_string))
     }
+}
+
+const NO_POLICY: &str = "no policy bundle is loaded (writ admin load-policy): nothing is allowed";
+
+/// A runtime with its current appraisal: state, AK, TPM attributes, generation, status, result,
+/// holder key, EAR digest, time.
+pub(crate) const RUNTIME_ROW: &str =
+    "SELECT r.state, r.ak_public, r.tpm, a.generation, a.status, a.result, a.holder_jkt,
+            a.ear_digest, a.attested_at
+     FROM runtimes r LEFT JOIN attestations a ON a.name = r.name
+     WHERE r.name = $1";
+
+/// A runtime's standing for a request, from its [`RUNTIME_ROW`]: enrolled (`revoked`), its
+/// current appraisal affirming or warning (`contraindicated`) and the one the EAR presented states
+/// (`ear_superseded`), a policy bundle in force (`no_policy`), the appraisal younger than the
+/// bundle's bound (`stale_appraisal`). The refusal's code, status and detail otherwise.
+pub(crate) fn standing(
+    row: &[Db],
+    ear_digest: &str,
+    policy: Option<&LoadedPolicy>,
+    t: i64,
+) -> Result<(), (&'static str, StatusCode, String)> {
+    let col = |i: usize| row.get(i).and_then(Db::text).unwrap_or("");
+    if col(0) != "enrolled" {
+        return Err((
+            "revoked",
+            StatusCode::FORBIDDEN,
+            "this runtime is revoked".into(),
+        ));
+    }
+    let status = col(4);
+    // The current appraisal first (a contraindicated one has no EAR), then that the EAR
+    // presented is the current appraisal's.
+    let attested = !matches!(row.get(3), None | Some(Db::Null));
+    if attested && !(status == "affirming" || status == "warning") {
+        return Err((
+            "contraindicated",
+            StatusCode::FORBIDDEN,
+            format!("the runtime's current appraisal is {status}"),
+        ));
+    }
+    if !attested || col(7) != ear_digest {
+        return Err((
+            "ear_superseded",
+            StatusCode::FORBIDDEN,
+            "this EAR is not the runtime's current appraisal (a later attestation replaced it); use the latest".into(),
+        ));
+    }
+    let Some(policy) = policy else {
+        return Err((
+            "no_policy",
+            StatusCode::SERVICE_UNAVAILABLE,
+            NO_POLICY.into(),
+        ));
+    };
+    let age = t.saturating_sub(row.get(8).and_then(Db::int).unwrap_or(0));
+    if age > policy.bundle.max_appraisal_age_s {
+        return Err((
+            "stale_appraisal",
+            StatusCode::FORBIDDEN,
+            format!(
+                "the runtime's appraisal is {age} s old (policy accepts {} s); attest again",
+                policy.bundle.max_appraisal_age_s
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A runtime identified by its EAR token.
+pub(crate) struct EarCaller<'a> {
+    /// The token.
+    pub ear: &'a str,
+    /// Its verified claims.
+    pub claims: serde_json::Map<String, Value>,
+    /// The runtime's SPIFFE ID.
+    pub subject: String,
+    /// The runtime's name.
+    pub name: String,
+    /// `sha256:` of the token.
+    pub ear_digest: String,
 }
 
 fn corrupt(detail: &str) -> Problem {
