@@ -34,9 +34,24 @@ pub enum AgentCommand {
     Request(RequestArgs),
     /// Make the DPoP proof that goes with a writ and its request, with the holder key in the TPM.
     Proof(ProofArgs),
+    /// Get an X.509-SVID for this runtime's holder key (the key stays in the TPM). Exit 0 issued,
+    /// 1 refused, 2 error.
+    Svid(SvidArgs),
     /// As the holder of a delegation writ, make the proof that lets another runtime's holder key
     /// (`--for`, its thumbprint from `writ agent status`) ask for one child writ under it.
     Consent(ConsentArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SvidArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The TPM (TCTI), else `TPM2TOOLS_TCTI`, `TCTI` or /dev/tpmrm0.
+    #[arg(long)]
+    tcti: Option<String>,
+    /// Where to write the certificate (PEM).
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -316,6 +331,7 @@ pub fn run(cmd: AgentCommand) -> Result<(), Failure> {
         AgentCommand::Enroll(a) => Ok(enroll(&a)?),
         AgentCommand::Status(a) => Ok(status(&a.common.state)?),
         AgentCommand::Request(a) => request(&a),
+        AgentCommand::Svid(a) => svid(&a),
         AgentCommand::Proof(a) => {
             let writ = std::fs::read_to_string(&a.writ)
                 .map_err(|e| format!("{}: {e}", a.writ.display()))?;
@@ -419,15 +435,17 @@ impl RequestSpec {
     }
 }
 
-/// A DPoP proof by the holder key of the last attestation for (`htm`, `htu`) with `token`.
-fn holder_proof(
-    tpm: &Attester,
+/// The holder key the last attestation certified, loaded in the TPM, and its JWK.
+fn certified_holder<'a>(
+    tpm: &'a Attester,
     state: &Path,
-    htm: &str,
-    htu: &str,
-    token: &str,
-    nonce: Option<&str>,
-) -> Result<String, String> {
+) -> Result<
+    (
+        writ_hsm::tpm::attester::HolderSigner<'a>,
+        writ_attestation::jwk::EcJwk,
+    ),
+    String,
+> {
     let last = read_json(
         &state.join("last.json"),
         " (attest first: writ agent attest)",
@@ -464,6 +482,22 @@ fn holder_proof(
     let key = tpm
         .load_holder_key(&blob, Some(&auth))
         .map_err(|e| format!("holder key: {e}"))?;
+    Ok((
+        writ_hsm::tpm::attester::HolderSigner { tpm, key, bound },
+        jwk,
+    ))
+}
+
+/// A DPoP proof by the holder key of the last attestation for (`htm`, `htu`) with `token`.
+fn holder_proof(
+    tpm: &Attester,
+    state: &Path,
+    htm: &str,
+    htu: &str,
+    token: &str,
+    nonce: Option<&str>,
+) -> Result<String, String> {
+    let (signer, jwk) = certified_holder(tpm, state)?;
     let mut jti = [0u8; 16];
     getrandom::fill(&mut jti).map_err(|e| format!("random: {e}"))?;
     let claims = writ_attestation::writ::dpop::ProofClaims {
@@ -474,12 +508,75 @@ fn holder_proof(
         ath: writ_attestation::writ::dpop::ath(token),
         nonce: nonce.map(str::to_string),
     };
-    writ_attestation::writ::dpop::create(
-        &writ_hsm::tpm::attester::HolderSigner { tpm, key, bound },
-        &jwk,
-        &claims,
+    writ_attestation::writ::dpop::create(&signer, &jwk, &claims)
+        .map_err(|e| format!("the proof: {}", e.detail))
+}
+
+/// `writ agent svid`: a PKCS#10 request signed by the holder key in the TPM, sent with the EAR;
+/// the X.509-SVID written to `out` (the key stays in the TPM).
+fn svid(a: &SvidArgs) -> Result<(), Failure> {
+    use x509_cert::builder::{Builder, RequestBuilder};
+    use x509_cert::der::Encode;
+    let state = &a.common.state;
+    let last = read_json(
+        &state.join("last.json"),
+        " (attest first: writ agent attest)",
+    )?;
+    let ear = last
+        .get("ear")
+        .and_then(Value::as_str)
+        .ok_or("the last attestation was refused: attest again")?
+        .to_string();
+    let client = client_of(state)?;
+    let tpm = Attester::open(a.tcti.as_deref()).map_err(|e| format!("TPM: {e}"))?;
+    let (signer, jwk) = certified_holder(&tpm, state)?;
+    let public = jwk
+        .verifying_key()
+        .map_err(|e| format!("the holder key: {e}"))?;
+    let keypair = writ_hsm::tpm::attester::HolderKeypair { signer, public };
+    // The appliance takes nothing from the request but its key: the subject is a label.
+    let subject: x509_cert::name::Name = "O=writ runtime"
+        .parse()
+        .map_err(|e| format!("subject: {e}"))?;
+    let csr = RequestBuilder::new(subject)
+        .and_then(|b| b.build::<_, p256::ecdsa::DerSignature>(&keypair))
+        .map_err(|e| format!("the certificate request: {e}"))?
+        .to_der()
+        .map_err(|e| format!("the certificate request: {e}"))?;
+    let issued = client
+        .call_with(
+            "POST",
+            "/v1/svid",
+            Some(&json!({"csr": base64::engine::general_purpose::STANDARD.encode(&csr)})),
+            Some(&format!("DPoP {ear}")),
+            None,
+        )
+        .map_err(failure)?;
+    let pem = issued
+        .get("certificate")
+        .and_then(Value::as_str)
+        .ok_or("the appliance's answer has no certificate")?;
+    writ::files::write_atomically(
+        &a.out,
+        pem.as_bytes(),
+        0o644,
+        writ::files::Existing::Replace,
     )
-    .map_err(|e| format!("the proof: {}", e.detail))
+    .map_err(|e| format!("--out {}: {e}", a.out.display()))?;
+    step(&format!(
+        "X.509-SVID for {} written to {} (expires at {}, log index {}); its key is the holder key in the TPM",
+        issued
+            .get("spiffe_id")
+            .and_then(Value::as_str)
+            .unwrap_or("?"),
+        a.out.display(),
+        issued
+            .get("expires_at")
+            .and_then(Value::as_i64)
+            .unwrap_or(0),
+        issued.get("log_index").and_then(Value::as_u64).unwrap_or(0),
+    ));
+    Ok(())
 }
 
 /// The appliance this runtime enrolled with, trusted through the pinned CA certificate.

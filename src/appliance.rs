@@ -41,12 +41,14 @@ use crate::store::{Op, StoreError, Value};
 mod attest;
 mod bundle;
 mod issue;
+mod svid;
 pub use attest::{
     AttestAnswer, AttestRequest, Holder, MAX_ATTEST_BODY, MAX_EVENT_LOG, MAX_PENDING_NONCES,
     NonceAnswer, NonceRequest, Signed, required_selection,
 };
 pub use bundle::{BUNDLE_LIFETIME_S, REFRESH_HINT_S};
 pub use issue::{Issued, PROOF_SKEW, WritRequest, consent_nonce};
+pub use svid::{SvidIssued, SvidRequest};
 
 /// How long a credential challenge can be answered, seconds.
 pub const CHALLENGE_TTL: i64 = 300;

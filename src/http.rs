@@ -217,6 +217,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/writs"),
     ("GET", "/v1/log/writs/{jti}"),
     ("GET", "/v1/bundle"),
+    ("POST", "/v1/svid"),
     ("POST", "/v1/admin/ek-registrations"),
     ("POST", "/v1/admin/join-tokens"),
     ("GET", "/v1/admin/runtimes"),
@@ -253,6 +254,7 @@ pub const OPENAPI: &str = include_str!("../docs/openapi.json");
 /// | `POST /v1/writs` (`Authorization: DPoP <EAR>`, `DPoP: <proof>`) | an execution or delegation writ ([`crate::appliance::Issued`]) |
 /// | `POST /v1/admin/certificates` `{"name","public_key","lifetime_s"}` | an admin's client certificate (PEM) |
 /// | `POST /v1/admin/admins/{name}/revoke` | 204: that admin's certificates no longer authenticate |
+/// | `POST /v1/svid` (`Authorization: DPoP <EAR>`) `{"csr"}` | an X.509-SVID for the holder key ([`crate::appliance::SvidIssued`]) |
 /// | `GET /v1/bundle` | the trust bundle (interfaces.md): keys by purpose, the CA, accepted policy bundles, the log's key |
 /// | `GET /v1/log/writs/{jti}` | `{"jti","leaf_hash","index"}`: the writ's `issue` record (for `writ audit lineage`) |
 pub fn appliance_router(app: Arc<Appliance>) -> Router {
@@ -297,6 +299,7 @@ pub fn appliance_router_limited(app: Arc<Appliance>, limit: Arc<UnidentifiedLimi
         .route("/v1/writs", post(issue_writ))
         .route("/v1/log/writs/{jti}", get(writ_record))
         .route("/v1/bundle", get(trust_bundle))
+        .route("/v1/svid", post(issue_svid))
         .route("/v1/admin/ek-registrations", post(admin_register_ek))
         .route("/v1/admin/join-tokens", post(admin_join_token))
         .route("/v1/admin/runtimes", get(admin_runtimes))
@@ -626,6 +629,19 @@ async fn admin_revoke_admin(
 ) -> Result<Response, Problem> {
     work(move || app.revoke_admin(&admin, &name)).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn issue_svid(
+    State(app): State<Arc<Appliance>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, Problem> {
+    let req: crate::appliance::SvidRequest = json_body(&body)?;
+    let ear = header_text(&headers, "authorization")
+        .and_then(|v| v.strip_prefix("DPoP ").map(str::to_string));
+    work(move || app.issue_svid(ear.as_deref(), &req))
+        .await
+        .map(|w| ok_json(&w))
 }
 
 async fn trust_bundle(State(app): State<Arc<Appliance>>) -> Result<Response, Problem> {

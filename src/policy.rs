@@ -76,6 +76,10 @@ pub struct PolicyBundle {
     /// [`DEFAULT_MAX_DELEGATION_DEPTH`]: delegation is off until a bundle turns it on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_delegation_depth: Option<u32>,
+    /// An X.509-SVID's lifetime, seconds (60 to 86,400; default
+    /// [`DEFAULT_SVID_LIFETIME_S`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub svid_lifetime_s: Option<i64>,
     /// Reference profiles by name (docs/reference-profiles.md), loaded with the bundle in its
     /// transaction: each replaces the profile of that name (others stay as they are).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -85,12 +89,20 @@ pub struct PolicyBundle {
 /// Most reference profiles in one bundle.
 pub const MAX_BUNDLE_PROFILES: usize = 64;
 
+/// An X.509-SVID's lifetime when the bundle names none, seconds.
+pub const DEFAULT_SVID_LIFETIME_S: i64 = 3600;
+
 /// The deepest lineage when the bundle names none: no delegation writs.
 pub const DEFAULT_MAX_DELEGATION_DEPTH: u32 = 0;
 /// The most a bundle may allow.
 pub const MOST_DELEGATION_DEPTH: u32 = 16;
 
 impl PolicyBundle {
+    /// An X.509-SVID's lifetime, seconds.
+    pub fn svid_lifetime_s(&self) -> i64 {
+        self.svid_lifetime_s.unwrap_or(DEFAULT_SVID_LIFETIME_S)
+    }
+
     /// The deepest lineage a delegation writ may allow.
     pub fn max_delegation_depth(&self) -> u32 {
         self.max_delegation_depth
@@ -213,6 +225,7 @@ impl LoadedPolicy {
             1,
             bundle.max_writ_lifetime_s,
         )?;
+        range("svid_lifetime_s", bundle.svid_lifetime_s(), 60, 86_400)?;
         range(
             "max_delegation_depth",
             i64::from(bundle.max_delegation_depth()),

@@ -1515,3 +1515,239 @@ fn the_trust_bundle_publishes_each_version_in_the_log() {
     );
     b2.check(now, 3600, Some(b2.sequence)).unwrap();
 }
+
+/// A PKCS#10 request signed by `rt`'s holder key in its TPM, asking for everything an SVID must
+/// not carry: another runtime's ID and a DNS name, a CA flag, serverAuth.
+fn greedy_csr(rt: &Runtime) -> Vec<u8> {
+    use x509_cert::builder::{Builder, RequestBuilder};
+    use x509_cert::der::Encode;
+    use x509_cert::der::asn1::{Ia5String, ObjectIdentifier};
+    use x509_cert::ext::pkix::name::GeneralName;
+    use x509_cert::ext::pkix::{BasicConstraints, ExtendedKeyUsage, SubjectAltName};
+    let key = rt
+        .tpm
+        .load_holder_key(&rt.holder, Some(HOLDER_AUTH))
+        .unwrap();
+    let keypair = writ_hsm::tpm::attester::HolderKeypair {
+        signer: HolderSigner {
+            tpm: &rt.tpm,
+            key,
+            bound: None,
+        },
+        public: holder_jwk(&rt.holder).verifying_key().unwrap(),
+    };
+    let mut b = RequestBuilder::new("CN=root,O=everything".parse().unwrap()).unwrap();
+    b.add_extension(&SubjectAltName(vec![
+        GeneralName::UniformResourceIdentifier(
+            Ia5String::new(&format!("spiffe://{TD}/runtime/someone-else")).unwrap(),
+        ),
+        GeneralName::DnsName(Ia5String::new("evil.example").unwrap()),
+    ]))
+    .unwrap();
+    b.add_extension(&BasicConstraints {
+        ca: true,
+        path_len_constraint: None,
+    })
+    .unwrap();
+    b.add_extension(&ExtendedKeyUsage(vec![ObjectIdentifier::new_unwrap(
+        "1.3.6.1.5.5.7.3.1",
+    )]))
+    .unwrap();
+    b.build::<_, p256::ecdsa::DerSignature>(&keypair)
+        .unwrap()
+        .to_der()
+        .unwrap()
+}
+
+fn ask_svid(s: &Stack, ear: Option<&str>, csr: &[u8]) -> (u16, Value) {
+    let mut r = common::agent()
+        .post(format!("{}/v1/svid", s.url()))
+        .header("Content-Type", "application/json");
+    if let Some(e) = ear {
+        r = r.header("Authorization", format!("DPoP {e}"));
+    }
+    let body = json!({"csr": base64::engine::general_purpose::STANDARD.encode(csr)});
+    let mut resp = r.send(body.to_string().as_bytes()).unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+#[test]
+fn an_attested_runtime_gets_an_svid_for_its_holder_key_and_nothing_else() {
+    use x509_cert::der::{DecodePem, Encode};
+    use x509_cert::ext::pkix::{BasicConstraints, ExtendedKeyUsage, SubjectAltName};
+    let s = Stack::tls();
+    assert!(s.url().starts_with("https://"));
+    let rt = ready(&s, "svc-1");
+    let ear = attest(&s, &rt);
+    ok(&load_policy(&s, &bundle(json!({}))));
+    let id = format!("spiffe://{TD}/runtime/svc-1");
+
+    // The request asks for more; the SVID carries what writ gives: the runtime's own ID alone,
+    // clientAuth only, not a CA, the policy's lifetime, for the holder key.
+    let (st, v) = ask_svid(&s, Some(&ear), &greedy_csr(&rt));
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["spiffe_id"], id.as_str());
+    let pem = v["certificate"].as_str().unwrap();
+    let cert = x509_cert::Certificate::from_pem(pem.as_bytes()).unwrap();
+    let tbs = cert.tbs_certificate();
+    let (_, san) = tbs.get_extension::<SubjectAltName>().unwrap().unwrap();
+    assert_eq!(san.0.len(), 1, "{san:?}");
+    assert_eq!(
+        writ::tls::spiffe_ids(&cert.to_der().unwrap()).unwrap(),
+        std::slice::from_ref(&id)
+    );
+    let (_, bc) = tbs.get_extension::<BasicConstraints>().unwrap().unwrap();
+    assert!(!bc.ca);
+    let (_, eku) = tbs.get_extension::<ExtendedKeyUsage>().unwrap().unwrap();
+    assert_eq!(
+        eku.0,
+        [x509_cert::der::asn1::ObjectIdentifier::new_unwrap(
+            "1.3.6.1.5.5.7.3.2"
+        )]
+    );
+    let spki = tbs.subject_public_key_info().to_der().unwrap();
+    let key = {
+        use p256::pkcs8::DecodePublicKey;
+        p256::ecdsa::VerifyingKey::from_public_key_der(&spki).unwrap()
+    };
+    assert_eq!(
+        writ_attestation::jwk::EcJwk::from_verifying_key(&key).thumbprint(),
+        holder_jwk(&rt.holder).thumbprint()
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let expires = v["expires_at"].as_i64().unwrap();
+    assert!(
+        (3500..=3700).contains(&(expires - now)),
+        "{expires} - {now}"
+    );
+    let rec = s.records().pop().unwrap();
+    assert_eq!(serde_json::to_value(rec.kind).unwrap(), "svid");
+    assert_eq!(rec.subject, id);
+    assert_eq!(
+        rec.digests["svid"],
+        format!(
+            "sha256:{}",
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+                cert.to_der().unwrap()
+            ))
+        )
+    );
+    // openssl, an independent validator: a client certificate of the appliance's CA, never a
+    // server's.
+    let file = s.dir.path().join("svid.pem");
+    std::fs::write(&file, pem).unwrap();
+    let ca = s.dir.path().join("writ.db.ca.pem");
+    let verify = |purpose: &str| {
+        std::process::Command::new("openssl")
+            .args([
+                "verify",
+                "-CAfile",
+                ca.to_str().unwrap(),
+                "-purpose",
+                purpose,
+            ])
+            .arg(&file)
+            .output()
+            .unwrap()
+    };
+    assert!(verify("sslclient").status.success());
+    assert!(!verify("sslserver").status.success());
+
+    // Refusals, each a `svid` record: a request by a key other than the holder key, one that is
+    // not a request, no EAR (unidentified, not logged).
+    let other = {
+        use x509_cert::builder::{Builder, RequestBuilder};
+        let mut d = [7u8; 32];
+        getrandom::fill(&mut d).unwrap();
+        let k = p256::ecdsa::SigningKey::from_slice(&d).unwrap();
+        RequestBuilder::new("O=x".parse().unwrap())
+            .unwrap()
+            .build::<_, p256::ecdsa::DerSignature>(&k)
+            .unwrap()
+            .to_der()
+            .unwrap()
+    };
+    let refused_svid = |a: &(u16, Value), code: &str| {
+        assert_eq!(a.1["code"], code, "{}", a.1);
+        let r = s.records().pop().unwrap();
+        assert_eq!(serde_json::to_value(r.kind).unwrap(), "svid");
+        assert_eq!(r.reasons, [code]);
+        assert!(!r.digests.contains_key("svid"));
+    };
+    refused_svid(&ask_svid(&s, Some(&ear), &other), "svid_key");
+    let mut tampered = greedy_csr(&rt);
+    let n = tampered.len();
+    tampered[n - 3] ^= 1;
+    refused_svid(&ask_svid(&s, Some(&ear), &tampered), "svid_csr");
+    refused_svid(&ask_svid(&s, Some(&ear), b"not a request"), "svid_csr");
+    let size = s.records().len();
+    let a = ask_svid(&s, None, &greedy_csr(&rt));
+    assert_eq!((a.0, a.1["code"].as_str()), (401, Some("ear_missing")));
+    assert_eq!(s.records().len(), size);
+    // Policy decides: a bundle that permits no SVID.
+    let no_svids = bundle(
+        json!({"policies": "@id(\"tools-only\")\npermit(principal, action == Action::\"exec\", resource);\n"}),
+    );
+    ok(&load_policy(&s, &no_svids));
+    refused_svid(&ask_svid(&s, Some(&ear), &greedy_csr(&rt)), "policy");
+    // A contraindicated runtime gets none.
+    ok(&load_policy(&s, &bundle(json!({}))));
+    rt.tpm.extend_pcr(4, &[3u8; 32]).unwrap();
+    let (st, _) = rt.attest(&s);
+    assert_eq!(st, 403);
+    refused_svid(
+        &ask_svid(&s, Some(&ear), &greedy_csr(&rt)),
+        "contraindicated",
+    );
+}
+
+#[test]
+fn writ_agent_gets_an_svid_whose_key_stays_in_the_tpm() {
+    let s = Stack::tls();
+    let (a, log_file, state) = common::runtime::agent_enrolled(&s, "ci-9");
+    let st = state.to_str().unwrap();
+    let tcti = s.tpm.tcti();
+    assign(&s, "ci-9", &profile_of(&a));
+    ok(&s.writ(&[
+        "agent",
+        "attest",
+        "--state",
+        st,
+        "--tcti",
+        &tcti,
+        "--event-log",
+        log_file.to_str().unwrap(),
+    ]));
+    ok(&load_policy(&s, &bundle(json!({}))));
+    let out_file = s.dir.path().join("ci-9.svid.pem");
+    let out = s.writ(&[
+        "agent",
+        "svid",
+        "--state",
+        st,
+        "--tcti",
+        &tcti,
+        "--out",
+        out_file.to_str().unwrap(),
+    ]);
+    ok(&out);
+    let pem = std::fs::read(&out_file).unwrap();
+    let der = {
+        use x509_cert::der::{DecodePem, Encode};
+        x509_cert::Certificate::from_pem(&pem)
+            .unwrap()
+            .to_der()
+            .unwrap()
+    };
+    assert_eq!(
+        writ::tls::spiffe_ids(&der).unwrap(),
+        [format!("spiffe://{TD}/runtime/ci-9")]
+    );
+    let (_, _, decision, _) = last(&s);
+    assert_eq!(decision, "allow");
+}

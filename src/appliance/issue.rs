@@ -168,7 +168,7 @@ fn unidentified(code: &'static str, detail: impl Into<String>) -> Problem {
 
 impl Appliance {
     /// The policy bundle in force, read from the store on first use (and after a change).
-    fn current_policy(&self) -> Result<Option<(i64, Arc<LoadedPolicy>)>, Problem> {
+    pub(crate) fn current_policy(&self) -> Result<Option<(i64, Arc<LoadedPolicy>)>, Problem> {
         if let Ok(c) = self.policy.0.read()
             && let Some(p) = c.as_ref()
         {
@@ -197,7 +197,7 @@ impl Appliance {
         Ok(Some((generation, loaded)))
     }
 
-    fn forget_policy(&self) {
+    pub(crate) fn forget_policy(&self) {
         if let Ok(mut c) = self.policy.0.write() {
             *c = None;
         }

@@ -89,11 +89,22 @@ pub fn serve(mut cmd: Command) -> Served {
     }
 }
 
-/// An HTTP agent whose error statuses are answers to read, not errors.
+/// An HTTP agent whose error statuses are answers to read, not errors. Over https it does not
+/// verify the server: it is the tests' own probe of the appliance they started (the CLI's TLS
+/// verification is what tests/tls.rs and tests/mtls.rs test).
 pub fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(20)))
+        .tls_config(
+            ureq::tls::TlsConfig::builder()
+                .provider(ureq::tls::TlsProvider::Rustls)
+                .unversioned_rustls_crypto_provider(std::sync::Arc::new(
+                    rustls::crypto::aws_lc_rs::default_provider(),
+                ))
+                .disable_verification(true)
+                .build(),
+        )
         .build()
         .new_agent()
 }

@@ -196,17 +196,23 @@ pub fn agent_enrolled(s: &Stack, name: &str) -> (Attester, std::path::PathBuf, s
     std::fs::write(&log_file, &log).unwrap();
     let state = s.dir.path().join("agent");
     let token = s.join_token(name, "600");
-    ok(&s.writ(&[
+    let url = s.url();
+    let fp = s.server.as_ref().and_then(|x| x.fingerprint.clone());
+    let mut args = vec![
         "agent",
         "enroll",
         "--server",
-        &s.url(),
+        url.as_str(),
         "--join-token",
         token.to_str().unwrap(),
         "--state",
         state.to_str().unwrap(),
-        "--tcti",
-        &s.tpm.tcti(),
-    ]));
+    ];
+    let tcti = s.tpm.tcti();
+    args.extend(["--tcti", tcti.as_str()]);
+    if let Some(fp) = &fp {
+        args.extend(["--fingerprint", fp.as_str()]);
+    }
+    ok(&s.writ(&args));
     (a, log_file, state)
 }

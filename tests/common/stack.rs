@@ -29,6 +29,8 @@ pub struct Stack {
     pub ear_key: String,
     /// The `issuer` key's URI (in the token; empty: an appliance without one).
     pub issuer_key: String,
+    /// The `ca` key's URI (in the token; empty: plain HTTP on loopback).
+    pub ca_key: String,
     pub server: Option<Served>,
     pub roots: Vec<PathBuf>,
     pub store: String,
@@ -54,16 +56,35 @@ impl Stack {
         Stack::build(tpm, roots, engine, extra)
     }
 
+    /// With the `ca` key in the token: TLS.
+    pub fn tls() -> Stack {
+        let tpm = Swtpm::start();
+        let roots = vec![
+            tpm.ca_dir().join("issuercert.pem"),
+            tpm.ca_dir().join("swtpm-localca-rootca-cert.pem"),
+        ];
+        Stack::make(tpm, roots, Engine::Sqlite, &[], true)
+    }
+
     pub fn with_roots(tpm: Swtpm, roots: Vec<PathBuf>) -> Stack {
         Stack::build(tpm, roots, Engine::Sqlite, &[])
     }
 
     pub fn build(tpm: Swtpm, roots: Vec<PathBuf>, engine: Engine, extra: &[&str]) -> Stack {
+        Stack::make(tpm, roots, engine, extra, false)
+    }
+
+    fn make(tpm: Swtpm, roots: Vec<PathBuf>, engine: Engine, extra: &[&str], tls: bool) -> Stack {
         let hsm = SoftHsm::new();
         let dir = tempfile::tempdir().unwrap();
         let key = super::softhsm_key(&hsm, "checkpoint", "checkpoint");
         let ear_key = super::softhsm_key(&hsm, "ear", "ear");
         let issuer_key = super::softhsm_key(&hsm, "issuer", "issuer");
+        let ca_key = if tls {
+            super::softhsm_key(&hsm, "ca", "ca")
+        } else {
+            String::new()
+        };
         writ_testkit::write_secret(&dir.path().join("admin.token"), "admin-token-0123456789");
         let (store, pg) = match engine {
             Engine::Sqlite => (
@@ -82,6 +103,7 @@ impl Stack {
             key,
             ear_key,
             issuer_key,
+            ca_key,
             server: None,
             roots,
             store,
@@ -116,6 +138,9 @@ impl Stack {
         if !self.issuer_key.is_empty() {
             cmd.args(["--issuer-key", &self.issuer_key]);
         }
+        if !self.ca_key.is_empty() {
+            cmd.args(["--ca-key", &self.ca_key]);
+        }
         for r in &self.roots {
             cmd.arg("--ek-roots").arg(r);
         }
@@ -141,6 +166,7 @@ impl Stack {
     pub fn admin(&self, args: &[&str]) -> Output {
         let url = self.url();
         let token = self.dir.path().join("admin.token");
+        let fp = self.server.as_ref().and_then(|s| s.fingerprint.clone());
         let mut all = vec![
             "admin",
             "--server",
@@ -148,6 +174,9 @@ impl Stack {
             "--token-file",
             token.to_str().unwrap(),
         ];
+        if let Some(fp) = &fp {
+            all.extend(["--fingerprint", fp.as_str()]);
+        }
         all.extend(args);
         self.writ(&all)
     }

@@ -649,6 +649,52 @@ impl writ_attestation::writ::jws::Es256Signer for HolderSigner<'_> {
     }
 }
 
+/// The holder key seen through RustCrypto's signing traits (what x509-cert's request builder
+/// signs with): ECDSA P-256 over SHA-256, each signature made in the TPM.
+#[derive(Debug)]
+pub struct HolderKeypair<'a> {
+    /// The loaded holder key.
+    pub signer: HolderSigner<'a>,
+    /// Its public key.
+    pub public: p256::ecdsa::VerifyingKey,
+}
+
+impl signature::Keypair for HolderKeypair<'_> {
+    type VerifyingKey = p256::ecdsa::VerifyingKey;
+
+    fn verifying_key(&self) -> p256::ecdsa::VerifyingKey {
+        self.public
+    }
+}
+
+impl spki::SignatureAlgorithmIdentifier for HolderKeypair<'_> {
+    type Params = spki::der::AnyRef<'static>;
+
+    const SIGNATURE_ALGORITHM_IDENTIFIER: spki::AlgorithmIdentifier<spki::der::AnyRef<'static>> =
+        spki::AlgorithmIdentifier {
+            oid: ecdsa::ECDSA_SHA256_OID,
+            parameters: None,
+        };
+}
+
+impl signature::Signer<p256::ecdsa::Signature> for HolderKeypair<'_> {
+    fn try_sign(&self, msg: &[u8]) -> Result<p256::ecdsa::Signature, signature::Error> {
+        use writ_attestation::writ::jws::Es256Signer as _;
+        let raw = self.signer.sign_es256(msg).map_err(|e| {
+            tracing::error!(error = %e.detail, "holder key signature failed");
+            signature::Error::new()
+        })?;
+        p256::ecdsa::Signature::from_slice(&raw).map_err(|_| signature::Error::new())
+    }
+}
+
+impl signature::Signer<p256::ecdsa::DerSignature> for HolderKeypair<'_> {
+    fn try_sign(&self, msg: &[u8]) -> Result<p256::ecdsa::DerSignature, signature::Error> {
+        let sig: p256::ecdsa::Signature = self.try_sign(msg)?;
+        Ok(sig.to_der())
+    }
+}
+
 /// Reads a firmware event log (default [`DEFAULT_EVENT_LOG`]), refusing logs over [`MAX_EVENT_LOG`].
 pub fn read_event_log(path: Option<&Path>) -> Result<Vec<u8>, CustodyError> {
     use std::io::Read;
