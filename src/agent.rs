@@ -543,13 +543,15 @@ fn svid(a: &SvidArgs) -> Result<(), Failure> {
         .map_err(|e| format!("the certificate request: {e}"))?
         .to_der()
         .map_err(|e| format!("the certificate request: {e}"))?;
+    let htu = format!("{}/v1/svid", client.base());
+    let proof = holder_proof(&tpm, state, "POST", &htu, &ear, None)?;
     let issued = client
         .call_with(
             "POST",
             "/v1/svid",
             Some(&json!({"csr": base64::engine::general_purpose::STANDARD.encode(&csr)})),
             Some(&format!("DPoP {ear}")),
-            None,
+            Some(&proof),
         )
         .map_err(failure)?;
     let pem = issued

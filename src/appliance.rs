@@ -102,6 +102,9 @@ pub struct Appliance {
     policy: issue::PolicyCache,
     rates: issue::Rates,
     refusals: issue::Rates,
+    /// SVID requests per runtime in the current minute (their own bucket: they do not use up
+    /// the runtime's writ requests).
+    svid_rates: issue::Rates,
     /// Publication of trust bundle versions, one at a time.
     publishing: bundle::Publishing,
 }
@@ -335,6 +338,7 @@ impl Appliance {
             policy: issue::PolicyCache::default(),
             rates: issue::Rates::default(),
             refusals: issue::Rates::default(),
+            svid_rates: issue::Rates::default(),
             publishing: bundle::Publishing::default(),
         }
     }

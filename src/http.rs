@@ -558,24 +558,7 @@ async fn issue_writ(
     let ear = header_text(&headers, "authorization")
         .and_then(|v| v.strip_prefix("DPoP ").map(str::to_string));
     let proof = header_text(&headers, "dpop");
-    // The URL the proof must name: the scheme this appliance serves, the Host the client used.
-    let scheme = if app.ca_certificate_pem().is_some() {
-        "https"
-    } else {
-        "http"
-    };
-    // Only a Host this appliance is known by: a proof made for another server never passes
-    // here by a Host header chosen to match it.
-    let host = header_text(&headers, "host").unwrap_or_default();
-    let origin = format!("{scheme}://{}", host.to_ascii_lowercase());
-    if !app.is_origin(&origin) {
-        return Err(Problem::new(
-            StatusCode::BAD_REQUEST,
-            "htu_origin",
-            format!("{origin} is not an address of this appliance (tls.names)"),
-        ));
-    }
-    let htu = format!("{origin}/v1/writs");
+    let htu = htu_of(&app, &headers, "/v1/writs")?;
     work(move || app.issue(ear.as_deref(), proof.as_deref(), &htu, &req))
         .await
         .map(|w| ok_json(&w))
@@ -631,6 +614,27 @@ async fn admin_revoke_admin(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// The URL a DPoP proof for `path` must name: the scheme this appliance serves and the Host the
+/// client used, which must be an origin this appliance is known by (a proof made for another
+/// server never passes here by a Host header chosen to match it).
+fn htu_of(app: &Appliance, headers: &axum::http::HeaderMap, path: &str) -> Result<String, Problem> {
+    let scheme = if app.ca_certificate_pem().is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let host = header_text(headers, "host").unwrap_or_default();
+    let origin = format!("{scheme}://{}", host.to_ascii_lowercase());
+    if !app.is_origin(&origin) {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "htu_origin",
+            format!("{origin} is not an address of this appliance (tls.names)"),
+        ));
+    }
+    Ok(format!("{origin}{path}"))
+}
+
 async fn issue_svid(
     State(app): State<Arc<Appliance>>,
     headers: axum::http::HeaderMap,
@@ -639,7 +643,9 @@ async fn issue_svid(
     let req: crate::appliance::SvidRequest = json_body(&body)?;
     let ear = header_text(&headers, "authorization")
         .and_then(|v| v.strip_prefix("DPoP ").map(str::to_string));
-    work(move || app.issue_svid(ear.as_deref(), &req))
+    let proof = header_text(&headers, "dpop");
+    let htu = htu_of(&app, &headers, "/v1/svid")?;
+    work(move || app.issue_svid(ear.as_deref(), proof.as_deref(), &htu, &req))
         .await
         .map(|w| ok_json(&w))
 }

@@ -446,6 +446,18 @@ pub fn run(args: Serve) -> Result<(), String> {
                 origins: public_origins(tls.is_some(), &c.tls.names, addr),
             },
         ));
+        // The trust bundle as this appliance now is (its keys, CA, the policy bundle in force):
+        // a new version if anything changed since the last one (a restart with other keys).
+        // (Blocking work, off the async threads: the PostgreSQL client runs its own runtime.)
+        if c.keys.issuer.is_some() {
+            let publishing = Arc::clone(&app);
+            match tokio::task::spawn_blocking(move || publishing.publish_bundle()).await {
+                Ok(Ok(sequence)) => tracing::info!(sequence, "trust bundle published"),
+                Ok(Err(e)) if e.code() == "no_policy" => {}
+                Ok(Err(e)) => tracing::warn!("trust bundle not published at start: {}", e.code()),
+                Err(e) => tracing::warn!("trust bundle not published at start: {e}"),
+            }
+        }
         let limits = Limits {
             header_read: Duration::from_secs(c.http.header_read_timeout_s),
             max_connections_per_address: usize::try_from(c.http.max_connections_per_address)

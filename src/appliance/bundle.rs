@@ -6,11 +6,14 @@
 //! hashes, the log's origin and checkpoint verifier key). What it publishes (everything but the
 //! validity window) is a version: a change of any part (a key, the CA, a policy bundle loaded, the
 //! log's key) makes a new version with the next `spiffe_sequence`, stored and recorded as a
-//! `bundle` decision record in one transaction before it is served. Versions are published when
-//! a policy bundle loads and whenever the bundle is asked for.
+//! `bundle` decision record in one transaction before it is served. Versions are published on
+//! events only: when `writ serve` starts and when a policy bundle loads. Asking for the bundle
+//! publishes nothing: it serves the latest stored version (a cheap read).
 //!
-//! The policy bundle hashes: the one in force and, while writs issued under it can still be
-//! alive (its `max_writ_lifetime_s` after the next one loaded), the previous one.
+//! The policy bundle hashes of a version: the one in force and, with the time until which it is
+//! accepted, the previous one (its `max_writ_lifetime_s` after the next one loaded: writs issued
+//! under it can live that long). The deadline is part of the recorded version, so its end needs no
+//! new version: the served list drops the hash when the deadline passes.
 
 use std::sync::Mutex;
 
@@ -36,8 +39,8 @@ pub const REFRESH_HINT_S: i64 = 300;
 pub(crate) struct Publishing(Mutex<()>);
 
 impl Appliance {
-    /// What the bundle publishes now (no validity window): its canonical JSON.
-    fn bundle_content(&self) -> Result<Value, Problem> {
+    /// What the bundle publishes now (no validity window).
+    fn bundle_content(&self) -> Result<(Value, i64), Problem> {
         let mut keys = Vec::new();
         if let Some(pem) = self.config.ca_certificate_pem.as_deref() {
             let der = super::x509_der(pem).map_err(|e| {
@@ -71,66 +74,56 @@ impl Appliance {
                 );
             }
         }
-        Ok(json!({
-            "keys": keys,
-            "trust_domain": self.config.trust_domain,
-            "policy_bundles": self.accepted_policy_bundles()?,
-            "log": {"origin": self.log.origin(), "verifier_key": self.log.verifier_key()},
-        }))
+        let (policies, generation) = self.policy_versions()?;
+        Ok((
+            json!({
+                "keys": keys,
+                "trust_domain": self.config.trust_domain,
+                "policies": policies,
+                "log": {"origin": self.log.origin(), "verifier_key": self.log.verifier_key()},
+            }),
+            generation,
+        ))
     }
 
-    /// The policy bundle in force and, while writs issued under it may still be alive, the one
-    /// before it.
-    fn accepted_policy_bundles(&self) -> Result<Vec<String>, Problem> {
+    /// The policy bundle in force (`{"hash"}`) and the previous one with the time until which
+    /// writs issued under it may live (`{"hash", "until"}`), and the generation in force.
+    fn policy_versions(&self) -> Result<(Vec<Value>, i64), Problem> {
         let rows = self.query(
-            "SELECT hash, bundle, loaded_at FROM policy_bundles ORDER BY generation DESC LIMIT 2",
+            "SELECT generation, hash, bundle, loaded_at FROM policy_bundles
+             ORDER BY generation DESC LIMIT 2",
             &[],
         )?;
-        let t = now()?;
         let mut out = Vec::new();
-        let mut replaced_at = None;
+        let mut generation = 0;
+        let mut replaced_at: Option<i64> = None;
         for r in &rows {
-            let hash = r.first().and_then(Db::text).unwrap_or("").to_string();
-            let loaded_at = r.get(2).and_then(Db::int).unwrap_or(0);
+            let hash = r.get(1).and_then(Db::text).unwrap_or("").to_string();
+            let loaded_at = r.get(3).and_then(Db::int).unwrap_or(0);
             match replaced_at {
-                None => out.push(hash),
+                None => {
+                    generation = r.first().and_then(Db::int).unwrap_or(0);
+                    out.push(json!({"hash": hash}));
+                }
                 Some(at) => {
-                    let text = r.get(1).and_then(Db::text).unwrap_or("");
+                    // A previous bundle that no longer loads gets no grace (closed, not open).
+                    let text = r.get(2).and_then(Db::text).unwrap_or("");
                     let lifetime = LoadedPolicy::from_json(text.as_bytes())
                         .map(|p| p.bundle.max_writ_lifetime_s)
                         .unwrap_or(0);
-                    if t < at + lifetime {
-                        out.push(hash);
-                    }
+                    out.push(json!({"hash": hash, "until": at.saturating_add(lifetime)}));
                 }
             }
             replaced_at = Some(loaded_at);
         }
-        Ok(out)
+        Ok((out, generation))
     }
 
     /// Publishes the current content as a new version if it differs from the latest one: stored
-    /// with the next sequence and recorded (`bundle`) in one transaction. Returns the latest
-    /// version's sequence and content.
-    pub(crate) fn publish_bundle(&self) -> Result<(i64, Value), Problem> {
-        let content = self.bundle_content()?;
-        // A bundle accepting no policy bundle is not one a relying party could use: none is
-        // published.
-        if content
-            .get("policy_bundles")
-            .and_then(Value::as_array)
-            .is_none_or(Vec::is_empty)
-        {
-            return Err(Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no_policy",
-                "no policy bundle is loaded (writ admin load-policy): there is no trust bundle",
-            ));
-        }
-        let canonical = writ_attestation::jcs::canonical(&content).map_err(|e| {
-            Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "bundle", e.to_string())
-        })?;
-        let hash = digest(canonical.as_bytes());
+    /// with the next sequence and recorded (`bundle`) in one transaction that re-checks that the
+    /// latest version and the policy bundle in force are still those it was computed from.
+    /// Called at start and when a policy bundle loads.
+    pub fn publish_bundle(&self) -> Result<i64, Problem> {
         let _one = self.publishing.0.lock().map_err(|_| {
             Problem::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -138,60 +131,85 @@ impl Appliance {
                 "bundle publication lock poisoned",
             )
         })?;
-        let latest = || {
-            self.query(
-                "SELECT sequence, digest FROM trust_bundles ORDER BY sequence DESC LIMIT 1",
-                &[],
-            )
-            .map(|rows| {
-                rows.first().map(|r| {
-                    (
-                        r.first().and_then(Db::int).unwrap_or(0),
-                        r.get(1).and_then(Db::text).unwrap_or("").to_string(),
-                    )
-                })
-            })
+        let (latest_sequence, latest_digest) = match self.latest_bundle()? {
+            Some((sequence, d, _)) => (sequence, d),
+            None => (0, String::new()),
         };
-        if let Some((sequence, d)) = latest()?
-            && d == hash
+        let (content, generation) = self.bundle_content()?;
+        // A bundle accepting no policy bundle is not one a relying party could use: none is
+        // published.
+        if content
+            .get("policies")
+            .and_then(Value::as_array)
+            .is_none_or(Vec::is_empty)
         {
-            return Ok((sequence, content));
+            return Err(no_policy());
+        }
+        let canonical = writ_attestation::jcs::canonical(&content).map_err(|e| {
+            Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "bundle", e.to_string())
+        })?;
+        let hash = digest(canonical.as_bytes());
+        if hash == latest_digest {
+            return Ok(latest_sequence);
         }
         let effect = vec![Op {
             sql: "INSERT INTO trust_bundles (sequence, digest, content, published_at)
-                  SELECT COALESCE(MAX(sequence), 0) + 1, $1, $2, $3 FROM trust_bundles",
-            params: vec![hash.clone().into(), canonical.into(), now()?.into()],
-            must_affect: None,
+                  SELECT CAST($1 AS BIGINT) + 1, $2, $3, $4
+                  WHERE (SELECT COALESCE(MAX(sequence), 0) FROM trust_bundles) = $1
+                    AND (SELECT COALESCE(MAX(generation), 0) FROM policy_bundles) = $5",
+            params: vec![
+                latest_sequence.into(),
+                hash.clone().into(),
+                canonical.into(),
+                now()?.into(),
+                generation.into(),
+            ],
+            must_affect: Some((
+                "bundle_changed",
+                "the trust bundle or the policy bundle changed while it was published",
+            )),
         }];
+        let current = content
+            .get("policies")
+            .and_then(|p| p.get(0))
+            .and_then(|p| p.get("hash"))
+            .and_then(Value::as_str);
         match self.append_decision(
             Kind::Bundle,
             &self.appliance_id(),
             &[],
-            &[("bundle", hash.clone())],
-            content
-                .get("policy_bundles")
-                .and_then(|p| p.get(0))
-                .and_then(Value::as_str),
+            &[("bundle", hash)],
+            current,
             effect,
         )? {
-            Ok(_) => {}
-            // Another replica published it meanwhile: its version stands.
-            Err(StoreError::Busy(_)) => {}
-            Err(e) => return Err(super::store_problem(e)),
-        }
-        match latest()? {
-            Some((sequence, d)) if d == hash => Ok((sequence, content)),
-            _ => Err(Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "bundle_changed",
-                "the trust bundle changed while it was published; ask again",
-            )),
+            Ok(_) => Ok(latest_sequence + 1),
+            Err(StoreError::Conflict { code, detail }) => {
+                Err(Problem::new(StatusCode::SERVICE_UNAVAILABLE, code, detail))
+            }
+            Err(e) => Err(super::store_problem(e)),
         }
     }
 
-    /// The trust bundle to serve: the latest version (published first if the content changed),
-    /// valid from now for [`BUNDLE_LIFETIME_S`]. Without an issuer key or a policy bundle there
-    /// is nothing a relying party could accept: 503.
+    /// The latest published version: sequence, digest, content.
+    fn latest_bundle(&self) -> Result<Option<(i64, String, Value)>, Problem> {
+        let rows = self.query(
+            "SELECT sequence, digest, content FROM trust_bundles ORDER BY sequence DESC LIMIT 1",
+            &[],
+        )?;
+        Ok(rows.first().map(|r| {
+            (
+                r.first().and_then(Db::int).unwrap_or(0),
+                r.get(1).and_then(Db::text).unwrap_or("").to_string(),
+                serde_json::from_str(r.get(2).and_then(Db::text).unwrap_or(""))
+                    .unwrap_or(Value::Null),
+            )
+        }))
+    }
+
+    /// The trust bundle to serve: the latest published version, valid from now for
+    /// [`BUNDLE_LIFETIME_S`], its previous policy bundle listed only until its deadline. Without
+    /// an issuer key or a published version (no policy bundle loaded yet) there is nothing a
+    /// relying party could accept: 503.
     pub fn trust_bundle(&self) -> Result<Value, Problem> {
         if self.config.issuer_key.is_none() {
             return Err(Problem::new(
@@ -200,9 +218,27 @@ impl Appliance {
                 "no issuer key is configured (keys.issuer): there is no trust bundle",
             ));
         }
-        let (sequence, content) = self.publish_bundle()?;
-        let policies = content.get("policy_bundles").cloned().unwrap_or(json!([]));
+        let Some((sequence, _, content)) = self.latest_bundle()? else {
+            return Err(no_policy());
+        };
         let t = now()?;
+        let policies: Vec<Value> = content
+            .get("policies")
+            .and_then(Value::as_array)
+            .map(|ps| {
+                ps.iter()
+                    .filter(|p| p.get("until").and_then(Value::as_i64).is_none_or(|u| t < u))
+                    .filter_map(|p| p.get("hash").cloned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if policies.is_empty() {
+            return Err(Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "store_corrupt",
+                "the latest trust bundle version accepts no policy bundle",
+            ));
+        }
         Ok(json!({
             "keys": content.get("keys").cloned().unwrap_or(json!([])),
             "spiffe_sequence": sequence,
@@ -216,4 +252,12 @@ impl Appliance {
             },
         }))
     }
+}
+
+fn no_policy() -> Problem {
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no_policy",
+        "no policy bundle is loaded (writ admin load-policy): there is no trust bundle",
+    )
 }

@@ -838,8 +838,12 @@ impl Appliance {
             },
             Op {
                 sql: "UPDATE attestations SET generation = generation
-                      WHERE name = $1 AND generation = $2",
-                params: vec![name.clone().into(), generation.into()],
+                      WHERE name = $1 AND generation = $2 AND ear_digest = $3",
+                params: vec![
+                    name.clone().into(),
+                    generation.into(),
+                    ear_digest.clone().into(),
+                ],
                 must_affect: Some((
                     "appraisal_changed",
                     "the runtime's appraisal changed meanwhile; ask again",
@@ -973,7 +977,7 @@ impl Appliance {
     }
 
     /// Whether a DPoP proof (holder key, jti) was already used here.
-    fn proof_used(&self, jkt: &str, jti: &str) -> Result<bool, Problem> {
+    pub(crate) fn proof_used(&self, jkt: &str, jti: &str) -> Result<bool, Problem> {
         Ok(!self
             .query(
                 "SELECT 1 FROM proof_jtis WHERE jkt = $1 AND jti = $2",
@@ -1238,7 +1242,7 @@ fn canonical_resource(r: &str) -> bool {
 }
 
 /// The code of a refused holder proof.
-fn proof_code(code: &str) -> &'static str {
+pub(crate) fn proof_code(code: &str) -> &'static str {
     match code {
         "proof_key" => "proof_key",
         "proof_binding" => "proof_binding",
@@ -1249,7 +1253,7 @@ fn proof_code(code: &str) -> &'static str {
 
 /// Spending DPoP proofs (holder key, jti): kept until they could no longer be accepted anyway,
 /// after purging those past that. With `must`, a proof already spent is a conflict (`replayed`).
-fn spend(proofs: &[(String, String)], t: i64, must: bool) -> Vec<Op> {
+pub(crate) fn spend(proofs: &[(String, String)], t: i64, must: bool) -> Vec<Op> {
     let mut ops = vec![Op {
         sql: "DELETE FROM proof_jtis WHERE keep_until < $1",
         params: vec![t.into()],

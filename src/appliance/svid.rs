@@ -1,18 +1,23 @@
 //! X.509-SVIDs for attested runtimes (interfaces.md, identities).
 //!
-//! `POST /v1/svid` with `Authorization: DPoP <EAR>` (the runtime's current EAR) and
-//! `{"csr": <base64 of a PKCS#10 request, DER>}`. The certified key is the runtime's holder key:
-//! the key its AK certified (TPM2_Certify over the attestation's fresh nonce) and its EAR binds
-//! (`cnf.jkt`); the request's signature by that key, in the TPM, is the proof of possession. In
-//! order: the EAR (until it verifies nobody is identified: counted, not logged); then, each
-//! refusal a `svid` decision record before its answer: the runtime's standing (enrolled, current
+//! `POST /v1/svid` with `Authorization: DPoP <EAR>` (the runtime's current EAR), `DPoP: <proof>`
+//! (RFC 9449, by the holder key, for this URL and the EAR, single use) and `{"csr": <base64 of a
+//! PKCS#10 request, DER>}`. The certified key is the runtime's holder key: the key its AK
+//! certified (TPM2_Certify over the attestation's fresh nonce) and its EAR binds (`cnf.jkt`); the
+//! request's signature by that key, in the TPM, proves possession of it, and the proof makes the
+//! request fresh and single use. In order: the EAR (until it verifies nobody is identified:
+//! counted, not logged); then, each refusal a `svid` decision record before its answer: the
+//! runtime enrolled, the proof (`proof_missing`, `proof`, `proof_key`, `proof_binding`,
+//! `proof_time`, `replayed`; spent by every later decision), the runtime's standing (current
 //! appraisal usable and the EAR's, a policy bundle, fresh), the request (`svid_csr`: a PKCS#10
-//! request whose signature verifies; `svid_key`: its key is the holder key), the runtime's rate,
-//! Cedar (action `svid`, resource the runtime's SPIFFE ID). On allow the `ca` key signs a
+//! request whose signature verifies; `svid_key`: its key is the holder key), the runtime's SVID
+//! rate, Cedar (action `svid`, resource the runtime's SPIFFE ID). On allow the `ca` key signs a
 //! certificate that takes nothing from the request but its public key: exactly one URI SAN, the
-//! runtime's own SPIFFE ID, clientAuth only, not a CA, for the bundle's `svid_lifetime_s`, never
-//! past the CA; the allow record (with the certificate's digest) commits in one transaction that
-//! re-checks the runtime's enrollment, appraisal and the policy bundle. Only then is it answered.
+//! runtime's own SPIFFE ID, clientAuth only, not a CA, for the bundle's `svid_lifetime_s` but no
+//! longer than the EAR it was asked with (an SVID is as fresh as the attestation behind it),
+//! never past the CA; the allow record (with the certificate's digest) commits in one transaction
+//! that re-checks the runtime's enrollment, its appraisal (generation and EAR), the policy bundle
+//! and the proof's single use. Only then is it answered.
 
 use axum::http::StatusCode;
 use base64::Engine as _;
@@ -22,7 +27,7 @@ use serde_json::Value;
 use writ_attestation::jwk::EcJwk;
 use writ_attestation::log::record::Kind;
 
-use super::issue::{MAX_REFUSALS_PER_MINUTE, RUNTIME_ROW, standing};
+use super::issue::{MAX_REFUSALS_PER_MINUTE, PROOF_SKEW, RUNTIME_ROW, proof_code, spend, standing};
 use super::{Appliance, digest, now, store_problem, x509_der};
 use crate::http::Problem;
 use crate::policy::{Principal, RequestContext, Verdict};
@@ -89,7 +94,13 @@ fn csr_key(der: &[u8]) -> Result<Vec<u8>, String> {
 
 impl Appliance {
     /// Issues an X.509-SVID; see the module's documentation.
-    pub fn issue_svid(&self, ear: Option<&str>, req: &SvidRequest) -> Result<SvidIssued, Problem> {
+    pub fn issue_svid(
+        &self,
+        ear: Option<&str>,
+        proof: Option<&str>,
+        htu: &str,
+        req: &SvidRequest,
+    ) -> Result<SvidIssued, Problem> {
         let t = now()?;
         let caller = self.ear_caller(ear, t)?;
         let subject = caller.subject.clone();
@@ -110,28 +121,40 @@ impl Appliance {
         if let Some(c) = &csr {
             digests.push(("csr", digest(c)));
         }
-        let deny =
-            |code: &'static str, status: StatusCode, detail: String, digests: &[(&str, String)]| {
-                if !self.refusals.admit(&name, t, MAX_REFUSALS_PER_MINUTE) {
-                    return Problem::new(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "rate_limited",
-                        "too many refused requests for this runtime this minute",
-                    );
-                }
-                match self.append_decision(
+        let deny = |code: &'static str,
+                    status: StatusCode,
+                    detail: String,
+                    digests: &[(&str, String)],
+                    effect: Vec<Op>| {
+            if !self.refusals.admit(&name, t, MAX_REFUSALS_PER_MINUTE) {
+                return Problem::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "too many refused requests for this runtime this minute",
+                );
+            }
+            let record = |code: &'static str, effect: Vec<Op>| {
+                self.append_decision(
                     Kind::Svid,
                     &subject,
                     &[code],
                     digests,
                     policy_hash.as_deref(),
-                    Vec::new(),
-                ) {
+                    effect,
+                )
+            };
+            match record(code, effect) {
+                Ok(Ok(_)) => Problem::new(status, code, detail).identified(),
+                // The proof spent meanwhile: the refusal is recorded with that reason instead.
+                Ok(Err(StoreError::Conflict { code, detail })) => match record(code, Vec::new()) {
                     Ok(Ok(_)) => Problem::new(status, code, detail).identified(),
                     Ok(Err(e)) => store_problem(e),
                     Err(p) => p,
-                }
-            };
+                },
+                Ok(Err(e)) => store_problem(e),
+                Err(p) => p,
+            }
+        };
         let rows = self.query(RUNTIME_ROW, &[name.clone().into()])?;
         let Some(row) = rows.first() else {
             return Err(deny(
@@ -139,15 +162,70 @@ impl Appliance {
                 StatusCode::FORBIDDEN,
                 "the EAR's runtime is not enrolled".into(),
                 &digests,
+                Vec::new(),
             ));
         };
+        // The holder's proof: fresh, for this request, single use.
+        let Some(proof) = proof else {
+            return Err(deny(
+                "proof_missing",
+                StatusCode::UNAUTHORIZED,
+                "a DPoP proof by the holder key is required (header DPoP)".into(),
+                &digests,
+                Vec::new(),
+            ));
+        };
+        let verified = match writ_attestation::writ::dpop::verify(
+            writ_attestation::crypto::default_provider(),
+            proof,
+            &writ_attestation::writ::dpop::Expected {
+                jkt: &jkt,
+                htm: "POST",
+                htu,
+                token: caller.ear,
+                now: t,
+                skew: PROOF_SKEW,
+                nonce: None,
+            },
+        ) {
+            Ok(v) => v,
+            Err(r) => {
+                return Err(deny(
+                    proof_code(r.code),
+                    StatusCode::UNAUTHORIZED,
+                    format!("the DPoP proof: {}", r.detail),
+                    &digests,
+                    Vec::new(),
+                ));
+            }
+        };
+        digests.push((
+            "proof",
+            digest(format!("{}:{}", verified.jkt, verified.jti).as_bytes()),
+        ));
+        let proofs = [(verified.jkt.clone(), verified.jti.clone())];
+        if self.proof_used(&verified.jkt, &verified.jti)? {
+            return Err(deny(
+                "replayed",
+                StatusCode::UNAUTHORIZED,
+                "this DPoP proof was already used".into(),
+                &digests,
+                Vec::new(),
+            ));
+        }
         if let Err((code, status, detail)) = standing(
             row,
             &caller.ear_digest,
             policy.as_ref().map(|(_, p)| p.as_ref()),
             t,
         ) {
-            return Err(deny(code, status, detail, &digests));
+            return Err(deny(
+                code,
+                status,
+                detail,
+                &digests,
+                spend(&proofs, t, false),
+            ));
         }
         let Some((policy_generation, policy)) = policy else {
             return Err(deny(
@@ -155,6 +233,7 @@ impl Appliance {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no policy bundle is loaded".into(),
                 &digests,
+                spend(&proofs, t, false),
             ));
         };
         // The request: well formed, signed by its key, and that key the holder key.
@@ -164,6 +243,7 @@ impl Appliance {
                 StatusCode::BAD_REQUEST,
                 "csr is not base64".into(),
                 &digests,
+                spend(&proofs, t, false),
             ));
         };
         let spki = match csr_key(&csr) {
@@ -174,6 +254,7 @@ impl Appliance {
                     StatusCode::BAD_REQUEST,
                     format!("the certificate request: {why}"),
                     &digests,
+                    spend(&proofs, t, false),
                 ));
             }
         };
@@ -190,9 +271,13 @@ impl Appliance {
                 "the request's key is not the holder key the AK certified (the EAR's cnf.jkt)"
                     .into(),
                 &digests,
+                spend(&proofs, t, false),
             ));
         }
-        if !self.rates.admit(&name, t, policy.bundle.rate_per_minute) {
+        if !self
+            .svid_rates
+            .admit(&name, t, policy.bundle.rate_per_minute)
+        {
             return Err(deny(
                 "rate_limited",
                 StatusCode::TOO_MANY_REQUESTS,
@@ -201,6 +286,7 @@ impl Appliance {
                     policy.bundle.rate_per_minute
                 ),
                 &digests,
+                spend(&proofs, t, false),
             ));
         }
         // Policy: action `svid` on the runtime's own SPIFFE ID.
@@ -249,6 +335,7 @@ impl Appliance {
                         format!("forbidden by policy {}", rules.join(", "))
                     },
                     &digests,
+                    spend(&proofs, t, false),
                 ));
             }
             Verdict::Error(e) => {
@@ -259,6 +346,7 @@ impl Appliance {
                         "the policy bundle does not decide SVIDs (declare action \"svid\"): {e}"
                     ),
                     &digests,
+                    spend(&proofs, t, false),
                 ));
             }
         }
@@ -271,11 +359,22 @@ impl Appliance {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "this appliance has no ca key (plain HTTP): it issues no certificates".into(),
                 &digests,
+                spend(&proofs, t, false),
             ));
         };
         let ca_der = x509_der(ca_pem)
             .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "ca_certificate", e))?;
-        let lifetime = policy.bundle.svid_lifetime_s();
+        // No longer than the EAR it was asked with: an SVID is as fresh as its attestation.
+        let ear_exp = caller
+            .claims
+            .get("exp")
+            .and_then(Value::as_i64)
+            .unwrap_or(t);
+        let lifetime = policy
+            .bundle
+            .svid_lifetime_s()
+            .min(ear_exp.saturating_sub(t))
+            .max(1);
         let der = match crate::tls::client_certificate(
             ca,
             &ca_der,
@@ -292,6 +391,7 @@ impl Appliance {
                     StatusCode::SERVICE_UNAVAILABLE,
                     "the certificate could not be signed by the ca key".into(),
                     &digests,
+                    spend(&proofs, t, false),
                 ));
             }
         };
@@ -327,8 +427,12 @@ impl Appliance {
             },
             Op {
                 sql: "UPDATE attestations SET generation = generation
-                      WHERE name = $1 AND generation = $2",
-                params: vec![name.clone().into(), generation.into()],
+                      WHERE name = $1 AND generation = $2 AND ear_digest = $3",
+                params: vec![
+                    name.clone().into(),
+                    generation.into(),
+                    caller.ear_digest.clone().into(),
+                ],
                 must_affect: Some((
                     "appraisal_changed",
                     "the runtime's appraisal changed meanwhile; ask again",
@@ -345,6 +449,8 @@ impl Appliance {
                 )),
             },
         ];
+        let mut effect = effect;
+        effect.extend(spend(&proofs, t, true));
         let index = match self.append_decision(
             Kind::Svid,
             &subject,
@@ -364,6 +470,7 @@ impl Appliance {
                     StatusCode::CONFLICT,
                     detail.to_string(),
                     &digests,
+                    spend(&proofs, t, false),
                 ));
             }
             Err(e) => return Err(store_problem(e)),
