@@ -161,6 +161,11 @@ if "$writ" agent request "${agent_tpm[@]}" --action exec --resource db/prod \
 fi
 echo "(refused as the policy says: no-production-database)"
 
+say "An X.509-SVID for the runtime: the holder key in the TPM, its SPIFFE ID alone, clientAuth only"
+"$writ" agent svid "${agent_tpm[@]}" --out "$WRIT_DEV_DIR/svid.pem"
+openssl x509 -noout -subject -ext subjectAltName,extendedKeyUsage,basicConstraints -in "$WRIT_DEV_DIR/svid.pem"
+openssl verify -CAfile "$WRIT_DEV_DIR/ca.pem" -purpose sslclient "$WRIT_DEV_DIR/svid.pem"
+
 say "Delegation: a writ for a scope (tools, this gateway), then a writ under it for one command"
 "$writ" agent request "${agent_tpm[@]}" --scope --action exec --resource tools \
   --audience spiffe://writ.dev/gateway/tools --max-depth 1 --out "$WRIT_DEV_DIR/scope.jws"
@@ -204,6 +209,9 @@ policy bundle (deploy/policy/example.json, Cedar) allows the request, and the al
 the log before the writ is answered. Under a parent: the parent is this appliance's delegation writ,
 under the policy in force, logged, its holder consented to the exact request (a proof by its TPM key),
 and the child stays within its scope, lifetime and depth; the child's record names the parent's.
+SVID checked: the EAR and a DPoP proof by the holder key, a certificate request signed by that key in the
+TPM, the policy bundle (action svid); the certificate carries only the runtime's SPIFFE ID, clientAuth only,
+and lives no longer than the EAR; its record is in the log before it is answered.
 The store (decision log and runtime registry) is $WRIT_DEV_DIR/writ.db; writ audit remembers the last
 checkpoint it verified.
 The appliance's TLS certificate names spiffe://writ.dev/writ/appliance and is signed by the 'ca' key in
