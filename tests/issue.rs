@@ -610,6 +610,46 @@ fn writ_agent_requests_a_writ_and_makes_its_proof_in_the_tpm() {
         },
     )
     .unwrap();
+    // At a gateway: the one offline verification, with the trust bundle the appliance serves,
+    // allows exactly this request once.
+    let (status, text) = common::stack::get(&s.url(), "/v1/bundle");
+    assert_eq!(status, 200, "{text}");
+    let served = writ_attestation::writ::bundle::TrustBundle::parse(text.as_bytes()).unwrap();
+    let store = MemoryReplay::default();
+    let gate = |token: &str, proof: &str, req_digest: &str, htu: &str| {
+        writ_attestation::writ::verify::verify(
+            writ_attestation::crypto::default_provider(),
+            &served,
+            &writ_attestation::writ::verify::Context {
+                token,
+                proof: Some(proof),
+                request_digest: req_digest,
+                htm: "EXEC",
+                htu,
+                audience: AUDIENCE,
+                now,
+                skew: 60,
+                nonce: None,
+                max_bundle_age: 3600,
+            },
+            &store,
+        )
+    };
+    gate(&writ, &proof, &digest, &htu).unwrap();
+    assert_eq!(
+        gate(&writ, &proof, &digest, &htu).unwrap_err().code,
+        "replayed"
+    );
+    // The same writ for other arguments: refused.
+    let other_argv = vec!["make".to_string(), "clean".to_string()];
+    let other = writ_attestation::writ::request::Request::Exec {
+        tool: "build",
+        argv: &other_argv,
+    };
+    let other_digest = writ_attestation::writ::request::digest(&other).unwrap();
+    let (_, other_htu) = writ_attestation::writ::request::proof_target(&other).unwrap();
+    assert!(gate(&writ, &proof, &other_digest, &other_htu).is_err());
+
     // A request policy forbids: exit 1, the rule named.
     let out = s.writ(&[
         "agent",
@@ -691,6 +731,30 @@ fn writ_agent_requests_a_writ_and_makes_its_proof_in_the_tpm() {
     let c = verified(&s, child_writ.trim());
     assert_eq!(c.lin.parent, Some(sha256(&parent)));
     assert_eq!(c.act.unwrap().req, digest);
+    // At a gateway the child runs like any execution writ; its parent, a delegation writ
+    // addressed to the appliance, runs nothing.
+    let out = s.writ(&[
+        "agent",
+        "proof",
+        "--state",
+        st,
+        "--tcti",
+        &tcti,
+        "--writ",
+        child_file.to_str().unwrap(),
+        "--tool",
+        "build",
+        "--",
+        "make",
+        "all",
+    ]);
+    ok(&out);
+    let child_proof = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    gate(child_writ.trim(), &child_proof, &digest, &htu).unwrap();
+    assert_eq!(
+        gate(&parent, &child_proof, &digest, &htu).unwrap_err().code,
+        "audience"
+    );
     // Outside the parent's scope: refused (exit 1), the check named.
     let out = child("db/staging");
     assert_eq!(out.status.code(), Some(1));
@@ -824,6 +888,27 @@ fn with_the_hsm_gone_nothing_is_issued() {
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
     invariant(&s, &answered);
+}
+
+/// A replay store in memory (the gateway's SQLite store is tested in its crate).
+#[derive(Default)]
+struct MemoryReplay(
+    std::sync::Mutex<std::collections::HashSet<writ_attestation::writ::verify::ReplayKey>>,
+);
+
+impl writ_attestation::writ::verify::ReplayStore for MemoryReplay {
+    fn consume(
+        &self,
+        keys: &[writ_attestation::writ::verify::ReplayKey],
+        _keep_until: i64,
+    ) -> Result<bool, writ_attestation::writ::Refusal> {
+        let mut seen = self.0.lock().unwrap();
+        if keys.iter().any(|k| seen.contains(k)) {
+            return Ok(false);
+        }
+        seen.extend(keys.iter().cloned());
+        Ok(true)
+    }
 }
 
 /// The issuer key's public JWK as `writ keys show` prints it.
