@@ -79,6 +79,10 @@ pub struct ApplianceConfig {
     pub issuer_key: Option<Arc<dyn writ_hsm::CustodyKey>>,
     /// The `ca` key, which signs certificates (none: plain HTTP, no certificates).
     pub ca_key: Option<Arc<dyn writ_hsm::CustodyKey>>,
+    /// Keys published in the trust bundle beside the signing ones, by purpose (`issuer`, `ear`),
+    /// that sign nothing: keys being rotated in or out. What they signed still verifies here (an
+    /// EAR, a parent writ) while they are published.
+    pub published_keys: Vec<(&'static str, Arc<dyn writ_hsm::CustodyKey>)>,
     /// The origins (`scheme://host[:port]`) clients address this appliance at; a DPoP proof's
     /// `htu` must name one of them.
     pub origins: Vec<String>,
@@ -444,6 +448,29 @@ impl Appliance {
 
     fn runtime_id(&self, name: &str) -> String {
         format!("spiffe://{}/runtime/{name}", self.config.trust_domain)
+    }
+
+    /// The public keys of `purpose` that tokens of this appliance may be signed with: the
+    /// signing key first, then the published ones.
+    pub(crate) fn verification_keys(&self, purpose: &str) -> Vec<writ_attestation::jwk::EcJwk> {
+        let signing = match purpose {
+            "issuer" => self.config.issuer_key.as_ref(),
+            "ear" => self.config.ear_key.as_ref(),
+            _ => None,
+        };
+        signing
+            .into_iter()
+            .chain(
+                self.config
+                    .published_keys
+                    .iter()
+                    .filter(|(p, _)| *p == purpose)
+                    .map(|(_, k)| k),
+            )
+            .map(|k| {
+                writ_attestation::jwk::EcJwk::from_verifying_key(k.public_key().verifying_key())
+            })
+            .collect()
     }
 
     fn appliance_id(&self) -> String {

@@ -111,6 +111,12 @@ pub struct Keys {
     pub ear: Option<String>,
     /// The `issuer` key: signs writs (without it, issuance answers 503).
     pub issuer: Option<String>,
+    /// Other `issuer` keys, published in the trust bundle but signing nothing: the next one
+    /// before it signs, and previous ones until what they signed has expired (docs/keys.md,
+    /// rotation).
+    pub issuer_published: Vec<String>,
+    /// Other `ear` keys, published but signing nothing (as `issuer_published`).
+    pub ear_published: Vec<String>,
 }
 
 /// The decision log.
@@ -196,6 +202,15 @@ impl Default for Http {
     }
 }
 
+/// A comma-separated list, without empty entries.
+fn list(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 fn bad(what: &str, e: impl std::fmt::Display) -> String {
     format!("{what}: {e}")
 }
@@ -226,6 +241,8 @@ impl Config {
                 "KEYS_CA" => self.keys.ca = Some(v.clone()),
                 "KEYS_EAR" => self.keys.ear = Some(v.clone()),
                 "KEYS_ISSUER" => self.keys.issuer = Some(v.clone()),
+                "KEYS_ISSUER_PUBLISHED" => self.keys.issuer_published = list(&v),
+                "KEYS_EAR_PUBLISHED" => self.keys.ear_published = list(&v),
                 "ATTESTATION_NONCE_TTL_S" => self.attestation.nonce_ttl_s = num(&k)?,
                 "ATTESTATION_EAR_TTL_S" => self.attestation.ear_ttl_s = num(&k)?,
                 "TLS_CA_CERTIFICATE" => self.tls.ca_certificate = Some(PathBuf::from(&v)),

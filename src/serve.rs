@@ -70,6 +70,14 @@ pub struct Serve {
     /// The `issuer` key (pkcs11: or tpm: URI): signs writs; without it, issuance answers 503.
     #[arg(long)]
     issuer_key: Option<String>,
+    /// Another `issuer` key to publish in the trust bundle without signing with it (a key being
+    /// rotated in or out; docs/keys.md). Repeatable; replaces keys.issuer_published.
+    #[arg(long = "publish-issuer-key")]
+    publish_issuer_keys: Vec<String>,
+    /// Another `ear` key to publish without signing with it. Repeatable; replaces
+    /// keys.ear_published.
+    #[arg(long = "publish-ear-key")]
+    publish_ear_keys: Vec<String>,
     /// Seconds a nonce handed out for an attestation can be used (default 60).
     #[arg(long)]
     nonce_ttl: Option<u64>,
@@ -111,6 +119,12 @@ fn configure(args: &Serve) -> Result<Config, String> {
     }
     if let Some(v) = &args.issuer_key {
         c.keys.issuer = Some(v.clone());
+    }
+    if !args.publish_issuer_keys.is_empty() {
+        c.keys.issuer_published = args.publish_issuer_keys.clone();
+    }
+    if !args.publish_ear_keys.is_empty() {
+        c.keys.ear_published = args.publish_ear_keys.clone();
     }
     if let Some(v) = args.nonce_ttl {
         c.attestation.nonce_ttl_s = v;
@@ -303,6 +317,47 @@ pub fn run(args: Serve) -> Result<(), String> {
             );
         }
     }
+    // Keys published beside the signing ones (rotation): each of one purpose only.
+    let mut published: Vec<(&'static str, Arc<dyn writ_hsm::CustodyKey>)> = Vec::new();
+    for (purpose, uris) in [
+        ("issuer", &c.keys.issuer_published),
+        ("ear", &c.keys.ear_published),
+    ] {
+        for uri in uris {
+            let k = open_key(
+                &uri.parse()
+                    .map_err(|e| format!("published {purpose} key: {e}"))?,
+                &OpenOptions {
+                    allow_software_keys: args.allow_software_keys,
+                },
+            )
+            .map_err(|e| format!("published {purpose} key {uri}: {e}"))?;
+            published.push((purpose, k));
+        }
+    }
+    {
+        let mut seen: Vec<(&str, Vec<u8>)> =
+            vec![("checkpoint", key.public_key().spki_der().to_vec())];
+        for (p, k) in [("ear", &ear), ("issuer", &issuer)] {
+            if let Some(k) = k {
+                seen.push((p, k.public_key().spki_der().to_vec()));
+            }
+        }
+        for (p, k) in &published {
+            let spki = k.public_key().spki_der().to_vec();
+            if let Some((other, _)) = seen.iter().find(|(_, s)| *s == spki) {
+                if other == p {
+                    return Err(format!(
+                        "a published {p} key is listed twice, or is the signing one"
+                    ));
+                }
+                return Err(format!(
+                    "a published {p} key is also the {other} key: one key, one purpose"
+                ));
+            }
+            seen.push((p, spki));
+        }
+    }
     if let Some(e) = &ear
         && e.public_key().spki_der() == key.public_key().spki_der()
     {
@@ -441,6 +496,7 @@ pub fn run(args: Serve) -> Result<(), String> {
                 ear_key: ear,
                 issuer_key: issuer,
                 ca_key,
+                published_keys: published,
                 nonce_ttl: i64::try_from(c.attestation.nonce_ttl_s).unwrap_or(60),
                 ear_ttl: i64::try_from(c.attestation.ear_ttl_s).unwrap_or(300),
                 origins: public_origins(tls.is_some(), &c.tls.names, addr),

@@ -1867,3 +1867,161 @@ fn writ_agent_gets_an_svid_whose_key_stays_in_the_tpm() {
     let (_, _, decision, _) = last(&s);
     assert_eq!(decision, "allow");
 }
+
+#[test]
+fn issuer_and_ear_keys_rotate_without_an_outage() {
+    use writ_attestation::writ::bundle::TrustBundle;
+    let mut s = Stack::new();
+    let rt = ready(&s, "rot-1");
+    let ear_1 = attest(&s, &rt);
+    ok(&load_policy(&s, &bundle(json!({"writ_lifetime_s": 300}))));
+    let issue = |s: &Stack, ear: &str| {
+        let (st, v) = request(
+            s,
+            Some(ear),
+            Some(&proof(&rt, &s.url(), ear)),
+            &body("tools/build"),
+        );
+        assert_eq!(st, 200, "{v}");
+        v["writ"].as_str().unwrap().to_string()
+    };
+    let fetch = |s: &Stack| {
+        let (st, text) = common::stack::get(&s.url(), "/v1/bundle");
+        assert_eq!(st, 200, "{text}");
+        TrustBundle::parse(text.as_bytes()).unwrap()
+    };
+    let kid = |writ: &str| {
+        writ_attestation::writ::jws::parse(
+            writ,
+            "writ+jwt",
+            writ_attestation::writ::jws::HeaderShape::Kid,
+        )
+        .unwrap()
+        .kid()
+        .unwrap()
+        .to_string()
+    };
+    // What a gateway holding `bundle` decides about `writ` (checked, not consumed).
+    let at_gateway = |bundle: &TrustBundle, writ: &str| {
+        let htu = format!("exec:{REQ}");
+        let p = proof_edited(&rt.tpm, &rt.holder, "", writ, |c| {
+            c.htm = "EXEC".into();
+            c.htu = htu.clone();
+        });
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        writ_attestation::writ::verify::check(
+            writ_attestation::crypto::default_provider(),
+            bundle,
+            &writ_attestation::writ::verify::Context {
+                token: writ,
+                proof: Some(&p),
+                request_digest: REQ,
+                htm: "EXEC",
+                htu: &htu,
+                audience: AUDIENCE,
+                now,
+                skew: 60,
+                nonce: None,
+                max_bundle_age: 3600,
+            },
+        )
+        .map(|_| ())
+        .map_err(|r| r.code)
+    };
+
+    // Key A signs.
+    let w1 = issue(&s, &ear_1);
+    let b0 = fetch(&s);
+    at_gateway(&b0, &w1).unwrap();
+    let key_a = s.issuer_key.clone();
+    let ear_key_1 = s.ear_key.clone();
+
+    // 1. Key B is published beside A before it signs anything.
+    let key_b = common::softhsm_key(&s.hsm, "issuer-b", "issuer");
+    s.extra = vec!["--publish-issuer-key".into(), key_b.clone()];
+    s.kill_and_restart();
+    let b1 = fetch(&s);
+    assert_eq!(b1.sequence, b0.sequence + 1);
+    let issuers = |b: &TrustBundle| {
+        b.keys
+            .iter()
+            .filter(|k| k.purpose == writ_attestation::writ::bundle::Purpose::Issuer)
+            .count()
+    };
+    assert_eq!(issuers(&b1), 2);
+    let w2 = issue(&s, &ear_1);
+    assert_eq!(kid(&w2), kid(&w1));
+    at_gateway(&b1, &w1).unwrap();
+
+    // 2. B signs; A stays published until what it signed has expired. The ear key rotates the
+    // same way at the same time: EARs signed by the old one still serve while it is published.
+    let ear_key_2 = common::softhsm_key(&s.hsm, "ear-2", "ear");
+    s.issuer_key = key_b.clone();
+    s.ear_key = ear_key_2.clone();
+    s.extra = vec![
+        "--publish-issuer-key".into(),
+        key_a.clone(),
+        "--publish-ear-key".into(),
+        ear_key_1.clone(),
+    ];
+    s.kill_and_restart();
+    let b2 = fetch(&s);
+    assert_eq!(b2.sequence, b1.sequence + 1);
+    let w3 = issue(&s, &ear_1);
+    assert_ne!(kid(&w3), kid(&w1));
+    for w in [&w1, &w2, &w3] {
+        at_gateway(&b2, w).unwrap();
+    }
+    // A gateway that has not refreshed since before B was published refuses B's writs.
+    assert_eq!(at_gateway(&b0, &w3).unwrap_err(), "key_unknown");
+    let ear_2 = attest(&s, &rt);
+
+    // 3. A leaves the bundle, and with it everything A signed; the old ear key too.
+    s.extra = Vec::new();
+    s.kill_and_restart();
+    let b3 = fetch(&s);
+    assert_eq!(b3.sequence, b2.sequence + 1);
+    assert_eq!(issuers(&b3), 1);
+    assert_eq!(at_gateway(&b3, &w1).unwrap_err(), "key_unknown");
+    assert_eq!(at_gateway(&b3, &w2).unwrap_err(), "key_unknown");
+    at_gateway(&b3, &w3).unwrap();
+    let a = request(
+        &s,
+        Some(&ear_1),
+        Some(&proof(&rt, &s.url(), &ear_1)),
+        &body("tools/build"),
+    );
+    assert_eq!(
+        (a.0, a.1["code"].as_str()),
+        (401, Some("ear_invalid")),
+        "{}",
+        a.1
+    );
+    at_gateway(&b3, &issue(&s, &ear_2)).unwrap();
+    // The appliance refuses to start with a published key that is also another purpose's.
+    s.extra = vec!["--publish-ear-key".into(), key_b.clone()];
+    let out = s.writ(&[
+        "serve",
+        "--store",
+        &s.store,
+        "--checkpoint-key",
+        &s.key,
+        "--listen",
+        "127.0.0.1:0",
+        "--trust-domain",
+        TD,
+        "--issuer-key",
+        &key_b,
+        "--publish-ear-key",
+        &key_b,
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("one key, one purpose"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

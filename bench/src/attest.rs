@@ -853,6 +853,7 @@ fn in_process(
             ear_key: Some(key("ear")),
             issuer_key: Some(key("issuer")),
             ca_key: None,
+            published_keys: Vec::new(),
             nonce_ttl: 60,
             ear_ttl: 300,
             origins: vec![url.to_string()],

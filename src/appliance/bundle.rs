@@ -63,15 +63,11 @@ impl Appliance {
             }
             keys.push(k);
         }
-        for (purpose, key) in [
-            ("issuer", &self.config.issuer_key),
-            ("ear", &self.config.ear_key),
-        ] {
-            if let Some(key) = key {
-                keys.push(
-                    EcJwk::from_verifying_key(key.public_key().verifying_key())
-                        .to_json(Some(purpose)),
-                );
+        // Every key a relying party must accept, by purpose: the signing one and those published
+        // beside it (rotation).
+        for purpose in ["issuer", "ear"] {
+            for jwk in self.verification_keys(purpose) {
+                keys.push(jwk.to_json(Some(purpose)));
             }
         }
         let (policies, generation) = self.policy_versions()?;

@@ -935,16 +935,23 @@ impl Appliance {
                 "Authorization: DPoP <EAR token> is required (writ agent attest gets one)",
             )
         })?;
-        let ear_key = self.config.ear_key.as_ref().ok_or_else(|| {
-            Problem::new(
+        if self.config.ear_key.is_none() {
+            return Err(Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "ear_signing",
                 "no ear key is configured: EAR tokens cannot be checked",
-            )
-        })?;
-        let ear_jwk = EcJwk::from_verifying_key(ear_key.public_key().verifying_key());
+            ));
+        }
+        // The ear key it names: the signing one, or one still published (rotation).
+        let keys = self.verification_keys("ear");
         let claims = jws::parse(ear, "ear+jwt", HeaderShape::Kid)
-            .and_then(|u| u.verify(default_provider(), &ear_jwk))
+            .and_then(|u| {
+                let kid = u.kid().unwrap_or("");
+                let key = keys.iter().find(|k| k.thumbprint() == kid).ok_or_else(|| {
+                    Refusal::new("kid", "not signed by an ear key of this appliance")
+                })?;
+                u.verify(default_provider(), key)
+            })
             .map_err(|r| unidentified("ear_invalid", format!("the EAR token: {}", r.detail)))?;
         let subject = claims
             .get("sub")
@@ -995,22 +1002,15 @@ impl Appliance {
         policy_hash: &str,
     ) -> Result<WritClaims, (&'static str, String)> {
         let invalid = |d: String| ("parent_invalid", format!("the parent writ: {d}"));
-        let issuer = self
-            .config
-            .issuer_key
-            .as_ref()
-            .ok_or_else(|| invalid("no issuer key is configured to check it".into()))?;
-        let jwk = EcJwk::from_verifying_key(issuer.public_key().verifying_key());
+        // The issuer key it names: the signing one, or one still published (rotation).
+        let keys = self.verification_keys("issuer");
         let payload = jws::parse(parent, "writ+jwt", HeaderShape::Kid)
             .and_then(|u| {
-                if u.kid() == Some(jwk.thumbprint().as_str()) {
-                    u.verify(default_provider(), &jwk)
-                } else {
-                    Err(Refusal::new(
-                        "kid",
-                        "not signed by this appliance's issuer key",
-                    ))
-                }
+                let kid = u.kid().unwrap_or("");
+                let key = keys.iter().find(|k| k.thumbprint() == kid).ok_or_else(|| {
+                    Refusal::new("kid", "not signed by an issuer key of this appliance")
+                })?;
+                u.verify(default_provider(), key)
             })
             .map_err(|r| invalid(r.detail))?;
         // This appliance signs low-S only: a high-S copy is another encoding of a writ (its
