@@ -335,29 +335,6 @@ pub fn run(args: Serve) -> Result<(), String> {
             published.push((purpose, k));
         }
     }
-    {
-        let mut seen: Vec<(&str, Vec<u8>)> =
-            vec![("checkpoint", key.public_key().spki_der().to_vec())];
-        for (p, k) in [("ear", &ear), ("issuer", &issuer)] {
-            if let Some(k) = k {
-                seen.push((p, k.public_key().spki_der().to_vec()));
-            }
-        }
-        for (p, k) in &published {
-            let spki = k.public_key().spki_der().to_vec();
-            if let Some((other, _)) = seen.iter().find(|(_, s)| *s == spki) {
-                if other == p {
-                    return Err(format!(
-                        "a published {p} key is listed twice, or is the signing one"
-                    ));
-                }
-                return Err(format!(
-                    "a published {p} key is also the {other} key: one key, one purpose"
-                ));
-            }
-            seen.push((p, spki));
-        }
-    }
     if let Some(e) = &ear
         && e.public_key().spki_der() == key.public_key().spki_der()
     {
@@ -412,6 +389,30 @@ pub fn run(args: Serve) -> Result<(), String> {
             (Some(tls), Some(ca))
         }
     };
+    // Keys published beside the signing ones: none is another purpose's key (the ca key too).
+    {
+        let mut seen: Vec<(&str, Vec<u8>)> =
+            vec![("checkpoint", key.public_key().spki_der().to_vec())];
+        for (p, k) in [("ear", &ear), ("issuer", &issuer), ("ca", &ca_key)] {
+            if let Some(k) = k {
+                seen.push((p, k.public_key().spki_der().to_vec()));
+            }
+        }
+        for (p, k) in &published {
+            let spki = k.public_key().spki_der().to_vec();
+            if let Some((other, _)) = seen.iter().find(|(_, s)| *s == spki) {
+                if other == p {
+                    return Err(format!(
+                        "a published {p} key is listed twice, or is the signing one"
+                    ));
+                }
+                return Err(format!(
+                    "a published {p} key is also the {other} key: one key, one purpose"
+                ));
+            }
+            seen.push((p, spki));
+        }
+    }
     let mut config = LogConfig::new(&c.origin());
     config.checkpoint_interval = Duration::from_millis(c.log.checkpoint_interval_ms);
     config.max_checkpoint_age = Duration::from_secs(c.log.max_checkpoint_age_s);
@@ -505,13 +506,21 @@ pub fn run(args: Serve) -> Result<(), String> {
         // The trust bundle as this appliance now is (its keys, CA, the policy bundle in force):
         // a new version if anything changed since the last one (a restart with other keys).
         // (Blocking work, off the async threads: the PostgreSQL client runs its own runtime.)
+        // If it cannot be published, the appliance does not start: relying parties would go on
+        // trusting keys this appliance no longer has (or not yet trust the one it signs with).
         if c.keys.issuer.is_some() {
             let publishing = Arc::clone(&app);
             match tokio::task::spawn_blocking(move || publishing.publish_bundle()).await {
                 Ok(Ok(sequence)) => tracing::info!(sequence, "trust bundle published"),
                 Ok(Err(e)) if e.code() == "no_policy" => {}
-                Ok(Err(e)) => tracing::warn!("trust bundle not published at start: {}", e.code()),
-                Err(e) => tracing::warn!("trust bundle not published at start: {e}"),
+                Ok(Err(e)) => {
+                    return Err(format!(
+                        "the trust bundle could not be published ({}): {}",
+                        e.code(),
+                        e.detail()
+                    ));
+                }
+                Err(e) => return Err(format!("the trust bundle could not be published: {e}")),
             }
         }
         let limits = Limits {

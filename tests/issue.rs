@@ -2001,7 +2001,32 @@ fn issuer_and_ear_keys_rotate_without_an_outage() {
         a.1
     );
     at_gateway(&b3, &issue(&s, &ear_2)).unwrap();
-    // The appliance refuses to start with a published key that is also another purpose's.
+    // The appliance refuses to start with a published key that is also another purpose's (the
+    // ca key included).
+    let ca = common::softhsm_key(&s.hsm, "ca-x", "ca");
+    let out = s.writ(&[
+        "serve",
+        "--store",
+        &s.store,
+        "--checkpoint-key",
+        &s.key,
+        "--listen",
+        "127.0.0.1:0",
+        "--trust-domain",
+        TD,
+        "--issuer-key",
+        &key_b,
+        "--ca-key",
+        &ca,
+        "--publish-issuer-key",
+        &ca,
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("also the ca key"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     s.extra = vec!["--publish-ear-key".into(), key_b.clone()];
     let out = s.writ(&[
         "serve",

@@ -251,7 +251,8 @@ impl Appliance {
                 // Read back on next use (the generation is the store's).
                 self.forget_policy();
                 // The trust bundle's accepted policy bundles changed: a new version now (else at
-                // the next time it is asked for).
+                // the next start or policy load; until then relying parties refuse writs under
+                // the new bundle: closed, not open).
                 if self.config.issuer_key.is_some()
                     && let Err(e) = self.publish_bundle()
                 {
