@@ -1,16 +1,20 @@
 //! `writ-gate`, the execution gateway. Links no TPM or PKCS#11 library and never will.
 //!
-//! Built so far: `writ-gate verify` (an authorization decision: it consumes the writ, as `exec`
-//! will) and `writ-gate inspect` (explains a writ without consuming it; never answers allow).
-//! Not built yet: `writ-gate exec` and `writ-gate proxy` (nothing is run or forwarded).
+//! Built so far: `writ-gate exec` (runs one tool of the gateway's manifest for a writ, after the
+//! decision is durable in the spool), `writ-gate tools` (the manifest and its digest),
+//! `writ-gate verify` (an authorization decision: it consumes the writ) and `writ-gate inspect`
+//! (explains a writ without consuming it; never answers allow). Not built yet: `writ-gate proxy`,
+//! bootstrap and refresh of the trust bundle, reporting the spool to `writ serve`.
 //! Exit codes: 0 allow, 1 deny, 2 error (also a refusal).
 #![forbid(unsafe_code)]
+
+mod exec;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use serde_json::json;
+use serde_json::{Value, json};
 use writ_attestation::crypto::default_provider;
 use writ_attestation::jcs::canonical;
 use writ_attestation::writ::Refusal;
@@ -35,6 +39,17 @@ enum Command {
     /// Decide whether a writ authorizes one exact request (consumes it). Exit 0 allow, 1 deny,
     /// 2 error.
     Verify(Box<VerifyArgs>),
+    /// Run one tool of the manifest for a writ: the tool's file checked, the writ verified and
+    /// consumed for exactly this command, the decision durable in the spool, then the tool run
+    /// with the manifest's environment alone. Exit 0 allowed (the tool ran; its own status is
+    /// printed and spooled), 1 denied (nothing ran), 2 error (nothing ran).
+    Exec(ExecArgs),
+    /// Print the tool manifest and its digest (for policy authors).
+    Tools {
+        /// The gateway's configuration (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Explain a writ without verifying or consuming it. Never answers allow (exit 1, or 2 if
     /// the input is not a writ).
     Inspect {
@@ -91,6 +106,131 @@ struct VerifyArgs {
     /// The command's arguments, after `--`.
     #[arg(last = true)]
     args: Vec<std::ffi::OsString>,
+}
+
+#[derive(Debug, Args)]
+struct ExecArgs {
+    /// The gateway's configuration (TOML: audience, bundle, replay_db, spool, tools).
+    #[arg(long)]
+    config: PathBuf,
+    /// The writ (compact JWS).
+    #[arg(long)]
+    writ: PathBuf,
+    /// The DPoP proof (compact JWS) for this command.
+    #[arg(long)]
+    proof: Option<PathBuf>,
+    /// The tool's name in the manifest.
+    #[arg(long)]
+    tool: String,
+    /// The tool's arguments, after `--`.
+    #[arg(last = true)]
+    args: Vec<std::ffi::OsString>,
+}
+
+/// This process's user (the owner of /proc/self).
+fn own_uid() -> Result<u32, String> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .map_err(|e| format!("/proc/self: {e}"))
+}
+
+fn run_exec(a: &ExecArgs) -> ExitCode {
+    let error = |e: String| {
+        eprintln!("writ-gate exec: error: {e}");
+        ExitCode::from(2)
+    };
+    let c = match exec::GateConfig::load(&a.config) {
+        Ok(c) => c,
+        Err(e) => return error(e),
+    };
+    let uid = match own_uid() {
+        Ok(u) => u,
+        Err(e) => return error(e),
+    };
+    let deny = |r: Refusal| {
+        // A refusal is spooled too; if even that fails, it is still a refusal.
+        let _ = exec::spool(
+            &c.spool,
+            &json!({"kind": "gate", "time": now(), "decision": "deny", "tool": a.tool,
+                    "code": r.code, "detail": r.detail}),
+        );
+        println!("deny: {}: {}", r.code, r.detail);
+        ExitCode::from(1)
+    };
+    let Some(tool) = c.tools.get(&a.tool) else {
+        return deny(Refusal::new(
+            "tool_unknown",
+            format!("{:?} is not a tool of this gateway's manifest", a.tool),
+        ));
+    };
+    if let Err(r) = exec::check_tool(tool, uid) {
+        return deny(r);
+    }
+    let verify = VerifyArgs {
+        writ: a.writ.clone(),
+        proof: a.proof.clone(),
+        bundle: c.bundle.clone(),
+        audience: c.audience.clone(),
+        replay_db: c.replay_db.clone(),
+        skew: c.skew_s,
+        max_bundle_age: c.max_bundle_age_s,
+        format: Format::Text,
+        tool: Some(a.tool.clone()),
+        http: None,
+        body: None,
+        content_type: String::new(),
+        args: a.args.clone(),
+    };
+    let allowed = match decide(&verify) {
+        Outcome::Allow(d) => d,
+        Outcome::Deny(r) => return deny(r),
+        Outcome::Error(e) => return error(e),
+    };
+    // Durable before anything runs: a spool that cannot be written refuses (the writ is spent).
+    let jti = allowed.get("jti").cloned().unwrap_or(Value::Null);
+    if let Err(r) = exec::spool(
+        &c.spool,
+        &json!({"kind": "gate", "time": now(), "decision": "allow", "tool": a.tool,
+                "writ": allowed}),
+    ) {
+        return deny(r);
+    }
+    let started = std::time::Instant::now();
+    let status = std::process::Command::new(&tool.path)
+        .args(&a.args)
+        .env_clear()
+        .envs(&tool.env)
+        .current_dir(&tool.cwd)
+        .status();
+    let (code, detail) = match &status {
+        Ok(s) => (s.code(), s.to_string()),
+        Err(e) => (None, format!("the tool could not be started: {e}")),
+    };
+    let outcome = json!({"kind": "outcome", "time": now(), "tool": a.tool, "jti": jti,
+                         "exit": code, "status": detail,
+                         "duration_ms": u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)});
+    if let Err(r) = exec::spool(&c.spool, &outcome) {
+        eprintln!("writ-gate exec: the outcome was not spooled: {}", r.detail);
+    }
+    eprintln!("allow: ran {} ({detail})", a.tool);
+    match status {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::from(2),
+    }
+}
+
+fn tools(config: &std::path::Path) -> ExitCode {
+    match exec::GateConfig::load(config).and_then(|c| c.manifest()) {
+        Ok((m, d)) => {
+            println!("{:#}", json!({"manifest": m, "digest": d}));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("writ-gate tools: error: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>, String> {
@@ -260,6 +400,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Inspect { writ } => inspect(&writ),
+        Command::Exec(a) => run_exec(&a),
+        Command::Tools { config } => tools(&config),
         Command::Verify(a) => {
             let outcome = decide(&a);
             let (code, doc) = match &outcome {

@@ -13,33 +13,9 @@ mod common;
 use std::path::Path;
 use std::process::Output;
 
-use common::{AUD, bundle, jwk, key, now, writ};
+use common::{AUD, setup};
 use serde_json::json;
-use writ_attestation::writ::dpop::{self, ProofClaims};
 use writ_attestation::writ::request::{Request, digest};
-
-/// Writes a bundle, a writ for `req` and a proof into `dir`.
-fn setup(dir: &Path, req: &str, htm: &str, htu: &str, jti: u8) {
-    let t = now();
-    std::fs::write(dir.join("bundle.json"), bundle(t).to_string()).unwrap();
-    let holder = key(9);
-    let writ = writ(t, jti, &jwk(&holder).thumbprint(), req);
-    std::fs::write(dir.join("writ.jws"), &writ).unwrap();
-    let proof = dpop::create(
-        &holder,
-        &jwk(&holder),
-        &ProofClaims {
-            jti: format!("proof-{jti}"),
-            iat: t,
-            htm: htm.into(),
-            htu: htu.into(),
-            ath: dpop::ath(&writ),
-            nonce: None,
-        },
-    )
-    .unwrap();
-    std::fs::write(dir.join("proof.jws"), proof).unwrap();
-}
 
 fn gate(dir: &Path, extra: &[&str]) -> Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_writ-gate"))

@@ -2,6 +2,8 @@
 //! claims as the appliance would make them.
 #![allow(dead_code, clippy::unwrap_used)]
 
+use std::path::Path;
+
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use p256::ecdsa::signature::hazmat::PrehashSigner;
@@ -9,6 +11,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use writ_attestation::jwk::EcJwk;
 use writ_attestation::writ::Refusal;
+use writ_attestation::writ::dpop::{self, ProofClaims};
 use writ_attestation::writ::jws::{self, Es256Signer};
 
 pub struct Key(pub p256::ecdsa::SigningKey);
@@ -75,4 +78,27 @@ pub fn writ(t: i64, jti: u8, jkt: &str, req: &str) -> String {
         &key(1),
     )
     .unwrap()
+}
+
+/// Writes a bundle, a writ for `req` and a proof into `dir`.
+pub fn setup(dir: &Path, req: &str, htm: &str, htu: &str, jti: u8) {
+    let t = now();
+    std::fs::write(dir.join("bundle.json"), bundle(t).to_string()).unwrap();
+    let holder = key(9);
+    let writ = writ(t, jti, &jwk(&holder).thumbprint(), req);
+    std::fs::write(dir.join("writ.jws"), &writ).unwrap();
+    let proof = dpop::create(
+        &holder,
+        &jwk(&holder),
+        &ProofClaims {
+            jti: format!("proof-{jti}"),
+            iat: t,
+            htm: htm.into(),
+            htu: htu.into(),
+            ath: dpop::ath(&writ),
+            nonce: None,
+        },
+    )
+    .unwrap();
+    std::fs::write(dir.join("proof.jws"), proof).unwrap();
 }

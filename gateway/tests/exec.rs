@@ -1,0 +1,198 @@
+//! `writ-gate exec` end to end through the binary: a tool of the manifest runs once for a writ
+//! that names exactly that command, with the manifest's environment alone, after the decision is
+//! durable in the spool; a replayed writ, other arguments, a tool whose file changed or that others
+//! can write, an unknown tool and a spool that cannot be written run nothing.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Output;
+
+use common::{AUD, setup};
+use sha2::{Digest, Sha256};
+use writ_attestation::writ::request::{Request, digest};
+
+/// A tool that appends its arguments to `$OUT` and what it saw of the environment to `$OUT.env`.
+const TOOL: &str = "#!/bin/sh\nprintf '%s\\n' \"$*\" >> \"$OUT\"\nprintf 'MARK=%s HOME=%s\\n' \"$MARK\" \"$HOME\" >> \"$OUT.env\"\n";
+
+/// The tool, its manifest and the gateway's configuration in `dir`.
+fn gateway(dir: &Path, spool: &str) {
+    let bin = dir.join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let tool = bin.join("hello");
+    std::fs::write(&tool, TOOL).unwrap();
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = format!(
+        "audience = \"{AUD}\"\nbundle = \"{d}/bundle.json\"\nreplay_db = \"{d}/replay.db\"\nspool = \"{spool}\"\n\n[tools.hello]\npath = \"{t}\"\nsha256 = \"{h}\"\ncwd = \"{d}\"\nenv = {{ OUT = \"{d}/out\", MARK = \"from-the-manifest\" }}\n",
+        d = dir.display(),
+        t = tool.display(),
+        h = hex::encode(Sha256::digest(TOOL.as_bytes())),
+    );
+    std::fs::write(dir.join("gate.toml"), config).unwrap();
+}
+
+fn exec(dir: &Path, tool: &str, args: &[&str]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_writ-gate"))
+        .current_dir(dir)
+        .env("HOME", "/should/not/pass")
+        .args([
+            "exec",
+            "--config",
+            "gate.toml",
+            "--writ",
+            "writ.jws",
+            "--proof",
+            "proof.jws",
+            "--tool",
+            tool,
+            "--",
+        ])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn req(args: &[&str]) -> String {
+    let argv: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    digest(&Request::Exec {
+        tool: "hello",
+        argv: &argv,
+    })
+    .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn journal(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("spool/journal.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn runs(dir: &Path) -> usize {
+    std::fs::read_to_string(dir.join("out"))
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_tool_runs_once_for_its_writ_with_the_manifest_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    gateway(d, &d.join("spool").display().to_string());
+    let r = req(&["world"]);
+    setup(d, &r, "EXEC", &format!("exec:{r}"), 1);
+
+    let out = exec(d, "hello", &["world"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(std::fs::read_to_string(d.join("out")).unwrap(), "world\n");
+    // The manifest's environment alone: nothing of the caller's (HOME) passes.
+    assert_eq!(
+        std::fs::read_to_string(d.join("out.env")).unwrap(),
+        "MARK=from-the-manifest HOME=\n"
+    );
+    let j = journal(d);
+    assert_eq!(j.len(), 2, "{j:?}");
+    assert_eq!(
+        (j[0]["kind"].as_str(), j[0]["decision"].as_str()),
+        (Some("gate"), Some("allow"))
+    );
+    assert_eq!(
+        (j[1]["kind"].as_str(), j[1]["exit"].as_i64()),
+        (Some("outcome"), Some(0))
+    );
+
+    // The same writ again: replayed, nothing runs, the refusal is spooled.
+    let out = exec(d, "hello", &["world"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("replayed"), "{}", text(&out));
+    assert_eq!(runs(d), 1);
+    assert_eq!(journal(d).last().unwrap()["code"], "replayed");
+}
+
+#[test]
+fn nothing_runs_without_a_writ_for_exactly_this_tool_file_and_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    gateway(d, &d.join("spool").display().to_string());
+    let r = req(&["world"]);
+    setup(d, &r, "EXEC", &format!("exec:{r}"), 2);
+    let refused = |args: &[&str], tool: &str, code: &str| {
+        let out = exec(d, tool, args);
+        assert_eq!(out.status.code(), Some(1), "{code}: {}", text(&out));
+        assert!(text(&out).contains(code), "{code}: {}", text(&out));
+        assert_eq!(runs(d), 0, "{code}: the tool ran");
+    };
+    // Other arguments than the writ names.
+    refused(&["everyone"], "hello", "request");
+    // A tool the manifest does not name.
+    refused(&["world"], "rm", "tool_unknown");
+    // The tool's file writable by others, then changed.
+    let tool = d.join("bin/hello");
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o757)).unwrap();
+    refused(&["world"], "hello", "tool_writable");
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // A folder above it writable by others.
+    std::fs::set_permissions(d.join("bin"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    refused(&["world"], "hello", "tool_writable");
+    std::fs::set_permissions(d.join("bin"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(&tool, format!("{TOOL}# changed\n")).unwrap();
+    refused(&["world"], "hello", "tool_hash");
+    // Every refusal is in the spool.
+    let codes: Vec<String> = journal(d)
+        .iter()
+        .map(|e| e["code"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(codes.len(), 5, "{codes:?}");
+}
+
+#[test]
+fn a_spool_that_cannot_be_written_runs_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Under a file: no folder can be made there, whoever runs the test.
+    std::fs::write(d.join("not-a-folder"), b"").unwrap();
+    gateway(d, &d.join("not-a-folder/spool").display().to_string());
+    let r = req(&["world"]);
+    setup(d, &r, "EXEC", &format!("exec:{r}"), 3);
+    let out = exec(d, "hello", &["world"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("spool"), "{}", text(&out));
+    assert_eq!(runs(d), 0);
+}
+
+#[test]
+fn tools_prints_the_manifest_and_its_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    gateway(d, &d.join("spool").display().to_string());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_writ-gate"))
+        .current_dir(d)
+        .args(["tools", "--config", "gate.toml"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["digest"].as_str().unwrap().starts_with("sha256:"));
+    assert_eq!(
+        v["manifest"]["tools"]["hello"]["sha256"],
+        hex::encode(Sha256::digest(TOOL.as_bytes()))
+    );
+}
