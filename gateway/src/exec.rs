@@ -2,13 +2,17 @@
 //!
 //! In order: the manifest (the gateway's configuration: each tool's absolute path, the file's
 //! SHA-256, a fixed environment and working folder) names the tool (`tool_unknown`); the file is a
-//! regular file with that hash (`tool_hash`), and neither it nor any folder above it is writable
-//! by anyone but root or this gateway's user (`tool_writable`; a root-owned sticky folder such as
-//! /tmp is accepted: others can never rename or remove what is in it); the writ authorizes exactly this
-//! command (the one verification, consuming the writ and its proof); the decision is appended to
-//! the spool and fsynced (`spool`: a spool that cannot be written refuses); only then does the
-//! tool run, with the manifest's environment alone, from its folder; its outcome (exit status,
-//! duration) is appended to the spool too. Reporting the spool to `writ serve` is not built yet.
+//! regular file with that hash (`tool_hash`), and neither it, its working folder nor any folder
+//! above them is a symbolic link or writable by anyone but root or this gateway's user
+//! (`tool_writable`; a root-owned sticky folder such as /tmp is accepted: others can never rename
+//! or remove what is in it); the same holds for the configuration, the trust bundle and the
+//! replay and spool folders (`config`); the writ authorizes exactly this command (the one
+//! verification, consuming the writ and its proof); the decision is appended to the spool and
+//! fsynced (`spool`: a spool that cannot be written refuses); the tool's file is checked again;
+//! only then does it run, with the manifest's environment alone, from its folder; its outcome
+//! (exit status, duration) is appended to the spool too. Refusals are printed, not spooled: until
+//! the writ verifies nobody is identified (interfaces.md: such refusals are counted, not recorded
+//! one by one). Reporting the spool to `writ serve` is not built yet.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -76,15 +80,58 @@ impl GateConfig {
             .map_err(|e| format!("--config {}: {e}", path.display()))?;
         let c: GateConfig =
             toml::from_str(&text).map_err(|e| format!("--config {}: {e}", path.display()))?;
+        for (what, p) in [
+            ("bundle", &c.bundle),
+            ("replay_db", &c.replay_db),
+            ("spool", &c.spool),
+        ] {
+            if !plain_absolute(p) {
+                return Err(format!(
+                    "{what} {}: an absolute path without . or .. (the caller's folder must not choose it)",
+                    p.display()
+                ));
+            }
+        }
         for (name, t) in &c.tools {
-            if !t.path.is_absolute() || !t.cwd.is_absolute() {
-                return Err(format!("tool {name}: path and cwd must be absolute"));
+            if !plain_absolute(&t.path) || !plain_absolute(&t.cwd) {
+                return Err(format!(
+                    "tool {name}: path and cwd are absolute paths without . or .."
+                ));
             }
             if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(format!("tool {name}: sha256 is 64 hex digits"));
             }
+            if let Some((k, _)) = t
+                .env
+                .iter()
+                .find(|(k, v)| k.is_empty() || k.contains(['=', '\0']) || v.contains('\0'))
+            {
+                return Err(format!("tool {name}: environment variable {k:?}"));
+            }
         }
         Ok(c)
+    }
+
+    /// What the gateway trusts besides the tools, checked like them: the configuration file, the
+    /// trust bundle, the replay store's and the spool's folders (none writable by others than
+    /// root or `uid`, no symbolic link on the way).
+    pub fn check_trust_files(&self, config: &Path, uid: u32) -> Result<(), Refusal> {
+        let config = std::fs::canonicalize(config)
+            .map_err(|e| Refusal::new("config", format!("{}: {e}", config.display())))?;
+        for file in [config.as_path(), self.bundle.as_path()] {
+            guarded(file, uid, "config")?;
+        }
+        for folder in [self.replay_db.parent(), Some(self.spool.as_path())]
+            .into_iter()
+            .flatten()
+        {
+            if folder.exists() {
+                guarded(folder, uid, "config")?;
+            } else if let Some(p) = folder.parent() {
+                guarded(p, uid, "config")?;
+            }
+        }
+        Ok(())
     }
 
     /// The manifest's digest (SHA-256 of its RFC 8785 form), for policy authors.
@@ -114,12 +161,69 @@ impl GateConfig {
     }
 }
 
-/// Whether `meta` is writable by anyone but root or `uid`.
+/// An absolute path with no `.` or `..` component.
+fn plain_absolute(p: &Path) -> bool {
+    use std::path::Component;
+    p.is_absolute()
+        && p.components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+}
+
+/// Whether `meta` is writable by anyone but its owner, or owned by anyone but root or `uid`.
+/// (With POSIX ACLs the group bits are the ACL mask: any group write is refused.)
 fn writable_by_others(meta: &std::fs::Metadata, uid: u32) -> bool {
-    let mode = meta.mode();
     let owner_ok = meta.uid() == 0 || meta.uid() == uid;
-    // Group write is a write by others unless the group is root's.
-    !owner_ok || mode & 0o002 != 0 || (mode & 0o020 != 0 && meta.gid() != 0)
+    !owner_ok || meta.mode() & 0o022 != 0
+}
+
+/// `path` and every folder above it: no symbolic link, nothing writable by others than root or
+/// `uid` (a root-owned sticky folder such as /tmp excepted above the last part). Refused with
+/// `code` otherwise.
+fn guarded(path: &Path, uid: u32, code: &'static str) -> Result<(), Refusal> {
+    let meta = std::fs::symlink_metadata(path)
+        .map_err(|e| Refusal::new(code, format!("{}: {e}", path.display())))?;
+    if meta.file_type().is_symlink() {
+        return Err(Refusal::new(
+            code,
+            format!("{} is a symbolic link", path.display()),
+        ));
+    }
+    if writable_by_others(&meta, uid) {
+        return Err(Refusal::new(
+            code,
+            format!(
+                "{} is writable by others than root and this gateway's user",
+                path.display()
+            ),
+        ));
+    }
+    let mut dir = path.parent();
+    while let Some(d) = dir {
+        let m = std::fs::symlink_metadata(d)
+            .map_err(|e| Refusal::new(code, format!("{}: {e}", d.display())))?;
+        if m.file_type().is_symlink() {
+            return Err(Refusal::new(
+                code,
+                format!(
+                    "{} (above {}) is a symbolic link",
+                    d.display(),
+                    path.display()
+                ),
+            ));
+        }
+        if folder_open_to_others(&m, uid) {
+            return Err(Refusal::new(
+                code,
+                format!(
+                    "{} (a folder above {}) is writable by others than root and this gateway's user",
+                    d.display(),
+                    path.display()
+                ),
+            ));
+        }
+        dir = d.parent();
+    }
+    Ok(())
 }
 
 /// Whether a folder above the tool lets others replace what is below it. A root-owned sticky
@@ -129,8 +233,9 @@ fn folder_open_to_others(meta: &std::fs::Metadata, uid: u32) -> bool {
     writable_by_others(meta, uid) && !sticky_root
 }
 
-/// The manifest's checks of `tool`'s file: a regular file with its hash, and neither it nor a
-/// folder above it writable by anyone but root or `uid`.
+/// The manifest's checks of `tool`'s file: a regular file with its hash, no symbolic link on
+/// its path, and neither it nor a folder above it writable by others than root or `uid`; its
+/// working folder likewise.
 pub fn check_tool(tool: &Tool, uid: u32) -> Result<(), Refusal> {
     let meta = std::fs::symlink_metadata(&tool.path)
         .map_err(|e| Refusal::new("tool_hash", format!("{}: {e}", tool.path.display())))?;
@@ -140,31 +245,14 @@ pub fn check_tool(tool: &Tool, uid: u32) -> Result<(), Refusal> {
             format!("{} is not a regular file", tool.path.display()),
         ));
     }
-    if writable_by_others(&meta, uid) {
+    guarded(&tool.path, uid, "tool_writable")?;
+    if !tool.cwd.is_dir() {
         return Err(Refusal::new(
             "tool_writable",
-            format!(
-                "{} is writable by others than root and this gateway's user",
-                tool.path.display()
-            ),
+            format!("{} (its folder) is not a folder", tool.cwd.display()),
         ));
     }
-    let mut dir = tool.path.parent();
-    while let Some(d) = dir {
-        let m = std::fs::metadata(d)
-            .map_err(|e| Refusal::new("tool_writable", format!("{}: {e}", d.display())))?;
-        if folder_open_to_others(&m, uid) {
-            return Err(Refusal::new(
-                "tool_writable",
-                format!(
-                    "{} (a folder above {}) is writable by others than root and this gateway's user",
-                    d.display(),
-                    tool.path.display()
-                ),
-            ));
-        }
-        dir = d.parent();
-    }
+    guarded(&tool.cwd, uid, "tool_writable")?;
     let bytes = std::fs::read(&tool.path)
         .map_err(|e| Refusal::new("tool_hash", format!("{}: {e}", tool.path.display())))?;
     use sha2::Digest as _;
@@ -184,23 +272,33 @@ pub fn check_tool(tool: &Tool, uid: u32) -> Result<(), Refusal> {
 /// Appends one JSON line to the spool's journal and makes it durable (the file and, when it was
 /// created, its folder), before anything depends on it.
 pub fn spool(dir: &Path, entry: &Value) -> Result<(), Refusal> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let fail = |e: std::io::Error| Refusal::new("spool", format!("{}: {e}", dir.display()));
-    std::fs::create_dir_all(dir).map_err(fail)?;
-    let path = dir.join("journal.jsonl");
-    let created = !path.exists();
+    if !dir.is_dir() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(fail)?;
+        if let Some(parent) = dir.parent() {
+            std::fs::File::open(parent)
+                .and_then(|d| d.sync_all())
+                .map_err(fail)?;
+        }
+    }
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(&path)
+        .mode(0o600)
+        .open(dir.join("journal.jsonl"))
         .map_err(fail)?;
     let mut line = serde_json::to_vec(entry).map_err(|e| Refusal::new("spool", e.to_string()))?;
     line.push(b'\n');
     f.write_all(&line).map_err(fail)?;
     f.sync_all().map_err(fail)?;
-    if created {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(fail)?;
-    }
+    // The journal's entry in its folder, whichever gateway created it.
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(fail)?;
     Ok(())
 }

@@ -148,16 +148,15 @@ fn run_exec(a: &ExecArgs) -> ExitCode {
         Ok(u) => u,
         Err(e) => return error(e),
     };
+    // Refusals are printed, not spooled: nobody is identified before the writ verifies, and an
+    // unidentified caller must not be able to fill the spool.
     let deny = |r: Refusal| {
-        // A refusal is spooled too; if even that fails, it is still a refusal.
-        let _ = exec::spool(
-            &c.spool,
-            &json!({"kind": "gate", "time": now(), "decision": "deny", "tool": a.tool,
-                    "code": r.code, "detail": r.detail}),
-        );
         println!("deny: {}: {}", r.code, r.detail);
         ExitCode::from(1)
     };
+    if let Err(r) = c.check_trust_files(&a.config, uid) {
+        return deny(r);
+    }
     let Some(tool) = c.tools.get(&a.tool) else {
         return deny(Refusal::new(
             "tool_unknown",
@@ -194,6 +193,15 @@ fn run_exec(a: &ExecArgs) -> ExitCode {
         &json!({"kind": "gate", "time": now(), "decision": "allow", "tool": a.tool,
                 "writ": allowed}),
     ) {
+        return deny(r);
+    }
+    // The file once more, right before it runs (the verification and the spool took time).
+    if let Err(r) = exec::check_tool(tool, uid) {
+        let _ = exec::spool(
+            &c.spool,
+            &json!({"kind": "outcome", "time": now(), "tool": a.tool, "jti": jti,
+                    "exit": null, "status": format!("not run: {}", r.detail)}),
+        );
         return deny(r);
     }
     let started = std::time::Instant::now();
