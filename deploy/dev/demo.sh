@@ -14,8 +14,8 @@
 # key certified by the AK; an EAR token signed by the 'ear' key in the HSM), and writ audit over
 # the log, each client pinning the CA by fingerprint; then a policy bundle, a writ for one exact
 # command (writ agent request) and its DPoP proof made in the TPM (writ agent proof), a delegation
-# writ and a writ under it, and the lineage read back from the log. Not built yet (see README): the
-# gateway's exec and proxy.
+# writ and a writ under it, and the lineage read back from the log; writ-gate exec runs the tool
+# for the writ once and refuses it again. Not built yet (see README): the gateway's proxy.
 # When they land, this script grows into the full chain (issue 17).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -29,9 +29,11 @@ bash "$here/install-deps.sh"
 echo "ok"
 
 say "Building writ"
-cargo build --locked --quiet --bin writ
+cargo build --locked --quiet --bin writ --bin writ-gate
 writ="${CARGO_TARGET_DIR:-$root/target}/debug/writ"
+gate="${CARGO_TARGET_DIR:-$root/target}/debug/writ-gate"
 echo "$writ"
+echo "$gate"
 
 say "Starting the local devices (private to ${WRIT_DEV_DIR:-$root/.dev})"
 "$here/stack.sh" up
@@ -155,6 +157,45 @@ agent_tpm=(--state "$WRIT_DEV_DIR/agent" --tcti "$TPM2TOOLS_TCTI")
 "$writ" agent proof "${agent_tpm[@]}" --writ "$WRIT_DEV_DIR/writ.jws" --tool build -- make all \
   >"$WRIT_DEV_DIR/writ.proof"
 echo "writ: $WRIT_DEV_DIR/writ.jws (signed by the 'issuer' key in the token); its DPoP proof: $WRIT_DEV_DIR/writ.proof"
+
+say "The gateway: writ-gate exec runs the tool for that writ, once, and nothing else"
+gate_dir="$WRIT_DEV_DIR/gate"
+rm -rf "$gate_dir"
+mkdir -p "$gate_dir"
+chmod 755 "$gate_dir"
+# The trust bundle the appliance serves, fetched over its pinned TLS (python3's ssl, the CA file).
+python3 -c 'import ssl, sys, urllib.request
+ctx = ssl.create_default_context(cafile=sys.argv[2])
+sys.stdout.write(urllib.request.urlopen(sys.argv[1], context=ctx).read().decode())' \
+  "$server/v1/bundle" "$WRIT_DEV_DIR/ca.pem" >"$gate_dir/bundle.json"
+# The manifest: the tool "build" is /usr/bin/echo here (so the demo runs nothing that matters).
+cat >"$gate_dir/gate.toml" <<GATE
+audience = "spiffe://writ.dev/gateway/tools"
+bundle = "$gate_dir/bundle.json"
+replay_db = "$gate_dir/replay.db"
+spool = "$gate_dir/spool"
+
+[tools.build]
+path = "/usr/bin/echo"
+sha256 = "$(sha256sum /usr/bin/echo | cut -d' ' -f1)"
+cwd = "$gate_dir"
+env = { PATH = "/usr/bin:/bin" }
+GATE
+"$gate" tools --config "$gate_dir/gate.toml"
+"$gate" exec --config "$gate_dir/gate.toml" --writ "$WRIT_DEV_DIR/writ.jws" --proof "$WRIT_DEV_DIR/writ.proof" \
+  --tool build -- make all
+if "$gate" exec --config "$gate_dir/gate.toml" --writ "$WRIT_DEV_DIR/writ.jws" \
+  --proof "$WRIT_DEV_DIR/writ.proof" --tool build -- make all; then
+  echo "the same writ ran twice" >&2; exit 1
+fi
+echo "(refused: the writ is single use)"
+if "$gate" exec --config "$gate_dir/gate.toml" --writ "$WRIT_DEV_DIR/writ.jws" \
+  --proof "$WRIT_DEV_DIR/writ.proof" --tool build -- make clean; then
+  echo "the writ ran other arguments" >&2; exit 1
+fi
+echo "(refused: the writ names make all, not make clean)"
+echo "the gateway's spool ($gate_dir/spool/journal.jsonl): the decision before the run, then the outcome"
+cat "$gate_dir/spool/journal.jsonl"
 if "$writ" agent request "${agent_tpm[@]}" --action exec --resource db/prod \
   --audience spiffe://writ.dev/gateway/tools --tool psql; then
   echo "policy allowed db/prod: the example policy forbids it" >&2; exit 1
@@ -216,5 +257,9 @@ The store (decision log and runtime registry) is $WRIT_DEV_DIR/writ.db; writ aud
 checkpoint it verified.
 The appliance's TLS certificate names spiffe://writ.dev/writ/appliance and is signed by the 'ca' key in
 the token; its CA certificate is $WRIT_DEV_DIR/ca.pem.
-Not built yet: the gateway's exec and proxy (see README).
+Gateway checked: the tool's file against the manifest's hash and that nobody else can write it or its
+folders, the writ with the trust bundle the appliance serves (issuer key, audience, time, the exact command,
+the holder's proof made in the TPM), single use in its replay store, the decision durable in its spool
+before the tool ran.
+Not built yet: the gateway's HTTP proxy and bootstrap (see README).
 DONE
