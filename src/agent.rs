@@ -518,15 +518,7 @@ fn svid(a: &SvidArgs) -> Result<(), Failure> {
     use x509_cert::builder::{Builder, RequestBuilder};
     use x509_cert::der::Encode;
     let state = &a.common.state;
-    let last = read_json(
-        &state.join("last.json"),
-        " (attest first: writ agent attest)",
-    )?;
-    let ear = last
-        .get("ear")
-        .and_then(Value::as_str)
-        .ok_or("the last attestation was refused: attest again")?
-        .to_string();
+    let (_, ear) = current_ear(state)?;
     let client = client_of(state)?;
     let tpm = Attester::open(a.tcti.as_deref()).map_err(|e| format!("TPM: {e}"))?;
     let (signer, jwk) = certified_holder(&tpm, state)?;
@@ -621,8 +613,8 @@ fn writ_holder(writ: &str) -> Result<String, String> {
         .ok_or_else(|| "the parent writ names no holder key".to_string())
 }
 
-fn request(a: &RequestArgs) -> Result<(), Failure> {
-    let state = &a.common.state;
+/// The last attestation (`last.json`) and its EAR, refused if it was refused or has expired.
+fn current_ear(state: &Path) -> Result<(Value, String), String> {
     let last = read_json(
         &state.join("last.json"),
         " (attest first: writ agent attest)",
@@ -635,6 +627,12 @@ fn request(a: &RequestArgs) -> Result<(), Failure> {
     if last.get("expires_at").and_then(Value::as_i64).unwrap_or(0) <= now_s() {
         return Err("the last attestation's EAR has expired: attest again (or run writ agent attest --every)".into());
     }
+    Ok((last, ear))
+}
+
+fn request(a: &RequestArgs) -> Result<(), Failure> {
+    let state = &a.common.state;
+    let (last, ear) = current_ear(state)?;
     let own = last
         .get("holder_jkt")
         .and_then(Value::as_str)

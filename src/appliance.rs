@@ -389,7 +389,8 @@ impl Appliance {
     /// Appends one decision record (deny with `reasons`, each once, or allow if there are
     /// none; under `policy` when a policy bundle decided) with `effect`, the state change it
     /// commits with; counts the decision once it is durable. Every decision of the appliance
-    /// is recorded through here.
+    /// is recorded through here, or through [`Appliance::append_leaf`] when its record names a
+    /// parent (a writ under a parent).
     fn append_decision(
         &self,
         kind: Kind,

@@ -398,18 +398,7 @@ fn a_nonce_outlives_a_kill_of_the_appliance_and_works_once() {
 
 #[test]
 fn a_nonce_of_another_runtime_is_refused() {
-    let tpm = Swtpm::start();
-    let other_tpm = Swtpm::start_second();
-    let roots = [tpm.ca_dir(), other_tpm.ca_dir()]
-        .iter()
-        .flat_map(|d| {
-            [
-                d.join("issuercert.pem"),
-                d.join("swtpm-localca-rootca-cert.pem"),
-            ]
-        })
-        .collect();
-    let s = Stack::with_roots(tpm, roots);
+    let (s, other_tpm) = Stack::with_second_tpm(&[]);
     let a = ready(&s, "a-1");
     let b = Runtime::enroll(&s, &other_tpm, "b-1");
     assign(&s, "b-1", &profile_of(&b.tpm));

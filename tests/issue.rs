@@ -21,7 +21,6 @@ use serde_json::{Value, json};
 use writ_attestation::writ::claims::WritClaims;
 use writ_attestation::writ::dpop::{self, ProofClaims};
 use writ_hsm::tpm::attester::{Attester, HolderSigner, KeyBlob};
-use writ_testkit::Swtpm;
 
 const AUDIENCE: &str = "spiffe://writ.test/gateway/tools";
 const REQ: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000001";
@@ -991,18 +990,7 @@ fn consented(holder: &Runtime, url: &str, body: Value, parent: &str, for_jkt: &s
 
 #[test]
 fn delegation_writs_narrow_and_their_lineage_reads_back_from_the_log() {
-    let tpm = Swtpm::start();
-    let other_tpm = Swtpm::start_second();
-    let roots = [tpm.ca_dir(), other_tpm.ca_dir()]
-        .iter()
-        .flat_map(|d| {
-            [
-                d.join("issuercert.pem"),
-                d.join("swtpm-localca-rootca-cert.pem"),
-            ]
-        })
-        .collect();
-    let s = Stack::with_roots(tpm, roots);
+    let (s, other_tpm) = Stack::with_second_tpm(&[]);
     let a = ready(&s, "agent-a");
     let b = Runtime::enroll(&s, &other_tpm, "agent-b");
     assign(&s, "agent-b", &profile_of(&b.tpm));
@@ -1323,23 +1311,7 @@ fn race(s: &Stack, rt: &Runtime, ear: &str, body: &Value, change: &str) -> (u16,
 fn changes_landing_between_the_decision_and_the_commit_refuse_the_writ() {
     let config = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(config.path(), "[attestation]\near_ttl_s = 10\n").unwrap();
-    let tpm = Swtpm::start();
-    let other_tpm = Swtpm::start_second();
-    let roots = [tpm.ca_dir(), other_tpm.ca_dir()]
-        .iter()
-        .flat_map(|d| {
-            [
-                d.join("issuercert.pem"),
-                d.join("swtpm-localca-rootca-cert.pem"),
-            ]
-        })
-        .collect();
-    let s = Stack::build(
-        tpm,
-        roots,
-        Engine::Sqlite,
-        &["--config", config.path().to_str().unwrap()],
-    );
+    let (s, other_tpm) = Stack::with_second_tpm(&["--config", config.path().to_str().unwrap()]);
     let a = ready(&s, "agent-r");
     let b = Runtime::enroll(&s, &other_tpm, "agent-p");
     assign(&s, "agent-p", &profile_of(&b.tpm));

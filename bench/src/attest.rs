@@ -522,26 +522,7 @@ impl writ_attestation::writ::jws::Es256Signer for SoftHolder<'_> {
 
 /// One writ request: a DPoP proof by the holder key with the EAR, `POST /v1/writs`.
 fn writ_once(app_url: &str, agent: &ureq::Agent, sim: &Sim, n: u64) -> Result<(), String> {
-    use writ_attestation::writ::dpop;
-    let mut jti = [0u8; 16];
-    getrandom::fill(&mut jti).unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let proof = dpop::create(
-        &SoftHolder(&sim.holder),
-        &writ_attestation::jwk::EcJwk::from_verifying_key(sim.holder.verifying_key()),
-        &dpop::ProofClaims {
-            jti: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(jti),
-            iat: now,
-            htm: "POST".into(),
-            htu: format!("{app_url}/v1/writs"),
-            ath: dpop::ath(&sim.ear),
-            nonce: None,
-        },
-    )
-    .map_err(|e| e.detail)?;
+    let proof = proof_for(app_url, sim);
     let body = json!({
         "action": "exec",
         "resource": format!("tools/build/{}", n % 64),

@@ -350,37 +350,10 @@ impl Appliance {
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
-        let Some(proof) = proof else {
-            return Err(deny(
-                "proof_missing",
-                StatusCode::UNAUTHORIZED,
-                "a DPoP proof by the holder key is required (header DPoP)".into(),
-                &digests,
-                Vec::new(),
-            ));
-        };
-        let verified = match dpop::verify(
-            provider,
-            proof,
-            &dpop::Expected {
-                jkt: &jkt,
-                htm: "POST",
-                htu,
-                token: ear,
-                now: t,
-                skew: PROOF_SKEW,
-                nonce: None,
-            },
-        ) {
+        let verified = match self.holder_proof(ear, &jkt, proof, htu, t) {
             Ok(v) => v,
-            Err(r) => {
-                return Err(deny(
-                    proof_code(r.code),
-                    StatusCode::UNAUTHORIZED,
-                    format!("the DPoP proof: {}", r.detail),
-                    &digests,
-                    Vec::new(),
-                ));
+            Err((code, status, detail)) => {
+                return Err(deny(code, status, detail, &digests, Vec::new()));
             }
         };
         digests.push((
@@ -400,13 +373,6 @@ impl Appliance {
             ));
         }
         let col = |i: usize| row.get(i).and_then(Db::text).unwrap_or("").to_string();
-        let int = |i: usize| row.get(i).and_then(Db::int).unwrap_or(0);
-        let ak_public = row
-            .get(1)
-            .and_then(Db::blob)
-            .map(<[u8]>::to_vec)
-            .unwrap_or_default();
-        let generation = int(3);
         let status = col(4);
         if let Err((code, status, detail)) = standing(
             row,
@@ -596,11 +562,8 @@ impl Appliance {
             ));
         };
         let result: Value = serde_json::from_str(&col(5)).unwrap_or(Value::Null);
-        let (Some(vector), Some(evidence_map)) = (
-            result.get("vector").cloned(),
-            result.get("evidence").cloned(),
-        ) else {
-            tracing::error!(runtime = %name, "stored appraisal without vector or evidence");
+        let Some(evidence_map) = result.get("evidence").cloned() else {
+            tracing::error!(runtime = %name, "stored appraisal without its evidence");
             return Err(corrupt("the runtime's stored appraisal is incomplete"));
         };
         let evidence = writ_attestation::jcs::canonical(&evidence_map)
@@ -703,17 +666,7 @@ impl Appliance {
             }
         }
         // Policy: the request, or every combination of the scope.
-        let tpm: Value = serde_json::from_str(&col(2)).unwrap_or(Value::Null);
-        let manufacturer = writ_attestation::evidence::TpmAttributes {
-            manufacturer: tpm
-                .get("manufacturer")
-                .and_then(Value::as_str)
-                .map(str::to_string),
-            model: None,
-            version: None,
-        }
-        .vendor()
-        .unwrap_or_default();
+        let (vector, manufacturer) = runtime_facts(row, &name)?;
         let principal = Principal {
             spiffe_id: &subject,
             name: &name,
@@ -830,37 +783,7 @@ impl Appliance {
             Some(&policy.hash),
             parent_leaf.borrow().clone(),
         )?;
-        let mut effect = vec![
-            Op {
-                sql: "UPDATE runtimes SET changed_at = changed_at
-                      WHERE name = $1 AND state = 'enrolled' AND ak_public = $2",
-                params: vec![name.clone().into(), ak_public.into()],
-                must_affect: Some(("revoked", "this runtime was revoked meanwhile")),
-            },
-            Op {
-                sql: "UPDATE attestations SET generation = generation
-                      WHERE name = $1 AND generation = $2 AND ear_digest = $3",
-                params: vec![
-                    name.clone().into(),
-                    generation.into(),
-                    ear_digest.clone().into(),
-                ],
-                must_affect: Some((
-                    "appraisal_changed",
-                    "the runtime's appraisal changed meanwhile; ask again",
-                )),
-            },
-            Op {
-                sql: "UPDATE policy_bundles SET generation = generation
-                      WHERE generation = $1
-                        AND generation = (SELECT MAX(generation) FROM policy_bundles)",
-                params: vec![policy_generation.into()],
-                must_affect: Some((
-                    "policy_changed",
-                    "the policy bundle changed meanwhile; ask again",
-                )),
-            },
-        ];
+        let mut effect = commit_rechecks(&name, row, &ear_digest, policy_generation);
         for runtime in &chain {
             effect.push(Op {
                 sql: "UPDATE runtimes SET changed_at = changed_at
@@ -981,6 +904,47 @@ impl Appliance {
             claims,
             subject,
             name,
+        })
+    }
+
+    /// The holder's DPoP proof for `POST htu` with the EAR `ear`, by the key `jkt` the EAR binds:
+    /// present (`proof_missing`) and valid for this request (`proof`, `proof_key`,
+    /// `proof_binding`, `proof_time`). Its verified form, or the refusal. (Whether it was used
+    /// before is the caller's next check, once the proof is among its record's digests.)
+    pub(crate) fn holder_proof(
+        &self,
+        ear: &str,
+        jkt: &str,
+        proof: Option<&str>,
+        htu: &str,
+        t: i64,
+    ) -> Result<dpop::VerifiedProof, Denial> {
+        let Some(proof) = proof else {
+            return Err((
+                "proof_missing",
+                StatusCode::UNAUTHORIZED,
+                "a DPoP proof by the holder key is required (header DPoP)".into(),
+            ));
+        };
+        dpop::verify(
+            default_provider(),
+            proof,
+            &dpop::Expected {
+                jkt,
+                htm: "POST",
+                htu,
+                token: ear,
+                now: t,
+                skew: PROOF_SKEW,
+                nonce: None,
+            },
+        )
+        .map_err(|r| {
+            (
+                proof_code(r.code),
+                StatusCode::UNAUTHORIZED,
+                format!("the DPoP proof: {}", r.detail),
+            )
         })
     }
 
@@ -1197,6 +1161,85 @@ pub(crate) fn standing(
         ));
     }
     Ok(())
+}
+
+/// A refusal's code, status and detail, before it is recorded.
+pub(crate) type Denial = (&'static str, StatusCode, String);
+
+/// What Cedar knows of a runtime from its [`RUNTIME_ROW`] besides its name and status: the AR4SI
+/// vector of its current appraisal and its TPM's vendor (from the enrolled EK certificate, or
+/// ""). An appraisal without a vector is a broken store: refused, never decided with defaults.
+pub(crate) fn runtime_facts(row: &[Db], name: &str) -> Result<(Value, String), Problem> {
+    let json = |i: usize| -> Value {
+        row.get(i)
+            .and_then(Db::text)
+            .and_then(|t| serde_json::from_str(t).ok())
+            .unwrap_or(Value::Null)
+    };
+    let Some(vector) = json(5).get("vector").cloned() else {
+        tracing::error!(runtime = %name, "stored appraisal without its vector");
+        return Err(corrupt("the runtime's stored appraisal is incomplete"));
+    };
+    let manufacturer = writ_attestation::evidence::TpmAttributes {
+        manufacturer: json(2)
+            .get("manufacturer")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        model: None,
+        version: None,
+    }
+    .vendor()
+    .unwrap_or_default();
+    Ok((vector, manufacturer))
+}
+
+/// The re-checks a decision about runtime `name` (its [`RUNTIME_ROW`], read when the decision was
+/// made) commits with: the runtime is still enrolled with the same AK (`revoked`), its appraisal
+/// is still the one decided on, same generation and same EAR (`appraisal_changed`), and the
+/// policy bundle decided under is still the one in force (`policy_changed`).
+pub(crate) fn commit_rechecks(
+    name: &str,
+    row: &[Db],
+    ear_digest: &str,
+    policy_generation: i64,
+) -> Vec<Op> {
+    let ak_public = row
+        .get(1)
+        .and_then(Db::blob)
+        .map(<[u8]>::to_vec)
+        .unwrap_or_default();
+    let generation = row.get(3).and_then(Db::int).unwrap_or(0);
+    vec![
+        Op {
+            sql: "UPDATE runtimes SET changed_at = changed_at
+                  WHERE name = $1 AND state = 'enrolled' AND ak_public = $2",
+            params: vec![name.to_string().into(), ak_public.into()],
+            must_affect: Some(("revoked", "this runtime was revoked meanwhile")),
+        },
+        Op {
+            sql: "UPDATE attestations SET generation = generation
+                  WHERE name = $1 AND generation = $2 AND ear_digest = $3",
+            params: vec![
+                name.to_string().into(),
+                generation.into(),
+                ear_digest.to_string().into(),
+            ],
+            must_affect: Some((
+                "appraisal_changed",
+                "the runtime's appraisal changed meanwhile; ask again",
+            )),
+        },
+        Op {
+            sql: "UPDATE policy_bundles SET generation = generation
+                  WHERE generation = $1
+                    AND generation = (SELECT MAX(generation) FROM policy_bundles)",
+            params: vec![policy_generation.into()],
+            must_affect: Some((
+                "policy_changed",
+                "the policy bundle changed meanwhile; ask again",
+            )),
+        },
+    ]
 }
 
 /// A runtime identified by its EAR token.

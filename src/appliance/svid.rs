@@ -27,7 +27,9 @@ use serde_json::Value;
 use writ_attestation::jwk::EcJwk;
 use writ_attestation::log::record::Kind;
 
-use super::issue::{MAX_REFUSALS_PER_MINUTE, PROOF_SKEW, RUNTIME_ROW, proof_code, spend, standing};
+use super::issue::{
+    MAX_REFUSALS_PER_MINUTE, RUNTIME_ROW, commit_rechecks, runtime_facts, spend, standing,
+};
 use super::{Appliance, digest, now, store_problem, x509_der};
 use crate::http::Problem;
 use crate::policy::{Principal, RequestContext, Verdict};
@@ -166,37 +168,10 @@ impl Appliance {
             ));
         };
         // The holder's proof: fresh, for this request, single use.
-        let Some(proof) = proof else {
-            return Err(deny(
-                "proof_missing",
-                StatusCode::UNAUTHORIZED,
-                "a DPoP proof by the holder key is required (header DPoP)".into(),
-                &digests,
-                Vec::new(),
-            ));
-        };
-        let verified = match writ_attestation::writ::dpop::verify(
-            writ_attestation::crypto::default_provider(),
-            proof,
-            &writ_attestation::writ::dpop::Expected {
-                jkt: &jkt,
-                htm: "POST",
-                htu,
-                token: caller.ear,
-                now: t,
-                skew: PROOF_SKEW,
-                nonce: None,
-            },
-        ) {
+        let verified = match self.holder_proof(caller.ear, &jkt, proof, htu, t) {
             Ok(v) => v,
-            Err(r) => {
-                return Err(deny(
-                    proof_code(r.code),
-                    StatusCode::UNAUTHORIZED,
-                    format!("the DPoP proof: {}", r.detail),
-                    &digests,
-                    Vec::new(),
-                ));
+            Err((code, status, detail)) => {
+                return Err(deny(code, status, detail, &digests, Vec::new()));
             }
         };
         digests.push((
@@ -291,19 +266,7 @@ impl Appliance {
         }
         // Policy: action `svid` on the runtime's own SPIFFE ID.
         let col = |i: usize| row.get(i).and_then(Db::text).unwrap_or("").to_string();
-        let result: Value = serde_json::from_str(&col(5)).unwrap_or(Value::Null);
-        let vector = result.get("vector").cloned().unwrap_or(Value::Null);
-        let tpm: Value = serde_json::from_str(&col(2)).unwrap_or(Value::Null);
-        let manufacturer = writ_attestation::evidence::TpmAttributes {
-            manufacturer: tpm
-                .get("manufacturer")
-                .and_then(Value::as_str)
-                .map(str::to_string),
-            model: None,
-            version: None,
-        }
-        .vendor()
-        .unwrap_or_default();
+        let (vector, manufacturer) = runtime_facts(row, &name)?;
         let status = col(4);
         match policy.decide(
             &Principal {
@@ -412,44 +375,7 @@ impl Appliance {
         };
         let mut allowed = digests.clone();
         allowed.push(("svid", digest(&der)));
-        let generation = row.get(3).and_then(Db::int).unwrap_or(0);
-        let ak_public = row
-            .get(1)
-            .and_then(Db::blob)
-            .map(<[u8]>::to_vec)
-            .unwrap_or_default();
-        let effect = vec![
-            Op {
-                sql: "UPDATE runtimes SET changed_at = changed_at
-                      WHERE name = $1 AND state = 'enrolled' AND ak_public = $2",
-                params: vec![name.clone().into(), ak_public.into()],
-                must_affect: Some(("revoked", "this runtime was revoked meanwhile")),
-            },
-            Op {
-                sql: "UPDATE attestations SET generation = generation
-                      WHERE name = $1 AND generation = $2 AND ear_digest = $3",
-                params: vec![
-                    name.clone().into(),
-                    generation.into(),
-                    caller.ear_digest.clone().into(),
-                ],
-                must_affect: Some((
-                    "appraisal_changed",
-                    "the runtime's appraisal changed meanwhile; ask again",
-                )),
-            },
-            Op {
-                sql: "UPDATE policy_bundles SET generation = generation
-                      WHERE generation = $1
-                        AND generation = (SELECT MAX(generation) FROM policy_bundles)",
-                params: vec![policy_generation.into()],
-                must_affect: Some((
-                    "policy_changed",
-                    "the policy bundle changed meanwhile; ask again",
-                )),
-            },
-        ];
-        let mut effect = effect;
+        let mut effect = commit_rechecks(&name, row, &caller.ear_digest, policy_generation);
         effect.extend(spend(&proofs, t, true));
         let index = match self.append_decision(
             Kind::Svid,

@@ -38,6 +38,18 @@ pub struct Stack {
     pub extra: Vec<String>,
 }
 
+/// The EK roots (issuer and local root CA certificates) of swtpms.
+pub fn roots_of(tpms: &[&Swtpm]) -> Vec<PathBuf> {
+    tpms.iter()
+        .flat_map(|t| {
+            [
+                t.ca_dir().join("issuercert.pem"),
+                t.ca_dir().join("swtpm-localca-rootca-cert.pem"),
+            ]
+        })
+        .collect()
+}
+
 pub fn writ_cmd(hsm: &SoftHsm) -> Command {
     super::writ(Some(hsm))
 }
@@ -49,21 +61,24 @@ impl Stack {
 
     pub fn on(engine: Engine, extra: &[&str]) -> Stack {
         let tpm = Swtpm::start();
-        let roots = vec![
-            tpm.ca_dir().join("issuercert.pem"),
-            tpm.ca_dir().join("swtpm-localca-rootca-cert.pem"),
-        ];
+        let roots = roots_of(&[&tpm]);
         Stack::build(tpm, roots, engine, extra)
     }
 
     /// With the `ca` key in the token: TLS.
     pub fn tls() -> Stack {
         let tpm = Swtpm::start();
-        let roots = vec![
-            tpm.ca_dir().join("issuercert.pem"),
-            tpm.ca_dir().join("swtpm-localca-rootca-cert.pem"),
-        ];
+        let roots = roots_of(&[&tpm]);
         Stack::make(tpm, roots, Engine::Sqlite, &[], true)
+    }
+
+    /// A stack (SQLite, `extra` flags) trusting two swtpms' EK roots; the second swtpm (a distinct
+    /// EK and CA) for a second runtime.
+    pub fn with_second_tpm(extra: &[&str]) -> (Stack, Swtpm) {
+        let tpm = Swtpm::start();
+        let other = Swtpm::start_second();
+        let roots = roots_of(&[&tpm, &other]);
+        (Stack::build(tpm, roots, Engine::Sqlite, extra), other)
     }
 
     pub fn with_roots(tpm: Swtpm, roots: Vec<PathBuf>) -> Stack {
