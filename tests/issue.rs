@@ -1975,50 +1975,28 @@ fn issuer_and_ear_keys_rotate_without_an_outage() {
     at_gateway(&b3, &issue(&s, &ear_2)).unwrap();
     // The appliance refuses to start with a published key that is also another purpose's (the
     // ca key included).
+    let refused_start = |keys: &[&str]| {
+        let mut args = vec![
+            "serve",
+            "--store",
+            &s.store,
+            "--checkpoint-key",
+            &s.key,
+            "--listen",
+            "127.0.0.1:0",
+            "--trust-domain",
+            TD,
+            "--issuer-key",
+            &key_b,
+        ];
+        args.extend(keys);
+        let out = s.writ(&args);
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
     let ca = common::softhsm_key(&s.hsm, "ca-x", "ca");
-    let out = s.writ(&[
-        "serve",
-        "--store",
-        &s.store,
-        "--checkpoint-key",
-        &s.key,
-        "--listen",
-        "127.0.0.1:0",
-        "--trust-domain",
-        TD,
-        "--issuer-key",
-        &key_b,
-        "--ca-key",
-        &ca,
-        "--publish-issuer-key",
-        &ca,
-    ]);
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("also the ca key"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    s.extra = vec!["--publish-ear-key".into(), key_b.clone()];
-    let out = s.writ(&[
-        "serve",
-        "--store",
-        &s.store,
-        "--checkpoint-key",
-        &s.key,
-        "--listen",
-        "127.0.0.1:0",
-        "--trust-domain",
-        TD,
-        "--issuer-key",
-        &key_b,
-        "--publish-ear-key",
-        &key_b,
-    ]);
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("one key, one purpose"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let err = refused_start(&["--ca-key", &ca, "--publish-issuer-key", &ca]);
+    assert!(err.contains("also the ca key"), "{err}");
+    let err = refused_start(&["--publish-ear-key", &key_b]);
+    assert!(err.contains("one key, one purpose"), "{err}");
 }

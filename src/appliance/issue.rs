@@ -309,29 +309,19 @@ impl Appliance {
                     detail: String,
                     digests: &[(&str, String)],
                     effect: Vec<Op>| {
-            // Refusals about one runtime are recorded at a bounded rate: a copied EAR must not
-            // let anyone write records under its name without end. Past the bound: 429, counted,
-            // not recorded.
-            if !self.refusals.admit(&name, t, MAX_REFUSALS_PER_MINUTE) {
-                return Problem::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limited",
-                    "too many refused writ requests for this runtime this minute",
-                );
-            }
-            match record(&[code], digests, effect) {
-                Ok(Ok(_)) => Problem::new(status, code, detail).identified(),
-                // A proof spent meanwhile: the refusal is recorded with that reason instead.
-                Ok(Err(StoreError::Conflict { code, detail })) => {
-                    match record(&[code], digests, Vec::new()) {
-                        Ok(Ok(_)) => Problem::new(status, code, detail).identified(),
-                        Ok(Err(e)) => store_problem(e),
-                        Err(p) => p,
-                    }
-                }
-                Ok(Err(e)) => store_problem(e),
-                Err(p) => p,
-            }
+            self.refuse(
+                &Refused {
+                    kind: Kind::Issue,
+                    name: &name,
+                    subject: &subject,
+                    policy: policy_hash.as_deref(),
+                    parent: parent_leaf.borrow().clone(),
+                    t,
+                },
+                (code, status, detail),
+                digests,
+                effect,
+            )
         };
         let rows = self.query(RUNTIME_ROW, &[name.clone().into()])?;
         let Some(row) = rows.first() else {
@@ -907,6 +897,48 @@ impl Appliance {
         })
     }
 
+    /// Records a refusal about an identified runtime (with `effect`: the proofs it spends) before
+    /// it is answered, at most [`MAX_REFUSALS_PER_MINUTE`] a minute per runtime: a copied EAR
+    /// must not let anyone write records under a runtime's name without end (past the bound:
+    /// 429, counted, not recorded). If the effect conflicts (a proof spent meanwhile), the
+    /// conflict's reason is recorded instead.
+    pub(crate) fn refuse(
+        &self,
+        r: &Refused<'_>,
+        (code, status, detail): Denial,
+        digests: &[(&str, String)],
+        effect: Vec<Op>,
+    ) -> Problem {
+        if !self.refusals.admit(r.name, r.t, MAX_REFUSALS_PER_MINUTE) {
+            return Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many refused requests for this runtime this minute",
+            );
+        }
+        let record = |code: &'static str, effect: Vec<Op>| {
+            let leaf = decision_leaf(
+                r.kind,
+                r.subject,
+                &[code],
+                digests,
+                r.policy,
+                r.parent.clone(),
+            )?;
+            Ok::<_, Problem>(self.append_leaf(r.kind, Some(code), leaf, effect))
+        };
+        match record(code, effect) {
+            Ok(Ok(_)) => Problem::new(status, code, detail).identified(),
+            Ok(Err(StoreError::Conflict { code, detail })) => match record(code, Vec::new()) {
+                Ok(Ok(_)) => Problem::new(status, code, detail).identified(),
+                Ok(Err(e)) => store_problem(e),
+                Err(p) => p,
+            },
+            Ok(Err(e)) => store_problem(e),
+            Err(p) => p,
+        }
+    }
+
     /// The holder's DPoP proof for `POST htu` with the EAR `ear`, by the key `jkt` the EAR binds:
     /// present (`proof_missing`) and valid for this request (`proof`, `proof_key`,
     /// `proof_binding`, `proof_time`). Its verified form, or the refusal. (Whether it was used
@@ -1165,6 +1197,17 @@ pub(crate) fn standing(
 
 /// A refusal's code, status and detail, before it is recorded.
 pub(crate) type Denial = (&'static str, StatusCode, String);
+
+/// Who a refusal is about, and under what: its record's kind, the runtime (name and SPIFFE ID),
+/// the policy bundle in force, the parent's record (a writ under a parent), now.
+pub(crate) struct Refused<'a> {
+    pub kind: Kind,
+    pub name: &'a str,
+    pub subject: &'a str,
+    pub policy: Option<&'a str>,
+    pub parent: Option<String>,
+    pub t: i64,
+}
 
 /// What Cedar knows of a runtime from its [`RUNTIME_ROW`] besides its name and status: the AR4SI
 /// vector of its current appraisal and its TPM's vendor (from the enrolled EK certificate, or

@@ -27,9 +27,7 @@ use serde_json::Value;
 use writ_attestation::jwk::EcJwk;
 use writ_attestation::log::record::Kind;
 
-use super::issue::{
-    MAX_REFUSALS_PER_MINUTE, RUNTIME_ROW, commit_rechecks, runtime_facts, spend, standing,
-};
+use super::issue::{RUNTIME_ROW, Refused, commit_rechecks, runtime_facts, spend, standing};
 use super::{Appliance, digest, now, store_problem, x509_der};
 use crate::http::Problem;
 use crate::policy::{Principal, RequestContext, Verdict};
@@ -128,34 +126,19 @@ impl Appliance {
                     detail: String,
                     digests: &[(&str, String)],
                     effect: Vec<Op>| {
-            if !self.refusals.admit(&name, t, MAX_REFUSALS_PER_MINUTE) {
-                return Problem::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limited",
-                    "too many refused requests for this runtime this minute",
-                );
-            }
-            let record = |code: &'static str, effect: Vec<Op>| {
-                self.append_decision(
-                    Kind::Svid,
-                    &subject,
-                    &[code],
-                    digests,
-                    policy_hash.as_deref(),
-                    effect,
-                )
-            };
-            match record(code, effect) {
-                Ok(Ok(_)) => Problem::new(status, code, detail).identified(),
-                // The proof spent meanwhile: the refusal is recorded with that reason instead.
-                Ok(Err(StoreError::Conflict { code, detail })) => match record(code, Vec::new()) {
-                    Ok(Ok(_)) => Problem::new(status, code, detail).identified(),
-                    Ok(Err(e)) => store_problem(e),
-                    Err(p) => p,
+            self.refuse(
+                &Refused {
+                    kind: Kind::Svid,
+                    name: &name,
+                    subject: &subject,
+                    policy: policy_hash.as_deref(),
+                    parent: None,
+                    t,
                 },
-                Ok(Err(e)) => store_problem(e),
-                Err(p) => p,
-            }
+                (code, status, detail),
+                digests,
+                effect,
+            )
         };
         let rows = self.query(RUNTIME_ROW, &[name.clone().into()])?;
         let Some(row) = rows.first() else {
