@@ -5,7 +5,7 @@
 pub mod appliance;
 pub mod config;
 pub mod decision_log;
-pub mod files;
+pub use writ_client::files;
 pub mod http;
 pub mod metrics;
 pub mod policy;

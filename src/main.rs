@@ -8,7 +8,7 @@
 mod admin;
 mod agent;
 mod audit;
-mod client;
+use writ_client as client;
 mod dev;
 mod keys;
 mod measured_boot;

@@ -21,7 +21,6 @@ use p256::pkcs8::EncodePrivateKey;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use sha2::{Digest, Sha256};
 use writ_hsm::CustodyKey;
 use writ_hsm::signer::CustodySigner;
 use x509_cert::Certificate;
@@ -125,16 +124,7 @@ fn ca_name(trust_domain: &str) -> Result<Name, String> {
     Name::from_str(&format!("CN=writ CA {trust_domain},O=writ")).map_err(|e| e.to_string())
 }
 
-/// A certificate's DER as PEM.
-pub fn pem(der: &[u8]) -> Result<String, String> {
-    x509_cert::der::pem::encode_string("CERTIFICATE", x509_cert::der::pem::LineEnding::LF, der)
-        .map_err(|e| e.to_string())
-}
-
-/// `sha256:<hex>` of a certificate's DER: what clients pin with `--fingerprint`.
-pub fn fingerprint(der: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(der)))
-}
+pub use writ_client::x509::{fingerprint, pem, spiffe_ids};
 
 /// The CA certificate of the `ca` key: read from `path` (its key must be the `ca` key's and it
 /// must not expire within 30 days), or made once (self-signed in custody, 10 years) and written
@@ -373,27 +363,6 @@ pub fn certificate_serial(cert_der: &[u8]) -> Result<String, String> {
     Ok(hex::encode(
         cert.tbs_certificate().serial_number().as_bytes(),
     ))
-}
-
-/// The SPIFFE IDs (URI subject alternative names with the `spiffe` scheme) a certificate
-/// names.
-pub fn spiffe_ids(cert_der: &[u8]) -> Result<Vec<String>, String> {
-    let cert = Certificate::from_der(cert_der).map_err(|e| e.to_string())?;
-    let san = match cert.tbs_certificate().get_extension::<SubjectAltName>() {
-        Ok(Some((_, san))) => san,
-        Ok(None) => return Ok(Vec::new()),
-        Err(e) => return Err(e.to_string()),
-    };
-    Ok(san
-        .0
-        .iter()
-        .filter_map(|n| match n {
-            GeneralName::UniformResourceIdentifier(u) if u.as_str().starts_with("spiffe://") => {
-                Some(u.as_str().to_string())
-            }
-            _ => None,
-        })
-        .collect())
 }
 
 /// The appliance's TLS: serves the current certificate and renews it.

@@ -481,6 +481,34 @@ fn clients_refuse_a_server_certificate_without_the_appliance_spiffe_id() {
             "runtimes",
         ])
     };
+    // A gateway bootstrapping trusts the same way (its CA file already pinned here).
+    let gate_dir = tempfile::tempdir().unwrap();
+    let g = gate_dir.path();
+    let conf = g.join("gate.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "audience = \"spiffe://{TD}/gateway/tools\"\nbundle = \"{d}/bundle.json\"\n\
+             replay_db = \"{d}/replay.db\"\nspool = \"{d}/spool\"\nca = \"{ca}\"\n",
+            d = g.display(),
+            ca = ca_pem.display()
+        ),
+    )
+    .unwrap();
+    let fp = writ::tls::fingerprint(&ca_der);
+    let bootstrap = |url: &str| {
+        common::gate()
+            .args([
+                "bootstrap",
+                "--config",
+                conf.to_str().unwrap(),
+                "--server",
+                url,
+            ])
+            .args(["--fingerprint", &fp])
+            .output()
+            .unwrap()
+    };
     // The control: the pinned CA, the host, serverAuth and the appliance's SPIFFE ID: accepted.
     let appliance = format!("spiffe://{TD}/writ/appliance");
     let good = impostor(
@@ -490,6 +518,10 @@ fn clients_refuse_a_server_certificate_without_the_appliance_spiffe_id() {
     );
     let out = call(&good);
     assert!(out.status.success(), "{}", text(&out));
+    // (The gateway gets as far as the bundle, which this server does not serve.)
+    let out = bootstrap(&good);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("refused: bundle: "), "{}", text(&out));
     // The same CA and host, serverAuth, but a runtime's SPIFFE ID, none, or two: refused.
     let runtime = format!("spiffe://{TD}/runtime/rt-1");
     for uris in [
@@ -505,5 +537,13 @@ fn clients_refuse_a_server_certificate_without_the_appliance_spiffe_id() {
             "{uris:?}: {}",
             text(&out)
         );
+        let out = bootstrap(&url);
+        assert_eq!(out.status.code(), Some(1), "{uris:?}: {}", text(&out));
+        assert!(
+            text(&out).contains("not the appliance's SPIFFE ID"),
+            "{uris:?}: {}",
+            text(&out)
+        );
+        assert!(!g.join("bundle.json").exists());
     }
 }

@@ -41,6 +41,14 @@ pub struct GateConfig {
     /// The oldest trust bundle accepted, seconds since it was issued.
     #[serde(default = "default_bundle_age")]
     pub max_bundle_age_s: i64,
+    /// The appliance (`https://host:port`) the bundle is fetched from by `writ-gate bootstrap`
+    /// and `writ-gate refresh`.
+    #[serde(default)]
+    pub server: Option<String>,
+    /// The appliance's CA certificate, pinned by bootstrap (default: `appliance-ca.pem` beside
+    /// the bundle).
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
     /// The tools, by name.
     #[serde(default)]
     pub tools: BTreeMap<String, Tool>,
@@ -80,10 +88,12 @@ impl GateConfig {
             .map_err(|e| format!("--config {}: {e}", path.display()))?;
         let c: GateConfig =
             toml::from_str(&text).map_err(|e| format!("--config {}: {e}", path.display()))?;
+        let ca = c.ca_file();
         for (what, p) in [
             ("bundle", &c.bundle),
             ("replay_db", &c.replay_db),
             ("spool", &c.spool),
+            ("ca", &ca),
         ] {
             if !plain_absolute(p) {
                 return Err(format!(
@@ -112,6 +122,16 @@ impl GateConfig {
         Ok(c)
     }
 
+    /// The pinned CA certificate's file.
+    pub fn ca_file(&self) -> PathBuf {
+        self.ca.clone().unwrap_or_else(|| {
+            self.bundle
+                .parent()
+                .unwrap_or_else(|| Path::new("/"))
+                .join("appliance-ca.pem")
+        })
+    }
+
     /// What the gateway trusts besides the tools, checked like them: the configuration file, the
     /// trust bundle, the replay store's and the spool's folders (none writable by others than
     /// root or `uid`, no symbolic link on the way).
@@ -120,6 +140,10 @@ impl GateConfig {
             .map_err(|e| Refusal::new("config", format!("{}: {e}", config.display())))?;
         for file in [config.as_path(), self.bundle.as_path()] {
             guarded(file, uid, "config")?;
+        }
+        let ca = self.ca_file();
+        if ca.exists() {
+            guarded(&ca, uid, "config")?;
         }
         for folder in [self.replay_db.parent(), Some(self.spool.as_path())]
             .into_iter()

@@ -3,12 +3,14 @@
 //! Built so far: `writ-gate exec` (runs one tool of the gateway's manifest for a writ, after the
 //! decision is durable in the spool), `writ-gate tools` (the manifest and its digest),
 //! `writ-gate verify` (an authorization decision: it consumes the writ) and `writ-gate inspect`
-//! (explains a writ without consuming it; never answers allow). Not built yet: `writ-gate proxy`,
-//! bootstrap and refresh of the trust bundle, reporting the spool to `writ serve`.
+//! (explains a writ without consuming it; never answers allow), `writ-gate bootstrap` and
+//! `writ-gate refresh` (the trust bundle, from the appliance pinned by its CA's fingerprint). Not
+//! built yet: `writ-gate proxy`, reporting the spool to `writ serve`.
 //! Exit codes: 0 allow, 1 deny, 2 error (also a refusal).
 #![forbid(unsafe_code)]
 
 mod exec;
+mod trust;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -44,6 +46,30 @@ enum Command {
     /// with the manifest's environment alone. Exit 0 allowed (the tool ran; its own status is
     /// printed and spooled), 1 denied (nothing ran), 2 error (nothing ran).
     Exec(ExecArgs),
+    /// Fetch the trust bundle from the appliance for the first time, pinning its CA certificate
+    /// by fingerprint (kept beside the bundle, or where the configuration's `ca` says).
+    Bootstrap {
+        /// The gateway's configuration (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// The appliance (`https://host:port`); default: the configuration's `server`.
+        #[arg(long)]
+        server: Option<String>,
+        /// `sha256:<hex>` of the appliance's CA certificate (`writ serve` prints it).
+        #[arg(long)]
+        fingerprint: String,
+    },
+    /// Fetch the trust bundle again (after bootstrap); with --watch, forever, on the bundle's
+    /// refresh hint. A bundle of a lower sequence, another trust domain, or too old is refused
+    /// and the one in place kept.
+    Refresh {
+        /// The gateway's configuration (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Keep refreshing on the bundle's hint.
+        #[arg(long)]
+        watch: bool,
+    },
     /// Print the tool manifest and its digest (for policy authors).
     Tools {
         /// The gateway's configuration (TOML).
@@ -228,6 +254,37 @@ fn run_exec(a: &ExecArgs) -> ExitCode {
     }
 }
 
+/// Runs bootstrap or refresh: exit 0 with the installed bundle's sequence, 1 refused, 2 error.
+fn trust_command(
+    what: &str,
+    config: &std::path::Path,
+    run: impl FnOnce(&exec::GateConfig) -> Result<TrustBundle, Refusal>,
+) -> ExitCode {
+    let c = match exec::GateConfig::load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("writ-gate {what}: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&c) {
+        Ok(b) => {
+            println!(
+                "trust bundle of {} installed in {}: spiffe_sequence {}, expires at {}",
+                b.trust_domain,
+                c.bundle.display(),
+                b.sequence,
+                b.expires_at
+            );
+            ExitCode::SUCCESS
+        }
+        Err(r) => {
+            println!("refused: {}: {}", r.code, r.detail);
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn tools(config: &std::path::Path) -> ExitCode {
     match exec::GateConfig::load(config).and_then(|c| c.manifest()) {
         Ok((m, d)) => {
@@ -267,12 +324,19 @@ fn now() -> i64 {
         .unwrap_or(0)
 }
 
-/// The digest of a trust bundle's content (its RFC 8785 form), so that reformatting the file
-/// is not taken for another bundle.
+/// The digest of a trust bundle's version (its RFC 8785 form without what the appliance changes
+/// within one version: the validity window, and the previous policy bundle hash it drops when
+/// its deadline passes), so that neither reformatting the file nor fetching the same version
+/// again is taken for another bundle under the same sequence.
 fn bundle_digest(bytes: &[u8]) -> Result<String, Refusal> {
     use sha2::{Digest, Sha256};
-    let v: serde_json::Value = serde_json::from_slice(bytes)
+    let mut v: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| Refusal::new("bundle", format!("the trust bundle: {e}")))?;
+    if let Some(w) = v.get_mut("writ").and_then(Value::as_object_mut) {
+        for k in ["issued_at", "expires_at", "policy_bundles"] {
+            w.remove(k);
+        }
+    }
     let c = canonical(&v).map_err(|e| Refusal::new("bundle", format!("the trust bundle: {e}")))?;
     Ok(hex::encode(Sha256::digest(c.as_bytes())))
 }
@@ -410,6 +474,16 @@ fn main() -> ExitCode {
         Command::Inspect { writ } => inspect(&writ),
         Command::Exec(a) => run_exec(&a),
         Command::Tools { config } => tools(&config),
+        Command::Bootstrap {
+            config,
+            server,
+            fingerprint,
+        } => trust_command("bootstrap", &config, |c| {
+            trust::fetch_and_install(c, server.as_deref(), Some(&fingerprint))
+        }),
+        Command::Refresh { config, watch } => {
+            trust_command("refresh", &config, |c| trust::refresh(&config, c, watch))
+        }
         Command::Verify(a) => {
             let outcome = decide(&a);
             let (code, doc) = match &outcome {

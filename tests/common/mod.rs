@@ -108,3 +108,23 @@ pub fn agent() -> ureq::Agent {
         .build()
         .new_agent()
 }
+
+/// The `writ-gate` binary of this build (another package's: built here if it is missing).
+pub fn gate() -> Command {
+    let dir = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .and_then(|deps| deps.parent())
+        .unwrap()
+        .to_path_buf();
+    let bin = dir.join("writ-gate");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let built = Command::new(cargo)
+            .args(["build", "-p", "writ-gateway", "--bin", "writ-gate"])
+            .status()
+            .unwrap();
+        assert!(built.success(), "cargo build -p writ-gateway");
+    }
+    Command::new(bin)
+}

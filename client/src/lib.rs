@@ -1,4 +1,4 @@
-//! The CLI's HTTP client for the appliance: JSON in, JSON out, problem+json errors read back
+//! writ's HTTP client for the appliance (the CLI's and the gateway's): JSON in, JSON out, problem+json errors read back
 //! into their stable code.
 //!
 //! TLS trust is one pinned CA: `--fingerprint sha256:<hex>` of the appliance's CA certificate
@@ -11,8 +11,12 @@
 //! for the appliance. A client certificate and its key (an admin's, `writ admin issue-cert`) are
 //! presented when configured. Plain `http://` is for loopback appliances only (an authority with
 //! userinfo is refused), never through a proxy; no redirects are followed.
+#![forbid(unsafe_code)]
 
 use std::time::Duration;
+
+pub mod files;
+pub mod x509;
 
 use serde_json::Value;
 
@@ -107,7 +111,7 @@ fn tls_agent(roots: Option<Vec<u8>>, verify: bool, status_errors: bool) -> ureq:
 /// Whether `base` (an `http://` URL) names this machine: its authority has no userinfo and its
 /// host is `localhost` or a loopback address.
 pub fn loopback(base: &str) -> bool {
-    let Ok(uri) = base.parse::<axum::http::Uri>() else {
+    let Ok(uri) = base.parse::<ureq::http::Uri>() else {
         return false;
     };
     let Some(authority) = uri.authority() else {
@@ -128,8 +132,8 @@ pub fn loopback(base: &str) -> bool {
 
 /// Keeps the pinned CA certificate (only the verified one).
 fn keep(path: &std::path::Path, der: &[u8]) -> Result<(), ClientError> {
-    let pem = writ::tls::pem(der).map_err(transport)?;
-    writ::files::write_atomically(path, pem.as_bytes(), 0o644, writ::files::Existing::Replace)
+    let pem = crate::x509::pem(der).map_err(transport)?;
+    crate::files::write_atomically(path, pem.as_bytes(), 0o644, crate::files::Existing::Replace)
         .map_err(transport)
 }
 
@@ -164,10 +168,10 @@ pub fn agent_for(
         _ => None,
     };
     let ca = match (kept, &trust.fingerprint) {
-        (Some(der), Some(fp)) if writ::tls::fingerprint(&der) != fp.to_ascii_lowercase() => {
+        (Some(der), Some(fp)) if crate::x509::fingerprint(&der) != fp.to_ascii_lowercase() => {
             return Err(transport(format!(
                 "the kept CA certificate is {}, not the pinned {fp}",
-                writ::tls::fingerprint(&der)
+                crate::x509::fingerprint(&der)
             )));
         }
         (Some(der), _) => der,
@@ -190,7 +194,7 @@ pub fn agent_for(
                 .read_to_vec()
                 .map_err(|e| transport(format!("GET {url}: {e}")))?;
             let der = first_certificate_der(&pem)?;
-            let got = writ::tls::fingerprint(&der);
+            let got = crate::x509::fingerprint(&der);
             if got != fp.to_ascii_lowercase() {
                 return Err(transport(format!(
                     "the appliance's CA certificate is {got}, not the pinned {fp}: refusing to trust it"
@@ -288,7 +292,7 @@ impl rustls::client::danger::ServerCertVerifier for ApplianceVerifier {
             ocsp_response,
             now,
         )?;
-        match writ::tls::spiffe_ids(end_entity.as_ref())
+        match crate::x509::spiffe_ids(end_entity.as_ref())
             .map_err(|e| rustls::Error::General(format!("server certificate: {e}")))?
             .as_slice()
         {

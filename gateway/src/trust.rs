@@ -1,0 +1,158 @@
+//! The trust bundle's bootstrap and refresh (`writ-gate bootstrap`, `writ-gate refresh`).
+//!
+//! Bootstrap pins the appliance's CA by the fingerprint of its certificate (as
+//! `step ca bootstrap --fingerprint`): the certificate is fetched without trusting the
+//! connection and kept only if its SHA-256 is the pinned one. From then on the appliance is
+//! trusted through that CA alone, with the host name, serverAuth and the appliance's SPIFFE ID
+//! (`spiffe://<td>/writ/appliance`, the certificate's only SPIFFE ID) required of its TLS
+//! certificate: a runtime's or a gateway's certificate from the same CA never passes for it.
+//!
+//! A fetched bundle is installed only if it parses strictly, is of the trust domain of the bundle
+//! it replaces (if any), is neither expired nor older than the configured bound, and its
+//! `spiffe_sequence` is not below the one in the file nor below the highest this host's replay
+//! store has seen (`bundle_rollback`); the store then records it, and the file is replaced
+//! atomically (a reader sees the old bundle or the new one, never a part). A refresh that fails
+//! leaves the bundle in place: when it expires, the gateway refuses everything.
+
+use std::path::Path;
+use std::time::Duration;
+
+use writ_attestation::writ::Refusal;
+use writ_attestation::writ::bundle::TrustBundle;
+use writ_client::{Client, Trust};
+use writ_gateway::replay::SqliteReplay;
+
+use crate::exec::GateConfig;
+
+/// The shortest and longest wait between two refreshes, seconds.
+const WAIT_S: std::ops::RangeInclusive<u64> = 5..=3600;
+
+/// The appliance named by `server` (or the configuration's), trusted through the configuration's
+/// CA file, pinned by `fingerprint` on first contact.
+fn appliance(
+    c: &GateConfig,
+    server: Option<&str>,
+    fingerprint: Option<&str>,
+) -> Result<Client, String> {
+    let server = server
+        .or(c.server.as_deref())
+        .ok_or("no appliance: give --server or set server in the configuration")?;
+    let ca = c.ca_file();
+    if fingerprint.is_none() && !ca.exists() {
+        return Err(format!(
+            "{} does not exist: run writ-gate bootstrap --fingerprint sha256:<hex> first",
+            ca.display()
+        ));
+    }
+    Client::new(
+        server,
+        &Trust {
+            fingerprint: fingerprint.map(str::to_string),
+            ca_file: Some(ca),
+            client_cert: None,
+        },
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// Fetches the appliance's bundle and installs it (see the module's documentation).
+pub fn fetch_and_install(
+    c: &GateConfig,
+    server: Option<&str>,
+    fingerprint: Option<&str>,
+) -> Result<TrustBundle, Refusal> {
+    let client = appliance(c, server, fingerprint).map_err(|e| Refusal::new("bundle_fetch", e))?;
+    let v = client
+        .call("GET", "/v1/bundle", None, None)
+        .map_err(|e| Refusal::new("bundle_fetch", format!("GET /v1/bundle: {e}")))?;
+    let bytes = serde_json::to_vec_pretty(&v).map_err(|e| Refusal::new("bundle", e.to_string()))?;
+    install(c, &bytes, crate::now())
+}
+
+/// Installs `bytes` as the gateway's bundle if it may replace the one in place.
+pub fn install(c: &GateConfig, bytes: &[u8], now: i64) -> Result<TrustBundle, Refusal> {
+    let new = TrustBundle::parse(bytes)?;
+    let current = match std::fs::read(&c.bundle) {
+        Ok(b) => Some(TrustBundle::parse(&b).ok()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            return Err(Refusal::new(
+                "bundle",
+                format!("{}: {e}", c.bundle.display()),
+            ));
+        }
+    };
+    let current = current.flatten();
+    if let Some(old) = &current
+        && old.trust_domain != new.trust_domain
+    {
+        return Err(Refusal::new(
+            "bundle",
+            format!(
+                "the appliance serves trust domain {:?}, the gateway's bundle is for {:?}",
+                new.trust_domain, old.trust_domain
+            ),
+        ));
+    }
+    new.check(
+        now,
+        c.max_bundle_age_s,
+        current.as_ref().map(|b| b.sequence),
+    )?;
+    let store = SqliteReplay::open(&c.replay_db)?;
+    store.observe_bundle(
+        &new.trust_domain,
+        new.sequence,
+        &crate::bundle_digest(bytes)?,
+    )?;
+    writ_client::files::write_atomically(
+        &c.bundle,
+        bytes,
+        0o644,
+        writ_client::files::Existing::Replace,
+    )
+    .map_err(|e| Refusal::new("bundle", e))?;
+    Ok(new)
+}
+
+/// How long to wait before the next refresh after `b` was installed: its hint, but never
+/// later than half of its remaining life, within [`WAIT_S`].
+pub fn next_wait(b: &TrustBundle, now: i64) -> Duration {
+    let half_life = u64::try_from(b.expires_at.saturating_sub(now) / 2).unwrap_or(0);
+    Duration::from_secs(
+        b.refresh_hint
+            .min(half_life)
+            .clamp(*WAIT_S.start(), *WAIT_S.end()),
+    )
+}
+
+/// Refreshes once, or (`watch`) forever on the bundle's hint, retrying a failure after
+/// [`WAIT_S`]'s minimum doubled up to a minute. Returns only on a single refresh's outcome.
+pub fn refresh(config: &Path, c: &GateConfig, watch: bool) -> Result<TrustBundle, Refusal> {
+    let mut backoff = *WAIT_S.start();
+    loop {
+        let outcome = fetch_and_install(c, None, None);
+        if !watch {
+            return outcome;
+        }
+        let wait = match &outcome {
+            Ok(b) => {
+                eprintln!(
+                    "writ-gate refresh: {}: spiffe_sequence {}, expires at {}",
+                    config.display(),
+                    b.sequence,
+                    b.expires_at
+                );
+                backoff = *WAIT_S.start();
+                next_wait(b, crate::now())
+            }
+            Err(r) => {
+                eprintln!("writ-gate refresh: refused: {}: {}", r.code, r.detail);
+                let w = Duration::from_secs(backoff);
+                backoff = (backoff * 2).min(60);
+                w
+            }
+        };
+        std::thread::sleep(wait);
+    }
+}
