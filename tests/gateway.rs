@@ -40,7 +40,7 @@ fn gate_config(dir: &Path, server: &str, extra: &str) -> PathBuf {
              server = \"{server}\"\n\
              bundle = \"{d}/bundle.json\"\n\
              replay_db = \"{d}/replay.db\"\n\
-             spool = \"{d}/spool\"\n{extra}",
+             {extra}",
             d = dir.display()
         ),
     )

@@ -489,7 +489,7 @@ fn clients_refuse_a_server_certificate_without_the_appliance_spiffe_id() {
         &conf,
         format!(
             "audience = \"spiffe://{TD}/gateway/tools\"\nbundle = \"{d}/bundle.json\"\n\
-             replay_db = \"{d}/replay.db\"\nspool = \"{d}/spool\"\nca = \"{ca}\"\n",
+             replay_db = \"{d}/replay.db\"\nca = \"{ca}\"\n",
             d = g.display(),
             ca = ca_pem.display()
         ),

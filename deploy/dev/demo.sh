@@ -163,17 +163,12 @@ gate_dir="$WRIT_DEV_DIR/gate"
 rm -rf "$gate_dir"
 mkdir -p "$gate_dir"
 chmod 755 "$gate_dir"
-# The trust bundle the appliance serves, fetched over its pinned TLS (python3's ssl, the CA file).
-python3 -c 'import ssl, sys, urllib.request
-ctx = ssl.create_default_context(cafile=sys.argv[2])
-sys.stdout.write(urllib.request.urlopen(sys.argv[1], context=ctx).read().decode())' \
-  "$server/v1/bundle" "$WRIT_DEV_DIR/ca.pem" >"$gate_dir/bundle.json"
 # The manifest: the tool "build" is /usr/bin/echo here (so the demo runs nothing that matters).
 cat >"$gate_dir/gate.toml" <<GATE
 audience = "spiffe://writ.dev/gateway/tools"
+server = "$server"
 bundle = "$gate_dir/bundle.json"
 replay_db = "$gate_dir/replay.db"
-spool = "$gate_dir/spool"
 
 [tools.build]
 path = "/usr/bin/echo"
@@ -181,6 +176,8 @@ sha256 = "$(sha256sum /usr/bin/echo | cut -d' ' -f1)"
 cwd = "$gate_dir"
 env = { PATH = "/usr/bin:/bin" }
 GATE
+# The trust bundle, from the appliance pinned by its CA's fingerprint (and its SPIFFE ID).
+"$gate" bootstrap --config "$gate_dir/gate.toml" --fingerprint "$fingerprint"
 "$gate" tools --config "$gate_dir/gate.toml"
 "$gate" exec --config "$gate_dir/gate.toml" --writ "$WRIT_DEV_DIR/writ.jws" --proof "$WRIT_DEV_DIR/writ.proof" \
   --tool build -- make all
@@ -194,8 +191,8 @@ if "$gate" exec --config "$gate_dir/gate.toml" --writ "$WRIT_DEV_DIR/writ.jws" \
   echo "the writ ran other arguments" >&2; exit 1
 fi
 echo "(refused: the writ names make all, not make clean)"
-echo "the gateway's spool ($gate_dir/spool/journal.jsonl): the decision before the run, then the outcome"
-cat "$gate_dir/spool/journal.jsonl"
+echo "the gateway's spool (in $gate_dir/replay.db): the decision, durable with the writ's single use, then the outcome"
+"$gate" spool --config "$gate_dir/gate.toml"
 if "$writ" agent request "${agent_tpm[@]}" --action exec --resource db/prod \
   --audience spiffe://writ.dev/gateway/tools --tool psql; then
   echo "policy allowed db/prod: the example policy forbids it" >&2; exit 1

@@ -6,16 +6,16 @@
 //! above them is a symbolic link or writable by anyone but root or this gateway's user
 //! (`tool_writable`; a root-owned sticky folder such as /tmp is accepted: others can never rename
 //! or remove what is in it); the same holds for the configuration, the trust bundle and the
-//! replay and spool folders (`config`); the writ authorizes exactly this command (the one
-//! verification, consuming the writ and its proof); the decision is appended to the spool and
-//! fsynced (`spool`: a spool that cannot be written refuses); the tool's file is checked again;
-//! only then does it run, with the manifest's environment alone, from its folder; its outcome
-//! (exit status, duration) is appended to the spool too. Refusals are printed, not spooled: until
+//! replay store's folder (`config`); the writ authorizes exactly this command (the one
+//! verification), and consuming the writ and its proof and spooling the decision are one
+//! transaction of the replay store (a store that cannot be written or a full spool refuses, and
+//! then nothing is consumed); the tool's file is checked again; only then does it run, with the
+//! manifest's environment alone, from its folder; its outcome (exit status, duration) is spooled
+//! too. Refusals are printed, not spooled: until
 //! the writ verifies nobody is identified (interfaces.md: such refusals are counted, not recorded
 //! one by one). Reporting the spool to `writ serve` is not built yet.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -31,10 +31,12 @@ pub struct GateConfig {
     pub audience: String,
     /// The trust bundle (as served at /v1/bundle).
     pub bundle: PathBuf,
-    /// The replay store shared by this audience's gateways on this host.
+    /// The replay store shared by this audience's gateways on this host, which is also the
+    /// spool (decisions and outcomes, durable before anything runs).
     pub replay_db: PathBuf,
-    /// The folder of the spool (decisions and outcomes, append-only, fsynced).
-    pub spool: PathBuf,
+    /// The most entries the spool holds; then every request is refused (`spool_full`).
+    #[serde(default = "default_spool_max")]
+    pub spool_max: u64,
     /// Tolerated clock skew, seconds.
     #[serde(default = "default_skew")]
     pub skew_s: i64,
@@ -52,6 +54,10 @@ pub struct GateConfig {
     /// The tools, by name.
     #[serde(default)]
     pub tools: BTreeMap<String, Tool>,
+}
+
+fn default_spool_max() -> u64 {
+    writ_gateway::replay::MAX_SPOOL
 }
 
 fn default_skew() -> i64 {
@@ -92,7 +98,6 @@ impl GateConfig {
         for (what, p) in [
             ("bundle", &c.bundle),
             ("replay_db", &c.replay_db),
-            ("spool", &c.spool),
             ("ca", &ca),
         ] {
             if !plain_absolute(p) {
@@ -145,10 +150,7 @@ impl GateConfig {
         if ca.exists() {
             guarded(&ca, uid, "config")?;
         }
-        for folder in [self.replay_db.parent(), Some(self.spool.as_path())]
-            .into_iter()
-            .flatten()
-        {
+        for folder in [self.replay_db.parent()].into_iter().flatten() {
             if folder.exists() {
                 guarded(folder, uid, "config")?;
             } else if let Some(p) = folder.parent() {
@@ -290,39 +292,5 @@ pub fn check_tool(tool: &Tool, uid: u32) -> Result<(), Refusal> {
             ),
         ));
     }
-    Ok(())
-}
-
-/// Appends one JSON line to the spool's journal and makes it durable (the file and, when it was
-/// created, its folder), before anything depends on it.
-pub fn spool(dir: &Path, entry: &Value) -> Result<(), Refusal> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    let fail = |e: std::io::Error| Refusal::new("spool", format!("{}: {e}", dir.display()));
-    if !dir.is_dir() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(fail)?;
-        if let Some(parent) = dir.parent() {
-            std::fs::File::open(parent)
-                .and_then(|d| d.sync_all())
-                .map_err(fail)?;
-        }
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(dir.join("journal.jsonl"))
-        .map_err(fail)?;
-    let mut line = serde_json::to_vec(entry).map_err(|e| Refusal::new("spool", e.to_string()))?;
-    line.push(b'\n');
-    f.write_all(&line).map_err(fail)?;
-    f.sync_all().map_err(fail)?;
-    // The journal's entry in its folder, whichever gateway created it.
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(fail)?;
     Ok(())
 }

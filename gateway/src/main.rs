@@ -70,6 +70,15 @@ enum Command {
         #[arg(long)]
         watch: bool,
     },
+    /// Print the spool (decisions and outcomes) as JSON lines, oldest first.
+    Spool {
+        /// The gateway's configuration (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Only the entries after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+    },
     /// Print the tool manifest and its digest (for policy authors).
     Tools {
         /// The gateway's configuration (TOML).
@@ -207,26 +216,25 @@ fn run_exec(a: &ExecArgs) -> ExitCode {
         content_type: String::new(),
         args: a.args.clone(),
     };
-    let allowed = match decide(&verify) {
+    // The decision is spooled in the transaction that consumes the writ: durable before
+    // anything runs, and a store that cannot record it consumes nothing.
+    let allowed = match decide(&verify, Some(c.spool_max)) {
         Outcome::Allow(d) => d,
         Outcome::Deny(r) => return deny(r),
         Outcome::Error(e) => return error(e),
     };
-    // Durable before anything runs: a spool that cannot be written refuses (the writ is spent).
     let jti = allowed.get("jti").cloned().unwrap_or(Value::Null);
-    if let Err(r) = exec::spool(
-        &c.spool,
-        &json!({"kind": "gate", "time": now(), "decision": "allow", "tool": a.tool,
-                "writ": allowed}),
-    ) {
-        return deny(r);
-    }
+    let record_outcome = |entry: &Value| {
+        let recorded = SqliteReplay::open(&c.replay_db).and_then(|s| s.record(entry));
+        if let Err(r) = recorded {
+            eprintln!("writ-gate exec: the outcome was not spooled: {}", r.detail);
+        }
+    };
     // The file once more, right before it runs (the verification and the spool took time).
     if let Err(r) = exec::check_tool(tool, uid) {
-        let _ = exec::spool(
-            &c.spool,
+        record_outcome(
             &json!({"kind": "outcome", "time": now(), "tool": a.tool, "jti": jti,
-                    "exit": null, "status": format!("not run: {}", r.detail)}),
+                               "exit": null, "status": format!("not run: {}", r.detail)}),
         );
         return deny(r);
     }
@@ -244,9 +252,7 @@ fn run_exec(a: &ExecArgs) -> ExitCode {
     let outcome = json!({"kind": "outcome", "time": now(), "tool": a.tool, "jti": jti,
                          "exit": code, "status": detail,
                          "duration_ms": u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)});
-    if let Err(r) = exec::spool(&c.spool, &outcome) {
-        eprintln!("writ-gate exec: the outcome was not spooled: {}", r.detail);
-    }
+    record_outcome(&outcome);
     eprintln!("allow: ran {} ({detail})", a.tool);
     match status {
         Ok(_) => ExitCode::SUCCESS,
@@ -347,7 +353,9 @@ enum Outcome {
     Error(String),
 }
 
-fn decide(a: &VerifyArgs) -> Outcome {
+/// The one decision of `verify` and `exec`: every check, then single use. With `spool`
+/// (its bound), the allow is spooled in the transaction that consumes the writ.
+fn decide(a: &VerifyArgs, spool: Option<u64>) -> Outcome {
     let inputs = (|| -> Result<_, String> {
         let token = text(&a.writ, "--writ")?;
         let proof = a.proof.as_ref().map(|p| text(p, "--proof")).transpose()?;
@@ -364,7 +372,10 @@ fn decide(a: &VerifyArgs) -> Outcome {
         Err(r) => return Outcome::Deny(r),
     };
     let now = now();
-    let store = match SqliteReplay::open(&a.replay_db) {
+    let store = match SqliteReplay::open_bounded(
+        &a.replay_db,
+        spool.unwrap_or(writ_gateway::replay::MAX_SPOOL),
+    ) {
         Ok(s) => s,
         Err(r) => return Outcome::Deny(r),
     };
@@ -427,7 +438,18 @@ fn decide(a: &VerifyArgs) -> Outcome {
         store.observe_bundle(&bundle.trust_domain, bundle.sequence, &d)?;
         Ok(c)
     });
-    match observed.and_then(|c| c.consume(&store)) {
+    let consumed = observed.and_then(|c| match spool {
+        None => c.consume(&store),
+        Some(_) => {
+            let w = c.claims();
+            let entry = json!({"kind": "gate", "time": now, "decision": "allow",
+                "request": request_summary(&request),
+                "writ": {"jti": w.jti, "sub": w.sub, "aud": w.aud, "request": req}});
+            let recording = store.recording(&entry);
+            c.consume(&recording)
+        }
+    });
+    match consumed {
         Ok(auth) => Outcome::Allow(json!({
             "jti": auth.claims().jti,
             "sub": auth.claims().sub,
@@ -435,6 +457,41 @@ fn decide(a: &VerifyArgs) -> Outcome {
             "request": req,
         })),
         Err(r) => Outcome::Deny(r),
+    }
+}
+
+/// What a spooled decision says of its request (the digest says the rest).
+fn request_summary(r: &Request<'_>) -> Value {
+    match r {
+        Request::Exec { tool, argv } => json!({"type": "exec", "tool": tool, "argc": argv.len()}),
+        Request::Http { method, url, .. } => json!({"type": "http", "method": method, "url": url}),
+    }
+}
+
+/// Prints the spool's entries after `after` as JSON lines (`{"seq", "entry"}`).
+fn print_spool(config: &std::path::Path, after: i64) -> ExitCode {
+    let c = match exec::GateConfig::load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("writ-gate spool: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut after = after;
+    loop {
+        match SqliteReplay::spool_entries(&c.replay_db, after, 1000) {
+            Ok(rows) if rows.is_empty() => return ExitCode::SUCCESS,
+            Ok(rows) => {
+                for (seq, entry) in rows {
+                    println!("{}", json!({"seq": seq, "entry": entry}));
+                    after = seq;
+                }
+            }
+            Err(r) => {
+                eprintln!("writ-gate spool: error: {}", r.detail);
+                return ExitCode::from(2);
+            }
+        }
     }
 }
 
@@ -474,6 +531,7 @@ fn main() -> ExitCode {
         Command::Inspect { writ } => inspect(&writ),
         Command::Exec(a) => run_exec(&a),
         Command::Tools { config } => tools(&config),
+        Command::Spool { config, after } => print_spool(&config, after),
         Command::Bootstrap {
             config,
             server,
@@ -485,7 +543,7 @@ fn main() -> ExitCode {
             trust_command("refresh", &config, |c| trust::refresh(&config, c, watch))
         }
         Command::Verify(a) => {
-            let outcome = decide(&a);
+            let outcome = decide(&a, None);
             let (code, doc) = match &outcome {
                 Outcome::Allow(d) => (0, json!({"decision": "allow", "writ": d})),
                 Outcome::Deny(r) => (

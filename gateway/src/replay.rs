@@ -14,6 +14,12 @@
 //! Entries outlive the writ's expiry plus skew and are then purged. If the store cannot be
 //! written, the verification refuses (`replay_store`).
 //!
+//! The store is also the gateway's spool: decisions and outcomes, one JSON entry each, in the
+//! table `spool`. An allow is recorded in the transaction that consumes its writ, so the writ is
+//! spent if and only if its decision is durable, with one fsync for both; outcomes are recorded
+//! through the same writer. A spool holding [`MAX_SPOOL`] entries (or the bound given at open)
+//! refuses (`spool_full`), and its request consumes nothing.
+//!
 //! The store also remembers, per trust domain, the highest trust bundle sequence seen and that
 //! bundle's digest: a lower sequence, or another bundle under the same sequence, is refused
 //! (`bundle_rollback`).
@@ -32,6 +38,9 @@ use writ_attestation::writ::verify::{AsyncReplayStore, ReplayKey, ReplayStore};
 
 /// Requests committed together at most.
 pub const MAX_BATCH: usize = 256;
+
+/// The default bound of the spool, in entries.
+pub const MAX_SPOOL: u64 = 1_000_000;
 
 /// Transactions between purges of expired entries.
 const PURGE_EVERY: u64 = 256;
@@ -60,6 +69,12 @@ enum Job {
     Consume {
         keys: Vec<ReplayKey>,
         keep_until: i64,
+        /// The decision to spool with the keys, if any.
+        record: Option<String>,
+        reply: Reply,
+    },
+    Record {
+        entry: String,
         reply: Reply,
     },
     Purge {
@@ -105,6 +120,11 @@ fn now() -> i64 {
 impl SqliteReplay {
     /// Opens (creating if needed) the store at `path` and starts its writer thread.
     pub fn open(path: &Path) -> Result<Self, Refusal> {
+        Self::open_bounded(path, MAX_SPOOL)
+    }
+
+    /// [`SqliteReplay::open`] with a spool of at most `max_spool` entries.
+    pub fn open_bounded(path: &Path, max_spool: u64) -> Result<Self, Refusal> {
         let conn = Connection::open(path).map_err(fail)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(fail)?;
@@ -121,13 +141,15 @@ impl SqliteReplay {
                  PRIMARY KEY (kind, a, b)) WITHOUT ROWID;
              CREATE INDEX IF NOT EXISTS replay_expiry ON replay (keep_until);
              CREATE TABLE IF NOT EXISTS bundle_seen (
-                 trust_domain TEXT PRIMARY KEY, sequence INTEGER NOT NULL, digest TEXT NOT NULL);",
+                 trust_domain TEXT PRIMARY KEY, sequence INTEGER NOT NULL, digest TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS spool (
+                 seq INTEGER PRIMARY KEY AUTOINCREMENT, entry TEXT NOT NULL);",
         )
         .map_err(fail)?;
         let (jobs, rx) = mpsc::channel();
         let writer = std::thread::Builder::new()
             .name("writ-replay".into())
-            .spawn(move || writer(conn, rx))
+            .spawn(move || writer(conn, rx, max_spool))
             .map_err(fail)?;
         Ok(SqliteReplay {
             jobs: Some(jobs),
@@ -157,6 +179,86 @@ impl SqliteReplay {
     /// Deletes entries kept until more than [`PURGE_GRACE`] before `now`; returns how many.
     pub fn purge(&self, now: i64) -> Result<usize, Refusal> {
         self.ask(|reply| Job::Purge { now, reply })
+    }
+
+    /// Consumes `keys` as [`ReplayStore::consume`] does and, if they were fresh, spools `entry`
+    /// in the same transaction (both or neither).
+    pub fn consume_recorded(
+        &self,
+        keys: &[ReplayKey],
+        keep_until: i64,
+        entry: &serde_json::Value,
+    ) -> Result<bool, Refusal> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.submit(Job::Consume {
+            keys: keys.to_vec(),
+            keep_until,
+            record: Some(entry.to_string()),
+            reply: Reply::Thread(reply),
+        })?;
+        answer
+            .recv()
+            .map_err(|_| fail("the writer thread stopped"))?
+    }
+
+    /// Spools `entry` (an outcome), durably (outside the bound: at most one per decision).
+    pub fn record(&self, entry: &serde_json::Value) -> Result<(), Refusal> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.submit(Job::Record {
+            entry: entry.to_string(),
+            reply: Reply::Thread(reply),
+        })?;
+        answer
+            .recv()
+            .map_err(|_| fail("the writer thread stopped"))?
+            .map(|_| ())
+    }
+
+    /// [`SqliteReplay::record`] for callers on an async runtime.
+    pub async fn record_async(&self, entry: &serde_json::Value) -> Result<(), Refusal> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.submit(Job::Record {
+            entry: entry.to_string(),
+            reply: Reply::Task(reply),
+        })?;
+        answer
+            .await
+            .map_err(|_| fail("the writer thread stopped"))?
+            .map(|_| ())
+    }
+
+    /// A store for [`Checked::consume_async`](writ_attestation::writ::verify::Checked) that
+    /// spools `entry` with the keys.
+    pub fn recording<'a>(&'a self, entry: &serde_json::Value) -> Recording<'a> {
+        Recording {
+            store: self,
+            entry: entry.to_string(),
+        }
+    }
+
+    /// The spool's entries after `after` (sequence number, entry), oldest first, at most
+    /// `limit`; read on a connection of its own.
+    pub fn spool_entries(
+        path: &Path,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, serde_json::Value)>, Refusal> {
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(fail)?;
+        let mut q = conn
+            .prepare("SELECT seq, entry FROM spool WHERE seq > $1 ORDER BY seq LIMIT $2")
+            .map_err(fail)?;
+        let rows = q
+            .query_map(params![after, limit], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })
+            .map_err(fail)?;
+        rows.map(|r| {
+            let (seq, text) = r.map_err(fail)?;
+            let v = serde_json::from_str(&text).map_err(fail)?;
+            Ok((seq, v))
+        })
+        .collect()
     }
 
     /// Records that a trust bundle of `trust_domain` with `sequence` and `digest` is in use, or
@@ -192,6 +294,7 @@ impl ReplayStore for SqliteReplay {
         self.ask(|reply| Job::Consume {
             keys: keys.to_vec(),
             keep_until,
+            record: None,
             reply: Reply::Thread(reply),
         })
     }
@@ -209,6 +312,7 @@ impl AsyncReplayStore for SqliteReplay {
         let submitted = self.submit(Job::Consume {
             keys: keys.to_vec(),
             keep_until,
+            record: None,
             reply: Reply::Task(reply),
         });
         Box::pin(async move {
@@ -216,6 +320,47 @@ impl AsyncReplayStore for SqliteReplay {
             answer
                 .await
                 .map_err(|_| fail("the writer thread stopped"))?
+        })
+    }
+}
+
+/// The replay store seen by [`Checked::consume_async`](writ_attestation::writ::verify::Checked)
+/// when the decision is spooled with the keys ([`SqliteReplay::recording`]).
+#[derive(Debug)]
+pub struct Recording<'a> {
+    store: &'a SqliteReplay,
+    entry: String,
+}
+
+impl AsyncReplayStore for Recording<'_> {
+    fn consume_async<'a>(
+        &'a self,
+        keys: &'a [ReplayKey],
+        keep_until: i64,
+    ) -> Pin<Box<dyn Future<Output = Result<bool, Refusal>> + Send + 'a>> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let submitted = self.store.submit(Job::Consume {
+            keys: keys.to_vec(),
+            keep_until,
+            record: Some(self.entry.clone()),
+            reply: Reply::Task(reply),
+        });
+        Box::pin(async move {
+            submitted?;
+            answer
+                .await
+                .map_err(|_| fail("the writer thread stopped"))?
+        })
+    }
+}
+
+impl ReplayStore for Recording<'_> {
+    fn consume(&self, keys: &[ReplayKey], keep_until: i64) -> Result<bool, Refusal> {
+        self.store.ask(|reply| Job::Consume {
+            keys: keys.to_vec(),
+            keep_until,
+            record: Some(self.entry.clone()),
+            reply: Reply::Thread(reply),
         })
     }
 }
@@ -228,7 +373,7 @@ fn row(k: &ReplayKey) -> (&'static str, &str, &str) {
 }
 
 /// The writer thread: takes what is queued, commits it in one transaction, answers.
-fn writer(mut conn: Connection, rx: Receiver<Job>) {
+fn writer(mut conn: Connection, rx: Receiver<Job>, max_spool: u64) {
     let mut transactions: u64 = 0;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
@@ -246,7 +391,7 @@ fn writer(mut conn: Connection, rx: Receiver<Job>) {
             );
         }
         transactions = transactions.wrapping_add(1);
-        commit(&mut conn, batch);
+        commit(&mut conn, batch, max_spool);
     }
 }
 
@@ -271,7 +416,9 @@ impl Answer {
     /// The answer to a job that a failed batch never ran.
     fn refused(job: Job, e: &Refusal) -> Answer {
         match job {
-            Job::Consume { reply, .. } => Answer::Consume(reply, Err(e.clone())),
+            Job::Consume { reply, .. } | Job::Record { reply, .. } => {
+                Answer::Consume(reply, Err(e.clone()))
+            }
             Job::Purge { reply, .. } => Answer::Purge(reply, Err(e.clone())),
             Job::Bundle { reply, .. } => Answer::Bundle(reply, Err(e.clone())),
         }
@@ -292,7 +439,7 @@ impl Answer {
     }
 }
 
-fn commit(conn: &mut Connection, batch: Vec<Job>) {
+fn commit(conn: &mut Connection, batch: Vec<Job>, max_spool: u64) {
     // A transaction left open by a failure whose rollback failed too would make every later
     // BEGIN fail: end it first.
     if !conn.is_autocommit() {
@@ -320,8 +467,16 @@ fn commit(conn: &mut Connection, batch: Vec<Job>) {
             Job::Consume {
                 keys,
                 keep_until,
+                record,
                 reply,
-            } => Answer::Consume(reply, consume_one(&tx, &keys, keep_until)),
+            } => Answer::Consume(
+                reply,
+                consume_one(&tx, &keys, keep_until, record.as_deref(), max_spool),
+            ),
+            // Outcomes are not bounded: there is at most one per decision, which was.
+            Job::Record { entry, reply } => {
+                Answer::Consume(reply, spool_one(&tx, &entry, u64::MAX).map(|()| true))
+            }
             Job::Purge { now, reply } => Answer::Purge(reply, purge_before(&tx, now)),
             Job::Bundle {
                 trust_domain,
@@ -368,6 +523,8 @@ fn consume_one(
     tx: &rusqlite::Transaction<'_>,
     keys: &[ReplayKey],
     keep_until: i64,
+    record: Option<&str>,
+    max_spool: u64,
 ) -> Result<bool, Refusal> {
     // A request naming one key twice is a replay of itself: refused, nothing inserted.
     for (i, k) in keys.iter().enumerate() {
@@ -383,6 +540,10 @@ fn consume_one(
         if seen.exists(params![kind, a, b]).map_err(fail)? {
             return Ok(false);
         }
+    }
+    // Room for the decision before any key is written: a full spool consumes nothing.
+    if record.is_some() {
+        spool_room(tx, max_spool)?;
     }
     let mut insert = tx
         .prepare_cached(
@@ -402,7 +563,38 @@ fn consume_one(
             return Err(fail("an entry appeared inside the write lock"));
         }
     }
+    if let Some(entry) = record {
+        spool_one(tx, entry, max_spool)?;
+    }
     Ok(true)
+}
+
+/// Refuses (`spool_full`) if the spool holds `max_spool` entries. Entries only ever leave from
+/// the oldest, so the span of sequence numbers is the count (one index lookup each way).
+fn spool_room(tx: &rusqlite::Transaction<'_>, max_spool: u64) -> Result<(), Refusal> {
+    let held: i64 = tx
+        .prepare_cached("SELECT coalesce(max(seq) - min(seq) + 1, 0) FROM spool")
+        .and_then(|mut q| q.query_row([], |r| r.get(0)))
+        .map_err(fail)?;
+    if u64::try_from(held).unwrap_or(u64::MAX) >= max_spool {
+        return Err(Refusal::new(
+            "spool_full",
+            format!(
+                "the spool holds {held} entries (bound {max_spool}): nothing was consumed or run"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Appends `entry` to the spool, or refuses (`spool_full`, nothing written) if it holds
+/// `max_spool` entries.
+fn spool_one(tx: &rusqlite::Transaction<'_>, entry: &str, max_spool: u64) -> Result<(), Refusal> {
+    spool_room(tx, max_spool)?;
+    tx.prepare_cached("INSERT INTO spool (entry) VALUES ($1)")
+        .and_then(|mut q| q.execute(params![entry]))
+        .map_err(fail)?;
+    Ok(())
 }
 
 fn bundle_one(

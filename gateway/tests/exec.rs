@@ -1,7 +1,8 @@
 //! `writ-gate exec` end to end through the binary: a tool of the manifest runs once for a writ
 //! that names exactly that command, with the manifest's environment alone, after the decision is
-//! durable in the spool; a replayed writ, other arguments, a tool whose file changed or that others
-//! can write, an unknown tool and a spool that cannot be written run nothing.
+//! durable in the spool (the replay store); a replayed writ, other arguments, a tool whose file
+//! changed or that others can write, an unknown tool, a full spool and a store that cannot be
+//! written run nothing.
 #![allow(
     clippy::expect_used,
     clippy::unwrap_used,
@@ -23,7 +24,7 @@ use writ_attestation::writ::request::{Request, digest};
 const TOOL: &str = "#!/bin/sh\nprintf '%s\\n' \"$*\" >> \"$OUT\"\nprintf 'MARK=%s HOME=%s\\n' \"$MARK\" \"$HOME\" >> \"$OUT.env\"\n";
 
 /// The tool, its manifest and the gateway's configuration in `dir`.
-fn gateway(dir: &Path, spool: &str) {
+fn gateway(dir: &Path, replay_db: &str, extra: &str) {
     let bin = dir.join("bin");
     std::fs::create_dir(&bin).unwrap();
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -32,7 +33,7 @@ fn gateway(dir: &Path, spool: &str) {
     std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let config = format!(
-        "audience = \"{AUD}\"\nbundle = \"{d}/bundle.json\"\nreplay_db = \"{d}/replay.db\"\nspool = \"{spool}\"\n\n[tools.hello]\npath = \"{t}\"\nsha256 = \"{h}\"\ncwd = \"{d}\"\nenv = {{ OUT = \"{d}/out\", MARK = \"from-the-manifest\" }}\n",
+        "audience = \"{AUD}\"\nbundle = \"{d}/bundle.json\"\nreplay_db = \"{replay_db}\"\n{extra}\n[tools.hello]\npath = \"{t}\"\nsha256 = \"{h}\"\ncwd = \"{d}\"\nenv = {{ OUT = \"{d}/out\", MARK = \"from-the-manifest\" }}\n",
         d = dir.display(),
         t = tool.display(),
         h = hex::encode(Sha256::digest(TOOL.as_bytes())),
@@ -78,12 +79,23 @@ fn text(o: &Output) -> String {
     )
 }
 
+/// The spool's entries, as `writ-gate spool` prints them.
 fn journal(dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(dir.join("spool/journal.jsonl"))
-        .unwrap_or_default()
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_writ-gate"))
+        .current_dir(dir)
+        .args(["spool", "--config", "gate.toml"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8(out.stdout)
+        .unwrap()
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["entry"].clone())
         .collect()
+}
+
+fn standard(d: &Path) {
+    gateway(d, &d.join("replay.db").display().to_string(), "");
 }
 
 fn runs(dir: &Path) -> usize {
@@ -96,7 +108,7 @@ fn runs(dir: &Path) -> usize {
 fn a_tool_runs_once_for_its_writ_with_the_manifest_environment() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    gateway(d, &d.join("spool").display().to_string());
+    standard(d);
     let r = req(&["world"]);
     setup(d, &r, "EXEC", &format!("exec:{r}"), 1);
 
@@ -114,6 +126,8 @@ fn a_tool_runs_once_for_its_writ_with_the_manifest_environment() {
         (j[0]["kind"].as_str(), j[0]["decision"].as_str()),
         (Some("gate"), Some("allow"))
     );
+    assert_eq!(j[0]["writ"]["request"], r);
+    assert_eq!(j[0]["request"]["tool"], "hello");
     assert_eq!(
         (j[1]["kind"].as_str(), j[1]["exit"].as_i64()),
         (Some("outcome"), Some(0))
@@ -132,7 +146,7 @@ fn a_tool_runs_once_for_its_writ_with_the_manifest_environment() {
 fn nothing_runs_without_a_writ_for_exactly_this_tool_file_and_command() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    gateway(d, &d.join("spool").display().to_string());
+    standard(d);
     let r = req(&["world"]);
     setup(d, &r, "EXEC", &format!("exec:{r}"), 2);
     let refused = |args: &[&str], tool: &str, code: &str| {
@@ -187,7 +201,7 @@ fn nothing_runs_without_a_writ_for_exactly_this_tool_file_and_command() {
 fn a_configuration_with_relative_trust_paths_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    gateway(d, &d.join("spool").display().to_string());
+    standard(d);
     let config = std::fs::read_to_string(d.join("gate.toml"))
         .unwrap()
         .replace(
@@ -204,25 +218,60 @@ fn a_configuration_with_relative_trust_paths_is_refused() {
 }
 
 #[test]
-fn a_spool_that_cannot_be_written_runs_nothing() {
+fn a_store_that_cannot_be_written_runs_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    // Under a file: no folder can be made there, whoever runs the test.
+    // Under a file: no database can be made there, whoever runs the test.
     std::fs::write(d.join("not-a-folder"), b"").unwrap();
-    gateway(d, &d.join("not-a-folder/spool").display().to_string());
+    gateway(
+        d,
+        &d.join("not-a-folder/replay.db").display().to_string(),
+        "",
+    );
     let r = req(&["world"]);
     setup(d, &r, "EXEC", &format!("exec:{r}"), 3);
     let out = exec(d, "hello", &["world"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("spool"), "{}", text(&out));
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("not-a-folder"), "{}", text(&out));
     assert_eq!(runs(d), 0);
+}
+
+#[test]
+fn a_full_spool_runs_nothing_and_consumes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    gateway(
+        d,
+        &d.join("replay.db").display().to_string(),
+        "spool_max = 2\n",
+    );
+    let r = req(&["one"]);
+    setup(d, &r, "EXEC", &format!("exec:{r}"), 5);
+    let out = exec(d, "hello", &["one"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // The allow and its outcome: the spool is full.
+    assert_eq!(journal(d).len(), 2);
+    let r = req(&["two"]);
+    setup(d, &r, "EXEC", &format!("exec:{r}"), 6);
+    let out = exec(d, "hello", &["two"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("spool_full"), "{}", text(&out));
+    assert_eq!(runs(d), 1);
+    // Nothing was consumed: with room again, the same writ runs.
+    let config = std::fs::read_to_string(d.join("gate.toml"))
+        .unwrap()
+        .replace("spool_max = 2", "spool_max = 4");
+    std::fs::write(d.join("gate.toml"), config).unwrap();
+    let out = exec(d, "hello", &["two"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(runs(d), 2);
 }
 
 #[test]
 fn tools_prints_the_manifest_and_its_digest() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    gateway(d, &d.join("spool").display().to_string());
+    standard(d);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_writ-gate"))
         .current_dir(d)
         .args(["tools", "--config", "gate.toml"])

@@ -124,6 +124,11 @@ fn replayed() -> Refusal {
 }
 
 impl Checked {
+    /// The writ's claims (verified; nothing is authorized until it is consumed).
+    pub fn claims(&self) -> &WritClaims {
+        &self.claims
+    }
+
     /// Records single use (both keys or neither) and, if both were fresh, authorizes.
     pub fn consume(self, store: &dyn ReplayStore) -> Result<Authorized, Refusal> {
         if !store.consume(&self.keys, self.keep_until)? {
