@@ -54,6 +54,9 @@ pub struct GateConfig {
     /// The tools, by name.
     #[serde(default)]
     pub tools: BTreeMap<String, Tool>,
+    /// `writ-gate proxy`'s settings.
+    #[serde(default)]
+    pub proxy: Option<crate::proxy::ProxyConfig>,
 }
 
 fn default_spool_max() -> u64 {

@@ -4,12 +4,14 @@
 //! decision is durable in the spool), `writ-gate tools` (the manifest and its digest),
 //! `writ-gate verify` (an authorization decision: it consumes the writ) and `writ-gate inspect`
 //! (explains a writ without consuming it; never answers allow), `writ-gate bootstrap` and
-//! `writ-gate refresh` (the trust bundle, from the appliance pinned by its CA's fingerprint). Not
-//! built yet: `writ-gate proxy`, reporting the spool to `writ serve`.
+//! `writ-gate refresh` (the trust bundle, from the appliance pinned by its CA's fingerprint),
+//! `writ-gate proxy` (HTTP) and `writ-gate spool`. Not built yet: reporting the spool to
+//! `writ serve`.
 //! Exit codes: 0 allow, 1 deny, 2 error (also a refusal).
 #![forbid(unsafe_code)]
 
 mod exec;
+mod proxy;
 mod trust;
 
 use std::path::PathBuf;
@@ -69,6 +71,19 @@ enum Command {
         /// Keep refreshing on the bundle's hint.
         #[arg(long)]
         watch: bool,
+    },
+    /// An HTTP reverse proxy for a tool's API (the configuration's [proxy] section): a request is
+    /// forwarded only with a writ for exactly that request and its holder's DPoP proof.
+    Proxy {
+        /// The gateway's configuration (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Where to listen (default: the configuration's proxy.listen).
+        #[arg(long)]
+        listen: Option<String>,
+        /// The tool's API, http://host:port (default: the configuration's proxy.upstream).
+        #[arg(long)]
+        upstream: Option<String>,
     },
     /// Print the spool (decisions and outcomes) as JSON lines, oldest first.
     Spool {
@@ -532,6 +547,25 @@ fn main() -> ExitCode {
         Command::Exec(a) => run_exec(&a),
         Command::Tools { config } => tools(&config),
         Command::Spool { config, after } => print_spool(&config, after),
+        Command::Proxy {
+            config,
+            listen,
+            upstream,
+        } => {
+            let run = exec::GateConfig::load(&config).and_then(|c| {
+                let uid = own_uid()?;
+                c.check_trust_files(&config, uid)
+                    .map_err(|r| format!("{}: {}", r.code, r.detail))?;
+                proxy::run(c, listen, upstream)
+            });
+            match run {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("writ-gate proxy: error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Bootstrap {
             config,
             server,
