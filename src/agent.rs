@@ -40,6 +40,28 @@ pub enum AgentCommand {
     /// As the holder of a delegation writ, make the proof that lets another runtime's holder key
     /// (`--for`, its thumbprint from `writ agent status`) ask for one child writ under it.
     Consent(ConsentArgs),
+    /// Fetch a writ's inclusion bundle (its `issue` record under the latest checkpoint), for a
+    /// gateway that requires one; `--from-size` adds the consistency proof from the tree size
+    /// the gateway last saw (`writ-gate checkpoint`).
+    Inclusion(InclusionArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InclusionArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The writ (compact JWS).
+    #[arg(long)]
+    writ: PathBuf,
+    /// The tree size the gateway last saw.
+    #[arg(long)]
+    from_size: Option<u64>,
+    /// Where to write the bundle (JSON).
+    #[arg(long)]
+    out: PathBuf,
+    /// Also print it as the `Writ-Inclusion` header's value (base64url).
+    #[arg(long)]
+    header: bool,
 }
 
 #[derive(Debug, Args)]
@@ -332,6 +354,7 @@ pub fn run(cmd: AgentCommand) -> Result<(), Failure> {
         AgentCommand::Status(a) => Ok(status(&a.common.state)?),
         AgentCommand::Request(a) => request(&a),
         AgentCommand::Svid(a) => svid(&a),
+        AgentCommand::Inclusion(a) => inclusion(&a),
         AgentCommand::Proof(a) => {
             let writ = std::fs::read_to_string(&a.writ)
                 .map_err(|e| format!("{}: {e}", a.writ.display()))?;
@@ -593,6 +616,71 @@ fn client_of(state: &Path) -> Result<Client, String> {
         },
     )
     .map_err(|e| e.to_string())
+}
+
+/// `writ agent inclusion`: the writ's record located by its `jti`, then its inclusion bundle,
+/// waiting (up to 15 s) for a checkpoint to cover it.
+fn inclusion(a: &InclusionArgs) -> Result<(), Failure> {
+    let writ =
+        std::fs::read_to_string(&a.writ).map_err(|e| format!("{}: {e}", a.writ.display()))?;
+    let u = writ_attestation::writ::jws::parse(
+        writ.trim(),
+        "writ+jwt",
+        writ_attestation::writ::jws::HeaderShape::Kid,
+    )
+    .map_err(|e| format!("--writ: {}", e.detail))?;
+    let claims: Value =
+        serde_json::from_slice(u.unverified_payload()).map_err(|e| format!("--writ: {e}"))?;
+    let jti = claims
+        .get("jti")
+        .and_then(Value::as_str)
+        .filter(|j| {
+            j.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        .ok_or("--writ: no jti")?;
+    let client = client_of(&a.common.state)?;
+    let refused = |e: crate::client::ClientError| match e {
+        crate::client::ClientError::Refused { .. } => Failure::Refused(e.to_string()),
+        crate::client::ClientError::Transport(_) => Failure::Error(e.to_string()),
+    };
+    let located = client
+        .call("GET", &format!("/v1/log/writs/{jti}"), None, None)
+        .map_err(refused)?;
+    let index = located
+        .get("index")
+        .and_then(Value::as_u64)
+        .ok_or("the appliance did not locate the writ's record")?;
+    let mut path = format!("/v1/log/bundle?index={index}");
+    if let Some(f) = a.from_size {
+        path.push_str(&format!("&from_size={f}"));
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let bundle = loop {
+        match client.call("GET", &path, None, None) {
+            Ok(b) => break b,
+            Err(crate::client::ClientError::Refused { code, .. })
+                if code == "not_yet_checkpointed" && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(250));
+            }
+            Err(e) => return Err(refused(e)),
+        }
+    };
+    let text = bundle.to_string();
+    std::fs::write(&a.out, &text).map_err(|e| format!("{}: {e}", a.out.display()))?;
+    eprintln!(
+        "inclusion bundle of writ {jti}: record {index} under tree size {}",
+        bundle.get("tree_size").and_then(Value::as_u64).unwrap_or(0)
+    );
+    if a.header {
+        use base64::Engine as _;
+        println!(
+            "{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text.as_bytes())
+        );
+    }
+    Ok(())
 }
 
 /// The holder key thumbprint (`cnf.jkt`) a writ names, read without verifying it (only to

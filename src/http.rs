@@ -6,7 +6,7 @@
 //! | `GET /v1/log/records/{index}` | `{"index","leaf_hash","record"}` (record in base64) |
 //! | `GET /v1/log/proof/inclusion?index=I&tree_size=N` (or `hash=` leaf hash hex) | `{"index","tree_size","leaf_hash","proof":[hex]}` |
 //! | `GET /v1/log/proof/consistency?first=M&second=N` | `{"first","second","proof":[hex]}` |
-//! | `GET /v1/log/bundle?index=I` (or `hash=`) | the inclusion bundle of interfaces.md, against the latest checkpoint |
+//! | `GET /v1/log/bundle?index=I` (or `hash=`)[`&from_size=N`] | the inclusion bundle of interfaces.md, against the latest checkpoint; with `from_size`, plus `consistency` {from, proof} from that tree size |
 //! | `GET /v1/log/tile/...` | C2SP tlog-tiles hash tiles and entry bundles |
 //!
 //! Errors are `application/problem+json` with a stable `code`: out-of-range indices and sizes and
@@ -822,6 +822,9 @@ struct InclusionQuery {
     index: Option<u64>,
     hash: Option<String>,
     tree_size: Option<u64>,
+    /// For `/v1/log/bundle`: a tree size the relying party saw; the bundle then carries the
+    /// consistency proof from it.
+    from_size: Option<u64>,
 }
 
 /// Resolves `index=` or `hash=` to an index.
@@ -921,17 +924,40 @@ async fn bundle(
         ));
     }
     let size = cp.size;
+    if let Some(from) = q.from_size
+        && from > size
+    {
+        return Err(Problem::bad_request(
+            "out_of_range",
+            format!("from_size {from} is larger than the latest checkpoint's {size}"),
+        ));
+    }
     let l = Arc::clone(&log);
-    let (proof, record) =
-        blocking(move || Ok((l.inclusion_proof(index, size)?, l.record(index)?))).await?;
-    Ok(axum::Json(json!({
+    let from = q.from_size;
+    let (proof, record, consistency) = blocking(move || {
+        let consistency = match from {
+            Some(f) if f > 0 && f < size => Some(l.consistency_proof(f, size)?),
+            Some(_) => Some(Vec::new()),
+            None => None,
+        };
+        Ok((
+            l.inclusion_proof(index, size)?,
+            l.record(index)?,
+            consistency,
+        ))
+    })
+    .await?;
+    let mut body = json!({
         "record": STANDARD.encode(&record),
         "index": index,
         "tree_size": size,
         "proof": hexes(&proof),
         "checkpoint": cp.note,
-    }))
-    .into_response())
+    });
+    if let (Some(f), Some(c), Some(o)) = (from, consistency, body.as_object_mut()) {
+        o.insert("consistency".into(), json!({"from": f, "proof": hexes(&c)}));
+    }
+    Ok(axum::Json(body).into_response())
 }
 
 async fn tile(

@@ -34,6 +34,9 @@ pub struct GateConfig {
     /// The replay store shared by this audience's gateways on this host, which is also the
     /// spool (decisions and outcomes, durable before anything runs).
     pub replay_db: PathBuf,
+    /// Refuse a writ without its inclusion bundle (`inclusion_missing`).
+    #[serde(default)]
+    pub require_inclusion: bool,
     /// The most entries the spool holds; then every request is refused (`spool_full`).
     #[serde(default = "default_spool_max")]
     pub spool_max: u64,

@@ -1,4 +1,6 @@
-//! The gateway's library: the replay store behind `writ_attestation::writ::verify::ReplayStore`.
+//! The gateway's library: the replay store behind `writ_attestation::writ::verify::ReplayStore`
+//! (and the spool, and the last checkpoint seen), and log inclusion checks.
 #![forbid(unsafe_code)]
 
+pub mod inclusion;
 pub mod replay;

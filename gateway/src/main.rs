@@ -85,6 +85,13 @@ enum Command {
         #[arg(long)]
         upstream: Option<String>,
     },
+    /// Print the last checkpoint of the decision log this host's gateways saw (its size is what
+    /// an inclusion bundle's consistency proof must start from).
+    Checkpoint {
+        /// The gateway's configuration (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Print the spool (decisions and outcomes) as JSON lines, oldest first.
     Spool {
         /// The gateway's configuration (TOML).
@@ -132,6 +139,12 @@ struct VerifyArgs {
     /// The replay store shared by this audience's gateways on this host.
     #[arg(long)]
     replay_db: PathBuf,
+    /// The writ's inclusion bundle (GET /v1/log/bundle; `writ agent inclusion`).
+    #[arg(long)]
+    inclusion: Option<PathBuf>,
+    /// Refuse a writ without an inclusion bundle.
+    #[arg(long)]
+    require_inclusion: bool,
     /// Tolerated clock skew, seconds.
     #[arg(long, default_value_t = 30)]
     skew: i64,
@@ -169,6 +182,9 @@ struct ExecArgs {
     /// The DPoP proof (compact JWS) for this command.
     #[arg(long)]
     proof: Option<PathBuf>,
+    /// The writ's inclusion bundle (required when the configuration says require_inclusion).
+    #[arg(long)]
+    inclusion: Option<PathBuf>,
     /// The tool's name in the manifest.
     #[arg(long)]
     tool: String,
@@ -224,6 +240,8 @@ fn run_exec(a: &ExecArgs) -> ExitCode {
         replay_db: c.replay_db.clone(),
         skew: c.skew_s,
         max_bundle_age: c.max_bundle_age_s,
+        inclusion: a.inclusion.clone(),
+        require_inclusion: c.require_inclusion,
         format: Format::Text,
         tool: Some(a.tool.clone()),
         http: None,
@@ -451,6 +469,26 @@ fn decide(a: &VerifyArgs, spool: Option<u64>) -> Outcome {
     let observed = checked.and_then(|c| {
         let d = bundle_digest(&bundle_bytes)?;
         store.observe_bundle(&bundle.trust_domain, bundle.sequence, &d)?;
+        // The writ's issuance in the log, under a checkpoint consistent with the last seen.
+        match &a.inclusion {
+            Some(path) => {
+                let bytes = read(path, "--inclusion").map_err(|e| Refusal::new("inclusion", e))?;
+                let v = writ_gateway::inclusion::check_inclusion(
+                    default_provider(),
+                    &bytes,
+                    &bundle,
+                    &token,
+                )?;
+                store.observe_checkpoint(&v.checkpoint, v.consistency)?;
+            }
+            None if a.require_inclusion => {
+                return Err(Refusal::new(
+                    "inclusion_missing",
+                    "this gateway requires the writ's inclusion bundle (--inclusion)",
+                ));
+            }
+            None => {}
+        }
         Ok(c)
     });
     let consumed = observed.and_then(|c| match spool {
@@ -480,6 +518,33 @@ fn request_summary(r: &Request<'_>) -> Value {
     match r {
         Request::Exec { tool, argv } => json!({"type": "exec", "tool": tool, "argc": argv.len()}),
         Request::Http { method, url, .. } => json!({"type": "http", "method": method, "url": url}),
+    }
+}
+
+/// Prints the last checkpoint seen (`{"origin", "size", "root"}`, or `null`).
+fn print_checkpoint(config: &std::path::Path) -> ExitCode {
+    let seen = exec::GateConfig::load(config).and_then(|c| {
+        let b = read(&c.bundle, "the trust bundle")?;
+        let b = TrustBundle::parse(&b).map_err(|r| r.detail)?;
+        if !c.replay_db.exists() {
+            return Ok(Value::Null);
+        }
+        let seen =
+            SqliteReplay::checkpoint_seen(&c.replay_db, &b.log_origin).map_err(|r| r.detail)?;
+        Ok(seen.map_or(
+            Value::Null,
+            |(size, root)| json!({"origin": b.log_origin, "size": size, "root": hex::encode(root)}),
+        ))
+    });
+    match seen {
+        Ok(v) => {
+            println!("{v}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("writ-gate checkpoint: error: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 
@@ -547,6 +612,7 @@ fn main() -> ExitCode {
         Command::Exec(a) => run_exec(&a),
         Command::Tools { config } => tools(&config),
         Command::Spool { config, after } => print_spool(&config, after),
+        Command::Checkpoint { config } => print_checkpoint(&config),
         Command::Proxy {
             config,
             listen,

@@ -366,7 +366,25 @@ impl Proxy {
             }
         }
         self.nonce_header(h, now);
+        // Where the consistency proof must start: the last checkpoint this host saw.
+        if r.code == "inclusion_consistency"
+            && let Ok(Some((size, _))) =
+                SqliteReplay::checkpoint_seen(&self.gate.replay_db, &self.origin_of_log())
+            && let Ok(v) = HeaderValue::from_str(&size.to_string())
+        {
+            h.insert("writ-checkpoint-size", v);
+        }
         resp
+    }
+
+    /// The decision log's origin, from the trust bundle last loaded.
+    fn origin_of_log(&self) -> String {
+        self.bundle
+            .loaded
+            .lock()
+            .ok()
+            .and_then(|g| g.as_ref().map(|(_, b)| b.log_origin.clone()))
+            .unwrap_or_default()
     }
 
     fn nonce_header(&self, h: &mut HeaderMap, now: i64) {
@@ -407,6 +425,12 @@ impl Proxy {
             .ok_or_else(|| Refusal::new("writ_missing", "Authorization: DPoP <writ> is required"))?
             .to_string();
         let proof = one_header(&parts.headers, "dpop")?.map(str::to_string);
+        let inclusion = one_header(&parts.headers, "writ-inclusion")?
+            .map(|v| {
+                B64.decode(v.trim())
+                    .map_err(|_| Refusal::new("inclusion", "Writ-Inclusion is not base64url"))
+            })
+            .transpose()?;
         let content_type = one_header(&parts.headers, "content-type")?
             .unwrap_or("")
             .to_string();
@@ -491,6 +515,27 @@ impl Proxy {
                 }
             }
         }?;
+        // The writ's issuance in the log, under a checkpoint consistent with the last seen.
+        match &inclusion {
+            Some(bytes) => {
+                let v = writ_gateway::inclusion::check_inclusion(
+                    default_provider(),
+                    bytes,
+                    &bundle,
+                    &token,
+                )?;
+                self.store
+                    .observe_checkpoint_async(&v.checkpoint, v.consistency)
+                    .await?;
+            }
+            None if self.gate.require_inclusion => {
+                return Err(Refusal::new(
+                    "inclusion_missing",
+                    "this gateway requires the writ's inclusion bundle (Writ-Inclusion)",
+                ));
+            }
+            None => {}
+        }
         let (jti, sub) = (checked.claims().jti.clone(), checked.claims().sub.clone());
         let entry = json!({"kind": "gate", "time": now, "decision": "allow",
             "request": {"type": "http", "method": method, "url": url},

@@ -33,6 +33,9 @@ use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::thread::JoinHandle;
 
 use rusqlite::{Connection, OptionalExtension, params};
+use writ_attestation::log::audit::check_against_seen;
+use writ_attestation::log::merkle::Hash;
+use writ_attestation::log::note::Checkpoint;
 use writ_attestation::writ::Refusal;
 use writ_attestation::writ::verify::{AsyncReplayStore, ReplayKey, ReplayStore};
 
@@ -86,6 +89,11 @@ enum Job {
         sequence: u64,
         digest: String,
         reply: SyncSender<Result<(), Refusal>>,
+    },
+    Checkpoint {
+        checkpoint: Checkpoint,
+        consistency: Option<(u64, Vec<Hash>)>,
+        reply: Reply,
     },
 }
 
@@ -142,6 +150,8 @@ impl SqliteReplay {
              CREATE INDEX IF NOT EXISTS replay_expiry ON replay (keep_until);
              CREATE TABLE IF NOT EXISTS bundle_seen (
                  trust_domain TEXT PRIMARY KEY, sequence INTEGER NOT NULL, digest TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS checkpoint_seen (
+                 origin TEXT PRIMARY KEY, size INTEGER NOT NULL, root BLOB NOT NULL);
              CREATE TABLE IF NOT EXISTS spool (
                  seq INTEGER PRIMARY KEY AUTOINCREMENT, entry TEXT NOT NULL);",
         )
@@ -259,6 +269,66 @@ impl SqliteReplay {
             Ok((seq, v))
         })
         .collect()
+    }
+
+    /// Accepts a verified checkpoint of the decision log if it is consistent with the last one
+    /// seen on this host (see [`check_against_seen`]; `consistency` is the proof its inclusion
+    /// bundle carries) and remembers it if it is larger. Refusals: `inclusion_stale`,
+    /// `inclusion_consistency`, `inclusion_fork`.
+    pub fn observe_checkpoint(
+        &self,
+        checkpoint: &Checkpoint,
+        consistency: Option<(u64, Vec<Hash>)>,
+    ) -> Result<(), Refusal> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.submit(Job::Checkpoint {
+            checkpoint: checkpoint.clone(),
+            consistency,
+            reply: Reply::Thread(reply),
+        })?;
+        answer
+            .recv()
+            .map_err(|_| fail("the writer thread stopped"))?
+            .map(|_| ())
+    }
+
+    /// [`SqliteReplay::observe_checkpoint`] for callers on an async runtime.
+    pub async fn observe_checkpoint_async(
+        &self,
+        checkpoint: &Checkpoint,
+        consistency: Option<(u64, Vec<Hash>)>,
+    ) -> Result<(), Refusal> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.submit(Job::Checkpoint {
+            checkpoint: checkpoint.clone(),
+            consistency,
+            reply: Reply::Task(reply),
+        })?;
+        answer
+            .await
+            .map_err(|_| fail("the writer thread stopped"))?
+            .map(|_| ())
+    }
+
+    /// The last checkpoint seen of `origin` (size and root), read on a connection of its own.
+    pub fn checkpoint_seen(path: &Path, origin: &str) -> Result<Option<(u64, Hash)>, Refusal> {
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(fail)?;
+        let row: Option<(i64, Vec<u8>)> = conn
+            .query_row(
+                "SELECT size, root FROM checkpoint_seen WHERE origin = $1",
+                params![origin],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(fail)?;
+        row.map(|(size, root)| {
+            Ok((
+                u64::try_from(size).map_err(fail)?,
+                Hash::try_from(root.as_slice()).map_err(fail)?,
+            ))
+        })
+        .transpose()
     }
 
     /// Records that a trust bundle of `trust_domain` with `sequence` and `digest` is in use, or
@@ -416,9 +486,9 @@ impl Answer {
     /// The answer to a job that a failed batch never ran.
     fn refused(job: Job, e: &Refusal) -> Answer {
         match job {
-            Job::Consume { reply, .. } | Job::Record { reply, .. } => {
-                Answer::Consume(reply, Err(e.clone()))
-            }
+            Job::Consume { reply, .. }
+            | Job::Record { reply, .. }
+            | Job::Checkpoint { reply, .. } => Answer::Consume(reply, Err(e.clone())),
             Job::Purge { reply, .. } => Answer::Purge(reply, Err(e.clone())),
             Job::Bundle { reply, .. } => Answer::Bundle(reply, Err(e.clone())),
         }
@@ -477,6 +547,14 @@ fn commit(conn: &mut Connection, batch: Vec<Job>, max_spool: u64) {
             Job::Record { entry, reply } => {
                 Answer::Consume(reply, spool_one(&tx, &entry, u64::MAX).map(|()| true))
             }
+            Job::Checkpoint {
+                checkpoint,
+                consistency,
+                reply,
+            } => Answer::Consume(
+                reply,
+                checkpoint_one(&tx, &checkpoint, consistency.as_ref()).map(|()| true),
+            ),
             Job::Purge { now, reply } => Answer::Purge(reply, purge_before(&tx, now)),
             Job::Bundle {
                 trust_domain,
@@ -594,6 +672,44 @@ fn spool_one(tx: &rusqlite::Transaction<'_>, entry: &str, max_spool: u64) -> Res
     tx.prepare_cached("INSERT INTO spool (entry) VALUES ($1)")
         .and_then(|mut q| q.execute(params![entry]))
         .map_err(fail)?;
+    Ok(())
+}
+
+/// Checks `new` against the last checkpoint seen of its log, inside the write lock, and keeps it
+/// if it is larger.
+fn checkpoint_one(
+    tx: &rusqlite::Transaction<'_>,
+    new: &Checkpoint,
+    consistency: Option<&(u64, Vec<Hash>)>,
+) -> Result<(), Refusal> {
+    let row: Option<(i64, Vec<u8>)> = tx
+        .query_row(
+            "SELECT size, root FROM checkpoint_seen WHERE origin = $1",
+            params![new.origin],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(fail)?;
+    let seen = row
+        .map(|(size, root)| {
+            Ok::<_, Refusal>(Checkpoint {
+                origin: new.origin.clone(),
+                size: u64::try_from(size).map_err(fail)?,
+                root: Hash::try_from(root.as_slice()).map_err(fail)?,
+                extensions: Vec::new(),
+            })
+        })
+        .transpose()?;
+    check_against_seen(seen.as_ref(), new, consistency).map_err(crate::inclusion::seen_refusal)?;
+    if seen.as_ref().is_none_or(|s| new.size > s.size) {
+        let size = i64::try_from(new.size).map_err(fail)?;
+        tx.execute(
+            "INSERT INTO checkpoint_seen (origin, size, root) VALUES ($1, $2, $3)
+             ON CONFLICT (origin) DO UPDATE SET size = $2, root = $3",
+            params![new.origin, size, new.root.as_slice()],
+        )
+        .map_err(fail)?;
+    }
     Ok(())
 }
 

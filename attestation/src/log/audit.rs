@@ -65,6 +65,17 @@ struct BundleJson {
     tree_size: u64,
     proof: Vec<String>,
     checkpoint: String,
+    #[serde(default)]
+    consistency: Option<ConsistencyJson>,
+}
+
+/// An inclusion bundle's optional consistency proof, from the tree size a relying party last saw
+/// (it asked for it) to the bundle's.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConsistencyJson {
+    from: u64,
+    proof: Vec<String>,
 }
 
 /// A verified inclusion bundle.
@@ -76,6 +87,9 @@ pub struct VerifiedInclusion {
     pub index: u64,
     /// The checkpoint it is included in.
     pub checkpoint: Checkpoint,
+    /// The consistency proof it carries (from that tree size to the checkpoint's), if any:
+    /// checked only against a checkpoint seen before ([`check_against_seen`]).
+    pub consistency: Option<(u64, Vec<Hash>)>,
 }
 
 /// Verifies an inclusion bundle: the checkpoint is signed by `key` for `origin`, its size is the
@@ -103,11 +117,59 @@ pub fn verify_bundle(
         .map_err(|e| EvidenceError::Malformed(format!("inclusion bundle record: {e}")))?;
     let proof = parse_hashes(&b.proof)?;
     verify_inclusion(&leaf_hash(&record), b.index, cp.size, &proof, &cp.root)?;
+    let consistency = b
+        .consistency
+        .map(|c| Ok::<_, EvidenceError>((c.from, parse_hashes(&c.proof)?)))
+        .transpose()?;
     Ok(VerifiedInclusion {
         record,
         index: b.index,
         checkpoint: cp,
+        consistency,
     })
+}
+
+/// Why a verified checkpoint is not accepted after the one a relying party saw last.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SeenRefusal {
+    /// Older than the one seen: fetch a fresh bundle.
+    Older {
+        /// The size seen.
+        seen: u64,
+    },
+    /// Larger, without a consistency proof from the size seen.
+    NeedsProof {
+        /// The size seen: the proof must start there.
+        seen: u64,
+    },
+    /// Not an extension of the one seen: a fork or a rewritten log.
+    Inconsistent(String),
+}
+
+/// Checks a verified checkpoint `new` against the one seen last (`seen`, of the same log), given
+/// the consistency proof its bundle carries: the same size must have the same root, a larger
+/// tree must come with a proof from `seen`'s size, and a smaller one is refused (fetch again).
+pub fn check_against_seen(
+    seen: Option<&Checkpoint>,
+    new: &Checkpoint,
+    consistency: Option<&(u64, Vec<Hash>)>,
+) -> Result<(), SeenRefusal> {
+    let Some(seen) = seen else {
+        return Ok(());
+    };
+    if new.size < seen.size {
+        return Err(SeenRefusal::Older { seen: seen.size });
+    }
+    if new.size == seen.size {
+        return check_extension(seen, new, &[])
+            .map_err(|e| SeenRefusal::Inconsistent(e.to_string()));
+    }
+    match consistency {
+        Some((from, proof)) if *from == seen.size => {
+            check_extension(seen, new, proof).map_err(|e| SeenRefusal::Inconsistent(e.to_string()))
+        }
+        _ => Err(SeenRefusal::NeedsProof { seen: seen.size }),
+    }
 }
 
 /// Hex proof elements.
