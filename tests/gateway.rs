@@ -151,3 +151,275 @@ fn bootstrap_pins_the_ca_and_refresh_never_goes_back() {
     assert!(text(&out).contains("bundle_stale"), "{}", text(&out));
     assert!(!dir2.path().join("bundle.json").exists());
 }
+
+/// What the upstream received: request lines and bodies.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// An HTTP/1.1 upstream on loopback answering 201 "done" (Connection: close) and counting what
+/// it received (method, target, body).
+fn upstream() -> (String, Seen) {
+    use std::io::{BufRead, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = std::sync::Arc::clone(&seen);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let mut r = std::io::BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                continue;
+            }
+            let mut len = 0usize;
+            loop {
+                let mut h = String::new();
+                r.read_line(&mut h).unwrap();
+                if h.trim_end().is_empty() {
+                    break;
+                }
+                if let Some((n, v)) = h.split_once(':')
+                    && n.trim().eq_ignore_ascii_case("content-length")
+                {
+                    len = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0u8; len];
+            r.read_exact(&mut body).unwrap();
+            s.lock().unwrap().push((line.trim_end().to_string(), body));
+            let mut w = stream;
+            let _ = w.write_all(
+                b"HTTP/1.1 201 Created\r\nContent-Length: 4\r\nConnection: close\r\n\r\ndone",
+            );
+        }
+    });
+    (url, seen)
+}
+
+/// Sends a raw request to `addr`; the status, the headers (lower case) and the body.
+fn send(addr: &str, head: &str, body: &[u8]) -> (u16, String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(
+        format!(
+            "{head}\r\nHost: api.writ.test\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    s.write_all(body).unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+#[test]
+fn a_writ_issued_over_https_runs_once_through_exec_and_is_forwarded_once_through_the_proxy() {
+    use std::io::BufRead;
+    let s = Stack::tls();
+    let fp = s.server.as_ref().unwrap().fingerprint.clone().unwrap();
+    let aud = "spiffe://writ.test/gateway/tools";
+    // The example policy, for this trust domain's gateway, with HTTP requests allowed too.
+    let mut policy: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/policy/example.json"),
+        )
+        .unwrap()
+        .replace("spiffe://writ.dev/gateway/tools", aud),
+    )
+    .unwrap();
+    policy["policies"] = Value::from(policy["policies"].as_str().unwrap().replace(
+        "action == Action::\"exec\"",
+        "action in [Action::\"exec\", Action::\"http\"]",
+    ));
+    let pfile = s.dir.path().join("policy.json");
+    std::fs::write(&pfile, policy.to_string()).unwrap();
+    let out = s.admin(&["load-policy", pfile.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    let (a, log_file, state) = common::runtime::agent_enrolled(&s, "ci-1");
+    common::runtime::assign(&s, "ci-1", &common::runtime::profile_of(&a));
+    drop(a);
+    let st = state.to_str().unwrap().to_string();
+    let tcti = s.tpm.tcti();
+    let agent = |args: &[&str]| {
+        let mut all = vec!["agent", args[0], "--state", st.as_str()];
+        if args[0] != "inclusion" {
+            all.extend(["--tcti", tcti.as_str()]);
+        }
+        all.extend(&args[1..]);
+        s.writ(&all)
+    };
+    let out = agent(&["attest", "--event-log", log_file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // The gateway: bootstrapped from the appliance, inclusion required, a tool and a proxy.
+    let (up, seen) = upstream();
+    let gdir = tempfile::tempdir().unwrap();
+    let g = gdir.path();
+    std::fs::set_permissions(g, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let echo = std::fs::read("/usr/bin/echo").unwrap();
+    let conf = gate_config(
+        g,
+        &s.url(),
+        &format!(
+            "require_inclusion = true\n\n[tools.greet]\npath = \"/usr/bin/echo\"\nsha256 = \"{}\"\ncwd = \"{}\"\n\n\
+             [proxy]\nlisten = \"127.0.0.1:0\"\npublic_origin = \"https://api.writ.test\"\nupstream = \"{up}\"\n",
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&echo)),
+            g.display()
+        ),
+    );
+    let conf_s = conf.to_str().unwrap();
+    let out = gate(&["bootstrap", "--config", conf_s, "--fingerprint", &fp]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // exec: a writ for `greet hello`, its proof made in the TPM.
+    let w1 = g.join("w1.jws");
+    let w1_s = w1.to_str().unwrap();
+    let out = agent(&[
+        "request",
+        "--action",
+        "exec",
+        "--resource",
+        "tools/greet",
+        "--audience",
+        aud,
+        "--out",
+        w1_s,
+        "--tool",
+        "greet",
+        "--",
+        "hello",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = agent(&["proof", "--writ", w1_s, "--tool", "greet", "--", "hello"]);
+    assert!(out.status.success(), "{}", text(&out));
+    std::fs::write(g.join("p1.jws"), &out.stdout).unwrap();
+    let exec = |inclusion: Option<&str>| {
+        let mut c = common::gate();
+        c.args(["exec", "--config", conf_s, "--writ", w1_s, "--proof"])
+            .arg(g.join("p1.jws"));
+        if let Some(i) = inclusion {
+            c.args(["--inclusion", i]);
+        }
+        c.args(["--tool", "greet", "--", "hello"]).output().unwrap()
+    };
+    let out = exec(None);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("inclusion_missing"), "{}", text(&out));
+    let i1 = g.join("i1.json");
+    let out = agent(&["inclusion", "--writ", w1_s, "--out", i1.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = exec(Some(i1.to_str().unwrap()));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n");
+    let out = exec(Some(i1.to_str().unwrap()));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("replayed"), "{}", text(&out));
+
+    // proxy: a writ for POST https://api.writ.test/v1/pay with a body.
+    let mut proxy = common::gate()
+        .args(["proxy", "--config", conf_s])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(proxy.stdout.take().unwrap()).lines();
+    let addr = loop {
+        let l = lines.next().unwrap().unwrap();
+        if let Some(a) = l.strip_prefix("writ-gate proxy: listening on http://") {
+            break a.to_string();
+        }
+    };
+    let body = br#"{"amount":10}"#;
+    let bfile = g.join("body.json");
+    std::fs::write(&bfile, body).unwrap();
+    let w2 = g.join("w2.jws");
+    let w2_s = w2.to_str().unwrap();
+    let http = [
+        "--http",
+        "POST",
+        "--url",
+        "https://api.writ.test/v1/pay",
+        "--content-type",
+        "application/json",
+        "--body",
+        bfile.to_str().unwrap(),
+    ];
+    let mut args = vec![
+        "request",
+        "--action",
+        "http",
+        "--resource",
+        "api/pay",
+        "--audience",
+        aud,
+        "--out",
+        w2_s,
+    ];
+    args.extend(http);
+    let out = agent(&args);
+    assert!(out.status.success(), "{}", text(&out));
+    let mut args = vec!["proof", "--writ", w2_s];
+    args.extend(http);
+    let out = agent(&args);
+    assert!(out.status.success(), "{}", text(&out));
+    let proof = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let writ2 = std::fs::read_to_string(&w2).unwrap().trim().to_string();
+    let i2 = g.join("i2.json");
+    let inclusion = |from: Option<&str>| {
+        let mut args = vec![
+            "inclusion",
+            "--writ",
+            w2_s,
+            "--out",
+            i2.to_str().unwrap(),
+            "--header",
+        ];
+        if let Some(f) = from {
+            args.extend(["--from-size", f]);
+        }
+        let out = agent(&args);
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let call = |inc: &str| {
+        send(
+            &addr,
+            &format!(
+                "POST /v1/pay HTTP/1.1\r\nContent-Type: application/json\r\nAuthorization: DPoP {writ2}\r\nDPoP: {proof}\r\nWrit-Inclusion: {inc}"
+            ),
+            body,
+        )
+    };
+    // Against a newer checkpoint than the gateway saw, without the proof from it: refused, with
+    // the size to prove from.
+    let (status, head, answer) = call(&inclusion(None));
+    assert_eq!(status, 401, "{answer}");
+    assert!(answer.contains("inclusion_consistency"), "{answer}");
+    let size = head
+        .lines()
+        .find_map(|l| l.strip_prefix("writ-checkpoint-size:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let printed = gate(&["checkpoint", "--config", conf_s]);
+    let seen_cp: Value = serde_json::from_slice(&printed.stdout).unwrap();
+    assert_eq!(seen_cp["size"].to_string(), size);
+    assert!(seen.lock().unwrap().is_empty());
+    // With the consistency proof from it: forwarded, once.
+    let (status, _, answer) = call(&inclusion(Some(&size)));
+    assert_eq!((status, answer.as_str()), (201, "done"));
+    let (status, _, answer) = call(&inclusion(Some(&size)));
+    assert_eq!(status, 401, "{answer}");
+    {
+        let got = seen.lock().unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, "POST /v1/pay HTTP/1.1");
+        assert_eq!(got[0].1, body);
+    }
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+}
