@@ -16,7 +16,10 @@
     clippy::indexing_slicing
 )]
 
+mod fixture;
 mod machine;
+
+use fixture::{AUD, Key, now};
 
 use std::collections::HashSet;
 use std::hint::black_box;
@@ -27,13 +30,13 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use clap::Parser;
-use serde_json::json;
+
 use writ_attestation::crypto::{CryptoProvider, default_provider};
 use writ_attestation::jwk::EcJwk;
 use writ_attestation::writ::Refusal;
 use writ_attestation::writ::bundle::TrustBundle;
-use writ_attestation::writ::dpop::{self, ProofClaims};
-use writ_attestation::writ::jws::{self, Es256Signer, verify_es256};
+
+use writ_attestation::writ::jws::verify_es256;
 use writ_attestation::writ::request::{Request, digest, proof_target};
 use writ_attestation::writ::verify::{Context, ReplayKey, ReplayStore, check, verify};
 use writ_gateway::replay::SqliteReplay;
@@ -53,41 +56,6 @@ struct Args {
     inflight: Vec<usize>,
 }
 
-/// A software ES256 signer (aws-lc-rs, fixed-size r || s), so that making the inputs is quick.
-struct Key {
-    pair: aws_lc_rs::signature::EcdsaKeyPair,
-    jwk: EcJwk,
-}
-
-impl Key {
-    fn new(seed: u64) -> Key {
-        let mut d = [7u8; 32];
-        d[..8].copy_from_slice(&seed.to_be_bytes());
-        let sk = p256::ecdsa::SigningKey::from_slice(&d).unwrap();
-        let public = sk.verifying_key().to_sec1_point(false);
-        let pair = aws_lc_rs::signature::EcdsaKeyPair::from_private_key_and_public_key(
-            &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
-            &d,
-            public.as_bytes(),
-        )
-        .unwrap();
-        Key {
-            pair,
-            jwk: EcJwk::from_verifying_key(sk.verifying_key()),
-        }
-    }
-}
-
-impl Es256Signer for Key {
-    fn sign_es256(&self, m: &[u8]) -> Result<[u8; 64], Refusal> {
-        let rng = aws_lc_rs::rand::SystemRandom::new();
-        let s = self.pair.sign(&rng, m).unwrap();
-        Ok(s.as_ref().try_into().unwrap())
-    }
-}
-
-const AUD: &str = "spiffe://bench.test/gateway/g";
-
 struct Fixture {
     bundle: TrustBundle,
     req: String,
@@ -96,24 +64,7 @@ struct Fixture {
     issuer: EcJwk,
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
 fn fixture(t: i64) -> Fixture {
-    let issuer = Key::new(0).jwk;
-    let mut k = issuer.to_json(Some("issuer"));
-    k["kid"] = json!("issuer-1");
-    let policy = format!("sha256:{}", "c".repeat(64));
-    let bundle = json!({
-        "keys": [k], "spiffe_sequence": 1, "spiffe_refresh_hint": 300,
-        "writ": {"trust_domain": "bench.test", "issued_at": t - 10, "expires_at": t + 86_400,
-                 "policy_bundles": [policy],
-                 "log": {"origin": "bench.test/log", "verifier_key": "bench.test/log+00000000+AA"}}
-    });
     let argv = vec!["--env".to_string(), "prod".to_string()];
     let r = Request::Exec {
         tool: "deploy",
@@ -121,11 +72,11 @@ fn fixture(t: i64) -> Fixture {
     };
     let (htm, htu) = proof_target(&r).unwrap();
     Fixture {
-        bundle: TrustBundle::parse(bundle.to_string().as_bytes()).unwrap(),
+        bundle: TrustBundle::parse(fixture::bundle(t).to_string().as_bytes()).unwrap(),
         req: digest(&r).unwrap(),
         htm,
         htu,
-        issuer,
+        issuer: Key::new(0).jwk,
     }
 }
 
@@ -133,43 +84,14 @@ fn fixture(t: i64) -> Fixture {
 /// runtimes would make them; `from` keeps the `jti`s of successive calls apart.
 fn pairs(f: &Fixture, holders: &[Key], from: usize, n: usize) -> Vec<(String, String)> {
     let issuer = Key::new(0);
-    let policy = format!("sha256:{}", "c".repeat(64));
     let t = now();
+    let target = fixture::Target {
+        req: f.req.clone(),
+        htm: f.htm.clone(),
+        htu: f.htu.clone(),
+    };
     (from..from + n)
-        .map(|i| {
-            let holder = &holders[i % holders.len()];
-            let claims = json!({
-                "iss": "spiffe://bench.test/writ/appliance", "sub": "spiffe://bench.test/runtime/a",
-                "aud": AUD, "iat": t - 5, "nbf": t - 5, "exp": t + 3600,
-                "jti": B64.encode((i as u128).to_be_bytes()),
-                "cnf": {"jkt": holder.jwk.thumbprint()},
-                "att": {"status": "affirming", "ear": format!("sha256:{}", "a".repeat(64)),
-                        "evidence": format!("sha256:{}", "b".repeat(64)),
-                        "nonce": B64.encode([1u8; 32]), "policy": policy},
-                "lin": {"parent": null, "root": null, "depth": 0},
-                "act": {"name": "exec", "resource": "tools/deploy", "req": f.req},
-            });
-            let writ = jws::sign(
-                &json!({"alg":"ES256","typ":"writ+jwt","kid":"issuer-1"}),
-                &claims,
-                &issuer,
-            )
-            .unwrap();
-            let proof = dpop::create(
-                holder,
-                &holder.jwk,
-                &ProofClaims {
-                    jti: format!("p{i}"),
-                    iat: t,
-                    htm: f.htm.clone(),
-                    htu: f.htu.clone(),
-                    ath: dpop::ath(&writ),
-                    nonce: None,
-                },
-            )
-            .unwrap();
-            (writ, proof)
-        })
+        .map(|i| fixture::pair(&issuer, &holders[i % holders.len()], &target, i, t))
         .collect()
 }
 

@@ -285,3 +285,40 @@ fn tools_prints_the_manifest_and_its_digest() {
         hex::encode(Sha256::digest(TOOL.as_bytes()))
     );
 }
+
+#[test]
+fn a_second_configuration_on_the_command_line_is_refused() {
+    // The sudo rule of deploy/gateway pins --config; a caller appending another must not win.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    standard(d);
+    let r = req(&["world"]);
+    setup(d, &r, "EXEC", &format!("exec:{r}"), 7);
+    std::fs::write(d.join("other.toml"), "audience = \"x\"\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_writ-gate"))
+        .current_dir(d)
+        .args([
+            "exec",
+            "--config",
+            "gate.toml",
+            "--config",
+            "other.toml",
+            "--writ",
+            "writ.jws",
+            "--proof",
+            "proof.jws",
+            "--tool",
+            "hello",
+            "--",
+            "world",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("cannot be used multiple times"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(runs(d), 0);
+}
