@@ -222,8 +222,8 @@ fn a_writ_issued_over_https_runs_once_through_exec_and_is_forwarded_once_through
     let s = Stack::tls();
     let fp = s.server.as_ref().unwrap().fingerprint.clone().unwrap();
     let aud = "spiffe://writ.test/gateway/tools";
-    // The example policy, for this trust domain's gateway, with HTTP requests allowed too.
-    let mut policy: Value = serde_json::from_str(
+    // The example policy (commands and HTTP requests), for this trust domain's gateway.
+    let policy: Value = serde_json::from_str(
         &std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/policy/example.json"),
         )
@@ -231,10 +231,6 @@ fn a_writ_issued_over_https_runs_once_through_exec_and_is_forwarded_once_through
         .replace("spiffe://writ.dev/gateway/tools", aud),
     )
     .unwrap();
-    policy["policies"] = Value::from(policy["policies"].as_str().unwrap().replace(
-        "action == Action::\"exec\"",
-        "action in [Action::\"exec\", Action::\"http\"]",
-    ));
     let pfile = s.dir.path().join("policy.json");
     std::fs::write(&pfile, policy.to_string()).unwrap();
     let out = s.admin(&["load-policy", pfile.to_str().unwrap()]);

@@ -14,9 +14,11 @@
 # key certified by the AK; an EAR token signed by the 'ear' key in the HSM), and writ audit over
 # the log, each client pinning the CA by fingerprint; then a policy bundle, a writ for one exact
 # command (writ agent request) and its DPoP proof made in the TPM (writ agent proof), a delegation
-# writ and a writ under it, and the lineage read back from the log; writ-gate exec runs the tool
-# for the writ once and refuses it again. Not built yet (see README): the gateway's proxy.
-# When they land, this script grows into the full chain (issue 17).
+# writ and a writ under it, and the lineage read back from the log; a gateway bootstrapped from the
+# appliance (writ-gate bootstrap) that requires each writ's inclusion bundle: writ-gate exec runs
+# the tool for the writ once and refuses it again, and writ-gate proxy forwards one HTTP request
+# to a local API once. Not built yet (see README): the gateway's spool reported to the log, the
+# PCR-change refusal and writ agent run (issue 17).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -161,43 +163,91 @@ echo "writ: $WRIT_DEV_DIR/writ.jws (signed by the 'issuer' key in the token); it
 say "The gateway: writ-gate exec runs the tool for that writ, once, and nothing else"
 gate_dir="$WRIT_DEV_DIR/gate"
 rm -rf "$gate_dir"
-mkdir -p "$gate_dir"
+mkdir -p "$gate_dir/www"
 chmod 755 "$gate_dir"
+echo "hello from the tool's API" >"$gate_dir/www/index.html"
 # The manifest: the tool "build" is /usr/bin/echo here (so the demo runs nothing that matters).
 cat >"$gate_dir/gate.toml" <<GATE
 audience = "spiffe://writ.dev/gateway/tools"
 server = "$server"
 bundle = "$gate_dir/bundle.json"
 replay_db = "$gate_dir/replay.db"
+require_inclusion = true
 
 [tools.build]
 path = "/usr/bin/echo"
 sha256 = "$(sha256sum /usr/bin/echo | cut -d' ' -f1)"
 cwd = "$gate_dir"
 env = { PATH = "/usr/bin:/bin" }
+
+[proxy]
+listen = "127.0.0.1:0"
+public_origin = "https://tools.writ.dev"
+upstream = "UPSTREAM"
 GATE
 # The trust bundle, from the appliance pinned by its CA's fingerprint (and its SPIFFE ID).
 "$gate" bootstrap --config "$gate_dir/gate.toml" --fingerprint "$fingerprint"
 "$gate" tools --config "$gate_dir/gate.toml"
-"$gate" exec --config "$gate_dir/gate.toml" --writ "$WRIT_DEV_DIR/writ.jws" --proof "$WRIT_DEV_DIR/writ.proof" \
-  --tool build -- make all
+# The gateway requires the writ's issuance in the log, under a checkpoint consistent with the
+# last one it saw: the agent fetches the inclusion bundle with the proof from that size.
+from_size() { "$gate" checkpoint --config "$gate_dir/gate.toml" | python3 -c 'import json, sys
+v = json.load(sys.stdin); print("--from-size=%d" % v["size"] if v else "")'; }
 if "$gate" exec --config "$gate_dir/gate.toml" --writ "$WRIT_DEV_DIR/writ.jws" \
   --proof "$WRIT_DEV_DIR/writ.proof" --tool build -- make all; then
+  echo "the writ ran without its inclusion bundle" >&2; exit 1
+fi
+echo "(refused: this gateway requires the writ's inclusion bundle)"
+"$writ" agent inclusion --state "$WRIT_DEV_DIR/agent" --writ "$WRIT_DEV_DIR/writ.jws" $(from_size) \
+  --out "$WRIT_DEV_DIR/writ.inclusion"
+"$gate" exec --config "$gate_dir/gate.toml" --writ "$WRIT_DEV_DIR/writ.jws" --proof "$WRIT_DEV_DIR/writ.proof" \
+  --inclusion "$WRIT_DEV_DIR/writ.inclusion" --tool build -- make all
+if "$gate" exec --config "$gate_dir/gate.toml" --writ "$WRIT_DEV_DIR/writ.jws" \
+  --proof "$WRIT_DEV_DIR/writ.proof" --inclusion "$WRIT_DEV_DIR/writ.inclusion" --tool build -- make all; then
   echo "the same writ ran twice" >&2; exit 1
 fi
 echo "(refused: the writ is single use)"
 if "$gate" exec --config "$gate_dir/gate.toml" --writ "$WRIT_DEV_DIR/writ.jws" \
-  --proof "$WRIT_DEV_DIR/writ.proof" --tool build -- make clean; then
+  --proof "$WRIT_DEV_DIR/writ.proof" --inclusion "$WRIT_DEV_DIR/writ.inclusion" --tool build -- make clean; then
   echo "the writ ran other arguments" >&2; exit 1
 fi
 echo "(refused: the writ names make all, not make clean)"
 echo "the gateway's spool (in $gate_dir/replay.db): the decision, durable with the writ's single use, then the outcome"
 "$gate" spool --config "$gate_dir/gate.toml"
+
 if "$writ" agent request "${agent_tpm[@]}" --action exec --resource db/prod \
   --audience spiffe://writ.dev/gateway/tools --tool psql; then
   echo "policy allowed db/prod: the example policy forbids it" >&2; exit 1
 fi
 echo "(refused as the policy says: no-production-database)"
+say "The gateway as an HTTP proxy: writ-gate proxy forwards one request to the tool's API for its writ"
+python3 -u -m http.server 0 --bind 127.0.0.1 --directory "$gate_dir/www" >"$gate_dir/upstream.log" 2>&1 &
+upstream_pid=$!
+for _ in $(seq 100); do grep -q "port" "$gate_dir/upstream.log" && break; sleep 0.1; done
+upstream_port=$(sed -n 's/.*port \([0-9]*\).*/\1/p' "$gate_dir/upstream.log" | head -1)
+sed -i "s|UPSTREAM|http://127.0.0.1:$upstream_port|" "$gate_dir/gate.toml"
+"$gate" proxy --config "$gate_dir/gate.toml" >"$gate_dir/proxy.log" 2>&1 &
+proxy_pid=$!
+for _ in $(seq 100); do grep -q "listening on" "$gate_dir/proxy.log" && break; sleep 0.1; done
+proxy=$(sed -n 's/^writ-gate proxy: listening on //p' "$gate_dir/proxy.log")
+echo "the tool's API (python3 http.server) on 127.0.0.1:$upstream_port, behind writ-gate proxy at $proxy"
+http=(--http GET --url https://tools.writ.dev/index.html)
+"$writ" agent request "${agent_tpm[@]}" --action http --resource tools/api \
+  --audience spiffe://writ.dev/gateway/tools --out "$WRIT_DEV_DIR/http.jws" "${http[@]}"
+http_proof=$("$writ" agent proof "${agent_tpm[@]}" --writ "$WRIT_DEV_DIR/http.jws" "${http[@]}")
+http_inclusion=$("$writ" agent inclusion --state "$WRIT_DEV_DIR/agent" --writ "$WRIT_DEV_DIR/http.jws" \
+  $(from_size) --out "$WRIT_DEV_DIR/http.inclusion" --header)
+call_proxy() {
+  curl -sS -o "$gate_dir/answer" -w '%{http_code}' -H "Authorization: DPoP $(cat "$WRIT_DEV_DIR/http.jws")" \
+    -H "DPoP: $http_proof" -H "Writ-Inclusion: $http_inclusion" "$proxy/index.html"
+}
+status=$(call_proxy)
+echo "forwarded: HTTP $status: $(cat "$gate_dir/answer")"
+[ "$status" = 200 ] || { echo "the proxy did not forward the writ's request" >&2; exit 1; }
+status=$(call_proxy)
+echo "the same writ again: HTTP $status: $(cat "$gate_dir/answer")"
+[ "$status" = 401 ] || { echo "the proxy forwarded a writ twice" >&2; exit 1; }
+kill "$proxy_pid" "$upstream_pid" 2>/dev/null || true
+wait "$proxy_pid" "$upstream_pid" 2>/dev/null || true
 
 say "An X.509-SVID for the runtime: the holder key in the TPM, its SPIFFE ID alone, clientAuth only"
 "$writ" agent svid "${agent_tpm[@]}" --out "$WRIT_DEV_DIR/svid.pem"
@@ -257,6 +307,9 @@ the token; its CA certificate is $WRIT_DEV_DIR/ca.pem.
 Gateway checked: the tool's file against the manifest's hash and that nobody else can write it or its
 folders, the writ with the trust bundle the appliance serves (issuer key, audience, time, the exact command,
 the holder's proof made in the TPM), single use in its replay store, the decision durable in its spool
-before the tool ran.
-Not built yet: the gateway's HTTP proxy and bootstrap (see README).
+before the tool ran, and the writ's issuance in the log (its inclusion bundle, under a checkpoint signed by
+the log's key and consistent with the last one the gateway saw). The proxy checked the same for the HTTP
+request (method, URL, body) and forwarded it once. The gateway's trust bundle came from writ-gate bootstrap
+(the appliance pinned by its CA's fingerprint and SPIFFE ID); its state is in $gate_dir.
+Not built yet: reporting the gateway's spool to the appliance's log (see README).
 DONE
