@@ -91,12 +91,16 @@ enum AdminCommand {
         file: PathBuf,
     },
     /// Issue an admin's client certificate (spiffe://<td>/admin/<name>, clientAuth only,
-    /// signed by the appliance's ca key; logged): a P-256 key is made here and kept in
+    /// signed by the appliance's ca key; logged), or with --gateway a gateway's
+    /// (spiffe://<td>/gateway/<name>, for writ-gate report): a P-256 key is made here and kept in
     /// --key-out (0600); only its public key is sent.
     IssueCert {
-        /// The admin's name.
+        /// The admin's (or gateway's) name.
         #[arg(long)]
         name: String,
+        /// A gateway's certificate (any admin may issue one), not an admin's.
+        #[arg(long)]
+        gateway: bool,
         /// Where to write the new private key (PKCS#8 PEM, 0600, must not exist).
         #[arg(long)]
         key_out: PathBuf,
@@ -110,6 +114,11 @@ enum AdminCommand {
     /// Revoke an admin: none of its client certificates authenticates any more.
     RevokeAdmin {
         /// The admin's name.
+        name: String,
+    },
+    /// Revoke a gateway: none of its client certificates reports any more.
+    RevokeGateway {
+        /// The gateway's name.
         name: String,
     },
     /// Assign a loaded profile to a runtime: its attestations are appraised against it.
@@ -267,8 +276,17 @@ fn admin(a: Admin) -> Result<Value, (u8, String)> {
             }
             call("POST", &format!("/v1/admin/admins/{name}/revoke"), None)
         }
+        AdminCommand::RevokeGateway { name } => {
+            if !writ::appliance::valid_name(&name) {
+                return Err(err2(format!(
+                    "{name:?} is not a gateway name (1 to 64 of a-z 0-9 - _ .)"
+                )));
+            }
+            call("POST", &format!("/v1/admin/gateways/{name}/revoke"), None)
+        }
         AdminCommand::IssueCert {
             name,
+            gateway,
             key_out,
             cert_out,
             hours,
@@ -305,6 +323,7 @@ fn admin(a: Admin) -> Result<Value, (u8, String)> {
                     "name": name,
                     "public_key": base64::engine::general_purpose::STANDARD.encode(spki.as_bytes()),
                     "lifetime_s": hours.saturating_mul(3600),
+                    "role": if gateway { "gateway" } else { "admin" },
                 })),
             )?;
             let cert = v

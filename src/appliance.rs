@@ -40,6 +40,7 @@ use crate::store::{Op, StoreError, Value};
 
 mod attest;
 mod bundle;
+mod gateway;
 mod issue;
 mod svid;
 pub use attest::{
@@ -47,6 +48,7 @@ pub use attest::{
     NonceAnswer, NonceRequest, Signed, required_selection,
 };
 pub use bundle::{BUNDLE_LIFETIME_S, REFRESH_HINT_S};
+pub use gateway::{MAX_REPORT, ReportEntry, Role};
 pub use issue::{Issued, PROOF_SKEW, WritRequest, consent_nonce};
 pub use svid::{SvidIssued, SvidRequest};
 
@@ -917,10 +919,21 @@ impl Appliance {
     /// its identity (at most [`issue::MAX_REFUSALS_PER_MINUTE`] a minute per identity; beyond
     /// that, 429 unrecorded): a runtime's credential never administers.
     pub fn admin_by_certificate(&self, cert: &crate::http::ClientCert) -> Result<String, Problem> {
+        self.registered_client(cert, Role::Admin)
+    }
+
+    /// [`Appliance::admin_by_certificate`] for `role`: the certificate's one SPIFFE ID is of that
+    /// role and registered, not revoked; refusals `<role>_forbidden`, `<role>_revoked`, logged
+    /// (kind admin for admins, gate for gateways) under the identity presented.
+    pub(crate) fn registered_client(
+        &self,
+        cert: &crate::http::ClientCert,
+        role: Role,
+    ) -> Result<String, Problem> {
         let Some(id) = cert.spiffe_id.as_deref() else {
             return Err(Problem::new(
                 StatusCode::FORBIDDEN,
-                "admin_forbidden",
+                role.forbidden(),
                 "this client certificate names no single SPIFFE ID",
             ));
         };
@@ -938,7 +951,7 @@ impl Appliance {
             }
             self.deny(
                 Rec {
-                    kind: Kind::Admin,
+                    kind: role.kind(),
                     subject: id,
                     reason: Some(code),
                     digests: &[],
@@ -947,13 +960,24 @@ impl Appliance {
                 detail.to_string(),
             )
         };
-        let is_admin = id
-            .strip_prefix(&format!("spiffe://{}/admin/", self.config.trust_domain))
-            .is_some_and(|n| valid_name(n) && n != RESERVED_ADMIN);
-        if !is_admin {
+        let of_role = id
+            .strip_prefix(&format!(
+                "spiffe://{}/{}/",
+                self.config.trust_domain,
+                role.path()
+            ))
+            .is_some_and(|n| valid_name(n) && (role != Role::Admin || n != RESERVED_ADMIN));
+        if !of_role {
             return Err(refuse(
-                "admin_forbidden",
-                "this client certificate's SPIFFE ID is not an admin's: it cannot administer",
+                role.forbidden(),
+                match role {
+                    Role::Admin => {
+                        "this client certificate's SPIFFE ID is not an admin's: it cannot administer"
+                    }
+                    Role::Gateway => {
+                        "this client certificate's SPIFFE ID is not a gateway's: it cannot report"
+                    }
+                },
             ));
         }
         let rows = self.query(
@@ -966,8 +990,8 @@ impl Appliance {
         });
         if !registered {
             return Err(refuse(
-                "admin_revoked",
-                "this admin certificate is revoked, or was not issued by this appliance",
+                role.revoked(),
+                "this certificate is revoked, or was not issued by this appliance",
             ));
         }
         Ok(id.to_string())
@@ -985,7 +1009,20 @@ impl Appliance {
         spki_der: &[u8],
         lifetime_s: u64,
     ) -> Result<String, Problem> {
-        if admin != self.admin_id() {
+        self.issue_client_certificate(admin, Role::Admin, name, spki_der, lifetime_s)
+    }
+
+    /// [`Appliance::issue_admin_certificate`] for `role`: admins' certificates by the token admin
+    /// only; gateways' (`spiffe://<td>/gateway/<name>`) by any admin.
+    pub fn issue_client_certificate(
+        &self,
+        admin: &str,
+        role: Role,
+        name: &str,
+        spki_der: &[u8],
+        lifetime_s: u64,
+    ) -> Result<String, Problem> {
+        if role == Role::Admin && admin != self.admin_id() {
             return Err(self.admin_refused(
                 admin,
                 Problem::new(
@@ -1033,12 +1070,16 @@ impl Appliance {
         };
         let ca_der = x509_der(ca_pem)
             .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "ca_certificate", e))?;
-        let id = format!("spiffe://{}/admin/{name}", self.config.trust_domain);
+        let id = format!(
+            "spiffe://{}/{}/{name}",
+            self.config.trust_domain,
+            role.path()
+        );
         // What is checked above is all a request can get wrong: anything else is the ca key's.
         let der =
             crate::tls::client_certificate(ca, &ca_der, &id, spki_der, lifetime).map_err(|e| {
                 self.metrics.error("custody", "ca_signing");
-                tracing::error!("admin certificate: {e}");
+                tracing::error!("client certificate: {e}");
                 Problem::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "ca_signing",
@@ -1051,8 +1092,8 @@ impl Appliance {
         self.admin_record(
             admin,
             &[
-                ("admin_certificate", digest(&der)),
-                ("admin_id", digest(id.as_bytes())),
+                (role.certificate_digest(), digest(&der)),
+                (role.id_digest(), digest(id.as_bytes())),
             ],
             vec![Op {
                 sql:
@@ -1076,18 +1117,30 @@ impl Appliance {
     /// Revokes an admin: none of the certificates issued for `spiffe://<td>/admin/<name>`
     /// authenticates any more.
     pub fn revoke_admin(&self, admin: &str, name: &str) -> Result<(), Problem> {
+        self.revoke_client(admin, Role::Admin, name)
+    }
+
+    /// Revokes the certificates of `role`'s `name` (an admin's or a gateway's).
+    pub fn revoke_client(&self, admin: &str, role: Role, name: &str) -> Result<(), Problem> {
         if !valid_name(name) {
             return Err(self.admin_refused(admin, malformed(NAME_RULE)));
         }
-        let id = format!("spiffe://{}/admin/{name}", self.config.trust_domain);
+        let id = format!(
+            "spiffe://{}/{}/{name}",
+            self.config.trust_domain,
+            role.path()
+        );
         self.admin_record(
             admin,
-            &[("admin_revoked", digest(id.as_bytes()))],
+            &[(role.revoked(), digest(id.as_bytes()))],
             vec![Op {
                 sql: "UPDATE admin_certificates SET revoked_at = $2
                       WHERE spiffe_id = $1 AND revoked_at IS NULL",
                 params: vec![id.into(), now()?.into()],
-                must_affect: Some(("admin_unknown", "no certificate of this admin is in force")),
+                must_affect: Some((
+                    role.unknown(),
+                    "no certificate of this identity is in force",
+                )),
             }],
         )?;
         Ok(())

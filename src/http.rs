@@ -224,6 +224,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/admin/runtimes/{name}/revoke"),
     ("POST", "/v1/admin/certificates"),
     ("POST", "/v1/admin/admins/{name}/revoke"),
+    ("POST", "/v1/admin/gateways/{name}/revoke"),
+    ("POST", "/v1/gateway/reports"),
     ("GET", "/v1/log/checkpoint"),
     ("GET", "/v1/log/records/{index}"),
     ("GET", "/v1/log/proof/inclusion"),
@@ -252,8 +254,10 @@ pub const OPENAPI: &str = include_str!("../docs/openapi.json");
 /// | `POST /v1/admin/runtimes/{name}/rebaseline` | 204 |
 /// | `POST /v1/admin/policy` (a policy bundle) | its hash |
 /// | `POST /v1/writs` (`Authorization: DPoP <EAR>`, `DPoP: <proof>`) | an execution or delegation writ ([`crate::appliance::Issued`]) |
-/// | `POST /v1/admin/certificates` `{"name","public_key","lifetime_s"}` | an admin's client certificate (PEM) |
+/// | `POST /v1/admin/certificates` `{"name","public_key","lifetime_s"[,"role":"gateway"]}` | an admin's (or a gateway's) client certificate (PEM) |
 /// | `POST /v1/admin/admins/{name}/revoke` | 204: that admin's certificates no longer authenticate |
+/// | `POST /v1/admin/gateways/{name}/revoke` | 204: that gateway's certificates no longer authenticate |
+/// | `POST /v1/gateway/reports` `{"entries":[{"seq","entry"}]}` (a gateway's client certificate) | `{"acknowledged": seq}`: its spool entries recorded as `gate` / `outcome` records |
 /// | `POST /v1/svid` (`Authorization: DPoP <EAR>`) `{"csr"}` | an X.509-SVID for the holder key ([`crate::appliance::SvidIssued`]) |
 /// | `GET /v1/bundle` | the trust bundle (interfaces.md): keys by purpose, the CA, accepted policy bundles, the log's key |
 /// | `GET /v1/log/writs/{jti}` | `{"jti","leaf_hash","index"}`: the writ's `issue` record (for `writ audit lineage`) |
@@ -305,6 +309,11 @@ pub fn appliance_router_limited(app: Arc<Appliance>, limit: Arc<UnidentifiedLimi
         .route("/v1/admin/runtimes", get(admin_runtimes))
         .route("/v1/admin/runtimes/{name}/revoke", post(admin_revoke))
         .route("/v1/admin/certificates", post(admin_certificate))
+        .route(
+            "/v1/admin/gateways/{name}/revoke",
+            post(admin_revoke_gateway),
+        )
+        .route("/v1/gateway/reports", post(gateway_report))
         .route("/v1/admin/admins/{name}/revoke", post(admin_revoke_admin))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(Arc::clone(&app))
@@ -568,6 +577,9 @@ async fn issue_writ(
 #[serde(deny_unknown_fields)]
 struct CertificateRequest {
     name: String,
+    /// `admin` (default) or `gateway`.
+    #[serde(default)]
+    role: Option<String>,
     /// base64 of the DER SubjectPublicKeyInfo (P-256).
     public_key: String,
     #[serde(default = "default_admin_cert_lifetime")]
@@ -594,15 +606,49 @@ async fn admin_certificate(
         // The admin is identified: its malformed request is a record like its other refusals.
         Err(p) => return Err(work(move || Ok(app.admin_refused(&admin, p))).await?),
     };
+    let role = match req.role.as_deref() {
+        None | Some("admin") => crate::appliance::Role::Admin,
+        Some("gateway") => crate::appliance::Role::Gateway,
+        Some(_) => {
+            let p = Problem::bad_request("malformed", "role is admin or gateway");
+            return Err(work(move || Ok(app.admin_refused(&admin, p))).await?);
+        }
+    };
     let name = req.name.clone();
     let td = app.trust_domain().to_string();
     let pem =
-        work(move || app.issue_admin_certificate(&admin, &req.name, &spki, req.lifetime_s)).await?;
+        work(move || app.issue_client_certificate(&admin, role, &req.name, &spki, req.lifetime_s))
+            .await?;
     Ok(axum::Json(json!({
         "certificate": pem,
-        "spiffe_id": format!("spiffe://{td}/admin/{name}"),
+        "spiffe_id": format!("spiffe://{td}/{}/{name}", role.path()),
     }))
     .into_response())
+}
+
+async fn admin_revoke_gateway(
+    State(app): State<Arc<Appliance>>,
+    Admin(admin): Admin,
+    Path(name): Path<String>,
+) -> Result<Response, Problem> {
+    work(move || app.revoke_client(&admin, crate::appliance::Role::Gateway, &name)).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Report {
+    entries: Vec<crate::appliance::ReportEntry>,
+}
+
+async fn gateway_report(
+    State(app): State<Arc<Appliance>>,
+    Gateway(gateway): Gateway,
+    body: axum::body::Bytes,
+) -> Result<Response, Problem> {
+    let report = json_body::<Report>(&body)?;
+    let acked = work(move || app.report(&gateway, &report.entries)).await?;
+    Ok(axum::Json(json!({"acknowledged": acked})).into_response())
 }
 
 async fn admin_revoke_admin(
@@ -1033,6 +1079,33 @@ pub struct ClientCert {
 /// token ([`Appliance::admin`]); its SPIFFE ID.
 #[derive(Debug)]
 pub struct Admin(pub String);
+
+/// A gateway, by its client certificate (`spiffe://<td>/gateway/<name>`, registered, not
+/// revoked); anything else is refused (`gateway_forbidden`, `gateway_revoked`; 401 without a
+/// certificate).
+#[derive(Debug)]
+pub struct Gateway(pub String);
+
+impl axum::extract::FromRequestParts<Arc<Appliance>> for Gateway {
+    type Rejection = Problem;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        app: &Arc<Appliance>,
+    ) -> Result<Self, Self::Rejection> {
+        let Some(cert) = parts.extensions.get::<PeerId>().and_then(|p| p.0.clone()) else {
+            return Err(Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "gateway_unauthorized",
+                "a gateway's client certificate is required",
+            ));
+        };
+        let app = Arc::clone(app);
+        work(move || app.registered_client(&cert, crate::appliance::Role::Gateway))
+            .await
+            .map(Gateway)
+    }
+}
 
 impl axum::extract::FromRequestParts<Arc<Appliance>> for Admin {
     type Rejection = Problem;

@@ -252,18 +252,33 @@ fn a_writ_issued_over_https_runs_once_through_exec_and_is_forwarded_once_through
     let out = agent(&["attest", "--event-log", log_file.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
 
-    // The gateway: bootstrapped from the appliance, inclusion required, a tool and a proxy.
+    // The gateway: bootstrapped from the appliance, inclusion required, a tool and a proxy, and
+    // its client certificate (issued by an admin) for reporting its spool.
     let (up, seen) = upstream();
     let gdir = tempfile::tempdir().unwrap();
     let g = gdir.path();
+    let (gcert, gkey) = (g.join("gateway.pem"), g.join("gateway.key"));
+    let out = s.admin(&[
+        "issue-cert",
+        "--gateway",
+        "--name",
+        "tools-1",
+        "--key-out",
+        gkey.to_str().unwrap(),
+        "--cert-out",
+        gcert.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
     std::fs::set_permissions(g, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let echo = std::fs::read("/usr/bin/echo").unwrap();
     let conf = gate_config(
         g,
         &s.url(),
         &format!(
-            "require_inclusion = true\n\n[tools.greet]\npath = \"/usr/bin/echo\"\nsha256 = \"{}\"\ncwd = \"{}\"\n\n\
+            "require_inclusion = true\ncert = \"{}\"\nkey = \"{}\"\n\n[tools.greet]\npath = \"/usr/bin/echo\"\nsha256 = \"{}\"\ncwd = \"{}\"\n\n\
              [proxy]\nlisten = \"127.0.0.1:0\"\npublic_origin = \"https://api.writ.test\"\nupstream = \"{up}\"\n",
+            gcert.display(),
+            gkey.display(),
             hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&echo)),
             g.display()
         ),
@@ -418,4 +433,83 @@ fn a_writ_issued_over_https_runs_once_through_exec_and_is_forwarded_once_through
     }
     let _ = proxy.kill();
     let _ = proxy.wait();
+
+    // The spool reported: the two decisions and their outcomes become gate and outcome records
+    // under the gateway's identity, and leave the spool.
+    let out = gate(&["report", "--config", conf_s]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("reported 4 spool entries"),
+        "{}",
+        text(&out)
+    );
+    let me = "spiffe://writ.test/gateway/tools-1";
+    let records = s.records();
+    let mine: Vec<_> = records.iter().filter(|r| r.subject == me).collect();
+    let kinds: Vec<String> = mine
+        .iter()
+        .map(|r| format!("{:?} {:?}", r.kind, r.decision))
+        .collect();
+    assert_eq!(
+        kinds,
+        ["Gate Allow", "Outcome Allow", "Gate Allow", "Outcome Allow"],
+        "{mine:?}"
+    );
+    // Each gate record names the writ its issue record names.
+    let issued: Vec<&String> = records
+        .iter()
+        .filter(|r| format!("{:?}", r.kind) == "Issue")
+        .filter_map(|r| r.digests.get("writ"))
+        .collect();
+    for r in mine.iter().filter(|r| format!("{:?}", r.kind) == "Gate") {
+        assert!(issued.contains(&&r.digests["writ"]), "{r:?}");
+    }
+    let out = gate(&["spool", "--config", conf_s]);
+    assert!(out.stdout.is_empty(), "{}", text(&out));
+    // Nothing more to report; a revoked gateway reports nothing, and the refusal is logged.
+    let out = gate(&["report", "--config", conf_s]);
+    assert!(
+        text(&out).contains("reported 0 spool entries"),
+        "{}",
+        text(&out)
+    );
+    // A gateway's certificate never administers.
+    let url = s.url();
+    let out = s.writ(&[
+        "admin",
+        "--server",
+        &url,
+        "--fingerprint",
+        &fp,
+        "--cert",
+        gcert.to_str().unwrap(),
+        "--key",
+        gkey.to_str().unwrap(),
+        "runtimes",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("admin_forbidden"), "{}", text(&out));
+    let out = s.admin(&["revoke-gateway", "tools-1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = gate(&["report", "--config", conf_s]);
+    assert!(out.status.success(), "{}", text(&out));
+    // (the spool was empty: nothing was sent); an entry to send is refused.
+    let before = s.records().len();
+    let store = rusqlite::Connection::open(g.join("replay.db")).unwrap();
+    store
+        .execute(
+            "INSERT INTO spool (entry) VALUES ('{\"kind\":\"outcome\",\"jti\":\"x\",\"exit\":0}')",
+            [],
+        )
+        .unwrap();
+    let out = gate(&["report", "--config", conf_s]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("gateway_revoked"), "{}", text(&out));
+    let after = s.records();
+    assert_eq!(after.len(), before + 1);
+    let last = after.last().unwrap();
+    assert_eq!(
+        (last.subject.as_str(), last.reasons.as_slice()),
+        (me, ["gateway_revoked".to_string()].as_slice())
+    );
 }

@@ -57,6 +57,13 @@ pub struct GateConfig {
     /// The tools, by name.
     #[serde(default)]
     pub tools: BTreeMap<String, Tool>,
+    /// This gateway's client certificate (`spiffe://<td>/gateway/<name>`, from `writ admin
+    /// issue-cert --gateway`), for `writ-gate report`.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// Its private key (PKCS#8 PEM, readable by this gateway's user alone).
+    #[serde(default)]
+    pub key: Option<PathBuf>,
     /// `writ-gate proxy`'s settings.
     #[serde(default)]
     pub proxy: Option<crate::proxy::ProxyConfig>,

@@ -92,6 +92,17 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Report the spool to the appliance (its decisions and outcomes become gate and outcome
+    /// records in the log) over mutual TLS with this gateway's certificate; the entries
+    /// recorded leave the spool. With --watch, every few seconds, forever.
+    Report {
+        /// The gateway's configuration (TOML: server, cert, key).
+        #[arg(long)]
+        config: PathBuf,
+        /// Keep reporting.
+        #[arg(long)]
+        watch: bool,
+    },
     /// Print the spool (decisions and outcomes) as JSON lines, oldest first.
     Spool {
         /// The gateway's configuration (TOML).
@@ -497,7 +508,8 @@ fn decide(a: &VerifyArgs, spool: Option<u64>) -> Outcome {
             let w = c.claims();
             let entry = json!({"kind": "gate", "time": now, "decision": "allow",
                 "request": request_summary(&request),
-                "writ": {"jti": w.jti, "sub": w.sub, "aud": w.aud, "request": req}});
+                "writ": {"jti": w.jti, "sub": w.sub, "aud": w.aud, "request": req,
+                         "digest": writ_digest(&token)}});
             let recording = store.recording(&entry);
             c.consume(&recording)
         }
@@ -511,6 +523,12 @@ fn decide(a: &VerifyArgs, spool: Option<u64>) -> Outcome {
         })),
         Err(r) => Outcome::Deny(r),
     }
+}
+
+/// `sha256:` of a compact writ (its `issue` record's `digests.writ`).
+fn writ_digest(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    format!("sha256:{}", hex::encode(Sha256::digest(token.as_bytes())))
 }
 
 /// What a spooled decision says of its request (the digest says the rest).
@@ -613,6 +631,18 @@ fn main() -> ExitCode {
         Command::Tools { config } => tools(&config),
         Command::Spool { config, after } => print_spool(&config, after),
         Command::Checkpoint { config } => print_checkpoint(&config),
+        Command::Report { config, watch } => {
+            match exec::GateConfig::load(&config).and_then(|c| trust::report(&c, watch)) {
+                Ok(n) => {
+                    println!("reported {n} spool entries");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("writ-gate report: error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Proxy {
             config,
             listen,

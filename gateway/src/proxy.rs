@@ -539,7 +539,8 @@ impl Proxy {
         let (jti, sub) = (checked.claims().jti.clone(), checked.claims().sub.clone());
         let entry = json!({"kind": "gate", "time": now, "decision": "allow",
             "request": {"type": "http", "method": method, "url": url},
-            "writ": {"jti": jti, "sub": sub, "aud": checked.claims().aud, "request": req_digest}});
+            "writ": {"jti": jti, "sub": sub, "aud": checked.claims().aud, "request": req_digest,
+                     "digest": crate::writ_digest(&token)}});
         let recording = self.store.recording(&entry);
         checked.consume_async(&recording).await?;
         self.metrics.count("allow", "");

@@ -95,6 +95,10 @@ enum Job {
         consistency: Option<(u64, Vec<Hash>)>,
         reply: Reply,
     },
+    Acknowledge {
+        upto: i64,
+        reply: Reply,
+    },
 }
 
 /// A replay store in one SQLite file.
@@ -222,6 +226,15 @@ impl SqliteReplay {
             .recv()
             .map_err(|_| fail("the writer thread stopped"))?
             .map(|_| ())
+    }
+
+    /// Drops the spool's entries up to `upto` (the appliance recorded them).
+    pub fn acknowledge(&self, upto: i64) -> Result<(), Refusal> {
+        self.ask(|reply| Job::Acknowledge {
+            upto,
+            reply: Reply::Thread(reply),
+        })
+        .map(|_| ())
     }
 
     /// [`SqliteReplay::record`] for callers on an async runtime.
@@ -488,7 +501,8 @@ impl Answer {
         match job {
             Job::Consume { reply, .. }
             | Job::Record { reply, .. }
-            | Job::Checkpoint { reply, .. } => Answer::Consume(reply, Err(e.clone())),
+            | Job::Checkpoint { reply, .. }
+            | Job::Acknowledge { reply, .. } => Answer::Consume(reply, Err(e.clone())),
             Job::Purge { reply, .. } => Answer::Purge(reply, Err(e.clone())),
             Job::Bundle { reply, .. } => Answer::Bundle(reply, Err(e.clone())),
         }
@@ -547,6 +561,12 @@ fn commit(conn: &mut Connection, batch: Vec<Job>, max_spool: u64) {
             Job::Record { entry, reply } => {
                 Answer::Consume(reply, spool_one(&tx, &entry, u64::MAX).map(|()| true))
             }
+            Job::Acknowledge { upto, reply } => Answer::Consume(
+                reply,
+                tx.execute("DELETE FROM spool WHERE seq <= $1", params![upto])
+                    .map(|_| true)
+                    .map_err(fail),
+            ),
             Job::Checkpoint {
                 checkpoint,
                 consistency,

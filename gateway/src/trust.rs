@@ -156,3 +156,81 @@ pub fn refresh(config: &Path, c: &GateConfig, watch: bool) -> Result<TrustBundle
         std::thread::sleep(wait);
     }
 }
+
+/// Entries sent in one report (the appliance's bound).
+const REPORT_BATCH: u32 = 256;
+
+/// Reports the spool to the appliance until it is empty (once), or forever (`watch`, every 5 s);
+/// the number of entries the appliance recorded.
+pub fn report(c: &GateConfig, watch: bool) -> Result<u64, String> {
+    use std::os::unix::fs::MetadataExt;
+    let (Some(cert), Some(key)) = (&c.cert, &c.key) else {
+        return Err(
+            "the configuration names no cert and key (writ admin issue-cert --gateway)".into(),
+        );
+    };
+    let meta = std::fs::metadata(key).map_err(|e| format!("key {}: {e}", key.display()))?;
+    if meta.mode() & 0o077 != 0 {
+        return Err(format!(
+            "key {}: readable by others than its owner (chmod 600)",
+            key.display()
+        ));
+    }
+    let server = c
+        .server
+        .as_deref()
+        .ok_or("no appliance: set server in the configuration")?;
+    let client = Client::new(
+        server,
+        &Trust {
+            fingerprint: None,
+            ca_file: Some(c.ca_file()),
+            client_cert: Some((cert.clone(), key.clone())),
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let store = SqliteReplay::open_bounded(&c.replay_db, c.spool_max).map_err(|r| r.detail)?;
+    let mut reported = 0u64;
+    loop {
+        let batch =
+            SqliteReplay::spool_entries(&c.replay_db, 0, REPORT_BATCH).map_err(|r| r.detail)?;
+        let Some(last) = batch.last().map(|(seq, _)| *seq) else {
+            if !watch {
+                return Ok(reported);
+            }
+            std::thread::sleep(Duration::from_secs(5));
+            continue;
+        };
+        let entries: Vec<serde_json::Value> = batch
+            .iter()
+            .map(|(seq, entry)| serde_json::json!({"seq": seq, "entry": entry}))
+            .collect();
+        let answer = client.call(
+            "POST",
+            "/v1/gateway/reports",
+            Some(&serde_json::json!({"entries": entries})),
+            None,
+        );
+        let acked = match answer {
+            Ok(v) => v
+                .get("acknowledged")
+                .and_then(serde_json::Value::as_i64)
+                .ok_or("the appliance's answer names no acknowledged entry")?,
+            Err(e) if watch => {
+                eprintln!("writ-gate report: {e}");
+                std::thread::sleep(Duration::from_secs(5));
+                continue;
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        // Never more than was sent: an answer beyond it must not drop unreported entries.
+        let acked = acked.min(last);
+        store.acknowledge(acked).map_err(|r| r.detail)?;
+        reported += batch.iter().filter(|(seq, _)| *seq <= acked).count() as u64;
+        if acked < last {
+            return Err(format!(
+                "the appliance recorded the spool up to entry {acked} of {last}"
+            ));
+        }
+    }
+}

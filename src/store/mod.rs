@@ -443,6 +443,18 @@ const MIGRATIONS: &[(u32, &str)] = &[
         published_at {int} NOT NULL
     );",
     ),
+    (
+        8,
+        // Gateways' spool entries recorded (gate and outcome records), by the gateway's SPIFFE ID
+        // and the entry's sequence number in its spool: written with each record, so an entry
+        // sent again is never recorded twice. (Gateways' certificates are registered in
+        // admin_certificates, by serial, like admins'.)
+        "CREATE TABLE gateway_reports (
+        gateway TEXT NOT NULL,
+        seq {int} NOT NULL,
+        PRIMARY KEY (gateway, seq)
+    );",
+    ),
 ];
 
 fn migration_sql(sql: &str, int: &str, blob: &str) -> String {
