@@ -80,6 +80,8 @@ pub struct Target {
     pub htm: String,
     /// The proof's `htu`.
     pub htu: String,
+    /// The action (`exec` or `http`).
+    pub action: &'static str,
 }
 
 /// The `i`th (writ, proof) pair for `target`, held by `holder`, made at `t`: a distinct `jti`
@@ -94,7 +96,7 @@ pub fn pair(issuer: &Key, holder: &Key, target: &Target, i: usize, t: i64) -> (S
                 "evidence": format!("sha256:{}", "b".repeat(64)),
                 "nonce": B64.encode([1u8; 32]), "policy": policy()},
         "lin": {"parent": null, "root": null, "depth": 0},
-        "act": {"name": "exec", "resource": "tools/deploy", "req": target.req},
+        "act": {"name": target.action, "resource": "tools/deploy", "req": target.req},
     });
     let writ = jws::sign(
         &json!({"alg":"ES256","typ":"writ+jwt","kid":"issuer-1"}),

@@ -288,6 +288,7 @@ fn main() {
         req: digest(&r).unwrap(),
         htm,
         htu,
+        action: "exec",
     };
     let n_exec = ((direct_rate * a.seconds) as usize).max(100);
     let exec_work: Vec<(String, String)> = (0..n_exec)
@@ -354,6 +355,7 @@ fn main() {
         req: digest(&r).unwrap(),
         htm,
         htu,
+        action: "http",
     };
     // Enough pairs for 10,000 requests a second (made before the clock starts).
     let n_proxy = (10_000.0 * a.seconds * a.concurrency.len() as f64) as usize;

@@ -89,6 +89,7 @@ fn pairs(f: &Fixture, holders: &[Key], from: usize, n: usize) -> Vec<(String, St
         req: f.req.clone(),
         htm: f.htm.clone(),
         htu: f.htu.clone(),
+        action: "exec",
     };
     (from..from + n)
         .map(|i| fixture::pair(&issuer, &holders[i % holders.len()], &target, i, t))

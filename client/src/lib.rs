@@ -153,6 +153,8 @@ pub fn agent_for(
         return Ok(ureq::Agent::config_builder()
             .timeout_global(Some(TIMEOUT))
             .http_status_as_error(status_errors)
+            .proxy(None)
+            .max_redirects(0)
             .build()
             .new_agent());
     }

@@ -94,6 +94,10 @@ pub struct Tool {
     /// The folder it runs in.
     #[serde(default = "root")]
     pub cwd: PathBuf,
+    /// The resource policy knows this tool as (e.g. `tools/build`): a writ for it must name
+    /// it. Unset: any resource (the writ's request digest still names this tool).
+    #[serde(default)]
+    pub resource: Option<String>,
 }
 
 fn root() -> PathBuf {
@@ -186,6 +190,7 @@ impl GateConfig {
                         "sha256": t.sha256.to_ascii_lowercase(),
                         "env": t.env,
                         "cwd": t.cwd.display().to_string(),
+                        "resource": t.resource,
                     }),
                 )
             })

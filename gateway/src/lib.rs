@@ -2,5 +2,6 @@
 //! (and the spool, and the last checkpoint seen), and log inclusion checks.
 #![forbid(unsafe_code)]
 
+pub mod act;
 pub mod inclusion;
 pub mod replay;

@@ -156,6 +156,9 @@ struct VerifyArgs {
     /// Refuse a writ without an inclusion bundle.
     #[arg(long)]
     require_inclusion: bool,
+    /// The resource this gateway serves the request as: the writ must name it.
+    #[arg(long)]
+    resource: Option<String>,
     /// Tolerated clock skew, seconds.
     #[arg(long, default_value_t = 30)]
     skew: i64,
@@ -253,6 +256,7 @@ fn run_exec(a: &ExecArgs) -> ExitCode {
         max_bundle_age: c.max_bundle_age_s,
         inclusion: a.inclusion.clone(),
         require_inclusion: c.require_inclusion,
+        resource: tool.resource.clone(),
         format: Format::Text,
         tool: Some(a.tool.clone()),
         http: None,
@@ -477,7 +481,12 @@ fn decide(a: &VerifyArgs, spool: Option<u64>) -> Outcome {
     // Rollback, once the writ checked out under this bundle and before it is consumed: the
     // store remembers the highest sequence (and that bundle's digest) seen on this host. The mark
     // is as trustworthy as the bundle files given to writ-gate.
+    let action = match &request {
+        Request::Exec { .. } => "exec",
+        Request::Http { .. } => "http",
+    };
     let observed = checked.and_then(|c| {
+        writ_gateway::act::check_act(c.claims(), action, a.resource.as_deref())?;
         let d = bundle_digest(&bundle_bytes)?;
         store.observe_bundle(&bundle.trust_domain, bundle.sequence, &d)?;
         // The writ's issuance in the log, under a checkpoint consistent with the last seen.

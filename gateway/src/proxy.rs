@@ -82,6 +82,21 @@ pub struct ProxyConfig {
     /// Where to serve /livez, /readyz and /metrics (not on the proxied listener).
     #[serde(default)]
     pub metrics_listen: Option<String>,
+    /// The resources policy knows the API's paths as: a writ must name the resource of the
+    /// longest route covering its path (by whole segments), and a path no route covers is
+    /// refused. None: any resource (the request digest still names the exact request).
+    #[serde(default)]
+    pub routes: Vec<Route>,
+}
+
+/// A path prefix and the resource it is.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// `/v1/pay` (covers `/v1/pay` and below).
+    pub prefix: String,
+    /// `api/pay`.
+    pub resource: String,
 }
 
 fn default_max_body() -> usize {
@@ -122,11 +137,24 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
-/// Headers that would make the upstream run another method than the one verified.
-const METHOD_OVERRIDES: [&str; 3] = [
+/// Headers that would make the upstream run another method or path than the one verified.
+const OVERRIDES: [&str; 5] = [
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
+    "x-original-url",
+    "x-rewrite-url",
+];
+
+/// What a client might say about where the request came from or was addressed to: never passed
+/// on (an upstream that trusts its proxy would route or authorize by them).
+const FORWARDING: [&str; 6] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-prefix",
+    "x-real-ip",
 ];
 
 /// The upstream credentials: header lines, never printed.
@@ -179,9 +207,13 @@ impl Credentials {
                     i + 1
                 )
             })?;
-            if CREDENTIAL_HEADERS.contains(&name.as_str())
+            // Authorization may be set (the client's own is never passed on); the rest is the
+            // gateway's to say.
+            if (CREDENTIAL_HEADERS.contains(&name.as_str()) && name != hyper::header::AUTHORIZATION)
                 || HOP_BY_HOP.contains(&name.as_str())
+                || FORWARDING.contains(&name.as_str())
                 || name == hyper::header::HOST
+                || name == hyper::header::CONTENT_LENGTH
             {
                 return Err(format!(
                     "credentials {}: line {}: {name} cannot be set",
@@ -410,13 +442,23 @@ impl Proxy {
     ) -> Result<Response<Body>, Refusal> {
         let started = Instant::now();
         let (parts, body) = req.into_parts();
-        for h in METHOD_OVERRIDES {
+        for h in OVERRIDES {
             if parts.headers.contains_key(h) {
                 return Err(Refusal::new(
                     "method_override",
-                    format!("{h}: the method is the request line's, never a header's"),
+                    format!("{h}: the method and path are the request line's, never a header's"),
                 ));
             }
+        }
+        // The method as verified is the method forwarded: upper case only (`get` is another
+        // method to hyper and to the upstream, while the digest would name GET).
+        if parts
+            .method
+            .as_str()
+            .bytes()
+            .any(|b| b.is_ascii_lowercase())
+        {
+            return Err(Refusal::new("request", "the method must be upper case"));
         }
         let token = one_header(&parts.headers, "authorization")?
             .and_then(|v| v.strip_prefix("DPoP "))
@@ -536,9 +578,31 @@ impl Proxy {
             }
             None => {}
         }
+        // The action and, where routes are configured, the resource the path is.
+        let resource = if self.config.routes.is_empty() {
+            None
+        } else {
+            let routes: Vec<(String, String)> = self
+                .config
+                .routes
+                .iter()
+                .map(|r| (r.prefix.clone(), r.resource.clone()))
+                .collect();
+            Some(
+                writ_gateway::act::route(&routes, parts.uri.path())
+                    .ok_or_else(|| {
+                        Refusal::new("resource", "no route of this gateway serves this path")
+                    })?
+                    .to_string(),
+            )
+        };
+        writ_gateway::act::check_act(checked.claims(), "http", resource.as_deref())?;
         let (jti, sub) = (checked.claims().jti.clone(), checked.claims().sub.clone());
         let entry = json!({"kind": "gate", "time": now, "decision": "allow",
-            "request": {"type": "http", "method": method, "url": url},
+            "request": {"type": "http", "method": method,
+                        "url": format!("{}{}", self.origin, parts.uri.path()),
+                        "query": parts.uri.query().map(|q| format!("sha256:{}",
+                            hex::encode(Sha256::digest(q.as_bytes()))))},
             "writ": {"jti": jti, "sub": sub, "aud": checked.claims().aud, "request": req_digest,
                      "digest": crate::writ_digest(&token)}});
         let recording = self.store.recording(&entry);
@@ -560,7 +624,9 @@ impl Proxy {
             let n = name.as_str();
             if !CREDENTIAL_HEADERS.contains(&n)
                 && !HOP_BY_HOP.contains(&n)
+                && !FORWARDING.contains(&n)
                 && name != hyper::header::HOST
+                && name != hyper::header::CONTENT_LENGTH
             {
                 h.append(name.clone(), value.clone());
             }

@@ -37,6 +37,13 @@ fn appliance(
     let server = server
         .or(c.server.as_deref())
         .ok_or("no appliance: give --server or set server in the configuration")?;
+    // Over plain http nothing would be verified (not the fingerprint, not the appliance's ID):
+    // whoever answers on the port would choose the keys this gateway trusts.
+    if !server.starts_with("https://") {
+        return Err(format!(
+            "{server}: the appliance must be https:// (its CA pinned by fingerprint)"
+        ));
+    }
     let ca = c.ca_file();
     if fingerprint.is_none() && !ca.exists() {
         return Err(format!(

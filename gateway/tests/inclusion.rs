@@ -44,9 +44,18 @@ fn note_key(seed: u8) -> (p256::ecdsa::SigningKey, NoteVerifier) {
 }
 
 fn leaf(kind: &str, subject: &str, digests: Value) -> Vec<u8> {
+    leaf_decided(kind, subject, digests, "allow")
+}
+
+fn leaf_decided(kind: &str, subject: &str, digests: Value, decision: &str) -> Vec<u8> {
+    let reasons: Vec<&str> = if decision == "deny" {
+        vec!["policy"]
+    } else {
+        vec![]
+    };
     let r: DecisionRecord = serde_json::from_value(json!({
-        "v": 1, "kind": kind, "time": now(), "subject": subject, "decision": "allow",
-        "reasons": [], "digests": digests, "policy_bundle_hash": null, "parent": null}))
+        "v": 1, "kind": kind, "time": now(), "subject": subject, "decision": decision,
+        "reasons": reasons, "digests": digests, "policy_bundle_hash": null, "parent": null}))
     .unwrap();
     r.to_leaf().unwrap()
 }
@@ -234,6 +243,24 @@ fn inclusion_proofs_and_checkpoints_are_checked_before_anything_is_consumed() {
     // Another record (included, but not this writ's issuance).
     refused(&log.bundle(2, 5, None), "another record");
     refused(&log.bundle(4, 5, None), "another writ's record");
+    // Records that name this writ but are not its issuance: a gateway's gate record of it, and
+    // an issue denial carrying its digest.
+    {
+        let wd = json!({"writ": format!("sha256:{}", hex::encode(Sha256::digest(w1.as_bytes())))});
+        let others = Log {
+            leaves: vec![
+                leaf("gate", "spiffe://writ.test/gateway/g", wd.clone()),
+                leaf_decided("issue", "spiffe://writ.test/runtime/a", wd, "deny"),
+            ],
+            key: log.key.clone(),
+            verifier: verifier.clone(),
+        };
+        refused(&others.bundle(0, 2, None), "a gate record of this writ");
+        refused(
+            &others.bundle(1, 2, None),
+            "an issue denial naming this writ",
+        );
+    }
     // A checkpoint signed by another key.
     let (other_key, _) = note_key(43);
     let forged = Log {

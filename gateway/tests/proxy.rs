@@ -20,7 +20,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{bundle, jwk, key, now, writ};
+use common::{bundle, http_writ, jwk, key, now};
 use serde_json::Value;
 use writ_attestation::writ::dpop::{self, ProofClaims};
 use writ_attestation::writ::request::{Request, digest};
@@ -109,7 +109,11 @@ impl Drop for Gate {
 fn configure(dir: &Path, upstream: &str, extra: &str) {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let creds = dir.join("upstream.creds");
-    std::fs::write(&creds, "X-Api-Key: secret-upstream-key\n").unwrap();
+    std::fs::write(
+        &creds,
+        "X-Api-Key: secret-upstream-key\nAuthorization: Bearer upstream-token\n",
+    )
+    .unwrap();
     std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::write(
         dir.join("gate.toml"),
@@ -217,7 +221,7 @@ fn credentials(
     })
     .unwrap();
     let holder = key(9);
-    let w = writ(t, jti, &jwk(&holder).thumbprint(), &req);
+    let w = http_writ(t, jti, &jwk(&holder).thumbprint(), &req);
     let htu = url.split('?').next().unwrap().to_string();
     let proof = dpop::create(
         &holder,
@@ -305,7 +309,8 @@ fn a_request_is_forwarded_once_for_its_writ_and_every_refusal_forwards_nothing()
         assert_eq!(r.body, PAY);
         assert_eq!(r.headers["x-api-key"], "secret-upstream-key");
         assert_eq!(r.headers["writ-subject"], "spiffe://writ.test/runtime/a");
-        assert!(!r.headers.contains_key("authorization"), "{:?}", r.headers);
+        // The client's Authorization (the writ) never passes; the gateway's own does.
+        assert_eq!(r.headers["authorization"], "Bearer upstream-token");
         assert!(!r.headers.contains_key("dpop"), "{:?}", r.headers);
     }
     // The same writ and proof again: replayed.
@@ -468,7 +473,157 @@ fn a_request_is_forwarded_once_for_its_writ_and_every_refusal_forwards_nothing()
             ("outcome", Some(201))
         ]
     );
-    assert_eq!(s[0]["request"]["url"], format!("{ORIGIN}/v1/pay?x=1"));
+    // The spool keeps the URL without its query, and the query's digest (queries may hold
+    // secrets).
+    assert_eq!(s[0]["request"]["url"], format!("{ORIGIN}/v1/pay"));
+    assert!(
+        s[0]["request"]["query"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
+}
+
+#[test]
+fn what_is_forwarded_is_what_was_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (up, seen) = upstream();
+    configure(
+        d,
+        &up,
+        "\n[[proxy.routes]]\nprefix = \"/v1/pay\"\nresource = \"api/pay\"\n\n\
+         [[proxy.routes]]\nprefix = \"/v1/admin\"\nresource = \"api/admin\"\n",
+    );
+    let g = start(d);
+    let count = || seen.lock().unwrap().len();
+    // A lower-case method (another method to the upstream), URL overrides, two content types.
+    let (w, p) = credentials("GET", "/v1/pay", b"", 1, None);
+    let a = send(
+        &g.addr,
+        &format!(
+            "get /v1/pay HTTP/1.1\r\nContent-Type: application/json\r\nAuthorization: DPoP {w}\r\nDPoP: {p}"
+        ),
+        b"",
+    );
+    assert_eq!(a.status, 400, "{}", a.body);
+    for h in ["X-Original-URL: /v1/admin", "X-Rewrite-URL: /v1/admin"] {
+        let a = call(&g, "GET", "/v1/pay", b"", &w, &p, &format!("\r\n{h}"));
+        assert_eq!(
+            (a.status, a.code().as_str()),
+            (400, "method_override"),
+            "{h}"
+        );
+    }
+    let a = call(
+        &g,
+        "GET",
+        "/v1/pay",
+        b"",
+        &w,
+        &p,
+        "\r\nContent-Type: text/plain",
+    );
+    assert_eq!(
+        (a.status, a.code().as_str()),
+        (400, "duplicate_header"),
+        "{}",
+        a.body
+    );
+    assert_eq!(count(), 0);
+    // Forwarded: the gateway's credentials replace the client's Authorization, and what a
+    // client says about forwarding never passes.
+    let a = call(
+        &g,
+        "GET",
+        "/v1/pay",
+        b"",
+        &w,
+        &p,
+        "\r\nX-Forwarded-Host: admin.internal\r\nForwarded: for=1.2.3.4\r\nWrit-Subject: spiffe://writ.test/runtime/admin",
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    {
+        let r = &seen.lock().unwrap()[0];
+        assert_eq!(r.headers["authorization"], "Bearer upstream-token");
+        assert_eq!(r.headers["writ-subject"], "spiffe://writ.test/runtime/a");
+        assert!(
+            !r.headers.contains_key("x-forwarded-host"),
+            "{:?}",
+            r.headers
+        );
+        assert!(!r.headers.contains_key("forwarded"), "{:?}", r.headers);
+    }
+    // The writ's resource is api/pay: a request under /v1/admin, even with its digest, is
+    // refused; a path no route covers too.
+    let (w, p) = credentials("GET", "/v1/admin/users", b"", 2, None);
+    let a = call(&g, "GET", "/v1/admin/users", b"", &w, &p, "");
+    assert_eq!(
+        (a.status, a.code().as_str()),
+        (401, "resource"),
+        "{}",
+        a.body
+    );
+    let (w, p) = credentials("GET", "/v1/other", b"", 3, None);
+    let a = call(&g, "GET", "/v1/other", b"", &w, &p, "");
+    assert_eq!(
+        (a.status, a.code().as_str()),
+        (401, "resource"),
+        "{}",
+        a.body
+    );
+    // A writ for a command (action exec) carries no HTTP request.
+    let t = now();
+    let url = format!("{ORIGIN}/v1/pay");
+    let req = digest(&Request::Http {
+        method: "GET",
+        url: &url,
+        content_type: "application/json",
+        body: b"",
+    })
+    .unwrap();
+    let holder = key(9);
+    let w = common::writ(t, 4, &jwk(&holder).thumbprint(), &req);
+    let p = dpop::create(
+        &holder,
+        &jwk(&holder),
+        &ProofClaims {
+            jti: "exec-action".into(),
+            iat: t,
+            htm: "GET".into(),
+            htu: url.clone(),
+            ath: dpop::ath(&w),
+            nonce: None,
+        },
+    )
+    .unwrap();
+    let a = call(&g, "GET", "/v1/pay", b"", &w, &p, "");
+    assert_eq!((a.status, a.code().as_str()), (401, "action"), "{}", a.body);
+    assert_eq!(count(), 1);
+}
+
+#[test]
+fn a_gateway_that_requires_inclusion_refuses_a_writ_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (up, seen) = upstream();
+    configure(d, &up, "");
+    let conf = std::fs::read_to_string(d.join("gate.toml"))
+        .unwrap()
+        .replace("\n[proxy]", "require_inclusion = true\n\n[proxy]");
+    std::fs::write(d.join("gate.toml"), conf).unwrap();
+    let g = start(d);
+    let (w, p) = credentials("POST", "/v1/pay", PAY, 1, None);
+    let a = call(&g, "POST", "/v1/pay", PAY, &w, &p, "");
+    assert_eq!(
+        (a.status, a.code().as_str()),
+        (401, "inclusion_missing"),
+        "{}",
+        a.body
+    );
+    let a = call(&g, "POST", "/v1/pay", PAY, &w, &p, "\r\nWrit-Inclusion: !!");
+    assert_eq!(a.code(), "inclusion", "{}", a.body);
+    assert_eq!(seen.lock().unwrap().len(), 0);
 }
 
 #[test]

@@ -62,15 +62,26 @@ pub fn bundle(t: i64) -> Value {
     })
 }
 
-/// An execution writ for `req`, held by the key with thumbprint `jkt`, signed by `key(1)`.
+/// An execution writ for the command `req`, held by the key with thumbprint `jkt`, signed by
+/// `key(1)`.
 pub fn writ(t: i64, jti: u8, jkt: &str, req: &str) -> String {
+    writ_as(t, jti, jkt, req, "exec", "tools/deploy")
+}
+
+/// An execution writ for the HTTP request `req` (action `http`, resource `api/pay`).
+pub fn http_writ(t: i64, jti: u8, jkt: &str, req: &str) -> String {
+    writ_as(t, jti, jkt, req, "http", "api/pay")
+}
+
+/// An execution writ for `req` with action `name` on `resource`.
+pub fn writ_as(t: i64, jti: u8, jkt: &str, req: &str, name: &str, resource: &str) -> String {
     let claims = json!({
         "iss": ISS, "sub": "spiffe://writ.test/runtime/a", "aud": AUD,
         "iat": t - 5, "nbf": t - 5, "exp": t + 120, "jti": B64.encode([jti; 16]),
         "cnf": {"jkt": jkt},
         "att": {"status": "affirming", "ear": d('a'), "evidence": d('b'), "nonce": B64.encode([1u8; 32]), "policy": d('c')},
         "lin": {"parent": null, "root": null, "depth": 0},
-        "act": {"name": "exec", "resource": "tools/deploy", "req": req},
+        "act": {"name": name, "resource": resource, "req": req},
     });
     jws::sign(
         &json!({"alg":"ES256","typ":"writ+jwt","kid":ISSUER_KID}),
@@ -85,7 +96,11 @@ pub fn setup(dir: &Path, req: &str, htm: &str, htu: &str, jti: u8) {
     let t = now();
     std::fs::write(dir.join("bundle.json"), bundle(t).to_string()).unwrap();
     let holder = key(9);
-    let writ = writ(t, jti, &jwk(&holder).thumbprint(), req);
+    let writ = if htm == "EXEC" {
+        writ(t, jti, &jwk(&holder).thumbprint(), req)
+    } else {
+        http_writ(t, jti, &jwk(&holder).thumbprint(), req)
+    };
     std::fs::write(dir.join("writ.jws"), &writ).unwrap();
     let proof = dpop::create(
         &holder,
