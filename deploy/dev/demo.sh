@@ -17,7 +17,7 @@
 # writ and a writ under it, and the lineage read back from the log; a gateway bootstrapped from the
 # appliance (writ-gate bootstrap) that requires each writ's inclusion bundle: writ-gate exec runs
 # the tool for the writ once and refuses it again, and writ-gate proxy forwards one HTTP request
-# to a local API once. Not built yet (see README): the gateway's spool reported to the log, the
+# to a local API once; the gateway reports its spool into the log. Not built yet (see README): the
 # PCR-change refusal and writ agent run (issue 17).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -173,18 +173,28 @@ server = "$server"
 bundle = "$gate_dir/bundle.json"
 replay_db = "$gate_dir/replay.db"
 require_inclusion = true
+cert = "$gate_dir/gateway.pem"
+key = "$gate_dir/gateway.key"
 
 [tools.build]
 path = "/usr/bin/echo"
 sha256 = "$(sha256sum /usr/bin/echo | cut -d' ' -f1)"
 cwd = "$gate_dir"
 env = { PATH = "/usr/bin:/bin" }
+resource = "tools/build"
 
 [proxy]
 listen = "127.0.0.1:0"
 public_origin = "https://tools.writ.dev"
 upstream = "UPSTREAM"
+
+[[proxy.routes]]
+prefix = "/"
+resource = "tools/api"
 GATE
+# The gateway's client certificate, for reporting its spool to the log (any admin issues one).
+"${admin[@]}" issue-cert --gateway --name dev-gateway --key-out "$gate_dir/gateway.key" \
+  --cert-out "$gate_dir/gateway.pem" >/dev/null
 # The trust bundle, from the appliance pinned by its CA's fingerprint (and its SPIFFE ID).
 "$gate" bootstrap --config "$gate_dir/gate.toml" --fingerprint "$fingerprint"
 "$gate" tools --config "$gate_dir/gate.toml"
@@ -248,6 +258,8 @@ echo "the same writ again: HTTP $status: $(cat "$gate_dir/answer")"
 [ "$status" = 401 ] || { echo "the proxy forwarded a writ twice" >&2; exit 1; }
 kill "$proxy_pid" "$upstream_pid" 2>/dev/null || true
 wait "$proxy_pid" "$upstream_pid" 2>/dev/null || true
+echo "the gateway reports its spool: each decision and outcome becomes a gate or outcome record in the log"
+"$gate" report --config "$gate_dir/gate.toml"
 
 say "An X.509-SVID for the runtime: the holder key in the TPM, its SPIFFE ID alone, clientAuth only"
 "$writ" agent svid "${agent_tpm[@]}" --out "$WRIT_DEV_DIR/svid.pem"
@@ -311,5 +323,6 @@ before the tool ran, and the writ's issuance in the log (its inclusion bundle, u
 the log's key and consistent with the last one the gateway saw). The proxy checked the same for the HTTP
 request (method, URL, body) and forwarded it once. The gateway's trust bundle came from writ-gate bootstrap
 (the appliance pinned by its CA's fingerprint and SPIFFE ID); its state is in $gate_dir.
-Not built yet: reporting the gateway's spool to the appliance's log (see README).
+The gateway reported its spool over mutual TLS (its certificate spiffe://writ.dev/gateway/dev-gateway,
+issued by an admin): the gate and outcome records are in the log that writ audit checked.
 DONE
