@@ -671,7 +671,11 @@ fn consume_one(
 /// the oldest, so the span of sequence numbers is the count (one index lookup each way).
 fn spool_room(tx: &rusqlite::Transaction<'_>, max_spool: u64) -> Result<(), Refusal> {
     let held: i64 = tx
-        .prepare_cached("SELECT coalesce(max(seq) - min(seq) + 1, 0) FROM spool")
+        // Two subqueries: SQLite answers a lone min() or max() from the index, but scans the
+        // table for both in one.
+        .prepare_cached(
+            "SELECT coalesce((SELECT max(seq) FROM spool) - (SELECT min(seq) FROM spool) + 1, 0)",
+        )
         .and_then(|mut q| q.query_row([], |r| r.get(0)))
         .map_err(fail)?;
     if u64::try_from(held).unwrap_or(u64::MAX) >= max_spool {
