@@ -756,3 +756,45 @@ fn credentials_others_can_read_stop_the_proxy_and_metrics_count_decisions() {
     std::fs::remove_file(d.join("bundle.json")).unwrap();
     assert!(get("/readyz").starts_with("HTTP/1.1 503"));
 }
+
+#[test]
+fn a_stale_or_rolled_back_bundle_refuses_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (up, seen) = upstream();
+    configure(d, &up, "");
+    let g = start(d);
+    let mut b = bundle(now());
+    b["spiffe_sequence"] = serde_json::json!(5);
+    std::fs::write(d.join("bundle.json"), b.to_string()).unwrap();
+    let (w, p) = credentials("POST", "/v1/pay", PAY, 1, None);
+    // A lower sequence than one this host saw: refused.
+    let mut low = b.clone();
+    low["spiffe_sequence"] = serde_json::json!(4);
+    let (w0, p0) = credentials("POST", "/v1/pay", PAY, 2, None);
+    assert_eq!(call(&g, "POST", "/v1/pay", PAY, &w0, &p0, "").status, 201);
+    std::fs::write(d.join("bundle.json"), low.to_string()).unwrap();
+    let a = call(&g, "POST", "/v1/pay", PAY, &w, &p, "");
+    assert_eq!(
+        (a.status, a.code().as_str()),
+        (503, "bundle_rollback"),
+        "{}",
+        a.body
+    );
+    // Expired: refused.
+    let mut old = b.clone();
+    old["writ"]["issued_at"] = serde_json::json!(now() - 7200);
+    old["writ"]["expires_at"] = serde_json::json!(now() - 3600);
+    std::fs::write(d.join("bundle.json"), old.to_string()).unwrap();
+    let a = call(&g, "POST", "/v1/pay", PAY, &w, &p, "");
+    assert_eq!(
+        (a.status, a.code().as_str()),
+        (503, "bundle_stale"),
+        "{}",
+        a.body
+    );
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    // Back to the current bundle: the unspent writ goes through.
+    std::fs::write(d.join("bundle.json"), b.to_string()).unwrap();
+    assert_eq!(call(&g, "POST", "/v1/pay", PAY, &w, &p, "").status, 201);
+}
