@@ -17,8 +17,9 @@
 # writ and a writ under it, and the lineage read back from the log; a gateway bootstrapped from the
 # appliance (writ-gate bootstrap) that requires each writ's inclusion bundle: writ-gate exec runs
 # the tool for the writ once and refuses it again, and writ-gate proxy forwards one HTTP request
-# to a local API once; the gateway reports its spool into the log. Not built yet (see README): the
-# PCR-change refusal and writ agent run (issue 17).
+# to a local API once; the gateway reports its spool into the log; then PCR 7 is extended and the
+# runtime's next attestation is contraindicated, so no writ. Not built yet (see README): writ agent
+# run (issue 17).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -280,6 +281,21 @@ if "$writ" agent request "${agent_tpm[@]}" --parent "$WRIT_DEV_DIR/scope.jws" --
 fi
 echo "(refused: db/staging is outside the parent's scope)"
 
+say "A changed machine: PCR 7 is extended (as an unexpected boot component would be); the runtime attests again"
+tpm2_pcrextend "7:sha256=$(printf 'an unexpected component' | sha256sum | cut -d' ' -f1)"
+if "$writ" agent attest --state "$WRIT_DEV_DIR/agent" --tcti "$TPM2TOOLS_TCTI" --event-log "$boot_log"; then
+  echo "a changed PCR was affirmed" >&2; exit 1
+fi
+echo "(refused: the quoted PCR 7 no longer matches the boot's event log and the reference profile)"
+if "$writ" agent request "${agent_tpm[@]}" --action exec --resource tools/build \
+  --audience spiffe://writ.dev/gateway/tools --tool build -- make all; then
+  echo "a writ was issued to a changed machine" >&2; exit 1
+fi
+echo "(no writ: the runtime's current appraisal is not affirming)"
+# The swtpm restarts (a power cycle clears the PCRs) so that the next run boots it again.
+"$here/stack.sh" down >/dev/null 2>&1
+"$here/stack.sh" up >/dev/null 2>&1
+
 say "writ audit: every decision above is in the log, under a checkpoint signed in the HSM"
 sleep 2 # checkpoints are signed every second while the log grows
 "$writ" audit check --log "$server" --fingerprint "$fingerprint" --key "$vkey" \
@@ -325,4 +341,7 @@ request (method, URL, body) and forwarded it once. The gateway's trust bundle ca
 (the appliance pinned by its CA's fingerprint and SPIFFE ID); its state is in $gate_dir.
 The gateway reported its spool over mutual TLS (its certificate spiffe://writ.dev/gateway/dev-gateway,
 issued by an admin): the gate and outcome records are in the log that writ audit checked.
+A changed machine: after PCR 7 was extended, the quote no longer matched the event log or the reference
+profile: the appraisal was contraindicated (recorded as the runtime's state), and no writ followed. The
+swtpm was restarted afterwards (a power cycle clears its PCRs) so the next run boots it again.
 DONE

@@ -278,8 +278,11 @@ pub(crate) trait Backend: Send {
     fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Vec<Value>>, StoreError>;
 }
 
-/// The current schema version.
-pub const SCHEMA_VERSION: u32 = 7;
+/// The current schema version: the last migration's.
+pub const SCHEMA_VERSION: u32 = match MIGRATIONS.last() {
+    Some((v, _)) => *v,
+    None => 0,
+};
 
 /// Migrations, in order; `{int}` and `{blob}` are the engine's 64-bit integer and byte types.
 const MIGRATIONS: &[(u32, &str)] = &[
