@@ -44,6 +44,48 @@ pub enum AgentCommand {
     /// gateway that requires one; `--from-size` adds the consistency proof from the tree size
     /// the gateway last saw (`writ-gate checkpoint`).
     Inclusion(InclusionArgs),
+    /// One step for agent frameworks: attest if the last appraisal is missing, refused or about
+    /// to expire, ask for a writ for this exact command, make its proof in the TPM, fetch its
+    /// inclusion bundle (with the consistency proof from the gateway's last checkpoint), and
+    /// hand the command to `writ-gate exec` (through `sudo -u USER` with --sudo-user). The exit
+    /// code is writ-gate's (0 ran, 1 refused, 2 error), or 1/2 if no writ was issued.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The TPM (TCTI), else `TPM2TOOLS_TCTI`, `TCTI` or /dev/tpmrm0.
+    #[arg(long)]
+    tcti: Option<String>,
+    /// The firmware event log (default /sys/kernel/security/tpm0/binary_bios_measurements).
+    #[arg(long)]
+    event_log: Option<PathBuf>,
+    /// The gateway's audience.
+    #[arg(long)]
+    audience: String,
+    /// The resource the tool is, as policy knows it (e.g. tools/build).
+    #[arg(long)]
+    resource: String,
+    /// The gateway's configuration (as writ-gate reads it).
+    #[arg(long, default_value = "/etc/writ-gate/gate.toml")]
+    gate_config: PathBuf,
+    /// The writ-gate binary.
+    #[arg(long, default_value = "writ-gate")]
+    gate: PathBuf,
+    /// Run writ-gate as this user through `sudo -n -u USER` (the privilege boundary).
+    #[arg(long)]
+    sudo_user: Option<String>,
+    /// Attest again when the EAR expires within this many seconds.
+    #[arg(long, default_value_t = 30)]
+    fresh_for: i64,
+    /// The tool's name in the gateway's manifest.
+    #[arg(long)]
+    tool: String,
+    /// The command's arguments after the tool name.
+    #[arg(last = true)]
+    argv: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -161,6 +203,9 @@ pub struct RequestArgs {
     /// Write the writ to this file (0600) instead of standard output.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// The issuance summary on standard error (for `writ agent run`).
+    #[arg(skip)]
+    quiet: bool,
     #[command(flatten)]
     spec: RequestSpec,
 }
@@ -355,6 +400,7 @@ pub fn run(cmd: AgentCommand) -> Result<(), Failure> {
         AgentCommand::Request(a) => request(&a),
         AgentCommand::Svid(a) => svid(&a),
         AgentCommand::Inclusion(a) => inclusion(&a),
+        AgentCommand::Run(a) => run_command(&a),
         AgentCommand::Proof(a) => {
             let writ = std::fs::read_to_string(&a.writ)
                 .map_err(|e| format!("{}: {e}", a.writ.display()))?;
@@ -618,6 +664,152 @@ fn client_of(state: &Path) -> Result<Client, String> {
     .map_err(|e| e.to_string())
 }
 
+/// `writ agent run` (see [`AgentCommand::Run`]).
+fn run_command(a: &RunArgs) -> Result<(), Failure> {
+    let state = &a.common.state;
+    let gate = |args: &[&std::ffi::OsStr]| {
+        let mut c = match &a.sudo_user {
+            Some(u) => {
+                let mut c = std::process::Command::new("sudo");
+                c.args(["-n", "-u", u.as_str()]).arg(&a.gate);
+                c
+            }
+            None => std::process::Command::new(&a.gate),
+        };
+        c.args(args);
+        c
+    };
+    // 1. A current appraisal, or a new one.
+    let last = read_json(&state.join("last.json"), "").ok();
+    let fresh = last.as_ref().is_some_and(|l| {
+        l.get("ear").and_then(Value::as_str).is_some()
+            && l.get("expires_at").and_then(Value::as_i64).unwrap_or(0) > now_s() + a.fresh_for
+    });
+    if !fresh {
+        eprintln!("writ agent run: attesting (no current appraisal)");
+        attest(&Attest {
+            common: Common {
+                state: state.clone(),
+            },
+            tcti: a.tcti.clone(),
+            event_log: a.event_log.clone(),
+            every: None,
+        })?;
+    }
+    // 2. The writ, its proof, its inclusion bundle, in a private folder.
+    let dir = tempfile_dir(state)?;
+    let (writ, proof, included) = (
+        dir.join("writ.jws"),
+        dir.join("proof.jws"),
+        dir.join("inclusion.json"),
+    );
+    let spec = || RequestSpec {
+        tool: Some(a.tool.clone()),
+        http: None,
+        url: None,
+        content_type: String::new(),
+        body: None,
+        argv: a.argv.clone(),
+    };
+    request(&RequestArgs {
+        common: Common {
+            state: state.clone(),
+        },
+        tcti: a.tcti.clone(),
+        action: vec!["exec".into()],
+        resource: vec![a.resource.clone()],
+        audience: vec![a.audience.clone()],
+        scope: false,
+        max_depth: 1,
+        parent: None,
+        parent_proof: None,
+        lifetime: None,
+        dry_run: false,
+        out: Some(writ.clone()),
+        quiet: true,
+        spec: spec(),
+    })?;
+    let token = std::fs::read_to_string(&writ).map_err(|e| format!("{}: {e}", writ.display()))?;
+    let body = spec_body(&spec())?;
+    let spec_now = spec();
+    let req = spec_now.request(&body)?;
+    let (htm, htu) = writ_attestation::writ::request::proof_target(&req)
+        .map_err(|e| format!("the request: {}", e.detail))?;
+    let tpm = Attester::open(a.tcti.as_deref()).map_err(|e| format!("TPM: {e}"))?;
+    let p = holder_proof(&tpm, state, &htm, &htu, token.trim(), None)?;
+    drop(tpm);
+    writ::files::write_atomically(&proof, p.as_bytes(), 0o600, writ::files::Existing::Replace)
+        .map_err(Failure::Error)?;
+    // The gateway's last checkpoint: the consistency proof starts there.
+    let seen = gate(&[
+        "checkpoint".as_ref(),
+        "--config".as_ref(),
+        a.gate_config.as_os_str(),
+    ])
+    .output()
+    .map_err(|e| format!("{}: {e}", a.gate.display()))?;
+    let from_size = serde_json::from_slice::<Value>(&seen.stdout)
+        .ok()
+        .and_then(|v| v.get("size").and_then(Value::as_u64));
+    inclusion(&InclusionArgs {
+        common: Common {
+            state: state.clone(),
+        },
+        writ: writ.clone(),
+        from_size,
+        out: included.clone(),
+        header: false,
+    })?;
+    // Under another user, the gateway must read them (see tempfile_dir).
+    if a.sudo_user.is_some() {
+        use std::os::unix::fs::PermissionsExt;
+        for f in [&writ, &proof, &included] {
+            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644))
+                .map_err(|e| format!("{}: {e}", f.display()))?;
+        }
+    }
+    // 3. The gateway decides and runs (its exit code is ours).
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "exec".as_ref(),
+        "--config".as_ref(),
+        a.gate_config.as_os_str(),
+        "--writ".as_ref(),
+        writ.as_os_str(),
+        "--proof".as_ref(),
+        proof.as_os_str(),
+        "--inclusion".as_ref(),
+        included.as_os_str(),
+        "--tool".as_ref(),
+        a.tool.as_ref(),
+        "--".as_ref(),
+    ];
+    args.extend(a.argv.iter().map(std::ffi::OsStr::new));
+    let status = gate(&args)
+        .status()
+        .map_err(|e| format!("{}: {e}", a.gate.display()))?;
+    let _ = std::fs::remove_dir_all(&dir);
+    match status.code() {
+        Some(0) => Ok(()),
+        Some(1) => Err(Failure::Refused("the gateway refused the command".into())),
+        _ => Err(Failure::Error(format!("writ-gate exec: {status}"))),
+    }
+}
+
+/// A fresh folder (0755) under the state folder, for one run's files (0600, or 0644 when the
+/// gateway runs as another user and must read them: a writ is useless without the holder key in
+/// the TPM, and its proof is single use and bound to the exact command). Removed after the run.
+fn tempfile_dir(state: &Path) -> Result<PathBuf, String> {
+    use std::os::unix::fs::DirBuilderExt;
+    let mut r = [0u8; 8];
+    getrandom::fill(&mut r).map_err(|e| format!("random: {e}"))?;
+    let dir = state.join(format!("run-{}", hex::encode(r)));
+    std::fs::DirBuilder::new()
+        .mode(0o755)
+        .create(&dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
 /// `writ agent inclusion`: the writ's record located by its `jti`, then its inclusion bundle,
 /// waiting (up to 15 s) for a checkpoint to cover it.
 fn inclusion(a: &InclusionArgs) -> Result<(), Failure> {
@@ -834,7 +1026,12 @@ fn request(a: &RequestArgs) -> Result<(), Failure> {
                     o.insert("req".into(), d.clone());
                 }
             }
-            println!("{shown}");
+            // `writ agent run` keeps standard output for the tool's.
+            if a.quiet {
+                eprintln!("{shown}");
+            } else {
+                println!("{shown}");
+            }
         }
         None => println!("{writ}"),
     }

@@ -275,7 +275,7 @@ fn a_writ_issued_over_https_runs_once_through_exec_and_is_forwarded_once_through
         g,
         &s.url(),
         &format!(
-            "require_inclusion = true\ncert = \"{}\"\nkey = \"{}\"\n\n[tools.greet]\npath = \"/usr/bin/echo\"\nsha256 = \"{}\"\ncwd = \"{}\"\n\n\
+            "require_inclusion = true\ncert = \"{}\"\nkey = \"{}\"\n\n[tools.greet]\npath = \"/usr/bin/echo\"\nsha256 = \"{}\"\ncwd = \"{}\"\nresource = \"tools/greet\"\n\n\
              [proxy]\nlisten = \"127.0.0.1:0\"\npublic_origin = \"https://api.writ.test\"\nupstream = \"{up}\"\n",
             gcert.display(),
             gkey.display(),
@@ -330,6 +330,36 @@ fn a_writ_issued_over_https_runs_once_through_exec_and_is_forwarded_once_through
     let out = exec(Some(i1.to_str().unwrap()));
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("replayed"), "{}", text(&out));
+
+    // writ agent run: the writ, its proof and its inclusion bundle in one step, handed to the
+    // gateway; its exit code is the gateway's.
+    let gate_bin = common::gate_path();
+    let run = |resource: &str, arg: &str| {
+        agent(&[
+            "run",
+            "--audience",
+            aud,
+            "--resource",
+            resource,
+            "--gate-config",
+            conf_s,
+            "--gate",
+            gate_bin.to_str().unwrap(),
+            "--event-log",
+            log_file.to_str().unwrap(),
+            "--tool",
+            "greet",
+            "--",
+            arg,
+        ])
+    };
+    let out = run("tools/greet", "again");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "again\n");
+    // A writ for another resource than the manifest names for the tool: the gateway refuses.
+    let out = run("tools/other", "elsewhere");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("resource"), "{}", text(&out));
 
     // proxy: a writ for POST https://api.writ.test/v1/pay with a body.
     let mut proxy = common::gate()
@@ -434,12 +464,12 @@ fn a_writ_issued_over_https_runs_once_through_exec_and_is_forwarded_once_through
     let _ = proxy.kill();
     let _ = proxy.wait();
 
-    // The spool reported: the two decisions and their outcomes become gate and outcome records
+    // The spool reported: the three decisions and their outcomes become gate and outcome records
     // under the gateway's identity, and leave the spool.
     let out = gate(&["report", "--config", conf_s]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
-        text(&out).contains("reported 4 spool entries"),
+        text(&out).contains("reported 6 spool entries"),
         "{}",
         text(&out)
     );
@@ -452,7 +482,14 @@ fn a_writ_issued_over_https_runs_once_through_exec_and_is_forwarded_once_through
         .collect();
     assert_eq!(
         kinds,
-        ["Gate Allow", "Outcome Allow", "Gate Allow", "Outcome Allow"],
+        [
+            "Gate Allow",
+            "Outcome Allow",
+            "Gate Allow",
+            "Outcome Allow",
+            "Gate Allow",
+            "Outcome Allow"
+        ],
         "{mine:?}"
     );
     // Each gate record names the writ its issue record names.

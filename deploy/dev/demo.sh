@@ -18,8 +18,8 @@
 # appliance (writ-gate bootstrap) that requires each writ's inclusion bundle: writ-gate exec runs
 # the tool for the writ once and refuses it again, and writ-gate proxy forwards one HTTP request
 # to a local API once; the gateway reports its spool into the log; then PCR 7 is extended and the
-# runtime's next attestation is contraindicated, so no writ. Not built yet (see README): writ agent
-# run (issue 17).
+# runtime's next attestation is contraindicated, so no writ. writ agent run does a writ's whole
+# round (attest if stale, request, proof, inclusion, writ-gate exec) in one step.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -224,6 +224,10 @@ fi
 echo "(refused: the writ names make all, not make clean)"
 echo "the gateway's spool (in $gate_dir/replay.db): the decision, durable with the writ's single use, then the outcome"
 "$gate" spool --config "$gate_dir/gate.toml"
+echo "writ agent run: the same in one step for agent frameworks (attest if the appraisal is stale, the writ,"
+echo "its proof in the TPM, its inclusion bundle, then writ-gate exec; the exit code is the gateway's)"
+"$writ" agent run "${agent_tpm[@]}" --event-log "$boot_log" --audience spiffe://writ.dev/gateway/tools \
+  --resource tools/build --gate-config "$gate_dir/gate.toml" --gate "$gate" --tool build -- make test
 
 if "$writ" agent request "${agent_tpm[@]}" --action exec --resource db/prod \
   --audience spiffe://writ.dev/gateway/tools --tool psql; then

@@ -111,6 +111,11 @@ pub fn agent() -> ureq::Agent {
 
 /// The `writ-gate` binary of this build (another package's: built here if it is missing).
 pub fn gate() -> Command {
+    Command::new(gate_path())
+}
+
+/// The path of [`gate`]'s binary.
+pub fn gate_path() -> std::path::PathBuf {
     let dir = std::env::current_exe()
         .unwrap()
         .parent()
@@ -126,5 +131,5 @@ pub fn gate() -> Command {
             .unwrap();
         assert!(built.success(), "cargo build -p writ-gateway");
     }
-    Command::new(bin)
+    bin
 }
