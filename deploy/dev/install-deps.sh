@@ -11,7 +11,7 @@ fi
 # JWT implementation the interop tests check writs and DPoP proofs against. openssl: the
 # independent X.509 validator of the TLS tests.
 packages=(build-essential swtpm swtpm-tools tpm2-tools libtss2-dev softhsm2 opensc pkg-config postgresql postgresql-client
-  python3 python3-jwt python3-cryptography openssl curl)
+  python3 python3-jwt python3-cryptography openssl curl faketime)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -378,6 +378,22 @@ fn now() -> i64 {
         .unwrap_or(0)
 }
 
+/// The system clock, seconds since the Unix epoch, if it can be read and is after 1970 (every
+/// decision refuses without it: `clock`).
+fn clock() -> Result<i64, Refusal> {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_secs()).ok())
+        .filter(|t| *t > 0)
+        .ok_or_else(|| {
+            Refusal::new(
+                "clock",
+                "the system clock is unavailable or before 1970: nothing can be decided",
+            )
+        })
+}
+
 /// The digest of a trust bundle's version (its RFC 8785 form without what the appliance changes
 /// within one version: the validity window, and the previous policy bundle hash it drops when
 /// its deadline passes), so that neither reformatting the file nor fetching the same version
@@ -419,7 +435,10 @@ fn decide(a: &VerifyArgs, spool: Option<u64>) -> Outcome {
         Ok(b) => b,
         Err(r) => return Outcome::Deny(r),
     };
-    let now = now();
+    let now = match clock() {
+        Ok(t) => t,
+        Err(r) => return Outcome::Deny(r),
+    };
     let store = match SqliteReplay::open_bounded(
         &a.replay_db,
         spool.unwrap_or(writ_gateway::replay::MAX_SPOOL),

@@ -363,7 +363,7 @@ fn status_of(code: &str) -> StatusCode {
         "method_override" | "request" | "duplicate_header" => StatusCode::BAD_REQUEST,
         "body_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
         "body_timeout" => StatusCode::REQUEST_TIMEOUT,
-        "replay_store" | "spool_full" | "bundle" | "bundle_stale" | "bundle_rollback" => {
+        "replay_store" | "spool_full" | "bundle" | "bundle_stale" | "bundle_rollback" | "clock" => {
             StatusCode::SERVICE_UNAVAILABLE
         }
         "upstream" => StatusCode::BAD_GATEWAY,
@@ -429,6 +429,9 @@ impl Proxy {
 
     async fn handle(self: Arc<Self>, req: HttpRequest<Incoming>) -> Response<Body> {
         let now = crate::now();
+        if let Err(r) = crate::clock() {
+            return self.problem(&r, now);
+        }
         match self.decide_and_forward(req, now).await {
             Ok(r) => r,
             Err(r) => self.problem(&r, now),

@@ -322,3 +322,50 @@ fn a_second_configuration_on_the_command_line_is_refused() {
     );
     assert_eq!(runs(d), 0);
 }
+
+#[test]
+fn without_a_clock_nothing_runs() {
+    // libfaketime puts the clock before 1970, as a machine whose RTC was lost may boot.
+    let Ok(faketime) = which("faketime") else {
+        panic!("faketime is required (deploy/dev/install-deps.sh installs it)");
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    standard(d);
+    let r = req(&["world"]);
+    setup(d, &r, "EXEC", &format!("exec:{r}"), 8);
+    let out = std::process::Command::new(faketime)
+        .current_dir(d)
+        .arg("1960-01-01 00:00:00")
+        .arg(env!("CARGO_BIN_EXE_writ-gate"))
+        .args([
+            "exec",
+            "--config",
+            "gate.toml",
+            "--writ",
+            "writ.jws",
+            "--proof",
+            "proof.jws",
+            "--tool",
+            "hello",
+            "--",
+            "world",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("deny: clock"), "{}", text(&out));
+    assert_eq!(runs(d), 0);
+    // With the clock back, the same writ (never spent) runs.
+    let out = exec(d, "hello", &["world"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+fn which(name: &str) -> Result<std::path::PathBuf, ()> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or(())
+}

@@ -798,3 +798,32 @@ fn a_stale_or_rolled_back_bundle_refuses_everything() {
     std::fs::write(d.join("bundle.json"), b.to_string()).unwrap();
     assert_eq!(call(&g, "POST", "/v1/pay", PAY, &w, &p, "").status, 201);
 }
+
+#[test]
+fn a_proxy_whose_store_cannot_be_opened_does_not_start() {
+    // (A store failing under a running proxy refuses its batch: gateway/tests/replay.rs,
+    // a_failed_write_aborts_the_batch_and_records_nothing_of_it.)
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (up, _seen) = upstream();
+    configure(d, &up, "");
+    std::fs::write(d.join("not-a-folder"), b"").unwrap();
+    let conf = std::fs::read_to_string(d.join("gate.toml"))
+        .unwrap()
+        .replace(
+            &format!("{}/replay.db", d.display()),
+            &format!("{}/not-a-folder/replay.db", d.display()),
+        );
+    std::fs::write(d.join("gate.toml"), conf).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_writ-gate"))
+        .args(["proxy", "--config"])
+        .arg(d.join("gate.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).is_empty(),
+        "it listened: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
