@@ -48,7 +48,10 @@ pub enum AgentCommand {
     /// to expire, ask for a writ for this exact command, make its proof in the TPM, fetch its
     /// inclusion bundle (with the consistency proof from the gateway's last checkpoint), and
     /// hand the command to `writ-gate exec` (through `sudo -u USER` with --sudo-user). The exit
-    /// code is writ-gate's (0 ran, 1 refused, 2 error), or 1/2 if no writ was issued.
+    /// code is writ-gate's (0 ran, whatever the tool's own status, which writ-gate prints and
+    /// spools; 1 refused; 2 error), or 1/2 if no writ was issued. With --sudo-user the run's files
+    /// must be readable by that user: give --run-dir, a folder it can reach (the state folder is
+    /// 0700).
     Run(RunArgs),
 }
 
@@ -77,6 +80,10 @@ pub struct RunArgs {
     /// Run writ-gate as this user through `sudo -n -u USER` (the privilege boundary).
     #[arg(long)]
     sudo_user: Option<String>,
+    /// Where the run's files go (default: the state folder); each run makes its own folder in it
+    /// and removes it after.
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
     /// Attest again when the EAR expires within this many seconds.
     #[arg(long, default_value_t = 30)]
     fresh_for: i64,
@@ -238,6 +245,9 @@ pub struct Attest {
     /// fresh; a failed round is reported and the next one still runs.
     #[arg(long, value_parser = parse_every)]
     every: Option<std::time::Duration>,
+    /// The appraisal on standard error (for `writ agent run`).
+    #[arg(skip)]
+    quiet: bool,
 }
 
 /// `30`, `30s`, `5m`, `1h`: 1 s to 24 h.
@@ -694,10 +704,12 @@ fn run_command(a: &RunArgs) -> Result<(), Failure> {
             tcti: a.tcti.clone(),
             event_log: a.event_log.clone(),
             every: None,
+            quiet: true,
         })?;
     }
     // 2. The writ, its proof, its inclusion bundle, in a private folder.
-    let dir = tempfile_dir(state)?;
+    let dir = RunDir(tempfile_dir(a.run_dir.as_deref().unwrap_or(state))?);
+    let dir = &dir.0;
     let (writ, proof, included) = (
         dir.join("writ.jws"),
         dir.join("proof.jws"),
@@ -787,11 +799,19 @@ fn run_command(a: &RunArgs) -> Result<(), Failure> {
     let status = gate(&args)
         .status()
         .map_err(|e| format!("{}: {e}", a.gate.display()))?;
-    let _ = std::fs::remove_dir_all(&dir);
     match status.code() {
         Some(0) => Ok(()),
         Some(1) => Err(Failure::Refused("the gateway refused the command".into())),
         _ => Err(Failure::Error(format!("writ-gate exec: {status}"))),
+    }
+}
+
+/// A run's folder, removed whatever the run's outcome.
+struct RunDir(PathBuf);
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -1265,7 +1285,11 @@ fn attest(a: &Attest) -> Result<(), Failure> {
             if let Some(o) = shown.as_object_mut() {
                 o.remove("ear");
             }
-            println!("{shown}");
+            if a.quiet {
+                eprintln!("{shown}");
+            } else {
+                println!("{shown}");
+            }
             Ok(())
         }
         Err(ClientError::Refused {

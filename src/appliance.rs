@@ -48,7 +48,7 @@ pub use attest::{
     NonceAnswer, NonceRequest, Signed, required_selection,
 };
 pub use bundle::{BUNDLE_LIFETIME_S, REFRESH_HINT_S};
-pub use gateway::{MAX_REPORT, ReportEntry, Role};
+pub use gateway::{MAX_REPORT, MAX_REPORT_BODY, ReportEntry, Role};
 pub use issue::{Issued, PROOF_SKEW, WritRequest, consent_nonce};
 pub use svid::{SvidIssued, SvidRequest};
 

@@ -257,7 +257,7 @@ pub const OPENAPI: &str = include_str!("../docs/openapi.json");
 /// | `POST /v1/admin/certificates` `{"name","public_key","lifetime_s"[,"role":"gateway"]}` | an admin's (or a gateway's) client certificate (PEM) |
 /// | `POST /v1/admin/admins/{name}/revoke` | 204: that admin's certificates no longer authenticate |
 /// | `POST /v1/admin/gateways/{name}/revoke` | 204: that gateway's certificates no longer authenticate |
-/// | `POST /v1/gateway/reports` `{"entries":[{"seq","entry"}]}` (a gateway's client certificate) | `{"acknowledged": seq}`: its spool entries recorded as `gate` / `outcome` records |
+/// | `POST /v1/gateway/reports` `{"spool","entries":[{"seq","entry"}]}` (a gateway's client certificate) | `{"acknowledged": seq}`: its spool entries recorded as `gate` / `outcome` records |
 /// | `POST /v1/svid` (`Authorization: DPoP <EAR>`) `{"csr"}` | an X.509-SVID for the holder key ([`crate::appliance::SvidIssued`]) |
 /// | `GET /v1/bundle` | the trust bundle (interfaces.md): keys by purpose, the CA, accepted policy bundles, the log's key |
 /// | `GET /v1/log/writs/{jti}` | `{"jti","leaf_hash","index"}`: the writ's `issue` record (for `writ audit lineage`) |
@@ -313,7 +313,12 @@ pub fn appliance_router_limited(app: Arc<Appliance>, limit: Arc<UnidentifiedLimi
             "/v1/admin/gateways/{name}/revoke",
             post(admin_revoke_gateway),
         )
-        .route("/v1/gateway/reports", post(gateway_report))
+        .route(
+            "/v1/gateway/reports",
+            post(gateway_report).layer(axum::extract::DefaultBodyLimit::max(
+                crate::appliance::MAX_REPORT_BODY,
+            )),
+        )
         .route("/v1/admin/admins/{name}/revoke", post(admin_revoke_admin))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(Arc::clone(&app))
@@ -638,6 +643,8 @@ async fn admin_revoke_gateway(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Report {
+    /// The spool's random identity (a new spool starts its numbering again).
+    spool: String,
     entries: Vec<crate::appliance::ReportEntry>,
 }
 
@@ -647,7 +654,7 @@ async fn gateway_report(
     body: axum::body::Bytes,
 ) -> Result<Response, Problem> {
     let report = json_body::<Report>(&body)?;
-    let acked = work(move || app.report(&gateway, &report.entries)).await?;
+    let acked = work(move || app.report(&gateway, &report.spool, &report.entries)).await?;
     Ok(axum::Json(json!({"acknowledged": acked})).into_response())
 }
 

@@ -503,6 +503,61 @@ fn a_writ_issued_over_https_runs_once_through_exec_and_is_forwarded_once_through
     }
     let out = gate(&["spool", "--config", conf_s]);
     assert!(out.stdout.is_empty(), "{}", text(&out));
+    let spool_insert = |entry: &str| {
+        rusqlite::Connection::open(g.join("replay.db"))
+            .unwrap()
+            .execute("INSERT INTO spool (entry) VALUES ($1)", [entry])
+            .unwrap();
+    };
+    let count_mine = || s.records().iter().filter(|r| r.subject == me).count();
+    // A gate entry for a writ this appliance never issued: recorded as a deny.
+    let fake = format!(
+        r#"{{"kind":"gate","decision":"allow","time":1,"writ":{{"jti":"never-issued","sub":"x","aud":"{aud}","request":"sha256:{z}","digest":"sha256:{z}"}}}}"#,
+        z = "0".repeat(64)
+    );
+    spool_insert(&fake);
+    let out = gate(&["report", "--config", conf_s]);
+    assert!(out.status.success(), "{}", text(&out));
+    let last = s.records().pop().unwrap();
+    assert_eq!(
+        (last.subject.as_str(), last.reasons.as_slice()),
+        (me, ["report_mismatch".to_string()].as_slice())
+    );
+    // Two reporters at once on one spool: each entry recorded once, nothing else fails.
+    let before = count_mine();
+    for i in 0..3 {
+        spool_insert(&format!(
+            r#"{{"kind":"outcome","jti":"j{i}","exit":0,"status":"exit status: 0"}}"#
+        ));
+    }
+    let (a, b) = std::thread::scope(|sc| {
+        let a = sc.spawn(|| gate(&["report", "--config", conf_s]));
+        let b = sc.spawn(|| gate(&["report", "--config", conf_s]));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let _ = gate(&["report", "--config", conf_s]);
+    assert_eq!(count_mine(), before + 3, "{}\n{}", text(&a), text(&b));
+    // A spool made again (a reinstalled gateway) numbers from 1 under a new identity: its
+    // entries are recorded, not taken for the old spool's.
+    for f in ["replay.db", "replay.db-wal", "replay.db-shm"] {
+        let _ = std::fs::remove_file(g.join(f));
+    }
+    let out = gate(&["report", "--config", conf_s]);
+    assert!(
+        text(&out).contains("reported 0 spool entries"),
+        "{}",
+        text(&out)
+    );
+    spool_insert(r#"{"kind":"outcome","jti":"again","exit":0,"status":"exit status: 0"}"#);
+    let before = count_mine();
+    let out = gate(&["report", "--config", conf_s]);
+    assert!(
+        text(&out).contains("reported 1 spool entries"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(count_mine(), before + 1);
+
     // Nothing more to report; a revoked gateway reports nothing, and the refusal is logged.
     let out = gate(&["report", "--config", conf_s]);
     assert!(

@@ -485,6 +485,18 @@ impl Proxy {
                 "the request target must be a path (origin form), not an absolute URL",
             ));
         }
+        // The path in normal form only: what the routes matched is what the upstream serves.
+        let path = parts.uri.path();
+        let segments: Vec<&str> = path.split('/').skip(1).collect();
+        let odd_segment = segments.iter().enumerate().any(|(i, seg)| {
+            *seg == "." || *seg == ".." || (seg.is_empty() && i + 1 != segments.len())
+        });
+        if odd_segment || path.contains(['\\', ';']) || needless_escape(path) {
+            return Err(Refusal::new(
+                "request",
+                "the path is not in normal form (empty, . or .. segments, ;, \\, or a percent-escape of an unreserved character, / \\ ; or NUL)",
+            ));
+        }
         let path_and_query = parts
             .uri
             .path_and_query()
@@ -679,6 +691,20 @@ impl Proxy {
         self.nonce_header(&mut parts.headers, now);
         Ok(Response::from_parts(parts, body.boxed()))
     }
+}
+
+/// Whether `path` percent-escapes what it need not or must not (RFC 3986 unreserved
+/// characters, `/`, `\\`, `;`, NUL): an upstream decoding them would serve another path than the
+/// routes matched.
+fn needless_escape(path: &str) -> bool {
+    let b = path.as_bytes();
+    b.iter().enumerate().any(|(i, c)| {
+        *c == b'%'
+            && b.get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .is_none_or(|d| d.is_ascii_alphanumeric() || b"-._~/\\;\0".contains(&d))
+    })
 }
 
 fn too_large(max: usize) -> Refusal {

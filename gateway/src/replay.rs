@@ -157,7 +157,18 @@ impl SqliteReplay {
              CREATE TABLE IF NOT EXISTS checkpoint_seen (
                  origin TEXT PRIMARY KEY, size INTEGER NOT NULL, root BLOB NOT NULL);
              CREATE TABLE IF NOT EXISTS spool (
-                 seq INTEGER PRIMARY KEY AUTOINCREMENT, entry TEXT NOT NULL);",
+                 seq INTEGER PRIMARY KEY AUTOINCREMENT, entry TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS spool_identity (
+                 one INTEGER PRIMARY KEY CHECK (one = 0), id TEXT NOT NULL);",
+        )
+        .map_err(fail)?;
+        // The spool's identity: random, made once with the spool (a spool made again numbers
+        // its entries from 1 again, under another identity).
+        let mut id = [0u8; 16];
+        getrandom::fill(&mut id).map_err(fail)?;
+        conn.execute(
+            "INSERT INTO spool_identity (one, id) VALUES (0, $1) ON CONFLICT DO NOTHING",
+            params![hex::encode(id)],
         )
         .map_err(fail)?;
         let (jobs, rx) = mpsc::channel();
@@ -321,6 +332,16 @@ impl SqliteReplay {
             .await
             .map_err(|_| fail("the writer thread stopped"))?
             .map(|_| ())
+    }
+
+    /// The spool's identity (32 hex digits), read on a connection of its own.
+    pub fn spool_identity(path: &Path) -> Result<String, Refusal> {
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(fail)?;
+        conn.query_row("SELECT id FROM spool_identity WHERE one = 0", [], |r| {
+            r.get(0)
+        })
+        .map_err(fail)
     }
 
     /// The last checkpoint seen of `origin` (size and root), read on a connection of its own.

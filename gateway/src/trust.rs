@@ -167,6 +167,9 @@ pub fn refresh(config: &Path, c: &GateConfig, watch: bool) -> Result<TrustBundle
 /// Entries sent in one report (the appliance's bound).
 const REPORT_BATCH: u32 = 256;
 
+/// Bytes of entries sent in one report at most (the appliance accepts 4 MiB).
+const REPORT_BYTES: usize = 2 * 1024 * 1024;
+
 /// Reports the spool to the appliance until it is empty (once), or forever (`watch`, every 5 s);
 /// the number of entries the appliance recorded.
 pub fn report(c: &GateConfig, watch: bool) -> Result<u64, String> {
@@ -187,6 +190,11 @@ pub fn report(c: &GateConfig, watch: bool) -> Result<u64, String> {
         .server
         .as_deref()
         .ok_or("no appliance: set server in the configuration")?;
+    if !server.starts_with("https://") {
+        return Err(format!(
+            "{server}: the appliance must be https:// (mutual TLS with this gateway's certificate)"
+        ));
+    }
     let client = Client::new(
         server,
         &Trust {
@@ -197,6 +205,7 @@ pub fn report(c: &GateConfig, watch: bool) -> Result<u64, String> {
     )
     .map_err(|e| e.to_string())?;
     let store = SqliteReplay::open_bounded(&c.replay_db, c.spool_max).map_err(|r| r.detail)?;
+    let spool = SqliteReplay::spool_identity(&c.replay_db).map_err(|r| r.detail)?;
     let mut reported = 0u64;
     loop {
         let batch =
@@ -208,14 +217,24 @@ pub fn report(c: &GateConfig, watch: bool) -> Result<u64, String> {
             std::thread::sleep(Duration::from_secs(5));
             continue;
         };
-        let entries: Vec<serde_json::Value> = batch
-            .iter()
-            .map(|(seq, entry)| serde_json::json!({"seq": seq, "entry": entry}))
-            .collect();
+        // At most REPORT_BYTES of entries (the appliance's bound is 4 MiB), at least one.
+        let mut entries: Vec<serde_json::Value> = Vec::new();
+        let mut bytes = 0usize;
+        let mut last = last;
+        for (seq, entry) in &batch {
+            let e = serde_json::json!({"seq": seq, "entry": entry});
+            let n = e.to_string().len();
+            if !entries.is_empty() && bytes + n > REPORT_BYTES {
+                break;
+            }
+            bytes += n;
+            last = *seq;
+            entries.push(e);
+        }
         let answer = client.call(
             "POST",
             "/v1/gateway/reports",
-            Some(&serde_json::json!({"entries": entries})),
+            Some(&serde_json::json!({"spool": spool, "entries": entries})),
             None,
         );
         let acked = match answer {
@@ -235,9 +254,12 @@ pub fn report(c: &GateConfig, watch: bool) -> Result<u64, String> {
         store.acknowledge(acked).map_err(|r| r.detail)?;
         reported += batch.iter().filter(|(seq, _)| *seq <= acked).count() as u64;
         if acked < last {
-            return Err(format!(
-                "the appliance recorded the spool up to entry {acked} of {last}"
-            ));
+            let e = format!("the appliance recorded the spool up to entry {acked} of {last}");
+            if !watch {
+                return Err(e);
+            }
+            eprintln!("writ-gate report: {e}");
+            std::thread::sleep(Duration::from_secs(5));
         }
     }
 }

@@ -515,6 +515,24 @@ fn what_is_forwarded_is_what_was_verified() {
             "{h}"
         );
     }
+    // Paths an upstream would read as another path than the routes matched.
+    for path in [
+        "/v1/pay/../admin",
+        "/v1/pay/./x",
+        "//v1/admin",
+        "/v1/%61dmin",
+        "/v1/pay%2f..%2fadmin",
+        "/v1/pay;x=1",
+    ] {
+        let (w, p) = credentials("GET", path, b"", 9, None);
+        let a = call(&g, "GET", path, b"", &w, &p, "");
+        assert_eq!(
+            (a.status, a.code().as_str()),
+            (400, "request"),
+            "{path}: {}",
+            a.body
+        );
+    }
     let a = call(
         &g,
         "GET",

@@ -3,11 +3,17 @@
 //! reports of their spools, which become `gate` and `outcome` decision records.
 //!
 //! A report is a batch of spool entries in the order the gateway spooled them, each with its
-//! sequence number. The appliance keeps, per gateway, the sequence numbers it recorded (schema 8
-//! `gateway_reports`), written in the transaction of the entry's record: an entry sent again
-//! (the gateway crashed before it heard the answer) is skipped, never recorded twice. An entry at
-//! or below the highest recorded is skipped as already reported; the answer is the highest
-//! sequence number recorded, which the gateway then drops from its spool.
+//! sequence number, and the spool's random identity (a spool made again, after a reinstall,
+//! numbers from 1 again under a new identity). The appliance keeps, per gateway and spool, the
+//! sequence numbers it recorded (schema 8 `gateway_reports`), written in the transaction of the
+//! entry's record (insert-if-absent: a copy sent concurrently conflicts and is skipped, never
+//! recorded twice, and fails nothing else). An entry at or below the highest recorded is skipped
+//! as already reported; the answer is the highest sequence number recorded, which the gateway
+//! then drops from its spool.
+//!
+//! A `gate` entry must name a writ this appliance issued: its `jti` and the digest of the compact
+//! writ as the `writs` table holds them; otherwise the record is a deny (`report_mismatch`), so a
+//! gateway cannot put executions of writs that were never issued into the log as allowed.
 //!
 //! The records hold digests only: the writ's `jti`, the request digest and the writ's digest for
 //! a `gate` record, the `jti` for an `outcome`, and for both the digest of the spool entry as
@@ -25,6 +31,9 @@ use crate::store::{Op, Value};
 
 /// The most entries in one report.
 pub const MAX_REPORT: usize = 256;
+
+/// The largest report body, bytes.
+pub const MAX_REPORT_BODY: usize = 4 * 1024 * 1024;
 
 /// Who a client certificate is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,14 +147,23 @@ fn record_of(e: &Json) -> Result<Recorded, String> {
             Ok((Kind::Gate, None, digests))
         }
         Some("outcome") => {
-            let exit = e.get("exit").and_then(Json::as_i64);
-            let status = e.get("status").and_then(Json::as_u64);
-            let reason = match (exit, status) {
-                (Some(0), _) => None,
-                (Some(_), _) => Some("tool_failed"),
-                (None, Some(s)) if (100..400).contains(&s) => None,
-                (None, Some(_)) => Some("upstream_failed"),
-                (None, None) => Some("not_run"),
+            // A command's outcome has `exit` (null: not started, or ended by a signal); an HTTP
+            // request's has `status` (null: the upstream failed or did not answer).
+            let reason = if let Some(exit) = e.get("exit") {
+                let not_run = e.get("status").and_then(Json::as_str).is_some_and(|s| {
+                    s.starts_with("not run") || s.contains("could not be started")
+                });
+                match exit.as_i64() {
+                    Some(0) => None,
+                    Some(_) => Some("tool_failed"),
+                    None if not_run => Some("not_run"),
+                    None => Some("tool_failed"),
+                }
+            } else {
+                match e.get("status").and_then(Json::as_u64) {
+                    Some(s) if (100..400).contains(&s) => None,
+                    _ => Some("upstream_failed"),
+                }
             };
             Ok((
                 Kind::Outcome,
@@ -160,14 +178,26 @@ fn record_of(e: &Json) -> Result<Recorded, String> {
 impl Appliance {
     /// Records `entries` of `gateway`'s spool (see the module's documentation); returns the
     /// highest sequence number recorded for it.
-    pub fn report(&self, gateway: &str, entries: &[ReportEntry]) -> Result<i64, Problem> {
+    pub fn report(
+        &self,
+        gateway: &str,
+        spool: &str,
+        entries: &[ReportEntry],
+    ) -> Result<i64, Problem> {
         if entries.len() > MAX_REPORT {
             return Err(malformed(format!("at most {MAX_REPORT} entries a report")));
         }
+        if spool.len() != 32
+            || !spool
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return Err(malformed("spool is 32 lower-case hex digits"));
+        }
         let highest = |this: &Appliance| -> Result<i64, Problem> {
             let rows = this.query(
-                "SELECT max(seq) FROM gateway_reports WHERE gateway = $1",
-                &[gateway.to_string().into()],
+                "SELECT max(seq) FROM gateway_reports WHERE gateway = $1 AND spool = $2",
+                &[gateway.to_string().into(), spool.to_string().into()],
             )?;
             Ok(rows
                 .first()
@@ -180,14 +210,22 @@ impl Appliance {
             if e.seq <= acked {
                 continue;
             }
-            let (kind, reason, digests) = record_of(&e.entry)
+            let (kind, mut reason, digests) = record_of(&e.entry)
                 .map_err(|why| malformed(format!("spool entry {}: {why}", e.seq)))?;
+            if kind == Kind::Gate && !self.issued_here(&e.entry)? {
+                reason = Some("report_mismatch");
+            }
             // The sequence number is recorded with the record: a copy sent again conflicts
             // and is skipped.
             let effect = vec![Op {
-                sql: "INSERT INTO gateway_reports (gateway, seq) VALUES ($1, $2)",
-                params: vec![gateway.to_string().into(), e.seq.into()],
-                must_affect: None,
+                sql: "INSERT INTO gateway_reports (gateway, spool, seq) VALUES ($1, $2, $3)
+                      ON CONFLICT DO NOTHING",
+                params: vec![
+                    gateway.to_string().into(),
+                    spool.to_string().into(),
+                    e.seq.into(),
+                ],
+                must_affect: Some(("report_duplicate", "this spool entry is already recorded")),
             }];
             let rec = Rec {
                 kind,
@@ -202,6 +240,25 @@ impl Appliance {
             }
         }
         Ok(acked)
+    }
+
+    /// Whether a gate entry's writ is one this appliance issued (its `jti` and digest in `writs`).
+    fn issued_here(&self, entry: &Json) -> Result<bool, Problem> {
+        let (Some(jti), Some(d)) = (
+            field(entry, &["writ", "jti"]).and_then(Json::as_str),
+            field(entry, &["writ", "digest"]).and_then(Json::as_str),
+        ) else {
+            return Ok(false);
+        };
+        let rows = self.query(
+            "SELECT digest FROM writs WHERE jti = $1",
+            &[jti.to_string().into()],
+        )?;
+        Ok(rows
+            .first()
+            .and_then(|r| r.first())
+            .and_then(Value::text)
+            .is_some_and(|stored| stored == d))
     }
 }
 
@@ -232,8 +289,16 @@ mod tests {
                 Some("upstream_failed"),
             ),
             (
-                json!({"kind": "outcome", "jti": "j1", "exit": null, "status": null}),
+                json!({"kind": "outcome", "jti": "j1", "exit": null, "status": "not run: tool_hash"}),
                 Some("not_run"),
+            ),
+            (
+                json!({"kind": "outcome", "jti": "j1", "exit": null, "status": "signal: 9 (SIGKILL)"}),
+                Some("tool_failed"),
+            ),
+            (
+                json!({"kind": "outcome", "jti": "j1", "status": null, "error": "timeout"}),
+                Some("upstream_failed"),
             ),
         ] {
             assert_eq!(record_of(&entry).unwrap().1, want, "{entry}");

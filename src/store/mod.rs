@@ -448,14 +448,15 @@ const MIGRATIONS: &[(u32, &str)] = &[
     ),
     (
         8,
-        // Gateways' spool entries recorded (gate and outcome records), by the gateway's SPIFFE ID
-        // and the entry's sequence number in its spool: written with each record, so an entry
+        // Gateways' spool entries recorded (gate and outcome records), by the gateway's SPIFFE ID,
+        // its spool's random identity and the entry's sequence number in that spool: written with each record, so an entry
         // sent again is never recorded twice. (Gateways' certificates are registered in
         // admin_certificates, by serial, like admins'.)
         "CREATE TABLE gateway_reports (
         gateway TEXT NOT NULL,
+        spool TEXT NOT NULL,
         seq {int} NOT NULL,
-        PRIMARY KEY (gateway, seq)
+        PRIMARY KEY (gateway, spool, seq)
     );",
     ),
 ];
