@@ -136,6 +136,11 @@ fn bootstrap_pins_the_ca_and_refresh_never_goes_back() {
     let out = gate(&["refresh", "--config", conf_s]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("trust domain"), "{}", text(&out));
+    // A damaged bundle in place is not taken for none.
+    std::fs::write(d.join("bundle.json"), "not a bundle").unwrap();
+    let out = gate(&["refresh", "--config", conf_s]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("not a trust bundle"), "{}", text(&out));
 
     // A bound of bundle age the served bundle cannot meet: refused (bundle_stale).
     let dir2 = tempfile::tempdir().unwrap();

@@ -79,8 +79,19 @@ pub fn fetch_and_install(
 /// Installs `bytes` as the gateway's bundle if it may replace the one in place.
 pub fn install(c: &GateConfig, bytes: &[u8], now: i64) -> Result<TrustBundle, Refusal> {
     let new = TrustBundle::parse(bytes)?;
+    // The bundle in place, if any, must be one: a damaged file is not taken for no bundle (its
+    // trust domain and sequence would go unchecked); remove it to bootstrap again.
     let current = match std::fs::read(&c.bundle) {
-        Ok(b) => Some(TrustBundle::parse(&b).ok()),
+        Ok(b) => Some(TrustBundle::parse(&b).map_err(|r| {
+            Refusal::new(
+                "bundle",
+                format!(
+                    "the bundle in place ({}) is not a trust bundle ({}): remove it to bootstrap again",
+                    c.bundle.display(),
+                    r.detail
+                ),
+            )
+        })?),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => {
             return Err(Refusal::new(
@@ -89,7 +100,6 @@ pub fn install(c: &GateConfig, bytes: &[u8], now: i64) -> Result<TrustBundle, Re
             ));
         }
     };
-    let current = current.flatten();
     if let Some(old) = &current
         && old.trust_domain != new.trust_domain
     {
