@@ -146,7 +146,7 @@ pub struct ConsentArgs {
 
 /// The request a writ is for: a command (`--tool NAME -- ARGS...`) or an HTTP request
 /// (`--http METHOD --url URL [--content-type T] [--body FILE]`).
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct RequestSpec {
     /// The tool's name in the gateway's manifest.
     #[arg(long, conflicts_with = "http")]
@@ -414,12 +414,7 @@ pub fn run(cmd: AgentCommand) -> Result<(), Failure> {
         AgentCommand::Proof(a) => {
             let writ = std::fs::read_to_string(&a.writ)
                 .map_err(|e| format!("{}: {e}", a.writ.display()))?;
-            let body = spec_body(&a.spec)?;
-            let req = a.spec.request(&body)?;
-            let (htm, htu) = writ_attestation::writ::request::proof_target(&req)
-                .map_err(|e| format!("the request: {}", e.detail))?;
-            let tpm = Attester::open(a.tcti.as_deref()).map_err(|e| format!("TPM: {e}"))?;
-            let proof = holder_proof(&tpm, &a.common.state, &htm, &htu, writ.trim(), None)?;
+            let proof = request_proof(a.tcti.as_deref(), &a.common.state, writ.trim(), &a.spec)?;
             println!("{proof}");
             Ok(())
         }
@@ -674,6 +669,21 @@ fn client_of(state: &Path) -> Result<Client, String> {
     .map_err(|e| e.to_string())
 }
 
+/// The holder's DPoP proof, made in the TPM, for the writ `token` and the request `spec` names.
+fn request_proof(
+    tcti: Option<&str>,
+    state: &Path,
+    token: &str,
+    spec: &RequestSpec,
+) -> Result<String, Failure> {
+    let body = spec_body(spec)?;
+    let req = spec.request(&body)?;
+    let (htm, htu) = writ_attestation::writ::request::proof_target(&req)
+        .map_err(|e| format!("the request: {}", e.detail))?;
+    let tpm = Attester::open(tcti).map_err(|e| format!("TPM: {e}"))?;
+    Ok(holder_proof(&tpm, state, &htm, &htu, token, None)?)
+}
+
 /// `writ agent run` (see [`AgentCommand::Run`]).
 fn run_command(a: &RunArgs) -> Result<(), Failure> {
     let state = &a.common.state;
@@ -715,7 +725,7 @@ fn run_command(a: &RunArgs) -> Result<(), Failure> {
         dir.join("proof.jws"),
         dir.join("inclusion.json"),
     );
-    let spec = || RequestSpec {
+    let spec = RequestSpec {
         tool: Some(a.tool.clone()),
         http: None,
         url: None,
@@ -739,17 +749,10 @@ fn run_command(a: &RunArgs) -> Result<(), Failure> {
         dry_run: false,
         out: Some(writ.clone()),
         quiet: true,
-        spec: spec(),
+        spec: spec.clone(),
     })?;
     let token = std::fs::read_to_string(&writ).map_err(|e| format!("{}: {e}", writ.display()))?;
-    let body = spec_body(&spec())?;
-    let spec_now = spec();
-    let req = spec_now.request(&body)?;
-    let (htm, htu) = writ_attestation::writ::request::proof_target(&req)
-        .map_err(|e| format!("the request: {}", e.detail))?;
-    let tpm = Attester::open(a.tcti.as_deref()).map_err(|e| format!("TPM: {e}"))?;
-    let p = holder_proof(&tpm, state, &htm, &htu, token.trim(), None)?;
-    drop(tpm);
+    let p = request_proof(a.tcti.as_deref(), state, token.trim(), &spec)?;
     writ::files::write_atomically(&proof, p.as_bytes(), 0o600, writ::files::Existing::Replace)
         .map_err(Failure::Error)?;
     // The gateway's last checkpoint: the consistency proof starts there.
