@@ -38,19 +38,22 @@ pub fn check_act(claims: &WritClaims, action: &str, resource: Option<&str>) -> R
 
 /// The resource of the longest route whose prefix covers `path` by whole segments (`/v1/pay`
 /// covers `/v1/pay` and `/v1/pay/x`, never `/v1/payments`), if any.
-pub fn route<'a>(routes: &'a [(String, String)], path: &str) -> Option<&'a str> {
+pub fn route<'a>(
+    routes: impl IntoIterator<Item = (&'a str, &'a str)>,
+    path: &str,
+) -> Option<&'a str> {
     routes
-        .iter()
-        .filter(|(prefix, _)| {
-            let p = prefix.trim_end_matches('/');
+        .into_iter()
+        .map(|(prefix, resource)| (prefix.trim_end_matches('/'), resource))
+        .filter(|(p, _)| {
             p.is_empty()
-                || path == p
+                || path == *p
                 || path
                     .strip_prefix(p)
                     .is_some_and(|rest| rest.starts_with('/'))
         })
-        .max_by_key(|(prefix, _)| prefix.trim_end_matches('/').len())
-        .map(|(_, r)| r.as_str())
+        .max_by_key(|(p, _)| p.len())
+        .map(|(_, r)| r)
 }
 
 #[cfg(test)]
@@ -58,15 +61,15 @@ pub fn route<'a>(routes: &'a [(String, String)], path: &str) -> Option<&'a str> 
 mod tests {
     #[test]
     fn routes_match_by_whole_segments_and_the_longest_wins() {
-        let r = vec![
-            ("/v1/pay".to_string(), "api/pay".to_string()),
-            ("/v1/pay/refund".to_string(), "api/refund".to_string()),
-            ("/".to_string(), "api".to_string()),
+        let r = [
+            ("/v1/pay", "api/pay"),
+            ("/v1/pay/refund", "api/refund"),
+            ("/", "api"),
         ];
-        assert_eq!(super::route(&r, "/v1/pay"), Some("api/pay"));
-        assert_eq!(super::route(&r, "/v1/pay/x"), Some("api/pay"));
-        assert_eq!(super::route(&r, "/v1/pay/refund/1"), Some("api/refund"));
-        assert_eq!(super::route(&r, "/v1/payments"), Some("api"));
-        assert_eq!(super::route(&r[..2], "/v1/payments"), None);
+        assert_eq!(super::route(r, "/v1/pay"), Some("api/pay"));
+        assert_eq!(super::route(r, "/v1/pay/x"), Some("api/pay"));
+        assert_eq!(super::route(r, "/v1/pay/refund/1"), Some("api/refund"));
+        assert_eq!(super::route(r, "/v1/payments"), Some("api"));
+        assert_eq!(super::route(r.into_iter().take(2), "/v1/payments"), None);
     }
 }

@@ -3,7 +3,6 @@
 //! trust bundle), and that checkpoint is consistent with the last one this host's gateways saw
 //! (kept in the replay store; [`SqliteReplay::observe_checkpoint`](crate::replay::SqliteReplay)).
 
-use sha2::{Digest, Sha256};
 use writ_attestation::crypto::CryptoProvider;
 use writ_attestation::log::audit::{SeenRefusal, VerifiedInclusion, verify_bundle};
 use writ_attestation::log::note::NoteVerifier;
@@ -30,7 +29,7 @@ pub fn check_inclusion(
         .map_err(|e| bad(format!("the inclusion bundle: {e}")))?;
     let record = DecisionRecord::from_leaf(&v.record)
         .map_err(|e| bad(format!("the included record: {e}")))?;
-    let want = format!("sha256:{}", hex::encode(Sha256::digest(token.as_bytes())));
+    let want = writ_attestation::writ::token_digest(token);
     if record.kind != Kind::Issue
         || record.decision != Decision::Allow
         || record.digests.get("writ") != Some(&want)

@@ -5,3 +5,4 @@
 pub mod act;
 pub mod inclusion;
 pub mod replay;
+pub mod spool;

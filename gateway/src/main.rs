@@ -266,15 +266,18 @@ fn run_exec(a: &ExecArgs) -> ExitCode {
     };
     // The decision is spooled in the transaction that consumes the writ: durable before
     // anything runs, and a store that cannot record it consumes nothing.
-    let allowed = match decide(&verify, Some(c.spool_max)) {
+    let store = match SqliteReplay::open_bounded(&c.replay_db, c.spool_max) {
+        Ok(s) => s,
+        Err(r) => return deny(r),
+    };
+    let allowed = match decide(&verify, &store, true) {
         Outcome::Allow(d) => d,
         Outcome::Deny(r) => return deny(r),
         Outcome::Error(e) => return error(e),
     };
     let jti = allowed.get("jti").cloned().unwrap_or(Value::Null);
     let record_outcome = |entry: &Value| {
-        let recorded = SqliteReplay::open(&c.replay_db).and_then(|s| s.record(entry));
-        if let Err(r) = recorded {
+        if let Err(r) = store.record(entry) {
             eprintln!("writ-gate exec: the outcome was not spooled: {}", r.detail);
         }
     };
@@ -417,9 +420,9 @@ enum Outcome {
     Error(String),
 }
 
-/// The one decision of `verify` and `exec`: every check, then single use. With `spool`
-/// (its bound), the allow is spooled in the transaction that consumes the writ.
-fn decide(a: &VerifyArgs, spool: Option<u64>) -> Outcome {
+/// The one decision of `verify` and `exec`: every check, then single use in `store`. With
+/// `spool`, the allow is spooled in the transaction that consumes the writ.
+fn decide(a: &VerifyArgs, store: &SqliteReplay, spool: bool) -> Outcome {
     let inputs = (|| -> Result<_, String> {
         let token = text(&a.writ, "--writ")?;
         let proof = a.proof.as_ref().map(|p| text(p, "--proof")).transpose()?;
@@ -437,13 +440,6 @@ fn decide(a: &VerifyArgs, spool: Option<u64>) -> Outcome {
     };
     let now = match clock() {
         Ok(t) => t,
-        Err(r) => return Outcome::Deny(r),
-    };
-    let store = match SqliteReplay::open_bounded(
-        &a.replay_db,
-        spool.unwrap_or(writ_gateway::replay::MAX_SPOOL),
-    ) {
-        Ok(s) => s,
         Err(r) => return Outcome::Deny(r),
     };
     // The request, recomputed from what would run; arguments must be UTF-8 (else exit 2).
@@ -531,13 +527,9 @@ fn decide(a: &VerifyArgs, spool: Option<u64>) -> Outcome {
         Ok(c)
     });
     let consumed = observed.and_then(|c| match spool {
-        None => c.consume(&store),
-        Some(_) => {
-            let w = c.claims();
-            let entry = json!({"kind": "gate", "time": now, "decision": "allow",
-                "request": request_summary(&request),
-                "writ": {"jti": w.jti, "sub": w.sub, "aud": w.aud, "request": req,
-                         "digest": writ_digest(&token)}});
+        false => c.consume(store),
+        true => {
+            let entry = writ_gateway::spool::gate_entry(now, &request, c.claims(), &req, &token);
             let recording = store.recording(&entry);
             c.consume(&recording)
         }
@@ -550,20 +542,6 @@ fn decide(a: &VerifyArgs, spool: Option<u64>) -> Outcome {
             "request": req,
         })),
         Err(r) => Outcome::Deny(r),
-    }
-}
-
-/// `sha256:` of a compact writ (its `issue` record's `digests.writ`).
-fn writ_digest(token: &str) -> String {
-    use sha2::{Digest, Sha256};
-    format!("sha256:{}", hex::encode(Sha256::digest(token.as_bytes())))
-}
-
-/// What a spooled decision says of its request (the digest says the rest).
-fn request_summary(r: &Request<'_>) -> Value {
-    match r {
-        Request::Exec { tool, argv } => json!({"type": "exec", "tool": tool, "argc": argv.len()}),
-        Request::Http { method, url, .. } => json!({"type": "http", "method": method, "url": url}),
     }
 }
 
@@ -701,7 +679,10 @@ fn main() -> ExitCode {
             trust_command("refresh", &config, |c| trust::refresh(&config, c, watch))
         }
         Command::Verify(a) => {
-            let outcome = decide(&a, None);
+            let outcome = match SqliteReplay::open(&a.replay_db) {
+                Ok(store) => decide(&a, &store, false),
+                Err(r) => Outcome::Deny(r),
+            };
             let (code, doc) = match &outcome {
                 Outcome::Allow(d) => (0, json!({"decision": "allow", "writ": d})),
                 Outcome::Deny(r) => (

@@ -428,10 +428,10 @@ impl Proxy {
     }
 
     async fn handle(self: Arc<Self>, req: HttpRequest<Incoming>) -> Response<Body> {
-        let now = crate::now();
-        if let Err(r) = crate::clock() {
-            return self.problem(&r, now);
-        }
+        let now = match crate::clock() {
+            Ok(t) => t,
+            Err(r) => return self.problem(&r, crate::now()),
+        };
         match self.decide_and_forward(req, now).await {
             Ok(r) => r,
             Err(r) => self.problem(&r, now),
@@ -597,29 +597,21 @@ impl Proxy {
         let resource = if self.config.routes.is_empty() {
             None
         } else {
-            let routes: Vec<(String, String)> = self
+            let routes = self
                 .config
                 .routes
                 .iter()
-                .map(|r| (r.prefix.clone(), r.resource.clone()))
-                .collect();
+                .map(|r| (r.prefix.as_str(), r.resource.as_str()));
             Some(
-                writ_gateway::act::route(&routes, parts.uri.path())
-                    .ok_or_else(|| {
-                        Refusal::new("resource", "no route of this gateway serves this path")
-                    })?
-                    .to_string(),
+                writ_gateway::act::route(routes, parts.uri.path()).ok_or_else(|| {
+                    Refusal::new("resource", "no route of this gateway serves this path")
+                })?,
             )
         };
-        writ_gateway::act::check_act(checked.claims(), "http", resource.as_deref())?;
+        writ_gateway::act::check_act(checked.claims(), "http", resource)?;
         let (jti, sub) = (checked.claims().jti.clone(), checked.claims().sub.clone());
-        let entry = json!({"kind": "gate", "time": now, "decision": "allow",
-            "request": {"type": "http", "method": method,
-                        "url": format!("{}{}", self.origin, parts.uri.path()),
-                        "query": parts.uri.query().map(|q| format!("sha256:{}",
-                            hex::encode(Sha256::digest(q.as_bytes()))))},
-            "writ": {"jti": jti, "sub": sub, "aud": checked.claims().aud, "request": req_digest,
-                     "digest": crate::writ_digest(&token)}});
+        let entry =
+            writ_gateway::spool::gate_entry(now, &request, checked.claims(), &req_digest, &token);
         let recording = self.store.recording(&entry);
         checked.consume_async(&recording).await?;
         self.metrics.count("allow", "");

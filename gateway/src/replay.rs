@@ -206,59 +206,44 @@ impl SqliteReplay {
         self.ask(|reply| Job::Purge { now, reply })
     }
 
-    /// Consumes `keys` as [`ReplayStore::consume`] does and, if they were fresh, spools `entry`
-    /// in the same transaction (both or neither).
-    pub fn consume_recorded(
-        &self,
-        keys: &[ReplayKey],
-        keep_until: i64,
-        entry: &serde_json::Value,
-    ) -> Result<bool, Refusal> {
+    /// Queues `job` (its answer to a blocked thread) and waits for the answer.
+    fn ask_thread(&self, job: impl FnOnce(Reply) -> Job) -> Result<bool, Refusal> {
         let (reply, answer) = mpsc::sync_channel(1);
-        self.submit(Job::Consume {
-            keys: keys.to_vec(),
-            keep_until,
-            record: Some(entry.to_string()),
-            reply: Reply::Thread(reply),
-        })?;
+        self.submit(job(Reply::Thread(reply)))?;
         answer
             .recv()
             .map_err(|_| fail("the writer thread stopped"))?
+    }
+
+    /// Queues `job` now (its answer to a task); the future waits for the answer.
+    fn ask_task(
+        &self,
+        job: impl FnOnce(Reply) -> Job,
+    ) -> impl Future<Output = Result<bool, Refusal>> + Send + 'static {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let submitted = self.submit(job(Reply::Task(reply)));
+        async move {
+            submitted?;
+            answer
+                .await
+                .map_err(|_| fail("the writer thread stopped"))?
+        }
     }
 
     /// Spools `entry` (an outcome), durably (outside the bound: at most one per decision).
     pub fn record(&self, entry: &serde_json::Value) -> Result<(), Refusal> {
-        let (reply, answer) = mpsc::sync_channel(1);
-        self.submit(Job::Record {
-            entry: entry.to_string(),
-            reply: Reply::Thread(reply),
-        })?;
-        answer
-            .recv()
-            .map_err(|_| fail("the writer thread stopped"))?
-            .map(|_| ())
+        self.ask_thread(record_job(entry)).map(drop)
     }
 
     /// Drops the spool's entries up to `upto` (the appliance recorded them).
     pub fn acknowledge(&self, upto: i64) -> Result<(), Refusal> {
-        self.ask(|reply| Job::Acknowledge {
-            upto,
-            reply: Reply::Thread(reply),
-        })
-        .map(|_| ())
+        self.ask_thread(|reply| Job::Acknowledge { upto, reply })
+            .map(drop)
     }
 
     /// [`SqliteReplay::record`] for callers on an async runtime.
     pub async fn record_async(&self, entry: &serde_json::Value) -> Result<(), Refusal> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        self.submit(Job::Record {
-            entry: entry.to_string(),
-            reply: Reply::Task(reply),
-        })?;
-        answer
-            .await
-            .map_err(|_| fail("the writer thread stopped"))?
-            .map(|_| ())
+        self.ask_task(record_job(entry)).await.map(drop)
     }
 
     /// A store for [`Checked::consume_async`](writ_attestation::writ::verify::Checked) that
@@ -304,16 +289,8 @@ impl SqliteReplay {
         checkpoint: &Checkpoint,
         consistency: Option<(u64, Vec<Hash>)>,
     ) -> Result<(), Refusal> {
-        let (reply, answer) = mpsc::sync_channel(1);
-        self.submit(Job::Checkpoint {
-            checkpoint: checkpoint.clone(),
-            consistency,
-            reply: Reply::Thread(reply),
-        })?;
-        answer
-            .recv()
-            .map_err(|_| fail("the writer thread stopped"))?
-            .map(|_| ())
+        self.ask_thread(checkpoint_job(checkpoint, consistency))
+            .map(drop)
     }
 
     /// [`SqliteReplay::observe_checkpoint`] for callers on an async runtime.
@@ -322,16 +299,9 @@ impl SqliteReplay {
         checkpoint: &Checkpoint,
         consistency: Option<(u64, Vec<Hash>)>,
     ) -> Result<(), Refusal> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        self.submit(Job::Checkpoint {
-            checkpoint: checkpoint.clone(),
-            consistency,
-            reply: Reply::Task(reply),
-        })?;
-        answer
+        self.ask_task(checkpoint_job(checkpoint, consistency))
             .await
-            .map_err(|_| fail("the writer thread stopped"))?
-            .map(|_| ())
+            .map(drop)
     }
 
     /// The spool's identity (32 hex digits), read on a connection of its own.
@@ -393,14 +363,41 @@ impl Drop for SqliteReplay {
     }
 }
 
+/// The job that consumes `keys` (and spools `record` with them).
+fn consume_job(
+    keys: &[ReplayKey],
+    keep_until: i64,
+    record: Option<String>,
+) -> impl FnOnce(Reply) -> Job {
+    let keys = keys.to_vec();
+    move |reply| Job::Consume {
+        keys,
+        keep_until,
+        record,
+        reply,
+    }
+}
+
+fn record_job(entry: &serde_json::Value) -> impl FnOnce(Reply) -> Job {
+    let entry = entry.to_string();
+    move |reply| Job::Record { entry, reply }
+}
+
+fn checkpoint_job(
+    checkpoint: &Checkpoint,
+    consistency: Option<(u64, Vec<Hash>)>,
+) -> impl FnOnce(Reply) -> Job {
+    let checkpoint = checkpoint.clone();
+    move |reply| Job::Checkpoint {
+        checkpoint,
+        consistency,
+        reply,
+    }
+}
+
 impl ReplayStore for SqliteReplay {
     fn consume(&self, keys: &[ReplayKey], keep_until: i64) -> Result<bool, Refusal> {
-        self.ask(|reply| Job::Consume {
-            keys: keys.to_vec(),
-            keep_until,
-            record: None,
-            reply: Reply::Thread(reply),
-        })
+        self.ask_thread(consume_job(keys, keep_until, None))
     }
 }
 
@@ -412,19 +409,7 @@ impl AsyncReplayStore for SqliteReplay {
         keys: &'a [ReplayKey],
         keep_until: i64,
     ) -> Pin<Box<dyn Future<Output = Result<bool, Refusal>> + Send + 'a>> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let submitted = self.submit(Job::Consume {
-            keys: keys.to_vec(),
-            keep_until,
-            record: None,
-            reply: Reply::Task(reply),
-        });
-        Box::pin(async move {
-            submitted?;
-            answer
-                .await
-                .map_err(|_| fail("the writer thread stopped"))?
-        })
+        Box::pin(self.ask_task(consume_job(keys, keep_until, None)))
     }
 }
 
@@ -442,30 +427,17 @@ impl AsyncReplayStore for Recording<'_> {
         keys: &'a [ReplayKey],
         keep_until: i64,
     ) -> Pin<Box<dyn Future<Output = Result<bool, Refusal>> + Send + 'a>> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let submitted = self.store.submit(Job::Consume {
-            keys: keys.to_vec(),
-            keep_until,
-            record: Some(self.entry.clone()),
-            reply: Reply::Task(reply),
-        });
-        Box::pin(async move {
-            submitted?;
-            answer
-                .await
-                .map_err(|_| fail("the writer thread stopped"))?
-        })
+        Box::pin(
+            self.store
+                .ask_task(consume_job(keys, keep_until, Some(self.entry.clone()))),
+        )
     }
 }
 
 impl ReplayStore for Recording<'_> {
     fn consume(&self, keys: &[ReplayKey], keep_until: i64) -> Result<bool, Refusal> {
-        self.store.ask(|reply| Job::Consume {
-            keys: keys.to_vec(),
-            keep_until,
-            record: Some(self.entry.clone()),
-            reply: Reply::Thread(reply),
-        })
+        self.store
+            .ask_thread(consume_job(keys, keep_until, Some(self.entry.clone())))
     }
 }
 

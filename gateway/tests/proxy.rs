@@ -220,23 +220,44 @@ fn credentials(
         body,
     })
     .unwrap();
-    let holder = key(9);
-    let w = http_writ(t, jti, &jwk(&holder).thumbprint(), &req);
-    let htu = url.split('?').next().unwrap().to_string();
-    let proof = dpop::create(
+    let w = http_writ(t, jti, &jwk(&key(9)).thumbprint(), &req);
+    let p = proof(
+        9,
+        &w,
+        method,
+        path,
+        &format!("proof-{jti}-{}", nonce.unwrap_or("")),
+        nonce,
+    );
+    (w, p)
+}
+
+/// A DPoP proof by `key(seed)` for the writ `w` and `method` `path` (the URL without its query).
+fn proof(seed: u8, w: &str, method: &str, path: &str, jti: &str, nonce: Option<&str>) -> String {
+    let holder = key(seed);
+    let url = format!("{ORIGIN}{path}");
+    dpop::create(
         &holder,
         &jwk(&holder),
         &ProofClaims {
-            jti: format!("proof-{jti}-{}", nonce.unwrap_or("")),
-            iat: t,
+            jti: jti.into(),
+            iat: now(),
             htm: method.into(),
-            htu,
-            ath: dpop::ath(&w),
+            htu: url.split('?').next().unwrap().to_string(),
+            ath: dpop::ath(w),
             nonce: nonce.map(str::to_string),
         },
     )
-    .unwrap();
-    (w, proof)
+    .unwrap()
+}
+
+/// `writ-gate proxy` with the configuration in `dir`, run to its end (it refuses to start).
+fn proxy_output(dir: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_writ-gate"))
+        .args(["proxy", "--config"])
+        .arg(dir.join("gate.toml"))
+        .output()
+        .unwrap()
 }
 
 fn call(g: &Gate, method: &str, path: &str, body: &[u8], w: &str, p: &str, extra: &str) -> Answer {
@@ -387,22 +408,7 @@ fn a_request_is_forwarded_once_for_its_writ_and_every_refusal_forwards_nothing()
         "{}",
         a.body
     );
-    let other = {
-        let k = key(7);
-        dpop::create(
-            &k,
-            &jwk(&k),
-            &ProofClaims {
-                jti: "other".into(),
-                iat: now(),
-                htm: "POST".into(),
-                htu: format!("{ORIGIN}/v1/pay"),
-                ath: dpop::ath(&w),
-                nonce: None,
-            },
-        )
-        .unwrap()
-    };
+    let other = proof(7, &w, "POST", "/v1/pay", "other", None);
     let a = call(&g, "POST", "/v1/pay?x=1", PAY, &w, &other, "");
     assert_eq!(a.status, 401, "{}", a.body);
     assert_eq!(a.code(), "proof_key", "{}", a.body);
@@ -602,19 +608,7 @@ fn what_is_forwarded_is_what_was_verified() {
     .unwrap();
     let holder = key(9);
     let w = common::writ(t, 4, &jwk(&holder).thumbprint(), &req);
-    let p = dpop::create(
-        &holder,
-        &jwk(&holder),
-        &ProofClaims {
-            jti: "exec-action".into(),
-            iat: t,
-            htm: "GET".into(),
-            htu: url.clone(),
-            ath: dpop::ath(&w),
-            nonce: None,
-        },
-    )
-    .unwrap();
+    let p = proof(9, &w, "GET", "/v1/pay", "exec-action", None);
     let a = call(&g, "GET", "/v1/pay", b"", &w, &p, "");
     assert_eq!((a.status, a.code().as_str()), (401, "action"), "{}", a.body);
     assert_eq!(count(), 1);
@@ -667,26 +661,7 @@ fn with_dpop_nonces_a_proof_without_the_gateway_nonce_gets_one() {
     let a = call(&g, "POST", "/v1/pay", PAY, &w2, &p2, "");
     assert_eq!(a.code(), "use_dpop_nonce", "{}", a.body);
     // With the gateway's nonce, the same writ (never spent) goes through.
-    let (_, p3) = {
-        let t = now();
-        let holder = key(9);
-        (
-            (),
-            dpop::create(
-                &holder,
-                &jwk(&holder),
-                &ProofClaims {
-                    jti: "with-nonce".into(),
-                    iat: t,
-                    htm: "POST".into(),
-                    htu: format!("{ORIGIN}/v1/pay"),
-                    ath: dpop::ath(&w),
-                    nonce: Some(nonce),
-                },
-            )
-            .unwrap(),
-        )
-    };
+    let p3 = proof(9, &w, "POST", "/v1/pay", "with-nonce", Some(&nonce));
     let a = call(&g, "POST", "/v1/pay", PAY, &w, &p3, "");
     assert_eq!(a.status, 201, "{}", a.body);
     assert!(a.headers.contains_key("dpop-nonce"));
@@ -729,11 +704,7 @@ fn credentials_others_can_read_stop_the_proxy_and_metrics_count_decisions() {
         std::fs::Permissions::from_mode(0o644),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_writ-gate"))
-        .args(["proxy", "--config"])
-        .arg(d.join("gate.toml"))
-        .output()
-        .unwrap();
+    let out = proxy_output(d);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("credentials"), "{err}");
@@ -833,11 +804,7 @@ fn a_proxy_whose_store_cannot_be_opened_does_not_start() {
             &format!("{}/not-a-folder/replay.db", d.display()),
         );
     std::fs::write(d.join("gate.toml"), conf).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_writ-gate"))
-        .args(["proxy", "--config"])
-        .arg(d.join("gate.toml"))
-        .output()
-        .unwrap();
+    let out = proxy_output(d);
     assert_eq!(out.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&out.stdout).is_empty(),
