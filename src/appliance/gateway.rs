@@ -24,6 +24,7 @@
 use serde::Deserialize;
 use serde_json::Value as Json;
 use writ_attestation::log::record::Kind;
+use writ_attestation::writ::claims::is_digest;
 
 use super::{Appliance, Rec, digest, malformed};
 use crate::http::Problem;
@@ -102,11 +103,6 @@ pub struct ReportEntry {
 
 fn field<'a>(e: &'a Json, path: &[&str]) -> Option<&'a Json> {
     path.iter().try_fold(e, |v, k| v.get(*k))
-}
-
-fn is_digest(s: &str) -> bool {
-    s.strip_prefix("sha256:")
-        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
 }
 
 /// What an entry records: its kind, its denial reason (outcomes), and its digests.
