@@ -14,7 +14,7 @@
 //! atomically (a reader sees the old bundle or the new one, never a part). A refresh that fails
 //! leaves the bundle in place: when it expires, the gateway refuses everything.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use writ_attestation::writ::Refusal;
@@ -29,10 +29,12 @@ const WAIT_S: std::ops::RangeInclusive<u64> = 5..=3600;
 
 /// The appliance named by `server` (or the configuration's), trusted through the configuration's
 /// CA file, pinned by `fingerprint` on first contact.
+/// With `client_cert` (certificate, key), this gateway presents it (mutual TLS).
 fn appliance(
     c: &GateConfig,
     server: Option<&str>,
     fingerprint: Option<&str>,
+    client_cert: Option<(PathBuf, PathBuf)>,
 ) -> Result<Client, String> {
     let server = server
         .or(c.server.as_deref())
@@ -56,7 +58,7 @@ fn appliance(
         &Trust {
             fingerprint: fingerprint.map(str::to_string),
             ca_file: Some(ca),
-            client_cert: None,
+            client_cert,
         },
     )
     .map_err(|e| e.to_string())
@@ -68,7 +70,8 @@ pub fn fetch_and_install(
     server: Option<&str>,
     fingerprint: Option<&str>,
 ) -> Result<TrustBundle, Refusal> {
-    let client = appliance(c, server, fingerprint).map_err(|e| Refusal::new("bundle_fetch", e))?;
+    let client =
+        appliance(c, server, fingerprint, None).map_err(|e| Refusal::new("bundle_fetch", e))?;
     let v = client
         .call("GET", "/v1/bundle", None, None)
         .map_err(|e| Refusal::new("bundle_fetch", format!("GET /v1/bundle: {e}")))?;
@@ -196,41 +199,24 @@ pub fn report(c: &GateConfig, watch: bool) -> Result<u64, String> {
             key.display()
         ));
     }
-    let server = c
-        .server
-        .as_deref()
-        .ok_or("no appliance: set server in the configuration")?;
-    if !server.starts_with("https://") {
-        return Err(format!(
-            "{server}: the appliance must be https:// (mutual TLS with this gateway's certificate)"
-        ));
-    }
-    let client = Client::new(
-        server,
-        &Trust {
-            fingerprint: None,
-            ca_file: Some(c.ca_file()),
-            client_cert: Some((cert.clone(), key.clone())),
-        },
-    )
-    .map_err(|e| e.to_string())?;
+    let client = appliance(c, None, None, Some((cert.clone(), key.clone())))?;
     let store = SqliteReplay::open_bounded(&c.replay_db, c.spool_max).map_err(|r| r.detail)?;
     let spool = SqliteReplay::spool_identity(&c.replay_db).map_err(|r| r.detail)?;
     let mut reported = 0u64;
     loop {
         let batch =
             SqliteReplay::spool_entries(&c.replay_db, 0, REPORT_BATCH).map_err(|r| r.detail)?;
-        let Some(last) = batch.last().map(|(seq, _)| *seq) else {
+        if batch.is_empty() {
             if !watch {
                 return Ok(reported);
             }
             std::thread::sleep(Duration::from_secs(5));
             continue;
-        };
+        }
         // At most REPORT_BYTES of entries (the appliance's bound is 4 MiB), at least one.
         let mut entries: Vec<serde_json::Value> = Vec::new();
         let mut bytes = 0usize;
-        let mut last = last;
+        let mut last = 0;
         for (seq, entry) in &batch {
             let e = serde_json::json!({"seq": seq, "entry": entry});
             let n = e.to_string().len();
