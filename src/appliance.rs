@@ -876,10 +876,15 @@ impl Appliance {
 
     /// Logs an identified admin's refused request (malformed input) and returns the refusal.
     pub fn admin_refused(&self, admin: &str, p: Problem) -> Problem {
+        self.refused_as(Kind::Admin, admin, p)
+    }
+
+    /// `p`, refusing identified `subject`, recorded as a `kind` decision first.
+    fn refused_as(&self, kind: Kind, subject: &str, p: Problem) -> Problem {
         self.deny(
             Rec {
-                kind: Kind::Admin,
-                subject: admin,
+                kind,
+                subject,
                 reason: Some(p.code()),
                 digests: &[],
             },

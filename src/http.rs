@@ -653,7 +653,11 @@ async fn gateway_report(
     Gateway(gateway): Gateway,
     body: axum::body::Bytes,
 ) -> Result<Response, Problem> {
-    let report = json_body::<Report>(&body)?;
+    let report = match json_body::<Report>(&body) {
+        Ok(r) => r,
+        // The gateway is identified: its malformed report is a record like its other refusals.
+        Err(p) => return Err(work(move || Ok(app.report_refused(&gateway, p))).await?),
+    };
     let acked = work(move || app.report(&gateway, &report.spool, &report.entries)).await?;
     Ok(axum::Json(json!({"acknowledged": acked})).into_response())
 }

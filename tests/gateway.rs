@@ -563,6 +563,20 @@ fn a_writ_issued_over_https_runs_once_through_exec_and_is_forwarded_once_through
     );
     assert_eq!(count_mine(), before + 1);
 
+    // A malformed entry: the report is refused, and the refusal recorded under the gateway.
+    spool_insert(r#"{"kind":"issue","jti":"x"}"#);
+    let out = gate(&["report", "--config", conf_s]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let last = s.records().pop().unwrap();
+    assert_eq!(
+        (last.subject.as_str(), last.reasons.as_slice()),
+        (me, ["malformed".to_string()].as_slice())
+    );
+    rusqlite::Connection::open(g.join("replay.db"))
+        .unwrap()
+        .execute("DELETE FROM spool", [])
+        .unwrap();
+
     // Nothing more to report; a revoked gateway reports nothing, and the refusal is logged.
     let out = gate(&["report", "--config", conf_s]);
     assert!(

@@ -181,14 +181,19 @@ impl Appliance {
         entries: &[ReportEntry],
     ) -> Result<i64, Problem> {
         if entries.len() > MAX_REPORT {
-            return Err(malformed(format!("at most {MAX_REPORT} entries a report")));
+            return Err(self.report_refused(
+                gateway,
+                malformed(format!("at most {MAX_REPORT} entries a report")),
+            ));
         }
         if spool.len() != 32
             || !spool
                 .bytes()
                 .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
         {
-            return Err(malformed("spool is 32 lower-case hex digits"));
+            return Err(
+                self.report_refused(gateway, malformed("spool is 32 lower-case hex digits"))
+            );
         }
         let highest = |this: &Appliance| -> Result<i64, Problem> {
             let rows = this.query(
@@ -206,8 +211,9 @@ impl Appliance {
             if e.seq <= acked {
                 continue;
             }
-            let (kind, mut reason, digests) = record_of(&e.entry)
-                .map_err(|why| malformed(format!("spool entry {}: {why}", e.seq)))?;
+            let (kind, mut reason, digests) = record_of(&e.entry).map_err(|why| {
+                self.report_refused(gateway, malformed(format!("spool entry {}: {why}", e.seq)))
+            })?;
             if kind == Kind::Gate && !self.issued_here(&e.entry)? {
                 reason = Some("report_mismatch");
             }
@@ -236,6 +242,11 @@ impl Appliance {
             }
         }
         Ok(acked)
+    }
+
+    /// A refusal of `gateway`'s report (an identified caller): recorded as a `gate` deny first.
+    pub fn report_refused(&self, gateway: &str, p: Problem) -> Problem {
+        self.refused_as(Kind::Gate, gateway, p)
     }
 
     /// Whether a gate entry's writ is one this appliance issued (its `jti` and digest in `writs`).
