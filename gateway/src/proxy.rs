@@ -280,13 +280,12 @@ impl BundleCache {
 
 /// Counters for /metrics, by decision and code.
 #[derive(Debug, Default)]
-struct Metrics(Mutex<BTreeMap<(String, String), u64>>);
+struct Metrics(Mutex<BTreeMap<(&'static str, &'static str), u64>>);
 
 impl Metrics {
-    fn count(&self, decision: &str, code: &str) {
+    fn count(&self, decision: &'static str, code: &'static str) {
         if let Ok(mut m) = self.0.lock() {
-            *m.entry((decision.to_string(), code.to_string()))
-                .or_insert(0) += 1;
+            *m.entry((decision, code)).or_insert(0) += 1;
         }
     }
 
@@ -339,7 +338,8 @@ struct Proxy {
     config: ProxyConfig,
     gate: GateConfig,
     origin: String,
-    upstream: hyper::Uri,
+    /// The upstream's base (`http://host:port[/prefix]`, no trailing `/`).
+    upstream: String,
     store: Arc<SqliteReplay>,
     bundle: BundleCache,
     credentials: Credentials,
@@ -617,10 +617,7 @@ impl Proxy {
         self.metrics.count("allow", "");
 
         // Forward: the verified request, without what authorized it, with the credentials.
-        let upstream_uri = format!(
-            "{}{path_and_query}",
-            self.upstream.to_string().trim_end_matches('/')
-        );
+        let upstream_uri = format!("{}{path_and_query}", self.upstream);
         let mut out = HttpRequest::builder()
             .method(parts.method.clone())
             .uri(&upstream_uri)
@@ -806,7 +803,7 @@ pub fn run(
             config,
             gate,
             origin,
-            upstream: up,
+            upstream: up.to_string().trim_end_matches('/').to_string(),
             store,
             credentials,
             nonces,
