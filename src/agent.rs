@@ -37,6 +37,11 @@ pub enum AgentCommand {
     /// Get an X.509-SVID for this runtime's holder key (the key stays in the TPM). Exit 0 issued,
     /// 1 refused, 2 error.
     Svid(SvidArgs),
+    /// Have the appliance sign with one of its signing keys, as this attested runtime: a raw
+    /// signature (DER) over a file's or a digest's SHA-256, or a DSSE envelope over an in-toto
+    /// Statement naming the subjects' SHA-256 (writ adds its account of this runtime as the
+    /// predicate). Prints the key, its kid and the log index. Exit 0 signed, 1 refused, 2 error.
+    Sign(SignArgs),
     /// As the holder of a delegation writ, make the proof that lets another runtime's holder key
     /// (`--for`, its thumbprint from `writ agent status`) ask for one child writ under it.
     Consent(ConsentArgs),
@@ -123,6 +128,34 @@ pub struct SvidArgs {
     /// Where to write the certificate (PEM).
     #[arg(long)]
     out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct SignArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The TPM (TCTI), else `TPM2TOOLS_TCTI`, `TCTI` or /dev/tpmrm0.
+    #[arg(long)]
+    tcti: Option<String>,
+    /// The signing key's name.
+    #[arg(long)]
+    key: String,
+    /// A raw signature over this digest (`sha256:<hex>`).
+    #[arg(long)]
+    digest: Option<String>,
+    /// A raw signature over this file's SHA-256.
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// A DSSE envelope naming this file (its path as given, and its SHA-256). Repeatable.
+    #[arg(long = "subject")]
+    subjects: Vec<PathBuf>,
+    /// Where to write the signature (DER) or the envelope (JSON).
+    #[arg(long)]
+    out: PathBuf,
+    /// Also fetch the signature's inclusion bundle (its `sign` record under a checkpoint) into
+    /// this file, for `writ verify-signature --inclusion`.
+    #[arg(long)]
+    inclusion: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -409,6 +442,7 @@ pub fn run(cmd: AgentCommand) -> Result<(), Failure> {
         AgentCommand::Status(a) => Ok(status(&a.common.state)?),
         AgentCommand::Request(a) => request(&a),
         AgentCommand::Svid(a) => svid(&a),
+        AgentCommand::Sign(a) => sign(&a),
         AgentCommand::Inclusion(a) => inclusion(&a),
         AgentCommand::Run(a) => run_command(&a),
         AgentCommand::Proof(a) => {
@@ -866,22 +900,7 @@ fn inclusion(a: &InclusionArgs) -> Result<(), Failure> {
         .get("index")
         .and_then(Value::as_u64)
         .ok_or("the appliance did not locate the writ's record")?;
-    let mut path = format!("/v1/log/bundle?index={index}");
-    if let Some(f) = a.from_size {
-        path.push_str(&format!("&from_size={f}"));
-    }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    let bundle = loop {
-        match client.call("GET", &path, None, None) {
-            Ok(b) => break b,
-            Err(crate::client::ClientError::Refused { code, .. })
-                if code == "not_yet_checkpointed" && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(250));
-            }
-            Err(e) => return Err(refused(e)),
-        }
-    };
+    let bundle = log_bundle(&client, index, a.from_size).map_err(refused)?;
     let text = bundle.to_string();
     std::fs::write(&a.out, &text).map_err(|e| format!("{}: {e}", a.out.display()))?;
     eprintln!(
@@ -895,6 +914,119 @@ fn inclusion(a: &InclusionArgs) -> Result<(), Failure> {
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text.as_bytes())
         );
     }
+    Ok(())
+}
+
+/// The inclusion bundle of record `index` (with the consistency proof from `from_size`), once a
+/// checkpoint covers it (waiting up to 15 s for one).
+fn log_bundle(
+    client: &Client,
+    index: u64,
+    from_size: Option<u64>,
+) -> Result<Value, crate::client::ClientError> {
+    let mut path = format!("/v1/log/bundle?index={index}");
+    if let Some(f) = from_size {
+        path.push_str(&format!("&from_size={f}"));
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        match client.call("GET", &path, None, None) {
+            Ok(b) => return Ok(b),
+            Err(crate::client::ClientError::Refused { code, .. })
+                if code == "not_yet_checkpointed" && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(250));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// `writ agent sign` (see [`AgentCommand::Sign`]).
+fn sign(a: &SignArgs) -> Result<(), Failure> {
+    use sha2::Digest as _;
+    let state = &a.common.state;
+    let file_digest = |f: &Path| -> Result<String, String> {
+        let mut h = sha2::Sha256::new();
+        let mut r = std::fs::File::open(f).map_err(|e| format!("{}: {e}", f.display()))?;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = std::io::Read::read(&mut r, &mut buf)
+                .map_err(|e| format!("{}: {e}", f.display()))?;
+            let Some(chunk) = buf.get(..n).filter(|c| !c.is_empty()) else {
+                break;
+            };
+            h.update(chunk);
+        }
+        Ok(hex::encode(h.finalize()))
+    };
+    let body = match (&a.digest, &a.file, a.subjects.is_empty()) {
+        (Some(d), None, true) => json!({"digest": d}),
+        (None, Some(f), true) => json!({"digest": format!("sha256:{}", file_digest(f)?)}),
+        (None, None, false) => {
+            let mut subjects = Vec::new();
+            for f in &a.subjects {
+                let name = f
+                    .to_str()
+                    .ok_or_else(|| format!("{}: not a UTF-8 name", f.display()))?;
+                subjects.push(json!({"name": name, "digest": {"sha256": file_digest(f)?}}));
+            }
+            json!({"subjects": subjects})
+        }
+        _ => {
+            return Err(
+                "give --digest sha256:HEX or --file FILE (a raw signature), or --subject FILE... (a DSSE envelope)"
+                    .into(),
+            );
+        }
+    };
+    let (_, ear) = current_ear(state)?;
+    let client = client_of(state)?;
+    let tpm = Attester::open(a.tcti.as_deref()).map_err(|e| format!("TPM: {e}"))?;
+    let path = format!("/v1/sign/{}", a.key);
+    let htu = format!("{}{path}", client.base());
+    let proof = holder_proof(&tpm, state, "POST", &htu, &ear, None)?;
+    let signed = client
+        .call_with(
+            "POST",
+            &path,
+            Some(&body),
+            Some(&format!("DPoP {ear}")),
+            Some(&proof),
+        )
+        .map_err(failure)?;
+    let out: Vec<u8> = match (signed.get("signature"), signed.get("envelope")) {
+        (Some(Value::String(sig)), None) => base64::engine::general_purpose::STANDARD
+            .decode(sig.as_bytes())
+            .map_err(|_| "the appliance's signature is not base64")?,
+        (None, Some(env)) => format!("{env}\n").into_bytes(),
+        _ => return Err("the appliance's answer has neither a signature nor an envelope".into()),
+    };
+    writ::files::write_atomically(&a.out, &out, 0o644, writ::files::Existing::Replace)
+        .map_err(|e| format!("--out {}: {e}", a.out.display()))?;
+    let index = signed
+        .get("log_index")
+        .and_then(Value::as_u64)
+        .ok_or("the appliance's answer has no log index")?;
+    if let Some(p) = &a.inclusion {
+        let bundle = log_bundle(&client, index, None).map_err(failure)?;
+        writ::files::write_atomically(
+            p,
+            format!("{bundle}\n").as_bytes(),
+            0o644,
+            writ::files::Existing::Replace,
+        )
+        .map_err(|e| format!("--inclusion {}: {e}", p.display()))?;
+    }
+    step(&format!(
+        "signed by {:?}: written to {} (log index {index})",
+        a.key,
+        a.out.display()
+    ));
+    println!(
+        "{}",
+        json!({"key": a.key, "kid": signed.get("kid"), "log_index": index, "out": a.out})
+    );
     Ok(())
 }
 

@@ -42,6 +42,7 @@ mod attest;
 mod bundle;
 mod gateway;
 mod issue;
+mod sign;
 mod svid;
 pub use attest::{
     AttestAnswer, AttestRequest, Holder, MAX_ATTEST_BODY, MAX_EVENT_LOG, MAX_PENDING_NONCES,
@@ -50,6 +51,7 @@ pub use attest::{
 pub use bundle::{BUNDLE_LIFETIME_S, REFRESH_HINT_S};
 pub use gateway::{MAX_REPORT, MAX_REPORT_BODY, ReportEntry, Role};
 pub use issue::{Issued, PROOF_SKEW, WritRequest, consent_nonce};
+pub use sign::{SignRequest, Signed as SignedArtifact};
 pub use svid::{SvidIssued, SvidRequest};
 
 /// How long a credential challenge can be answered, seconds.
@@ -85,6 +87,9 @@ pub struct ApplianceConfig {
     /// that sign nothing: keys being rotated in or out. What they signed still verifies here (an
     /// EAR, a parent writ) while they are published.
     pub published_keys: Vec<(&'static str, Arc<dyn writ_hsm::CustodyKey>)>,
+    /// The signing service's named keys (docs/signing.md), published in the trust bundle under
+    /// `signing` with their names.
+    pub signing_keys: Vec<(String, Arc<dyn writ_hsm::CustodyKey>)>,
     /// The origins (`scheme://host[:port]`) clients address this appliance at; a DPoP proof's
     /// `htu` must name one of them.
     pub origins: Vec<String>,
@@ -111,6 +116,8 @@ pub struct Appliance {
     /// SVID requests per runtime in the current minute (their own bucket: they do not use up
     /// the runtime's writ requests).
     svid_rates: issue::Rates,
+    /// Signing requests per runtime in the current minute (their own bucket).
+    sign_rates: issue::Rates,
     /// Publication of trust bundle versions, one at a time.
     publishing: bundle::Publishing,
 }
@@ -345,6 +352,7 @@ impl Appliance {
             rates: issue::Rates::default(),
             refusals: issue::Rates::default(),
             svid_rates: issue::Rates::default(),
+            sign_rates: issue::Rates::default(),
             publishing: bundle::Publishing::default(),
         }
     }

@@ -117,6 +117,9 @@ pub struct Keys {
     pub issuer_published: Vec<String>,
     /// Other `ear` keys, published but signing nothing (as `issuer_published`).
     pub ear_published: Vec<String>,
+    /// The signing service's named keys (`[keys.signing] release = "pkcs11:..."`), each
+    /// published in the trust bundle under its name (docs/signing.md).
+    pub signing: std::collections::BTreeMap<String, String>,
 }
 
 /// The decision log.

@@ -218,6 +218,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/log/writs/{jti}"),
     ("GET", "/v1/bundle"),
     ("POST", "/v1/svid"),
+    ("POST", "/v1/sign/{name}"),
     ("POST", "/v1/admin/ek-registrations"),
     ("POST", "/v1/admin/join-tokens"),
     ("GET", "/v1/admin/runtimes"),
@@ -259,6 +260,7 @@ pub const OPENAPI: &str = include_str!("../docs/openapi.json");
 /// | `POST /v1/admin/gateways/{name}/revoke` | 204: that gateway's certificates no longer authenticate |
 /// | `POST /v1/gateway/reports` `{"spool","entries":[{"seq","entry"}]}` (a gateway's client certificate) | `{"acknowledged": seq}`: its spool entries recorded as `gate` / `outcome` records |
 /// | `POST /v1/svid` (`Authorization: DPoP <EAR>`) `{"csr"}` | an X.509-SVID for the holder key ([`crate::appliance::SvidIssued`]) |
+/// | `POST /v1/sign/{name}` (`Authorization: DPoP <EAR>`) `{"digest"}` or `{"subjects"}` | a raw signature or a DSSE envelope by the named key ([`crate::appliance::SignedArtifact`]) |
 /// | `GET /v1/bundle` | the trust bundle (interfaces.md): keys by purpose, the CA, accepted policy bundles, the log's key |
 /// | `GET /v1/log/writs/{jti}` | `{"jti","leaf_hash","index"}`: the writ's `issue` record (for `writ audit lineage`) |
 pub fn appliance_router(app: Arc<Appliance>) -> Router {
@@ -304,6 +306,7 @@ pub fn appliance_router_limited(app: Arc<Appliance>, limit: Arc<UnidentifiedLimi
         .route("/v1/log/writs/{jti}", get(writ_record))
         .route("/v1/bundle", get(trust_bundle))
         .route("/v1/svid", post(issue_svid))
+        .route("/v1/sign/{name}", post(sign))
         .route("/v1/admin/ek-registrations", post(admin_register_ek))
         .route("/v1/admin/join-tokens", post(admin_join_token))
         .route("/v1/admin/runtimes", get(admin_runtimes))
@@ -703,6 +706,23 @@ async fn issue_svid(
     let proof = header_text(&headers, "dpop");
     let htu = htu_of(&app, &headers, "/v1/svid")?;
     work(move || app.issue_svid(ear.as_deref(), proof.as_deref(), &htu, &req))
+        .await
+        .map(|w| ok_json(&w))
+}
+
+async fn sign(
+    State(app): State<Arc<Appliance>>,
+    Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, Problem> {
+    let req: crate::appliance::SignRequest = json_body(&body)?;
+    let ear = header_text(&headers, "authorization")
+        .and_then(|v| v.strip_prefix("DPoP ").map(str::to_string));
+    let proof = header_text(&headers, "dpop");
+    // Key names are of a-z 0-9 - _ . only: the path as the client wrote it.
+    let htu = htu_of(&app, &headers, &format!("/v1/sign/{name}"))?;
+    work(move || app.sign(&name, ear.as_deref(), proof.as_deref(), &htu, &req))
         .await
         .map(|w| ok_json(&w))
 }

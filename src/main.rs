@@ -14,6 +14,7 @@ mod keys;
 mod measured_boot;
 mod serve;
 mod verify_quote;
+mod verify_signature;
 
 use std::process::ExitCode;
 
@@ -35,6 +36,10 @@ enum Command {
     /// Verify a TPM2_Quote made by tpm2-tools (as tpm2_checkquote does). Exit 0 verified, 1
     /// rejected with the failed check named, 2 usage or input error.
     VerifyQuote(verify_quote::VerifyQuote),
+    /// Verify a signature or a DSSE envelope from the signing service against the trust
+    /// bundle (and, with --inclusion, its record in the log), offline. Exit 0 verified, 1
+    /// refused with the failed check named, 2 usage or input error.
+    VerifySignature(verify_signature::VerifySignature),
     /// Read firmware event logs: typed events, replay, comparison with PCR values.
     #[command(subcommand)]
     Eventlog(measured_boot::EventlogCommand),
@@ -93,6 +98,7 @@ fn main() -> ExitCode {
             };
         }
         Command::VerifyQuote(args) => return verify_quote::run(args),
+        Command::VerifySignature(args) => return verify_signature::run(args),
         Command::Eventlog(cmd) => return measured_boot::eventlog(cmd),
         Command::Appraise(args) => return measured_boot::appraise_cmd(args),
         Command::Reference(cmd) => return measured_boot::reference(cmd),

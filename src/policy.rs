@@ -14,6 +14,10 @@
 //!   writ), `time` (seconds), `delegation` (whether this is one combination of a delegation
 //!   writ's scope), `parent` (the parent writ's subject, "" for a root writ).
 //!
+//! For a signing request (docs/signing.md): the same principal, action `Action::"sign"`,
+//! resource `SigningKey::"<key name>"`, context `payload_type`, `size`, `subjects` (digests),
+//! `names` (subject names), `time`.
+//!
 //! A delegation writ is allowed only if policy allows every (action, resource, audience) of its
 //! scope, each decided as above with `delegation` true.
 //!
@@ -45,6 +49,9 @@ manufacturer: String };
 entity Resource;
 type WritContext = { audience: String, req: String, depth: Long, time: Long, delegation: Bool, \
 parent: String };
+entity SigningKey;
+type SignContext = { payload_type: String, size: Long, subjects: Set<String>, names: Set<String>, \
+time: Long };
 ";
 /// Largest bundle accepted, bytes.
 pub const MAX_BUNDLE: usize = 256 * 1024;
@@ -84,6 +91,41 @@ pub struct PolicyBundle {
     /// transaction: each replaces the profile of that name (others stay as they are).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub profiles: BTreeMap<String, Value>,
+    /// The signing service's limits (docs/signing.md); defaults when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing: Option<SigningLimits>,
+}
+
+/// The signing service's limits, from the policy bundle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningLimits {
+    /// Largest payload signed (an envelope's Statement), bytes (256 to 65,536; default 16,384).
+    #[serde(default = "default_max_payload")]
+    pub max_payload_bytes: i64,
+    /// Most subjects of one Statement (1 to 1,024; default 64).
+    #[serde(default = "default_max_subjects")]
+    pub max_subjects: i64,
+    /// Signatures (and refused signing requests) per runtime per minute (default 600).
+    #[serde(default = "default_rate")]
+    pub rate_per_minute: u32,
+}
+
+impl Default for SigningLimits {
+    fn default() -> Self {
+        SigningLimits {
+            max_payload_bytes: default_max_payload(),
+            max_subjects: default_max_subjects(),
+            rate_per_minute: default_rate(),
+        }
+    }
+}
+
+fn default_max_payload() -> i64 {
+    16 * 1024
+}
+fn default_max_subjects() -> i64 {
+    64
 }
 
 /// Most reference profiles in one bundle.
@@ -101,6 +143,11 @@ impl PolicyBundle {
     /// An X.509-SVID's lifetime, seconds.
     pub fn svid_lifetime_s(&self) -> i64 {
         self.svid_lifetime_s.unwrap_or(DEFAULT_SVID_LIFETIME_S)
+    }
+
+    /// The signing service's limits.
+    pub fn signing(&self) -> SigningLimits {
+        self.signing.unwrap_or_default()
     }
 
     /// The deepest lineage a delegation writ may allow.
@@ -187,6 +234,22 @@ pub struct RequestContext<'a> {
     pub parent: &'a str,
 }
 
+/// A signing request's context.
+#[derive(Debug, Clone, Copy)]
+pub struct SignContext<'a> {
+    /// The payload's type: `application/vnd.in-toto+json` for an envelope, `digest` for a raw
+    /// signature.
+    pub payload_type: &'a str,
+    /// The payload's size, bytes (32 for a digest).
+    pub size: i64,
+    /// The subjects' digests (`sha256:<hex>`).
+    pub subjects: &'a [String],
+    /// The subjects' names (none for a raw digest).
+    pub names: &'a [String],
+    /// Now, seconds.
+    pub time: i64,
+}
+
 impl LoadedPolicy {
     /// Parses, checks and validates a bundle (its JSON bytes).
     pub fn from_json(bytes: &[u8]) -> Result<Self, BundleError> {
@@ -235,6 +298,20 @@ impl LoadedPolicy {
         range(
             "rate_per_minute",
             i64::from(bundle.rate_per_minute),
+            1,
+            1_000_000,
+        )?;
+        let signing = bundle.signing();
+        range(
+            "signing.max_payload_bytes",
+            signing.max_payload_bytes,
+            256,
+            65_536,
+        )?;
+        range("signing.max_subjects", signing.max_subjects, 1, 1024)?;
+        range(
+            "signing.rate_per_minute",
+            i64::from(signing.rate_per_minute),
             1,
             1_000_000,
         )?;
@@ -310,13 +387,56 @@ impl LoadedPolicy {
         resource: &str,
         ctx: &RequestContext<'_>,
     ) -> Verdict {
+        self.decide_on(
+            principal,
+            action,
+            ("Resource", resource),
+            json!({
+                "audience": ctx.audience,
+                "req": ctx.req,
+                "depth": ctx.depth,
+                "time": ctx.time,
+                "delegation": ctx.delegation,
+                "parent": ctx.parent,
+            }),
+        )
+    }
+
+    /// Decides a signing request: action `sign` on `SigningKey::"<key name>"`.
+    pub fn decide_sign(
+        &self,
+        principal: &Principal<'_>,
+        key: &str,
+        ctx: &SignContext<'_>,
+    ) -> Verdict {
+        self.decide_on(
+            principal,
+            "sign",
+            ("SigningKey", key),
+            json!({
+                "payload_type": ctx.payload_type,
+                "size": ctx.size,
+                "subjects": ctx.subjects,
+                "names": ctx.names,
+                "time": ctx.time,
+            }),
+        )
+    }
+
+    fn decide_on(
+        &self,
+        principal: &Principal<'_>,
+        action: &str,
+        (resource_type, resource): (&str, &str),
+        context: Value,
+    ) -> Verdict {
         let uid = |t: &str, id: &str| {
             EntityUid::from_json(json!({"type": t, "id": id})).map_err(|e| e.to_string())
         };
         let built = (|| {
             let p = uid("Runtime", principal.spiffe_id)?;
             let a = uid("Action", action)?;
-            let r = uid("Resource", resource)?;
+            let r = uid(resource_type, resource)?;
             let v = |k: &str| principal.vector.get(k).and_then(Value::as_i64).unwrap_or(0);
             let entities = Entities::from_json_value(
                 json!([
@@ -330,23 +450,13 @@ impl LoadedPolicy {
                         "instance_identity": v("instance-identity"),
                         "manufacturer": principal.manufacturer,
                     }},
-                    {"uid": {"type": "Resource", "id": resource}, "parents": [], "attrs": {}},
+                    {"uid": {"type": resource_type, "id": resource}, "parents": [], "attrs": {}},
                 ]),
                 Some(&self.schema),
             )
             .map_err(|e| e.to_string())?;
-            let context = Context::from_json_value(
-                json!({
-                    "audience": ctx.audience,
-                    "req": ctx.req,
-                    "depth": ctx.depth,
-                    "time": ctx.time,
-                    "delegation": ctx.delegation,
-                    "parent": ctx.parent,
-                }),
-                Some((&self.schema, &a)),
-            )
-            .map_err(|e| e.to_string())?;
+            let context = Context::from_json_value(context, Some((&self.schema, &a)))
+                .map_err(|e| e.to_string())?;
             let request =
                 Request::new(p, a, r, context, Some(&self.schema)).map_err(|e| e.to_string())?;
             Ok::<_, String>((request, entities))
@@ -375,5 +485,81 @@ impl LoadedPolicy {
             Decision::Allow => Verdict::Allow(rules),
             Decision::Deny => Verdict::Deny(rules),
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn example() -> LoadedPolicy {
+        LoadedPolicy::from_json(include_bytes!("../deploy/policy/example.json")).unwrap()
+    }
+
+    fn runtime<'a>(status: &'a str, vector: &'a Value) -> Principal<'a> {
+        Principal {
+            spiffe_id: "spiffe://writ.dev/runtime/a",
+            name: "a",
+            status,
+            vector,
+            manufacturer: "",
+        }
+    }
+
+    #[test]
+    fn the_example_bundle_decides_signing_by_key_name_and_status() {
+        let p = example();
+        let vector =
+            json!({"configuration": 2, "executables": 2, "hardware": 2, "instance-identity": 2});
+        let subjects = ["sha256:".to_string() + &"ab".repeat(32)];
+        let ctx = SignContext {
+            payload_type: "digest",
+            size: 32,
+            subjects: &subjects,
+            names: &[],
+            time: 1_800_000_000,
+        };
+        assert_eq!(
+            p.decide_sign(&runtime("affirming", &vector), "release", &ctx),
+            Verdict::Allow(vec!["affirmed-runtimes-sign-releases".into()])
+        );
+        // Another key, another status: no permit applies.
+        assert_eq!(
+            p.decide_sign(&runtime("affirming", &vector), "nightly", &ctx),
+            Verdict::Deny(vec![])
+        );
+        assert_eq!(
+            p.decide_sign(&runtime("warning", &vector), "release", &ctx),
+            Verdict::Deny(vec![])
+        );
+        // A writ resource of the same name is not a signing key.
+        let wctx = RequestContext {
+            audience: "spiffe://writ.dev/gateway/tools",
+            req: "",
+            depth: 0,
+            time: 1_800_000_000,
+            delegation: false,
+            parent: "",
+        };
+        assert!(matches!(
+            p.decide(&runtime("affirming", &vector), "sign", "release", &wctx),
+            Verdict::Error(_)
+        ));
+    }
+
+    #[test]
+    fn signing_limits_are_bounded() {
+        let mut b = example().bundle;
+        b.signing = Some(SigningLimits {
+            max_payload_bytes: 100,
+            ..SigningLimits::default()
+        });
+        assert!(LoadedPolicy::new(b.clone()).is_err());
+        b.signing = Some(SigningLimits {
+            max_subjects: 0,
+            ..SigningLimits::default()
+        });
+        assert!(LoadedPolicy::new(b).is_err());
     }
 }

@@ -78,6 +78,10 @@ pub struct Serve {
     /// keys.ear_published.
     #[arg(long = "publish-ear-key")]
     publish_ear_keys: Vec<String>,
+    /// A named key of the signing service, `NAME=URI` (pkcs11: or tpm:): `POST /v1/sign/NAME`
+    /// signs with it (docs/signing.md). Repeatable; replaces keys.signing.
+    #[arg(long = "signing-key")]
+    signing_keys: Vec<String>,
     /// Seconds a nonce handed out for an attestation can be used (default 60).
     #[arg(long)]
     nonce_ttl: Option<u64>,
@@ -125,6 +129,20 @@ fn configure(args: &Serve) -> Result<Config, String> {
     }
     if !args.publish_ear_keys.is_empty() {
         c.keys.ear_published = args.publish_ear_keys.clone();
+    }
+    if !args.signing_keys.is_empty() {
+        c.keys.signing = args
+            .signing_keys
+            .iter()
+            .map(|kv| {
+                kv.split_once('=')
+                    .map(|(n, u)| (n.to_string(), u.to_string()))
+                    .ok_or_else(|| format!("--signing-key {kv:?}: NAME=URI"))
+            })
+            .collect::<Result<_, _>>()?;
+        if c.keys.signing.len() != args.signing_keys.len() {
+            return Err("--signing-key: a name given twice".into());
+        }
     }
     if let Some(v) = args.nonce_ttl {
         c.attestation.nonce_ttl_s = v;
@@ -389,6 +407,24 @@ pub fn run(args: Serve) -> Result<(), String> {
             (Some(tls), Some(ca))
         }
     };
+    // The signing service's named keys.
+    let mut signing: Vec<(String, Arc<dyn writ_hsm::CustodyKey>)> = Vec::new();
+    for (name, uri) in &c.keys.signing {
+        if !writ::appliance::valid_name(name) {
+            return Err(format!(
+                "signing key name {name:?}: 1 to 64 of a-z 0-9 - _ . (not only dots)"
+            ));
+        }
+        let k = open_key(
+            &uri.parse()
+                .map_err(|e| format!("signing key {name}: {e}"))?,
+            &OpenOptions {
+                allow_software_keys: args.allow_software_keys,
+            },
+        )
+        .map_err(|e| format!("signing key {name} ({uri}): {e}"))?;
+        signing.push((name.clone(), k));
+    }
     // Keys published beside the signing ones: none is another purpose's key (the ca key too).
     {
         let mut seen: Vec<(&str, Vec<u8>)> =
@@ -411,6 +447,20 @@ pub fn run(args: Serve) -> Result<(), String> {
                 ));
             }
             seen.push((p, spki));
+        }
+        for (name, k) in &signing {
+            let spki = k.public_key().spki_der().to_vec();
+            if let Some((other, _)) = seen.iter().find(|(_, s)| *s == spki) {
+                return Err(format!(
+                    "the signing key {name} is also {}: one key, one purpose (and one name)",
+                    if *other == "signing" {
+                        "another signing key".to_string()
+                    } else {
+                        format!("the {other} key")
+                    }
+                ));
+            }
+            seen.push(("signing", spki));
         }
     }
     let mut config = LogConfig::new(&c.origin());
@@ -498,6 +548,7 @@ pub fn run(args: Serve) -> Result<(), String> {
                 issuer_key: issuer,
                 ca_key,
                 published_keys: published,
+                signing_keys: signing,
                 nonce_ttl: i64::try_from(c.attestation.nonce_ttl_s).unwrap_or(60),
                 ear_ttl: i64::try_from(c.attestation.ear_ttl_s).unwrap_or(300),
                 origins: public_origins(tls.is_some(), &c.tls.names, addr),

@@ -835,6 +835,7 @@ fn in_process(
             issuer_key: Some(key("issuer")),
             ca_key: None,
             published_keys: Vec::new(),
+            signing_keys: Vec::new(),
             nonce_ttl: 60,
             ear_ttl: 300,
             origins: vec![url.to_string()],

@@ -70,6 +70,15 @@ impl Appliance {
                 keys.push(jwk.to_json(Some(purpose)));
             }
         }
+        // The signing service's keys, by name.
+        for (name, k) in &self.config.signing_keys {
+            let mut jwk =
+                EcJwk::from_verifying_key(k.public_key().verifying_key()).to_json(Some("signing"));
+            if let Some(o) = jwk.as_object_mut() {
+                o.insert("name".into(), json!(name));
+            }
+            keys.push(jwk);
+        }
         let (policies, generation) = self.policy_versions()?;
         Ok((
             json!({

@@ -551,20 +551,7 @@ impl Appliance {
                 spend(&proofs, t, false),
             ));
         };
-        let result: Value = serde_json::from_str(&col(5)).unwrap_or(Value::Null);
-        let Some(evidence_map) = result.get("evidence").cloned() else {
-            tracing::error!(runtime = %name, "stored appraisal without its evidence");
-            return Err(corrupt("the runtime's stored appraisal is incomplete"));
-        };
-        let evidence = writ_attestation::jcs::canonical(&evidence_map)
-            .map(|c| digest(c.as_bytes()))
-            .map_err(|e| corrupt(&e.to_string()))?;
-        let nonce_digest = evidence_map
-            .get("nonce")
-            .and_then(Value::as_str)
-            .filter(|n| is_digest(n))
-            .ok_or_else(|| corrupt("the runtime's stored appraisal has no nonce digest"))?
-            .to_string();
+        let (evidence, nonce_digest) = evidence_digests(row, &name)?;
         // Lifetime: as asked, else the policy's default, and never past the parent (asking
         // for more than the parent has left is refused by the lineage check below).
         let lifetime = match (&parent, req.lifetime_s) {
@@ -1234,6 +1221,31 @@ pub(crate) fn runtime_facts(row: &[Db], name: &str) -> Result<(Value, String), P
     .vendor()
     .unwrap_or_default();
     Ok((vector, manufacturer))
+}
+
+/// The digests of the evidence behind a runtime's current appraisal (its [`RUNTIME_ROW`]): the
+/// evidence (SHA-256 of its canonical JSON) and the attestation's nonce. An appraisal without
+/// them is a broken store: refused.
+pub(crate) fn evidence_digests(row: &[Db], name: &str) -> Result<(String, String), Problem> {
+    let result: Value = row
+        .get(5)
+        .and_then(Db::text)
+        .and_then(|t| serde_json::from_str(t).ok())
+        .unwrap_or(Value::Null);
+    let Some(evidence_map) = result.get("evidence") else {
+        tracing::error!(runtime = %name, "stored appraisal without its evidence");
+        return Err(corrupt("the runtime's stored appraisal is incomplete"));
+    };
+    let evidence = writ_attestation::jcs::canonical(evidence_map)
+        .map(|c| digest(c.as_bytes()))
+        .map_err(|e| corrupt(&e.to_string()))?;
+    let nonce = evidence_map
+        .get("nonce")
+        .and_then(Value::as_str)
+        .filter(|n| is_digest(n))
+        .ok_or_else(|| corrupt("the runtime's stored appraisal has no nonce digest"))?
+        .to_string();
+    Ok((evidence, nonce))
 }
 
 /// The re-checks a decision about runtime `name` (its [`RUNTIME_ROW`], read when the decision was

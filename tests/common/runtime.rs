@@ -67,6 +67,41 @@ impl Runtime {
         }
     }
 
+    /// The holder key's public JWK.
+    pub fn holder_jwk(&self) -> writ_attestation::jwk::EcJwk {
+        let public = writ_attestation::tpm::public::Public::from_tpmt(&self.holder.public).unwrap();
+        let writ_attestation::tpm::public::KeyParams::Ecc { x, y, .. } = public.params() else {
+            panic!("an ECC key")
+        };
+        writ_attestation::jwk::EcJwk::from_coordinates(x, y).unwrap()
+    }
+
+    /// A DPoP proof by the holder key in the TPM for `POST htu` with `token`.
+    pub fn dpop(&self, htu: &str, token: &str) -> String {
+        use writ_attestation::writ::dpop;
+        let key = self
+            .tpm
+            .load_holder_key(&self.holder, Some(HOLDER_AUTH))
+            .unwrap();
+        let signer = writ_hsm::tpm::attester::HolderSigner {
+            tpm: &self.tpm,
+            key,
+            bound: None,
+        };
+        let claims = dpop::ProofClaims {
+            jti: writ_testkit::random_hex(16),
+            iat: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs() as i64,
+            htm: "POST".into(),
+            htu: htu.to_string(),
+            ath: dpop::ath(token),
+            nonce: None,
+        };
+        dpop::create(&signer, &self.holder_jwk(), &claims).unwrap()
+    }
+
     pub fn nonce(&self, s: &Stack) -> Value {
         let (st, n) = s.post("/v1/attest/nonce", &json!({"name": self.name}), None);
         assert_eq!(st, 200, "{n}");

@@ -52,6 +52,17 @@ pub struct BundleKey {
     pub purpose: Purpose,
     /// The key.
     pub jwk: EcJwk,
+    /// A signing key's name (`signing` keys only; the service's `/v1/sign/<name>`).
+    pub name: Option<String>,
+}
+
+/// A signing key's name: 1 to 64 of `a-z`, `0-9`, `-`, `_`, `.`, not only dots.
+pub fn valid_key_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.'))
+        && !name.bytes().all(|b| b == b'.')
 }
 
 /// A parsed trust bundle.
@@ -140,7 +151,24 @@ impl TrustBundle {
             if keys.iter().any(|o| o.jwk == jwk && o.purpose != purpose) {
                 return Err(bad(format!("key {kid:?} is published for two purposes")));
             }
-            keys.push(BundleKey { kid, purpose, jwk });
+            let name = if purpose == Purpose::Signing {
+                let n = str_member(k, "name")?;
+                if !valid_key_name(n) {
+                    return Err(bad(format!("signing key {kid:?}: name {n:?}")));
+                }
+                if keys.iter().any(|o| o.name.as_deref() == Some(n)) {
+                    return Err(bad(format!("two signing keys named {n:?}")));
+                }
+                Some(n.to_string())
+            } else {
+                None
+            };
+            keys.push(BundleKey {
+                kid,
+                purpose,
+                jwk,
+                name,
+            });
         }
         if !keys.iter().any(|k| k.purpose == Purpose::Issuer) {
             return Err(bad("no issuer key"));

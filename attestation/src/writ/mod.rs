@@ -10,6 +10,7 @@ pub mod dpop;
 pub mod json;
 pub mod jws;
 pub mod request;
+pub mod signed;
 pub mod verify;
 
 /// `sha256:` + hex of a compact writ: what `lin.parent` / `lin.root` and a decision record's
