@@ -980,6 +980,9 @@ fn sign(a: &SignArgs) -> Result<(), Failure> {
             );
         }
     };
+    if !writ_attestation::writ::bundle::valid_key_name(&a.key) {
+        return Err(format!("--key {:?}: a key name is 1 to 64 of a-z 0-9 - _ .", a.key).into());
+    }
     let (_, ear) = current_ear(state)?;
     let client = client_of(state)?;
     let tpm = Attester::open(a.tcti.as_deref()).map_err(|e| format!("TPM: {e}"))?;

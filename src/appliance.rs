@@ -89,10 +89,21 @@ pub struct ApplianceConfig {
     pub published_keys: Vec<(&'static str, Arc<dyn writ_hsm::CustodyKey>)>,
     /// The signing service's named keys (docs/signing.md), published in the trust bundle under
     /// `signing` with their names.
-    pub signing_keys: Vec<(String, Arc<dyn writ_hsm::CustodyKey>)>,
+    pub signing_keys: Vec<SigningKey>,
     /// The origins (`scheme://host[:port]`) clients address this appliance at; a DPoP proof's
     /// `htu` must name one of them.
     pub origins: Vec<String>,
+}
+
+/// A named key of the signing service and the one form it signs.
+#[derive(Debug)]
+pub struct SigningKey {
+    /// Its name (`/v1/sign/<name>`).
+    pub name: String,
+    /// What it signs.
+    pub form: writ_attestation::writ::bundle::SigningForm,
+    /// The key in custody.
+    pub key: Arc<dyn writ_hsm::CustodyKey>,
 }
 
 impl std::fmt::Debug for ApplianceConfig {

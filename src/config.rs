@@ -117,9 +117,21 @@ pub struct Keys {
     pub issuer_published: Vec<String>,
     /// Other `ear` keys, published but signing nothing (as `issuer_published`).
     pub ear_published: Vec<String>,
-    /// The signing service's named keys (`[keys.signing] release = "pkcs11:..."`), each
-    /// published in the trust bundle under its name (docs/signing.md).
-    pub signing: std::collections::BTreeMap<String, String>,
+    /// The signing service's named keys (`[keys.signing.release] key = "pkcs11:...", form =
+    /// "dsse"`), each published in the trust bundle under its name (docs/signing.md).
+    pub signing: std::collections::BTreeMap<String, SigningKey>,
+}
+
+/// A named key of the signing service.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningKey {
+    /// The key's URI (`pkcs11:`, `tpm:`).
+    pub key: String,
+    /// What it signs: `digest` (raw signatures over SHA-256 digests) or `dsse` (DSSE envelopes
+    /// over in-toto Statements). One form per key: a key signing raw digests would sign a DSSE
+    /// PAE's digest as readily as a file's.
+    pub form: String,
 }
 
 /// The decision log.

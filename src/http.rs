@@ -720,7 +720,8 @@ async fn sign(
     let ear = header_text(&headers, "authorization")
         .and_then(|v| v.strip_prefix("DPoP ").map(str::to_string));
     let proof = header_text(&headers, "dpop");
-    // Key names are of a-z 0-9 - _ . only: the path as the client wrote it.
+    // The proof names the path as the client wrote it; a name that is no key's (any name
+    // outside a-z 0-9 - _ . among them) is refused, and recorded, as key_unknown.
     let htu = htu_of(&app, &headers, &format!("/v1/sign/{name}"))?;
     work(move || app.sign(&name, ear.as_deref(), proof.as_deref(), &htu, &req))
         .await

@@ -15,8 +15,8 @@
 //!   writ's scope), `parent` (the parent writ's subject, "" for a root writ).
 //!
 //! For a signing request (docs/signing.md): the same principal, action `Action::"sign"`,
-//! resource `SigningKey::"<key name>"`, context `payload_type`, `size`, `subjects` (digests),
-//! `names` (subject names), `time`.
+//! resource `SigningKey::"<key name>"`, context `payload_type`, `size`, `subjects` (a set of
+//! `{name, digest}`; a raw digest is one subject named ""), `time`.
 //!
 //! A delegation writ is allowed only if policy allows every (action, resource, audience) of its
 //! scope, each decided as above with `delegation` true.
@@ -50,8 +50,8 @@ entity Resource;
 type WritContext = { audience: String, req: String, depth: Long, time: Long, delegation: Bool, \
 parent: String };
 entity SigningKey;
-type SignContext = { payload_type: String, size: Long, subjects: Set<String>, names: Set<String>, \
-time: Long };
+type SignContext = { payload_type: String, size: Long, \
+subjects: Set<{ name: String, digest: String }>, time: Long };
 ";
 /// Largest bundle accepted, bytes.
 pub const MAX_BUNDLE: usize = 256 * 1024;
@@ -242,10 +242,8 @@ pub struct SignContext<'a> {
     pub payload_type: &'a str,
     /// The payload's size, bytes (32 for a digest).
     pub size: i64,
-    /// The subjects' digests (`sha256:<hex>`).
-    pub subjects: &'a [String],
-    /// The subjects' names (none for a raw digest).
-    pub names: &'a [String],
+    /// The subjects: (name, `sha256:<hex>` digest); a raw digest is one subject named "".
+    pub subjects: &'a [(String, String)],
     /// Now, seconds.
     pub time: i64,
 }
@@ -416,8 +414,11 @@ impl LoadedPolicy {
             json!({
                 "payload_type": ctx.payload_type,
                 "size": ctx.size,
-                "subjects": ctx.subjects,
-                "names": ctx.names,
+                "subjects": ctx
+                    .subjects
+                    .iter()
+                    .map(|(name, digest)| json!({"name": name, "digest": digest}))
+                    .collect::<Vec<_>>(),
                 "time": ctx.time,
             }),
         )
@@ -512,12 +513,11 @@ mod tests {
         let p = example();
         let vector =
             json!({"configuration": 2, "executables": 2, "hardware": 2, "instance-identity": 2});
-        let subjects = ["sha256:".to_string() + &"ab".repeat(32)];
+        let subjects = [(String::new(), "sha256:".to_string() + &"ab".repeat(32))];
         let ctx = SignContext {
             payload_type: "digest",
             size: 32,
             subjects: &subjects,
-            names: &[],
             time: 1_800_000_000,
         };
         assert_eq!(

@@ -78,7 +78,8 @@ pub struct Serve {
     /// keys.ear_published.
     #[arg(long = "publish-ear-key")]
     publish_ear_keys: Vec<String>,
-    /// A named key of the signing service, `NAME=URI` (pkcs11: or tpm:): `POST /v1/sign/NAME`
+    /// A named key of the signing service, `NAME=FORM:URI`, FORM `digest` (raw signatures over
+    /// SHA-256 digests) or `dsse` (DSSE envelopes), URI pkcs11: or tpm:: `POST /v1/sign/NAME`
     /// signs with it (docs/signing.md). Repeatable; replaces keys.signing.
     #[arg(long = "signing-key")]
     signing_keys: Vec<String>,
@@ -136,8 +137,17 @@ fn configure(args: &Serve) -> Result<Config, String> {
             .iter()
             .map(|kv| {
                 kv.split_once('=')
-                    .map(|(n, u)| (n.to_string(), u.to_string()))
-                    .ok_or_else(|| format!("--signing-key {kv:?}: NAME=URI"))
+                    .and_then(|(n, fu)| {
+                        let (form, uri) = fu.split_once(':')?;
+                        Some((
+                            n.to_string(),
+                            writ::config::SigningKey {
+                                key: uri.to_string(),
+                                form: form.to_string(),
+                            },
+                        ))
+                    })
+                    .ok_or_else(|| format!("--signing-key {kv:?}: NAME=FORM:URI"))
             })
             .collect::<Result<_, _>>()?;
         if c.keys.signing.len() != args.signing_keys.len() {
@@ -408,13 +418,21 @@ pub fn run(args: Serve) -> Result<(), String> {
         }
     };
     // The signing service's named keys.
-    let mut signing: Vec<(String, Arc<dyn writ_hsm::CustodyKey>)> = Vec::new();
-    for (name, uri) in &c.keys.signing {
+    let mut signing: Vec<writ::appliance::SigningKey> = Vec::new();
+    for (name, k) in &c.keys.signing {
+        let uri = &k.key;
         if !writ::appliance::valid_name(name) {
             return Err(format!(
                 "signing key name {name:?}: 1 to 64 of a-z 0-9 - _ . (not only dots)"
             ));
         }
+        let form =
+            writ_attestation::writ::bundle::SigningForm::parse(&k.form).ok_or_else(|| {
+                format!(
+                    "signing key {name}: form {:?} (digest or dsse: one form per key)",
+                    k.form
+                )
+            })?;
         let k = open_key(
             &uri.parse()
                 .map_err(|e| format!("signing key {name}: {e}"))?,
@@ -423,7 +441,11 @@ pub fn run(args: Serve) -> Result<(), String> {
             },
         )
         .map_err(|e| format!("signing key {name} ({uri}): {e}"))?;
-        signing.push((name.clone(), k));
+        signing.push(writ::appliance::SigningKey {
+            name: name.clone(),
+            form,
+            key: k,
+        });
     }
     // Keys published beside the signing ones: none is another purpose's key (the ca key too).
     {
@@ -448,7 +470,7 @@ pub fn run(args: Serve) -> Result<(), String> {
             }
             seen.push((p, spki));
         }
-        for (name, k) in &signing {
+        for writ::appliance::SigningKey { name, key: k, .. } in &signing {
             let spki = k.public_key().spki_der().to_vec();
             if let Some((other, _)) = seen.iter().find(|(_, s)| *s == spki) {
                 return Err(format!(

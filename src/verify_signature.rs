@@ -13,7 +13,7 @@ use writ_attestation::crypto::default_provider;
 use writ_attestation::log::note::NoteVerifier;
 use writ_attestation::log::record::{Decision, DecisionRecord, Kind};
 use writ_attestation::writ::Refusal;
-use writ_attestation::writ::bundle::{BundleKey, Purpose, TrustBundle};
+use writ_attestation::writ::bundle::{BundleKey, Purpose, SigningForm, TrustBundle};
 use writ_attestation::writ::signed;
 
 #[derive(Debug, Args)]
@@ -26,8 +26,9 @@ pub struct VerifySignature {
     /// A raw signature's SHA-256 digest (`sha256:<hex>` or hex).
     #[arg(long, conflicts_with_all = ["envelope", "file"], requires = "signature")]
     digest: Option<String>,
-    /// A raw signature's artifact: its SHA-256 is computed here (instead of --digest).
-    #[arg(long, conflicts_with = "envelope", requires = "signature")]
+    /// The artifact: for a raw signature, its SHA-256 is what was signed (instead of
+    /// --digest); with --envelope, its SHA-256 must be one of the Statement's subjects.
+    #[arg(long)]
     file: Option<PathBuf>,
     /// A raw signature (DER, as `writ agent sign` and `openssl dgst -sign` write it).
     #[arg(long, conflicts_with = "envelope")]
@@ -59,7 +60,6 @@ fn sha256(bytes: &[u8]) -> String {
 struct Verified {
     key: String,
     kid: String,
-    signature: Vec<u8>,
     /// (digest name in the record, value)
     names: (&'static str, String),
     shown: Value,
@@ -109,10 +109,16 @@ pub fn run(a: VerifySignature) -> ExitCode {
 fn check(a: &VerifySignature) -> Result<Result<Verified, Refusal>, String> {
     let bundle = TrustBundle::parse(&read(&a.bundle, "bundle")?)
         .map_err(|r| format!("--bundle: {}", r.detail))?;
+    // Each form only by keys of that form (a digest key signs any SHA-256, a PAE's among them).
+    let form = if a.envelope.is_some() {
+        SigningForm::Dsse
+    } else {
+        SigningForm::Digest
+    };
     let keys: Vec<BundleKey> = bundle
         .keys
         .iter()
-        .filter(|k| k.purpose == Purpose::Signing)
+        .filter(|k| k.purpose == Purpose::Signing && k.form == Some(form))
         .filter(|k| {
             a.key
                 .as_deref()
@@ -126,6 +132,32 @@ fn check(a: &VerifySignature) -> Result<Result<Verified, Refusal>, String> {
             match signed::open_envelope(default_provider(), &bytes, &keys, a.key.as_deref()) {
                 Err(r) => return Ok(Err(r)),
                 Ok(o) => {
+                    // What the predicate says of the signer must be this key of this appliance.
+                    if o.predicate.get("key").and_then(Value::as_str) != Some(o.key_name.as_str())
+                        || o.predicate.get("appliance").and_then(Value::as_str)
+                            != Some(bundle.appliance_id().as_str())
+                    {
+                        return Ok(Err(Refusal::new(
+                            "statement",
+                            "the predicate's key or appliance is not the key that signed it or this trust bundle's appliance",
+                        )));
+                    }
+                    if let Some(f) = &a.file {
+                        let want = sha256(&read(f, "file")?);
+                        if !o
+                            .subjects
+                            .iter()
+                            .any(|s| s.sha256().as_deref() == Some(want.as_str()))
+                        {
+                            return Ok(Err(Refusal::new(
+                                "subject",
+                                format!(
+                                    "{} ({want}) is not a subject of the statement",
+                                    f.display()
+                                ),
+                            )));
+                        }
+                    }
                     let kid = keys
                         .iter()
                         .find(|k| k.name.as_deref() == Some(o.key_name.as_str()))
@@ -134,7 +166,6 @@ fn check(a: &VerifySignature) -> Result<Result<Verified, Refusal>, String> {
                     Verified {
                         key: o.key_name.clone(),
                         kid,
-                        signature: o.signature.clone(),
                         names: ("payload", sha256(&o.payload)),
                         shown: json!({
                             "subjects": o.subjects,
@@ -154,7 +185,7 @@ fn check(a: &VerifySignature) -> Result<Result<Verified, Refusal>, String> {
                     .and_then(|b| b.try_into().ok())
                     .ok_or("--digest: 64 hex digits (optionally sha256:)")?,
                 (None, Some(f)) => Sha256::digest(read(f, "file")?).into(),
-                _ => return Err("give --digest or --file with --signature".into()),
+                _ => return Err("give one of --digest and --file with --signature".into()),
             };
             let der = read(sig_path, "signature")?;
             if keys.is_empty() {
@@ -173,7 +204,6 @@ fn check(a: &VerifySignature) -> Result<Result<Verified, Refusal>, String> {
             Verified {
                 key: k.name.clone().unwrap_or_default(),
                 kid: k.kid.clone(),
-                signature: der,
                 names: ("artifact", d.clone()),
                 shown: json!({"digest": d}),
             }
@@ -200,7 +230,8 @@ fn no_key(name: Option<&str>) -> Refusal {
 }
 
 /// The signature's `sign` allow record is in the log: under a checkpoint signed by the trust
-/// bundle's log key, naming this key, this artifact or payload and this signature.
+/// bundle's log key, naming this key and this artifact or payload (not the signature's bytes:
+/// nothing is keyed on them).
 fn included(bundle: &TrustBundle, inclusion: &[u8], mut v: Verified) -> Result<Verified, Refusal> {
     let bad = |why: String| Refusal::new("inclusion", why);
     let key = NoteVerifier::parse(&bundle.log_verifier_key)
@@ -222,11 +253,10 @@ fn included(bundle: &TrustBundle, inclusion: &[u8], mut v: Verified) -> Result<V
     if record.kind != Kind::Sign
         || record.decision != Decision::Allow
         || record.digests.get(*what) != Some(value)
-        || record.digests.get("signature") != Some(&sha256(&v.signature))
         || record.digests.get("key") != Some(&kid_digest)
     {
         return Err(bad(format!(
-            "the included record is not this signature's (kind sign, allow, digests.{what}, digests.signature, digests.key)"
+            "the included record is not this signature's (kind sign, allow, digests.{what}, digests.key)"
         )));
     }
     if let Some(o) = v.shown.as_object_mut() {

@@ -30,15 +30,20 @@ fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
-/// A stack with the signing keys `release` and `nightly` in their own token.
+/// A stack with the signing keys `release` (DSSE), `artifacts` (raw digests) and `nightly`
+/// (DSSE, which the example policy does not allow) in their own token.
 fn stack(engine: Engine) -> Stack {
     let mut s = Stack::on(engine, &["--checkpoint-interval-ms", "300"]);
     s.hsm.add_token(KEY_TOKEN);
-    for name in ["release", "nightly"] {
+    for (name, form) in [
+        ("release", "dsse"),
+        ("artifacts", "digest"),
+        ("nightly", "dsse"),
+    ] {
         let uri = key_uri(&s, name);
         ok(&s.writ(&["keys", "generate", "--key", &uri, "--purpose", "signing"]));
         s.extra
-            .extend(["--signing-key".to_string(), format!("{name}={uri}")]);
+            .extend(["--signing-key".to_string(), format!("{name}={form}:{uri}")]);
     }
     s.kill_and_restart();
     s
@@ -52,7 +57,7 @@ fn key_uri(s: &Stack, name: &str) -> String {
 }
 
 /// The example policy bundle with `extra` members (it lets affirmed runtimes sign with
-/// `release`, not `nightly`).
+/// `release` and `artifacts`, not `nightly`).
 fn policy(s: &Stack, extra: Value) {
     let mut b: Value = serde_json::from_str(
         &std::fs::read_to_string(
@@ -233,91 +238,74 @@ fn signatures_and_envelopes_verify_with_independent_tools_and_their_records() {
     let ear = attest(&s, &rt);
     let mut answered = BTreeSet::new();
     let (bundle, release_pem, release_kid) = published(&s, "release");
+    let (_, artifacts_pem, artifacts_kid) = published(&s, "artifacts");
     let (_, nightly_pem, _) = published(&s, "nightly");
     let dir = s.dir.path();
 
-    // A raw signature over a file's digest.
+    // A raw signature over a file's digest, by the key of that form.
     let artifact = dir.join("app.tar");
     std::fs::write(&artifact, b"the release artifact\n").unwrap();
     let (st, v) = sign(
         &s,
         &rt,
         &ear,
-        "release",
+        "artifacts",
         &digest_body(b"the release artifact\n"),
     );
     assert_eq!(st, 200, "{v}");
-    assert_eq!(v["key"], "release");
-    assert_eq!(v["kid"], release_kid.as_str());
+    assert_eq!(v["key"], "artifacts");
+    assert_eq!(v["kid"], artifacts_kid.as_str());
     let der = signature_of(&v);
     answered.insert(der.clone());
     let sig_file = dir.join("app.tar.sig");
     std::fs::write(&sig_file, &der).unwrap();
     // openssl, with the key the bundle publishes: this file verifies; another file, another key
     // do not.
-    assert!(openssl_verifies(&release_pem, &sig_file, &artifact));
+    assert!(openssl_verifies(&artifacts_pem, &sig_file, &artifact));
     let other = dir.join("other.tar");
     std::fs::write(&other, b"another artifact\n").unwrap();
-    assert!(!openssl_verifies(&release_pem, &sig_file, &other));
-    assert!(!openssl_verifies(&nightly_pem, &sig_file, &artifact));
+    assert!(!openssl_verifies(&artifacts_pem, &sig_file, &other));
+    assert!(!openssl_verifies(&release_pem, &sig_file, &artifact));
     // writ verify-signature, by digest or by file.
     let b = bundle.to_str().unwrap();
     let sf = sig_file.to_str().unwrap();
-    let (code, out) = verify_signature(
-        &s,
-        &[
-            "--bundle",
-            b,
-            "--file",
-            artifact.to_str().unwrap(),
-            "--signature",
-            sf,
-        ],
-    );
-    assert_eq!((code, &out["key"]), (0, &json!("release")), "{out}");
+    let art = artifact.to_str().unwrap();
+    let (code, out) = verify_signature(&s, &["--bundle", b, "--file", art, "--signature", sf]);
+    assert_eq!((code, &out["key"]), (0, &json!("artifacts")), "{out}");
     let digest = format!("sha256:{}", sha256_hex(b"the release artifact\n"));
     let (code, _) = verify_signature(&s, &["--bundle", b, "--digest", &digest, "--signature", sf]);
     assert_eq!(code, 0);
-    let (code, out) = verify_signature(
-        &s,
-        &[
-            "--bundle",
-            b,
-            "--file",
-            other.to_str().unwrap(),
-            "--signature",
-            sf,
-        ],
-    );
+    let oth = other.to_str().unwrap();
+    let (code, out) = verify_signature(&s, &["--bundle", b, "--file", oth, "--signature", sf]);
     assert_eq!((code, &out["code"]), (1, &json!("signature")), "{out}");
-    let (code, out) = verify_signature(
+    // Only keys of the digest form are asked: a DSSE key's name, or no such key, is refused.
+    for key in ["release", "absent"] {
+        let (code, out) = verify_signature(
+            &s,
+            &[
+                "--bundle",
+                b,
+                "--digest",
+                &digest,
+                "--signature",
+                sf,
+                "--key",
+                key,
+            ],
+        );
+        assert_eq!((code, &out["code"]), (1, &json!("key_unknown")), "{out}");
+    }
+    // Each key signs its one form only, and says so.
+    let a = sign(&s, &rt, &ear, "release", &digest_body(b"x"));
+    refused(&s, &a, "builder", "key_form");
+    let a = sign(
         &s,
-        &[
-            "--bundle",
-            b,
-            "--digest",
-            &digest,
-            "--signature",
-            sf,
-            "--key",
-            "nightly",
-        ],
+        &rt,
+        &ear,
+        "artifacts",
+        &json!({"subjects": [{"name": "a", "digest": {"sha256": sha256_hex(b"a")}}]}),
     );
-    assert_eq!((code, &out["code"]), (1, &json!("signature")), "{out}");
-    let (code, out) = verify_signature(
-        &s,
-        &[
-            "--bundle",
-            b,
-            "--digest",
-            &digest,
-            "--signature",
-            sf,
-            "--key",
-            "absent",
-        ],
-    );
-    assert_eq!((code, &out["code"]), (1, &json!("key_unknown")), "{out}");
+    refused(&s, &a, "builder", "key_form");
     // Its record: a sign allow naming the key, the artifact and the signature.
     let raw_index = v["log_index"].as_u64().unwrap();
     let r = s.records()[usize::try_from(raw_index).unwrap()].clone();
@@ -409,6 +397,44 @@ fn signatures_and_envelopes_verify_with_independent_tools_and_their_records() {
         )
     );
 
+    // The envelope names the artifact: --file must be one of its subjects.
+    let (code, out) = verify_signature(&s, &["--bundle", b, "--envelope", e, "--file", art]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = verify_signature(&s, &["--bundle", b, "--envelope", e, "--file", oth]);
+    assert_eq!((code, &out["code"]), (1, &json!("subject")), "{out}");
+    // A statement the runtime wrote itself, its PAE's SHA-256 signed by the digest key (which
+    // policy allows it): a valid ECDSA signature over the PAE, but by a key of the digest form,
+    // so no verifier reading the bundle takes it for an envelope of writ's.
+    let mut own = statement.clone();
+    own["predicate"]["runtime"] = json!(format!("spiffe://{TD}/runtime/someone-else"));
+    let own_payload = own.to_string();
+    let pae =
+        writ_attestation::writ::signed::pae("application/vnd.in-toto+json", own_payload.as_bytes());
+    let (st, raw) = sign(&s, &rt, &ear, "artifacts", &digest_body(&pae));
+    assert_eq!(st, 200, "{raw}");
+    answered.insert(signature_of(&raw));
+    let smuggled = json!({
+        "payload": STANDARD.encode(&own_payload),
+        "payloadType": "application/vnd.in-toto+json",
+        "signatures": [{"keyid": artifacts_kid, "sig": raw["signature"]}],
+    });
+    let smuggled_file = dir.join("smuggled.intoto.json");
+    std::fs::write(&smuggled_file, smuggled.to_string()).unwrap();
+    let (code, out) = verify_signature(
+        &s,
+        &["--bundle", b, "--envelope", smuggled_file.to_str().unwrap()],
+    );
+    assert_eq!((code, &out["code"]), (1, &json!("key_unknown")), "{out}");
+    // Subjects name sha256 digests only (policy decides on those, and only those are signed).
+    let a = sign(
+        &s,
+        &rt,
+        &ear,
+        "release",
+        &json!({"subjects": [{"name": "a", "digest": {"sha256": sha256_hex(b"a"), "sha512": "ab".repeat(64)}}]}),
+    );
+    refused(&s, &a, "builder", "sign_request");
+
     // Log inclusion: each signature's record under a signed checkpoint; another's refused.
     s.covered();
     let env_index = v["log_index"].as_u64().unwrap();
@@ -475,32 +501,38 @@ fn every_refusal_is_recorded_and_signs_nothing() {
     let url = s.url();
     let body = digest_body(b"x");
     let mut answered = BTreeSet::new();
-    let (st, v) = sign(&s, &rt, &ear, "release", &body);
+    let (st, v) = sign(&s, &rt, &ear, "artifacts", &body);
     assert_eq!(st, 200, "{v}");
     answered.insert(signature_of(&v));
 
     // Unidentified: no EAR, a forged one. Answered, not recorded.
     let size = s.records().len();
-    let a = ask(&s, "release", None, None, &body);
+    let a = ask(&s, "artifacts", None, None, &body);
     assert_eq!((a.0, a.1["code"].as_str()), (401, Some("ear_missing")));
-    let a = ask(&s, "release", Some("e30.e30.sig"), None, &body);
+    let a = ask(&s, "artifacts", Some("e30.e30.sig"), None, &body);
     assert_eq!((a.0, a.1["code"].as_str()), (401, Some("ear_invalid")));
     assert_eq!(s.records().len(), size);
     // The proof: missing, for another URL, replayed.
-    let a = ask(&s, "release", Some(&ear), None, &body);
+    let a = ask(&s, "artifacts", Some(&ear), None, &body);
     assert_eq!(a.0, 401);
     refused(&s, &a, "signer", "proof_missing");
     let elsewhere = rt.dpop(&format!("{url}/v1/sign/nightly"), &ear);
-    let a = ask(&s, "release", Some(&ear), Some(&elsewhere), &body);
+    let a = ask(&s, "artifacts", Some(&ear), Some(&elsewhere), &body);
     refused(&s, &a, "signer", "proof_binding");
-    let proof = rt.dpop(&format!("{url}/v1/sign/release"), &ear);
-    let (st, v) = ask(&s, "release", Some(&ear), Some(&proof), &body);
+    let proof = rt.dpop(&format!("{url}/v1/sign/artifacts"), &ear);
+    let (st, v) = ask(&s, "artifacts", Some(&ear), Some(&proof), &body);
     assert_eq!(st, 200, "{v}");
     answered.insert(signature_of(&v));
-    let a = ask(&s, "release", Some(&ear), Some(&proof), &body);
+    let a = ask(&s, "artifacts", Some(&ear), Some(&proof), &body);
     refused(&s, &a, "signer", "replayed");
     // A key policy does not allow; a key that does not exist.
-    let a = sign(&s, &rt, &ear, "nightly", &body);
+    let a = sign(
+        &s,
+        &rt,
+        &ear,
+        "nightly",
+        &json!({"subjects": [{"name": "a", "digest": {"sha256": sha256_hex(b"a")}}]}),
+    );
     assert_eq!(a.0, 403);
     refused(&s, &a, "signer", "policy");
     let a = sign(&s, &rt, &ear, "absent", &body);
@@ -549,31 +581,96 @@ fn every_refusal_is_recorded_and_signs_nothing() {
     assert_eq!(st, 200, "{v}");
     answered.insert(signature_of(&v));
 
+    // The runtime's signing rate (policy: 2 a minute; this minute's earlier signatures count).
+    policy(&s, json!({"signing": {"rate_per_minute": 2}}));
+    let mut limited = None;
+    for _ in 0..3 {
+        let a = sign(&s, &rt, &ear, "artifacts", &body);
+        if a.0 == 200 {
+            answered.insert(signature_of(&a.1));
+        } else {
+            limited = Some(a);
+            break;
+        }
+    }
+    let a = limited.expect("rate limited within three requests");
+    assert_eq!(a.0, 429);
+    refused(&s, &a, "signer", "rate_limited");
+    // A policy bundle that does not declare signing decides nothing: refused, not guessed.
+    policy(
+        &s,
+        json!({
+            "schema": "action \"svid\" appliesTo { principal: Runtime, resource: Resource, context: WritContext };",
+            "policies": "permit(principal, action == Action::\"svid\", resource);",
+        }),
+    );
+    let a = sign(&s, &rt, &ear, "artifacts", &body);
+    refused(&s, &a, "signer", "policy_input");
+    policy(&s, json!({}));
+
     // A superseded EAR; a contraindicated runtime.
     let ear2 = attest(&s, &rt);
-    let a = sign(&s, &rt, &ear, "release", &body);
+    let a = sign(&s, &rt, &ear, "artifacts", &body);
     refused(&s, &a, "signer", "ear_superseded");
     // A stale appraisal (the policy accepts 1 s).
     policy(&s, json!({"max_appraisal_age_s": 1}));
     std::thread::sleep(std::time::Duration::from_millis(2100));
-    let a = sign(&s, &rt, &ear2, "release", &body);
+    let a = sign(&s, &rt, &ear2, "artifacts", &body);
     refused(&s, &a, "signer", "stale_appraisal");
     policy(&s, json!({}));
     let ear3 = attest(&s, &rt);
-    let (st, v) = sign(&s, &rt, &ear3, "release", &body);
+    let (st, v) = sign(&s, &rt, &ear3, "artifacts", &body);
     assert_eq!(st, 200, "{v}");
     answered.insert(signature_of(&v));
     rt.tpm.extend_pcr(4, &[1u8; 32]).unwrap();
     let (st, _) = rt.attest(&s);
     assert_eq!(st, 403);
-    let a = sign(&s, &rt, &ear3, "release", &body);
+    let a = sign(&s, &rt, &ear3, "artifacts", &body);
     assert_eq!(a.0, 403);
     refused(&s, &a, "signer", "contraindicated");
     // A revoked runtime.
     ok(&s.admin(&["revoke", "signer"]));
-    let a = sign(&s, &rt, &ear3, "release", &body);
+    let a = sign(&s, &rt, &ear3, "artifacts", &body);
     refused(&s, &a, "signer", "revoked");
     invariant(&s, &answered);
+
+    // The appliance does not start with a signing key that is another purpose's key, a key
+    // under two names, or a key without its one form.
+    let refused_start = |extra: &[String]| {
+        let mut args: Vec<String> = [
+            "serve",
+            "--store",
+            &format!("sqlite:{}", s.dir.path().join("other.db").display()),
+            "--checkpoint-key",
+            &s.key,
+            "--issuer-key",
+            &s.issuer_key,
+            "--listen",
+            "127.0.0.1:0",
+            "--trust-domain",
+            TD,
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        args.extend(extra.iter().cloned());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = s.writ(&args);
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let flag = |v: String| vec!["--signing-key".to_string(), v];
+    let err = refused_start(&flag(format!("x=digest:{}", s.issuer_key)));
+    assert!(err.contains("also the issuer key"), "{err}");
+    let err = refused_start(&flag(format!("x=dsse:{}", s.key)));
+    assert!(err.contains("also the checkpoint key"), "{err}");
+    let release = key_uri(&s, "release");
+    let mut twice = flag(format!("a=dsse:{release}"));
+    twice.extend(flag(format!("b=digest:{release}")));
+    let err = refused_start(&twice);
+    assert!(err.contains("another signing key"), "{err}");
+    let err = refused_start(&flag(format!("a=both:{release}")));
+    assert!(err.contains("digest or dsse"), "{err}");
 }
 
 /// Which subfolder of the token directory holds the token `label`.
@@ -597,7 +694,7 @@ fn with_the_hsm_or_the_log_unavailable_nothing_is_signed() {
     let ear = attest(&s, &rt);
     let body = digest_body(b"y");
     let mut answered = BTreeSet::new();
-    let (st, v) = sign(&s, &rt, &ear, "release", &body);
+    let (st, v) = sign(&s, &rt, &ear, "artifacts", &body);
     assert_eq!(st, 200, "{v}");
     answered.insert(signature_of(&v));
 
@@ -606,13 +703,13 @@ fn with_the_hsm_or_the_log_unavailable_nothing_is_signed() {
     let folder = token_folder(&s, KEY_TOKEN);
     let moved = folder.with_extension("gone");
     std::fs::rename(&folder, &moved).unwrap();
-    let a = sign(&s, &rt, &ear, "release", &body);
+    let a = sign(&s, &rt, &ear, "artifacts", &body);
     assert_eq!(a.0, 503, "{}", a.1);
     refused(&s, &a, "faulty", "signing_unavailable");
     std::fs::rename(&moved, &folder).unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
-        let (st, v) = sign(&s, &rt, &ear, "release", &body);
+        let (st, v) = sign(&s, &rt, &ear, "artifacts", &body);
         if st == 200 {
             answered.insert(signature_of(&v));
             break;
@@ -634,14 +731,14 @@ fn with_the_hsm_or_the_log_unavailable_nothing_is_signed() {
     )
     .unwrap();
     let size = s.records().len();
-    let a = sign(&s, &rt, &ear, "release", &body);
+    let a = sign(&s, &rt, &ear, "artifacts", &body);
     assert_eq!(a.0, 503, "{}", a.1);
     assert!(a.1.get("signature").is_none(), "{}", a.1);
     assert_eq!(s.records().len(), size);
     db.execute_batch("DROP TRIGGER log_down;").unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
-        let (st, v) = sign(&s, &rt, &ear, "release", &body);
+        let (st, v) = sign(&s, &rt, &ear, "artifacts", &body);
         if st == 200 {
             answered.insert(signature_of(&v));
             break;
@@ -677,6 +774,7 @@ fn writ_agent_signs_and_writ_verify_signature_checks_it_with_its_record() {
     let artifact = dir.join("model.bin");
     std::fs::write(&artifact, vec![7u8; 100_000]).unwrap();
     let (bundle, release_pem, release_kid) = published(&s, "release");
+    let (_, artifacts_pem, artifacts_kid) = published(&s, "artifacts");
     let b = bundle.to_str().unwrap();
     // A raw signature over the file, and its inclusion bundle.
     let sig = dir.join("model.bin.sig");
@@ -689,7 +787,7 @@ fn writ_agent_signs_and_writ_verify_signature_checks_it_with_its_record() {
         "--tcti",
         &tcti,
         "--key",
-        "release",
+        "artifacts",
         "--file",
         artifact.to_str().unwrap(),
         "--out",
@@ -699,8 +797,8 @@ fn writ_agent_signs_and_writ_verify_signature_checks_it_with_its_record() {
     ]);
     ok(&out);
     let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(printed["kid"], release_kid.as_str());
-    assert!(openssl_verifies(&release_pem, &sig, &artifact));
+    assert_eq!(printed["kid"], artifacts_kid.as_str());
+    assert!(openssl_verifies(&artifacts_pem, &sig, &artifact));
     let (code, v) = verify_signature(
         &s,
         &[
@@ -713,7 +811,7 @@ fn writ_agent_signs_and_writ_verify_signature_checks_it_with_its_record() {
             "--inclusion",
             inc.to_str().unwrap(),
             "--key",
-            "release",
+            "artifacts",
         ],
     );
     assert_eq!(code, 0, "{v}");
@@ -768,7 +866,7 @@ fn writ_agent_signs_and_writ_verify_signature_checks_it_with_its_record() {
         &tcti,
         "--key",
         "nightly",
-        "--file",
+        "--subject",
         artifact.to_str().unwrap(),
         "--out",
         nothing.to_str().unwrap(),

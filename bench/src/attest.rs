@@ -18,10 +18,13 @@
 //!
 //! With `--writs`, the workers ask for execution writs instead; with `--in-process` too, the server
 //! then stops and the same issuance pipeline is measured in this process, and the decision log alone.
+//! With `--sign`, they ask the signing service for raw signatures over a digest
+//! (`POST /v1/sign/artifacts`: EAR, DPoP proof, Cedar, the `artifacts` key's signature in SoftHSM2, the
+//! `sign` record).
 //!
 //! usage: cargo build --release --bin writ && \
 //!        cargo run --release -p writ-bench --bin attest-bench -- [--seconds S] [--workers N] \
-//!            [--writs [--in-process]]
+//!            [--writs [--in-process] | --sign]
 #![forbid(unsafe_code)]
 #![allow(
     clippy::expect_used,
@@ -78,6 +81,9 @@ struct Args {
     /// for the HTTP/in-process ratio and the log's share of a writ's cost.
     #[arg(long, requires = "writs")]
     in_process: bool,
+    /// Measure signatures (`POST /v1/sign/artifacts` over a SHA-256 digest) by attested runtimes.
+    #[arg(long, conflicts_with = "writs")]
+    sign: bool,
 }
 
 fn run(cmd: &mut Command) -> Vec<u8> {
@@ -253,11 +259,12 @@ fn start(writ: &Path, dir: &Path, hsm: &writ_testkit::SoftHsm, roots: &Path) -> 
         ]));
         uri
     };
-    let (checkpoint, ear, ca, issuer) = (
+    let (checkpoint, ear, ca, issuer, release) = (
         key("checkpoint", "checkpoint"),
         key("ear", "ear"),
         key("ca", "ca"),
         key("issuer", "issuer"),
+        key("artifacts", "signing"),
     );
     let token = "bench-admin-token-0123456789".to_string();
     writ_testkit::write_secret(&dir.join("admin.token"), &token);
@@ -276,6 +283,8 @@ fn start(writ: &Path, dir: &Path, hsm: &writ_testkit::SoftHsm, roots: &Path) -> 
             &ca,
             "--issuer-key",
             &issuer,
+            "--signing-key",
+            &format!("artifacts=digest:{release}"),
         ])
         .args(["--listen", "127.0.0.1:0", "--trust-domain", "writ.bench"])
         .arg("--ek-roots")
@@ -545,6 +554,28 @@ fn writ_once(app_url: &str, agent: &ureq::Agent, sim: &Sim, n: u64) -> Result<()
     Ok(())
 }
 
+/// One signing request: a DPoP proof by the holder key with the EAR, `POST /v1/sign/artifacts`
+/// over a digest; the signature is checked to be there.
+fn sign_once(app_url: &str, agent: &ureq::Agent, sim: &Sim, n: u64) -> Result<(), String> {
+    let proof = proof_to(&format!("{app_url}/v1/sign/artifacts"), sim);
+    let body =
+        json!({"digest": format!("sha256:{}", hex::encode(Sha256::digest(n.to_be_bytes())))})
+            .to_string();
+    let mut resp = agent
+        .post(format!("{app_url}/v1/sign/artifacts"))
+        .header("Content-Type", "application/json")
+        .header("Authorization", format!("DPoP {}", sim.ear))
+        .header("DPoP", proof)
+        .send(body.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    if status != 200 || !text.contains("\"signature\"") {
+        return Err(format!("sign: {status} {text}"));
+    }
+    Ok(())
+}
+
 /// The bench's policy bundle: deploy/policy/example.json (for this trust domain), with a rate
 /// bound no simulated runtime reaches.
 fn bench_policy() -> Value {
@@ -555,6 +586,7 @@ fn bench_policy() -> Value {
     .replace("writ.dev", "writ.bench");
     let mut b: Value = serde_json::from_str(&text).unwrap();
     b["rate_per_minute"] = json!(1_000_000);
+    b["signing"]["rate_per_minute"] = json!(1_000_000);
     b
 }
 
@@ -674,8 +706,8 @@ fn bench(args: Args, hsm: &writ_testkit::SoftHsm) {
     for s in &mut sims {
         attest_once(&app.url, &app.agent, s, &log_b64, &pcrs, &pcrs_json).unwrap();
     }
-    let writs = args.writs;
-    if writs {
+    let (writs, sign) = (args.writs, args.sign);
+    if writs || sign {
         let (st, v) = post(
             &app.agent,
             &format!("{}/v1/admin/policy", app.url),
@@ -684,7 +716,11 @@ fn bench(args: Args, hsm: &writ_testkit::SoftHsm) {
         );
         assert_eq!(st, 200, "{v}");
         for (i, s) in sims.iter().enumerate() {
-            writ_once(&app.url, &app.agent, s, i as u64).unwrap();
+            if sign {
+                sign_once(&app.url, &app.agent, s, i as u64).unwrap();
+            } else {
+                writ_once(&app.url, &app.agent, s, i as u64).unwrap();
+            }
         }
     }
 
@@ -724,7 +760,9 @@ fn bench(args: Args, hsm: &writ_testkit::SoftHsm) {
                 while !stop.load(Ordering::Relaxed) {
                     let t = Instant::now();
                     n += 1;
-                    let r = if writs {
+                    let r = if sign {
+                        sign_once(&url, &agent, &sim, n)
+                    } else if writs {
                         writ_once(&url, &agent, &sim, n)
                     } else {
                         attest_once(&url, &agent, &mut sim, &log_b64, &pcrs, &pcrs_json)
@@ -769,7 +807,11 @@ fn bench(args: Args, hsm: &writ_testkit::SoftHsm) {
         all.len(),
         errors.len()
     );
-    if writs {
+    if sign {
+        println!(
+            "  rate: {rate:.0} signatures/s (POST /v1/sign/artifacts over a digest, EAR and DPoP proof, HTTPS, key in SoftHSM2)"
+        );
+    } else if writs {
         println!("  rate: {rate:.0} writs/s (POST /v1/writs with EAR and DPoP proof, HTTPS)");
     } else {
         println!("  rate: {rate:.0} attestations/s (nonce + attest, HTTPS, 49 KB log)");
@@ -900,6 +942,11 @@ fn in_process(
 
 /// A holder proof for `POST <url>/v1/writs` with the runtime's EAR.
 fn proof_for(url: &str, sim: &Sim) -> String {
+    proof_to(&format!("{url}/v1/writs"), sim)
+}
+
+/// A holder proof for `POST <htu>` with the runtime's EAR.
+fn proof_to(htu: &str, sim: &Sim) -> String {
     use writ_attestation::writ::dpop;
     let mut jti = [0u8; 16];
     getrandom::fill(&mut jti).unwrap();
@@ -914,7 +961,7 @@ fn proof_for(url: &str, sim: &Sim) -> String {
             jti: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(jti),
             iat: now,
             htm: "POST".into(),
-            htu: format!("{url}/v1/writs"),
+            htu: htu.to_string(),
             ath: dpop::ath(&sim.ear),
             nonce: None,
         },

@@ -71,11 +71,12 @@ impl Appliance {
             }
         }
         // The signing service's keys, by name.
-        for (name, k) in &self.config.signing_keys {
-            let mut jwk =
-                EcJwk::from_verifying_key(k.public_key().verifying_key()).to_json(Some("signing"));
+        for k in &self.config.signing_keys {
+            let mut jwk = EcJwk::from_verifying_key(k.key.public_key().verifying_key())
+                .to_json(Some("signing"));
             if let Some(o) = jwk.as_object_mut() {
-                o.insert("name".into(), json!(name));
+                o.insert("name".into(), json!(k.name));
+                o.insert("form".into(), json!(k.form.as_str()));
             }
             keys.push(jwk);
         }

@@ -28,6 +28,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use writ_attestation::log::record::Kind;
+use writ_attestation::writ::bundle::SigningForm;
 use writ_attestation::writ::claims::is_digest;
 use writ_attestation::writ::signed::{
     Envelope, EnvelopeSignature, PAYLOAD_TYPE, PREDICATE_TYPE, STATEMENT_TYPE, Subject, pae,
@@ -83,11 +84,10 @@ pub struct Signed {
 enum Payload {
     /// A SHA-256 digest (raw bytes) and its `sha256:` form.
     Digest([u8; 32], String),
-    /// An in-toto Statement: its subjects' digests and names.
+    /// An in-toto Statement: its subjects, and each one's (name, `sha256:` digest).
     Statement {
         subjects: Vec<Subject>,
-        digests: Vec<String>,
-        names: Vec<String>,
+        named: Vec<(String, String)>,
     },
 }
 
@@ -121,8 +121,7 @@ fn payload_of(req: &SignRequest, max_subjects: i64) -> Result<Payload, Denial> {
                     ),
                 ));
             }
-            let mut digests = Vec::with_capacity(subjects.len());
-            let mut names = Vec::with_capacity(subjects.len());
+            let mut named = Vec::with_capacity(subjects.len());
             for s in subjects {
                 if s.name.is_empty()
                     || s.name.len() > MAX_SUBJECT_NAME
@@ -132,40 +131,19 @@ fn payload_of(req: &SignRequest, max_subjects: i64) -> Result<Payload, Denial> {
                         "a subject's name must be 1 to {MAX_SUBJECT_NAME} bytes without control characters"
                     )));
                 }
-                for (alg, hex) in &s.digest {
-                    let len = match alg.as_str() {
-                        "sha256" => 64,
-                        "sha384" => 96,
-                        "sha512" => 128,
-                        _ => {
-                            return Err(malformed(format!(
-                                "subject {:?}: digest algorithm {alg:?} (sha256, sha384, sha512)",
-                                s.name
-                            )));
-                        }
-                    };
-                    if hex.len() != len
-                        || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-                    {
-                        return Err(malformed(format!(
-                            "subject {:?}: {alg} is not {len} lower-case hex digits",
-                            s.name
-                        )));
-                    }
-                }
-                let Some(d) = s.sha256() else {
+                // sha256 only: every digest signed is one policy decided on (a second
+                // algorithm could name another artifact than the sha256 policy saw).
+                let Some(d) = s.sha256().filter(|_| s.digest.len() == 1) else {
                     return Err(malformed(format!(
-                        "subject {:?} has no sha256 digest",
+                        "subject {:?}: digest must be exactly {{\"sha256\": <64 lower-case hex>}}",
                         s.name
                     )));
                 };
-                digests.push(d);
-                names.push(s.name.clone());
+                named.push((s.name.clone(), d));
             }
             Ok(Payload::Statement {
                 subjects: subjects.clone(),
-                digests,
-                names,
+                named,
             })
         }
         _ => Err(malformed(
@@ -219,14 +197,9 @@ impl Appliance {
         let policy = self.current_policy()?;
         let policy_hash = policy.as_ref().map(|(_, p)| p.hash.clone());
         let mut digests: Vec<(&str, String)> = vec![("ear", caller.ear_digest.clone())];
-        let key = self
-            .config
-            .signing_keys
-            .iter()
-            .find(|(n, _)| n == key_name)
-            .map(|(_, k)| k);
+        let key = self.config.signing_keys.iter().find(|k| k.name == key_name);
         let kid = key.map(|k| {
-            writ_attestation::jwk::EcJwk::from_verifying_key(k.public_key().verifying_key())
+            writ_attestation::jwk::EcJwk::from_verifying_key(k.key.public_key().verifying_key())
                 .thumbprint()
         });
         if let Some(kid) = &kid {
@@ -317,6 +290,39 @@ impl Appliance {
             Ok(p) => p,
             Err(d) => return Err(refused(d, &digests)),
         };
+        // One form per key: a key that signed raw digests would sign a DSSE PAE's digest too.
+        let asked = match payload {
+            Payload::Digest(..) => SigningForm::Digest,
+            Payload::Statement { .. } => SigningForm::Dsse,
+        };
+        if asked != key.form {
+            return Err(refused(
+                (
+                    "key_form",
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "the key {key_name:?} signs {} only (this request asks for {})",
+                        key.form.as_str(),
+                        asked.as_str()
+                    ),
+                ),
+                &digests,
+            ));
+        }
+        // The appraisal behind the runtime's standing, whole (a broken one signs nothing).
+        let (evidence, nonce) = match evidence_digests(row, &name) {
+            Ok(e) => e,
+            Err(p) => {
+                return Err(refused(
+                    (
+                        p.code(),
+                        p.status(),
+                        "the runtime's stored appraisal is incomplete".into(),
+                    ),
+                    &digests,
+                ));
+            }
+        };
         // What is signed: the digest itself, or the Statement (canonical JSON) under DSSE.
         let col = |i: usize| row.get(i).and_then(Db::text).unwrap_or("").to_string();
         let status = col(4);
@@ -326,7 +332,6 @@ impl Appliance {
                 None
             }
             Payload::Statement { subjects, .. } => {
-                let (evidence, nonce) = evidence_digests(row, &name)?;
                 let statement = json!({
                     "_type": STATEMENT_TYPE,
                     "subject": subjects,
@@ -346,15 +351,19 @@ impl Appliance {
                         "signed_at": rfc3339(t),
                     },
                 });
-                let bytes = writ_attestation::jcs::canonical(&statement)
-                    .map_err(|e| {
-                        Problem::new(
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            "statement",
-                            e.to_string(),
-                        )
-                    })?
-                    .into_bytes();
+                let bytes = match writ_attestation::jcs::canonical(&statement) {
+                    Ok(b) => b.into_bytes(),
+                    Err(e) => {
+                        return Err(refused(
+                            (
+                                "sign_request",
+                                StatusCode::BAD_REQUEST,
+                                format!("the statement cannot be encoded: {e}"),
+                            ),
+                            &digests,
+                        ));
+                    }
+                };
                 digests.push(("payload", digest(&bytes)));
                 Some(bytes)
             }
@@ -388,11 +397,22 @@ impl Appliance {
             ));
         }
         // Policy: action `sign` on the key, with what is to be signed.
-        let (vector, manufacturer) = runtime_facts(row, &name)?;
-        let (payload_type, subject_digests, names): (&str, Vec<String>, &[String]) = match &payload
-        {
-            Payload::Digest(_, d) => (super::sign::DIGEST_PAYLOAD, vec![d.clone()], &[]),
-            Payload::Statement { digests, names, .. } => (PAYLOAD_TYPE, digests.clone(), names),
+        let (vector, manufacturer) = match runtime_facts(row, &name) {
+            Ok(f) => f,
+            Err(p) => {
+                return Err(refused(
+                    (
+                        p.code(),
+                        p.status(),
+                        "the runtime's stored appraisal is incomplete".into(),
+                    ),
+                    &digests,
+                ));
+            }
+        };
+        let (payload_type, subjects): (&str, Vec<(String, String)>) = match &payload {
+            Payload::Digest(_, d) => (DIGEST_PAYLOAD, vec![(String::new(), d.clone())]),
+            Payload::Statement { named, .. } => (PAYLOAD_TYPE, named.clone()),
         };
         match policy.decide_sign(
             &Principal {
@@ -406,8 +426,7 @@ impl Appliance {
             &SignContext {
                 payload_type,
                 size,
-                subjects: &subject_digests,
-                names,
+                subjects: &subjects,
                 time: t,
             },
         ) {
@@ -442,8 +461,8 @@ impl Appliance {
 
         // The signature, by the key in its device.
         let signed = match (&payload, &statement) {
-            (Payload::Digest(d, _), _) => key.sign_digest(d),
-            (_, Some(bytes)) => key.sign(&pae(PAYLOAD_TYPE, bytes)),
+            (Payload::Digest(d, _), _) => key.key.sign_digest(d),
+            (_, Some(bytes)) => key.key.sign(&pae(PAYLOAD_TYPE, bytes)),
             (Payload::Statement { .. }, None) => {
                 return Err(Problem::new(
                     StatusCode::INTERNAL_SERVER_ERROR,

@@ -61,15 +61,40 @@ impl Drop for Served {
 pub fn serve(mut cmd: Command) -> Served {
     let mut child = cmd
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Its standard error, drained for as long as it runs; the last lines name why a start failed.
+    let errors = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    {
+        let errors = std::sync::Arc::clone(&errors);
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let mut e = errors.lock().unwrap();
+                if e.len() >= 20 {
+                    e.remove(0);
+                }
+                e.push(line);
+            }
+        });
+    }
     let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
     let (mut url, mut fingerprint) = (None, None);
     let verifier_key = loop {
         let line = lines
             .next()
-            .unwrap_or_else(|| panic!("writ serve stopped before serving"))
+            .unwrap_or_else(|| {
+                let _ = child.wait();
+                std::thread::sleep(Duration::from_millis(100));
+                panic!(
+                    "writ serve stopped before serving: {}",
+                    errors.lock().unwrap().join("\n")
+                )
+            })
             .unwrap();
         if let Some(v) = line.strip_prefix("writ serve: listening on ") {
             url = Some(v.to_string());

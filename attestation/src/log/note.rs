@@ -102,6 +102,11 @@ impl NoteVerifier {
     pub fn id(&self) -> [u8; 4] {
         self.id
     }
+
+    /// The public key's affine coordinates (x, y), big-endian.
+    pub fn point(&self) -> (&[u8], &[u8]) {
+        (&self.x, &self.y)
+    }
 }
 
 fn hex_id(id: &[u8; 4]) -> String {

@@ -54,6 +54,37 @@ pub struct BundleKey {
     pub jwk: EcJwk,
     /// A signing key's name (`signing` keys only; the service's `/v1/sign/<name>`).
     pub name: Option<String>,
+    /// What a signing key signs (`signing` keys only): one form per key.
+    pub form: Option<SigningForm>,
+}
+
+/// The one form a signing key signs (a key signing raw digests would sign any SHA-256, a DSSE
+/// PAE's among them: the forms never share a key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SigningForm {
+    /// Raw ECDSA signatures over SHA-256 digests the caller gives.
+    Digest,
+    /// DSSE envelopes over in-toto Statements writ writes.
+    Dsse,
+}
+
+impl SigningForm {
+    /// The bundle's and the configuration's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SigningForm::Digest => "digest",
+            SigningForm::Dsse => "dsse",
+        }
+    }
+
+    /// From its spelling.
+    pub fn parse(s: &str) -> Option<SigningForm> {
+        match s {
+            "digest" => Some(SigningForm::Digest),
+            "dsse" => Some(SigningForm::Dsse),
+            _ => None,
+        }
+    }
 }
 
 /// A signing key's name: 1 to 64 of `a-z`, `0-9`, `-`, `_`, `.`, not only dots.
@@ -122,12 +153,22 @@ impl TrustBundle {
             return Err(bad("too many keys"));
         }
         let mut keys: Vec<BundleKey> = Vec::new();
+        // The X.509 authorities' keys: no JWT key may be one of them.
+        let mut authorities: Vec<EcJwk> = Vec::new();
         for k in keys_json {
             let Value::Object(k) = k else {
                 return Err(bad("a key is not an object"));
             };
             let key_use = str_member(k, "use")?;
             if key_use == "x509-svid" {
+                // An EC P-256 authority (writ's CA is one) may not also be a JWT key or the
+                // log's key; others cannot be.
+                let member = |m: &str| k.get(m).and_then(Value::as_str).unwrap_or("");
+                if let Ok(j) =
+                    EcJwk::from_members(member("kty"), member("crv"), member("x"), member("y"))
+                {
+                    authorities.push(j);
+                }
                 continue;
             }
             let purpose = Purpose::from_use(key_use)
@@ -145,13 +186,15 @@ impl TrustBundle {
                 str_member(k, "y")?,
             )
             .map_err(|e| bad(format!("key {kid:?}: {e}")))?;
+
             if keys.iter().any(|o| o.kid == kid) {
                 return Err(bad(format!("kid {kid:?} twice")));
             }
-            if keys.iter().any(|o| o.jwk == jwk && o.purpose != purpose) {
-                return Err(bad(format!("key {kid:?} is published for two purposes")));
+            // One key, one purpose, one name: a key listed twice is refused, whatever its use.
+            if keys.iter().any(|o| o.jwk == jwk) {
+                return Err(bad(format!("key {kid:?} is published twice")));
             }
-            let name = if purpose == Purpose::Signing {
+            let (name, form) = if purpose == Purpose::Signing {
                 let n = str_member(k, "name")?;
                 if !valid_key_name(n) {
                     return Err(bad(format!("signing key {kid:?}: name {n:?}")));
@@ -159,15 +202,18 @@ impl TrustBundle {
                 if keys.iter().any(|o| o.name.as_deref() == Some(n)) {
                     return Err(bad(format!("two signing keys named {n:?}")));
                 }
-                Some(n.to_string())
+                let form = SigningForm::parse(str_member(k, "form")?)
+                    .ok_or_else(|| bad(format!("signing key {n:?}: form (digest or dsse)")))?;
+                (Some(n.to_string()), Some(form))
             } else {
-                None
+                (None, None)
             };
             keys.push(BundleKey {
                 kid,
                 purpose,
                 jwk,
                 name,
+                form,
             });
         }
         if !keys.iter().any(|k| k.purpose == Purpose::Issuer) {
@@ -198,6 +244,27 @@ impl TrustBundle {
         let Some(Value::Object(log)) = w.get("log") else {
             return Err(bad("writ.log is missing"));
         };
+        // The log's key and the X.509 authorities' are none of the JWT keys.
+        // (A log key that does not parse is no P-256 key; it is refused where it is used, at
+        // inclusion checks.)
+        let log_jwk = crate::log::note::NoteVerifier::parse(str_member(log, "verifier_key")?)
+            .ok()
+            .and_then(|k| {
+                let (x, y) = k.point();
+                EcJwk::from_coordinates(x, y).ok()
+            });
+        if let Some(k) = keys
+            .iter()
+            .find(|k| Some(&k.jwk) == log_jwk.as_ref() || authorities.contains(&k.jwk))
+        {
+            return Err(bad(format!(
+                "key {:?} is also the log's or an X.509 authority's key",
+                k.kid
+            )));
+        }
+        if log_jwk.as_ref().is_some_and(|l| authorities.contains(l)) {
+            return Err(bad("the log's key is also an X.509 authority's key"));
+        }
         let b = TrustBundle {
             keys,
             sequence,
@@ -276,5 +343,125 @@ impl TrustBundle {
             ));
         }
         Ok(&k.jwk)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+    use p256::pkcs8::EncodePublicKey;
+    use serde_json::json;
+
+    fn key(n: u8) -> p256::ecdsa::SigningKey {
+        p256::ecdsa::SigningKey::from_slice(&[n; 32]).unwrap()
+    }
+
+    fn jwk(n: u8, key_use: &str) -> Value {
+        EcJwk::from_verifying_key(key(n).verifying_key()).to_json(Some(key_use))
+    }
+
+    fn signing(n: u8, name: &str, form: &str) -> Value {
+        let mut j = jwk(n, "signing");
+        j["name"] = json!(name);
+        j["form"] = json!(form);
+        j
+    }
+
+    fn bundle(keys: Vec<Value>, log_key: u8) -> Value {
+        let spki = key(log_key)
+            .verifying_key()
+            .to_public_key_der()
+            .unwrap()
+            .into_vec();
+        let verifier = crate::log::note::NoteVerifier::from_spki("writ.test/log", &spki)
+            .unwrap()
+            .to_string();
+        json!({
+            "keys": keys,
+            "spiffe_sequence": 1,
+            "spiffe_refresh_hint": 300,
+            "writ": {
+                "trust_domain": "writ.test",
+                "issued_at": 1_800_000_000i64,
+                "expires_at": 1_800_003_600i64,
+                "policy_bundles": [format!("sha256:{}", "c".repeat(64))],
+                "log": {"origin": "writ.test/log", "verifier_key": verifier}
+            }
+        })
+    }
+
+    fn parses(b: &Value) -> Result<TrustBundle, Refusal> {
+        TrustBundle::parse(b.to_string().as_bytes())
+    }
+
+    #[test]
+    fn signing_keys_carry_a_name_and_one_form() {
+        let b = parses(&bundle(
+            vec![
+                jwk(1, "issuer"),
+                signing(2, "release", "dsse"),
+                signing(3, "artifacts", "digest"),
+            ],
+            9,
+        ))
+        .unwrap();
+        let forms: Vec<_> = b.keys.iter().map(|k| (k.name.clone(), k.form)).collect();
+        assert_eq!(
+            forms,
+            [
+                (None, None),
+                (Some("release".into()), Some(SigningForm::Dsse)),
+                (Some("artifacts".into()), Some(SigningForm::Digest)),
+            ]
+        );
+        let mut no_name = signing(2, "release", "dsse");
+        no_name.as_object_mut().unwrap().remove("name");
+        let mut no_form = signing(2, "release", "dsse");
+        no_form.as_object_mut().unwrap().remove("form");
+        for bad in [
+            vec![jwk(1, "issuer"), no_name],
+            vec![jwk(1, "issuer"), no_form],
+            vec![jwk(1, "issuer"), signing(2, "release", "both")],
+            vec![jwk(1, "issuer"), signing(2, "Release", "dsse")],
+            vec![
+                jwk(1, "issuer"),
+                signing(2, "release", "dsse"),
+                signing(3, "release", "digest"),
+            ],
+        ] {
+            assert_eq!(parses(&bundle(bad, 9)).unwrap_err().code, "bundle");
+        }
+    }
+
+    #[test]
+    fn one_key_is_never_published_twice_or_for_two_purposes() {
+        let mut authority = jwk(5, "x509-svid");
+        authority.as_object_mut().unwrap().remove("kid");
+        authority["x5c"] = json!(["MIIB"]);
+        for (keys, log_key) in [
+            // The same key under two names, or for two purposes.
+            (
+                vec![
+                    jwk(1, "issuer"),
+                    signing(2, "release", "dsse"),
+                    signing(2, "nightly", "digest"),
+                ],
+                9,
+            ),
+            (vec![jwk(1, "issuer"), signing(1, "release", "dsse")], 9),
+            // A signing key that is the log's key, or the CA's.
+            (vec![jwk(1, "issuer"), signing(9, "release", "digest")], 9),
+            (
+                vec![jwk(1, "issuer"), authority.clone(), signing(5, "r", "dsse")],
+                9,
+            ),
+            // The log's key is the CA's.
+            (vec![jwk(1, "issuer"), authority.clone()], 5),
+        ] {
+            let err = parses(&bundle(keys, log_key)).unwrap_err();
+            assert_eq!(err.code, "bundle", "{err}");
+        }
+        assert!(parses(&bundle(vec![jwk(1, "issuer"), authority], 9)).is_ok());
     }
 }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::Refusal;
-use super::bundle::{BundleKey, Purpose};
+use super::bundle::{BundleKey, Purpose, SigningForm};
 use crate::crypto::{CryptoProvider, SigAlg, SignatureValue, VerifyKey};
 use crate::jwk::EcJwk;
 use crate::tpm::HashAlg;
@@ -186,7 +186,7 @@ pub fn open_envelope(
         .map_err(|_| bad("envelope", "payload is not base64"))?;
     let accepted: Vec<&BundleKey> = keys
         .iter()
-        .filter(|k| k.purpose == Purpose::Signing)
+        .filter(|k| k.purpose == Purpose::Signing && k.form == Some(SigningForm::Dsse))
         .filter(|k| only.is_none_or(|n| k.name.as_deref() == Some(n)))
         .collect();
     let message = pae(&env.payload_type, &payload);
@@ -218,8 +218,12 @@ pub fn open_envelope(
             bad(
                 "key_unknown",
                 match only {
-                    Some(n) => format!("no signature by the signing key {n:?} of the trust bundle"),
-                    None => "no signature by a signing key of the trust bundle".to_string(),
+                    Some(n) => format!(
+                        "no signature by the signing key {n:?} of the trust bundle (a key of form dsse)"
+                    ),
+                    None => {
+                        "no signature by a signing key of form dsse of the trust bundle".to_string()
+                    }
                 },
             )
         });
@@ -331,5 +335,79 @@ mod tests {
                 "{k}"
             );
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+mod forms {
+    use super::*;
+    use crate::writ::bundle::SigningForm;
+    use sha2::Digest as _;
+
+    fn key(n: u8) -> p256::ecdsa::SigningKey {
+        p256::ecdsa::SigningKey::from_slice(&[n; 32]).unwrap()
+    }
+
+    fn bundle_key(n: u8, name: &str, form: SigningForm) -> BundleKey {
+        let jwk = EcJwk::from_verifying_key(key(n).verifying_key());
+        BundleKey {
+            kid: jwk.thumbprint(),
+            purpose: Purpose::Signing,
+            jwk,
+            name: Some(name.into()),
+            form: Some(form),
+        }
+    }
+
+    /// An envelope over `payload` whose signature is ECDSA over SHA-256(PAE) by key `n`: exactly
+    /// what a digest-form key signs when asked for that digest.
+    fn envelope(n: u8, payload: &[u8]) -> Vec<u8> {
+        use ecdsa::signature::hazmat::PrehashSigner as _;
+        let digest: [u8; 32] = sha2::Sha256::digest(pae(PAYLOAD_TYPE, payload)).into();
+        let sig: p256::ecdsa::Signature = key(n).sign_prehash(&digest).unwrap();
+        serde_json::to_vec(&Envelope {
+            payload: STANDARD.encode(payload),
+            payload_type: PAYLOAD_TYPE.into(),
+            signatures: vec![EnvelopeSignature {
+                keyid: EcJwk::from_verifying_key(key(n).verifying_key()).thumbprint(),
+                sig: STANDARD.encode(sig.to_der().as_bytes()),
+            }],
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn an_envelope_verifies_only_by_a_key_of_the_dsse_form() {
+        let statement = serde_json::json!({
+            "_type": STATEMENT_TYPE,
+            "subject": [{"name": "a", "digest": {"sha256": "ab".repeat(32)}}],
+            "predicateType": PREDICATE_TYPE,
+            "predicate": {"runtime": "spiffe://writ.test/runtime/x"},
+        })
+        .to_string();
+        let keys = [
+            bundle_key(1, "release", SigningForm::Dsse),
+            bundle_key(2, "artifacts", SigningForm::Digest),
+        ];
+        let provider = crate::crypto::default_provider();
+        let opened =
+            open_envelope(provider, &envelope(1, statement.as_bytes()), &keys, None).unwrap();
+        assert_eq!(opened.key_name, "release");
+        // The same envelope made through the digest key (a raw signature over the PAE's
+        // digest): no dsse key signed it.
+        let forged = envelope(2, statement.as_bytes());
+        assert_eq!(
+            open_envelope(provider, &forged, &keys, None)
+                .unwrap_err()
+                .code,
+            "key_unknown"
+        );
+        assert_eq!(
+            open_envelope(provider, &forged, &keys, Some("artifacts"))
+                .unwrap_err()
+                .code,
+            "key_unknown"
+        );
     }
 }
