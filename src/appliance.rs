@@ -50,6 +50,8 @@ pub use attest::{
 };
 pub use bundle::{BUNDLE_LIFETIME_S, REFRESH_HINT_S};
 pub use gateway::{MAX_REPORT, MAX_REPORT_BODY, ReportEntry, Role};
+#[cfg(test)]
+pub(crate) use issue::RUNTIME_ROW;
 pub use issue::{Issued, PROOF_SKEW, WritRequest, consent_nonce};
 pub use sign::{SignRequest, Signed as SignedArtifact};
 pub use svid::{SvidIssued, SvidRequest};

@@ -28,12 +28,14 @@
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
+use std::collections::{HashMap, HashSet};
+
 use cedar_policy::{
-    Authorizer, Context, Decision, Entities, EntityUid, PolicySet, Request, Schema, ValidationMode,
-    Validator,
+    Authorizer, Context, Decision, Entities, Entity, EntityId, EntityTypeName, EntityUid,
+    PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
 };
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// The bundle format version.
 pub const BUNDLE_VERSION: u32 = 1;
@@ -385,18 +387,22 @@ impl LoadedPolicy {
         resource: &str,
         ctx: &RequestContext<'_>,
     ) -> Verdict {
+        let text = |t: &str| RestrictedExpression::new_string(t.to_string());
         self.decide_on(
             principal,
             action,
             ("Resource", resource),
-            json!({
-                "audience": ctx.audience,
-                "req": ctx.req,
-                "depth": ctx.depth,
-                "time": ctx.time,
-                "delegation": ctx.delegation,
-                "parent": ctx.parent,
-            }),
+            vec![
+                ("audience".into(), text(ctx.audience)),
+                ("req".into(), text(ctx.req)),
+                ("depth".into(), RestrictedExpression::new_long(ctx.depth)),
+                ("time".into(), RestrictedExpression::new_long(ctx.time)),
+                (
+                    "delegation".into(),
+                    RestrictedExpression::new_bool(ctx.delegation),
+                ),
+                ("parent".into(), text(ctx.parent)),
+            ],
         )
     }
 
@@ -407,20 +413,27 @@ impl LoadedPolicy {
         key: &str,
         ctx: &SignContext<'_>,
     ) -> Verdict {
+        let text = |t: &str| RestrictedExpression::new_string(t.to_string());
+        let subjects = ctx.subjects.iter().map(|(name, digest)| {
+            RestrictedExpression::new_record([
+                ("name".to_string(), text(name)),
+                ("digest".to_string(), text(digest)),
+            ])
+        });
+        let subjects = match subjects.collect::<Result<Vec<_>, _>>() {
+            Ok(s) => RestrictedExpression::new_set(s),
+            Err(e) => return Verdict::Error(e.to_string()),
+        };
         self.decide_on(
             principal,
             "sign",
             ("SigningKey", key),
-            json!({
-                "payload_type": ctx.payload_type,
-                "size": ctx.size,
-                "subjects": ctx
-                    .subjects
-                    .iter()
-                    .map(|(name, digest)| json!({"name": name, "digest": digest}))
-                    .collect::<Vec<_>>(),
-                "time": ctx.time,
-            }),
+            vec![
+                ("payload_type".into(), text(ctx.payload_type)),
+                ("size".into(), RestrictedExpression::new_long(ctx.size)),
+                ("subjects".into(), subjects),
+                ("time".into(), RestrictedExpression::new_long(ctx.time)),
+            ],
         )
     }
 
@@ -429,35 +442,46 @@ impl LoadedPolicy {
         principal: &Principal<'_>,
         action: &str,
         (resource_type, resource): (&str, &str),
-        context: Value,
+        context: Vec<(String, RestrictedExpression)>,
     ) -> Verdict {
+        // Built with Cedar's typed constructors (no JSON round trip), checked against the schema
+        // as the entities and the request are made.
         let uid = |t: &str, id: &str| {
-            EntityUid::from_json(json!({"type": t, "id": id})).map_err(|e| e.to_string())
+            EntityTypeName::from_str(t)
+                .map(|t| EntityUid::from_type_name_and_id(t, EntityId::new(id)))
+                .map_err(|e| e.to_string())
         };
         let built = (|| {
             let p = uid("Runtime", principal.spiffe_id)?;
             let a = uid("Action", action)?;
             let r = uid(resource_type, resource)?;
-            let v = |k: &str| principal.vector.get(k).and_then(Value::as_i64).unwrap_or(0);
-            let entities = Entities::from_json_value(
-                json!([
-                    {"uid": {"type": "Runtime", "id": principal.spiffe_id}, "parents": [], "attrs": {
-                        "spiffe_id": principal.spiffe_id,
-                        "name": principal.name,
-                        "status": principal.status,
-                        "configuration": v("configuration"),
-                        "executables": v("executables"),
-                        "hardware": v("hardware"),
-                        "instance_identity": v("instance-identity"),
-                        "manufacturer": principal.manufacturer,
-                    }},
-                    {"uid": {"type": resource_type, "id": resource}, "parents": [], "attrs": {}},
+            let v = |k: &str| {
+                RestrictedExpression::new_long(
+                    principal.vector.get(k).and_then(Value::as_i64).unwrap_or(0),
+                )
+            };
+            let text = |t: &str| RestrictedExpression::new_string(t.to_string());
+            let runtime = Entity::new(
+                p.clone(),
+                HashMap::from([
+                    ("spiffe_id".to_string(), text(principal.spiffe_id)),
+                    ("name".to_string(), text(principal.name)),
+                    ("status".to_string(), text(principal.status)),
+                    ("configuration".to_string(), v("configuration")),
+                    ("executables".to_string(), v("executables")),
+                    ("hardware".to_string(), v("hardware")),
+                    ("instance_identity".to_string(), v("instance-identity")),
+                    ("manufacturer".to_string(), text(principal.manufacturer)),
                 ]),
+                HashSet::new(),
+            )
+            .map_err(|e| e.to_string())?;
+            let entities = Entities::from_entities(
+                [runtime, Entity::new_no_attrs(r.clone(), HashSet::new())],
                 Some(&self.schema),
             )
             .map_err(|e| e.to_string())?;
-            let context = Context::from_json_value(context, Some((&self.schema, &a)))
-                .map_err(|e| e.to_string())?;
+            let context = Context::from_pairs(context).map_err(|e| e.to_string())?;
             let request =
                 Request::new(p, a, r, context, Some(&self.schema)).map_err(|e| e.to_string())?;
             Ok::<_, String>((request, entities))
@@ -493,6 +517,7 @@ impl LoadedPolicy {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn example() -> LoadedPolicy {
         LoadedPolicy::from_json(include_bytes!("../deploy/policy/example.json")).unwrap()

@@ -84,6 +84,10 @@ struct Args {
     /// Measure signatures (`POST /v1/sign/artifacts` over a SHA-256 digest) by attested runtimes.
     #[arg(long, conflicts_with = "writs")]
     sign: bool,
+    /// With --sign: DSSE envelopes over an in-toto Statement naming one subject
+    /// (`POST /v1/sign/release`) instead of raw signatures.
+    #[arg(long, requires = "sign")]
+    envelope: bool,
 }
 
 fn run(cmd: &mut Command) -> Vec<u8> {
@@ -259,12 +263,13 @@ fn start(writ: &Path, dir: &Path, hsm: &writ_testkit::SoftHsm, roots: &Path) -> 
         ]));
         uri
     };
-    let (checkpoint, ear, ca, issuer, release) = (
+    let (checkpoint, ear, ca, issuer, artifacts, release) = (
         key("checkpoint", "checkpoint"),
         key("ear", "ear"),
         key("ca", "ca"),
         key("issuer", "issuer"),
         key("artifacts", "signing"),
+        key("release", "signing"),
     );
     let token = "bench-admin-token-0123456789".to_string();
     writ_testkit::write_secret(&dir.join("admin.token"), &token);
@@ -284,7 +289,9 @@ fn start(writ: &Path, dir: &Path, hsm: &writ_testkit::SoftHsm, roots: &Path) -> 
             "--issuer-key",
             &issuer,
             "--signing-key",
-            &format!("artifacts=digest:{release}"),
+            &format!("artifacts=digest:{artifacts}"),
+            "--signing-key",
+            &format!("release=dsse:{release}"),
         ])
         .args(["--listen", "127.0.0.1:0", "--trust-domain", "writ.bench"])
         .arg("--ek-roots")
@@ -556,13 +563,24 @@ fn writ_once(app_url: &str, agent: &ureq::Agent, sim: &Sim, n: u64) -> Result<()
 
 /// One signing request: a DPoP proof by the holder key with the EAR, `POST /v1/sign/artifacts`
 /// over a digest; the signature is checked to be there.
-fn sign_once(app_url: &str, agent: &ureq::Agent, sim: &Sim, n: u64) -> Result<(), String> {
-    let proof = proof_to(&format!("{app_url}/v1/sign/artifacts"), sim);
-    let body =
-        json!({"digest": format!("sha256:{}", hex::encode(Sha256::digest(n.to_be_bytes())))})
-            .to_string();
+fn sign_once(
+    app_url: &str,
+    agent: &ureq::Agent,
+    sim: &Sim,
+    n: u64,
+    envelope: bool,
+) -> Result<(), String> {
+    let key = if envelope { "release" } else { "artifacts" };
+    let proof = proof_to(&format!("{app_url}/v1/sign/{key}"), sim);
+    let digest = hex::encode(Sha256::digest(n.to_be_bytes()));
+    let body = if envelope {
+        json!({"subjects": [{"name": format!("build-{n}.tar"), "digest": {"sha256": digest}}]})
+    } else {
+        json!({"digest": format!("sha256:{digest}")})
+    }
+    .to_string();
     let mut resp = agent
-        .post(format!("{app_url}/v1/sign/artifacts"))
+        .post(format!("{app_url}/v1/sign/{key}"))
         .header("Content-Type", "application/json")
         .header("Authorization", format!("DPoP {}", sim.ear))
         .header("DPoP", proof)
@@ -570,7 +588,13 @@ fn sign_once(app_url: &str, agent: &ureq::Agent, sim: &Sim, n: u64) -> Result<()
         .map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();
     let text = resp.body_mut().read_to_string().unwrap_or_default();
-    if status != 200 || !text.contains("\"signature\"") {
+    if status != 200
+        || !text.contains(if envelope {
+            "\"envelope\""
+        } else {
+            "\"signature\""
+        })
+    {
         return Err(format!("sign: {status} {text}"));
     }
     Ok(())
@@ -706,7 +730,7 @@ fn bench(args: Args, hsm: &writ_testkit::SoftHsm) {
     for s in &mut sims {
         attest_once(&app.url, &app.agent, s, &log_b64, &pcrs, &pcrs_json).unwrap();
     }
-    let (writs, sign) = (args.writs, args.sign);
+    let (writs, sign, envelope) = (args.writs, args.sign, args.envelope);
     if writs || sign {
         let (st, v) = post(
             &app.agent,
@@ -717,7 +741,7 @@ fn bench(args: Args, hsm: &writ_testkit::SoftHsm) {
         assert_eq!(st, 200, "{v}");
         for (i, s) in sims.iter().enumerate() {
             if sign {
-                sign_once(&app.url, &app.agent, s, i as u64).unwrap();
+                sign_once(&app.url, &app.agent, s, i as u64, args.envelope).unwrap();
             } else {
                 writ_once(&app.url, &app.agent, s, i as u64).unwrap();
             }
@@ -761,7 +785,7 @@ fn bench(args: Args, hsm: &writ_testkit::SoftHsm) {
                     let t = Instant::now();
                     n += 1;
                     let r = if sign {
-                        sign_once(&url, &agent, &sim, n)
+                        sign_once(&url, &agent, &sim, n, envelope)
                     } else if writs {
                         writ_once(&url, &agent, &sim, n)
                     } else {
@@ -807,7 +831,11 @@ fn bench(args: Args, hsm: &writ_testkit::SoftHsm) {
         all.len(),
         errors.len()
     );
-    if sign {
+    if sign && envelope {
+        println!(
+            "  rate: {rate:.0} envelopes/s (POST /v1/sign/release, one subject, EAR and DPoP proof, HTTPS, key in SoftHSM2)"
+        );
+    } else if sign {
         println!(
             "  rate: {rate:.0} signatures/s (POST /v1/sign/artifacts over a digest, EAR and DPoP proof, HTTPS, key in SoftHSM2)"
         );

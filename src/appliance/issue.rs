@@ -1078,7 +1078,7 @@ impl Appliance {
         for r in runtimes {
             let rows = self.query(
                 "SELECT r.state, a.status FROM runtimes r LEFT JOIN attestations a ON a.name = r.name
-                 WHERE r.name = $1",
+                 WHERE r.name = CAST($1 AS TEXT)",
                 &[r.clone().into()],
             )?;
             let row = rows.first();
@@ -1119,11 +1119,13 @@ const NO_POLICY: &str = "no policy bundle is loaded (writ admin load-policy): no
 
 /// A runtime with its current appraisal: state, AK, TPM attributes, generation, status, result,
 /// holder key, EAR digest, time.
+/// (`CAST`: SQLite would otherwise plan the join again for every name bound, propagating the
+/// parameter's value through `a.name = r.name`.)
 pub(crate) const RUNTIME_ROW: &str =
     "SELECT r.state, r.ak_public, r.tpm, a.generation, a.status, a.result, a.holder_jkt,
             a.ear_digest, a.attested_at
      FROM runtimes r LEFT JOIN attestations a ON a.name = r.name
-     WHERE r.name = $1";
+     WHERE r.name = CAST($1 AS TEXT)";
 
 /// A runtime's standing for a request, from its [`RUNTIME_ROW`]: enrolled (`revoked`), its
 /// current appraisal affirming or warning (`contraindicated`) and the one the EAR presented states

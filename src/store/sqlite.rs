@@ -452,3 +452,46 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod plans {
+    use super::*;
+
+    /// How often a read's statement was compiled again after it ran `runs` times with other
+    /// values bound (SQLite re-plans a statement per binding when the value may change its plan,
+    /// e.g. a join's constant propagation: a parse and plan per request on the hot path).
+    fn reprepared(sql: &str, runs: usize) -> i32 {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("w.db");
+        let mut s = Sqlite::open(&p).unwrap();
+        s.migrate().unwrap();
+        let mut r = Sqlite::open(&p).unwrap();
+        r.read_only().unwrap();
+        for i in 0..runs {
+            let params: Vec<Value> = (1..=sql.matches('$').count())
+                .map(|n| format!("v{n}-{i}").into())
+                .collect();
+            r.query(sql, &params).unwrap();
+        }
+        let st = r.conn.prepare_cached(&numbered(sql)).unwrap();
+        st.get_status(rusqlite::StatementStatus::RePrepare)
+    }
+
+    #[test]
+    fn the_runtime_reads_of_each_request_are_planned_once() {
+        // The pitfall, pinned: a joined column compared with a bare parameter re-plans.
+        assert!(
+            reprepared(
+                "SELECT r.state FROM runtimes r LEFT JOIN attestations a ON a.name = r.name WHERE r.name = $1",
+                4
+            ) > 0
+        );
+        for sql in [
+            crate::appliance::RUNTIME_ROW,
+            "SELECT 1 FROM proof_jtis WHERE jkt = $1 AND jti = $2",
+        ] {
+            assert_eq!(reprepared(sql, 4), 0, "{sql}");
+        }
+    }
+}
