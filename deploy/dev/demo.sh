@@ -17,7 +17,9 @@
 # writ and a writ under it, and the lineage read back from the log; a gateway bootstrapped from the
 # appliance (writ-gate bootstrap) that requires each writ's inclusion bundle: writ-gate exec runs
 # the tool for the writ once and refuses it again, and writ-gate proxy forwards one HTTP request
-# to a local API once; the gateway reports its spool into the log; then PCR 7 is extended and the
+# to a local API once; the gateway reports its spool into the log; the signing service signs a
+# file's digest and a DSSE statement for the runtime with keys in the HSM (verified offline by writ
+# verify-signature with their log records, and by openssl); then PCR 7 is extended and the
 # runtime's next attestation is contraindicated, so no writ. writ agent run does a writ's whole
 # round (attest if stale, request, proof, inclusion, writ-gate exec) in one step.
 set -euo pipefail
@@ -93,6 +95,10 @@ for purpose in issuer ear ca; do
   say "The '$purpose' key in the SoftHSM2 token: sensitive, non-extractable, private"
   key "$purpose" "$(pkcs11_uri "writ-$purpose")"
 done
+for name in release artifacts; do
+  say "The signing service's key '$name' in the SoftHSM2 token"
+  key signing "$(pkcs11_uri "writ-$name")"
+done
 
 say "The 'checkpoint' key in the SoftHSM2 token, and the C2SP note verifier key auditors pin"
 uri=$(pkcs11_uri writ-checkpoint)
@@ -120,7 +126,9 @@ WRIT_STORE="sqlite:$WRIT_DEV_DIR/writ.db" WRIT_KEYS_CHECKPOINT="$(pkcs11_uri wri
   WRIT_KEYS_ISSUER="$(pkcs11_uri writ-issuer)" \
   WRIT_TLS_CA_CERTIFICATE="$WRIT_DEV_DIR/ca.pem" \
   WRIT_ENROLLMENT_EK_ROOTS="$WRIT_DEV_DIR/swtpm/ca" WRIT_ADMIN_TOKEN_FILE="$admin_token" \
-  "$writ" serve --config "$here/writ.toml" --listen "127.0.0.1:$port" >"$serve_log" 2>&1 &
+  "$writ" serve --config "$here/writ.toml" --listen "127.0.0.1:$port" \
+  --signing-key "release=dsse:$(pkcs11_uri writ-release)" \
+  --signing-key "artifacts=digest:$(pkcs11_uri writ-artifacts)" >"$serve_log" 2>&1 &
 serve_pid=$!
 trap 'kill "$serve_pid" 2>/dev/null || true; rm -f "$shown"' EXIT
 vkey=""
@@ -270,6 +278,28 @@ say "An X.509-SVID for the runtime: the holder key in the TPM, its SPIFFE ID alo
 "$writ" agent svid "${agent_tpm[@]}" --out "$WRIT_DEV_DIR/svid.pem"
 openssl x509 -noout -subject -ext subjectAltName,extendedKeyUsage,basicConstraints -in "$WRIT_DEV_DIR/svid.pem"
 openssl verify -CAfile "$WRIT_DEV_DIR/ca.pem" -purpose sslclient "$WRIT_DEV_DIR/svid.pem"
+
+say "The signing service: keys in the HSM sign for the attested runtime, each signature in the log first"
+printf 'a build output\n' >"$WRIT_DEV_DIR/app.tar"
+"$writ" agent sign "${agent_tpm[@]}" --key artifacts --file "$WRIT_DEV_DIR/app.tar" \
+  --out "$WRIT_DEV_DIR/app.tar.sig" --inclusion "$WRIT_DEV_DIR/app.tar.inclusion.json"
+"$writ" agent sign "${agent_tpm[@]}" --key release --subject "$WRIT_DEV_DIR/app.tar" \
+  --out "$WRIT_DEV_DIR/app.intoto.json"
+echo "verified offline with the trust bundle, and the signature's record in the log:"
+"$writ" verify-signature --bundle "$gate_dir/bundle.json" --file "$WRIT_DEV_DIR/app.tar" \
+  --signature "$WRIT_DEV_DIR/app.tar.sig" --inclusion "$WRIT_DEV_DIR/app.tar.inclusion.json"
+"$writ" verify-signature --bundle "$gate_dir/bundle.json" --envelope "$WRIT_DEV_DIR/app.intoto.json" \
+  --file "$WRIT_DEV_DIR/app.tar"
+"$writ" keys show --key "$(pkcs11_uri writ-artifacts)" --purpose signing --json \
+  | python3 -c 'import json,sys; print(json.load(sys.stdin)["public_key_pem"], end="")' >"$WRIT_DEV_DIR/artifacts.pub.pem"
+echo "and by openssl, with the key's public half:"
+openssl dgst -sha256 -verify "$WRIT_DEV_DIR/artifacts.pub.pem" -signature "$WRIT_DEV_DIR/app.tar.sig" \
+  "$WRIT_DEV_DIR/app.tar"
+if "$writ" agent sign "${agent_tpm[@]}" --key release --file "$WRIT_DEV_DIR/app.tar" \
+  --out "$WRIT_DEV_DIR/refused.sig"; then
+  echo "a key signed a form it does not sign" >&2; exit 1
+fi
+echo "(refused: the release key signs DSSE envelopes only, never raw digests)"
 
 say "Delegation: a writ for a scope (tools, this gateway), then a writ under it for one command"
 "$writ" agent request "${agent_tpm[@]}" --scope --action exec --resource tools \
