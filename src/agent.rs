@@ -37,6 +37,11 @@ pub enum AgentCommand {
     /// Get an X.509-SVID for this runtime's holder key (the key stays in the TPM). Exit 0 issued,
     /// 1 refused, 2 error.
     Svid(SvidArgs),
+    /// GET an https URL presenting this runtime's X.509-SVID (from `writ agent svid`) as the TLS
+    /// client certificate, the handshake signed by the holder key inside the TPM: any mutual-TLS
+    /// service that trusts writ's CA can then tell which attested runtime calls. Prints the body;
+    /// exit 0 on a 2xx answer, 1 on another status, 2 on an error (a refused handshake included).
+    Get(GetArgs),
     /// Have the appliance sign with one of its signing keys, as this attested runtime: a raw
     /// signature (DER) over a file's or a digest's SHA-256, or a DSSE envelope over an in-toto
     /// Statement naming the subjects' SHA-256 (writ adds its account of this runtime as the
@@ -156,6 +161,27 @@ pub struct SignArgs {
     /// this file, for `writ verify-signature --inclusion`.
     #[arg(long)]
     inclusion: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The TPM (TCTI), else `TPM2TOOLS_TCTI`, `TCTI` or /dev/tpmrm0.
+    #[arg(long)]
+    tcti: Option<String>,
+    /// The URL (https only).
+    #[arg(long)]
+    url: String,
+    /// The runtime's SVID (PEM, from `writ agent svid`).
+    #[arg(long)]
+    svid: PathBuf,
+    /// The CA certificates (PEM) the server's certificate must chain to.
+    #[arg(long)]
+    ca: PathBuf,
+    /// Seconds for each read and write.
+    #[arg(long, default_value_t = 10)]
+    timeout: u64,
 }
 
 #[derive(Debug, Args)]
@@ -442,6 +468,7 @@ pub fn run(cmd: AgentCommand) -> Result<(), Failure> {
         AgentCommand::Status(a) => Ok(status(&a.common.state)?),
         AgentCommand::Request(a) => request(&a),
         AgentCommand::Svid(a) => svid(&a),
+        AgentCommand::Get(a) => get(&a),
         AgentCommand::Sign(a) => sign(&a),
         AgentCommand::Inclusion(a) => inclusion(&a),
         AgentCommand::Run(a) => run_command(&a),
@@ -679,6 +706,88 @@ fn svid(a: &SvidArgs) -> Result<(), Failure> {
         issued.get("log_index").and_then(Value::as_u64).unwrap_or(0),
     ));
     Ok(())
+}
+
+/// Every certificate (DER) of a PEM file.
+fn pem_certificates(path: &Path) -> Result<Vec<Vec<u8>>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut out = Vec::new();
+    let mut body: Option<String> = None;
+    for line in text.lines().map(str::trim) {
+        match (line, &mut body) {
+            ("-----BEGIN CERTIFICATE-----", None) => body = Some(String::new()),
+            ("-----END CERTIFICATE-----", Some(b)) => {
+                out.push(
+                    base64::engine::general_purpose::STANDARD
+                        .decode(b.as_bytes())
+                        .map_err(|_| format!("{}: a certificate is not base64", path.display()))?,
+                );
+                body = None;
+            }
+            (l, Some(b)) => b.push_str(l),
+            _ => {}
+        }
+    }
+    if out.is_empty() {
+        return Err(format!("{}: no certificate (PEM)", path.display()));
+    }
+    Ok(out)
+}
+
+/// `writ agent get` (see [`AgentCommand::Get`]).
+fn get(a: &GetArgs) -> Result<(), Failure> {
+    let svid = pem_certificates(&a.svid)?
+        .into_iter()
+        .next()
+        .ok_or("--svid: no certificate")?;
+    // The SVID must be for the holder key the last attestation certified (the TPM would sign,
+    // and the server refuse, otherwise: said here, plainly).
+    let tpm = Attester::open(a.tcti.as_deref()).map_err(|e| format!("TPM: {e}"))?;
+    let (signer, jwk) = certified_holder(&tpm, &a.common.state)?;
+    let spki_key = {
+        use x509_cert::der::{Decode, Encode};
+        let cert = x509_cert::Certificate::from_der(&svid).map_err(|e| format!("--svid: {e}"))?;
+        let spki = cert
+            .tbs_certificate()
+            .subject_public_key_info()
+            .to_der()
+            .map_err(|e| format!("--svid: {e}"))?;
+        use p256::pkcs8::DecodePublicKey;
+        p256::ecdsa::VerifyingKey::from_public_key_der(&spki)
+            .map(|k| writ_attestation::jwk::EcJwk::from_verifying_key(&k))
+            .map_err(|e| format!("--svid: its key: {e}"))?
+    };
+    if spki_key != jwk {
+        return Err(
+            "--svid is not for the holder key of the last attestation: run writ agent svid again"
+                .into(),
+        );
+    }
+    let writ_hsm::tpm::attester::HolderSigner { key, bound, .. } = signer;
+    let answer = crate::holder_tls::get(
+        &a.url,
+        &pem_certificates(&a.ca)?,
+        svid,
+        tpm,
+        key,
+        bound,
+        std::time::Duration::from_secs(a.timeout),
+    )?;
+    std::io::Write::write_all(&mut std::io::stdout(), &answer.body)
+        .map_err(|e| format!("stdout: {e}"))?;
+    let ok = answer
+        .status
+        .split_whitespace()
+        .nth(1)
+        .is_some_and(|c| c.starts_with('2'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Failure::Refused(format!(
+            "the server answered {}",
+            answer.status
+        )))
+    }
 }
 
 /// The appliance this runtime enrolled with, trusted through the pinned CA certificate.

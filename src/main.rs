@@ -10,6 +10,7 @@ mod agent;
 mod audit;
 use writ_client as client;
 mod dev;
+mod holder_tls;
 mod keys;
 mod measured_boot;
 mod serve;

@@ -1838,6 +1838,172 @@ fn writ_agent_gets_an_svid_whose_key_stays_in_the_tpm() {
     );
     let (_, _, decision, _) = last(&s);
     assert_eq!(decision, "allow");
+
+    // A standard TLS server (openssl s_server) that requires a client certificate of writ's CA
+    // accepts the SVID from a standard TLS client (rustls, `writ agent get`) whose handshake
+    // signature the TPM makes with the holder key.
+    let dir = s.dir.path();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "ecparam",
+        "-name",
+        "prime256v1",
+        "-genkey",
+        "-noout",
+        "-out",
+        "web-ca.key",
+    ]);
+    run(&[
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        "web-ca.key",
+        "-subj",
+        "/CN=web test CA",
+        "-days",
+        "1",
+        "-addext",
+        "basicConstraints=critical,CA:true",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+        "-out",
+        "web-ca.pem",
+    ]);
+    run(&[
+        "ecparam",
+        "-name",
+        "prime256v1",
+        "-genkey",
+        "-noout",
+        "-out",
+        "web.key",
+    ]);
+    run(&[
+        "req",
+        "-new",
+        "-key",
+        "web.key",
+        "-subj",
+        "/CN=localhost",
+        "-out",
+        "web.csr",
+    ]);
+    std::fs::write(
+        dir.join("web.ext"),
+        "subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:false\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "web.csr",
+        "-CA",
+        "web-ca.pem",
+        "-CAkey",
+        "web-ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "web.ext",
+        "-out",
+        "web.pem",
+    ]);
+    let (_, ca_pem) = common::stack::get(&s.url(), "/v1/ca.pem");
+    std::fs::write(dir.join("writ-ca.pem"), ca_pem).unwrap();
+    let s_server = |client_ca: &str| {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("openssl")
+            .args([
+                "s_server",
+                "-accept",
+                &format!("127.0.0.1:{port}"),
+                "-cert",
+                "web.pem",
+                "-key",
+                "web.key",
+                "-CAfile",
+                client_ca,
+                "-Verify",
+                "1",
+                "-verify_return_error",
+                "-www",
+                "-quiet",
+            ])
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "s_server did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        (port, ChildGuard(child))
+    };
+    let get = |port: u16| {
+        s.writ(&[
+            "agent",
+            "get",
+            "--state",
+            st,
+            "--tcti",
+            &tcti,
+            "--url",
+            &format!("https://localhost:{port}/"),
+            "--svid",
+            out_file.to_str().unwrap(),
+            "--ca",
+            dir.join("web-ca.pem").to_str().unwrap(),
+        ])
+    };
+    let (port, _server) = s_server("writ-ca.pem");
+    let out = get(port);
+    ok(&out);
+    let page = String::from_utf8_lossy(&out.stdout);
+    // s_server -www shows the client certificate it verified: the SVID, with its SPIFFE ID.
+    assert!(page.contains("Client certificate"), "{page}");
+    assert!(
+        page.contains(&format!("URI:spiffe://{TD}/runtime/ci-9")),
+        "{page}"
+    );
+    // A server that trusts another CA for its clients refuses the handshake.
+    let (port, _other) = s_server("web-ca.pem");
+    let out = get(port);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("TLS"), "{err}");
+}
+
+/// Kills a child process when dropped.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[test]
