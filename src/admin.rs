@@ -116,6 +116,24 @@ enum AdminCommand {
         /// The admin's name.
         name: String,
     },
+    /// Rotate the issuer or ear key without a restart (docs/keys.md): the new key (made first
+    /// with `writ keys generate`) is published now and signs after --overlap-s; the current one
+    /// stays published until what it can still sign has expired. Prints the schedule.
+    RotateKey {
+        /// `issuer` or `ear`.
+        #[arg(long)]
+        purpose: String,
+        /// The new key's URI (pkcs11: or tpm:), as the appliance opens it.
+        #[arg(long)]
+        key_uri: String,
+        /// Seconds the new key is published before it signs (default 3600: the trust bundle's
+        /// lifetime, so every relying party holds it first).
+        #[arg(long)]
+        overlap_s: Option<i64>,
+        /// Relying parties' clock skew, seconds (default 60).
+        #[arg(long)]
+        skew_s: Option<i64>,
+    },
     /// Revoke a gateway: none of its client certificates reports any more.
     RevokeGateway {
         /// The gateway's name.
@@ -275,6 +293,21 @@ fn admin(a: Admin) -> Result<Value, (u8, String)> {
                 )));
             }
             call("POST", &format!("/v1/admin/admins/{name}/revoke"), None)
+        }
+        AdminCommand::RotateKey {
+            purpose,
+            key_uri,
+            overlap_s,
+            skew_s,
+        } => {
+            let body = serde_json::to_value(writ::appliance::RotateRequest {
+                purpose,
+                key: key_uri,
+                overlap_s,
+                skew_s,
+            })
+            .map_err(|e| err2(e.to_string()))?;
+            call("POST", "/v1/admin/keys/rotate", Some(body))
         }
         AdminCommand::RevokeGateway { name } => {
             if !writ::appliance::valid_name(&name) {

@@ -42,6 +42,7 @@ mod attest;
 mod bundle;
 mod gateway;
 mod issue;
+mod rotation;
 mod sign;
 mod svid;
 pub use attest::{
@@ -53,6 +54,7 @@ pub use gateway::{MAX_REPORT, MAX_REPORT_BODY, ReportEntry, Role};
 #[cfg(test)]
 pub(crate) use issue::RUNTIME_ROW;
 pub use issue::{Issued, PROOF_SKEW, WritRequest, consent_nonce};
+pub use rotation::{RotateRequest, Rotated};
 pub use sign::{SignRequest, Signed as SignedArtifact};
 pub use svid::{SvidIssued, SvidRequest};
 
@@ -92,6 +94,9 @@ pub struct ApplianceConfig {
     /// The signing service's named keys (docs/signing.md), published in the trust bundle under
     /// `signing` with their names.
     pub signing_keys: Vec<SigningKey>,
+    /// How keys named later (a rotation's) are opened.
+    pub open_options: writ_hsm::OpenOptions,
+
     /// The origins (`scheme://host[:port]`) clients address this appliance at; a DPoP proof's
     /// `htu` must name one of them.
     pub origins: Vec<String>,
@@ -131,6 +136,9 @@ pub struct Appliance {
     svid_rates: issue::Rates,
     /// Signing requests per runtime in the current minute (their own bucket).
     sign_rates: issue::Rates,
+    /// The issuer and ear keys' rotation schedule.
+    schedule: rotation::Schedule,
+
     /// Publication of trust bundle versions, one at a time.
     publishing: bundle::Publishing,
 }
@@ -366,6 +374,8 @@ impl Appliance {
             refusals: issue::Rates::default(),
             svid_rates: issue::Rates::default(),
             sign_rates: issue::Rates::default(),
+            schedule: rotation::Schedule::default(),
+
             publishing: bundle::Publishing::default(),
         }
     }
@@ -477,6 +487,12 @@ impl Appliance {
     /// The public keys of `purpose` that tokens of this appliance may be signed with: the
     /// signing key first, then the published ones.
     pub(crate) fn verification_keys(&self, purpose: &str) -> Vec<writ_attestation::jwk::EcJwk> {
+        // After a rotation, its schedule says which keys are published.
+        if let Ok(t) = now()
+            && let Some(keys) = self.scheduled_keys(purpose, t)
+        {
+            return keys;
+        }
         let signing = match purpose {
             "issuer" => self.config.issuer_key.as_ref(),
             "ear" => self.config.ear_key.as_ref(),

@@ -214,6 +214,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/admin/runtimes/{name}/profile"),
     ("POST", "/v1/admin/runtimes/{name}/rebaseline"),
     ("POST", "/v1/admin/policy"),
+    ("POST", "/v1/admin/keys/rotate"),
     ("POST", "/v1/writs"),
     ("GET", "/v1/log/writs/{jti}"),
     ("GET", "/v1/bundle"),
@@ -254,6 +255,7 @@ pub const OPENAPI: &str = include_str!("../docs/openapi.json");
 /// | `POST /v1/admin/runtimes/{name}/profile` `{"profile"}` | 204 |
 /// | `POST /v1/admin/runtimes/{name}/rebaseline` | 204 |
 /// | `POST /v1/admin/policy` (a policy bundle) | its hash |
+/// | `POST /v1/admin/keys/rotate` `{"purpose","key"[,"overlap_s","skew_s"]}` | the rotation's schedule ([`crate::appliance::Rotated`]) |
 /// | `POST /v1/writs` (`Authorization: DPoP <EAR>`, `DPoP: <proof>`) | an execution or delegation writ ([`crate::appliance::Issued`]) |
 /// | `POST /v1/admin/certificates` `{"name","public_key","lifetime_s"[,"role":"gateway"]}` | an admin's (or a gateway's) client certificate (PEM) |
 /// | `POST /v1/admin/admins/{name}/revoke` | 204: that admin's certificates no longer authenticate |
@@ -302,6 +304,7 @@ pub fn appliance_router_limited(app: Arc<Appliance>, limit: Arc<UnidentifiedLimi
                 crate::policy::MAX_BUNDLE,
             )),
         )
+        .route("/v1/admin/keys/rotate", post(admin_rotate_key))
         .route("/v1/writs", post(issue_writ))
         .route("/v1/log/writs/{jti}", get(writ_record))
         .route("/v1/bundle", get(trust_bundle))
@@ -663,6 +666,20 @@ async fn gateway_report(
     };
     let acked = work(move || app.report(&gateway, &report.spool, &report.entries)).await?;
     Ok(axum::Json(json!({"acknowledged": acked})).into_response())
+}
+
+async fn admin_rotate_key(
+    State(app): State<Arc<Appliance>>,
+    Admin(admin): Admin,
+    body: axum::body::Bytes,
+) -> Result<Response, Problem> {
+    let req: crate::appliance::RotateRequest = match json_body(&body) {
+        Ok(r) => r,
+        Err(p) => return Err(work(move || Ok(app.admin_refused(&admin, p))).await?),
+    };
+    work(move || app.rotate_key(&admin, &req))
+        .await
+        .map(|r| ok_json(&r))
 }
 
 async fn admin_revoke_admin(

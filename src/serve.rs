@@ -574,8 +574,20 @@ pub fn run(args: Serve) -> Result<(), String> {
                 nonce_ttl: i64::try_from(c.attestation.nonce_ttl_s).unwrap_or(60),
                 ear_ttl: i64::try_from(c.attestation.ear_ttl_s).unwrap_or(300),
                 origins: public_origins(tls.is_some(), &c.tls.names, addr),
+                open_options: OpenOptions {
+                    allow_software_keys: args.allow_software_keys,
+                },
             },
         ));
+        // The issuer and ear keys' rotation history, checked against the configuration.
+        {
+            let loading = Arc::clone(&app);
+            match tokio::task::spawn_blocking(move || loading.load_schedule(true)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(format!("{}: {}", e.code(), e.detail())),
+                Err(e) => return Err(format!("the key schedule: {e}")),
+            }
+        }
         // The trust bundle as this appliance now is (its keys, CA, the policy bundle in force):
         // a new version if anything changed since the last one (a restart with other keys).
         // (Blocking work, off the async threads: the PostgreSQL client runs its own runtime.)
@@ -595,6 +607,19 @@ pub fn run(args: Serve) -> Result<(), String> {
                 }
                 Err(e) => return Err(format!("the trust bundle could not be published: {e}")),
             }
+        }
+        // Every second: rotations other replicas recorded, keys leaving the trust bundle.
+        {
+            let ticking = Arc::clone(&app);
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(1));
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    every.tick().await;
+                    let t = Arc::clone(&ticking);
+                    let _ = tokio::task::spawn_blocking(move || t.tick()).await;
+                }
+            });
         }
         let limits = Limits {
             header_read: Duration::from_secs(c.http.header_read_timeout_s),

@@ -2166,3 +2166,194 @@ fn issuer_and_ear_keys_rotate_without_an_outage() {
     let err = refused_start(&["--publish-ear-key", &key_b]);
     assert!(err.contains("one key, one purpose"), "{err}");
 }
+
+#[test]
+fn writ_admin_rotate_key_rotates_without_a_restart() {
+    use writ_attestation::writ::bundle::{Purpose, TrustBundle};
+    let mut s = Stack::new();
+    let rt = ready(&s, "rot-2");
+    let ear_1 = attest(&s, &rt);
+    ok(&load_policy(
+        &s,
+        &bundle(json!({"writ_lifetime_s": 3, "max_writ_lifetime_s": 3})),
+    ));
+    let issue = |s: &Stack, ear: &str| {
+        let (st, v) = request(
+            s,
+            Some(ear),
+            Some(&proof(&rt, &s.url(), ear)),
+            &body("tools/build"),
+        );
+        assert_eq!(st, 200, "{v}");
+        v["writ"].as_str().unwrap().to_string()
+    };
+    let fetch = |s: &Stack| {
+        let (st, text) = common::stack::get(&s.url(), "/v1/bundle");
+        assert_eq!(st, 200, "{text}");
+        TrustBundle::parse(text.as_bytes()).unwrap()
+    };
+    let kid = |token: &str, typ: &str| {
+        writ_attestation::writ::jws::parse(
+            token,
+            typ,
+            writ_attestation::writ::jws::HeaderShape::Kid,
+        )
+        .unwrap()
+        .kid()
+        .unwrap()
+        .to_string()
+    };
+    let issuers = |b: &TrustBundle| -> Vec<String> {
+        b.keys
+            .iter()
+            .filter(|k| k.purpose == Purpose::Issuer)
+            .map(|k| k.kid.clone())
+            .collect()
+    };
+    let at_gateway = |bundle: &TrustBundle, writ: &str| {
+        let htu = format!("exec:{REQ}");
+        let p = proof_edited(&rt.tpm, &rt.holder, "", writ, |c| {
+            c.htm = "EXEC".into();
+            c.htu = htu.clone();
+        });
+        writ_attestation::writ::verify::check(
+            writ_attestation::crypto::default_provider(),
+            bundle,
+            &writ_attestation::writ::verify::Context {
+                token: writ,
+                proof: Some(&p),
+                request_digest: REQ,
+                htm: "EXEC",
+                htu: &htu,
+                audience: AUDIENCE,
+                now: now_s(),
+                skew: 0,
+                nonce: None,
+                max_bundle_age: 3600,
+            },
+        )
+        .map(|_| ())
+        .map_err(|r| r.code)
+    };
+    let wait_until = |t: i64| {
+        while now_s() < t {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+
+    let w1 = issue(&s, &ear_1);
+    let b0 = fetch(&s);
+    let kid_a = kid(&w1, "writ+jwt");
+    assert_eq!(issuers(&b0), std::slice::from_ref(&kid_a));
+
+    // Refused: another purpose's key, a purpose whose rotation is not built.
+    let rotate = |s: &Stack, purpose: &str, uri: &str| {
+        s.admin(&[
+            "rotate-key",
+            "--purpose",
+            purpose,
+            "--key-uri",
+            uri,
+            "--overlap-s",
+            "2",
+            "--skew-s",
+            "0",
+        ])
+    };
+    let out = rotate(&s, "issuer", &s.ear_key);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("key_in_use"));
+    let out = rotate(&s, "issuer", &s.key);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("key_in_use"));
+    let out = rotate(&s, "checkpoint", &s.key);
+    assert!(!out.status.success());
+
+    // One command: B is published now and signs two seconds later, with no restart.
+    let key_b = common::softhsm_key(&s.hsm, "issuer-r", "issuer");
+    let out = rotate(&s, "issuer", &key_b);
+    ok(&out);
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (signs_from, retires_at) = (
+        r["signs_from"].as_i64().unwrap(),
+        r["previous_retires_at"].as_i64().unwrap(),
+    );
+    assert_eq!(retires_at, signs_from + 3);
+    assert_eq!(r["previous_kid"], kid_a.as_str());
+    let kid_b = r["kid"].as_str().unwrap().to_string();
+    // Recorded: the admin's decision naming the new key, then the bundle version publishing it.
+    let records = s.records();
+    let n = records.len();
+    assert_eq!(serde_json::to_value(records[n - 1].kind).unwrap(), "bundle");
+    assert_eq!(serde_json::to_value(records[n - 2].kind).unwrap(), "admin");
+    assert!(records[n - 2].digests.contains_key("rotated_issuer_key"));
+    let b1 = fetch(&s);
+    assert_eq!(b1.sequence, b0.sequence + 1);
+    assert_eq!(issuers(&b1), [kid_a.clone(), kid_b.clone()]);
+    // A second rotation while B waits to sign: refused.
+    let key_c = common::softhsm_key(&s.hsm, "issuer-c", "issuer");
+    let out = rotate(&s, "issuer", &key_c);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("rotation_in_progress"));
+    // Before B signs, A does; after, B does. Gateways with the bundle from before B was
+    // published refuse B's writs; with the bundle of the overlap they take both.
+    let w2 = issue(&s, &ear_1);
+    assert_eq!(kid(&w2, "writ+jwt"), kid_a);
+    at_gateway(&b1, &w2).unwrap();
+    wait_until(signs_from);
+    let w3 = issue(&s, &ear_1);
+    assert_eq!(kid(&w3, "writ+jwt"), kid_b);
+    at_gateway(&b1, &w3).unwrap();
+    assert_eq!(at_gateway(&b0, &w3), Err("key_unknown"));
+    // A leaves the bundle when what it signed has expired (checked every second): never after.
+    wait_until(retires_at + 2);
+    let b2 = fetch(&s);
+    assert_eq!(b2.sequence, b1.sequence + 1);
+    assert_eq!(issuers(&b2), std::slice::from_ref(&kid_b));
+    assert_eq!(at_gateway(&b2, &w2), Err("key_unknown"));
+
+    // The ear key the same way: EARs signed by the previous one still serve while it is
+    // published; attestations after the overlap are signed by the new one.
+    let ear_b = common::softhsm_key(&s.hsm, "ear-r", "ear");
+    ok(&rotate(&s, "ear", &ear_b));
+    wait_until(now_s() + 3);
+    let w4 = issue(&s, &ear_1);
+    assert_eq!(kid(&w4, "writ+jwt"), kid_b);
+    let ear_2 = attest(&s, &rt);
+    assert_ne!(kid(&ear_2, "ear+jwt"), kid(&ear_1, "ear+jwt"));
+    issue(&s, &ear_2);
+
+    // The schedule outlives a restart: the configured key (A) is in the history, B still signs.
+    s.kill_and_restart();
+    let w5 = issue(&s, &ear_2);
+    assert_eq!(kid(&w5, "writ+jwt"), kid_b);
+    assert_eq!(issuers(&fetch(&s)), std::slice::from_ref(&kid_b));
+    // A configured key the history does not know refuses the start.
+    drop(s.server.take());
+    let out = s.writ(&[
+        "serve",
+        "--store",
+        &s.store,
+        "--checkpoint-key",
+        &s.key,
+        "--issuer-key",
+        &key_c,
+        "--ear-key",
+        &s.ear_key,
+        "--listen",
+        "127.0.0.1:0",
+        "--trust-domain",
+        TD,
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("rotation history"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn now_s() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}

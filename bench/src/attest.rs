@@ -906,6 +906,7 @@ fn in_process(
             ca_key: None,
             published_keys: Vec::new(),
             signing_keys: Vec::new(),
+            open_options: writ_hsm::OpenOptions::default(),
             nonce_ttl: 60,
             ear_ttl: 300,
             origins: vec![url.to_string()],

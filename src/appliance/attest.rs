@@ -889,9 +889,7 @@ impl Appliance {
         let unavailable =
             |detail: String| Problem::new(StatusCode::SERVICE_UNAVAILABLE, "ear_signing", detail);
         let key = self
-            .config
-            .ear_key
-            .as_ref()
+            .signing_key("ear", iat)
             .ok_or_else(|| unavailable("no ear key is configured (keys.ear)".into()))?;
         let build = format!("writ {}", env!("CARGO_PKG_VERSION"));
         let mut claims = writ_attestation::ear::claims(
@@ -915,7 +913,7 @@ impl Appliance {
         writ_attestation::writ::jws::sign(
             &header,
             &claims,
-            &writ_hsm::signer::JwsSigner(Arc::clone(key)),
+            &writ_hsm::signer::JwsSigner(Arc::clone(&key)),
         )
         .map_err(|e| {
             self.metrics.error("custody", "ear_signing");

@@ -217,7 +217,7 @@ impl Appliance {
     /// an issuer key or a published version (no policy bundle loaded yet) there is nothing a
     /// relying party could accept: 503.
     pub fn trust_bundle(&self) -> Result<Value, Problem> {
-        if self.config.issuer_key.is_none() {
+        if now().is_ok_and(|t| self.signing_key("issuer", t).is_none()) {
             return Err(Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "issuer_signing",

@@ -253,7 +253,7 @@ impl Appliance {
                 // The trust bundle's accepted policy bundles changed: a new version now (else at
                 // the next start or policy load; until then relying parties refuse writs under
                 // the new bundle: closed, not open).
-                if self.config.issuer_key.is_some()
+                if now().is_ok_and(|t| self.signing_key("issuer", t).is_some())
                     && let Err(e) = self.publish_bundle()
                 {
                     tracing::warn!(
@@ -542,7 +542,7 @@ impl Appliance {
         };
 
         // The claims, and (under a parent) that they stay within it.
-        let Some(issuer) = self.config.issuer_key.as_ref() else {
+        let Some(issuer) = self.signing_key("issuer", t) else {
             return Err(deny(
                 "issuer_signing",
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -728,7 +728,7 @@ impl Appliance {
         let token = match jws::sign(
             &json!({"alg": "ES256", "typ": "writ+jwt", "kid": kid}),
             &payload,
-            &writ_hsm::signer::JwsSigner(Arc::clone(issuer)),
+            &writ_hsm::signer::JwsSigner(Arc::clone(&issuer)),
         ) {
             Ok(t) => t,
             Err(e) => {
@@ -836,7 +836,7 @@ impl Appliance {
                 "Authorization: DPoP <EAR token> is required (writ agent attest gets one)",
             )
         })?;
-        if self.config.ear_key.is_none() {
+        if self.signing_key("ear", t).is_none() {
             return Err(Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "ear_signing",

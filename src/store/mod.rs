@@ -459,6 +459,20 @@ const MIGRATIONS: &[(u32, &str)] = &[
         PRIMARY KEY (gateway, spool, seq)
     );",
     ),
+    (
+        9,
+        // The issuer and ear keys' rotation history (docs/keys.md): each key of a purpose, when it
+        // was published, when it signs from, when it leaves the trust bundle (NULL: the newest).
+        "CREATE TABLE key_schedule (
+        purpose TEXT NOT NULL,
+        uri TEXT NOT NULL,
+        spki {blob} NOT NULL UNIQUE,
+        published_at {int} NOT NULL,
+        signs_from {int} NOT NULL,
+        retires_at {int},
+        PRIMARY KEY (purpose, spki)
+    );",
+    ),
 ];
 
 fn migration_sql(sql: &str, int: &str, blob: &str) -> String {

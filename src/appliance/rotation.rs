@@ -1,0 +1,412 @@
+//! Rotation of the `issuer` and `ear` keys without a restart (docs/keys.md, rotation).
+//!
+//! `POST /v1/admin/keys/rotate {"purpose", "key", "overlap_s", "skew_s"}` (`writ admin
+//! rotate-key`): the appliance opens the new key (custody checks as at start), refuses one that is
+//! any key already in use, and records in one transaction with an `admin` record: the new key,
+//! published now and signing from `now + overlap_s` (default the trust bundle's lifetime, so that
+//! every relying party holds it before it signs); and the key signing now, which stays published
+//! until everything it can still sign has expired: `signs_from` of the new key plus the longest
+//! lifetime of what it signs (the policy bundle's `max_writ_lifetime_s`, or `ear_ttl_s`) plus
+//! `skew_s` (the relying parties' clock skew, default 60). A new trust bundle version is
+//! published at once; another when the old key leaves (each appliance checks every second, and
+//! reads rotations other replicas recorded). One rotation per purpose at a time.
+//!
+//! The schedule (`key_schedule`) is the keys of that purpose from the first rotation on: the
+//! configured key is its first entry, and a restart whose configured key is not in it is refused
+//! (the configuration names a key the rotation history does not know).
+
+use std::sync::{Arc, RwLock};
+
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use writ_attestation::jwk::EcJwk;
+use writ_hsm::CustodyKey;
+
+use super::{Appliance, digest, malformed, now};
+use crate::http::Problem;
+use crate::store::{Op, Value as Db};
+
+/// The overlap when the request names none: the trust bundle's lifetime.
+pub const DEFAULT_OVERLAP_S: i64 = super::BUNDLE_LIFETIME_S;
+/// Relying parties' clock skew when the request names none, seconds.
+pub const DEFAULT_SKEW_S: i64 = 60;
+
+/// A rotation request.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateRequest {
+    /// `issuer` or `ear`.
+    pub purpose: String,
+    /// The new key's URI (`pkcs11:`, `tpm:`).
+    pub key: String,
+    /// Seconds the new key is published before it signs (1 to 7 days).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlap_s: Option<i64>,
+    /// Relying parties' clock skew, seconds (0 to 3600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skew_s: Option<i64>,
+}
+
+/// What a rotation scheduled.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Rotated {
+    /// The purpose.
+    pub purpose: String,
+    /// The new key's kid.
+    pub kid: String,
+    /// When it signs from.
+    pub signs_from: i64,
+    /// The previous key's kid.
+    pub previous_kid: String,
+    /// When the previous key leaves the trust bundle.
+    pub previous_retires_at: i64,
+    /// The trust bundle version that publishes the new key.
+    pub bundle_sequence: i64,
+}
+
+/// One key of a purpose's schedule.
+#[derive(Clone)]
+pub(crate) struct Entry {
+    purpose: String,
+    key: Arc<dyn CustodyKey>,
+    jwk: EcJwk,
+    spki: Vec<u8>,
+    published_at: i64,
+    signs_from: i64,
+    retires_at: Option<i64>,
+}
+
+impl Entry {
+    fn published(&self, t: i64) -> bool {
+        self.published_at <= t && self.retires_at.is_none_or(|r| t < r)
+    }
+}
+
+/// The schedules of every purpose, as this process last read them.
+#[derive(Default)]
+pub(crate) struct Schedule {
+    entries: RwLock<Vec<Entry>>,
+}
+
+fn purpose_of(p: &str) -> Option<&'static str> {
+    match p {
+        "issuer" => Some("issuer"),
+        "ear" => Some("ear"),
+        _ => None,
+    }
+}
+
+impl Appliance {
+    fn scheduled(&self, purpose: &str) -> Vec<Entry> {
+        self.schedule
+            .entries
+            .read()
+            .map(|e| e.iter().filter(|x| x.purpose == purpose).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The key that signs for `purpose` at `t`: the schedule's latest key whose time has come,
+    /// or, before any rotation, the configured one.
+    pub(crate) fn signing_key(&self, purpose: &str, t: i64) -> Option<Arc<dyn CustodyKey>> {
+        let entries = self.scheduled(purpose);
+        if entries.is_empty() {
+            return match purpose {
+                "issuer" => self.config.issuer_key.clone(),
+                "ear" => self.config.ear_key.clone(),
+                _ => None,
+            };
+        }
+        entries
+            .iter()
+            .filter(|e| e.signs_from <= t && e.published(t))
+            .max_by_key(|e| e.signs_from)
+            .map(|e| Arc::clone(&e.key))
+    }
+
+    /// The keys of `purpose` published at `t`, when a schedule exists for it.
+    pub(crate) fn scheduled_keys(&self, purpose: &str, t: i64) -> Option<Vec<EcJwk>> {
+        let entries = self.scheduled(purpose);
+        (!entries.is_empty()).then(|| {
+            entries
+                .iter()
+                .filter(|e| e.published(t))
+                .map(|e| e.jwk.clone())
+                .collect()
+        })
+    }
+
+    /// Reads the schedule from the store (opening keys not open yet), if it changed. The first
+    /// read also checks it against the configuration (`at_start`).
+    pub fn load_schedule(&self, at_start: bool) -> Result<(), Problem> {
+        let rows = self.query(
+            "SELECT purpose, uri, spki, published_at, signs_from, retires_at FROM key_schedule
+             ORDER BY purpose, published_at, signs_from",
+            &[],
+        )?;
+        let current = self.schedule.entries.read().map(|e| e.len()).unwrap_or(0);
+        let same = self
+            .schedule
+            .entries
+            .read()
+            .map(|e| {
+                e.len() == rows.len()
+                    && e.iter().zip(&rows).all(|(x, r)| {
+                        r.get(5).and_then(Db::int) == x.retires_at
+                            && r.get(2).and_then(Db::blob) == Some(x.spki.as_slice())
+                    })
+            })
+            .unwrap_or(false);
+        if same && !(at_start && current == 0 && rows.is_empty()) {
+            return Ok(());
+        }
+        let mut entries = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let text = |i: usize| r.get(i).and_then(Db::text).unwrap_or("").to_string();
+            let int = |i: usize| r.get(i).and_then(Db::int).unwrap_or(0);
+            let spki = r.get(2).and_then(Db::blob).unwrap_or_default().to_vec();
+            let (purpose, uri) = (text(0), text(1));
+            let known = self.schedule.entries.read().ok().and_then(|e| {
+                e.iter()
+                    .find(|x| x.spki == spki)
+                    .map(|x| Arc::clone(&x.key))
+            });
+            let key = match known {
+                Some(k) => k,
+                None => self.open_scheduled(&uri, &spki)?,
+            };
+            entries.push(Entry {
+                purpose,
+                jwk: EcJwk::from_verifying_key(key.public_key().verifying_key()),
+                key,
+                spki,
+                published_at: int(3),
+                signs_from: int(4),
+                retires_at: r.get(5).and_then(Db::int),
+            });
+        }
+        if at_start {
+            for (purpose, configured) in [
+                ("issuer", &self.config.issuer_key),
+                ("ear", &self.config.ear_key),
+            ] {
+                let of: Vec<&Entry> = entries.iter().filter(|e| e.purpose == purpose).collect();
+                if of.is_empty() {
+                    continue;
+                }
+                let in_schedule = configured
+                    .as_ref()
+                    .is_some_and(|k| of.iter().any(|e| e.spki == k.public_key().spki_der()));
+                if !in_schedule {
+                    return Err(start_problem(format!(
+                        "keys.{purpose} is not a key of the {purpose} key's rotation history (key_schedule): configure the key the last rotation made (writ admin keys)"
+                    )));
+                }
+                if self
+                    .config
+                    .published_keys
+                    .iter()
+                    .any(|(p, _)| *p == purpose)
+                {
+                    return Err(start_problem(format!(
+                        "keys.{purpose}_published and a rotation history of the {purpose} key: the history publishes its keys; remove keys.{purpose}_published"
+                    )));
+                }
+            }
+        }
+        if let Ok(mut e) = self.schedule.entries.write() {
+            *e = entries;
+        }
+        Ok(())
+    }
+
+    fn open_scheduled(&self, uri: &str, spki: &[u8]) -> Result<Arc<dyn CustodyKey>, Problem> {
+        let key = writ_hsm::open_key(
+            &uri.parse()
+                .map_err(|e| start_problem(format!("a scheduled key {uri}: {e}")))?,
+            &self.config.open_options,
+        )
+        .map_err(|e| {
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "key_unavailable",
+                format!("a scheduled key ({uri}): {e}"),
+            )
+        })?;
+        if key.public_key().spki_der() != spki {
+            return Err(start_problem(format!(
+                "the scheduled key {uri} is not the key recorded for it"
+            )));
+        }
+        Ok(key)
+    }
+
+    /// Every second: the schedule other replicas may have changed, and a new trust bundle version
+    /// when a key left it (or anything else changed).
+    pub fn tick(&self) {
+        if let Err(p) = self.load_schedule(false) {
+            tracing::error!("key schedule: {}", p.detail());
+        }
+        match self.publish_bundle() {
+            Ok(_) => {}
+            Err(p) if p.code() == "no_policy" => {}
+            Err(p) => tracing::warn!("trust bundle: {}: {}", p.code(), p.detail()),
+        }
+    }
+
+    /// Rotates a key; see the module's documentation.
+    pub fn rotate_key(&self, admin: &str, req: &RotateRequest) -> Result<Rotated, Problem> {
+        let t = now()?;
+        let refuse = |p: Problem| self.admin_refused(admin, p);
+        let Some(purpose) = purpose_of(&req.purpose) else {
+            return Err(refuse(malformed(
+                "purpose: issuer or ear (the other keys' rotation is not built)",
+            )));
+        };
+        let overlap = req.overlap_s.unwrap_or(DEFAULT_OVERLAP_S);
+        let skew = req.skew_s.unwrap_or(DEFAULT_SKEW_S);
+        if !(1..=7 * 86_400).contains(&overlap) || !(0..=3600).contains(&skew) {
+            return Err(refuse(malformed(
+                "overlap_s: 1 to 604800; skew_s: 0 to 3600",
+            )));
+        }
+        let key = writ_hsm::open_key(
+            &req.key
+                .parse()
+                .map_err(|e| refuse(malformed(format!("key: {e}"))))?,
+            &self.config.open_options,
+        )
+        .map_err(|e| {
+            refuse(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "key_unusable",
+                format!("the new key: {e}"),
+            ))
+        })?;
+        let spki = key.public_key().spki_der().to_vec();
+        let jwk = EcJwk::from_verifying_key(key.public_key().verifying_key());
+        if self.key_in_use(&spki, &jwk) {
+            return Err(refuse(Problem::new(
+                StatusCode::CONFLICT,
+                "key_in_use",
+                "the new key is already one of this appliance's keys (any purpose): one key, one purpose, used once",
+            )));
+        }
+        let Some(previous) = self.signing_key(purpose, t) else {
+            return Err(refuse(Problem::new(
+                StatusCode::CONFLICT,
+                "no_key",
+                format!("no {purpose} key signs now: configure one (keys.{purpose}) first"),
+            )));
+        };
+        if self.scheduled(purpose).iter().any(|e| e.signs_from > t) {
+            return Err(refuse(Problem::new(
+                StatusCode::CONFLICT,
+                "rotation_in_progress",
+                format!("a {purpose} key is already published and waiting to sign"),
+            )));
+        }
+        // The longest life of what the previous key may still sign before the new one does.
+        let lifetime = match purpose {
+            "issuer" => self
+                .current_policy()?
+                .map_or(0, |(_, p)| p.bundle.max_writ_lifetime_s),
+            _ => self.config.ear_ttl,
+        };
+        let signs_from = t.saturating_add(overlap);
+        let retires_at = signs_from.saturating_add(lifetime).saturating_add(skew);
+        let previous_spki = previous.public_key().spki_der().to_vec();
+        let mut effect = Vec::new();
+        if self.scheduled(purpose).is_empty() {
+            // The first rotation: the configured key becomes the schedule's first entry.
+            effect.push(Op {
+                sql: "INSERT INTO key_schedule (purpose, uri, spki, published_at, signs_from, retires_at)
+                      VALUES ($1, $2, $3, 0, 0, $4)",
+                params: vec![
+                    purpose.into(),
+                    previous.uri().to_string().into(),
+                    previous_spki.clone().into(),
+                    retires_at.into(),
+                ],
+                must_affect: None,
+            });
+        } else {
+            effect.push(Op {
+                sql: "UPDATE key_schedule SET retires_at = $3
+                      WHERE purpose = $1 AND spki = $2 AND retires_at IS NULL",
+                params: vec![
+                    purpose.into(),
+                    previous_spki.clone().into(),
+                    retires_at.into(),
+                ],
+                must_affect: Some(("rotation_in_progress", "the key schedule changed meanwhile")),
+            });
+        }
+        effect.push(Op {
+            sql: "INSERT INTO key_schedule (purpose, uri, spki, published_at, signs_from, retires_at)
+                  SELECT $1, $2, $3, $4, $5, NULL
+                  WHERE NOT EXISTS (SELECT 1 FROM key_schedule WHERE spki = $3)
+                    AND NOT EXISTS (SELECT 1 FROM key_schedule WHERE purpose = $1 AND signs_from > $4)",
+            params: vec![
+                purpose.into(),
+                req.key.clone().into(),
+                spki.clone().into(),
+                t.into(),
+                signs_from.into(),
+            ],
+            must_affect: Some((
+                "rotation_in_progress",
+                "the key schedule changed meanwhile (another rotation, or this key is scheduled)",
+            )),
+        });
+        let name = match purpose {
+            "issuer" => "rotated_issuer_key",
+            _ => "rotated_ear_key",
+        };
+        self.admin_record(admin, &[(name, digest(&spki))], effect)?;
+        self.load_schedule(false)?;
+        // Without a policy bundle there is no trust bundle yet: the first one will carry both.
+        let sequence = match self.publish_bundle() {
+            Ok(s) => s,
+            Err(p) if p.code() == "no_policy" => 0,
+            Err(p) => return Err(p),
+        };
+        Ok(Rotated {
+            purpose: purpose.to_string(),
+            kid: jwk.thumbprint(),
+            signs_from,
+            previous_kid: EcJwk::from_verifying_key(previous.public_key().verifying_key())
+                .thumbprint(),
+            previous_retires_at: retires_at,
+            bundle_sequence: sequence,
+        })
+    }
+
+    /// Whether a key is any key this appliance uses or has scheduled.
+    fn key_in_use(&self, spki: &[u8], jwk: &EcJwk) -> bool {
+        let c = &self.config;
+        let configured = [&c.issuer_key, &c.ear_key, &c.ca_key]
+            .into_iter()
+            .flatten()
+            .chain(c.published_keys.iter().map(|(_, k)| k))
+            .chain(c.signing_keys.iter().map(|k| &k.key))
+            .any(|k| k.public_key().spki_der() == spki);
+        let scheduled = self
+            .schedule
+            .entries
+            .read()
+            .map(|e| e.iter().any(|x| x.spki == spki))
+            .unwrap_or(true);
+        let log = writ_attestation::log::note::NoteVerifier::parse(&self.log.verifier_key())
+            .ok()
+            .and_then(|v| {
+                let (x, y) = v.point();
+                EcJwk::from_coordinates(x, y).ok()
+            })
+            .is_none_or(|l| &l == jwk);
+        configured || scheduled || log
+    }
+}
+
+fn start_problem(detail: String) -> Problem {
+    Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "key_schedule", detail)
+}
