@@ -19,6 +19,8 @@ struct TpmKey {
     tpm: Attester,
     key: LoadedKey,
     bound: Option<PcrSelection>,
+    /// Whether the handshake was signed (the SVID presented and proven).
+    signed: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for TpmKey {
@@ -55,6 +57,7 @@ impl Signer for TpmSigner {
             Some(sel) => k.tpm.sign_digest_bound(&k.key, sel, &digest),
         }
         .map_err(|e| rustls::Error::General(format!("the holder key in the TPM: {e}")))?;
+        k.signed.store(true, std::sync::atomic::Ordering::SeqCst);
         Ok(sig.to_der().as_bytes().to_vec())
     }
 
@@ -130,12 +133,19 @@ pub fn get(
             .map_err(|e| format!("--ca: {e}"))?;
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let holder = Arc::new(TpmKey {
+        tpm,
+        key,
+        bound,
+        signed: std::sync::atomic::AtomicBool::new(false),
+    });
     let certified = Arc::new(CertifiedKey::new(
         vec![CertificateDer::from(svid)],
-        Arc::new(TpmSigningKey(Arc::new(TpmKey { tpm, key, bound }))),
+        Arc::new(TpmSigningKey(Arc::clone(&holder))),
     ));
+    // TLS 1.3 only: the client certificate (the runtime's SPIFFE ID) travels encrypted.
     let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| format!("TLS: {e}"))?
         .with_root_certificates(store)
         .with_client_cert_resolver(Arc::new(Svid(certified)));
@@ -152,24 +162,57 @@ pub fn get(
     );
     tls.write_all(request.as_bytes())
         .map_err(|e| format!("TLS: {e}"))?;
+    const LIMIT: u64 = 16 * 1024 * 1024;
     let mut raw = Vec::new();
-    // At most 16 MiB; a peer closing without close_notify after the body is tolerated (HTTP/1.0
-    // servers do), a handshake failure is not.
-    let read = Read::by_ref(&mut tls)
-        .take(16 * 1024 * 1024)
-        .read_to_end(&mut raw);
-    if let Err(e) = read
-        && (raw.is_empty() || e.kind() != std::io::ErrorKind::UnexpectedEof)
-    {
-        return Err(format!("TLS: {e}"));
+    let read = Read::by_ref(&mut tls).take(LIMIT + 1).read_to_end(&mut raw);
+    // Ended without close_notify: complete only if the answer said its length and has it all
+    // (a connection cut short is not an answer).
+    let cut = match read {
+        Ok(_) => false,
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => true,
+        Err(e) => return Err(format!("TLS: {e}")),
+    };
+    if !holder.signed.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(
+            "the server did not ask for the client certificate: the SVID was not presented".into(),
+        );
+    }
+    if u64::try_from(raw.len()).unwrap_or(u64::MAX) > LIMIT {
+        return Err("the answer is larger than 16 MiB".into());
     }
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .ok_or("the server's answer is not HTTP")?;
     let head = String::from_utf8_lossy(raw.get(..split).unwrap_or_default()).to_string();
+    let body = raw.get(split + 4..).unwrap_or_default().to_vec();
+    let length = head.lines().skip(1).find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| v.trim().parse::<usize>().ok())
+            .flatten()
+    });
+    if head
+        .lines()
+        .any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding:"))
+    {
+        return Err("a chunked or encoded answer (not supported)".into());
+    }
+    match length {
+        Some(n) if n != body.len() => {
+            return Err(format!(
+                "the answer's body is {} bytes, its Content-Length {n}",
+                body.len()
+            ));
+        }
+        None if cut => {
+            return Err("the connection ended without close_notify and without a length".into());
+        }
+        _ => {}
+    }
     Ok(Answer {
         status: head.lines().next().unwrap_or("").to_string(),
-        body: raw.get(split + 4..).unwrap_or_default().to_vec(),
+        body,
     })
 }

@@ -1924,29 +1924,31 @@ fn writ_agent_gets_an_svid_whose_key_stays_in_the_tpm() {
     ]);
     let (_, ca_pem) = common::stack::get(&s.url(), "/v1/ca.pem");
     std::fs::write(dir.join("writ-ca.pem"), ca_pem).unwrap();
-    let s_server = |client_ca: &str| {
+    let s_server = |client_ca: Option<&str>| {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
+        let mut args: Vec<String> = [
+            "s_server",
+            "-accept",
+            &format!("127.0.0.1:{port}"),
+            "-cert",
+            "web.pem",
+            "-key",
+            "web.key",
+            "-www",
+            "-quiet",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        if let Some(ca) = client_ca {
+            args.extend(["-CAfile", ca, "-Verify", "1", "-verify_return_error"].map(String::from));
+        }
         let child = std::process::Command::new("openssl")
-            .args([
-                "s_server",
-                "-accept",
-                &format!("127.0.0.1:{port}"),
-                "-cert",
-                "web.pem",
-                "-key",
-                "web.key",
-                "-CAfile",
-                client_ca,
-                "-Verify",
-                "1",
-                "-verify_return_error",
-                "-www",
-                "-quiet",
-            ])
+            .args(&args)
             .current_dir(dir)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -1978,7 +1980,7 @@ fn writ_agent_gets_an_svid_whose_key_stays_in_the_tpm() {
             dir.join("web-ca.pem").to_str().unwrap(),
         ])
     };
-    let (port, _server) = s_server("writ-ca.pem");
+    let (port, _server) = s_server(Some("writ-ca.pem"));
     let out = get(port);
     ok(&out);
     let page = String::from_utf8_lossy(&out.stdout);
@@ -1989,11 +1991,18 @@ fn writ_agent_gets_an_svid_whose_key_stays_in_the_tpm() {
         "{page}"
     );
     // A server that trusts another CA for its clients refuses the handshake.
-    let (port, _other) = s_server("web-ca.pem");
+    let (port, _other) = s_server(Some("web-ca.pem"));
     let out = get(port);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("TLS"), "{err}");
+    // A server that never asks for the client certificate: the SVID would not be presented, and
+    // that is an error, not a quiet success.
+    let (port, _plain) = s_server(None);
+    let out = get(port);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("not presented"), "{err}");
 }
 
 /// Kills a child process when dropped.
@@ -2267,6 +2276,23 @@ fn writ_admin_rotate_key_rotates_without_a_restart() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("key_in_use"));
     let out = rotate(&s, "checkpoint", &s.key);
     assert!(!out.status.success());
+    // A request names which key, never another library, token or TPM to open.
+    let elsewhere = s
+        .hsm
+        .key_uri("issuer-x")
+        .replace(&format!("token={}", s.hsm.label()), "token=another");
+    for uri in [
+        elsewhere,
+        s.hsm
+            .key_uri("issuer-x")
+            .replace("libsofthsm2.so", "../../tmp/evil.so"),
+        "tpm:handle=0x81000101?tcti=swtpm:host=198.51.100.1,port=2321&auth-source=file:/etc/hostname"
+            .to_string(),
+    ] {
+        let out = rotate(&s, "issuer", &uri);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("the device of the key it replaces"), "{err}");
+    }
 
     // One command: B is published now and signs two seconds later, with no restart.
     let key_b = common::softhsm_key(&s.hsm, "issuer-r", "issuer");
@@ -2303,6 +2329,17 @@ fn writ_admin_rotate_key_rotates_without_a_restart() {
     assert_eq!(kid(&w3, "writ+jwt"), kid_b);
     at_gateway(&b1, &w3).unwrap();
     assert_eq!(at_gateway(&b0, &w3), Err("key_unknown"));
+    // A policy bundle with a longer writ lifetime while A may have signed under it: A leaves
+    // that much later (two seconds more).
+    ok(&load_policy(
+        &s,
+        &bundle(json!({"writ_lifetime_s": 3, "max_writ_lifetime_s": 5})),
+    ));
+    let b1 = fetch(&s);
+    assert_eq!(issuers(&b1), [kid_a.clone(), kid_b.clone()]);
+    wait_until(retires_at + 1);
+    assert_eq!(fetch(&s).sequence, b1.sequence);
+    let retires_at = retires_at + 2;
     // A leaves the bundle when what it signed has expired (checked every second): never after.
     wait_until(retires_at + 2);
     let b2 = fetch(&s);
@@ -2349,6 +2386,27 @@ fn writ_admin_rotate_key_rotates_without_a_restart() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // A scheduled key configured for another purpose (here B as the ca key) refuses the start.
+    let out = s.writ(&[
+        "serve",
+        "--store",
+        &s.store,
+        "--checkpoint-key",
+        &s.key,
+        "--issuer-key",
+        &s.issuer_key,
+        "--ear-key",
+        &s.ear_key,
+        "--ca-key",
+        &key_b,
+        "--listen",
+        "127.0.0.1:0",
+        "--trust-domain",
+        TD,
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("also the ca key"), "{err}");
 }
 
 fn now_s() -> i64 {

@@ -94,7 +94,7 @@ impl Appliance {
 
     /// The policy bundle in force (`{"hash"}`) and the previous one with the time until which
     /// writs issued under it may live (`{"hash", "until"}`), and the generation in force.
-    fn policy_versions(&self) -> Result<(Vec<Value>, i64), Problem> {
+    pub(crate) fn policy_versions(&self) -> Result<(Vec<Value>, i64), Problem> {
         let rows = self.query(
             "SELECT generation, hash, bundle, loaded_at FROM policy_bundles
              ORDER BY generation DESC LIMIT 2",
@@ -194,6 +194,21 @@ impl Appliance {
             }
             Err(e) => Err(super::store_problem(e)),
         }
+    }
+
+    /// Whether the latest published version lists a key of one of these kids.
+    pub(crate) fn latest_bundle_lists(&self, kids: &[String]) -> bool {
+        self.latest_bundle()
+            .ok()
+            .flatten()
+            .and_then(|(_, _, content)| content.get("keys").and_then(Value::as_array).cloned())
+            .is_some_and(|keys| {
+                keys.iter().any(|k| {
+                    k.get("kid")
+                        .and_then(Value::as_str)
+                        .is_some_and(|kid| kids.iter().any(|x| x == kid))
+                })
+            })
     }
 
     /// The latest published version: sequence, digest, content.

@@ -223,6 +223,22 @@ impl Appliance {
             ],
             must_affect: None,
         }];
+        // A longer writ lifetime while a rotated issuer key may still sign: what it signs lives
+        // longer, so it leaves the trust bundle that much later (docs/keys.md).
+        let longer = self.current_policy()?.map_or(0, |(_, p)| {
+            loaded
+                .bundle
+                .max_writ_lifetime_s
+                .saturating_sub(p.bundle.max_writ_lifetime_s)
+        });
+        if longer > 0 {
+            effect.push(Op {
+                sql: "UPDATE key_schedule SET retires_at = retires_at + $1
+                      WHERE purpose = 'issuer' AND retires_at > $2",
+                params: vec![longer.into(), t.into()],
+                must_affect: None,
+            });
+        }
         // Its reference profiles, in the same transaction as the bundle and its record.
         for (name, text, id) in &loaded.profiles {
             effect.push(Op {

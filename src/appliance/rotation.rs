@@ -68,7 +68,9 @@ pub struct Rotated {
 #[derive(Clone)]
 pub(crate) struct Entry {
     purpose: String,
-    key: Arc<dyn CustodyKey>,
+    /// The key in custody; `None` for a key retired when the schedule was read (a retired key
+    /// is never opened again: it may be gone from the device).
+    key: Option<Arc<dyn CustodyKey>>,
     jwk: EcJwk,
     spki: Vec<u8>,
     published_at: i64,
@@ -86,6 +88,30 @@ impl Entry {
 #[derive(Default)]
 pub(crate) struct Schedule {
     entries: RwLock<Vec<Entry>>,
+    /// One read of the store and its replacement in memory at a time (a tick must not put back
+    /// what it read before a rotation committed).
+    loading: std::sync::Mutex<()>,
+}
+
+/// Whether `new` names a key on the same device as `current`: same scheme, and for PKCS#11 the
+/// same token, module and PIN source, for a TPM the same TCTI. A rotation request names only
+/// which key: never a library to load, a TPM elsewhere or a file to read as a PIN.
+fn same_device(current: &str, new: &str) -> Result<(), String> {
+    use writ_hsm::uri::KeyUri;
+    let parse = |u: &str| u.parse::<KeyUri>().map_err(|e| e.to_string());
+    match (parse(current)?, parse(new)?) {
+        (KeyUri::Pkcs11(a), KeyUri::Pkcs11(b))
+            if a.token == b.token && a.module_path == b.module_path && a.pin_source == b.pin_source =>
+        {
+            Ok(())
+        }
+        (KeyUri::Tpm(a), KeyUri::Tpm(b)) if a.tcti == b.tcti => Ok(()),
+        (KeyUri::Software(_), KeyUri::Software(_)) => Ok(()),
+        _ => Err(
+            "the new key must be on the device of the key it replaces (pkcs11: the same token, module-path and pin-source; tpm: the same tcti)"
+                .into(),
+        ),
+    }
 }
 
 fn purpose_of(p: &str) -> Option<&'static str> {
@@ -120,7 +146,7 @@ impl Appliance {
             .iter()
             .filter(|e| e.signs_from <= t && e.published(t))
             .max_by_key(|e| e.signs_from)
-            .map(|e| Arc::clone(&e.key))
+            .and_then(|e| e.key.clone())
     }
 
     /// The keys of `purpose` published at `t`, when a schedule exists for it.
@@ -138,6 +164,13 @@ impl Appliance {
     /// Reads the schedule from the store (opening keys not open yet), if it changed. The first
     /// read also checks it against the configuration (`at_start`).
     pub fn load_schedule(&self, at_start: bool) -> Result<(), Problem> {
+        let _one = self.schedule.loading.lock().map_err(|_| {
+            Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "key_schedule",
+                "the key schedule's lock is poisoned",
+            )
+        })?;
         let rows = self.query(
             "SELECT purpose, uri, spki, published_at, signs_from, retires_at FROM key_schedule
              ORDER BY purpose, published_at, signs_from",
@@ -159,32 +192,73 @@ impl Appliance {
         if same && !(at_start && current == 0 && rows.is_empty()) {
             return Ok(());
         }
+        let t = now()?;
         let mut entries = Vec::with_capacity(rows.len());
         for r in &rows {
             let text = |i: usize| r.get(i).and_then(Db::text).unwrap_or("").to_string();
             let int = |i: usize| r.get(i).and_then(Db::int).unwrap_or(0);
             let spki = r.get(2).and_then(Db::blob).unwrap_or_default().to_vec();
             let (purpose, uri) = (text(0), text(1));
-            let known = self.schedule.entries.read().ok().and_then(|e| {
-                e.iter()
-                    .find(|x| x.spki == spki)
-                    .map(|x| Arc::clone(&x.key))
-            });
-            let key = match known {
-                Some(k) => k,
-                None => self.open_scheduled(&uri, &spki)?,
+            let retires_at = r.get(5).and_then(Db::int);
+            let jwk = {
+                use p256::pkcs8::DecodePublicKey;
+                p256::ecdsa::VerifyingKey::from_public_key_der(&spki)
+                    .map(|k| EcJwk::from_verifying_key(&k))
+                    .map_err(|e| start_problem(format!("a scheduled key's SPKI: {e}")))?
+            };
+            let key = if retires_at.is_some_and(|r| r <= t) {
+                None
+            } else {
+                let known = self.schedule.entries.read().ok().and_then(|e| {
+                    e.iter()
+                        .find(|x| x.spki == spki)
+                        .and_then(|x| x.key.clone())
+                });
+                Some(match known {
+                    Some(k) => k,
+                    None => self.open_scheduled(&uri, &spki)?,
+                })
             };
             entries.push(Entry {
                 purpose,
-                jwk: EcJwk::from_verifying_key(key.public_key().verifying_key()),
+                jwk,
                 key,
                 spki,
                 published_at: int(3),
                 signs_from: int(4),
-                retires_at: r.get(5).and_then(Db::int),
+                retires_at,
             });
         }
         if at_start {
+            // One key, one purpose: no scheduled key is any other configured key.
+            let c = &self.config;
+            let others: Vec<(&str, Vec<u8>)> = [("ca", &c.ca_key)]
+                .into_iter()
+                .filter_map(|(p, k)| k.as_ref().map(|k| (p, k.public_key().spki_der().to_vec())))
+                .chain(
+                    c.signing_keys
+                        .iter()
+                        .map(|k| ("signing", k.key.public_key().spki_der().to_vec())),
+                )
+                .chain(
+                    [("issuer", &c.issuer_key), ("ear", &c.ear_key)]
+                        .into_iter()
+                        .filter_map(|(p, k)| {
+                            k.as_ref().map(|k| (p, k.public_key().spki_der().to_vec()))
+                        }),
+                )
+                .collect();
+            for e in &entries {
+                if let Some((p, _)) = others
+                    .iter()
+                    .find(|(p, spki)| *spki == e.spki && *p != e.purpose)
+                {
+                    return Err(start_problem(format!(
+                        "a key of the {} key's rotation history is also the {p} key: one key, one purpose",
+                        e.purpose
+                    )));
+                }
+            }
             for (purpose, configured) in [
                 ("issuer", &self.config.issuer_key),
                 ("ear", &self.config.ear_key),
@@ -242,12 +316,33 @@ impl Appliance {
 
     /// Every second: the schedule other replicas may have changed, and a new trust bundle version
     /// when a key left it (or anything else changed).
+    ///
+    /// Only a departure publishes here: when the latest version still lists a key that this
+    /// schedule says has left. A replica whose clock is behind, or whose read failed, never puts a
+    /// key back (the versions cannot flap between replicas); anything else publishes on its own
+    /// events (start, policy load, rotation).
     pub fn tick(&self) {
         if let Err(p) = self.load_schedule(false) {
             tracing::error!("key schedule: {}", p.detail());
+            return;
+        }
+        let Ok(t) = now() else { return };
+        let departed: Vec<String> = self
+            .schedule
+            .entries
+            .read()
+            .map(|e| {
+                e.iter()
+                    .filter(|x| x.retires_at.is_some_and(|r| r <= t))
+                    .map(|x| x.jwk.thumbprint())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if departed.is_empty() || !self.latest_bundle_lists(&departed) {
+            return;
         }
         match self.publish_bundle() {
-            Ok(_) => {}
+            Ok(sequence) => tracing::info!(sequence, "trust bundle published: a rotated key left"),
             Err(p) if p.code() == "no_policy" => {}
             Err(p) => tracing::warn!("trust bundle: {}: {}", p.code(), p.detail()),
         }
@@ -262,6 +357,13 @@ impl Appliance {
                 "purpose: issuer or ear (the other keys' rotation is not built)",
             )));
         };
+        let current_uri = self
+            .signing_key(purpose, t)
+            .map(|k| k.uri().to_string())
+            .unwrap_or_default();
+        if let Err(why) = same_device(&current_uri, &req.key) {
+            return Err(refuse(malformed(format!("key: {why}"))));
+        }
         let overlap = req.overlap_s.unwrap_or(DEFAULT_OVERLAP_S);
         let skew = req.skew_s.unwrap_or(DEFAULT_SKEW_S);
         if !(1..=7 * 86_400).contains(&overlap) || !(0..=3600).contains(&skew) {
@@ -291,6 +393,20 @@ impl Appliance {
                 "the new key is already one of this appliance's keys (any purpose): one key, one purpose, used once",
             )));
         }
+        if self
+            .config
+            .published_keys
+            .iter()
+            .any(|(p, _)| *p == purpose)
+        {
+            return Err(refuse(Problem::new(
+                StatusCode::CONFLICT,
+                "rotation_in_progress",
+                format!(
+                    "keys.{purpose}_published is configured (a rotation by the runbook with restarts is under way): finish it first"
+                ),
+            )));
+        }
         let Some(previous) = self.signing_key(purpose, t) else {
             return Err(refuse(Problem::new(
                 StatusCode::CONFLICT,
@@ -313,7 +429,21 @@ impl Appliance {
             _ => self.config.ear_ttl,
         };
         let signs_from = t.saturating_add(overlap);
-        let retires_at = signs_from.saturating_add(lifetime).saturating_add(skew);
+        // Writs issued under the previous policy bundle (by this key) live until its deadline.
+        let previous_until = match purpose {
+            "issuer" => self
+                .policy_versions()?
+                .0
+                .iter()
+                .filter_map(|p| p.get("until").and_then(serde_json::Value::as_i64))
+                .max()
+                .unwrap_or(0),
+            _ => 0,
+        };
+        let retires_at = signs_from
+            .saturating_add(lifetime)
+            .max(previous_until)
+            .saturating_add(skew);
         let previous_spki = previous.public_key().spki_der().to_vec();
         let mut effect = Vec::new();
         if self.scheduled(purpose).is_empty() {
