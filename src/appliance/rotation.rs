@@ -317,10 +317,11 @@ impl Appliance {
     /// Every second: the schedule other replicas may have changed, and a new trust bundle version
     /// when a key left it (or anything else changed).
     ///
-    /// Only a departure publishes here: when the latest version still lists a key that this
-    /// schedule says has left. A replica whose clock is behind, or whose read failed, never puts a
-    /// key back (the versions cannot flap between replicas); anything else publishes on its own
-    /// events (start, policy load, rotation).
+    /// Only a departure or an arrival publishes here: the latest version still lists a key that
+    /// this schedule says has left, or lacks a purpose's newest key (one that never leaves: a
+    /// rotation whose publication failed after it committed). A replica whose clock is behind, or
+    /// whose read failed, never puts a departed key back (the versions cannot flap between
+    /// replicas); anything else publishes on its own events (start, policy load, rotation).
     pub fn tick(&self) {
         if let Err(p) = self.load_schedule(false) {
             tracing::error!("key schedule: {}", p.detail());
@@ -338,7 +339,22 @@ impl Appliance {
                     .collect()
             })
             .unwrap_or_default();
-        if departed.is_empty() || !self.latest_bundle_lists(&departed) {
+        let newest: Vec<String> = self
+            .schedule
+            .entries
+            .read()
+            .map(|e| {
+                e.iter()
+                    .filter(|x| x.retires_at.is_none() && x.published_at <= t)
+                    .map(|x| x.jwk.thumbprint())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let departure = !departed.is_empty() && self.latest_bundle_lists(&departed);
+        let arrival = newest
+            .iter()
+            .any(|kid| !self.latest_bundle_lists(std::slice::from_ref(kid)));
+        if !departure && !arrival {
             return;
         }
         match self.publish_bundle() {
