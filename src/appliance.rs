@@ -1055,6 +1055,25 @@ impl Appliance {
         self.issue_client_certificate(admin, Role::Admin, name, spki_der, lifetime_s)
     }
 
+    /// A gateway's new certificate, asked for with its current one (registered, not revoked:
+    /// `gateway` is its SPIFFE ID, as [`crate::http::Gateway`] found it): the same identity, for
+    /// `spki_der`, registered and logged like an admin's issuance (subject the gateway). A
+    /// revoked gateway has no certificate to ask with: renewal never outlives a revocation.
+    pub fn renew_gateway_certificate(
+        &self,
+        gateway: &str,
+        spki_der: &[u8],
+        lifetime_s: u64,
+    ) -> Result<String, Problem> {
+        let prefix = format!(
+            "spiffe://{}/{}/",
+            self.config.trust_domain,
+            Role::Gateway.path()
+        );
+        let name = gateway.strip_prefix(&prefix).unwrap_or("");
+        self.issue_client_certificate(gateway, Role::Gateway, name, spki_der, lifetime_s)
+    }
+
     /// [`Appliance::issue_admin_certificate`] for `role`: admins' certificates by the token admin
     /// only; gateways' (`spiffe://<td>/gateway/<name>`) by any admin.
     pub fn issue_client_certificate(

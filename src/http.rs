@@ -228,6 +228,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/admin/admins/{name}/revoke"),
     ("POST", "/v1/admin/gateways/{name}/revoke"),
     ("POST", "/v1/gateway/reports"),
+    ("POST", "/v1/gateway/certificate"),
     ("GET", "/v1/log/checkpoint"),
     ("GET", "/v1/log/records/{index}"),
     ("GET", "/v1/log/proof/inclusion"),
@@ -261,6 +262,7 @@ pub const OPENAPI: &str = include_str!("../docs/openapi.json");
 /// | `POST /v1/admin/admins/{name}/revoke` | 204: that admin's certificates no longer authenticate |
 /// | `POST /v1/admin/gateways/{name}/revoke` | 204: that gateway's certificates no longer authenticate |
 /// | `POST /v1/gateway/reports` `{"spool","entries":[{"seq","entry"}]}` (a gateway's client certificate) | `{"acknowledged": seq}`: its spool entries recorded as `gate` / `outcome` records |
+/// | `POST /v1/gateway/certificate` `{"public_key"[,"lifetime_s"]}` (a gateway's client certificate) | its new certificate for the same identity |
 /// | `POST /v1/svid` (`Authorization: DPoP <EAR>`) `{"csr"}` | an X.509-SVID for the holder key ([`crate::appliance::SvidIssued`]) |
 /// | `POST /v1/sign/{name}` (`Authorization: DPoP <EAR>`) `{"digest"}` or `{"subjects"}` | a raw signature or a DSSE envelope by the named key ([`crate::appliance::SignedArtifact`]) |
 /// | `GET /v1/bundle` | the trust bundle (interfaces.md): keys by purpose, the CA, accepted policy bundles, the log's key |
@@ -325,6 +327,7 @@ pub fn appliance_router_limited(app: Arc<Appliance>, limit: Arc<UnidentifiedLimi
                 crate::appliance::MAX_REPORT_BODY,
             )),
         )
+        .route("/v1/gateway/certificate", post(gateway_certificate))
         .route("/v1/admin/admins/{name}/revoke", post(admin_revoke_admin))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(Arc::clone(&app))
@@ -680,6 +683,36 @@ async fn admin_rotate_key(
     work(move || app.rotate_key(&admin, &req))
         .await
         .map(|r| ok_json(&r))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RenewalRequest {
+    /// base64 of the new key's DER SubjectPublicKeyInfo (P-256).
+    public_key: String,
+    #[serde(default = "default_admin_cert_lifetime")]
+    lifetime_s: u64,
+}
+
+/// A gateway renews its own certificate with the one it has.
+async fn gateway_certificate(
+    State(app): State<Arc<Appliance>>,
+    Gateway(gateway): Gateway,
+    body: axum::body::Bytes,
+) -> Result<Response, Problem> {
+    let parsed = json_body::<RenewalRequest>(&body).and_then(|r| {
+        let spki = STANDARD
+            .decode(r.public_key.as_bytes())
+            .map_err(|_| Problem::bad_request("malformed", "public_key is not base64"))?;
+        Ok((spki, r.lifetime_s))
+    });
+    let (spki, lifetime) = match parsed {
+        Ok(x) => x,
+        Err(p) => return Err(work(move || Ok(app.admin_refused(&gateway, p))).await?),
+    };
+    let id = gateway.clone();
+    let pem = work(move || app.renew_gateway_certificate(&gateway, &spki, lifetime)).await?;
+    Ok(axum::Json(json!({"certificate": pem, "spiffe_id": id})).into_response())
 }
 
 async fn admin_revoke_admin(

@@ -584,6 +584,34 @@ fn a_writ_issued_over_https_runs_once_through_exec_and_is_forwarded_once_through
         "{}",
         text(&out)
     );
+    // The gateway renews its own certificate with the one it has: a new key, the same
+    // identity, recorded under it; the renewed pair reports.
+    let before = std::fs::read(&gcert).unwrap();
+    let old_key = std::fs::read(&gkey).unwrap();
+    let out = gate(&["renew", "--config", conf_s, "--hours", "24"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains(me), "{}", text(&out));
+    assert_ne!(std::fs::read(&gcert).unwrap(), before);
+    assert_ne!(std::fs::read(&gkey).unwrap(), old_key);
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&gkey).unwrap().permissions())
+            & 0o777,
+        0o600
+    );
+    let renewed = s.records().pop().unwrap();
+    assert_eq!(
+        (
+            renewed.subject.as_str(),
+            serde_json::to_value(renewed.decision).unwrap()
+        ),
+        (me, serde_json::json!("allow"))
+    );
+    let out = gate(&["report", "--config", conf_s]);
+    assert!(
+        text(&out).contains("reported 0 spool entries"),
+        "{}",
+        text(&out)
+    );
     // A gateway's certificate never administers.
     let url = s.url();
     let out = s.writ(&[
@@ -602,6 +630,10 @@ fn a_writ_issued_over_https_runs_once_through_exec_and_is_forwarded_once_through
     assert!(text(&out).contains("admin_forbidden"), "{}", text(&out));
     let out = s.admin(&["revoke-gateway", "tools-1"]);
     assert!(out.status.success(), "{}", text(&out));
+    // Revoked: no renewal either (the renewed certificate was revoked with the identity).
+    let out = gate(&["renew", "--config", conf_s]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("gateway_revoked"), "{}", text(&out));
     let out = gate(&["report", "--config", conf_s]);
     assert!(out.status.success(), "{}", text(&out));
     // (the spool was empty: nothing was sent); an entry to send is refused.

@@ -92,6 +92,17 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Renew this gateway's client certificate (cert and key in the configuration) with the one
+    /// it has: a new key made here, a certificate for the same identity from the appliance. Run
+    /// it before the certificate expires (a systemd timer, cron); a revoked gateway gets none.
+    Renew {
+        /// The gateway's configuration (TOML: server, cert, key).
+        #[arg(long)]
+        config: PathBuf,
+        /// The new certificate's lifetime, hours.
+        #[arg(long, default_value_t = 168)]
+        hours: u64,
+    },
     /// Report the spool to the appliance (its decisions and outcomes become gate and outcome
     /// records in the log) over mutual TLS with this gateway's certificate; the entries
     /// recorded leave the spool. With --watch, every few seconds, forever.
@@ -637,6 +648,18 @@ fn main() -> ExitCode {
         Command::Tools { config } => tools(&config),
         Command::Spool { config, after } => print_spool(&config, after),
         Command::Checkpoint { config } => print_checkpoint(&config),
+        Command::Renew { config, hours } => {
+            match exec::GateConfig::load(&config).and_then(|c| trust::renew(&c, hours)) {
+                Ok(id) => {
+                    println!("renewed the certificate of {id}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("writ-gate renew: error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Report { config, watch } => {
             match exec::GateConfig::load(&config).and_then(|c| trust::report(&c, watch)) {
                 Ok(n) => {

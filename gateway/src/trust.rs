@@ -183,6 +183,78 @@ const REPORT_BATCH: u32 = 256;
 /// Bytes of entries sent in one report at most (the appliance accepts 4 MiB).
 const REPORT_BYTES: usize = 2 * 1024 * 1024;
 
+/// Renews this gateway's client certificate with the one it has: a new P-256 key made here, a
+/// certificate for the same identity from the appliance (over mutual TLS with the current one;
+/// a revoked gateway gets none), then the key and the certificate replace the configured files
+/// (each written beside its file, then renamed: key first). Returns the new certificate's
+/// identity.
+pub fn renew(c: &GateConfig, hours: u64) -> Result<String, String> {
+    use base64::Engine as _;
+    use p256::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
+    let (Some(cert), Some(key)) = (&c.cert, &c.key) else {
+        return Err(
+            "the configuration names no cert and key (writ admin issue-cert --gateway)".into(),
+        );
+    };
+    let client = appliance(c, None, None, Some((cert.clone(), key.clone())))?;
+    let new_key = loop {
+        let mut d = zeroize::Zeroizing::new([0u8; 32]);
+        getrandom::fill(d.as_mut()).map_err(|e| format!("random: {e}"))?;
+        if let Ok(k) = p256::SecretKey::from_slice(d.as_ref()) {
+            break k;
+        }
+    };
+    let spki = new_key
+        .public_key()
+        .to_public_key_der()
+        .map_err(|e| format!("the public key: {e}"))?;
+    let answer = client
+        .call(
+            "POST",
+            "/v1/gateway/certificate",
+            Some(&serde_json::json!({
+                "public_key": base64::engine::general_purpose::STANDARD.encode(spki.as_bytes()),
+                "lifetime_s": hours.saturating_mul(3600),
+            })),
+            None,
+        )
+        .map_err(|e| e.to_string())?;
+    let pem = answer
+        .get("certificate")
+        .and_then(serde_json::Value::as_str)
+        .ok_or("the appliance's answer has no certificate")?;
+    let key_pem = new_key
+        .to_pkcs8_pem(LineEnding::LF)
+        .map_err(|e| format!("the key: {e}"))?;
+    let beside = |p: &Path| {
+        let mut s = p.as_os_str().to_owned();
+        s.push(".new");
+        PathBuf::from(s)
+    };
+    let (key_new, cert_new) = (beside(key), beside(cert));
+    writ_client::files::write_atomically(
+        &key_new,
+        key_pem.as_bytes(),
+        0o600,
+        writ_client::files::Existing::Replace,
+    )
+    .map_err(|e| format!("{}: {e}", key_new.display()))?;
+    writ_client::files::write_atomically(
+        &cert_new,
+        pem.as_bytes(),
+        0o644,
+        writ_client::files::Existing::Replace,
+    )
+    .map_err(|e| format!("{}: {e}", cert_new.display()))?;
+    std::fs::rename(&key_new, key).map_err(|e| format!("{}: {e}", key.display()))?;
+    std::fs::rename(&cert_new, cert).map_err(|e| format!("{}: {e}", cert.display()))?;
+    Ok(answer
+        .get("spiffe_id")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("")
+        .to_string())
+}
+
 /// Reports the spool to the appliance until it is empty (once), or forever (`watch`, every 5 s);
 /// the number of entries the appliance recorded.
 pub fn report(c: &GateConfig, watch: bool) -> Result<u64, String> {
