@@ -4,8 +4,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use clap::Args;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
@@ -245,15 +243,13 @@ fn included(bundle: &TrustBundle, inclusion: &[u8], mut v: Verified) -> Result<V
     .map_err(|e| bad(format!("the inclusion bundle: {e}")))?;
     let record = DecisionRecord::from_leaf(&proven.record)
         .map_err(|e| bad(format!("the included record: {e}")))?;
-    let kid_digest = URL_SAFE_NO_PAD
-        .decode(v.kid.as_bytes())
-        .map(|b| format!("sha256:{}", hex::encode(b)))
-        .unwrap_or_default();
+    let kid_digest = signed::key_digest(&v.kid);
     let (what, value) = &v.names;
     if record.kind != Kind::Sign
         || record.decision != Decision::Allow
         || record.digests.get(*what) != Some(value)
-        || record.digests.get("key") != Some(&kid_digest)
+        || kid_digest.is_none()
+        || record.digests.get("key") != kid_digest.as_ref()
     {
         return Err(bad(format!(
             "the included record is not this signature's (kind sign, allow, digests.{what}, digests.key)"

@@ -24,14 +24,15 @@
 
 use axum::http::StatusCode;
 use base64::Engine as _;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use writ_attestation::log::record::Kind;
 use writ_attestation::writ::bundle::SigningForm;
 use writ_attestation::writ::claims::is_digest;
 use writ_attestation::writ::signed::{
-    Envelope, EnvelopeSignature, PAYLOAD_TYPE, PREDICATE_TYPE, STATEMENT_TYPE, Subject, pae,
+    Envelope, EnvelopeSignature, PAYLOAD_TYPE, PREDICATE_TYPE, STATEMENT_TYPE, Subject, key_digest,
+    pae,
 };
 
 use super::issue::{
@@ -152,14 +153,6 @@ fn payload_of(req: &SignRequest, max_subjects: i64) -> Result<Payload, Denial> {
     }
 }
 
-/// `sha256:<hex>` of a key's thumbprint bytes: a record's `digests.key`, the `kid` in hex.
-fn kid_digest(kid: &str) -> String {
-    URL_SAFE_NO_PAD
-        .decode(kid.as_bytes())
-        .map(|b| format!("sha256:{}", hex::encode(b)))
-        .unwrap_or_default()
-}
-
 /// RFC 3339 (UTC, seconds) of `t`.
 fn rfc3339(t: i64) -> String {
     u64::try_from(t)
@@ -203,7 +196,7 @@ impl Appliance {
                 .thumbprint()
         });
         if let Some(kid) = &kid {
-            digests.push(("key", kid_digest(kid)));
+            digests.push(("key", key_digest(kid).unwrap_or_default()));
         }
         let deny = |(code, status, detail): Denial,
                     digests: &[(&str, String)],
@@ -310,8 +303,10 @@ impl Appliance {
             ));
         }
         // The appraisal behind the runtime's standing, whole (a broken one signs nothing).
-        let (evidence, nonce) = match evidence_digests(row, &name) {
-            Ok(e) => e,
+        let appraisal =
+            evidence_digests(row, &name).and_then(|e| runtime_facts(row, &name).map(|f| (e, f)));
+        let ((evidence, nonce), (vector, manufacturer)) = match appraisal {
+            Ok(a) => a,
             Err(p) => {
                 return Err(refused(
                     (
@@ -397,19 +392,6 @@ impl Appliance {
             ));
         }
         // Policy: action `sign` on the key, with what is to be signed.
-        let (vector, manufacturer) = match runtime_facts(row, &name) {
-            Ok(f) => f,
-            Err(p) => {
-                return Err(refused(
-                    (
-                        p.code(),
-                        p.status(),
-                        "the runtime's stored appraisal is incomplete".into(),
-                    ),
-                    &digests,
-                ));
-            }
-        };
         let (payload_type, subjects): (&str, Vec<(String, String)>) = match &payload {
             Payload::Digest(_, d) => (DIGEST_PAYLOAD, vec![(String::new(), d.clone())]),
             Payload::Statement { named, .. } => (PAYLOAD_TYPE, named.clone()),

@@ -108,6 +108,15 @@ pub struct OpenedEnvelope {
     pub signature: Vec<u8>,
 }
 
+/// A `sign` record's `digests.key`: `sha256:` + hex of the key's RFC 7638 thumbprint bytes (its
+/// `kid` in the trust bundle, base64url-decoded). `None` for a kid that is not base64url.
+pub fn key_digest(kid: &str) -> Option<String> {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let bytes = URL_SAFE_NO_PAD.decode(kid.as_bytes()).ok()?;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    Some(format!("sha256:{hex}"))
+}
+
 /// Verifies a DER ECDSA P-256 signature over a SHA-256 `digest` (a raw signature from the
 /// signing service) with `key`. High-S signatures are accepted as interfaces.md requires. (The
 /// provider trait verifies whole messages; a digest alone is checked with RustCrypto's prehash
