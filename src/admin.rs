@@ -116,11 +116,12 @@ enum AdminCommand {
         /// The admin's name.
         name: String,
     },
-    /// Rotate the issuer or ear key without a restart (docs/keys.md): the new key (made first
-    /// with `writ keys generate`) is published now and signs after --overlap-s; the current one
-    /// stays published until what it can still sign has expired. Prints the schedule.
+    /// Rotate the issuer, ear or checkpoint key without a restart (docs/keys.md): the new key
+    /// (made first with `writ keys generate`) is published now and signs after --overlap-s; the
+    /// current one stays published until what it can still sign has expired (a checkpoint key
+    /// signs with the new one meanwhile). Prints the schedule.
     RotateKey {
-        /// `issuer` or `ear`.
+        /// `issuer`, `ear` or `checkpoint`.
         #[arg(long)]
         purpose: String,
         /// The new key's URI (pkcs11: or tpm:), as the appliance opens it.

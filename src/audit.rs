@@ -1,7 +1,7 @@
 //! `writ audit`: checks a decision log from outside. Exit 0 verified, 1 a finding (a bad
 //! signature, a rollback, a fork, a rewritten entry, a failed proof), 2 usage or network error.
 //!
-//! The auditor remembers the last checkpoint it verified (a state file per log key), so each run
+//! The auditor remembers the last checkpoint it verified (a state file per log origin), so each run
 //! proves the log only grew since; checkpoints seen by other observers (files) are checked the
 //! same way, and against each other.
 
@@ -59,9 +59,11 @@ pub struct LogArgs {
     #[arg(long)]
     ca_file: Option<PathBuf>,
     /// The checkpoint verifier key, `<origin>+<key id>+<base64>` (writ keys show --log-origin).
-    #[arg(long)]
-    key: String,
-    /// Where the last verified checkpoint is remembered (default: per key, under
+    /// Repeat it across a rotation of the log's key (the trust bundle's writ.log.verifier_keys):
+    /// a checkpoint signed by any of them is accepted.
+    #[arg(long, required = true)]
+    key: Vec<String>,
+    /// Where the last verified checkpoint is remembered (default: per log origin, under
     /// $XDG_STATE_HOME/writ/audit or ~/.local/state/writ/audit).
     #[arg(long)]
     state: Option<PathBuf>,
@@ -93,9 +95,9 @@ pub struct RecordArgs {
 
 #[derive(Debug, Args)]
 pub struct BundleArgs {
-    /// The checkpoint verifier key.
-    #[arg(long)]
-    key: String,
+    /// The checkpoint verifier key (repeatable: any of them).
+    #[arg(long, required = true)]
+    key: Vec<String>,
     /// The inclusion bundle (JSON).
     file: PathBuf,
     /// The compact writ the bundle's record must have issued.
@@ -166,54 +168,89 @@ fn get_json(url: &str) -> Result<serde_json::Value, Fail> {
     serde_json::from_slice(&get(url)?).map_err(|e| error(format!("GET {url}: {e}")))
 }
 
-fn key_of(text: &str) -> Result<NoteVerifier, Fail> {
-    NoteVerifier::parse(text.trim()).map_err(|e| error(format!("--key: {e}")))
+/// The `--key`s: at least one, all of one log (one origin, the keys' name).
+fn keys_of(texts: &[String]) -> Result<Vec<NoteVerifier>, Fail> {
+    let keys = texts
+        .iter()
+        .map(|t| NoteVerifier::parse(t.trim()).map_err(|e| error(format!("--key: {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let Some(first) = keys.first() else {
+        return Err(error("--key: at least one"));
+    };
+    if keys.iter().any(|k| k.name() != first.name()) {
+        return Err(error(
+            "--key: the keys name different logs (origins); audit one log at a time",
+        ));
+    }
+    Ok(keys)
 }
 
-fn state_path(args: &LogArgs, key: &NoteVerifier) -> Result<PathBuf, Fail> {
+/// Hint for a checkpoint none of the keys signed.
+const ROTATION_HINT: &str = "if the log's checkpoint key was rotated, pass its new key too (--key, repeatable; the trust bundle's writ.log.verifier_keys)";
+
+/// Where the remembered checkpoint is: `--state`, or one file per log origin (so a rotation of
+/// the log's key keeps the auditor's memory). Before that, auditors kept one file per key: such
+/// a file, when there is none per origin, is read (and the next write goes to the new place).
+fn state_paths(args: &LogArgs, keys: &[NoteVerifier]) -> Result<(PathBuf, Vec<PathBuf>), Fail> {
     if let Some(p) = &args.state {
-        return Ok(p.clone());
+        return Ok((p.clone(), Vec::new()));
     }
     let base = std::env::var_os("XDG_STATE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
-        .ok_or_else(|| error("no --state and no HOME"))?;
+        .ok_or_else(|| error("no --state and no HOME"))?
+        .join("writ/audit");
     use sha2::Digest as _;
-    let id = hex::encode(sha2::Sha256::digest(key.to_string().as_bytes()));
-    Ok(base
-        .join("writ/audit")
-        .join(format!("{}.checkpoint", id.get(..16).unwrap_or(&id))))
+    let file = |what: &str| {
+        let id = hex::encode(sha2::Sha256::digest(what.as_bytes()));
+        base.join(format!("{}.checkpoint", id.get(..16).unwrap_or(&id)))
+    };
+    let origin = keys.first().map(|k| k.name()).unwrap_or_default();
+    let per_key = keys.iter().map(|k| file(&k.to_string())).collect();
+    Ok((file(&format!("origin:{origin}")), per_key))
 }
 
 /// Fetches and verifies the latest checkpoint, and checks it against the remembered one and the
 /// given ones; remembers it. Returns it.
 fn verified_latest(
     args: &LogArgs,
-    key: &NoteVerifier,
+    keys: &[NoteVerifier],
     others: &[PathBuf],
     report: &mut Vec<String>,
 ) -> Result<Checkpoint, Fail> {
     let base = args.log.trim_end_matches('/');
-    let origin = key.name().to_string();
+    let origin = keys
+        .first()
+        .map(|k| k.name().to_string())
+        .unwrap_or_default();
     let note = String::from_utf8(get(&format!("{base}/v1/log/checkpoint"))?)
         .map_err(|_| finding("the checkpoint is not UTF-8"))?;
-    let latest = Checkpoint::verify(default_provider(), &note, key, &origin)
-        .map_err(|e| finding(format!("the log's checkpoint: {e}")))?;
+    let latest = Checkpoint::verify_by_any(default_provider(), &note, keys, &origin)
+        .map_err(|e| finding(format!("the log's checkpoint: {e} ({ROTATION_HINT})")))?;
     report.push(format!(
         "checkpoint verified: {origin}, size {}, root {}",
         latest.size,
         hex::encode(latest.root)
     ));
-    let state = state_path(args, key)?;
+    let (state, earlier) = state_paths(args, keys)?;
     let mut seen: Vec<(String, Checkpoint)> = Vec::new();
-    match std::fs::read_to_string(&state) {
-        Ok(text) => {
-            let cp = Checkpoint::verify(default_provider(), &text, key, &origin).map_err(|e| {
-                finding(format!(
-                    "the remembered checkpoint {}: {e}",
-                    state.display()
-                ))
-            })?;
+    let remembered = match std::fs::read_to_string(&state) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => earlier
+            .iter()
+            .find_map(|p| std::fs::read_to_string(p).ok().map(|t| (p.clone(), t)))
+            .map(|(p, t)| Ok((p, t)))
+            .unwrap_or(Err(e)),
+        other => other.map(|t| (state.clone(), t)),
+    };
+    match remembered {
+        Ok((from, text)) => {
+            let cp = Checkpoint::verify_by_any(default_provider(), &text, keys, &origin)
+                .map_err(|e| {
+                    finding(format!(
+                        "the remembered checkpoint {}: {e} (a checkpoint remembered from before a rotation of the log's key needs the previous key too: --key, repeatable)",
+                        from.display()
+                    ))
+                })?;
             seen.push(("remembered".into(), cp));
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -227,7 +264,7 @@ fn verified_latest(
     for f in others {
         let text =
             std::fs::read_to_string(f).map_err(|e| error(format!("{}: {e}", f.display())))?;
-        let cp = Checkpoint::verify(default_provider(), &text, key, &origin)
+        let cp = Checkpoint::verify_by_any(default_provider(), &text, keys, &origin)
             .map_err(|e| finding(format!("checkpoint {}: {e}", f.display())))?;
         seen.push((f.display().to_string(), cp));
     }
@@ -305,9 +342,9 @@ fn proof_of(v: &serde_json::Value) -> Result<Vec<Hash>, Fail> {
 }
 
 fn check(args: Check) -> Result<Vec<String>, Fail> {
-    let key = key_of(&args.log.key)?;
+    let keys = keys_of(&args.log.key)?;
     let mut report = Vec::new();
-    let latest = verified_latest(&args.log, &key, &args.checkpoint, &mut report)?;
+    let latest = verified_latest(&args.log, &keys, &args.checkpoint, &mut report)?;
     if args.full {
         let base = args.log.log.trim_end_matches('/');
         let mut rebuilt = writ_attestation::log::merkle::RootBuilder::new();
@@ -352,9 +389,9 @@ fn check(args: Check) -> Result<Vec<String>, Fail> {
 }
 
 fn record(args: RecordArgs) -> Result<Vec<String>, Fail> {
-    let key = key_of(&args.log.key)?;
+    let keys = keys_of(&args.log.key)?;
     let mut report = Vec::new();
-    let latest = verified_latest(&args.log, &key, &[], &mut report)?;
+    let latest = verified_latest(&args.log, &keys, &[], &mut report)?;
     walk(
         &args.log,
         &latest,
@@ -387,12 +424,12 @@ fn lineage(args: LineageArgs) -> Result<Vec<String>, Fail> {
         .get("index")
         .and_then(|i| i.as_u64())
         .ok_or_else(|| finding(format!("writ {}: its record is not in the log", args.jti)))?;
-    let key = key_of(&args.log.key)?;
+    let keys = keys_of(&args.log.key)?;
     let mut report = vec![format!(
         "writ {}: record {index} (leaf hash {leaf})",
         args.jti
     )];
-    let latest = verified_latest(&args.log, &key, &[], &mut report)?;
+    let latest = verified_latest(&args.log, &keys, &[], &mut report)?;
     let want = parse_hashes(&[leaf.to_string()])
         .ok()
         .and_then(|h| h.first().copied())
@@ -528,15 +565,14 @@ fn walk(
 }
 
 fn bundle(args: BundleArgs) -> Result<Vec<String>, Fail> {
-    let key = key_of(&args.key)?;
+    let keys = keys_of(&args.key)?;
+    let origin = keys.first().map(|k| k.name()).unwrap_or_default();
     let bytes =
         std::fs::read(&args.file).map_err(|e| error(format!("{}: {e}", args.file.display())))?;
-    let v = verify_bundle(default_provider(), &bytes, &key, key.name()).map_err(finding)?;
+    let v = verify_bundle(default_provider(), &bytes, &keys, origin).map_err(finding)?;
     let mut report = vec![format!(
-        "record {} is included in the checkpoint of size {} ({})",
-        v.index,
-        v.checkpoint.size,
-        key.name()
+        "record {} is included in the checkpoint of size {} ({origin})",
+        v.index, v.checkpoint.size,
     )];
     if let Some(w) = &args.writ {
         let compact =

@@ -25,9 +25,15 @@
 //! than `max_checkpoint_age`, appends are refused (`checkpoint_stale`): the appliance stops
 //! issuing. An append that gets no answer within `append_timeout` is refused.
 //!
+//! Keys: checkpoints are signed by every checkpoint key whose time has come and that has not left
+//! (docs/keys.md, rotation): one key, or two during a rotation (the old one until it leaves, the
+//! new one from `signs_from`), so a relying party holding either key verifies them. The schedule
+//! is read from the store (`key_schedule`, purpose `checkpoint`) when the log opens and given to
+//! it again by the appliance when it changes ([`DecisionLog::set_keys`]).
+//!
 //! Start-up: every leaf is read back and re-hashed, indices must be contiguous, every stored
 //! checkpoint's note must match its row and the tree rebuilt from the leaves (the latest one's
-//! signature is verified under this key and origin), the stored subtree count and right edge must
+//! signature is verified under one of the log's keys and its origin), the stored subtree count and right edge must
 //! match, and the tree must contain the last published checkpoint named by the mark. Anything
 //! else is `log_corrupt` and the log does not open. Not verified at start: stored interior nodes
 //! off the right edge (they feed proofs, which clients verify against signed roots, and the
@@ -46,7 +52,7 @@ use writ_attestation::log::merkle::{
     RootBuilder, SubtreeSource, consistency_proof_from, empty_root, inclusion_proof_from,
     leaf_hash, range_root, verify_consistency,
 };
-use writ_attestation::log::note::{Checkpoint, NoteVerifier, signed_note};
+use writ_attestation::log::note::{Checkpoint, NoteVerifier, signed_note_by};
 use writ_hsm::CustodyKey;
 
 use crate::store::{
@@ -86,6 +92,78 @@ pub struct LogConfig {
     /// SQLite: `<database>.published`; for PostgreSQL none unless set (put it on the appliance's
     /// own disk).
     pub published_mark: Option<std::path::PathBuf>,
+    /// Opens a scheduled checkpoint key by its URI (a rotation's new key, when the log opens
+    /// after a rotation); without it, a schedule naming a key other than the configured one does
+    /// not open.
+    pub key_opener: Option<KeyOpener>,
+}
+
+/// What opens a key: its URI in, the key or why not out.
+pub type OpenKey = dyn Fn(&str) -> Result<Arc<dyn CustodyKey>, String> + Send + Sync;
+
+/// Opens a custody key by URI (with the appliance's open options).
+#[derive(Clone)]
+pub struct KeyOpener(pub Arc<OpenKey>);
+
+impl std::fmt::Debug for KeyOpener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyOpener")
+    }
+}
+
+/// A checkpoint key and its place in the rotation schedule (docs/keys.md): published from
+/// `published_at`, signing from `signs_from`, until `retires_at` (never, for the newest key).
+#[derive(Clone)]
+pub struct LogKey {
+    /// The key in custody; `None` for a key that has left (never opened again).
+    pub key: Option<Arc<dyn CustodyKey>>,
+    /// Its DER SubjectPublicKeyInfo.
+    pub spki: Vec<u8>,
+    /// When relying parties learn it (unix seconds).
+    pub published_at: i64,
+    /// When it starts signing.
+    pub signs_from: i64,
+    /// When it stops signing and leaves the trust bundle.
+    pub retires_at: Option<i64>,
+}
+
+impl std::fmt::Debug for LogKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogKey")
+            .field("open", &self.key.is_some())
+            .field("published_at", &self.published_at)
+            .field("signs_from", &self.signs_from)
+            .field("retires_at", &self.retires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LogKey {
+    /// The only key, before any rotation.
+    pub fn only(key: Arc<dyn CustodyKey>) -> Self {
+        LogKey {
+            spki: key.public_key().spki_der().to_vec(),
+            key: Some(key),
+            published_at: 0,
+            signs_from: 0,
+            retires_at: None,
+        }
+    }
+
+    fn published(&self, t: i64) -> bool {
+        self.published_at <= t && self.retires_at.is_none_or(|r| t < r)
+    }
+
+    fn signs(&self, t: i64) -> bool {
+        self.key.is_some() && self.signs_from <= t && self.published(t)
+    }
+}
+
+/// A log key with its note verifier.
+#[derive(Clone)]
+struct HeldKey {
+    key: LogKey,
+    verifier: NoteVerifier,
 }
 
 impl LogConfig {
@@ -99,6 +177,7 @@ impl LogConfig {
             max_batch: 8192,
             append_timeout: Duration::from_secs(30),
             published_mark: None,
+            key_opener: None,
         }
     }
 }
@@ -180,8 +259,8 @@ fn load_tree(b: &mut dyn Backend) -> Result<Tree, StoreError> {
 struct Inner {
     engine: Engine,
     config: LogConfig,
-    key: Arc<dyn CustodyKey>,
-    verifier: NoteVerifier,
+    /// The checkpoint keys, in schedule order (oldest first).
+    keys: RwLock<Vec<HeldKey>>,
     jobs: Mutex<Option<SyncSender<Job>>>,
     head: RwLock<(u64, Hash)>,
     latest: RwLock<Option<StoredCheckpoint>>,
@@ -202,6 +281,27 @@ struct Inner {
 }
 
 impl Inner {
+    /// The keys that sign at `t`, oldest first.
+    fn signers(&self, t: i64) -> Vec<(Arc<dyn CustodyKey>, NoteVerifier)> {
+        self.keys
+            .read()
+            .map(|k| {
+                k.iter()
+                    .filter(|h| h.key.signs(t))
+                    .filter_map(|h| h.key.key.clone().map(|k| (k, h.verifier.clone())))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Every key of the schedule: what this log stored may be signed by any of them.
+    fn known(&self) -> Vec<NoteVerifier> {
+        self.keys
+            .read()
+            .map(|k| k.iter().map(|h| h.verifier.clone()).collect())
+            .unwrap_or_default()
+    }
+
     /// Queues a job for the writer.
     fn send(&self, job: Job) -> Result<(), StoreError> {
         let tx = self
@@ -239,14 +339,14 @@ fn now_secs() -> i64 {
 impl DecisionLog {
     /// Opens (creating and migrating if needed) the log in `engine`, verifies everything stored,
     /// starts the writer and the checkpointer, and signs a checkpoint of the current tree if it
-    /// has none. `key` is the checkpoint key; it must match what signed the stored checkpoints.
+    /// has none. `key` is the configured checkpoint key: before any rotation the one that signs
+    /// (it must match what signed the stored checkpoints), after one a key of the rotation's
+    /// history, whose schedule (read from the store) decides which keys sign.
     pub fn open(
         engine: Engine,
         mut config: LogConfig,
         key: Arc<dyn CustodyKey>,
     ) -> Result<Self, StoreError> {
-        let verifier = NoteVerifier::from_spki(&config.origin, key.public_key().spki_der())
-            .map_err(|e| StoreError::Config(format!("checkpoint key: {e}")))?;
         if config.checkpoint_interval.saturating_mul(2) > config.max_checkpoint_age {
             return Err(StoreError::Config(format!(
                 "checkpoint interval {:?} must be at most half of the maximum checkpoint age {:?}",
@@ -263,12 +363,17 @@ impl DecisionLog {
         let mut writer = connect(&engine)?;
         writer.lock_writer()?;
         writer.migrate()?;
+        let keys = held_keys(
+            &config.origin,
+            scheduled_keys(writer.as_mut(), &key, config.key_opener.as_ref())?,
+        )?;
+        let known: Vec<NoteVerifier> = keys.iter().map(|h| h.verifier.clone()).collect();
         let mut pages = connect(&engine)?;
         let (tree, latest) = verify_all(
             writer.as_mut(),
             pages.as_mut(),
             &config.origin,
-            &verifier,
+            &known,
             config.published_mark.as_deref(),
         )?;
         drop(pages);
@@ -276,8 +381,7 @@ impl DecisionLog {
         let inner = Arc::new(Inner {
             engine,
             config,
-            key,
-            verifier,
+            keys: RwLock::new(keys),
             jobs: Mutex::new(Some(tx)),
             head: RwLock::new((tree.size(), tree.root())),
             latest: RwLock::new(latest),
@@ -378,9 +482,54 @@ impl DecisionLog {
         self.inner.signing_failures.load(Ordering::Relaxed)
     }
 
-    /// The checkpoint verifier key (`<origin>+<id>+<base64>`) auditors pin.
+    /// The checkpoint verifier key (`<origin>+<id>+<base64>`) auditors pin: the oldest key
+    /// published now, which signs every checkpoint until it leaves.
     pub fn verifier_key(&self) -> String {
-        self.inner.verifier.to_string()
+        self.verifier_keys().into_iter().next().unwrap_or_default()
+    }
+
+    /// Every checkpoint verifier key published now, oldest first (one, or during a rotation
+    /// the old and the new one): a checkpoint is signed by at least one of them.
+    pub fn verifier_keys(&self) -> Vec<String> {
+        let t = now_secs();
+        self.inner
+            .keys
+            .read()
+            .map(|k| {
+                k.iter()
+                    .filter(|h| h.key.published(t))
+                    .map(|h| h.verifier.to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The keys that sign checkpoints now, oldest first.
+    pub fn signing_keys(&self) -> Vec<Arc<dyn CustodyKey>> {
+        self.inner
+            .signers(now_secs())
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect()
+    }
+
+    /// Every key of the checkpoint key's schedule (SPKI DER), whether it signs or has left.
+    pub fn key_history(&self) -> Vec<Vec<u8>> {
+        self.inner
+            .keys
+            .read()
+            .map(|k| k.iter().map(|h| h.key.spki.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Replaces the checkpoint keys' schedule (a rotation recorded, here or by another
+    /// replica). Refused when no key would sign now, or a key that signs is not open; the next
+    /// checkpoint is signed by every key whose time has come.
+    pub fn set_keys(&self, keys: Vec<LogKey>) -> Result<(), StoreError> {
+        let held = held_keys(&self.inner.config.origin, keys)?;
+        let mut k = self.inner.keys.write().map_err(|_| StoreError::Stopped)?;
+        *k = held;
+        Ok(())
     }
 
     /// The origin.
@@ -679,6 +828,87 @@ impl Drop for DecisionLog {
     }
 }
 
+/// The checkpoint keys' schedule as stored (purpose `checkpoint` of `key_schedule`), its keys
+/// that may still sign opened; before any rotation, the configured key alone. After one, the
+/// configured key must be a key of the history (as the issuer and ear keys').
+fn scheduled_keys(
+    b: &mut dyn Backend,
+    configured: &Arc<dyn CustodyKey>,
+    opener: Option<&KeyOpener>,
+) -> Result<Vec<LogKey>, StoreError> {
+    let rows = b.query(
+        "SELECT uri, spki, published_at, signs_from, retires_at FROM key_schedule
+         WHERE purpose = 'checkpoint' ORDER BY published_at, signs_from",
+        &[],
+    )?;
+    let spki = configured.public_key().spki_der();
+    if rows.is_empty() {
+        return Ok(vec![LogKey::only(Arc::clone(configured))]);
+    }
+    if !rows
+        .iter()
+        .any(|r| r.get(1).and_then(Value::blob) == Some(spki))
+    {
+        return Err(StoreError::Config(
+            "keys.checkpoint is not a key of the checkpoint key's rotation history (key_schedule): configure the key the last rotation made".into(),
+        ));
+    }
+    let t = now_secs();
+    let mut keys = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let uri = r.first().and_then(Value::text).unwrap_or("");
+        let row_spki = r.get(1).and_then(Value::blob).unwrap_or_default().to_vec();
+        let int = |i: usize| r.get(i).and_then(Value::int).unwrap_or(0);
+        let retires_at = r.get(4).and_then(Value::int);
+        let key = if retires_at.is_some_and(|r| r <= t) {
+            None
+        } else if row_spki == spki {
+            Some(Arc::clone(configured))
+        } else {
+            let open = opener.ok_or_else(|| {
+                StoreError::Config(format!(
+                    "the scheduled checkpoint key {uri} cannot be opened here"
+                ))
+            })?;
+            let k = (open.0)(uri).map_err(|e| {
+                StoreError::Signing(format!("a scheduled checkpoint key ({uri}): {e}"))
+            })?;
+            if k.public_key().spki_der() != row_spki {
+                return Err(StoreError::Config(format!(
+                    "the scheduled checkpoint key {uri} is not the key recorded for it"
+                )));
+            }
+            Some(k)
+        };
+        keys.push(LogKey {
+            key,
+            spki: row_spki,
+            published_at: int(2),
+            signs_from: int(3),
+            retires_at,
+        });
+    }
+    Ok(keys)
+}
+
+/// The keys with their verifiers (named for the origin); refused when none signs now.
+fn held_keys(origin: &str, keys: Vec<LogKey>) -> Result<Vec<HeldKey>, StoreError> {
+    let t = now_secs();
+    if !keys.iter().any(|k| k.signs(t)) {
+        return Err(StoreError::Config(
+            "no checkpoint key signs now (the schedule has none whose time has come, or it is not open)"
+                .into(),
+        ));
+    }
+    keys.into_iter()
+        .map(|key| {
+            let verifier = NoteVerifier::from_spki(origin, &key.spki)
+                .map_err(|e| StoreError::Config(format!("checkpoint key: {e}")))?;
+            Ok(HeldKey { key, verifier })
+        })
+        .collect()
+}
+
 /// Checkpoints fetched per page at start.
 const CHECKPOINT_PAGE: u64 = 10_000;
 
@@ -686,10 +916,10 @@ const CHECKPOINT_PAGE: u64 = 10_000;
 fn read_mark(
     path: &std::path::Path,
     origin: &str,
-    verifier: &NoteVerifier,
+    verifiers: &[NoteVerifier],
 ) -> Result<Option<Checkpoint>, StoreError> {
     match std::fs::read_to_string(path) {
-        Ok(text) => Checkpoint::verify(default_provider(), &text, verifier, origin)
+        Ok(text) => Checkpoint::verify_by_any(default_provider(), &text, verifiers, origin)
             .map(Some)
             .map_err(|e| {
                 StoreError::Corrupt(format!(
@@ -721,12 +951,12 @@ fn verify_all(
     b: &mut dyn Backend,
     pages: &mut dyn Backend,
     origin: &str,
-    verifier: &NoteVerifier,
+    verifiers: &[NoteVerifier],
     mark_path: Option<&std::path::Path>,
 ) -> Result<(Tree, Option<StoredCheckpoint>), StoreError> {
     let latest = b.latest_checkpoint()?;
     if let Some(cp) = &latest {
-        Checkpoint::verify(default_provider(), &cp.note, verifier, origin).map_err(|e| {
+        Checkpoint::verify_by_any(default_provider(), &cp.note, verifiers, origin).map_err(|e| {
             StoreError::Corrupt(format!(
                 "stored checkpoint at size {}: {e} (signed by another key, for another origin, or altered)",
                 cp.size
@@ -734,7 +964,7 @@ fn verify_all(
         })?;
     }
     let mark = match mark_path {
-        Some(p) => read_mark(p, origin, verifier)?,
+        Some(p) => read_mark(p, origin, verifiers)?,
         None => None,
     };
     let mut tree = Tree::default();
@@ -894,10 +1124,10 @@ fn reconnect(
             )));
         }
         (Some(s), p) if p.as_ref().is_none_or(|p| s.size > p.size) => {
-            Checkpoint::verify(
+            Checkpoint::verify_by_any(
                 default_provider(),
                 &s.note,
-                &inner.verifier,
+                &inner.known(),
                 &inner.config.origin,
             )
             .map_err(|e| StoreError::Corrupt(format!("stored checkpoint: {e}")))?;
@@ -1204,11 +1434,15 @@ fn sign_checkpoint(inner: &Inner) -> Result<StoredCheckpoint, StoreError> {
         if l.size == size {
             // Nothing new to sign: the key still has to answer (a probe, not a checkpoint), so
             // that a custody device that disappeared stops decisions within the bound even
-            // when the log is quiet.
-            inner
-                .key
-                .sign(PROBE)
-                .map_err(|e| StoreError::Signing(e.to_string()))?;
+            // when the log is quiet. Every key that signs checkpoints now answers.
+            let signers = inner.signers(now_secs());
+            if signers.is_empty() {
+                return Err(StoreError::Signing("no checkpoint key signs now".into()));
+            }
+            for (key, _) in &signers {
+                key.sign(PROBE)
+                    .map_err(|e| StoreError::Signing(e.to_string()))?;
+            }
             if let Ok(mut t) = inner.healthy_at.lock() {
                 *t = Instant::now();
             }
@@ -1222,19 +1456,27 @@ fn sign_checkpoint(inner: &Inner) -> Result<StoredCheckpoint, StoreError> {
         extensions: Vec::new(),
     }
     .text();
-    let signature = inner
-        .key
-        .sign(text.as_bytes())
-        .map_err(|e| StoreError::Signing(e.to_string()))?;
-    let note = signed_note(&text, &inner.verifier, signature.to_der().as_bytes());
-    // The key must verify what it signed before anything is published.
-    Checkpoint::verify(
-        default_provider(),
-        &note,
-        &inner.verifier,
-        &inner.config.origin,
-    )
-    .map_err(|e| StoreError::Signing(format!("the checkpoint key's signature: {e}")))?;
+    // Signed by every key whose time has come (two during a rotation's overlap): a relying party
+    // holding either verifies it.
+    let signers = inner.signers(now_secs());
+    if signers.is_empty() {
+        return Err(StoreError::Signing("no checkpoint key signs now".into()));
+    }
+    let mut signatures = Vec::with_capacity(signers.len());
+    for (key, verifier) in &signers {
+        let signature = key
+            .sign(text.as_bytes())
+            .map_err(|e| StoreError::Signing(e.to_string()))?;
+        signatures.push((verifier, signature.to_der().as_bytes().to_vec()));
+    }
+    let lines: Vec<(&NoteVerifier, &[u8])> =
+        signatures.iter().map(|(v, d)| (*v, d.as_slice())).collect();
+    let note = signed_note_by(&text, &lines);
+    // Each key must verify what it signed before anything is published.
+    for (_, verifier) in &signers {
+        Checkpoint::verify(default_provider(), &note, verifier, &inner.config.origin)
+            .map_err(|e| StoreError::Signing(format!("the checkpoint key's signature: {e}")))?;
+    }
     let cp = StoredCheckpoint {
         size,
         root,

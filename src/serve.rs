@@ -488,6 +488,18 @@ pub fn run(args: Serve) -> Result<(), String> {
     let mut config = LogConfig::new(&c.origin());
     config.checkpoint_interval = Duration::from_millis(c.log.checkpoint_interval_ms);
     config.max_checkpoint_age = Duration::from_secs(c.log.max_checkpoint_age_s);
+    // A rotation's checkpoint keys open with the same custody checks as every key.
+    let allow_software_keys = args.allow_software_keys;
+    config.key_opener = Some(writ::decision_log::KeyOpener(Arc::new(move |uri: &str| {
+        let uri = uri.parse().map_err(|e| format!("{e}"))?;
+        writ_hsm::open_key(
+            &uri,
+            &OpenOptions {
+                allow_software_keys,
+            },
+        )
+        .map_err(|e| e.to_string())
+    })));
     let log =
         Arc::new(DecisionLog::open(engine, config, key).map_err(|e| format!("{}: {e}", e.code()))?);
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -8,7 +8,6 @@ use clap::Args;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 use writ_attestation::crypto::default_provider;
-use writ_attestation::log::note::NoteVerifier;
 use writ_attestation::log::record::{Decision, DecisionRecord, Kind};
 use writ_attestation::writ::Refusal;
 use writ_attestation::writ::bundle::{BundleKey, Purpose, SigningForm, TrustBundle};
@@ -227,17 +226,18 @@ fn no_key(name: Option<&str>) -> Refusal {
     )
 }
 
-/// The signature's `sign` allow record is in the log: under a checkpoint signed by the trust
-/// bundle's log key, naming this key and this artifact or payload (not the signature's bytes:
+/// The signature's `sign` allow record is in the log: under a checkpoint signed by one of the
+/// trust bundle's log keys, naming this key and this artifact or payload (not the signature's bytes:
 /// nothing is keyed on them).
 fn included(bundle: &TrustBundle, inclusion: &[u8], mut v: Verified) -> Result<Verified, Refusal> {
     let bad = |why: String| Refusal::new("inclusion", why);
-    let key = NoteVerifier::parse(&bundle.log_verifier_key)
-        .map_err(|e| bad(format!("the trust bundle's log key: {e}")))?;
+    let keys = bundle
+        .log_keys()
+        .map_err(|e| bad(format!("the trust bundle's log key: {}", e.detail)))?;
     let proven = writ_attestation::log::audit::verify_bundle(
         default_provider(),
         inclusion,
-        &key,
+        &keys,
         &bundle.log_origin,
     )
     .map_err(|e| bad(format!("the inclusion bundle: {e}")))?;

@@ -756,3 +756,136 @@ fn a_state_change_commits_with_its_record_or_neither_does() {
         log.close();
     }
 }
+
+/// The checkpoint keys' schedule (a rotation): every key whose time has come signs, a key that
+/// left does not, the published keys are those relying parties are told of, a schedule without
+/// a key that signs now is refused, and at start the stored schedule decides (the configured key
+/// must be in its history; stored checkpoints by any key of it verify).
+#[test]
+fn checkpoints_are_signed_by_every_key_of_the_schedule_whose_time_has_come() {
+    use writ::decision_log::LogKey;
+    let s = stores();
+    let keys = tempfile::tempdir().unwrap();
+    let (a, b) = (key(keys.path(), "a.key"), key(keys.path(), "b.key"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let at =
+        |k: &Arc<dyn CustodyKey>, open: bool, published: i64, from: i64, until: Option<i64>| {
+            LogKey {
+                key: open.then(|| Arc::clone(k)),
+                spki: k.public_key().spki_der().to_vec(),
+                published_at: published,
+                signs_from: from,
+                retires_at: until,
+            }
+        };
+    let lines = |note: &str| note.split_once("\n\n").unwrap().1.lines().count();
+    let (name, engine, _) = &s.list[0];
+    let log = DecisionLog::open(engine.clone(), config(), Arc::clone(&a)).unwrap();
+    let sign = |n: u64| {
+        log.append(&record(n)).unwrap();
+        log.checkpoint_now().unwrap().note
+    };
+    let (va, vb) = (verifier(&a), verifier(&b));
+    let verifies = |note: &str, v: &NoteVerifier| {
+        Checkpoint::verify(default_provider(), note, v, ORIGIN).is_ok()
+    };
+    // B published, not signing yet: A alone signs; both are published, A first.
+    log.set_keys(vec![
+        at(&a, true, 0, 0, None),
+        at(&b, true, now, now + 3600, None),
+    ])
+    .unwrap();
+    let note = sign(1);
+    assert_eq!(lines(&note), 1, "{name}");
+    assert!(verifies(&note, &va) && !verifies(&note, &vb));
+    assert_eq!(log.verifier_keys(), [va.to_string(), vb.to_string()]);
+    assert_eq!(log.verifier_key(), va.to_string());
+    // The overlap: both sign every checkpoint.
+    log.set_keys(vec![
+        at(&a, true, 0, 0, Some(now + 3600)),
+        at(&b, true, now - 10, now - 1, None),
+    ])
+    .unwrap();
+    let note = sign(2);
+    assert_eq!(lines(&note), 2);
+    assert!(verifies(&note, &va) && verifies(&note, &vb));
+    assert_eq!(log.signing_keys().len(), 2);
+    // A left: B alone signs and is alone published.
+    log.set_keys(vec![
+        at(&a, false, 0, 0, Some(now - 1)),
+        at(&b, true, now - 10, now - 5, None),
+    ])
+    .unwrap();
+    let note = sign(3);
+    assert_eq!(lines(&note), 1);
+    assert!(verifies(&note, &vb) && !verifies(&note, &va));
+    assert_eq!(log.verifier_keys(), [vb.to_string()]);
+    // No key would sign now: refused, and the schedule in force stays.
+    for none in [
+        vec![
+            at(&a, false, 0, 0, Some(now - 1)),
+            at(&b, true, now, now + 3600, None),
+        ],
+        vec![at(&b, false, 0, 0, None)],
+        vec![],
+    ] {
+        assert_eq!(log.set_keys(none).unwrap_err().code(), "store_config");
+    }
+    assert!(verifies(&sign(4), &vb));
+    // Without a stored schedule, the log opens with its configured key alone: A no longer
+    // verifies the stored checkpoint B signed, so it does not open.
+    log.close();
+    drop(log);
+    let err = DecisionLog::open(engine.clone(), config(), Arc::clone(&a)).unwrap_err();
+    assert_eq!(err.code(), "log_corrupt", "{err}");
+    // With the schedule stored (as a rotation records it): A configured (its history's first
+    // key, retired), B opened by its URI and signing; the stored checkpoints verify.
+    let uri_b = format!("soft:path={}", keys.path().join("b.key").display());
+    tamper(
+        engine,
+        None,
+        &format!(
+            "INSERT INTO key_schedule (purpose, uri, spki, published_at, signs_from, retires_at)
+             VALUES ('checkpoint', 'soft:path=/nonexistent', X'{}', 0, 0, {}),
+                    ('checkpoint', '{uri_b}', X'{}', {}, {}, NULL)",
+            hex::encode(a.public_key().spki_der()),
+            now - 1,
+            hex::encode(b.public_key().spki_der()),
+            now - 10,
+            now - 5
+        ),
+    );
+    let opener = writ::decision_log::KeyOpener(Arc::new(|uri: &str| {
+        writ_hsm::open_key(
+            &uri.parse().map_err(|e| format!("{e}"))?,
+            &OpenOptions {
+                allow_software_keys: true,
+            },
+        )
+        .map_err(|e| e.to_string())
+    }));
+    let with_opener = || {
+        let mut c = config();
+        c.key_opener = Some(opener.clone());
+        c
+    };
+    // No way to open B here: refused.
+    let err = DecisionLog::open(engine.clone(), config(), Arc::clone(&a)).unwrap_err();
+    assert_eq!(err.code(), "store_config", "{err}");
+    // A key the history does not know: refused.
+    let c = key(keys.path(), "c.key");
+    let err = DecisionLog::open(engine.clone(), with_opener(), Arc::clone(&c)).unwrap_err();
+    assert!(err.to_string().contains("rotation history"), "{err}");
+    let log = DecisionLog::open(engine.clone(), with_opener(), Arc::clone(&a)).unwrap();
+    let note = {
+        log.append(&record(5)).unwrap();
+        log.checkpoint_now().unwrap().note
+    };
+    assert_eq!(lines(&note), 1);
+    assert!(verifies(&note, &vb));
+    assert_eq!(log.verifier_keys(), [vb.to_string()]);
+    assert_eq!(log.key_history().len(), 2);
+}

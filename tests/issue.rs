@@ -2409,6 +2409,249 @@ fn writ_admin_rotate_key_rotates_without_a_restart() {
     assert!(err.contains("also the ca key"), "{err}");
 }
 
+/// The checkpoint key rotates without a restart: the new key is published first, both sign
+/// every checkpoint from its `signs_from` until the old one leaves, the old one leaves when the
+/// writs whose inclusion bundles carry checkpoints it signed alone have expired; the log stays
+/// verifiable across it (inclusion bundles by the bundles of each time, the auditor's memory).
+#[test]
+fn the_checkpoint_key_rotates_with_both_keys_signing_during_the_overlap() {
+    use writ_attestation::log::note::Checkpoint;
+    use writ_attestation::writ::bundle::TrustBundle;
+    let mut s = Stack::new();
+    let rt = ready(&s, "rot-cp");
+    let ear = attest(&s, &rt);
+    ok(&load_policy(
+        &s,
+        &bundle(json!({"writ_lifetime_s": 3, "max_writ_lifetime_s": 6})),
+    ));
+    let fetch = |s: &Stack| {
+        let (st, text) = common::stack::get(&s.url(), "/v1/bundle");
+        assert_eq!(st, 200, "{text}");
+        TrustBundle::parse(text.as_bytes()).unwrap()
+    };
+    let issue = |s: &Stack| {
+        let (st, v) = request(
+            s,
+            Some(&ear),
+            Some(&proof(&rt, &s.url(), &ear)),
+            &body("tools/build"),
+        );
+        assert_eq!(st, 200, "{v}");
+        v["writ"].as_str().unwrap().to_string()
+    };
+    // The writ's inclusion bundle, against the latest checkpoint.
+    let inclusion = |s: &Stack, writ: &str| {
+        let want = sha256(writ);
+        s.covered();
+        let index = s
+            .records()
+            .iter()
+            .position(|r| r.digests.get("writ") == Some(&want))
+            .unwrap();
+        let (st, text) = common::stack::get(&s.url(), &format!("/v1/log/bundle?index={index}"));
+        assert_eq!(st, 200, "{text}");
+        text
+    };
+    // What a gateway checks: the checkpoint signed by a log key of its bundle.
+    let included = |b: &TrustBundle, inclusion: &str| {
+        writ_attestation::log::audit::verify_bundle(
+            writ_attestation::crypto::default_provider(),
+            inclusion.as_bytes(),
+            &b.log_keys().unwrap(),
+            &b.log_origin,
+        )
+        .map(|_| ())
+    };
+    let signatures = |inclusion: &str| {
+        let v: Value = serde_json::from_str(inclusion).unwrap();
+        let note = v["checkpoint"].as_str().unwrap().to_string();
+        note.split("\n\n").nth(1).unwrap().lines().count()
+    };
+    let wait_until = |t: i64| {
+        while now_s() < t {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    let state = s.dir.path().join("audit.cp");
+    let audit = |s: &Stack, keys: &[&str]| {
+        let url = s.url();
+        let mut args = vec!["audit", "check", "--log", &url];
+        for k in keys {
+            args.extend(["--key", k]);
+        }
+        args.extend(["--state", state.to_str().unwrap()]);
+        s.writ(&args)
+    };
+
+    let b0 = fetch(&s);
+    let key_a = b0.log_verifier_key.clone();
+    assert_eq!(b0.log_verifier_keys, std::slice::from_ref(&key_a));
+    let w1 = issue(&s);
+    let i1 = inclusion(&s, &w1);
+    assert_eq!(signatures(&i1), 1);
+    included(&b0, &i1).unwrap();
+    ok(&audit(&s, &[&key_a]));
+
+    // Refused: a key of another purpose, a key of another device.
+    let rotate = |s: &Stack, uri: &str| {
+        s.admin(&[
+            "rotate-key",
+            "--purpose",
+            "checkpoint",
+            "--key-uri",
+            uri,
+            "--overlap-s",
+            "4",
+            "--skew-s",
+            "0",
+        ])
+    };
+    let out = rotate(&s, &s.issuer_key);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("key_in_use"));
+    let out = rotate(
+        &s,
+        &s.hsm
+            .key_uri("cp-x")
+            .replace(&format!("token={}", s.hsm.label()), "token=another"),
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the device of the key it replaces"));
+
+    // B is published now, signs from four seconds on; A signs alone until then.
+    let key_b_uri = common::softhsm_key(&s.hsm, "checkpoint-r", "checkpoint");
+    let out = rotate(&s, &key_b_uri);
+    ok(&out);
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (signs_from, retires_at) = (
+        r["signs_from"].as_i64().unwrap(),
+        r["previous_retires_at"].as_i64().unwrap(),
+    );
+    assert_eq!(retires_at, signs_from + 6);
+    let records = s.records();
+    let n = records.len();
+    assert_eq!(serde_json::to_value(records[n - 1].kind).unwrap(), "bundle");
+    assert!(
+        records[n - 2]
+            .digests
+            .contains_key("rotated_checkpoint_key")
+    );
+    let b1 = fetch(&s);
+    assert_eq!(b1.sequence, b0.sequence + 1);
+    assert_eq!(b1.log_verifier_key, key_a);
+    assert_eq!(b1.log_verifier_keys.len(), 2);
+    let key_b = b1.log_verifier_keys[1].clone();
+    assert_ne!(key_b, key_a);
+    // A bundle of B alone, as a relying party holds it after A left.
+    let only_b = {
+        let mut b = b1.clone();
+        b.log_verifier_key = key_b.clone();
+        b.log_verifier_keys = vec![key_b.clone()];
+        b
+    };
+    let w2 = issue(&s);
+    let i2 = inclusion(&s, &w2);
+    assert_eq!(signatures(&i2), 1, "B does not sign before its time");
+    included(&b0, &i2).unwrap();
+    assert!(included(&only_b, &i2).is_err());
+
+    // The overlap: every checkpoint signed by both, verified by a bundle of either key.
+    wait_until(signs_from + 1);
+    let w3 = issue(&s);
+    let i3 = inclusion(&s, &w3);
+    assert_eq!(signatures(&i3), 2);
+    included(&b0, &i3).unwrap();
+    included(&only_b, &i3).unwrap();
+    included(&b1, &i3).unwrap();
+    // The auditor that pinned A follows the log through the overlap, and remembers a checkpoint
+    // both signed.
+    ok(&audit(&s, &[&key_a]));
+
+    // A restart during the overlap: both still sign.
+    s.kill_and_restart();
+    let w4 = issue(&s);
+    let i4 = inclusion(&s, &w4);
+    assert_eq!(signatures(&i4), 2);
+
+    // A leaves the bundle when what it signed alone has expired (checked every second); from
+    // then on only B signs, and a checkpoint A signed alone is refused by the new bundle.
+    wait_until(retires_at + 2);
+    let b2 = fetch(&s);
+    assert_eq!(b2.sequence, b1.sequence + 1);
+    assert_eq!(b2.log_verifier_keys, std::slice::from_ref(&key_b));
+    assert_eq!(b2.log_verifier_key, key_b);
+    let w5 = issue(&s);
+    let i5 = inclusion(&s, &w5);
+    assert_eq!(signatures(&i5), 1);
+    included(&b2, &i5).unwrap();
+    assert!(included(&b0, &i5).is_err());
+    assert!(included(&b2, &i1).is_err());
+    included(&b2, &i3).unwrap();
+    // The auditor with A alone now finds no signature it knows (and is told why); with B alone
+    // it goes on from the checkpoint it remembered (signed by both): the log only grew.
+    let out = audit(&s, &[&key_a]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("REFUSED") && text.contains("pass its new key too"),
+        "{text}"
+    );
+    let out = audit(&s, &[&key_b]);
+    ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("consistent: remembered"));
+    // The inclusion bundle of the overlap, verified offline by the auditor with B alone.
+    let f = s.dir.path().join("i3.json");
+    std::fs::write(&f, &i3).unwrap();
+    ok(&s.writ(&["audit", "bundle", "--key", &key_b, f.to_str().unwrap()]));
+    let f1 = s.dir.path().join("i1.json");
+    std::fs::write(&f1, &i1).unwrap();
+    let out = s.writ(&["audit", "bundle", "--key", &key_b, f1.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+
+    // The schedule outlives a restart: the configured key (A, retired) is in the history; B
+    // signs, and the stored checkpoints (signed by A, both, B) verify at start.
+    s.kill_and_restart();
+    let w6 = issue(&s);
+    let i6 = inclusion(&s, &w6);
+    assert_eq!(signatures(&i6), 1);
+    included(&b2, &i6).unwrap();
+    let note: String = common::stack::get(&s.url(), "/v1/log/checkpoint").1;
+    let b_verifier = writ_attestation::log::note::NoteVerifier::parse(&key_b).unwrap();
+    Checkpoint::verify(
+        writ_attestation::crypto::default_provider(),
+        &note,
+        &b_verifier,
+        "writ.test/log",
+    )
+    .unwrap();
+    // A checkpoint key the history does not know refuses the start.
+    drop(s.server.take());
+    let stranger = common::softhsm_key(&s.hsm, "checkpoint-x", "checkpoint");
+    let out = s.writ(&[
+        "serve",
+        "--store",
+        &s.store,
+        "--checkpoint-key",
+        &stranger,
+        "--origin",
+        "writ.test/log",
+        "--issuer-key",
+        &s.issuer_key,
+        "--ear-key",
+        &s.ear_key,
+        "--listen",
+        "127.0.0.1:0",
+        "--trust-domain",
+        TD,
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("rotation history"), "{err}");
+}
+
 fn now_s() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -324,6 +324,78 @@ fn checkpoint_refusals() {
     assert!(NoteVerifier::parse(&parts.join("+")).is_err());
 }
 
+/// A checkpoint signed by the log's old and new key during a rotation: a relying party holding
+/// either (or both) verifies it; every line by a key it trusts must verify.
+#[test]
+fn checkpoints_signed_by_two_keys_verify_under_either() {
+    use writ_attestation::log::note::signed_note_by;
+    let (a, va) = key();
+    let b = SigningKey::from_slice(&[6u8; 32]).unwrap();
+    let vb = NoteVerifier::from_spki(
+        "writ.example/log",
+        b.verifying_key().to_public_key_der().unwrap().as_bytes(),
+    )
+    .unwrap();
+    let (c, vc) = {
+        let c = SigningKey::from_slice(&[7u8; 32]).unwrap();
+        let spki = c.verifying_key().to_public_key_der().unwrap();
+        let v = NoteVerifier::from_spki("writ.example/log", spki.as_bytes()).unwrap();
+        (c, v)
+    };
+    let text = checkpoint(8).text();
+    let sa: p256::ecdsa::DerSignature = a.sign(text.as_bytes());
+    let sb: p256::ecdsa::DerSignature = b.sign(text.as_bytes());
+    let both = signed_note_by(&text, &[(&va, sa.as_bytes()), (&vb, sb.as_bytes())]);
+    assert_eq!(both.matches('\u{2014}').count(), 2);
+    let sc: p256::ecdsa::DerSignature = c.sign(text.as_bytes());
+    let by_c = signed_note_by(&text, &[(&vc, sc.as_bytes())]);
+    for p in PROVIDERS {
+        let verify = |note: &str, keys: &[NoteVerifier]| {
+            Checkpoint::verify_by_any(p, note, keys, "writ.example/log")
+        };
+        for keys in [
+            vec![va.clone()],
+            vec![vb.clone()],
+            vec![va.clone(), vb.clone()],
+            vec![vc.clone(), vb.clone()],
+        ] {
+            assert_eq!(verify(&both, &keys).unwrap(), checkpoint(8));
+        }
+        // No key trusted signed it; no key at all.
+        assert_eq!(
+            verify(&by_c, &[va.clone(), vb.clone()]).unwrap_err().code(),
+            "checkpoint"
+        );
+        assert_eq!(verify(&both, &[]).unwrap_err().code(), "checkpoint");
+        assert_eq!(
+            verify(&both, std::slice::from_ref(&vc)).unwrap_err().code(),
+            "checkpoint"
+        );
+        // B's line altered: refused by whoever trusts B, even with A's good line beside it;
+        // ignored by whoever trusts only A.
+        let forged = {
+            let (head, sigs) = both.split_once("\n\n").unwrap();
+            let mut lines: Vec<String> = sigs.lines().map(str::to_string).collect();
+            let bad = writ_attestation::log::note::signed_note_by(&text, &[(&vb, sa.as_bytes())]);
+            lines[1] = bad.split_once("\n\n").unwrap().1.trim_end().to_string();
+            format!("{head}\n\n{}\n", lines.join("\n"))
+        };
+        assert_eq!(
+            verify(&forged, &[va.clone(), vb.clone()])
+                .unwrap_err()
+                .code(),
+            "checkpoint"
+        );
+        assert_eq!(
+            verify(&forged, std::slice::from_ref(&vb))
+                .unwrap_err()
+                .code(),
+            "checkpoint"
+        );
+        verify(&forged, std::slice::from_ref(&va)).unwrap();
+    }
+}
+
 /// Subtrees computed from a leaf list, to check the store-facing generators against the
 /// in-memory ones.
 struct Leaves(Vec<writ_attestation::log::merkle::Hash>);

@@ -5,7 +5,6 @@
 
 use writ_attestation::crypto::CryptoProvider;
 use writ_attestation::log::audit::{SeenRefusal, VerifiedInclusion, verify_bundle};
-use writ_attestation::log::note::NoteVerifier;
 use writ_attestation::log::record::{Decision, DecisionRecord, Kind};
 use writ_attestation::writ::Refusal;
 use writ_attestation::writ::bundle::TrustBundle;
@@ -23,9 +22,10 @@ pub fn check_inclusion(
     trust: &TrustBundle,
     token: &str,
 ) -> Result<VerifiedInclusion, Refusal> {
-    let key = NoteVerifier::parse(&trust.log_verifier_key)
-        .map_err(|e| bad(format!("the trust bundle's log key: {e}")))?;
-    let v = verify_bundle(provider, inclusion, &key, &trust.log_origin)
+    let keys = trust
+        .log_keys()
+        .map_err(|e| bad(format!("the trust bundle's log key: {}", e.detail)))?;
+    let v = verify_bundle(provider, inclusion, &keys, &trust.log_origin)
         .map_err(|e| bad(format!("the inclusion bundle: {e}")))?;
     let record = DecisionRecord::from_leaf(&v.record)
         .map_err(|e| bad(format!("the included record: {e}")))?;

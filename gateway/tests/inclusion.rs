@@ -331,3 +331,73 @@ fn inclusion_proofs_and_checkpoints_are_checked_before_anything_is_consumed() {
     // Under the tree of 9 (the one seen): allowed.
     assert_eq!(code(&verify(d, 3, Some(&log.bundle(4, 9, None)))), "allow");
 }
+
+/// Across a rotation of the log's key the trust bundle lists both keys (`verifier_keys`) and the
+/// log signs with both: a gateway accepts a checkpoint signed by any key its bundle lists, and
+/// refuses one signed only by a key its bundle no longer lists, or carrying a bad signature by a
+/// listed key.
+#[test]
+fn a_checkpoint_by_any_listed_log_key_is_accepted_and_by_no_listed_key_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let w: Vec<String> = (1..=5).map(|j| credentials(d, j)).collect();
+    let mut leaves = vec![filler(0)];
+    leaves.extend(w.iter().map(|t| issued(t)));
+    let (ka, va) = note_key(42);
+    let (kb, vb) = note_key(43);
+    let by_a = Log {
+        leaves: leaves.clone(),
+        key: ka,
+        verifier: va.clone(),
+    };
+    let by_b = Log {
+        leaves,
+        key: kb,
+        verifier: vb.clone(),
+    };
+    // A bundle whose checkpoint carries A's line, then B's (as the log signs in the overlap).
+    let both = |index: usize| {
+        let mut b = by_a.bundle(index, 6, None);
+        let b_line = by_b.checkpoint(6).split_once("\n\n").unwrap().1.to_string();
+        let note = format!("{}{b_line}", b["checkpoint"].as_str().unwrap());
+        b["checkpoint"] = json!(note);
+        b
+    };
+    let sequence = std::cell::Cell::new(10);
+    let trust_with = |keys: &[&NoteVerifier]| {
+        let mut trust = bundle(now());
+        // Each a new version.
+        sequence.set(sequence.get() + 1);
+        trust["spiffe_sequence"] = json!(sequence.get());
+        trust["writ"]["log"] = json!({
+            "origin": ORIGIN,
+            "verifier_key": keys[0].to_string(),
+            "verifier_keys": keys.iter().map(|k| k.to_string()).collect::<Vec<_>>(),
+        });
+        std::fs::write(d.join("bundle.json"), trust.to_string()).unwrap();
+    };
+    // A gateway that knows only A takes the overlap's checkpoints.
+    trust_with(&[&va]);
+    assert_eq!(code(&verify(d, 1, Some(&both(1)))), "allow");
+    // One that knows both takes B's alone.
+    trust_with(&[&va, &vb]);
+    assert_eq!(code(&verify(d, 2, Some(&by_b.bundle(2, 6, None)))), "allow");
+    // Once A left its bundle: A's alone is refused (nothing consumed), the overlap's taken.
+    trust_with(&[&vb]);
+    let v = verify(d, 3, Some(&by_a.bundle(3, 6, None)));
+    assert_eq!(code(&v), "inclusion", "{v}");
+    assert_eq!(code(&verify(d, 3, Some(&both(3)))), "allow");
+    // B's line altered beside A's good one: refused by a gateway that knows B.
+    trust_with(&[&va, &vb]);
+    let mut forged = both(4);
+    let note = forged["checkpoint"].as_str().unwrap().to_string();
+    let (head, b_line) = note.trim_end().rsplit_once('\n').unwrap();
+    let (name, sig) = b_line.rsplit_once(' ').unwrap();
+    let mut blob = STANDARD.decode(sig).unwrap();
+    let last = blob.len() - 1;
+    blob[last] ^= 1;
+    forged["checkpoint"] = json!(format!("{head}\n{name} {}\n", STANDARD.encode(blob)));
+    let v = verify(d, 4, Some(&forged));
+    assert_eq!(code(&v), "inclusion", "{v}");
+    assert_eq!(code(&verify(d, 4, Some(&both(4)))), "allow");
+}

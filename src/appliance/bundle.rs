@@ -3,7 +3,8 @@
 //! `GET /v1/bundle` answers a SPIFFE bundle (a JWKS whose keys carry `use`: the `ca` key's CA
 //! certificate as `x509-svid` with its `x5c`, the `issuer` and `ear` keys as JWT keys with their
 //! `kid`) plus a `writ` member (trust domain, issued-at, expires-at, the accepted policy bundle
-//! hashes, the log's origin and checkpoint verifier key). What it publishes (everything but the
+//! hashes, the log's origin and checkpoint verifier keys: `verifier_key`, the oldest published,
+//! and `verifier_keys`, all of them, two during a rotation of the log's key). What it publishes (everything but the
 //! validity window) is a version: a change of any part (a key, the CA, a policy bundle loaded, the
 //! log's key) makes a new version with the next `spiffe_sequence`, stored and recorded as a
 //! `bundle` decision record in one transaction before it is served. Versions are published on
@@ -86,7 +87,11 @@ impl Appliance {
                 "keys": keys,
                 "trust_domain": self.config.trust_domain,
                 "policies": policies,
-                "log": {"origin": self.log.origin(), "verifier_key": self.log.verifier_key()},
+                "log": {
+                    "origin": self.log.origin(),
+                    "verifier_key": self.log.verifier_key(),
+                    "verifier_keys": self.log.verifier_keys(),
+                },
             }),
             generation,
         ))
@@ -196,19 +201,29 @@ impl Appliance {
         }
     }
 
-    /// Whether the latest published version lists a key of one of these kids.
+    /// Whether the latest published version lists a key of one of these kids (JWK
+    /// thumbprints; the log's checkpoint verifier keys count by their key's thumbprint).
     pub(crate) fn latest_bundle_lists(&self, kids: &[String]) -> bool {
-        self.latest_bundle()
-            .ok()
+        let Some((_, _, content)) = self.latest_bundle().ok().flatten() else {
+            return false;
+        };
+        let jwt = content
+            .get("keys")
+            .and_then(Value::as_array)
+            .into_iter()
             .flatten()
-            .and_then(|(_, _, content)| content.get("keys").and_then(Value::as_array).cloned())
-            .is_some_and(|keys| {
-                keys.iter().any(|k| {
-                    k.get("kid")
-                        .and_then(Value::as_str)
-                        .is_some_and(|kid| kids.iter().any(|x| x == kid))
-                })
-            })
+            .filter_map(|k| k.get("kid").and_then(Value::as_str).map(str::to_string));
+        let log = content
+            .pointer("/log/verifier_keys")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| {
+                let v = writ_attestation::log::note::NoteVerifier::parse(k.as_str()?).ok()?;
+                let (x, y) = v.point();
+                EcJwk::from_coordinates(x, y).ok().map(|j| j.thumbprint())
+            });
+        jwt.chain(log).any(|kid| kids.contains(&kid))
     }
 
     /// The latest published version: sequence, digest, content.

@@ -1,4 +1,5 @@
-//! Rotation of the `issuer` and `ear` keys without a restart (docs/keys.md, rotation).
+//! Rotation of the `issuer`, `ear` and `checkpoint` keys without a restart (docs/keys.md,
+//! rotation).
 //!
 //! `POST /v1/admin/keys/rotate {"purpose", "key", "overlap_s", "skew_s"}` (`writ admin
 //! rotate-key`): the appliance opens the new key (custody checks as at start), refuses one that is
@@ -10,6 +11,13 @@
 //! `skew_s` (the relying parties' clock skew, default 60). A new trust bundle version is
 //! published at once; another when the old key leaves (each appliance checks every second, and
 //! reads rotations other replicas recorded). One rotation per purpose at a time.
+//!
+//! The `checkpoint` key follows the same schedule, with one difference: both keys sign every
+//! checkpoint from the new key's `signs_from` until the old one leaves (the log reads the
+//! schedule: [`crate::decision_log::DecisionLog::set_keys`]), and the old one signs alone before
+//! that, so a relying party holding either key verifies every checkpoint made while it is
+//! published. The old key leaves when the inclusion bundles that carry checkpoints it signed
+//! alone have expired with their writs (the issuer key's rule).
 //!
 //! The schedule (`key_schedule`) is the keys of that purpose from the first rotation on: the
 //! configured key is its first entry, and a restart whose configured key is not in it is refused
@@ -35,7 +43,7 @@ pub const DEFAULT_SKEW_S: i64 = 60;
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RotateRequest {
-    /// `issuer` or `ear`.
+    /// `issuer`, `ear` or `checkpoint`.
     pub purpose: String,
     /// The new key's URI (`pkcs11:`, `tpm:`).
     pub key: String,
@@ -118,6 +126,7 @@ fn purpose_of(p: &str) -> Option<&'static str> {
     match p {
         "issuer" => Some("issuer"),
         "ear" => Some("ear"),
+        "checkpoint" => Some("checkpoint"),
         _ => None,
     }
 }
@@ -139,6 +148,7 @@ impl Appliance {
             return match purpose {
                 "issuer" => self.config.issuer_key.clone(),
                 "ear" => self.config.ear_key.clone(),
+                "checkpoint" => self.log.signing_keys().pop(),
                 _ => None,
             };
         }
@@ -209,11 +219,23 @@ impl Appliance {
             let key = if retires_at.is_some_and(|r| r <= t) {
                 None
             } else {
-                let known = self.schedule.entries.read().ok().and_then(|e| {
-                    e.iter()
-                        .find(|x| x.spki == spki)
-                        .and_then(|x| x.key.clone())
-                });
+                // Open already: here, or by the log (a checkpoint key).
+                let known = self
+                    .schedule
+                    .entries
+                    .read()
+                    .ok()
+                    .and_then(|e| {
+                        e.iter()
+                            .find(|x| x.spki == spki)
+                            .and_then(|x| x.key.clone())
+                    })
+                    .or_else(|| {
+                        self.log
+                            .signing_keys()
+                            .into_iter()
+                            .find(|k| k.public_key().spki_der() == spki)
+                    });
                 Some(match known {
                     Some(k) => k,
                     None => self.open_scheduled(&uri, &spki)?,
@@ -246,6 +268,12 @@ impl Appliance {
                         .filter_map(|(p, k)| {
                             k.as_ref().map(|k| (p, k.public_key().spki_der().to_vec()))
                         }),
+                )
+                .chain(
+                    self.log
+                        .key_history()
+                        .into_iter()
+                        .map(|spki| ("checkpoint", spki)),
                 )
                 .collect();
             for e in &entries {
@@ -286,6 +314,24 @@ impl Appliance {
                     )));
                 }
             }
+        }
+        // The log signs with the checkpoint keys of the schedule (it read them when it opened;
+        // this is a rotation since, here or by another replica).
+        let checkpoint: Vec<crate::decision_log::LogKey> = entries
+            .iter()
+            .filter(|e| e.purpose == "checkpoint")
+            .map(|e| crate::decision_log::LogKey {
+                key: e.key.clone(),
+                spki: e.spki.clone(),
+                published_at: e.published_at,
+                signs_from: e.signs_from,
+                retires_at: e.retires_at,
+            })
+            .collect();
+        if !checkpoint.is_empty() {
+            self.log
+                .set_keys(checkpoint)
+                .map_err(|e| start_problem(format!("the checkpoint keys: {e}")))?;
         }
         if let Ok(mut e) = self.schedule.entries.write() {
             *e = entries;
@@ -370,7 +416,7 @@ impl Appliance {
         let refuse = |p: Problem| self.admin_refused(admin, p);
         let Some(purpose) = purpose_of(&req.purpose) else {
             return Err(refuse(malformed(
-                "purpose: issuer or ear (the other keys' rotation is not built)",
+                "purpose: issuer, ear or checkpoint (the ca and signing keys' rotation is not built)",
             )));
         };
         let current_uri = self
@@ -402,7 +448,7 @@ impl Appliance {
         })?;
         let spki = key.public_key().spki_der().to_vec();
         let jwk = EcJwk::from_verifying_key(key.public_key().verifying_key());
-        if self.key_in_use(&spki, &jwk) {
+        if self.key_in_use(&spki) {
             return Err(refuse(Problem::new(
                 StatusCode::CONFLICT,
                 "key_in_use",
@@ -437,9 +483,10 @@ impl Appliance {
                 format!("a {purpose} key is already published and waiting to sign"),
             )));
         }
-        // The longest life of what the previous key may still sign before the new one does.
+        // The longest life of what the previous key may still sign before the new one does (a
+        // checkpoint it signed alone lives in inclusion bundles, with their writs).
         let lifetime = match purpose {
-            "issuer" => self
+            "issuer" | "checkpoint" => self
                 .current_policy()?
                 .map_or(0, |(_, p)| p.bundle.max_writ_lifetime_s),
             _ => self.config.ear_ttl,
@@ -447,7 +494,7 @@ impl Appliance {
         let signs_from = t.saturating_add(overlap);
         // Writs issued under the previous policy bundle (by this key) live until its deadline.
         let previous_until = match purpose {
-            "issuer" => self
+            "issuer" | "checkpoint" => self
                 .policy_versions()?
                 .0
                 .iter()
@@ -506,6 +553,7 @@ impl Appliance {
         });
         let name = match purpose {
             "issuer" => "rotated_issuer_key",
+            "checkpoint" => "rotated_checkpoint_key",
             _ => "rotated_ear_key",
         };
         self.admin_record(admin, &[(name, digest(&spki))], effect)?;
@@ -528,7 +576,7 @@ impl Appliance {
     }
 
     /// Whether a key is any key this appliance uses or has scheduled.
-    fn key_in_use(&self, spki: &[u8], jwk: &EcJwk) -> bool {
+    fn key_in_use(&self, spki: &[u8]) -> bool {
         let c = &self.config;
         let configured = [&c.issuer_key, &c.ear_key, &c.ca_key]
             .into_iter()
@@ -542,13 +590,7 @@ impl Appliance {
             .read()
             .map(|e| e.iter().any(|x| x.spki == spki))
             .unwrap_or(true);
-        let log = writ_attestation::log::note::NoteVerifier::parse(&self.log.verifier_key())
-            .ok()
-            .and_then(|v| {
-                let (x, y) = v.point();
-                EcJwk::from_coordinates(x, y).ok()
-            })
-            .is_none_or(|l| &l == jwk);
+        let log = self.log.key_history().iter().any(|k| k == spki);
         configured || scheduled || log
     }
 }

@@ -92,12 +92,13 @@ pub struct VerifiedInclusion {
     pub consistency: Option<(u64, Vec<Hash>)>,
 }
 
-/// Verifies an inclusion bundle: the checkpoint is signed by `key` for `origin`, its size is the
-/// bundle's tree size, and the record's leaf is at `index` under its root.
+/// Verifies an inclusion bundle: the checkpoint is signed by one of `keys` (the log keys a
+/// relying party trusts: [`Checkpoint::verify_by_any`]) for `origin`, its size is the bundle's
+/// tree size, and the record's leaf is at `index` under its root.
 pub fn verify_bundle(
     provider: &dyn CryptoProvider,
     bundle: &[u8],
-    key: &NoteVerifier,
+    keys: &[NoteVerifier],
     origin: &str,
 ) -> Result<VerifiedInclusion, EvidenceError> {
     if bundle.len() > MAX_BUNDLE {
@@ -105,7 +106,7 @@ pub fn verify_bundle(
     }
     let b: BundleJson = serde_json::from_slice(bundle)
         .map_err(|e| EvidenceError::Malformed(format!("inclusion bundle: {e}")))?;
-    let cp = Checkpoint::verify(provider, &b.checkpoint, key, origin)?;
+    let cp = Checkpoint::verify_by_any(provider, &b.checkpoint, keys, origin)?;
     if cp.size != b.tree_size {
         return Err(bad(format!(
             "the bundle's tree_size {} is not its checkpoint's size {}",

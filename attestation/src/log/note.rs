@@ -130,9 +130,19 @@ impl std::fmt::Display for NoteVerifier {
 /// Appends a signature line to a note text (the signer computed `der_signature`, ECDSA P-256
 /// over SHA-256 of `text`).
 pub fn signed_note(text: &str, key: &NoteVerifier, der_signature: &[u8]) -> String {
-    let mut blob = key.id.to_vec();
-    blob.extend_from_slice(der_signature);
-    format!("{text}\n{DASH}{} {}\n", key.name, STANDARD.encode(blob))
+    signed_note_by(text, &[(key, der_signature)])
+}
+
+/// Appends one signature line per key, in the order given (a note signed by several keys, as
+/// during a rotation of the log's key).
+pub fn signed_note_by(text: &str, signatures: &[(&NoteVerifier, &[u8])]) -> String {
+    let mut note = format!("{text}\n");
+    for (key, der) in signatures {
+        let mut blob = key.id.to_vec();
+        blob.extend_from_slice(der);
+        note.push_str(&format!("{DASH}{} {}\n", key.name, STANDARD.encode(blob)));
+    }
+    note
 }
 
 /// Verifies a signed note against `key`: at least one signature line by `key` must verify, and
@@ -142,6 +152,21 @@ pub fn verify_note<'a>(
     note: &'a str,
     key: &NoteVerifier,
 ) -> Result<&'a str, EvidenceError> {
+    verify_note_by_any(provider, note, std::slice::from_ref(key))
+}
+
+/// Verifies a signed note against a set of keys (those a relying party trusts, e.g. the old
+/// and the new log key during a rotation): at least one signature line by one of them must
+/// verify, and every line that claims to be by one of them must verify. Lines by other keys are
+/// ignored, as the specification says. Returns the note's text.
+pub fn verify_note_by_any<'a>(
+    provider: &dyn CryptoProvider,
+    note: &'a str,
+    keys: &[NoteVerifier],
+) -> Result<&'a str, EvidenceError> {
+    if keys.is_empty() {
+        return Err(bad("no verifier key"));
+    }
     if note.len() > MAX_NOTE {
         return Err(bad("note too large"));
     }
@@ -170,10 +195,13 @@ pub fn verify_note<'a>(
         let blob = STANDARD
             .decode(b64)
             .map_err(|_| bad("signature is not base64"))?;
-        if name != key.name || blob.get(..4) != Some(&key.id[..]) {
+        let Some(key) = keys
+            .iter()
+            .find(|k| name == k.name && blob.get(..4) == Some(&k.id[..]))
+        else {
             // Another key's signature: ignored, as the spec says.
             continue;
-        }
+        };
         let der = blob.get(4..).ok_or_else(|| bad("signature"))?;
         let (r, s) =
             crate::crypto::der_ecdsa(der).map_err(|_| bad("signature is not DER ECDSA"))?;
@@ -189,11 +217,21 @@ pub fn verify_note<'a>(
                 text.as_bytes(),
                 &SignatureValue::Ecdsa { r, s },
             )
-            .map_err(|_| bad(format!("the signature by {} does not verify", key.name)))?;
+            .map_err(|_| {
+                bad(format!(
+                    "the signature by {} (key ID {}) does not verify",
+                    key.name,
+                    hex_id(&key.id)
+                ))
+            })?;
         verified = true;
     }
     if !verified {
-        return Err(bad(format!("no signature by {}", key.name)));
+        let names: Vec<String> = keys
+            .iter()
+            .map(|k| format!("{} (key ID {})", k.name, hex_id(&k.id)))
+            .collect();
+        return Err(bad(format!("no signature by {}", names.join(" or "))));
     }
     Ok(text)
 }
@@ -270,7 +308,17 @@ impl Checkpoint {
         key: &NoteVerifier,
         origin: &str,
     ) -> Result<Self, EvidenceError> {
-        let text = verify_note(provider, note, key)?;
+        Self::verify_by_any(provider, note, std::slice::from_ref(key), origin)
+    }
+
+    /// Verifies a signed checkpoint note by any of `keys` for `origin` ([`verify_note_by_any`]).
+    pub fn verify_by_any(
+        provider: &dyn CryptoProvider,
+        note: &str,
+        keys: &[NoteVerifier],
+        origin: &str,
+    ) -> Result<Self, EvidenceError> {
+        let text = verify_note_by_any(provider, note, keys)?;
         let cp = Self::parse_text(text)?;
         if cp.origin != origin {
             return Err(bad(format!("origin {:?}, expected {origin:?}", cp.origin)));

@@ -115,9 +115,17 @@ pub struct TrustBundle {
     pub policy_bundles: Vec<String>,
     /// The decision log's origin.
     pub log_origin: String,
-    /// The log's checkpoint verifier key (`<origin>+<id>+<base64>`).
+    /// The log's checkpoint verifier key (`<origin>+<id>+<base64>`): the oldest one published,
+    /// which signs every checkpoint until it leaves.
     pub log_verifier_key: String,
+    /// Every checkpoint verifier key published (`writ.log.verifier_keys`; during a rotation of
+    /// the log's key, the old and the new one), `log_verifier_key` among them. A checkpoint
+    /// signed by any of them is accepted ([`TrustBundle::log_keys`]).
+    pub log_verifier_keys: Vec<String>,
 }
+
+/// Most checkpoint verifier keys one bundle lists.
+const MAX_LOG_KEYS: usize = 8;
 
 fn bad(why: impl Into<String>) -> Refusal {
     Refusal::new("bundle", why)
@@ -244,25 +252,64 @@ impl TrustBundle {
         let Some(Value::Object(log)) = w.get("log") else {
             return Err(bad("writ.log is missing"));
         };
-        // The log's key and the X.509 authorities' are none of the JWT keys.
+        let origin = str_member(log, "origin")?;
+        let verifier_key = str_member(log, "verifier_key")?;
+        // Every published checkpoint key (absent: the one `verifier_key`).
+        let log_verifier_keys: Vec<String> = match log.get("verifier_keys") {
+            None => vec![verifier_key.to_string()],
+            Some(Value::Array(list)) => list
+                .iter()
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| bad("writ.log.verifier_keys holds a non-string"))
+                })
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err(bad("writ.log.verifier_keys is not an array")),
+        };
+        if log_verifier_keys.is_empty() || log_verifier_keys.len() > MAX_LOG_KEYS {
+            return Err(bad(format!(
+                "writ.log.verifier_keys: 1 to {MAX_LOG_KEYS} keys"
+            )));
+        }
+        if !log_verifier_keys.iter().any(|k| k == verifier_key) {
+            return Err(bad(
+                "writ.log.verifier_keys does not list writ.log.verifier_key",
+            ));
+        }
         // (A log key that does not parse is no P-256 key; it is refused where it is used, at
-        // inclusion checks.)
-        let log_jwk = crate::log::note::NoteVerifier::parse(str_member(log, "verifier_key")?)
-            .ok()
-            .and_then(|k| {
-                let (x, y) = k.point();
-                EcJwk::from_coordinates(x, y).ok()
-            });
+        // inclusion checks: `log_keys`.)
+        let mut log_jwks = Vec::with_capacity(log_verifier_keys.len());
+        for text in &log_verifier_keys {
+            let Ok(k) = crate::log::note::NoteVerifier::parse(text) else {
+                continue;
+            };
+            if k.name() != origin {
+                return Err(bad(format!(
+                    "the checkpoint verifier key {:?} is not named for the log's origin",
+                    k.name()
+                )));
+            }
+            let (x, y) = k.point();
+            let Ok(jwk) = EcJwk::from_coordinates(x, y) else {
+                continue;
+            };
+            if log_jwks.contains(&jwk) {
+                return Err(bad("a checkpoint verifier key is listed twice"));
+            }
+            log_jwks.push(jwk);
+        }
+        // The log's keys and the X.509 authorities' are none of the JWT keys.
         if let Some(k) = keys
             .iter()
-            .find(|k| Some(&k.jwk) == log_jwk.as_ref() || authorities.contains(&k.jwk))
+            .find(|k| log_jwks.contains(&k.jwk) || authorities.contains(&k.jwk))
         {
             return Err(bad(format!(
                 "key {:?} is also the log's or an X.509 authority's key",
                 k.kid
             )));
         }
-        if log_jwk.as_ref().is_some_and(|l| authorities.contains(l)) {
+        if log_jwks.iter().any(|l| authorities.contains(l)) {
             return Err(bad("the log's key is also an X.509 authority's key"));
         }
         let b = TrustBundle {
@@ -273,8 +320,9 @@ impl TrustBundle {
             issued_at: int_member(w, "issued_at")?,
             expires_at: int_member(w, "expires_at")?,
             policy_bundles,
-            log_origin: str_member(log, "origin")?.to_string(),
-            log_verifier_key: str_member(log, "verifier_key")?.to_string(),
+            log_origin: origin.to_string(),
+            log_verifier_key: verifier_key.to_string(),
+            log_verifier_keys,
         };
         if b.trust_domain.is_empty() || b.trust_domain.contains('/') {
             return Err(bad("trust_domain"));
@@ -283,6 +331,17 @@ impl TrustBundle {
             return Err(bad("expires_at is not after issued_at"));
         }
         Ok(b)
+    }
+
+    /// The checkpoint verifier keys a checkpoint of this bundle's log may be signed by.
+    pub fn log_keys(&self) -> Result<Vec<crate::log::note::NoteVerifier>, Refusal> {
+        self.log_verifier_keys
+            .iter()
+            .map(|k| {
+                crate::log::note::NoteVerifier::parse(k)
+                    .map_err(|e| bad(format!("a checkpoint verifier key: {e}")))
+            })
+            .collect()
     }
 
     /// The appliance's SPIFFE ID (`iss` of every writ).
@@ -463,5 +522,63 @@ mod tests {
             assert_eq!(err.code, "bundle", "{err}");
         }
         assert!(parses(&bundle(vec![jwk(1, "issuer"), authority], 9)).is_ok());
+    }
+
+    fn log_key(n: u8, origin: &str) -> String {
+        let spki = key(n)
+            .verifying_key()
+            .to_public_key_der()
+            .unwrap()
+            .into_vec();
+        crate::log::note::NoteVerifier::from_spki(origin, &spki)
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn the_log_may_publish_several_checkpoint_keys() {
+        // Without verifier_keys: the one key.
+        let b = parses(&bundle(vec![jwk(1, "issuer")], 9)).unwrap();
+        assert_eq!(b.log_verifier_keys, [log_key(9, "writ.test/log")]);
+        assert_eq!(b.log_keys().unwrap().len(), 1);
+        // During a rotation: both, the oldest as verifier_key.
+        let with = |list: Value, keys: Vec<Value>| {
+            let mut v = bundle(keys, 9);
+            v["writ"]["log"]["verifier_keys"] = list;
+            parses(&v)
+        };
+        let two = json!([log_key(9, "writ.test/log"), log_key(8, "writ.test/log")]);
+        let b = with(two.clone(), vec![jwk(1, "issuer")]).unwrap();
+        assert_eq!(b.log_keys().unwrap().len(), 2);
+        assert_eq!(b.log_verifier_key, log_key(9, "writ.test/log"));
+        for (list, keys) in [
+            // Not listing verifier_key; empty; not strings; not an array.
+            (json!([log_key(8, "writ.test/log")]), vec![jwk(1, "issuer")]),
+            (json!([]), vec![jwk(1, "issuer")]),
+            (json!([1]), vec![jwk(1, "issuer")]),
+            (json!(log_key(9, "writ.test/log")), vec![jwk(1, "issuer")]),
+            // A key twice; a key for another origin; a key that is also a JWT key.
+            (
+                json!([log_key(9, "writ.test/log"), log_key(9, "writ.test/log")]),
+                vec![jwk(1, "issuer")],
+            ),
+            (
+                json!([log_key(9, "writ.test/log"), log_key(8, "other/log")]),
+                vec![jwk(1, "issuer")],
+            ),
+            (two, vec![jwk(1, "issuer"), jwk(8, "ear")]),
+            // Too many.
+            (
+                json!(
+                    (0..9u8)
+                        .map(|n| log_key(9 - n, "writ.test/log"))
+                        .collect::<Vec<_>>()
+                ),
+                vec![jwk(20, "issuer")],
+            ),
+        ] {
+            let err = with(list.clone(), keys).unwrap_err();
+            assert_eq!(err.code, "bundle", "{list}: {err}");
+        }
     }
 }
