@@ -42,7 +42,7 @@ mod attest;
 mod bundle;
 mod gateway;
 mod issue;
-mod rotation;
+pub(crate) mod rotation;
 mod sign;
 mod svid;
 pub use attest::{

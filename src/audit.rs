@@ -234,32 +234,42 @@ fn verified_latest(
     ));
     let (state, earlier) = state_paths(args, keys)?;
     let mut seen: Vec<(String, Checkpoint)> = Vec::new();
-    let remembered = match std::fs::read_to_string(&state) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => earlier
-            .iter()
-            .find_map(|p| std::fs::read_to_string(p).ok().map(|t| (p.clone(), t)))
-            .map(|(p, t)| Ok((p, t)))
-            .unwrap_or(Err(e)),
-        other => other.map(|t| (state.clone(), t)),
-    };
-    match remembered {
-        Ok((from, text)) => {
-            let cp = Checkpoint::verify_by_any(default_provider(), &text, keys, &origin)
-                .map_err(|e| {
-                    finding(format!(
-                        "the remembered checkpoint {}: {e} (a checkpoint remembered from before a rotation of the log's key needs the previous key too: --key, repeatable)",
-                        from.display()
-                    ))
-                })?;
-            seen.push(("remembered".into(), cp));
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            report.push(format!(
-                "no checkpoint remembered yet: this one is ({})",
-                state.display()
-            ));
-        }
+    // The file per origin; when there is none yet, every file an earlier auditor kept per key
+    // (each verified and checked like the rest: the log must extend all of them).
+    let state_exists = match std::fs::metadata(&state) {
+        Ok(_) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
         Err(e) => return Err(error(format!("{}: {e}", state.display()))),
+    };
+    let candidates = if state_exists {
+        vec![state.clone()]
+    } else {
+        earlier
+    };
+    for from in &candidates {
+        let text = match std::fs::read_to_string(from) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(error(format!("{}: {e}", from.display()))),
+        };
+        let cp = Checkpoint::verify_by_any(default_provider(), &text, keys, &origin).map_err(|e| {
+            finding(format!(
+                "the remembered checkpoint {}: {e} (a checkpoint remembered from before a rotation of the log's key needs the previous key too: --key, repeatable)",
+                from.display()
+            ))
+        })?;
+        let name = if *from == state {
+            "remembered".to_string()
+        } else {
+            format!("remembered ({})", from.display())
+        };
+        seen.push((name, cp));
+    }
+    if seen.is_empty() {
+        report.push(format!(
+            "no checkpoint remembered yet: this one is ({})",
+            state.display()
+        ));
     }
     for f in others {
         let text =
@@ -293,8 +303,12 @@ fn verified_latest(
             }
         }
     }
-    let remembered = seen.first().filter(|(n, _)| n == "remembered");
-    if remembered.is_none_or(|(_, r)| r.size < latest.size) {
+    let remembered = seen
+        .iter()
+        .filter(|(n, _)| n.starts_with("remembered"))
+        .map(|(_, c)| c.size)
+        .max();
+    if !state_exists || remembered.is_none_or(|r| r < latest.size) {
         writ::files::write_atomically(
             &state,
             note.as_bytes(),

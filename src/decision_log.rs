@@ -125,6 +125,37 @@ pub struct LogKey {
     pub signs_from: i64,
     /// When it stops signing and leaves the trust bundle.
     pub retires_at: Option<i64>,
+    /// For a rotation's new key: the DER ECDSA signature, by the key that signed when the
+    /// rotation was recorded, over [`endorsement_message`] of this key. The log trusts a key of
+    /// the schedule only through a chain of these from its configured key.
+    pub endorsement: Option<Vec<u8>>,
+}
+
+/// What the checkpoint key signing at a rotation signs to endorse the new key: a fixed
+/// domain-separation line, the log's origin and the SHA-256 of the new key's SPKI.
+pub fn endorsement_message(origin: &str, spki: &[u8]) -> Vec<u8> {
+    use sha2::Digest as _;
+    format!(
+        "writ checkpoint key rotation v1\n{origin}\n{}\n",
+        hex::encode(sha2::Sha256::digest(spki))
+    )
+    .into_bytes()
+}
+
+/// Whether `signature` (DER ECDSA P-256 over SHA-256) by the key `signer_spki` endorses
+/// `spki` for the log `origin`.
+fn endorses(origin: &str, signer_spki: &[u8], spki: &[u8], signature: &[u8]) -> bool {
+    use p256::ecdsa::signature::Verifier as _;
+    use p256::pkcs8::DecodePublicKey as _;
+    let Ok(key) = p256::ecdsa::VerifyingKey::from_public_key_der(signer_spki) else {
+        return false;
+    };
+    let Ok(sig) = p256::ecdsa::Signature::from_der(signature) else {
+        return false;
+    };
+    // Low-S or high-S alike (interfaces.md): normalize before verifying.
+    let sig = sig.normalize_s();
+    key.verify(&endorsement_message(origin, spki), &sig).is_ok()
 }
 
 impl std::fmt::Debug for LogKey {
@@ -147,6 +178,7 @@ impl LogKey {
             published_at: 0,
             signs_from: 0,
             retires_at: None,
+            endorsement: None,
         }
     }
 
@@ -259,6 +291,8 @@ fn load_tree(b: &mut dyn Backend) -> Result<Tree, StoreError> {
 struct Inner {
     engine: Engine,
     config: LogConfig,
+    /// The configured checkpoint key's SPKI: the anchor of the schedule's chain of endorsements.
+    anchor: Vec<u8>,
     /// The checkpoint keys, in schedule order (oldest first).
     keys: RwLock<Vec<HeldKey>>,
     jobs: Mutex<Option<SyncSender<Job>>>,
@@ -363,8 +397,10 @@ impl DecisionLog {
         let mut writer = connect(&engine)?;
         writer.lock_writer()?;
         writer.migrate()?;
+        let anchor = key.public_key().spki_der().to_vec();
         let keys = held_keys(
             &config.origin,
+            &anchor,
             scheduled_keys(writer.as_mut(), &key, config.key_opener.as_ref())?,
         )?;
         let known: Vec<NoteVerifier> = keys.iter().map(|h| h.verifier.clone()).collect();
@@ -381,6 +417,7 @@ impl DecisionLog {
         let inner = Arc::new(Inner {
             engine,
             config,
+            anchor,
             keys: RwLock::new(keys),
             jobs: Mutex::new(Some(tx)),
             head: RwLock::new((tree.size(), tree.root())),
@@ -523,10 +560,11 @@ impl DecisionLog {
     }
 
     /// Replaces the checkpoint keys' schedule (a rotation recorded, here or by another
-    /// replica). Refused when no key would sign now, or a key that signs is not open; the next
-    /// checkpoint is signed by every key whose time has come.
+    /// replica). Keys not endorsed through a chain from the configured key are left out; refused
+    /// when no key would sign now, or a key whose time has come is not open (or not the key
+    /// recorded); the next checkpoint is signed by every key whose time has come.
     pub fn set_keys(&self, keys: Vec<LogKey>) -> Result<(), StoreError> {
-        let held = held_keys(&self.inner.config.origin, keys)?;
+        let held = held_keys(&self.inner.config.origin, &self.inner.anchor, keys)?;
         let mut k = self.inner.keys.write().map_err(|_| StoreError::Stopped)?;
         *k = held;
         Ok(())
@@ -837,7 +875,7 @@ fn scheduled_keys(
     opener: Option<&KeyOpener>,
 ) -> Result<Vec<LogKey>, StoreError> {
     let rows = b.query(
-        "SELECT uri, spki, published_at, signs_from, retires_at FROM key_schedule
+        "SELECT uri, spki, published_at, signs_from, retires_at, endorsement FROM key_schedule
          WHERE purpose = 'checkpoint' ORDER BY published_at, signs_from",
         &[],
     )?;
@@ -870,6 +908,10 @@ fn scheduled_keys(
                     "the scheduled checkpoint key {uri} cannot be opened here"
                 ))
             })?;
+            // A stored URI names which key, never a library, TPM or PIN file of its own.
+            crate::appliance::rotation::same_device(configured.uri(), uri).map_err(|e| {
+                StoreError::Config(format!("the scheduled checkpoint key {uri}: {e}"))
+            })?;
             let k = (open.0)(uri).map_err(|e| {
                 StoreError::Signing(format!("a scheduled checkpoint key ({uri}): {e}"))
             })?;
@@ -886,21 +928,57 @@ fn scheduled_keys(
             published_at: int(2),
             signs_from: int(3),
             retires_at,
+            endorsement: r.get(5).and_then(Value::blob).map(<[u8]>::to_vec),
         });
     }
     Ok(keys)
 }
 
-/// The keys with their verifiers (named for the origin); refused when none signs now.
-fn held_keys(origin: &str, keys: Vec<LogKey>) -> Result<Vec<HeldKey>, StoreError> {
+/// The keys the log trusts, with their verifiers (named for the origin): the configured key
+/// (`anchor`) and, in schedule order, each key endorsed by one already trusted; the others are
+/// left out (a row written into the store by someone without a trusted key). Refused when none
+/// signs now, or a trusted key whose time has come is not open or not the key recorded.
+fn held_keys(origin: &str, anchor: &[u8], keys: Vec<LogKey>) -> Result<Vec<HeldKey>, StoreError> {
     let t = now_secs();
-    if !keys.iter().any(|k| k.signs(t)) {
+    let mut trusted: Vec<LogKey> = Vec::with_capacity(keys.len());
+    for key in keys {
+        let endorsed = key.spki == anchor
+            || key.endorsement.as_deref().is_some_and(|e| {
+                trusted
+                    .iter()
+                    .any(|by| endorses(origin, &by.spki, &key.spki, e))
+            });
+        if !endorsed {
+            tracing::warn!(
+                "a checkpoint key of the schedule is not endorsed by a key trusted from keys.checkpoint: ignored"
+            );
+            continue;
+        }
+        if key.signs_from <= t && key.published(t) {
+            match &key.key {
+                None => {
+                    return Err(StoreError::Config(
+                        "a checkpoint key whose time has come is not open".into(),
+                    ));
+                }
+                Some(k) if k.public_key().spki_der() != key.spki.as_slice() => {
+                    return Err(StoreError::Config(
+                        "a checkpoint key is not the key recorded for it".into(),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        trusted.push(key);
+    }
+    if !trusted.iter().any(|k| k.signs(t)) {
         return Err(StoreError::Config(
-            "no checkpoint key signs now (the schedule has none whose time has come, or it is not open)"
+            "no checkpoint key signs now (the schedule has none whose time has come, or none endorsed from keys.checkpoint: configure an earlier key of the history)"
                 .into(),
         ));
     }
-    keys.into_iter()
+    trusted
+        .into_iter()
         .map(|key| {
             let verifier = NoteVerifier::from_spki(origin, &key.spki)
                 .map_err(|e| StoreError::Config(format!("checkpoint key: {e}")))?;

@@ -433,3 +433,77 @@ fn routes_answer_tiles_and_refuse_out_of_range_with_400() {
     let (st, _) = get(&format!("{u}/v1/log/proof/consistency?first=0&second=300"));
     assert_eq!(st, 200);
 }
+
+/// Without --state the auditor remembers per log origin (so a rotation of the log's key keeps
+/// its memory); files an earlier auditor kept per key are read when there is none per origin,
+/// every one of them, so a log rolled back below any of them is caught.
+#[test]
+fn the_remembered_checkpoint_is_kept_per_origin_and_earlier_per_key_files_are_read() {
+    use sha2::Digest as _;
+    let dir = tempfile::tempdir().unwrap();
+    let k = key(dir.path(), "cp.key");
+    let s = serve(open(&dir.path().join("a.db"), &k, ORIGIN));
+    s.log
+        .append_many((0..10).map(|n| rec(n, None)).collect())
+        .unwrap();
+    let small = s.log.checkpoint_now().unwrap();
+    let vk = vkey(&k, ORIGIN);
+    let home = dir.path().join("state-home");
+    let run = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_writ"))
+            .env("XDG_STATE_HOME", &home)
+            .args(["audit", "check", "--log", &s.url, "--key", &vk])
+            .output()
+            .unwrap()
+    };
+    let name = |what: &str| {
+        let id = hex::encode(sha2::Sha256::digest(what.as_bytes()));
+        home.join("writ/audit")
+            .join(format!("{}.checkpoint", &id[..16]))
+    };
+    let (per_origin, per_key) = (name(&format!("origin:{ORIGIN}")), name(&vk));
+    let o = run();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(per_origin.exists() && !per_key.exists());
+    // An earlier auditor's file per key, and none per origin: read, and the memory moves.
+    std::fs::rename(&per_origin, &per_key).unwrap();
+    s.log
+        .append_many((10..20).map(|n| rec(n, None)).collect())
+        .unwrap();
+    s.log.checkpoint_now().unwrap();
+    let o = run();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!(
+            "consistent: remembered ({}) (size 10) -> latest (size 20)",
+            per_key.display()
+        )),
+        "{}",
+        text(&o)
+    );
+    assert!(per_origin.exists());
+    let o = run();
+    assert!(
+        text(&o).contains("consistent: remembered (size 20) -> latest (size 20)"),
+        "{}",
+        text(&o)
+    );
+    // A per-key file larger than the log (the log rolled back below what that auditor saw),
+    // with no file per origin: a finding, not a fresh start.
+    std::fs::remove_file(&per_origin).unwrap();
+    let mut bigger = small.note.clone();
+    bigger = bigger.replacen("\n10\n", "\n30\n", 1);
+    let forged = {
+        // Re-signed by the log's key: a checkpoint of size 30 the log never reached.
+        let text = bigger.split_once("\n\n").unwrap().0.to_string() + "\n";
+        let sig = k.sign(text.as_bytes()).unwrap();
+        writ_attestation::log::note::signed_note(
+            &text,
+            &NoteVerifier::parse(&vk).unwrap(),
+            sig.to_der().as_bytes(),
+        )
+    };
+    std::fs::write(&per_key, forged).unwrap();
+    let o = run();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+}

@@ -779,8 +779,23 @@ fn checkpoints_are_signed_by_every_key_of_the_schedule_whose_time_has_come() {
                 published_at: published,
                 signs_from: from,
                 retires_at: until,
+                endorsement: None,
             }
         };
+    // B's endorsement by A, as a rotation records it.
+    let endorsement = a
+        .sign(&writ::decision_log::endorsement_message(
+            ORIGIN,
+            b.public_key().spki_der(),
+        ))
+        .unwrap()
+        .to_der()
+        .as_bytes()
+        .to_vec();
+    let by_a = |mut k: LogKey| {
+        k.endorsement = Some(endorsement.clone());
+        k
+    };
     let lines = |note: &str| note.split_once("\n\n").unwrap().1.lines().count();
     let (name, engine, _) = &s.list[0];
     let log = DecisionLog::open(engine.clone(), config(), Arc::clone(&a)).unwrap();
@@ -795,7 +810,7 @@ fn checkpoints_are_signed_by_every_key_of_the_schedule_whose_time_has_come() {
     // B published, not signing yet: A alone signs; both are published, A first.
     log.set_keys(vec![
         at(&a, true, 0, 0, None),
-        at(&b, true, now, now + 3600, None),
+        by_a(at(&b, true, now, now + 3600, None)),
     ])
     .unwrap();
     let note = sign(1);
@@ -806,7 +821,7 @@ fn checkpoints_are_signed_by_every_key_of_the_schedule_whose_time_has_come() {
     // The overlap: both sign every checkpoint.
     log.set_keys(vec![
         at(&a, true, 0, 0, Some(now + 3600)),
-        at(&b, true, now - 10, now - 1, None),
+        by_a(at(&b, true, now - 10, now - 1, None)),
     ])
     .unwrap();
     let note = sign(2);
@@ -816,25 +831,70 @@ fn checkpoints_are_signed_by_every_key_of_the_schedule_whose_time_has_come() {
     // A left: B alone signs and is alone published.
     log.set_keys(vec![
         at(&a, false, 0, 0, Some(now - 1)),
-        at(&b, true, now - 10, now - 5, None),
+        by_a(at(&b, true, now - 10, now - 5, None)),
     ])
     .unwrap();
     let note = sign(3);
     assert_eq!(lines(&note), 1);
     assert!(verifies(&note, &vb) && !verifies(&note, &va));
     assert_eq!(log.verifier_keys(), [vb.to_string()]);
-    // No key would sign now: refused, and the schedule in force stays.
+    // No key would sign now: refused, and the schedule in force stays. B without A's
+    // endorsement (a row someone wrote into the store) is not trusted, nor is B endorsed by
+    // something else than a trusted key; nor a key whose time has come but is not open.
+    let (c, vc) = {
+        let c = key(keys.path(), "c.key");
+        let v = verifier(&c);
+        (c, v)
+    };
+    let by_c = {
+        let e = c
+            .sign(&writ::decision_log::endorsement_message(
+                ORIGIN,
+                b.public_key().spki_der(),
+            ))
+            .unwrap()
+            .to_der()
+            .as_bytes()
+            .to_vec();
+        let mut k = at(&b, true, now - 10, now - 5, None);
+        k.endorsement = Some(e);
+        k
+    };
     for none in [
         vec![
             at(&a, false, 0, 0, Some(now - 1)),
-            at(&b, true, now, now + 3600, None),
+            by_a(at(&b, true, now, now + 3600, None)),
         ],
-        vec![at(&b, false, 0, 0, None)],
+        vec![
+            at(&a, false, 0, 0, Some(now - 1)),
+            at(&b, true, now - 10, now - 5, None),
+        ],
+        vec![
+            at(&a, false, 0, 0, Some(now - 1)),
+            at(&c, true, now - 20, now - 20, Some(now + 3600)),
+            by_c.clone(),
+        ],
+        vec![
+            at(&a, false, 0, 0, None),
+            by_a(at(&b, true, now - 10, now - 5, None)),
+        ],
+        vec![by_a(at(&b, false, 0, 0, None))],
         vec![],
     ] {
         assert_eq!(log.set_keys(none).unwrap_err().code(), "store_config");
     }
     assert!(verifies(&sign(4), &vb));
+    // An unendorsed key beside the trusted ones: left out (neither signing nor published).
+    log.set_keys(vec![
+        at(&a, false, 0, 0, Some(now - 1)),
+        by_a(at(&b, true, now - 10, now - 5, None)),
+        at(&c, true, now - 3, now - 3, None),
+    ])
+    .unwrap();
+    let note = sign(6);
+    assert_eq!(lines(&note), 1);
+    assert!(!verifies(&note, &vc));
+    assert_eq!(log.verifier_keys(), [vb.to_string()]);
     // Without a stored schedule, the log opens with its configured key alone: A no longer
     // verifies the stored checkpoint B signed, so it does not open.
     log.close();
@@ -875,9 +935,21 @@ fn checkpoints_are_signed_by_every_key_of_the_schedule_whose_time_has_come() {
     // No way to open B here: refused.
     let err = DecisionLog::open(engine.clone(), config(), Arc::clone(&a)).unwrap_err();
     assert_eq!(err.code(), "store_config", "{err}");
+    // Without B's endorsement (a row written into the store), A configured trusts no key that
+    // signs now: refused.
+    let err = DecisionLog::open(engine.clone(), with_opener(), Arc::clone(&a)).unwrap_err();
+    assert!(err.to_string().contains("endorsed"), "{err}");
+    tamper(
+        engine,
+        None,
+        &format!(
+            "UPDATE key_schedule SET endorsement = X'{}' WHERE uri = '{uri_b}'",
+            hex::encode(&endorsement)
+        ),
+    );
     // A key the history does not know: refused.
-    let c = key(keys.path(), "c.key");
-    let err = DecisionLog::open(engine.clone(), with_opener(), Arc::clone(&c)).unwrap_err();
+    let d = key(keys.path(), "d.key");
+    let err = DecisionLog::open(engine.clone(), with_opener(), Arc::clone(&d)).unwrap_err();
     assert!(err.to_string().contains("rotation history"), "{err}");
     let log = DecisionLog::open(engine.clone(), with_opener(), Arc::clone(&a)).unwrap();
     let note = {

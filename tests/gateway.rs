@@ -656,3 +656,133 @@ fn a_writ_issued_over_https_runs_once_through_exec_and_is_forwarded_once_through
         (me, ["gateway_revoked".to_string()].as_slice())
     );
 }
+
+/// The issuer and checkpoint keys rotate under a running gateway that refreshes its bundle: a
+/// writ runs before the rotation, while the new keys wait, in the overlap (the checkpoint signed
+/// by both keys) and after the old keys left (the gateway's bundle then lists the new keys
+/// alone), with no restart of either side and no refusal.
+#[test]
+fn the_issuer_and_checkpoint_keys_rotate_under_a_running_gateway() {
+    let s = Stack::tls();
+    let fp = s.server.as_ref().unwrap().fingerprint.clone().unwrap();
+    let aud = "spiffe://writ.test/gateway/tools";
+    let mut policy: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/policy/example.json"),
+        )
+        .unwrap()
+        .replace("spiffe://writ.dev/gateway/tools", aud),
+    )
+    .unwrap();
+    policy["writ_lifetime_s"] = Value::from(3);
+    policy["max_writ_lifetime_s"] = Value::from(3);
+    let pfile = s.dir.path().join("policy.json");
+    std::fs::write(&pfile, policy.to_string()).unwrap();
+    let out = s.admin(&["load-policy", pfile.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let (a, log_file, state) = common::runtime::agent_enrolled(&s, "rot-g");
+    common::runtime::assign(&s, "rot-g", &common::runtime::profile_of(&a));
+    drop(a);
+
+    let gdir = tempfile::tempdir().unwrap();
+    let g = gdir.path();
+    std::fs::set_permissions(g, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let echo = std::fs::read("/usr/bin/echo").unwrap();
+    let conf = gate_config(
+        g,
+        &s.url(),
+        &format!(
+            "require_inclusion = true\n\n[tools.greet]\npath = \"/usr/bin/echo\"\nsha256 = \"{}\"\ncwd = \"{}\"\nresource = \"tools/greet\"\n",
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&echo)),
+            g.display()
+        ),
+    );
+    let conf_s = conf.to_str().unwrap();
+    let out = gate(&["bootstrap", "--config", conf_s, "--fingerprint", &fp]);
+    assert!(out.status.success(), "{}", text(&out));
+    let gate_bin = common::gate_path();
+    let (st, tcti) = (state.to_str().unwrap().to_string(), s.tpm.tcti());
+    let run = |arg: &str| {
+        let out = s.writ(&[
+            "agent",
+            "run",
+            "--state",
+            &st,
+            "--tcti",
+            &tcti,
+            "--audience",
+            aud,
+            "--resource",
+            "tools/greet",
+            "--gate-config",
+            conf_s,
+            "--gate",
+            gate_bin.to_str().unwrap(),
+            "--event-log",
+            log_file.to_str().unwrap(),
+            "--tool",
+            "greet",
+            "--",
+            arg,
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{arg}: {}", text(&out));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{arg}\n"));
+    };
+    let refresh = || {
+        let out = gate(&["refresh", "--config", conf_s]);
+        assert!(out.status.success(), "{}", text(&out));
+        let b = bundle(g);
+        let issuers = b["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|k| k["use"] == "issuer")
+            .count();
+        let log_keys = b["writ"]["log"]["verifier_keys"].as_array().unwrap().len();
+        (issuers, log_keys)
+    };
+    let wait_until = |t: i64| {
+        while now() < t {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+
+    run("before");
+    let rotate = |purpose: &str, label: &str| {
+        let uri = common::softhsm_key(&s.hsm, label, purpose);
+        let out = s.admin(&[
+            "rotate-key",
+            "--purpose",
+            purpose,
+            "--key-uri",
+            &uri,
+            "--overlap-s",
+            "3",
+            "--skew-s",
+            "0",
+        ]);
+        assert!(out.status.success(), "{}", text(&out));
+        let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+        (
+            r["signs_from"].as_i64().unwrap(),
+            r["previous_retires_at"].as_i64().unwrap(),
+        )
+    };
+    let (signs_from, _) = rotate("issuer", "issuer-2");
+    let (cp_from, retires_at) = rotate("checkpoint", "checkpoint-2");
+    assert_eq!(refresh(), (2, 2));
+    run("waiting");
+    wait_until(signs_from.max(cp_from) + 1);
+    run("overlap");
+    // Both old keys leave (the checkpoint key's is the later: it was rotated second).
+    wait_until(retires_at + 2);
+    assert_eq!(refresh(), (1, 1));
+    run("after");
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}

@@ -2422,7 +2422,7 @@ fn the_checkpoint_key_rotates_with_both_keys_signing_during_the_overlap() {
     let ear = attest(&s, &rt);
     ok(&load_policy(
         &s,
-        &bundle(json!({"writ_lifetime_s": 3, "max_writ_lifetime_s": 6})),
+        &bundle(json!({"writ_lifetime_s": 3, "max_writ_lifetime_s": 3})),
     ));
     let fetch = |s: &Stack| {
         let (st, text) = common::stack::get(&s.url(), "/v1/bundle");
@@ -2525,7 +2525,7 @@ fn the_checkpoint_key_rotates_with_both_keys_signing_during_the_overlap() {
         r["signs_from"].as_i64().unwrap(),
         r["previous_retires_at"].as_i64().unwrap(),
     );
-    assert_eq!(retires_at, signs_from + 6);
+    assert_eq!(retires_at, signs_from + 3);
     let records = s.records();
     let n = records.len();
     assert_eq!(serde_json::to_value(records[n - 1].kind).unwrap(), "bundle");
@@ -2534,8 +2534,15 @@ fn the_checkpoint_key_rotates_with_both_keys_signing_during_the_overlap() {
             .digests
             .contains_key("rotated_checkpoint_key")
     );
+    // A policy bundle with a longer writ lifetime while A signs alone: A's checkpoints travel
+    // with writs that live that much longer, so A leaves three seconds later.
+    ok(&load_policy(
+        &s,
+        &bundle(json!({"writ_lifetime_s": 3, "max_writ_lifetime_s": 6})),
+    ));
+    let retires_at = retires_at + 3;
     let b1 = fetch(&s);
-    assert_eq!(b1.sequence, b0.sequence + 1);
+    assert_eq!(b1.sequence, b0.sequence + 2);
     assert_eq!(b1.log_verifier_key, key_a);
     assert_eq!(b1.log_verifier_keys.len(), 2);
     let key_b = b1.log_verifier_keys[1].clone();
@@ -2573,6 +2580,9 @@ fn the_checkpoint_key_rotates_with_both_keys_signing_during_the_overlap() {
 
     // A leaves the bundle when what it signed alone has expired (checked every second); from
     // then on only B signs, and a checkpoint A signed alone is refused by the new bundle.
+    // Not at the first departure time: the policy bundle moved it.
+    wait_until(retires_at - 2);
+    assert_eq!(fetch(&s).log_verifier_keys.len(), 2);
     wait_until(retires_at + 2);
     let b2 = fetch(&s);
     assert_eq!(b2.sequence, b1.sequence + 1);

@@ -82,6 +82,15 @@ impl Appliance {
             keys.push(jwk);
         }
         let (policies, generation) = self.policy_versions()?;
+        let log_keys = self.log.verifier_keys();
+        if log_keys.is_empty() {
+            // Never a version relying parties could not verify a checkpoint with.
+            return Err(Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "checkpoint_signing",
+                "no checkpoint key is published now",
+            ));
+        }
         Ok((
             json!({
                 "keys": keys,
@@ -89,8 +98,8 @@ impl Appliance {
                 "policies": policies,
                 "log": {
                     "origin": self.log.origin(),
-                    "verifier_key": self.log.verifier_key(),
-                    "verifier_keys": self.log.verifier_keys(),
+                    "verifier_key": log_keys.first(),
+                    "verifier_keys": log_keys,
                 },
             }),
             generation,

@@ -223,8 +223,9 @@ impl Appliance {
             ],
             must_affect: None,
         }];
-        // A longer writ lifetime while a rotated issuer key may still sign: what it signs lives
-        // longer, so it leaves the trust bundle that much later (docs/keys.md).
+        // A longer writ lifetime while a rotated issuer key may still sign (or a checkpoint key
+        // whose checkpoints travel with writs): what it signs lives longer, so it leaves the trust
+        // bundle that much later (docs/keys.md).
         let longer = self.current_policy()?.map_or(0, |(_, p)| {
             loaded
                 .bundle
@@ -234,7 +235,7 @@ impl Appliance {
         if longer > 0 {
             effect.push(Op {
                 sql: "UPDATE key_schedule SET retires_at = retires_at + $1
-                      WHERE purpose = 'issuer' AND retires_at > $2",
+                      WHERE purpose IN ('issuer', 'checkpoint') AND retires_at > $2",
                 params: vec![longer.into(), t.into()],
                 must_affect: None,
             });

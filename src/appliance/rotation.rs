@@ -84,6 +84,8 @@ pub(crate) struct Entry {
     published_at: i64,
     signs_from: i64,
     retires_at: Option<i64>,
+    /// A checkpoint key's endorsement by the key that signed at its rotation.
+    endorsement: Option<Vec<u8>>,
 }
 
 impl Entry {
@@ -104,7 +106,7 @@ pub(crate) struct Schedule {
 /// Whether `new` names a key on the same device as `current`: same scheme, and for PKCS#11 the
 /// same token, module and PIN source, for a TPM the same TCTI. A rotation request names only
 /// which key: never a library to load, a TPM elsewhere or a file to read as a PIN.
-fn same_device(current: &str, new: &str) -> Result<(), String> {
+pub(crate) fn same_device(current: &str, new: &str) -> Result<(), String> {
     use writ_hsm::uri::KeyUri;
     let parse = |u: &str| u.parse::<KeyUri>().map_err(|e| e.to_string());
     match (parse(current)?, parse(new)?) {
@@ -182,8 +184,8 @@ impl Appliance {
             )
         })?;
         let rows = self.query(
-            "SELECT purpose, uri, spki, published_at, signs_from, retires_at FROM key_schedule
-             ORDER BY purpose, published_at, signs_from",
+            "SELECT purpose, uri, spki, published_at, signs_from, retires_at, endorsement
+             FROM key_schedule ORDER BY purpose, published_at, signs_from",
             &[],
         )?;
         let current = self.schedule.entries.read().map(|e| e.len()).unwrap_or(0);
@@ -249,6 +251,7 @@ impl Appliance {
                 published_at: int(3),
                 signs_from: int(4),
                 retires_at,
+                endorsement: r.get(6).and_then(Db::blob).map(<[u8]>::to_vec),
             });
         }
         if at_start {
@@ -326,6 +329,7 @@ impl Appliance {
                 published_at: e.published_at,
                 signs_from: e.signs_from,
                 retires_at: e.retires_at,
+                endorsement: e.endorsement.clone(),
             })
             .collect();
         if !checkpoint.is_empty() {
@@ -448,6 +452,21 @@ impl Appliance {
         })?;
         let spki = key.public_key().spki_der().to_vec();
         let jwk = EcJwk::from_verifying_key(key.public_key().verifying_key());
+        // A checkpoint key's note key ID (4 bytes of its SPKI's SHA-256) must be new too: a
+        // signature line names its key by it.
+        if purpose == "checkpoint" {
+            let id = |k: &[u8]| {
+                use sha2::Digest as _;
+                sha2::Sha256::digest(k).get(..4).map(<[u8]>::to_vec)
+            };
+            if self.log.key_history().iter().any(|k| id(k) == id(&spki)) {
+                return Err(refuse(Problem::new(
+                    StatusCode::CONFLICT,
+                    "key_in_use",
+                    "the new checkpoint key's note key ID is a key ID of the log's history: generate another key",
+                )));
+            }
+        }
         if self.key_in_use(&spki) {
             return Err(refuse(Problem::new(
                 StatusCode::CONFLICT,
@@ -508,6 +527,21 @@ impl Appliance {
             .max(previous_until)
             .saturating_add(skew);
         let previous_spki = previous.public_key().spki_der().to_vec();
+        // A checkpoint key is endorsed by the one signing now: the log trusts the history only
+        // through such a chain from its configured key (a row in the store is no anchor).
+        let endorsement: Option<Vec<u8>> = if purpose == "checkpoint" {
+            let message = crate::decision_log::endorsement_message(self.log.origin(), &spki);
+            let signature = previous.sign(&message).map_err(|e| {
+                refuse(Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "signing_unavailable",
+                    format!("the checkpoint key signing now could not endorse the new key: {e}"),
+                ))
+            })?;
+            Some(signature.to_der().as_bytes().to_vec())
+        } else {
+            None
+        };
         let mut effect = Vec::new();
         if self.scheduled(purpose).is_empty() {
             // The first rotation: the configured key becomes the schedule's first entry.
@@ -551,6 +585,13 @@ impl Appliance {
                 "the key schedule changed meanwhile (another rotation, or this key is scheduled)",
             )),
         });
+        if let Some(e) = endorsement {
+            effect.push(Op {
+                sql: "UPDATE key_schedule SET endorsement = $1 WHERE spki = $2",
+                params: vec![e.into(), spki.clone().into()],
+                must_affect: Some(("rotation_in_progress", "the key schedule changed meanwhile")),
+            });
+        }
         let name = match purpose {
             "issuer" => "rotated_issuer_key",
             "checkpoint" => "rotated_checkpoint_key",

@@ -473,6 +473,13 @@ const MIGRATIONS: &[(u32, &str)] = &[
         PRIMARY KEY (purpose, spki)
     );",
     ),
+    (
+        10,
+        // A rotated checkpoint key's endorsement by the key that signed when it was scheduled
+        // (docs/keys.md): the log trusts a key of the history only through a chain of these
+        // from its configured key, so a row written into the store is not a trust anchor.
+        "ALTER TABLE key_schedule ADD COLUMN endorsement {blob};",
+    ),
 ];
 
 fn migration_sql(sql: &str, int: &str, blob: &str) -> String {

@@ -280,6 +280,7 @@ impl TrustBundle {
         // (A log key that does not parse is no P-256 key; it is refused where it is used, at
         // inclusion checks: `log_keys`.)
         let mut log_jwks = Vec::with_capacity(log_verifier_keys.len());
+        let mut log_ids = Vec::with_capacity(log_verifier_keys.len());
         for text in &log_verifier_keys {
             let Ok(k) = crate::log::note::NoteVerifier::parse(text) else {
                 continue;
@@ -290,6 +291,11 @@ impl TrustBundle {
                     k.name()
                 )));
             }
+            if log_ids.contains(&k.id()) {
+                // Two keys of one key ID: a signature line could not say which it is.
+                return Err(bad("two checkpoint verifier keys share a key ID"));
+            }
+            log_ids.push(k.id());
             let (x, y) = k.point();
             let Ok(jwk) = EcJwk::from_coordinates(x, y) else {
                 continue;
