@@ -2506,8 +2506,10 @@ fn the_checkpoint_key_rotates_with_both_keys_signing_during_the_overlap() {
             "0",
         ])
     };
-    let out = rotate(&s, &s.issuer_key);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("key_in_use"));
+    for other in [&s.issuer_key, &s.ear_key] {
+        let out = rotate(&s, other);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("key_in_use"));
+    }
     let out = rotate(
         &s,
         &s.hsm
@@ -2547,6 +2549,9 @@ fn the_checkpoint_key_rotates_with_both_keys_signing_during_the_overlap() {
     assert_eq!(b1.log_verifier_keys.len(), 2);
     let key_b = b1.log_verifier_keys[1].clone();
     assert_ne!(key_b, key_a);
+    // B is the log's now: no other purpose may take it.
+    let out = s.admin(&["rotate-key", "--purpose", "issuer", "--key-uri", &key_b_uri]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("key_in_use"));
     // A bundle of B alone, as a relying party holds it after A left.
     let only_b = {
         let mut b = b1.clone();

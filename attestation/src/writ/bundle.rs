@@ -586,5 +586,23 @@ mod tests {
             let err = with(list.clone(), keys).unwrap_err();
             assert_eq!(err.code, "bundle", "{list}: {err}");
         }
+        // A log key that is also the X.509 authority's.
+        let mut authority = jwk(5, "x509-svid");
+        authority.as_object_mut().unwrap().remove("kid");
+        authority["x5c"] = json!(["MIIB"]);
+        let err = with(
+            json!([log_key(9, "writ.test/log"), log_key(5, "writ.test/log")]),
+            vec![jwk(1, "issuer"), authority],
+        )
+        .unwrap_err();
+        assert_eq!(err.code, "bundle");
+        // A listed key that does not parse: the bundle reads, and its log keys are refused
+        // where they are used (no checkpoint verifies against a partial list).
+        let b = with(
+            json!([log_key(9, "writ.test/log"), "writ.test/log+00000000+AA"]),
+            vec![jwk(1, "issuer")],
+        )
+        .unwrap();
+        assert_eq!(b.log_keys().unwrap_err().code, "bundle");
     }
 }
