@@ -782,16 +782,18 @@ fn checkpoints_are_signed_by_every_key_of_the_schedule_whose_time_has_come() {
                 endorsement: None,
             }
         };
-    // B's endorsement by A, as a rotation records it.
-    let endorsement = a
-        .sign(&writ::decision_log::endorsement_message(
+    // `of`'s endorsement by `by`, as a rotation records it.
+    let endorse = |by: &Arc<dyn CustodyKey>, of: &Arc<dyn CustodyKey>| {
+        by.sign(&writ::decision_log::endorsement_message(
             ORIGIN,
-            b.public_key().spki_der(),
+            of.public_key().spki_der(),
         ))
         .unwrap()
         .to_der()
         .as_bytes()
-        .to_vec();
+        .to_vec()
+    };
+    let endorsement = endorse(&a, &b);
     let by_a = |mut k: LogKey| {
         k.endorsement = Some(endorsement.clone());
         k
@@ -847,17 +849,8 @@ fn checkpoints_are_signed_by_every_key_of_the_schedule_whose_time_has_come() {
         (c, v)
     };
     let by_c = {
-        let e = c
-            .sign(&writ::decision_log::endorsement_message(
-                ORIGIN,
-                b.public_key().spki_der(),
-            ))
-            .unwrap()
-            .to_der()
-            .as_bytes()
-            .to_vec();
         let mut k = at(&b, true, now - 10, now - 5, None);
-        k.endorsement = Some(e);
+        k.endorsement = Some(endorse(&c, &b));
         k
     };
     for none in [

@@ -2032,11 +2032,6 @@ fn issuer_and_ear_keys_rotate_without_an_outage() {
         assert_eq!(st, 200, "{v}");
         v["writ"].as_str().unwrap().to_string()
     };
-    let fetch = |s: &Stack| {
-        let (st, text) = common::stack::get(&s.url(), "/v1/bundle");
-        assert_eq!(st, 200, "{text}");
-        TrustBundle::parse(text.as_bytes()).unwrap()
-    };
     let kid = |writ: &str| {
         writ_attestation::writ::jws::parse(
             writ,
@@ -2081,7 +2076,7 @@ fn issuer_and_ear_keys_rotate_without_an_outage() {
 
     // Key A signs.
     let w1 = issue(&s, &ear_1);
-    let b0 = fetch(&s);
+    let b0 = trust_bundle(&s);
     at_gateway(&b0, &w1).unwrap();
     let key_a = s.issuer_key.clone();
     let ear_key_1 = s.ear_key.clone();
@@ -2090,7 +2085,7 @@ fn issuer_and_ear_keys_rotate_without_an_outage() {
     let key_b = common::softhsm_key(&s.hsm, "issuer-b", "issuer");
     s.extra = vec!["--publish-issuer-key".into(), key_b.clone()];
     s.kill_and_restart();
-    let b1 = fetch(&s);
+    let b1 = trust_bundle(&s);
     assert_eq!(b1.sequence, b0.sequence + 1);
     let issuers = |b: &TrustBundle| {
         b.keys
@@ -2115,7 +2110,7 @@ fn issuer_and_ear_keys_rotate_without_an_outage() {
         ear_key_1.clone(),
     ];
     s.kill_and_restart();
-    let b2 = fetch(&s);
+    let b2 = trust_bundle(&s);
     assert_eq!(b2.sequence, b1.sequence + 1);
     let w3 = issue(&s, &ear_1);
     assert_ne!(kid(&w3), kid(&w1));
@@ -2129,7 +2124,7 @@ fn issuer_and_ear_keys_rotate_without_an_outage() {
     // 3. A leaves the bundle, and with it everything A signed; the old ear key too.
     s.extra = Vec::new();
     s.kill_and_restart();
-    let b3 = fetch(&s);
+    let b3 = trust_bundle(&s);
     assert_eq!(b3.sequence, b2.sequence + 1);
     assert_eq!(issuers(&b3), 1);
     assert_eq!(at_gateway(&b3, &w1).unwrap_err(), "key_unknown");
@@ -2196,11 +2191,6 @@ fn writ_admin_rotate_key_rotates_without_a_restart() {
         assert_eq!(st, 200, "{v}");
         v["writ"].as_str().unwrap().to_string()
     };
-    let fetch = |s: &Stack| {
-        let (st, text) = common::stack::get(&s.url(), "/v1/bundle");
-        assert_eq!(st, 200, "{text}");
-        TrustBundle::parse(text.as_bytes()).unwrap()
-    };
     let kid = |token: &str, typ: &str| {
         writ_attestation::writ::jws::parse(
             token,
@@ -2244,14 +2234,9 @@ fn writ_admin_rotate_key_rotates_without_a_restart() {
         .map(|_| ())
         .map_err(|r| r.code)
     };
-    let wait_until = |t: i64| {
-        while now_s() < t {
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-    };
 
     let w1 = issue(&s, &ear_1);
-    let b0 = fetch(&s);
+    let b0 = trust_bundle(&s);
     let kid_a = kid(&w1, "writ+jwt");
     assert_eq!(issuers(&b0), std::slice::from_ref(&kid_a));
 
@@ -2312,7 +2297,7 @@ fn writ_admin_rotate_key_rotates_without_a_restart() {
     assert_eq!(serde_json::to_value(records[n - 1].kind).unwrap(), "bundle");
     assert_eq!(serde_json::to_value(records[n - 2].kind).unwrap(), "admin");
     assert!(records[n - 2].digests.contains_key("rotated_issuer_key"));
-    let b1 = fetch(&s);
+    let b1 = trust_bundle(&s);
     assert_eq!(b1.sequence, b0.sequence + 1);
     assert_eq!(issuers(&b1), [kid_a.clone(), kid_b.clone()]);
     // A second rotation while B waits to sign: refused.
@@ -2335,14 +2320,14 @@ fn writ_admin_rotate_key_rotates_without_a_restart() {
         &s,
         &bundle(json!({"writ_lifetime_s": 3, "max_writ_lifetime_s": 5})),
     ));
-    let b1 = fetch(&s);
+    let b1 = trust_bundle(&s);
     assert_eq!(issuers(&b1), [kid_a.clone(), kid_b.clone()]);
     wait_until(retires_at + 1);
-    assert_eq!(fetch(&s).sequence, b1.sequence);
+    assert_eq!(trust_bundle(&s).sequence, b1.sequence);
     let retires_at = retires_at + 2;
     // A leaves the bundle when what it signed has expired (checked every second): never after.
     wait_until(retires_at + 2);
-    let b2 = fetch(&s);
+    let b2 = trust_bundle(&s);
     assert_eq!(b2.sequence, b1.sequence + 1);
     assert_eq!(issuers(&b2), std::slice::from_ref(&kid_b));
     assert_eq!(at_gateway(&b2, &w2), Err("key_unknown"));
@@ -2362,7 +2347,7 @@ fn writ_admin_rotate_key_rotates_without_a_restart() {
     s.kill_and_restart();
     let w5 = issue(&s, &ear_2);
     assert_eq!(kid(&w5, "writ+jwt"), kid_b);
-    assert_eq!(issuers(&fetch(&s)), std::slice::from_ref(&kid_b));
+    assert_eq!(issuers(&trust_bundle(&s)), std::slice::from_ref(&kid_b));
     // A configured key the history does not know refuses the start.
     drop(s.server.take());
     let out = s.writ(&[
@@ -2424,11 +2409,6 @@ fn the_checkpoint_key_rotates_with_both_keys_signing_during_the_overlap() {
         &s,
         &bundle(json!({"writ_lifetime_s": 3, "max_writ_lifetime_s": 3})),
     ));
-    let fetch = |s: &Stack| {
-        let (st, text) = common::stack::get(&s.url(), "/v1/bundle");
-        assert_eq!(st, 200, "{text}");
-        TrustBundle::parse(text.as_bytes()).unwrap()
-    };
     let issue = |s: &Stack| {
         let (st, v) = request(
             s,
@@ -2467,11 +2447,6 @@ fn the_checkpoint_key_rotates_with_both_keys_signing_during_the_overlap() {
         let note = v["checkpoint"].as_str().unwrap().to_string();
         note.split("\n\n").nth(1).unwrap().lines().count()
     };
-    let wait_until = |t: i64| {
-        while now_s() < t {
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-    };
     let state = s.dir.path().join("audit.cp");
     let audit = |s: &Stack, keys: &[&str]| {
         let url = s.url();
@@ -2483,7 +2458,7 @@ fn the_checkpoint_key_rotates_with_both_keys_signing_during_the_overlap() {
         s.writ(&args)
     };
 
-    let b0 = fetch(&s);
+    let b0 = trust_bundle(&s);
     let key_a = b0.log_verifier_key.clone();
     assert_eq!(b0.log_verifier_keys, std::slice::from_ref(&key_a));
     let w1 = issue(&s);
@@ -2543,7 +2518,7 @@ fn the_checkpoint_key_rotates_with_both_keys_signing_during_the_overlap() {
         &bundle(json!({"writ_lifetime_s": 3, "max_writ_lifetime_s": 6})),
     ));
     let retires_at = retires_at + 3;
-    let b1 = fetch(&s);
+    let b1 = trust_bundle(&s);
     assert_eq!(b1.sequence, b0.sequence + 2);
     assert_eq!(b1.log_verifier_key, key_a);
     assert_eq!(b1.log_verifier_keys.len(), 2);
@@ -2587,9 +2562,9 @@ fn the_checkpoint_key_rotates_with_both_keys_signing_during_the_overlap() {
     // then on only B signs, and a checkpoint A signed alone is refused by the new bundle.
     // Not at the first departure time: the policy bundle moved it.
     wait_until(retires_at - 2);
-    assert_eq!(fetch(&s).log_verifier_keys.len(), 2);
+    assert_eq!(trust_bundle(&s).log_verifier_keys.len(), 2);
     wait_until(retires_at + 2);
-    let b2 = fetch(&s);
+    let b2 = trust_bundle(&s);
     assert_eq!(b2.sequence, b1.sequence + 1);
     assert_eq!(b2.log_verifier_keys, std::slice::from_ref(&key_b));
     assert_eq!(b2.log_verifier_key, key_b);
@@ -2665,6 +2640,20 @@ fn the_checkpoint_key_rotates_with_both_keys_signing_during_the_overlap() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("rotation history"), "{err}");
+}
+
+/// The trust bundle the appliance serves now.
+fn trust_bundle(s: &Stack) -> writ_attestation::writ::bundle::TrustBundle {
+    let (st, text) = common::stack::get(&s.url(), "/v1/bundle");
+    assert_eq!(st, 200, "{text}");
+    writ_attestation::writ::bundle::TrustBundle::parse(text.as_bytes()).unwrap()
+}
+
+/// Sleeps until the unix time `t`.
+fn wait_until(t: i64) {
+    while now_s() < t {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 fn now_s() -> i64 {
