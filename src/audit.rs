@@ -63,6 +63,10 @@ pub struct LogArgs {
     /// a checkpoint signed by any of them is accepted.
     #[arg(long, required = true)]
     key: Vec<String>,
+    /// Also accept the log's later checkpoint keys that a given key endorsed, transitively (a
+    /// rotation of the log's key: `GET /v1/log/keys`, each endorsement verified here).
+    #[arg(long)]
+    follow_rotations: bool,
     /// Where the last verified checkpoint is remembered (default: per log origin, under
     /// $XDG_STATE_HOME/writ/audit or ~/.local/state/writ/audit).
     #[arg(long)]
@@ -185,6 +189,76 @@ fn keys_of(texts: &[String]) -> Result<Vec<NoteVerifier>, Fail> {
     Ok(keys)
 }
 
+/// The given keys and every later checkpoint key the log lists as endorsed by one of them
+/// (transitively), each endorsement verified here: the log's word alone adds no key.
+fn follow_rotations(
+    base: &str,
+    keys: &[NoteVerifier],
+    report: &mut Vec<String>,
+) -> Result<Vec<NoteVerifier>, Fail> {
+    let listed = get_json(&format!("{base}/v1/log/keys"))?;
+    let entries = listed
+        .get("keys")
+        .and_then(serde_json::Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut trusted = keys.to_vec();
+    let origin = keys
+        .first()
+        .map(|k| k.name().to_string())
+        .unwrap_or_default();
+    loop {
+        let mut grew = false;
+        for e in &entries {
+            let text = |k: &str| e.get(k).and_then(serde_json::Value::as_str);
+            let (Some(key), Some(by), Some(sig)) = (
+                text("verifier_key"),
+                text("endorsed_by"),
+                text("endorsement"),
+            ) else {
+                continue;
+            };
+            let Ok(key) = NoteVerifier::parse(key) else {
+                continue;
+            };
+            if trusted.contains(&key) {
+                continue;
+            }
+            let Some(endorser) = NoteVerifier::parse(by).ok().filter(|b| trusted.contains(b))
+            else {
+                continue;
+            };
+            let sig = STANDARD
+                .decode(sig)
+                .map_err(|_| finding("GET /v1/log/keys: an endorsement is not base64"))?;
+            if key.name() != origin
+                || !writ_attestation::log::note::endorses(
+                    default_provider(),
+                    &endorser,
+                    key.spki(),
+                    &sig,
+                )
+            {
+                return Err(finding(format!(
+                    "GET /v1/log/keys: the endorsement of key {} by {} does not verify",
+                    hex::encode(key.id()),
+                    hex::encode(endorser.id())
+                )));
+            }
+            report.push(format!(
+                "checkpoint key {} followed: endorsed by key {}",
+                hex::encode(key.id()),
+                hex::encode(endorser.id())
+            ));
+            trusted.push(key);
+            grew = true;
+        }
+        if !grew {
+            return Ok(trusted);
+        }
+    }
+}
+
 /// Hint for a checkpoint none of the keys signed.
 const ROTATION_HINT: &str = "if the log's checkpoint key was rotated, pass its new key too (--key, repeatable; the trust bundle's writ.log.verifier_keys)";
 
@@ -219,6 +293,13 @@ fn verified_latest(
     report: &mut Vec<String>,
 ) -> Result<Checkpoint, Fail> {
     let base = args.log.trim_end_matches('/');
+    let followed;
+    let keys = if args.follow_rotations {
+        followed = follow_rotations(base, keys, report)?;
+        followed.as_slice()
+    } else {
+        keys
+    };
     let origin = keys
         .first()
         .map(|k| k.name().to_string())

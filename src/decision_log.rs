@@ -131,32 +131,7 @@ pub struct LogKey {
     pub endorsement: Option<Vec<u8>>,
 }
 
-/// What the checkpoint key signing at a rotation signs to endorse the new key: a fixed
-/// domain-separation line, the log's origin and the SHA-256 of the new key's SPKI.
-pub fn endorsement_message(origin: &str, spki: &[u8]) -> Vec<u8> {
-    use sha2::Digest as _;
-    format!(
-        "writ checkpoint key rotation v1\n{origin}\n{}\n",
-        hex::encode(sha2::Sha256::digest(spki))
-    )
-    .into_bytes()
-}
-
-/// Whether `signature` (DER ECDSA P-256 over SHA-256) by the key `signer_spki` endorses
-/// `spki` for the log `origin`.
-fn endorses(origin: &str, signer_spki: &[u8], spki: &[u8], signature: &[u8]) -> bool {
-    use p256::ecdsa::signature::Verifier as _;
-    use p256::pkcs8::DecodePublicKey as _;
-    let Ok(key) = p256::ecdsa::VerifyingKey::from_public_key_der(signer_spki) else {
-        return false;
-    };
-    let Ok(sig) = p256::ecdsa::Signature::from_der(signature) else {
-        return false;
-    };
-    // Low-S or high-S alike (interfaces.md): normalize before verifying.
-    let sig = sig.normalize_s();
-    key.verify(&endorsement_message(origin, spki), &sig).is_ok()
-}
+pub use writ_attestation::log::note::endorsement_message;
 
 impl std::fmt::Debug for LogKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -191,11 +166,31 @@ impl LogKey {
     }
 }
 
-/// A log key with its note verifier.
+/// A log key with its note verifier, and the trusted key that endorsed it (none for the
+/// configured key).
 #[derive(Clone)]
 struct HeldKey {
     key: LogKey,
     verifier: NoteVerifier,
+    endorsed_by: Option<NoteVerifier>,
+}
+
+/// A checkpoint key as `GET /v1/log/keys` lists it: what an auditor that trusts an earlier key
+/// needs to follow a rotation (the endorsement by the key that signed when it was scheduled).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ListedKey {
+    /// `<origin>+<key id>+<base64>`.
+    pub verifier_key: String,
+    /// The key that endorsed it, in the same form (none for the configured key).
+    pub endorsed_by: Option<String>,
+    /// Base64 of the DER ECDSA endorsement over `endorsement_message(origin, spki)`.
+    pub endorsement: Option<String>,
+    /// When it was published, signs from, leaves (unix seconds).
+    pub published_at: i64,
+    /// When it signs from.
+    pub signs_from: i64,
+    /// When it leaves (none: the newest).
+    pub retires_at: Option<i64>,
 }
 
 impl LogConfig {
@@ -548,6 +543,31 @@ impl DecisionLog {
             .into_iter()
             .map(|(k, _)| k)
             .collect()
+    }
+
+    /// The checkpoint keys this log trusts, oldest first, with their endorsements.
+    pub fn listed_keys(&self) -> Vec<ListedKey> {
+        use base64::Engine as _;
+        self.inner
+            .keys
+            .read()
+            .map(|k| {
+                k.iter()
+                    .map(|h| ListedKey {
+                        verifier_key: h.verifier.to_string(),
+                        endorsed_by: h.endorsed_by.as_ref().map(ToString::to_string),
+                        endorsement: h
+                            .endorsed_by
+                            .as_ref()
+                            .and(h.key.endorsement.as_ref())
+                            .map(|e| base64::engine::general_purpose::STANDARD.encode(e)),
+                        published_at: h.key.published_at,
+                        signs_from: h.key.signs_from,
+                        retires_at: h.key.retires_at,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Every key of the checkpoint key's schedule (SPKI DER), whether it signs or has left.
@@ -940,14 +960,24 @@ fn scheduled_keys(
 /// signs now, or a trusted key whose time has come is not open or not the key recorded.
 fn held_keys(origin: &str, anchor: &[u8], keys: Vec<LogKey>) -> Result<Vec<HeldKey>, StoreError> {
     let t = now_secs();
-    let mut trusted: Vec<LogKey> = Vec::with_capacity(keys.len());
+    let mut trusted: Vec<HeldKey> = Vec::with_capacity(keys.len());
     for key in keys {
-        let endorsed = key.spki == anchor
-            || key.endorsement.as_deref().is_some_and(|e| {
-                trusted
-                    .iter()
-                    .any(|by| endorses(origin, &by.spki, &key.spki, e))
-            });
+        let verifier = NoteVerifier::from_spki(origin, &key.spki)
+            .map_err(|e| StoreError::Config(format!("checkpoint key: {e}")))?;
+        let endorsed_by = key.endorsement.as_deref().and_then(|e| {
+            trusted
+                .iter()
+                .find(|by| {
+                    writ_attestation::log::note::endorses(
+                        default_provider(),
+                        &by.verifier,
+                        &key.spki,
+                        e,
+                    )
+                })
+                .map(|by| by.verifier.clone())
+        });
+        let endorsed = key.spki == anchor || endorsed_by.is_some();
         if !endorsed {
             tracing::warn!(
                 "a checkpoint key of the schedule is not endorsed by a key trusted from keys.checkpoint: ignored"
@@ -969,22 +999,23 @@ fn held_keys(origin: &str, anchor: &[u8], keys: Vec<LogKey>) -> Result<Vec<HeldK
                 Some(_) => {}
             }
         }
-        trusted.push(key);
+        trusted.push(HeldKey {
+            endorsed_by: if key.spki == anchor {
+                None
+            } else {
+                endorsed_by
+            },
+            key,
+            verifier,
+        });
     }
-    if !trusted.iter().any(|k| k.signs(t)) {
+    if !trusted.iter().any(|k| k.key.signs(t)) {
         return Err(StoreError::Config(
             "no checkpoint key signs now (the schedule has none whose time has come, or none endorsed from keys.checkpoint: configure an earlier key of the history)"
                 .into(),
         ));
     }
-    trusted
-        .into_iter()
-        .map(|key| {
-            let verifier = NoteVerifier::from_spki(origin, &key.spki)
-                .map_err(|e| StoreError::Config(format!("checkpoint key: {e}")))?;
-            Ok(HeldKey { key, verifier })
-        })
-        .collect()
+    Ok(trusted)
 }
 
 /// Checkpoints fetched per page at start.

@@ -3,6 +3,7 @@
 //! | route | answer |
 //! |---|---|
 //! | `GET /v1/log/checkpoint` | the latest signed checkpoint (C2SP note, `text/plain`) |
+//! | `GET /v1/log/keys` | the checkpoint keys the log trusts, with each rotated key's endorsement |
 //! | `GET /v1/log/records/{index}` | `{"index","leaf_hash","record"}` (record in base64) |
 //! | `GET /v1/log/proof/inclusion?index=I&tree_size=N` (or `hash=` leaf hash hex) | `{"index","tree_size","leaf_hash","proof":[hex]}` |
 //! | `GET /v1/log/proof/consistency?first=M&second=N` | `{"first","second","proof":[hex]}` |
@@ -230,6 +231,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/gateway/reports"),
     ("POST", "/v1/gateway/certificate"),
     ("GET", "/v1/log/checkpoint"),
+    ("GET", "/v1/log/keys"),
     ("GET", "/v1/log/records/{index}"),
     ("GET", "/v1/log/proof/inclusion"),
     ("GET", "/v1/log/proof/consistency"),
@@ -908,6 +910,7 @@ async fn admin_revoke(
 pub fn log_router(log: Arc<DecisionLog>) -> Router {
     Router::new()
         .route("/v1/log/checkpoint", get(checkpoint))
+        .route("/v1/log/keys", get(log_keys))
         .route("/v1/log/records/{index}", get(record))
         .route("/v1/log/proof/inclusion", get(inclusion))
         .route("/v1/log/proof/consistency", get(consistency))
@@ -927,6 +930,12 @@ async fn checkpoint(State(log): State<Arc<DecisionLog>>) -> Result<Response, Pro
         cp.note,
     )
         .into_response())
+}
+
+/// The checkpoint keys the log trusts, with the endorsement of each rotated key by the key that
+/// signed when it was scheduled: an auditor that trusts an earlier key follows the rotation.
+async fn log_keys(State(log): State<Arc<DecisionLog>>) -> Response {
+    axum::Json(json!({"origin": log.origin(), "keys": log.listed_keys()})).into_response()
 }
 
 async fn record(

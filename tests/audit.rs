@@ -507,3 +507,109 @@ fn the_remembered_checkpoint_is_kept_per_origin_and_earlier_per_key_files_are_re
     let o = run();
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
 }
+
+/// A log serving fixed answers (what a lying log could serve): `/v1/log/keys` and
+/// `/v1/log/checkpoint`.
+fn fixed_log(keys: String, checkpoint: String) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut c) = conn else { return };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && c.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let line = String::from_utf8_lossy(&head).to_string();
+            let (status, body) = if line.starts_with("GET /v1/log/keys ") {
+                ("200 OK", keys.clone())
+            } else if line.starts_with("GET /v1/log/checkpoint ") {
+                ("200 OK", checkpoint.clone())
+            } else {
+                ("404 Not Found", String::new())
+            };
+            let _ = write!(
+                c,
+                "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    url
+}
+
+/// `writ audit --follow-rotations` accepts a later log key only through an endorsement that
+/// verifies under a key it trusts: the log's listing alone adds nothing.
+#[test]
+fn following_a_rotation_needs_an_endorsement_that_verifies() {
+    use base64::Engine as _;
+    use writ_attestation::log::note::{Checkpoint, endorsement_message, signed_note};
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = (
+        key(dir.path(), "a.key"),
+        key(dir.path(), "b.key"),
+        key(dir.path(), "c.key"),
+    );
+    let (va, vb) = (vkey(&a, ORIGIN), vkey(&b, ORIGIN));
+    // A checkpoint B alone signed.
+    let cp_text = Checkpoint {
+        origin: ORIGIN.into(),
+        size: 0,
+        root: writ_attestation::log::merkle::empty_root(),
+        extensions: vec![],
+    }
+    .text();
+    let note = signed_note(
+        &cp_text,
+        &NoteVerifier::parse(&vb).unwrap(),
+        b.sign(cp_text.as_bytes()).unwrap().to_der().as_bytes(),
+    );
+    let listing = |by: &Arc<dyn CustodyKey>| {
+        let sig = by
+            .sign(&endorsement_message(ORIGIN, b.public_key().spki_der()))
+            .unwrap();
+        serde_json::json!({"origin": ORIGIN, "keys": [
+            {"verifier_key": va},
+            {"verifier_key": vb, "endorsed_by": va,
+             "endorsement": base64::engine::general_purpose::STANDARD.encode(sig.to_der().as_bytes())}
+        ]})
+        .to_string()
+    };
+    let run = |url: &str, follow: bool| {
+        let state = dir.path().join(format!("state-{}", rand_suffix()));
+        let mut args = vec![
+            "check",
+            "--log",
+            url,
+            "--key",
+            &va,
+            "--state",
+            state.to_str().unwrap(),
+        ];
+        if follow {
+            args.push("--follow-rotations");
+        }
+        audit(&args)
+    };
+    // Endorsed by A: followed.
+    let honest = fixed_log(listing(&a), note.clone());
+    let o = run(&honest, true);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("followed: endorsed by key"));
+    // Without following: no signature by A.
+    let o = run(&honest, false);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    // "Endorsed by A" but signed by C: a finding.
+    let lying = fixed_log(listing(&c), note);
+    let o = run(&lying, true);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("does not verify"), "{}", text(&o));
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}

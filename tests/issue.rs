@@ -2589,6 +2589,25 @@ fn the_checkpoint_key_rotates_with_both_keys_signing_during_the_overlap() {
         text.contains("REFUSED") && text.contains("pass its new key too"),
         "{text}"
     );
+    // An auditor that trusts A alone follows the rotation through B's endorsement by A.
+    let url = s.url();
+    let out = s.writ(&[
+        "audit",
+        "check",
+        "--log",
+        &url,
+        "--key",
+        &key_a,
+        "--follow-rotations",
+        "--state",
+        s.dir.path().join("audit-follow.cp").to_str().unwrap(),
+    ]);
+    ok(&out);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("followed: endorsed by key"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let out = audit(&s, &[&key_b]);
     ok(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("consistent: remembered"));

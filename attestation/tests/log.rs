@@ -396,6 +396,39 @@ fn checkpoints_signed_by_two_keys_verify_under_either() {
     }
 }
 
+/// A rotated log key's endorsement by the key signing at the rotation: it verifies for that
+/// key, that origin and that new key only.
+#[test]
+fn endorsements_name_the_endorser_the_origin_and_the_new_key() {
+    use writ_attestation::log::note::{endorsement_message, endorses};
+    let (a, va) = key();
+    let spki = |seed: u8| {
+        SigningKey::from_slice(&[seed; 32])
+            .unwrap()
+            .verifying_key()
+            .to_public_key_der()
+            .unwrap()
+            .as_bytes()
+            .to_vec()
+    };
+    let (b, c) = (spki(6), spki(7));
+    let sig: p256::ecdsa::DerSignature = a.sign(&endorsement_message("writ.example/log", &b));
+    let vc = NoteVerifier::from_spki("writ.example/log", &c).unwrap();
+    let va_elsewhere = NoteVerifier::from_spki("other.example/log", va.spki()).unwrap();
+    for p in PROVIDERS {
+        assert!(endorses(p, &va, &b, sig.as_bytes()));
+        // Another new key, another endorser, another log, a damaged signature.
+        assert!(!endorses(p, &va, &c, sig.as_bytes()));
+        assert!(!endorses(p, &vc, &b, sig.as_bytes()));
+        assert!(!endorses(p, &va_elsewhere, &b, sig.as_bytes()));
+        let mut bad = sig.as_bytes().to_vec();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert!(!endorses(p, &va, &b, &bad));
+        assert!(!endorses(p, &va, &b, b"not der"));
+    }
+}
+
 /// Subtrees computed from a leaf list, to check the store-facing generators against the
 /// in-memory ones.
 struct Leaves(Vec<writ_attestation::log::merkle::Hash>);

@@ -107,6 +107,46 @@ impl NoteVerifier {
     pub fn point(&self) -> (&[u8], &[u8]) {
         (&self.x, &self.y)
     }
+
+    /// The key's DER SubjectPublicKeyInfo.
+    pub fn spki(&self) -> &[u8] {
+        &self.spki
+    }
+}
+
+/// What the checkpoint key signing at a rotation signs to endorse the log's new key: a fixed
+/// domain-separation line, the log's origin and the SHA-256 of the new key's SPKI (hex), each
+/// ending in a newline. The signature is ECDSA P-256 over SHA-256 of these bytes, DER.
+pub fn endorsement_message(origin: &str, spki: &[u8]) -> Vec<u8> {
+    let digest = Sha256::digest(spki);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("writ checkpoint key rotation v1\n{origin}\n{hex}\n").into_bytes()
+}
+
+/// Whether `signature` (DER ECDSA) by `signer` endorses the key `spki` as a key of the log
+/// named by `signer` (its origin).
+pub fn endorses(
+    provider: &dyn CryptoProvider,
+    signer: &NoteVerifier,
+    spki: &[u8],
+    signature: &[u8],
+) -> bool {
+    let Ok((r, s)) = crate::crypto::der_ecdsa(signature) else {
+        return false;
+    };
+    let vk = VerifyKey::Ecc {
+        curve: EccCurve::P256,
+        x: &signer.x,
+        y: &signer.y,
+    };
+    provider
+        .verify(
+            &vk,
+            SigAlg::Ecdsa(HashAlg::Sha256),
+            &endorsement_message(&signer.name, spki),
+            &SignatureValue::Ecdsa { r, s },
+        )
+        .is_ok()
 }
 
 fn hex_id(id: &[u8; 4]) -> String {
