@@ -570,6 +570,15 @@ impl DecisionLog {
             .unwrap_or_default()
     }
 
+    /// The open checkpoint key of this SPKI, if the log holds it (signing, or waiting to).
+    pub fn open_key(&self, spki: &[u8]) -> Option<Arc<dyn CustodyKey>> {
+        self.inner.keys.read().ok().and_then(|k| {
+            k.iter()
+                .find(|h| h.key.spki == spki)
+                .and_then(|h| h.key.key.clone())
+        })
+    }
+
     /// Every key of the checkpoint key's schedule (SPKI DER), whether it signs or has left.
     pub fn key_history(&self) -> Vec<Vec<u8>> {
         self.inner

@@ -142,17 +142,22 @@ impl Appliance {
             .unwrap_or_default()
     }
 
+    /// The key configured for `purpose` (for the checkpoint key, the log's newest signer).
+    fn configured_key(&self, purpose: &str) -> Option<Arc<dyn CustodyKey>> {
+        match purpose {
+            "issuer" => self.config.issuer_key.clone(),
+            "ear" => self.config.ear_key.clone(),
+            "checkpoint" => self.log.signing_keys().pop(),
+            _ => None,
+        }
+    }
+
     /// The key that signs for `purpose` at `t`: the schedule's latest key whose time has come,
     /// or, before any rotation, the configured one.
     pub(crate) fn signing_key(&self, purpose: &str, t: i64) -> Option<Arc<dyn CustodyKey>> {
         let entries = self.scheduled(purpose);
         if entries.is_empty() {
-            return match purpose {
-                "issuer" => self.config.issuer_key.clone(),
-                "ear" => self.config.ear_key.clone(),
-                "checkpoint" => self.log.signing_keys().pop(),
-                _ => None,
-            };
+            return self.configured_key(purpose);
         }
         entries
             .iter()
@@ -232,15 +237,20 @@ impl Appliance {
                             .find(|x| x.spki == spki)
                             .and_then(|x| x.key.clone())
                     })
-                    .or_else(|| {
-                        self.log
-                            .signing_keys()
-                            .into_iter()
-                            .find(|k| k.public_key().spki_der() == spki)
-                    });
+                    .or_else(|| self.log.open_key(&spki));
                 Some(match known {
                     Some(k) => k,
-                    None => self.open_scheduled(&uri, &spki)?,
+                    None => {
+                        // A stored URI names which key, never a library, TPM or PIN file of
+                        // its own: the configured key's device.
+                        let on = self
+                            .configured_key(&purpose)
+                            .map(|k| k.uri().to_string())
+                            .unwrap_or_default();
+                        same_device(&on, &uri)
+                            .map_err(|e| start_problem(format!("the scheduled key {uri}: {e}")))?;
+                        self.open_scheduled(&uri, &spki)?
+                    }
                 })
             };
             entries.push(Entry {
@@ -455,11 +465,14 @@ impl Appliance {
         // A checkpoint key's note key ID (4 bytes of its SPKI's SHA-256) must be new too: a
         // signature line names its key by it.
         if purpose == "checkpoint" {
+            let origin = self.log.origin();
             let id = |k: &[u8]| {
-                use sha2::Digest as _;
-                sha2::Sha256::digest(k).get(..4).map(<[u8]>::to_vec)
+                writ_attestation::log::note::NoteVerifier::from_spki(origin, k)
+                    .ok()
+                    .map(|v| v.id())
             };
-            if self.log.key_history().iter().any(|k| id(k) == id(&spki)) {
+            let new_id = id(&spki);
+            if new_id.is_none() || self.log.key_history().iter().any(|k| id(k) == new_id) {
                 return Err(refuse(Problem::new(
                     StatusCode::CONFLICT,
                     "key_in_use",
@@ -631,7 +644,10 @@ impl Appliance {
             .read()
             .map(|e| e.iter().any(|x| x.spki == spki))
             .unwrap_or(true);
-        let log = self.log.key_history().iter().any(|k| k == spki);
+        // The log's history is never empty (its configured key): an empty answer (a poisoned
+        // lock) counts as in use.
+        let history = self.log.key_history();
+        let log = history.is_empty() || history.iter().any(|k| k == spki);
         configured || scheduled || log
     }
 }
