@@ -466,8 +466,20 @@ impl Appliance {
     }
 
     /// The CA certificate (PEM), when TLS is on.
-    pub fn ca_certificate_pem(&self) -> Option<&str> {
-        self.config.ca_certificate_pem.as_deref()
+    pub fn ca_certificate_pem(&self) -> Option<String> {
+        self.config.ca_certificate_pem.as_ref()?;
+        let t = now().ok()?;
+        let pems: Vec<String> = self
+            .published_authorities(t)
+            .iter()
+            .filter_map(|(_, der)| crate::tls::pem(der).ok())
+            .collect();
+        (!pems.is_empty()).then(|| pems.concat())
+    }
+
+    /// Whether this appliance serves TLS (it has a `ca` key).
+    pub fn serves_tls(&self) -> bool {
+        self.config.ca_certificate_pem.is_some()
     }
 
     /// Whether `origin` (`scheme://host[:port]`) is one this appliance is addressed at.
@@ -1119,7 +1131,10 @@ impl Appliance {
                 ));
             }
         }
-        let (Some(ca), Some(ca_pem)) = (&self.config.ca_key, &self.config.ca_certificate_pem)
+        let Some(crate::tls::Authority {
+            key: ca,
+            der: ca_der,
+        }) = self.client_authority(now()?)
         else {
             return Err(self.admin_refused(
                 admin,
@@ -1130,8 +1145,6 @@ impl Appliance {
                 ),
             ));
         };
-        let ca_der = x509_der(ca_pem)
-            .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "ca_certificate", e))?;
         let id = format!(
             "spiffe://{}/{}/{name}",
             self.config.trust_domain,
@@ -1139,7 +1152,7 @@ impl Appliance {
         );
         // What is checked above is all a request can get wrong: anything else is the ca key's.
         let der =
-            crate::tls::client_certificate(ca, &ca_der, &id, spki_der, lifetime).map_err(|e| {
+            crate::tls::client_certificate(&ca, &ca_der, &id, spki_der, lifetime).map_err(|e| {
                 self.metrics.error("custody", "ca_signing");
                 tracing::error!("client certificate: {e}");
                 Problem::new(

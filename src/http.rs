@@ -419,11 +419,7 @@ async fn ca_pem(State(app): State<Arc<Appliance>>) -> Result<Response, Problem> 
             "this appliance serves plain HTTP on loopback: it has no CA certificate",
         )
     })?;
-    Ok((
-        [(header::CONTENT_TYPE, "application/x-pem-file")],
-        pem.to_string(),
-    )
-        .into_response())
+    Ok(([(header::CONTENT_TYPE, "application/x-pem-file")], pem).into_response())
 }
 
 async fn readyz(State(app): State<Arc<Appliance>>) -> Response {
@@ -730,11 +726,7 @@ async fn admin_revoke_admin(
 /// client used, which must be an origin this appliance is known by (a proof made for another
 /// server never passes here by a Host header chosen to match it).
 fn htu_of(app: &Appliance, headers: &axum::http::HeaderMap, path: &str) -> Result<String, Problem> {
-    let scheme = if app.ca_certificate_pem().is_some() {
-        "https"
-    } else {
-        "http"
-    };
+    let scheme = if app.serves_tls() { "https" } else { "http" };
     let host = header_text(headers, "host").unwrap_or_default();
     let origin = format!("{scheme}://{}", host.to_ascii_lowercase());
     if !app.is_origin(&origin) {

@@ -86,6 +86,9 @@ pub struct Serve {
     /// Seconds a nonce handed out for an attestation can be used (default 60).
     #[arg(long)]
     nonce_ttl: Option<u64>,
+    /// Seconds an attestation result (EAR) is valid (default 300).
+    #[arg(long)]
+    ear_ttl: Option<u64>,
     /// A DNS name or IP address clients reach the appliance at (in its TLS certificate).
     /// Repeatable; replaces the configured list (default localhost, 127.0.0.1, ::1).
     #[arg(long = "tls-name")]
@@ -153,6 +156,9 @@ fn configure(args: &Serve) -> Result<Config, String> {
         if c.keys.signing.len() != args.signing_keys.len() {
             return Err("--signing-key: a name given twice".into());
         }
+    }
+    if let Some(v) = args.ear_ttl {
+        c.attestation.ear_ttl_s = v;
     }
     if let Some(v) = args.nonce_ttl {
         c.attestation.nonce_ttl_s = v;
@@ -516,10 +522,6 @@ pub fn run(args: Serve) -> Result<(), String> {
         let server_config = match &tls {
             Some(t) => {
                 println!("writ serve: listening on https://{addr}");
-                println!(
-                    "writ serve: CA fingerprint {}",
-                    writ::tls::fingerprint(t.ca_der())
-                );
                 // Renew the server certificate at half its life; a failure keeps the old one.
                 // After a failure, retry soon (the old certificate serves meanwhile, and clients
                 // refuse it once it expires: closed, not open).
@@ -556,7 +558,6 @@ pub fn run(args: Serve) -> Result<(), String> {
                 None
             }
         };
-        println!("writ serve: checkpoint verifier key {}", log.verifier_key());
         let shutdown = async {
             let mut term =
                 match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -576,7 +577,7 @@ pub fn run(args: Serve) -> Result<(), String> {
                 admin_token_sha256: admin,
                 ca_certificate_pem: tls
                     .as_ref()
-                    .map(|t| writ::tls::pem(t.ca_der()))
+                    .map(|t| writ::tls::pem(&t.ca_der()))
                     .transpose()?,
                 ear_key: ear,
                 issuer_key: issuer,
@@ -600,6 +601,17 @@ pub fn run(args: Serve) -> Result<(), String> {
                 Err(e) => return Err(format!("the key schedule: {e}")),
             }
         }
+        // The CA the schedule says signs now (a restart after a rotation of the ca key).
+        if let Some(t) = &tls {
+            if let Some((signing, published)) = app.certificate_authorities() {
+                t.follow(signing, published)?;
+            }
+            println!(
+                "writ serve: CA fingerprint {}",
+                writ::tls::fingerprint(&t.ca_der())
+            );
+        }
+        println!("writ serve: checkpoint verifier key {}", log.verifier_key());
         // The trust bundle as this appliance now is (its keys, CA, the policy bundle in force):
         // a new version if anything changed since the last one (a restart with other keys).
         // (Blocking work, off the async threads: the PostgreSQL client runs its own runtime.)
@@ -620,16 +632,33 @@ pub fn run(args: Serve) -> Result<(), String> {
                 Err(e) => return Err(format!("the trust bundle could not be published: {e}")),
             }
         }
-        // Every second: rotations other replicas recorded, keys leaving the trust bundle.
+        // Every second: rotations other replicas recorded, keys leaving the trust bundle, and
+        // the CA that signs the server certificate.
         {
             let ticking = Arc::clone(&app);
+            let following = tls.clone();
             tokio::spawn(async move {
                 let mut every = tokio::time::interval(Duration::from_secs(1));
                 every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     every.tick().await;
                     let t = Arc::clone(&ticking);
-                    let _ = tokio::task::spawn_blocking(move || t.tick()).await;
+                    let tls = following.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        t.tick();
+                        if let Some(tls) = tls
+                            && let Some((signing, published)) = t.certificate_authorities()
+                        {
+                            match tls.follow(signing, published) {
+                                Ok(true) => tracing::info!(
+                                    "TLS certificate renewed: the rotated ca key signs from now on"
+                                ),
+                                Ok(false) => {}
+                                Err(e) => tracing::error!("TLS: the ca key's schedule: {e}"),
+                            }
+                        }
+                    })
+                    .await;
                 }
             });
         }

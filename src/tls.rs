@@ -28,7 +28,7 @@ use x509_cert::builder::profile::BuilderProfile;
 use x509_cert::builder::{Builder, CertificateBuilder};
 use x509_cert::der::asn1::{Ia5String, OctetString};
 use x509_cert::der::oid::AssociatedOid;
-use x509_cert::der::{Decode, DecodePem, Encode, EncodePem};
+use x509_cert::der::{Decode, DecodePem, Encode};
 use x509_cert::ext::Extension;
 use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::ext::pkix::{
@@ -162,7 +162,58 @@ pub fn ca_certificate(
         }
         return cert.to_der().map_err(|e| e.to_string());
     }
-    let name = ca_name(trust_domain)?;
+    let der = self_signed(ca, ca_name(trust_domain)?)?;
+    let pem = pem(&der)?;
+    crate::files::write_atomically(path, pem.as_bytes(), 0o644, crate::files::Existing::Keep)?;
+    Ok(der)
+}
+
+/// A CA certificate for a rotated `ca` key (`writ admin rotate-key --purpose ca`), self-signed in
+/// custody for 10 years, named apart from every other CA of the trust domain by its key
+/// identifier (`CN=writ CA <td> <8 hex digits>`): certificates chain to it by name and key.
+pub fn rotated_ca_certificate(
+    ca: &Arc<dyn CustodyKey>,
+    trust_domain: &str,
+) -> Result<Vec<u8>, String> {
+    let id = key_id(ca.public_key().spki_der())?;
+    let short = hex::encode(id.as_bytes().get(..4).unwrap_or_default());
+    let name = Name::from_str(&format!("CN=writ CA {trust_domain} {short},O=writ"))
+        .map_err(|e| e.to_string())?;
+    self_signed(ca, name)
+}
+
+/// Checks that `der` is a CA certificate of the key `spki` (its subject public key), signed by
+/// that key: what a stored CA certificate must be before the appliance publishes it or chains
+/// to it.
+pub fn check_ca_certificate(der: &[u8], spki: &[u8]) -> Result<(), String> {
+    use p256::ecdsa::signature::Verifier as _;
+    use p256::pkcs8::DecodePublicKey as _;
+    let cert = Certificate::from_der(der).map_err(|e| format!("not a certificate: {e}"))?;
+    let tbs = cert.tbs_certificate();
+    if tbs
+        .subject_public_key_info()
+        .to_der()
+        .map_err(|e| e.to_string())?
+        != spki
+    {
+        return Err("it certifies another key".into());
+    }
+    match tbs.get_extension::<BasicConstraints>() {
+        Ok(Some((_, bc))) if bc.ca => {}
+        _ => return Err("it is not a CA certificate (basicConstraints)".into()),
+    }
+    let key = p256::ecdsa::VerifyingKey::from_public_key_der(spki)
+        .map_err(|e| format!("its key: {e}"))?;
+    let signature = p256::ecdsa::Signature::from_der(cert.signature().raw_bytes())
+        .map_err(|e| format!("its signature: {e}"))?;
+    key.verify(&tbs.to_der().map_err(|e| e.to_string())?, &signature)
+        .map_err(|_| "it is not signed by its own key".to_string())
+}
+
+/// A self-signed CA certificate (basicConstraints CA, pathLen 0, keyCertSign) named `name`, by
+/// the key `ca` in custody, for 10 years.
+fn self_signed(ca: &Arc<dyn CustodyKey>, name: Name) -> Result<Vec<u8>, String> {
+    let key_spki = ca.public_key().spki_der().to_vec();
     let profile = Profile {
         issuer: name.clone(),
         subject: name,
@@ -188,10 +239,6 @@ pub fn ca_certificate(
     .map_err(|e| e.to_string())?
     .build::<_, DerSignature>(&CustodySigner::new(Arc::clone(ca)))
     .map_err(|e| format!("the ca key could not sign the CA certificate: {e}"))?;
-    let pem = cert
-        .to_pem(x509_cert::der::pem::LineEnding::LF)
-        .map_err(|e| e.to_string())?;
-    crate::files::write_atomically(path, pem.as_bytes(), 0o644, crate::files::Existing::Keep)?;
     cert.to_der().map_err(|e| e.to_string())
 }
 
@@ -365,23 +412,50 @@ pub fn certificate_serial(cert_der: &[u8]) -> Result<String, String> {
     ))
 }
 
-/// The appliance's TLS: serves the current certificate and renews it.
+/// A CA: its key in custody and its certificate (DER).
+#[derive(Clone)]
+pub struct Authority {
+    /// The `ca` key.
+    pub key: Arc<dyn CustodyKey>,
+    /// Its CA certificate.
+    pub der: Vec<u8>,
+}
+
+impl std::fmt::Debug for Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authority")
+            .field("certificate", &fingerprint(&self.der))
+            .finish_non_exhaustive()
+    }
+}
+
+type ClientVerifier = Arc<dyn rustls::server::danger::ClientCertVerifier>;
+
+/// The appliance's TLS: serves the current certificate and renews it; follows a rotation of the
+/// `ca` key ([`ApplianceTls::follow`]).
 pub struct ApplianceTls {
-    ca: Arc<dyn CustodyKey>,
-    ca_der: Vec<u8>,
     trust_domain: String,
     names: Vec<String>,
     lifetime: Duration,
+    /// The CA that signs the server certificate.
+    signing: RwLock<Authority>,
     current: RwLock<Arc<CertifiedKey>>,
+    /// The CA certificates a client certificate may chain to (every one published), and the
+    /// verifier over them.
+    clients: RwLock<(Vec<Vec<u8>>, ClientVerifier)>,
 }
 
 impl std::fmt::Debug for ApplianceTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ApplianceTls")
-            .field("ca", &fingerprint(&self.ca_der))
+            .field("ca", &fingerprint(&self.ca_der()))
             .field("names", &self.names)
             .finish_non_exhaustive()
     }
+}
+
+fn poisoned<T>(_: T) -> String {
+    "the TLS state's lock is poisoned".into()
 }
 
 impl ApplianceTls {
@@ -412,37 +486,74 @@ impl ApplianceTls {
             ));
         }
         let first = server_key(&ca, &ca_der, trust_domain, &names, lifetime)?;
+        let verifier = client_verifier(std::slice::from_ref(&ca_der))?;
         Ok(Arc::new(ApplianceTls {
-            ca,
-            ca_der,
             trust_domain: trust_domain.to_string(),
             names,
             lifetime,
+            signing: RwLock::new(Authority {
+                key: ca,
+                der: ca_der.clone(),
+            }),
             current: RwLock::new(Arc::new(first)),
+            clients: RwLock::new((vec![ca_der], verifier)),
         }))
     }
 
-    /// The CA certificate, DER.
-    pub fn ca_der(&self) -> &[u8] {
-        &self.ca_der
+    /// The certificate of the CA signing the server certificate, DER.
+    pub fn ca_der(&self) -> Vec<u8> {
+        self.signing
+            .read()
+            .map(|a| a.der.clone())
+            .unwrap_or_default()
     }
 
     /// A new key and certificate in place of the current one (the old one keeps serving if the
     /// `ca` key cannot sign now).
     pub fn renew(&self) -> Result<(), String> {
+        let ca = self.signing.read().map_err(poisoned)?.clone();
         let next = server_key(
-            &self.ca,
-            &self.ca_der,
+            &ca.key,
+            &ca.der,
             &self.trust_domain,
             &self.names,
             self.lifetime,
         )?;
-        let mut cur = self
-            .current
-            .write()
-            .map_err(|_| "lock poisoned".to_string())?;
-        *cur = Arc::new(next);
+        *self.current.write().map_err(poisoned)? = Arc::new(next);
         Ok(())
+    }
+
+    /// Follows the `ca` key's schedule: client certificates chain to any CA of `published` (and
+    /// `signing`'s); when `signing` is another CA than the one that signed the server
+    /// certificate, a new server certificate signed by it serves from now on (if it cannot be
+    /// made, the old one keeps serving and the next call tries again). Returns whether the server
+    /// certificate changed.
+    pub fn follow(&self, signing: Authority, mut published: Vec<Vec<u8>>) -> Result<bool, String> {
+        if !published.contains(&signing.der) {
+            published.push(signing.der.clone());
+        }
+        let same = self
+            .clients
+            .read()
+            .map(|c| c.0 == published)
+            .map_err(poisoned)?;
+        if !same {
+            let verifier = client_verifier(&published)?;
+            *self.clients.write().map_err(poisoned)? = (published, verifier);
+        }
+        if self.signing.read().map_err(poisoned)?.der == signing.der {
+            return Ok(false);
+        }
+        let next = server_key(
+            &signing.key,
+            &signing.der,
+            &self.trust_domain,
+            &self.names,
+            self.lifetime,
+        )?;
+        *self.signing.write().map_err(poisoned)? = signing;
+        *self.current.write().map_err(poisoned)? = Arc::new(next);
+        Ok(true)
     }
 
     /// How often to renew: half the lifetime.
@@ -457,7 +568,7 @@ impl ApplianceTls {
         ))
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
-        .with_client_cert_verifier(self.client_verifier()?)
+        .with_client_cert_verifier(Arc::new(Clients(Arc::clone(self))))
         .with_cert_resolver(Arc::clone(self) as Arc<dyn ResolvesServerCert>);
         c.alpn_protocols = vec![b"http/1.1".to_vec()];
         // No resumption: a resumed session would carry a client certificate's identity without
@@ -467,25 +578,85 @@ impl ApplianceTls {
         c.send_tls13_tickets = 0;
         Ok(Arc::new(c))
     }
+
+    fn clients(&self) -> Result<ClientVerifier, rustls::Error> {
+        self.clients
+            .read()
+            .map(|c| Arc::clone(&c.1))
+            .map_err(|_| rustls::Error::General("the TLS state's lock is poisoned".into()))
+    }
 }
 
-impl ApplianceTls {
-    /// Client certificates are optional; one that is presented must chain to this CA and carry
-    /// clientAuth (what it may do is decided by its SPIFFE ID, per route).
-    fn client_verifier(
-        &self,
-    ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, String> {
-        let mut roots = rustls::RootCertStore::empty();
+/// Client certificates are optional; one that is presented must chain to one of `cas` and carry
+/// clientAuth (what it may do is decided by its SPIFFE ID, per route).
+fn client_verifier(cas: &[Vec<u8>]) -> Result<ClientVerifier, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for der in cas {
         roots
-            .add(CertificateDer::from(self.ca_der.clone()))
+            .add(CertificateDer::from(der.clone()))
             .map_err(|e| format!("CA certificate: {e}"))?;
-        rustls::server::WebPkiClientVerifier::builder_with_provider(
-            Arc::new(roots),
-            Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
-        )
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| format!("client certificate verifier: {e}"))
+    }
+    rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| format!("client certificate verifier: {e}"))
+}
+
+/// The client certificate verifier over the CAs [`ApplianceTls`] follows now. It names no CA in
+/// its request (the CAs change with a rotation; clients present the certificate they hold).
+#[derive(Debug)]
+struct Clients(Arc<ApplianceTls>);
+
+impl rustls::server::danger::ClientCertVerifier for Clients {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        self.0
+            .clients()?
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.clients()?.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.clients()?.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0
+            .clients()
+            .map(|c| c.supported_verify_schemes())
+            .unwrap_or_default()
     }
 }
 

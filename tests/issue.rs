@@ -2681,3 +2681,242 @@ fn now_s() -> i64 {
         .unwrap()
         .as_secs() as i64
 }
+
+/// `openssl verify -purpose sslclient` of the certificate `pem` against the CA certificates
+/// `cas` (DER) alone.
+fn chains_to(dir: &std::path::Path, pem: &str, cas: &[&[u8]]) -> bool {
+    let (cert, ca) = (dir.join("chain.pem"), dir.join("chain-ca.pem"));
+    std::fs::write(&cert, pem).unwrap();
+    let text: String = cas.iter().map(|c| writ::tls::pem(c).unwrap()).collect();
+    std::fs::write(&ca, text).unwrap();
+    std::process::Command::new("openssl")
+        .args(["verify", "-purpose", "sslclient", "-CAfile"])
+        .arg(&ca)
+        .arg(&cert)
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+/// The CA certificates (DER) of a kept CA file.
+fn kept_cas(path: &std::path::Path) -> Vec<Vec<u8>> {
+    kept_cas_of(&std::fs::read_to_string(path).unwrap())
+}
+
+/// The certificates (DER) of a PEM text, explanatory lines skipped.
+fn kept_cas_of(pem: &str) -> Vec<Vec<u8>> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .map(|c| c.unwrap().to_vec())
+        .collect()
+}
+
+#[test]
+fn the_ca_key_rotates_under_running_clients() {
+    use base64::engine::general_purpose::STANDARD;
+    let mut s = Stack::tls_with(&["--ear-ttl", "10"]);
+    let d = s.dir.path().to_path_buf();
+    let rt = ready(&s, "rot-ca");
+    ok(&load_policy(&s, &bundle(json!({}))));
+    let fp_a = s.server.as_ref().unwrap().fingerprint.clone().unwrap();
+    let token = d.join("admin.token");
+    // An admin that keeps its CAs in a file, pinned by fingerprint.
+    let admin_with = |s: &Stack, fp: &str, file: Option<&std::path::Path>, args: &[&str]| {
+        let url = s.url();
+        let mut a = vec![
+            "admin",
+            "--server",
+            &url,
+            "--token-file",
+            token.to_str().unwrap(),
+            "--fingerprint",
+            fp,
+        ];
+        if let Some(f) = file {
+            a.extend(["--ca-file", f.to_str().unwrap()]);
+        }
+        a.extend(args);
+        s.writ(&a)
+    };
+    let (kept, stale) = (d.join("kept-ca.pem"), d.join("stale-ca.pem"));
+    ok(&admin_with(&s, &fp_a, Some(&kept), &["runtimes"]));
+    ok(&admin_with(&s, &fp_a, Some(&stale), &["runtimes"]));
+    let ca_a = kept_cas(&kept);
+    assert_eq!(ca_a.len(), 1);
+    assert_eq!(writ::tls::fingerprint(&ca_a[0]), fp_a);
+    let svid = |s: &Stack| {
+        let ear = attest(s, &rt);
+        let (st, v) = ask_svid(s, Some(&rt), Some(&ear), &greedy_csr(&rt));
+        assert_eq!(st, 200, "{v}");
+        v["certificate"].as_str().unwrap().to_string()
+    };
+    let bundle_cas = |s: &Stack| -> Vec<Vec<u8>> {
+        let (st, text) = common::stack::get(&s.url(), "/v1/bundle");
+        assert_eq!(st, 200, "{text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        v["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|k| k["use"] == "x509-svid")
+            .map(|k| STANDARD.decode(k["x5c"][0].as_str().unwrap()).unwrap())
+            .collect()
+    };
+    let before = svid(&s);
+    assert!(chains_to(&d, &before, &[&ca_a[0]]));
+
+    // Refused: another purpose's key; a key on another device.
+    let rotate = |s: &Stack, uri: &str| {
+        s.admin(&[
+            "rotate-key",
+            "--purpose",
+            "ca",
+            "--key-uri",
+            uri,
+            "--overlap-s",
+            "4",
+            "--skew-s",
+            "0",
+        ])
+    };
+    let out = rotate(&s, &s.issuer_key);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("key_in_use"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let elsewhere = s
+        .hsm
+        .key_uri("ca-x")
+        .replace(&format!("token={}", s.hsm.label()), "token=another");
+    let out = rotate(&s, &elsewhere);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the device of the key it replaces"));
+
+    // One command: B and its CA certificate are published now; B signs 4 s later.
+    let key_b = common::softhsm_key(&s.hsm, "ca-r", "ca");
+    let out = rotate(&s, &key_b);
+    ok(&out);
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (signs_from, retires_at) = (
+        r["signs_from"].as_i64().unwrap(),
+        r["previous_retires_at"].as_i64().unwrap(),
+    );
+    // No admin or gateway certificate outstanding: A leaves when its last SVID (no longer than
+    // its EAR) has expired.
+    assert_eq!(retires_at, signs_from + 10);
+    let fp_b = r["ca_fingerprint"].as_str().unwrap().to_string();
+    assert_ne!(fp_b, fp_a);
+    let records = s.records();
+    let n = records.len();
+    assert_eq!(serde_json::to_value(records[n - 1].kind).unwrap(), "bundle");
+    assert!(records[n - 2].digests.contains_key("rotated_ca_key"));
+    let listed = bundle_cas(&s);
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0], ca_a[0]);
+    let ca_b = listed[1].clone();
+    assert_eq!(writ::tls::fingerprint(&ca_b), fp_b);
+    // A second rotation waits for this one.
+    let out = rotate(&s, &common::softhsm_key(&s.hsm, "ca-s", "ca"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("rotation_in_progress"));
+
+    // During the overlap: A still signs the server certificate and SVIDs; a client that keeps
+    // its CAs learns B from the bundle; one pinning B alone cannot connect yet.
+    let during = svid(&s);
+    assert!(chains_to(&d, &during, &[&ca_a[0]]));
+    assert!(!chains_to(&d, &during, &[&ca_b]));
+    ok(&admin_with(&s, &fp_a, Some(&kept), &["runtimes"]));
+    assert_eq!(kept_cas(&kept), [ca_a[0].clone(), ca_b.clone()]);
+    assert!(!admin_with(&s, &fp_b, None, &["runtimes"]).status.success());
+    // An admin certificate issued now comes from B (only the appliance verifies it, and it
+    // trusts every published CA) and authenticates at once.
+    let (cert, key) = (d.join("bob.pem"), d.join("bob.key"));
+    ok(&admin_with(
+        &s,
+        &fp_a,
+        Some(&kept),
+        &[
+            "issue-cert",
+            "--name",
+            "bob",
+            "--key-out",
+            key.to_str().unwrap(),
+            "--cert-out",
+            cert.to_str().unwrap(),
+            "--hours",
+            "1",
+        ],
+    ));
+    let bob_pem = std::fs::read_to_string(&cert).unwrap();
+    assert!(chains_to(&d, &bob_pem, &[&ca_b]));
+    let as_bob = |s: &Stack, file: &std::path::Path| {
+        let url = s.url();
+        s.writ(&[
+            "admin",
+            "--server",
+            &url,
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            "--fingerprint",
+            &fp_a,
+            "--ca-file",
+            file.to_str().unwrap(),
+            "runtimes",
+        ])
+    };
+    ok(&as_bob(&s, &kept));
+
+    // From signs_from (and the next tick): B signs the server certificate and SVIDs.
+    wait_until(signs_from + 2);
+    ok(&admin_with(&s, &fp_b, None, &["runtimes"]));
+    let after = svid(&s);
+    assert!(chains_to(&d, &after, &[&ca_b]));
+    assert!(!chains_to(&d, &after, &[&ca_a[0]]));
+    ok(&admin_with(&s, &fp_a, Some(&kept), &["runtimes"]));
+    ok(&as_bob(&s, &kept));
+    // A client that kept A alone and made no request during the overlap: refused, naming why.
+    let out = admin_with(&s, &fp_a, Some(&stale), &["runtimes"]);
+    assert!(!out.status.success());
+    assert_eq!(kept_cas(&stale), &ca_a[..1]);
+
+    // A leaves the bundle when its SVIDs have expired; clients follow, and the fingerprint
+    // first pinned still names the kept file's lineage.
+    wait_until(retires_at + 2);
+    assert_eq!(bundle_cas(&s), std::slice::from_ref(&ca_b));
+    ok(&admin_with(&s, &fp_a, Some(&kept), &["runtimes"]));
+    assert_eq!(kept_cas(&kept), std::slice::from_ref(&ca_b));
+    let text = std::fs::read_to_string(&kept).unwrap();
+    assert!(text.contains(&format!("# writ followed {fp_a}")), "{text}");
+    ok(&admin_with(&s, &fp_a, Some(&kept), &["runtimes"]));
+    // Bootstrapping with A's fingerprint no longer works: A is not served.
+    let out = admin_with(&s, &fp_a, Some(&d.join("new-ca.pem")), &["runtimes"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not the pinned"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A kept file pinned to neither: refused before anything is sent.
+    let out = admin_with(
+        &s,
+        "sha256:0000000000000000000000000000000000000000000000000000000000000000",
+        Some(&kept),
+        &["runtimes"],
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nor followed"));
+
+    // A restart with A still configured: the schedule's CA signs, and the printed fingerprint
+    // is B's.
+    s.kill_and_restart();
+    assert_eq!(
+        s.server.as_ref().unwrap().fingerprint.as_deref(),
+        Some(fp_b.as_str())
+    );
+    ok(&admin_with(&s, &fp_a, Some(&kept), &["runtimes"]));
+    assert!(chains_to(&d, &svid(&s), &[&ca_b]));
+    let (st, pem) = common::stack::get(&s.url(), "/v1/ca.pem");
+    assert_eq!(st, 200);
+    assert_eq!(kept_cas_of(&pem), std::slice::from_ref(&ca_b));
+}

@@ -547,3 +547,199 @@ fn clients_refuse_a_server_certificate_without_the_appliance_spiffe_id() {
         assert!(!g.join("bundle.json").exists());
     }
 }
+
+/// `writ serve` on `db` with the soft `checkpoint` and `ca` keys of `d` (and `ca`'s URI).
+fn serve_soft(d: &Path, db: &Path, ca_uri: &str) -> std::process::Command {
+    let mut cmd = common::writ(None);
+    cmd.args([
+        "serve",
+        "--store",
+        &format!("sqlite:{}", db.display()),
+        "--checkpoint-key",
+        &format!("soft:path={}", d.join("checkpoint").display()),
+        "--ca-key",
+        ca_uri,
+        "--allow-software-keys",
+        "--listen",
+        "127.0.0.1:0",
+        "--trust-domain",
+        TD,
+        "--admin-token-file",
+        d.join("admin.token").to_str().unwrap(),
+    ]);
+    cmd
+}
+
+#[test]
+fn the_old_ca_stays_while_an_admin_certificate_it_signed_lives_and_a_stored_ca_certificate_is_checked()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    soft_key(d, "checkpoint");
+    let (ca_uri, _) = soft_key(d, "ca");
+    writ_testkit::write_secret(&d.join("admin.token"), "admin-token-0123456789");
+    let db = d.join("writ.db");
+    let s = common::serve(serve_soft(d, &db, &ca_uri));
+    let fp = s.fingerprint.clone().unwrap();
+    let kept = d.join("kept.pem");
+    let admin = |auth: &[&str], extra: &[&str]| {
+        let mut a = vec![
+            "admin",
+            "--server",
+            &s.url,
+            "--fingerprint",
+            &fp,
+            "--ca-file",
+            kept.to_str().unwrap(),
+        ];
+        a.extend(auth);
+        a.extend(extra);
+        writ(&a)
+    };
+    let token = ["--token-file", d.join("admin.token").to_str().unwrap()].map(str::to_string);
+    let token: Vec<&str> = token.iter().map(String::as_str).collect();
+    let issue = |name: &str, hours: &str| {
+        let (k, c) = (d.join(format!("{name}.key")), d.join(format!("{name}.pem")));
+        let out = admin(
+            &token,
+            &[
+                "issue-cert",
+                "--name",
+                name,
+                "--key-out",
+                k.to_str().unwrap(),
+                "--cert-out",
+                c.to_str().unwrap(),
+                "--hours",
+                hours,
+            ],
+        );
+        assert!(out.status.success(), "{}", text(&out));
+        [
+            "--cert".to_string(),
+            c.display().to_string(),
+            "--key".to_string(),
+            k.display().to_string(),
+        ]
+    };
+    let alice = issue("alice", "2");
+    let alice: Vec<&str> = alice.iter().map(String::as_str).collect();
+    // A revoked certificate does not hold the old CA back.
+    issue("carol", "3");
+    assert!(admin(&token, &["revoke-admin", "carol"]).status.success());
+    let not_after: i64 = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row(
+            "SELECT not_after FROM admin_certificates WHERE name = 'alice'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+
+    let (ca_b, key_b) = soft_key(d, "ca-b");
+    let out = admin(
+        &token,
+        &[
+            "rotate-key",
+            "--purpose",
+            "ca",
+            "--key-uri",
+            &ca_b,
+            "--overlap-s",
+            "3",
+            "--skew-s",
+            "5",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    // A request during the overlap: the client keeps both CAs (no policy bundle is loaded
+    // here: the CAs come from /v1/ca.pem).
+    let during = admin(&token, &["runtimes"]);
+    assert!(during.status.success(), "{}", text(&during));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Alice's certificate outlives every SVID A can still sign (at most the EAR lifetime, 300 s).
+    assert_eq!(r["previous_retires_at"].as_i64().unwrap(), not_after + 5);
+    let signs_from = r["signs_from"].as_i64().unwrap();
+    while now_s() < signs_from + 2 {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // B signs the server certificate now; alice's certificate (A's) still administers.
+    let out = admin(&alice, &["runtimes"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let cas = std::fs::read_to_string(&kept).unwrap();
+    assert_eq!(cas.matches("BEGIN CERTIFICATE").count(), 2, "{cas}");
+    // A client that kept A alone and made no request during the overlap: refused at the
+    // handshake.
+    let stale = d.join("stale.pem");
+    std::fs::write(
+        &stale,
+        cas.split_inclusive("-----END CERTIFICATE-----\n")
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    let mut a = vec![
+        "admin",
+        "--server",
+        &s.url,
+        "--ca-file",
+        stale.to_str().unwrap(),
+    ];
+    a.extend(&token);
+    a.push("runtimes");
+    let out = writ(&a);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("UnknownIssuer"), "{}", text(&out));
+    drop(s);
+
+    // B's stored CA certificate replaced by A's (a certificate of another key): the appliance
+    // does not start.
+    {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        let a_cert: Vec<u8> = c
+            .query_row(
+                "SELECT certificate FROM key_schedule WHERE purpose = 'ca' AND signs_from = 0",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let n = c
+            .execute(
+                "UPDATE key_schedule SET certificate = ?1 WHERE spki = ?2",
+                rusqlite::params![a_cert, key_b.public_key().spki_der()],
+            )
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+    let mut child = serve_soft(d, &db, &ca_uri)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("writ serve started with a CA certificate of another key");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let err = {
+        use std::io::Read;
+        let mut e = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut e).unwrap();
+        e
+    };
+    assert!(!status.success());
+    assert!(err.contains("it certifies another key"), "{err}");
+}
+
+fn now_s() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}

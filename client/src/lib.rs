@@ -1,14 +1,22 @@
 //! writ's HTTP client for the appliance (the CLI's and the gateway's): JSON in, JSON out, problem+json errors read back
 //! into their stable code.
 //!
-//! TLS trust is one pinned CA: `--fingerprint sha256:<hex>` of the appliance's CA certificate
+//! TLS trust is a pinned CA: `--fingerprint sha256:<hex>` of the appliance's CA certificate
 //! (printed by `writ serve`), as `step ca bootstrap --fingerprint` does. On first contact the
-//! client fetches `/v1/ca.pem` without trusting the connection, accepts it only if its SHA-256
-//! is the pinned fingerprint, keeps it (the agent in its state folder), and from then on trusts
-//! that CA alone, with hostname (or IP) verification, the serverAuth usage, and the appliance's
-//! SPIFFE ID (`spiffe://<td>/writ/appliance`, the only SPIFFE ID of the certificate): the same
-//! CA certifies admins' (and later runtimes') client certificates, and none of those may pass
-//! for the appliance. A client certificate and its key (an admin's, `writ admin issue-cert`) are
+//! client fetches `/v1/ca.pem` without trusting the connection, accepts the certificate there
+//! whose SHA-256 is the pinned fingerprint, keeps it (the agent in its state folder), and from
+//! then on trusts the CAs it keeps alone, with hostname (or IP) verification, the serverAuth
+//! usage, and the appliance's SPIFFE ID (`spiffe://<td>/writ/appliance`, the only SPIFFE ID of
+//! the certificate): the same CA certifies admins' and runtimes' client certificates, and none of
+//! those may pass for the appliance.
+//!
+//! A client that keeps its CAs in a file follows a rotation of the appliance's `ca` key: each
+//! [`Client::new`] reads `/v1/ca.pem` over the TLS it already trusts and keeps the CA
+//! certificates published there (those of the trust bundle: the new one is published before it
+//! signs), remembering
+//! the fingerprints it followed, so the fingerprint first pinned still names the file's
+//! lineage. A client that made no request while both CAs were published must bootstrap again
+//! with the new CA's fingerprint. A client certificate and its key (an admin's, `writ admin issue-cert`) are
 //! presented when configured. Plain `http://` is for loopback appliances only (an authority with
 //! userinfo is refused), never through a proxy; no redirects are followed.
 #![forbid(unsafe_code)]
@@ -76,13 +84,75 @@ fn transport(e: impl std::fmt::Display) -> ClientError {
     ClientError::Transport(e.to_string())
 }
 
-fn first_certificate_der(pem: &[u8]) -> Result<Vec<u8>, ClientError> {
-    for item in ureq::tls::parse_pem(pem) {
-        if let Ok(ureq::tls::PemItem::Certificate(c)) = item {
-            return Ok(c.der().to_vec());
+/// The certificates of a PEM text (other PEM items and explanatory text are skipped).
+fn certificates_der(pem: &[u8]) -> Vec<Vec<u8>> {
+    ureq::tls::parse_pem(pem)
+        .filter_map(|item| match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c.der().to_vec()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Most CA certificates kept, and fingerprints remembered as followed.
+const MAX_KEPT: usize = 8;
+const MAX_FOLLOWED: usize = 32;
+/// The line that names a fingerprint this file followed (explanatory text before the PEM).
+const FOLLOWED: &str = "# writ followed ";
+
+/// The CA certificates a client keeps, and the fingerprints of those it kept before.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Kept {
+    cas: Vec<Vec<u8>>,
+    followed: Vec<String>,
+}
+
+impl Kept {
+    fn read(path: &std::path::Path) -> Result<Option<Kept>, ClientError> {
+        let text = match std::fs::read(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(transport(format!("{}: {e}", path.display()))),
+        };
+        let cas = certificates_der(&text);
+        if cas.is_empty() {
+            return Err(transport(format!(
+                "{}: no CA certificate in it (remove it to bootstrap again)",
+                path.display()
+            )));
         }
+        let followed = String::from_utf8_lossy(&text)
+            .lines()
+            .filter_map(|l| l.strip_prefix(FOLLOWED))
+            .map(|f| f.trim().to_ascii_lowercase())
+            .collect();
+        Ok(Some(Kept { cas, followed }))
     }
-    Err(transport("no certificate in the CA PEM"))
+
+    /// Whether `fp` is one of these CAs' or one followed to them.
+    fn knows(&self, fp: &str) -> bool {
+        let fp = fp.to_ascii_lowercase();
+        self.cas.iter().any(|c| crate::x509::fingerprint(c) == fp) || self.followed.contains(&fp)
+    }
+
+    fn write(&self, path: &std::path::Path) -> Result<(), ClientError> {
+        let mut text = String::from(
+            "# writ: the appliance's CA certificates, as its trust bundle lists them\n",
+        );
+        for f in &self.followed {
+            text.push_str(&format!("{FOLLOWED}{f}\n"));
+        }
+        for der in &self.cas {
+            text.push_str(&crate::x509::pem(der).map_err(transport)?);
+        }
+        crate::files::write_atomically(
+            path,
+            text.as_bytes(),
+            0o644,
+            crate::files::Existing::Replace,
+        )
+        .map_err(transport)
+    }
 }
 
 fn tls_agent(roots: Option<Vec<u8>>, verify: bool, status_errors: bool) -> ureq::Agent {
@@ -130,13 +200,6 @@ pub fn loopback(base: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// Keeps the pinned CA certificate (only the verified one).
-fn keep(path: &std::path::Path, der: &[u8]) -> Result<(), ClientError> {
-    let pem = crate::x509::pem(der).map_err(transport)?;
-    crate::files::write_atomically(path, pem.as_bytes(), 0o644, crate::files::Existing::Replace)
-        .map_err(transport)
-}
-
 /// An agent for the appliance at `base` (no trailing slash), trusting it as `trust` says;
 /// `status_errors`: whether HTTP error statuses are errors (else answers to read).
 pub fn agent_for(
@@ -162,21 +225,20 @@ pub fn agent_for(
         return Err(transport(format!("{base}: not an http(s) URL")));
     }
     let kept = match &trust.ca_file {
-        Some(p) if p.exists() => Some(
-            std::fs::read(p)
-                .map_err(|e| transport(format!("{}: {e}", p.display())))
-                .and_then(|pem| first_certificate_der(&pem))?,
-        ),
-        _ => None,
+        Some(p) => Kept::read(p)?,
+        None => None,
     };
-    let ca = match (kept, &trust.fingerprint) {
-        (Some(der), Some(fp)) if crate::x509::fingerprint(&der) != fp.to_ascii_lowercase() => {
+    let cas = match (kept, &trust.fingerprint) {
+        (Some(k), Some(fp)) if !k.knows(fp) => {
             return Err(transport(format!(
-                "the kept CA certificate is {}, not the pinned {fp}",
-                crate::x509::fingerprint(&der)
+                "the kept CA certificates are {:?}, not the pinned {fp} nor followed from it",
+                k.cas
+                    .iter()
+                    .map(|c| crate::x509::fingerprint(c))
+                    .collect::<Vec<_>>()
             )));
         }
-        (Some(der), _) => der,
+        (Some(k), _) => k.cas,
         (None, None) => {
             return Err(transport(
                 "an https appliance needs --fingerprint sha256:<hex> of its CA certificate (writ serve prints it)",
@@ -195,21 +257,41 @@ pub fn agent_for(
                 .limit(64 * 1024)
                 .read_to_vec()
                 .map_err(|e| transport(format!("GET {url}: {e}")))?;
-            let der = first_certificate_der(&pem)?;
-            let got = crate::x509::fingerprint(&der);
-            if got != fp.to_ascii_lowercase() {
+            // During a rotation of its ca key the appliance serves both CA certificates.
+            let served = certificates_der(&pem);
+            let Some(der) = served
+                .iter()
+                .find(|d| crate::x509::fingerprint(d) == fp.to_ascii_lowercase())
+            else {
                 return Err(transport(format!(
-                    "the appliance's CA certificate is {got}, not the pinned {fp}: refusing to trust it"
+                    "the appliance's CA certificates are {:?}, not the pinned {fp}: refusing to trust them",
+                    served
+                        .iter()
+                        .map(|c| crate::x509::fingerprint(c))
+                        .collect::<Vec<_>>()
                 )));
-            }
+            };
             if let Some(p) = &trust.ca_file {
-                keep(p, &der)?;
+                Kept {
+                    cas: vec![der.clone()],
+                    followed: Vec::new(),
+                }
+                .write(p)?;
             }
-            der
+            vec![der.clone()]
         }
     };
+    verified_agent(&cas, trust, status_errors)
+}
+
+/// An agent that trusts the CAs `cas` alone (and the appliance's SPIFFE ID).
+fn verified_agent(
+    cas: &[Vec<u8>],
+    trust: &Trust,
+    status_errors: bool,
+) -> Result<ureq::Agent, ClientError> {
     use ureq::unversioned::transport::Connector as _;
-    let config = verified_tls(&ca, trust.client_cert.as_ref())?;
+    let config = verified_tls(cas, trust.client_cert.as_ref())?;
     Ok(ureq::Agent::with_parts(
         ureq::Agent::config_builder()
             .timeout_global(Some(TIMEOUT))
@@ -224,19 +306,21 @@ pub fn agent_for(
     ))
 }
 
-/// The rustls configuration that trusts the pinned CA `ca_der` alone and requires the
-/// appliance's SPIFFE ID, presenting `client_cert` (certificate PEM, key PEM) if given.
+/// The rustls configuration that trusts the CAs `cas` alone and requires the appliance's SPIFFE
+/// ID, presenting `client_cert` (certificate PEM, key PEM) if given.
 fn verified_tls(
-    ca_der: &[u8],
+    cas: &[Vec<u8>],
     client_cert: Option<&(std::path::PathBuf, std::path::PathBuf)>,
 ) -> Result<std::sync::Arc<rustls::ClientConfig>, ClientError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from(ca_der.to_vec()))
-        .map_err(|e| transport(format!("the pinned CA certificate: {e}")))?;
+    for der in cas {
+        roots
+            .add(CertificateDer::from(der.clone()))
+            .map_err(|e| transport(format!("a kept CA certificate: {e}")))?;
+    }
     let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
         std::sync::Arc::new(roots),
         std::sync::Arc::clone(&provider),
@@ -437,7 +521,56 @@ impl Client {
     pub fn new(base: &str, trust: &Trust) -> Result<Self, ClientError> {
         let base = base.trim_end_matches('/').to_string();
         let agent = agent_for(&base, trust, false)?;
-        Ok(Client { base, agent })
+        let client = Client { base, agent };
+        match (&trust.ca_file, client.base.starts_with("https://")) {
+            (Some(path), true) => client.follow_authorities(trust, path),
+            _ => Ok(client),
+        }
+    }
+
+    /// Keeps the CA certificates the appliance publishes (`GET /v1/ca.pem`, the trust bundle's
+    /// `x509-svid` certificates), read over this client's verified TLS, in `path` (see the
+    /// crate's documentation), and trusts them from now on. Nothing changes when they cannot be
+    /// read or none is a CA certificate: the request that follows fails on its own if the
+    /// appliance is not trusted.
+    fn follow_authorities(
+        self,
+        trust: &Trust,
+        path: &std::path::Path,
+    ) -> Result<Self, ClientError> {
+        let Some(pem) = self.get_text("/v1/ca.pem") else {
+            return Ok(self);
+        };
+        let listed: Vec<Vec<u8>> = certificates_der(&pem)
+            .into_iter()
+            .filter(|der| is_ca(der))
+            .take(MAX_KEPT)
+            .collect();
+        let Some(kept) = Kept::read(path)? else {
+            return Ok(self);
+        };
+        let same = listed.len() == kept.cas.len() && listed.iter().all(|c| kept.cas.contains(c));
+        if listed.is_empty() || same {
+            return Ok(self);
+        }
+        let mut followed = kept.followed.clone();
+        for c in &kept.cas {
+            let fp = crate::x509::fingerprint(c);
+            if !listed.contains(c) && !followed.contains(&fp) {
+                followed.push(fp);
+            }
+        }
+        let excess = followed.len().saturating_sub(MAX_FOLLOWED);
+        followed.drain(..excess);
+        Kept {
+            cas: listed.clone(),
+            followed,
+        }
+        .write(path)?;
+        Ok(Client {
+            agent: verified_agent(&listed, trust, false)?,
+            base: self.base,
+        })
     }
     /// `method path` with an optional JSON body and bearer token; the JSON answer (`null` for
     /// an empty one).
@@ -450,6 +583,19 @@ impl Client {
     ) -> Result<Value, ClientError> {
         let auth = bearer.map(|t| format!("Bearer {t}"));
         self.call_with(method, path, body, auth.as_deref(), None)
+    }
+
+    /// The body of a successful `GET path` (at most 64 KiB), if any.
+    fn get_text(&self, path: &str) -> Option<Vec<u8>> {
+        let mut resp = self.agent.get(format!("{}{path}", self.base)).call().ok()?;
+        if resp.status().as_u16() != 200 {
+            return None;
+        }
+        resp.body_mut()
+            .with_config()
+            .limit(64 * 1024)
+            .read_to_vec()
+            .ok()
     }
 
     /// The base URL (scheme, host, port).
@@ -522,8 +668,97 @@ impl Client {
     }
 }
 
+/// Whether `der` is a CA certificate (basicConstraints CA).
+fn is_ca(der: &[u8]) -> bool {
+    use x509_cert::der::Decode as _;
+    x509_cert::Certificate::from_der(der).is_ok_and(|c| {
+        matches!(
+            c.tbs_certificate()
+                .get_extension::<x509_cert::ext::pkix::BasicConstraints>(),
+            Ok(Some((_, bc))) if bc.ca
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    /// A self-signed certificate's DER (a CA or not), for the kept-file tests.
+    fn certificate(ca: bool) -> Vec<u8> {
+        use x509_cert::builder::{Builder, CertificateBuilder, profile::BuilderProfile};
+        use x509_cert::der::Encode as _;
+        struct P(bool);
+        impl BuilderProfile for P {
+            fn get_issuer(&self, s: &x509_cert::name::Name) -> x509_cert::name::Name {
+                s.clone()
+            }
+            fn get_subject(&self) -> x509_cert::name::Name {
+                "CN=test".parse().unwrap()
+            }
+            fn build_extensions(
+                &self,
+                _: x509_cert::spki::SubjectPublicKeyInfoRef<'_>,
+                _: x509_cert::spki::SubjectPublicKeyInfoRef<'_>,
+                _: &x509_cert::TbsCertificate,
+            ) -> x509_cert::builder::Result<Vec<x509_cert::ext::Extension>> {
+                let bc = x509_cert::ext::pkix::BasicConstraints {
+                    ca: self.0,
+                    path_len_constraint: None,
+                };
+                Ok(vec![x509_cert::ext::Extension {
+                    extn_id: x509_cert::der::oid::db::rfc5280::ID_CE_BASIC_CONSTRAINTS,
+                    critical: true,
+                    extn_value: x509_cert::der::asn1::OctetString::new(bc.to_der().unwrap())
+                        .unwrap(),
+                }])
+            }
+        }
+        let mut d = [0u8; 32];
+        getrandom::fill(&mut d).unwrap();
+        d[0] = 1;
+        let key = p256::ecdsa::SigningKey::from_slice(&d).unwrap();
+        let spki =
+            x509_cert::spki::SubjectPublicKeyInfoOwned::from_key(key.verifying_key()).unwrap();
+        CertificateBuilder::new(
+            P(ca),
+            x509_cert::serial_number::SerialNumber::new(&[1]).unwrap(),
+            x509_cert::time::Validity::from_now(std::time::Duration::from_secs(60)).unwrap(),
+            spki,
+        )
+        .unwrap()
+        .build::<_, p256::ecdsa::DerSignature>(&key)
+        .unwrap()
+        .to_der()
+        .unwrap()
+    }
+
+    #[test]
+    fn a_kept_file_reads_back_its_cas_and_the_fingerprints_it_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        let (a, b) = (certificate(true), certificate(true));
+        let kept = super::Kept {
+            cas: vec![b.clone()],
+            followed: vec![crate::x509::fingerprint(&a)],
+        };
+        kept.write(&path).unwrap();
+        let read = super::Kept::read(&path).unwrap().unwrap();
+        assert_eq!(read, kept);
+        assert!(read.knows(&crate::x509::fingerprint(&a).to_ascii_uppercase()));
+        assert!(read.knows(&crate::x509::fingerprint(&b)));
+        assert!(!read.knows(&crate::x509::fingerprint(&certificate(true))));
+        // Nothing kept, and a file without a certificate (not taken for no file).
+        assert_eq!(super::Kept::read(&dir.path().join("none")).unwrap(), None);
+        std::fs::write(&path, "# writ followed sha256:00\n").unwrap();
+        assert!(super::Kept::read(&path).is_err());
+    }
+
+    #[test]
+    fn only_ca_certificates_are_followed() {
+        assert!(super::is_ca(&certificate(true)));
+        assert!(!super::is_ca(&certificate(false)));
+        assert!(!super::is_ca(b"not a certificate"));
+    }
+
     #[test]
     fn only_an_appliance_id_is_the_appliance() {
         assert!(super::is_appliance_id("spiffe://writ.test/writ/appliance"));

@@ -43,20 +43,18 @@ impl Appliance {
     /// What the bundle publishes now (no validity window).
     fn bundle_content(&self) -> Result<(Value, i64), Problem> {
         let mut keys = Vec::new();
-        if let Some(pem) = self.config.ca_certificate_pem.as_deref() {
-            let der = super::x509_der(pem).map_err(|e| {
-                Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "ca_certificate", e)
-            })?;
-            let ca = self.config.ca_key.as_ref().ok_or_else(|| {
-                Problem::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "ca_certificate",
-                    "a CA certificate without its ca key",
-                )
-            })?;
+        // Every CA published (two during a rotation of the ca key), oldest first.
+        let authorities = self.published_authorities(now()?);
+        if self.serves_tls() && authorities.is_empty() {
+            return Err(Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "ca_certificate",
+                "no CA certificate is published now",
+            ));
+        }
+        for (jwk, der) in authorities {
             // The X.509 authority as SPIFFE bundles carry it: no kid or alg.
-            let mut k = EcJwk::from_verifying_key(ca.public_key().verifying_key())
-                .to_json(Some("x509-svid"));
+            let mut k = jwk.to_json(Some("x509-svid"));
             if let Some(o) = k.as_object_mut() {
                 o.remove("kid");
                 o.remove("alg");

@@ -1,4 +1,4 @@
-//! Rotation of the `issuer`, `ear` and `checkpoint` keys without a restart (docs/keys.md,
+//! Rotation of the `issuer`, `ear`, `checkpoint` and `ca` keys without a restart (docs/keys.md,
 //! rotation).
 //!
 //! `POST /v1/admin/keys/rotate {"purpose", "key", "overlap_s", "skew_s"}` (`writ admin
@@ -18,6 +18,16 @@
 //! that, so a relying party holding either key verifies every checkpoint made while it is
 //! published. The old key leaves when the inclusion bundles that carry checkpoints it signed
 //! alone have expired with their writs (the issuer key's rule).
+//!
+//! The `ca` key follows it too. Its new key gets a self-signed CA certificate at the rotation
+//! (kept in the schedule), published in the trust bundle at once beside the old one; clients learn
+//! it from the bundle over TLS they already trust. From `signs_from` the new CA signs the
+//! appliance's server certificate (each replica switches within a second), SVIDs and every other
+//! certificate; until then the old one signs them. Admins' and gateways' client certificates are
+//! verified by the appliance alone, which trusts every published CA: they come from the newest
+//! published CA from the rotation on. The old CA leaves when what it signed has expired: its SVIDs
+//! (which never outlive their EAR: `ear_ttl_s` after `signs_from`) and the admins' and gateways'
+//! certificates it signed (the latest expiry among those not revoked), plus `skew_s`.
 //!
 //! The schedule (`key_schedule`) is the keys of that purpose from the first rotation on: the
 //! configured key is its first entry, and a restart whose configured key is not in it is refused
@@ -43,7 +53,7 @@ pub const DEFAULT_SKEW_S: i64 = 60;
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RotateRequest {
-    /// `issuer`, `ear` or `checkpoint`.
+    /// `issuer`, `ear`, `checkpoint` or `ca`.
     pub purpose: String,
     /// The new key's URI (`pkcs11:`, `tpm:`).
     pub key: String,
@@ -70,6 +80,9 @@ pub struct Rotated {
     pub previous_retires_at: i64,
     /// The trust bundle version that publishes the new key.
     pub bundle_sequence: i64,
+    /// A new `ca` key's CA certificate fingerprint (`sha256:<hex>`), what new clients pin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_fingerprint: Option<String>,
 }
 
 /// One key of a purpose's schedule.
@@ -86,6 +99,8 @@ pub(crate) struct Entry {
     retires_at: Option<i64>,
     /// A checkpoint key's endorsement by the key that signed at its rotation.
     endorsement: Option<Vec<u8>>,
+    /// A `ca` key's CA certificate (DER), checked against the key when read.
+    certificate: Option<Vec<u8>>,
 }
 
 impl Entry {
@@ -129,6 +144,7 @@ fn purpose_of(p: &str) -> Option<&'static str> {
         "issuer" => Some("issuer"),
         "ear" => Some("ear"),
         "checkpoint" => Some("checkpoint"),
+        "ca" => Some("ca"),
         _ => None,
     }
 }
@@ -148,6 +164,7 @@ impl Appliance {
             "issuer" => self.config.issuer_key.clone(),
             "ear" => self.config.ear_key.clone(),
             "checkpoint" => self.log.signing_keys().pop(),
+            "ca" => self.config.ca_key.clone(),
             _ => None,
         }
     }
@@ -178,6 +195,82 @@ impl Appliance {
         })
     }
 
+    /// The configured `ca` key and the CA certificate it was started with.
+    fn configured_authority(&self) -> Option<crate::tls::Authority> {
+        let key = self.config.ca_key.clone()?;
+        let der = super::x509_der(self.config.ca_certificate_pem.as_deref()?).ok()?;
+        Some(crate::tls::Authority { key, der })
+    }
+
+    /// The CA that signs certificates at `t` (the server's, SVIDs): the `ca` schedule's key
+    /// whose time has come, or, before any rotation, the configured one. `None`: plain HTTP.
+    pub fn signing_authority(&self, t: i64) -> Option<crate::tls::Authority> {
+        let entries = self.scheduled("ca");
+        if entries.is_empty() {
+            return self.configured_authority();
+        }
+        let e = entries
+            .iter()
+            .filter(|e| e.signs_from <= t && e.published(t))
+            .max_by_key(|e| e.signs_from)?;
+        Some(crate::tls::Authority {
+            key: e.key.clone()?,
+            der: e.certificate.clone()?,
+        })
+    }
+
+    /// The CA that signs the certificates only this appliance verifies (admins' and gateways'
+    /// client certificates) at `t`: the newest published one, which every replica trusts once
+    /// it is published.
+    pub(crate) fn client_authority(&self, t: i64) -> Option<crate::tls::Authority> {
+        let entries = self.scheduled("ca");
+        if entries.is_empty() {
+            return self.configured_authority();
+        }
+        let e = entries
+            .iter()
+            .filter(|e| e.published(t))
+            .max_by_key(|e| e.signs_from)?;
+        Some(crate::tls::Authority {
+            key: e.key.clone()?,
+            der: e.certificate.clone()?,
+        })
+    }
+
+    /// The CA certificates published at `t` (DER), oldest first, with their keys' JWKs: what the
+    /// trust bundle lists and what client certificates may chain to.
+    pub fn published_authorities(&self, t: i64) -> Vec<(EcJwk, Vec<u8>)> {
+        let entries = self.scheduled("ca");
+        if entries.is_empty() {
+            return self
+                .configured_authority()
+                .map(|a| {
+                    vec![(
+                        EcJwk::from_verifying_key(a.key.public_key().verifying_key()),
+                        a.der,
+                    )]
+                })
+                .unwrap_or_default();
+        }
+        entries
+            .iter()
+            .filter(|e| e.published(t))
+            .filter_map(|e| Some((e.jwk.clone(), e.certificate.clone()?)))
+            .collect()
+    }
+
+    /// What the appliance's TLS follows now: the CA that signs and the CAs published.
+    pub fn certificate_authorities(&self) -> Option<(crate::tls::Authority, Vec<Vec<u8>>)> {
+        let t = now().ok()?;
+        let signing = self.signing_authority(t)?;
+        let published = self
+            .published_authorities(t)
+            .into_iter()
+            .map(|(_, der)| der)
+            .collect();
+        Some((signing, published))
+    }
+
     /// Reads the schedule from the store (opening keys not open yet), if it changed. The first
     /// read also checks it against the configuration (`at_start`).
     pub fn load_schedule(&self, at_start: bool) -> Result<(), Problem> {
@@ -189,7 +282,7 @@ impl Appliance {
             )
         })?;
         let rows = self.query(
-            "SELECT purpose, uri, spki, published_at, signs_from, retires_at, endorsement
+                        "SELECT purpose, uri, spki, published_at, signs_from, retires_at, endorsement, certificate
              FROM key_schedule ORDER BY purpose, published_at, signs_from",
             &[],
         )?;
@@ -253,6 +346,16 @@ impl Appliance {
                     }
                 })
             };
+            let certificate = r.get(7).and_then(Db::blob).map(<[u8]>::to_vec);
+            if purpose == "ca" && key.is_some() {
+                // A stored certificate is published and chained to only if it is the key's own.
+                let c = certificate.as_deref().ok_or_else(|| {
+                    start_problem(format!("the scheduled ca key {uri} has no CA certificate"))
+                })?;
+                crate::tls::check_ca_certificate(c, &spki).map_err(|e| {
+                    start_problem(format!("the scheduled ca key {uri}'s CA certificate: {e}"))
+                })?;
+            }
             entries.push(Entry {
                 purpose,
                 jwk,
@@ -262,6 +365,7 @@ impl Appliance {
                 signs_from: int(4),
                 retires_at,
                 endorsement: r.get(6).and_then(Db::blob).map(<[u8]>::to_vec),
+                certificate,
             });
         }
         if at_start {
@@ -303,6 +407,7 @@ impl Appliance {
             for (purpose, configured) in [
                 ("issuer", &self.config.issuer_key),
                 ("ear", &self.config.ear_key),
+                ("ca", &self.config.ca_key),
             ] {
                 let of: Vec<&Entry> = entries.iter().filter(|e| e.purpose == purpose).collect();
                 if of.is_empty() {
@@ -430,7 +535,7 @@ impl Appliance {
         let refuse = |p: Problem| self.admin_refused(admin, p);
         let Some(purpose) = purpose_of(&req.purpose) else {
             return Err(refuse(malformed(
-                "purpose: issuer, ear or checkpoint (the ca and signing keys' rotation is not built)",
+                "purpose: issuer, ear, checkpoint or ca (the signing service keys' rotation is not built)",
             )));
         };
         let current_uri = self
@@ -517,6 +622,8 @@ impl Appliance {
         }
         // The longest life of what the previous key may still sign before the new one does (a
         // checkpoint it signed alone lives in inclusion bundles, with their writs).
+        // (An SVID never outlives the EAR it was asked with; the server certificate the old CA
+        // signed stops serving at `signs_from`.)
         let lifetime = match purpose {
             "issuer" | "checkpoint" => self
                 .current_policy()?
@@ -532,6 +639,17 @@ impl Appliance {
                 .iter()
                 .filter_map(|p| p.get("until").and_then(serde_json::Value::as_i64))
                 .max()
+                .unwrap_or(0),
+            // Admins' and gateways' certificates the old CA signed (from now on the new one
+            // signs those).
+            "ca" => self
+                .query(
+                    "SELECT MAX(not_after) FROM admin_certificates WHERE revoked_at IS NULL",
+                    &[],
+                )?
+                .first()
+                .and_then(|r| r.first())
+                .and_then(Db::int)
                 .unwrap_or(0),
             _ => 0,
         };
@@ -555,17 +673,33 @@ impl Appliance {
         } else {
             None
         };
+        // A new CA's certificate, made by its key now; the configured one's as it was started.
+        let (certificate, previous_certificate) = if purpose == "ca" {
+            let made = crate::tls::rotated_ca_certificate(&key, &self.config.trust_domain)
+                .map_err(|e| {
+                    refuse(Problem::new(
+                        StatusCode::BAD_REQUEST,
+                        "key_unusable",
+                        format!("the new key could not sign its CA certificate: {e}"),
+                    ))
+                })?;
+            let before = self.signing_authority(t).map(|a| a.der);
+            (Some(made), before)
+        } else {
+            (None, None)
+        };
         let mut effect = Vec::new();
         if self.scheduled(purpose).is_empty() {
             // The first rotation: the configured key becomes the schedule's first entry.
             effect.push(Op {
-                sql: "INSERT INTO key_schedule (purpose, uri, spki, published_at, signs_from, retires_at)
-                      VALUES ($1, $2, $3, 0, 0, $4)",
+                                sql: "INSERT INTO key_schedule (purpose, uri, spki, published_at, signs_from, retires_at, certificate)
+                      VALUES ($1, $2, $3, 0, 0, $4, $5)",
                 params: vec![
                     purpose.into(),
                     previous.uri().to_string().into(),
                     previous_spki.clone().into(),
                     retires_at.into(),
+                    previous_certificate.map_or(Db::Null, Db::from),
                 ],
                 must_affect: None,
             });
@@ -598,6 +732,13 @@ impl Appliance {
                 "the key schedule changed meanwhile (another rotation, or this key is scheduled)",
             )),
         });
+        if let Some(c) = &certificate {
+            effect.push(Op {
+                sql: "UPDATE key_schedule SET certificate = $1 WHERE spki = $2",
+                params: vec![c.clone().into(), spki.clone().into()],
+                must_affect: Some(("rotation_in_progress", "the key schedule changed meanwhile")),
+            });
+        }
         if let Some(e) = endorsement {
             effect.push(Op {
                 sql: "UPDATE key_schedule SET endorsement = $1 WHERE spki = $2",
@@ -608,6 +749,7 @@ impl Appliance {
         let name = match purpose {
             "issuer" => "rotated_issuer_key",
             "checkpoint" => "rotated_checkpoint_key",
+            "ca" => "rotated_ca_key",
             _ => "rotated_ear_key",
         };
         self.admin_record(admin, &[(name, digest(&spki))], effect)?;
@@ -626,6 +768,7 @@ impl Appliance {
                 .thumbprint(),
             previous_retires_at: retires_at,
             bundle_sequence: sequence,
+            ca_fingerprint: certificate.as_deref().map(crate::tls::fingerprint),
         })
     }
 

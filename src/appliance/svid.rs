@@ -28,7 +28,7 @@ use writ_attestation::jwk::EcJwk;
 use writ_attestation::log::record::Kind;
 
 use super::issue::{RUNTIME_ROW, Refused, commit_rechecks, runtime_facts, spend, standing};
-use super::{Appliance, digest, now, store_problem, x509_der};
+use super::{Appliance, digest, now, store_problem};
 use crate::http::Problem;
 use crate::policy::{Principal, RequestContext, Verdict};
 use crate::store::{Op, StoreError, Value as Db};
@@ -298,7 +298,10 @@ impl Appliance {
         }
 
         // The certificate: nothing from the request but its key.
-        let (Some(ca), Some(ca_pem)) = (&self.config.ca_key, &self.config.ca_certificate_pem)
+        let Some(crate::tls::Authority {
+            key: ca,
+            der: ca_der,
+        }) = self.signing_authority(t)
         else {
             return Err(deny(
                 "tls_off",
@@ -308,8 +311,6 @@ impl Appliance {
                 spend(&proofs, t, false),
             ));
         };
-        let ca_der = x509_der(ca_pem)
-            .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "ca_certificate", e))?;
         // No longer than the EAR it was asked with: an SVID is as fresh as its attestation.
         let ear_exp = caller
             .claims
@@ -322,7 +323,7 @@ impl Appliance {
             .min(ear_exp.saturating_sub(t))
             .max(1);
         let der = match crate::tls::client_certificate(
-            ca,
+            &ca,
             &ca_der,
             &subject,
             &spki,

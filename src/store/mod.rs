@@ -480,6 +480,12 @@ const MIGRATIONS: &[(u32, &str)] = &[
         // from its configured key, so a row written into the store is not a trust anchor.
         "ALTER TABLE key_schedule ADD COLUMN endorsement {blob};",
     ),
+    (
+        11,
+        // A ca key's self-signed CA certificate (DER), made when the key was scheduled: what the
+        // trust bundle publishes for it and what the certificates it signs chain to.
+        "ALTER TABLE key_schedule ADD COLUMN certificate {blob};",
+    ),
 ];
 
 fn migration_sql(sql: &str, int: &str, blob: &str) -> String {

@@ -67,9 +67,14 @@ impl Stack {
 
     /// With the `ca` key in the token: TLS.
     pub fn tls() -> Stack {
+        Stack::tls_with(&[])
+    }
+
+    /// TLS, with `extra` flags.
+    pub fn tls_with(extra: &[&str]) -> Stack {
         let tpm = Swtpm::start();
         let roots = roots_of(&[&tpm]);
-        Stack::make(tpm, roots, Engine::Sqlite, &[], true)
+        Stack::make(tpm, roots, Engine::Sqlite, extra, true)
     }
 
     /// A stack (SQLite, `extra` flags) trusting two swtpms' EK roots; the second swtpm (a distinct
