@@ -116,12 +116,12 @@ enum AdminCommand {
         /// The admin's name.
         name: String,
     },
-        /// Rotate the issuer, ear, checkpoint or ca key without a restart (docs/keys.md): the new key
+    /// Rotate the issuer, ear, checkpoint or ca key without a restart (docs/keys.md): the new key
     /// (made first with `writ keys generate`) is published now and signs after --overlap-s; the
     /// current one stays published until what it can still sign has expired (a checkpoint key
     /// signs with the new one meanwhile). Prints the schedule.
     RotateKey {
-                /// `issuer`, `ear`, `checkpoint` or `ca` (a new CA: the answer's `ca_fingerprint` is what
+        /// `issuer`, `ear`, `checkpoint` or `ca` (a new CA: the answer's `ca_fingerprint` is what
         /// new clients pin once it signs).
         #[arg(long)]
         purpose: String,

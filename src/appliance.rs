@@ -477,6 +477,23 @@ impl Appliance {
         (!pems.is_empty()).then(|| pems.concat())
     }
 
+    /// Why no certificate can be made now: plain HTTP, or no CA of the `ca` key's schedule signs.
+    pub(crate) fn no_authority(&self) -> Problem {
+        if self.serves_tls() {
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ca_signing",
+                "no CA of the ca key's schedule signs now",
+            )
+        } else {
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "tls_off",
+                "this appliance has no ca key (plain HTTP): it issues no certificates",
+            )
+        }
+    }
+
     /// Whether this appliance serves TLS (it has a `ca` key).
     pub fn serves_tls(&self) -> bool {
         self.config.ca_certificate_pem.is_some()
@@ -1134,17 +1151,19 @@ impl Appliance {
         let Some(crate::tls::Authority {
             key: ca,
             der: ca_der,
+            until,
         }) = self.client_authority(now()?)
         else {
-            return Err(self.admin_refused(
-                admin,
-                Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "tls_off",
-                    "this appliance has no ca key (plain HTTP): it issues no certificates",
-                ),
-            ));
+            return Err(self.admin_refused(admin, self.no_authority()));
         };
+        // Nothing a rotated-out CA signs outlives its end.
+        let lifetime = match until {
+            Some(u) => lifetime.min(std::time::Duration::from_secs(
+                u64::try_from(u.saturating_sub(now()?)).unwrap_or(0).max(1),
+            )),
+            None => lifetime,
+        };
+        let lifetime_s = lifetime.as_secs();
         let id = format!(
             "spiffe://{}/{}/{name}",
             self.config.trust_domain,

@@ -141,16 +141,17 @@ fn agent() -> ureq::Agent {
 }
 
 fn trust(log: &LogArgs) -> Result<(), Fail> {
-    let a = crate::client::agent_for(
-        log.log.trim_end_matches('/'),
-        &crate::client::Trust {
-            fingerprint: log.fingerprint.clone(),
-            ca_file: log.ca_file.clone(),
-            client_cert: None,
-        },
-        true,
-    )
-    .map_err(|e| Fail::Error(e.to_string()))?;
+    let trust = crate::client::Trust {
+        fingerprint: log.fingerprint.clone(),
+        ca_file: log.ca_file.clone(),
+        client_cert: None,
+    };
+    let base = log.log.trim_end_matches('/');
+    // A kept CA file follows the appliance's CAs (a rotation of its ca key) first.
+    if base.starts_with("https://") && trust.ca_file.is_some() {
+        crate::client::Client::new(base, &trust).map_err(|e| Fail::Error(e.to_string()))?;
+    }
+    let a = crate::client::agent_for(base, &trust, true).map_err(|e| Fail::Error(e.to_string()))?;
     AGENT
         .set(a)
         .map_err(|_| Fail::Error("the log's agent was set twice".into()))

@@ -412,11 +412,18 @@ fn dependency_of(code: &str) -> &'static str {
 }
 
 async fn ca_pem(State(app): State<Arc<Appliance>>) -> Result<Response, Problem> {
-    let pem = app.ca_certificate_pem().ok_or_else(|| {
-        Problem::new(
+    if !app.serves_tls() {
+        return Err(Problem::new(
             StatusCode::NOT_FOUND,
             "tls_off",
             "this appliance serves plain HTTP on loopback: it has no CA certificate",
+        ));
+    }
+    let pem = app.ca_certificate_pem().ok_or_else(|| {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ca_certificate",
+            "no CA certificate is published now (the ca key's schedule)",
         )
     })?;
     Ok(([(header::CONTENT_TYPE, "application/x-pem-file")], pem).into_response())

@@ -602,10 +602,11 @@ pub fn run(args: Serve) -> Result<(), String> {
             }
         }
         // The CA the schedule says signs now (a restart after a rotation of the ca key).
-        if let Some(t) = &tls {
-            if let Some((signing, published)) = app.certificate_authorities() {
-                t.follow(signing, published)?;
-            }
+                if let Some(t) = &tls {
+            let (signing, published) = app.certificate_authorities().ok_or(
+                "the ca key's rotation history (key_schedule) names no CA that signs now, or its certificate",
+            )?;
+            t.follow(signing, published)?;
             println!(
                 "writ serve: CA fingerprint {}",
                 writ::tls::fingerprint(&t.ca_der())

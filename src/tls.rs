@@ -154,11 +154,17 @@ pub fn ca_certificate(
             ));
         }
         let not_after = cert.tbs_certificate().validity().not_after.to_system_time();
-        if not_after < std::time::SystemTime::now() + Duration::from_secs(30 * 86_400) {
+        if not_after < std::time::SystemTime::now() + Duration::from_secs(86_400) {
             return Err(format!(
-                "{}: this CA certificate expires within 30 days (or has): rotate the ca key",
+                "{}: this CA certificate expires within a day (or has): configure the ca key a rotation made (writ admin rotate-key --purpose ca, docs/keys.md)",
                 path.display()
             ));
+        }
+        if not_after < std::time::SystemTime::now() + Duration::from_secs(30 * 86_400) {
+            tracing::warn!(
+                "{}: this CA certificate expires within 30 days: rotate the ca key (writ admin rotate-key --purpose ca)",
+                path.display()
+            );
         }
         return cert.to_der().map_err(|e| e.to_string());
     }
@@ -201,6 +207,9 @@ pub fn check_ca_certificate(der: &[u8], spki: &[u8]) -> Result<(), String> {
     match tbs.get_extension::<BasicConstraints>() {
         Ok(Some((_, bc))) if bc.ca => {}
         _ => return Err("it is not a CA certificate (basicConstraints)".into()),
+    }
+    if tbs.validity().not_after.to_system_time() <= std::time::SystemTime::now() {
+        return Err("it has expired".into());
     }
     let key = p256::ecdsa::VerifyingKey::from_public_key_der(spki)
         .map_err(|e| format!("its key: {e}"))?;
@@ -419,6 +428,8 @@ pub struct Authority {
     pub key: Arc<dyn CustodyKey>,
     /// Its CA certificate.
     pub der: Vec<u8>,
+    /// A rotated-out CA's end (unix seconds): nothing it signs may outlive it.
+    pub until: Option<i64>,
 }
 
 impl std::fmt::Debug for Authority {
@@ -440,6 +451,9 @@ pub struct ApplianceTls {
     /// The CA that signs the server certificate.
     signing: RwLock<Authority>,
     current: RwLock<Arc<CertifiedKey>>,
+    /// One renewal or switch of CA at a time (a renewal by the old CA must not land after a
+    /// switch to the new one).
+    switching: std::sync::Mutex<()>,
     /// The CA certificates a client certificate may chain to (every one published), and the
     /// verifier over them.
     clients: RwLock<(Vec<Vec<u8>>, ClientVerifier)>,
@@ -494,7 +508,9 @@ impl ApplianceTls {
             signing: RwLock::new(Authority {
                 key: ca,
                 der: ca_der.clone(),
+                until: None,
             }),
+            switching: std::sync::Mutex::new(()),
             current: RwLock::new(Arc::new(first)),
             clients: RwLock::new((vec![ca_der], verifier)),
         }))
@@ -511,6 +527,7 @@ impl ApplianceTls {
     /// A new key and certificate in place of the current one (the old one keeps serving if the
     /// `ca` key cannot sign now).
     pub fn renew(&self) -> Result<(), String> {
+        let _one = self.switching.lock().map_err(poisoned)?;
         let ca = self.signing.read().map_err(poisoned)?.clone();
         let next = server_key(
             &ca.key,
@@ -541,6 +558,7 @@ impl ApplianceTls {
             let verifier = client_verifier(&published)?;
             *self.clients.write().map_err(poisoned)? = (published, verifier);
         }
+        let _one = self.switching.lock().map_err(poisoned)?;
         if self.signing.read().map_err(poisoned)?.der == signing.der {
             return Ok(false);
         }
@@ -663,5 +681,90 @@ impl rustls::server::danger::ClientCertVerifier for Clients {
 impl ResolvesServerCert for ApplianceTls {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         self.current.read().ok().map(|c| Arc::clone(&c))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn key() -> SigningKey {
+        loop {
+            let mut d = [0u8; 32];
+            getrandom::fill(&mut d).unwrap();
+            if let Ok(k) = SigningKey::from_slice(&d) {
+                return k;
+            }
+        }
+    }
+
+    fn spki(k: &SigningKey) -> Vec<u8> {
+        SubjectPublicKeyInfo::from_key(k.verifying_key())
+            .unwrap()
+            .to_der()
+            .unwrap()
+    }
+
+    /// A certificate for `subject`'s key with basicConstraints CA `ca`, signed by `signer`, valid
+    /// for `lifetime` from 5 minutes ago (or already expired when `expired`).
+    fn cert(subject: &SigningKey, signer: &SigningKey, ca: bool, expired: bool) -> Vec<u8> {
+        let name = Name::from_str("CN=test CA,O=writ").unwrap();
+        let profile = Profile {
+            issuer: name.clone(),
+            subject: name,
+            extensions: vec![
+                ext(
+                    &BasicConstraints {
+                        ca,
+                        path_len_constraint: None,
+                    },
+                    true,
+                )
+                .unwrap(),
+            ],
+        };
+        let now = std::time::SystemTime::now();
+        let validity = if expired {
+            Validity::new(
+                x509_cert::time::Time::try_from(now - Duration::from_secs(7200)).unwrap(),
+                x509_cert::time::Time::try_from(now - Duration::from_secs(3600)).unwrap(),
+            )
+        } else {
+            validity(Duration::from_secs(3600), None).unwrap()
+        };
+        CertificateBuilder::new(
+            profile,
+            serial().unwrap(),
+            validity,
+            SubjectPublicKeyInfo::from_key(subject.verifying_key()).unwrap(),
+        )
+        .unwrap()
+        .build::<_, DerSignature>(signer)
+        .unwrap()
+        .to_der()
+        .unwrap()
+    }
+
+    #[test]
+    fn a_stored_ca_certificate_must_be_its_keys_own_ca_certificate() {
+        let (a, b) = (key(), key());
+        assert_eq!(
+            check_ca_certificate(&cert(&a, &a, true, false), &spki(&a)),
+            Ok(())
+        );
+        let refused = |der: Vec<u8>, spki: Vec<u8>, why: &str| {
+            let e = check_ca_certificate(&der, &spki).unwrap_err();
+            assert!(e.contains(why), "{e}");
+        };
+        refused(cert(&a, &a, true, false), spki(&b), "another key");
+        refused(cert(&a, &a, false, false), spki(&a), "not a CA certificate");
+        refused(
+            cert(&a, &b, true, false),
+            spki(&a),
+            "not signed by its own key",
+        );
+        refused(cert(&a, &a, true, true), spki(&a), "expired");
+        refused(b"not a certificate".to_vec(), spki(&a), "not a certificate");
     }
 }

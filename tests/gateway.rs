@@ -662,8 +662,9 @@ fn a_writ_issued_over_https_runs_once_through_exec_and_is_forwarded_once_through
 /// by both keys) and after the old keys left (the gateway's bundle then lists the new keys
 /// alone), with no restart of either side and no refusal.
 #[test]
-fn the_issuer_and_checkpoint_keys_rotate_under_a_running_gateway() {
-    let s = Stack::tls();
+fn the_issuer_checkpoint_and_ca_keys_rotate_under_a_running_gateway() {
+    // EARs of 10 s: the old CA leaves 10 s after the new one signs.
+    let s = Stack::tls_with(&["--ear-ttl", "10"]);
     let fp = s.server.as_ref().unwrap().fingerprint.clone().unwrap();
     let aud = "spiffe://writ.test/gateway/tools";
     let mut policy: Value = serde_json::from_str(
@@ -739,8 +740,22 @@ fn the_issuer_and_checkpoint_keys_rotate_under_a_running_gateway() {
             .filter(|k| k["use"] == "issuer")
             .count();
         let log_keys = b["writ"]["log"]["verifier_keys"].as_array().unwrap().len();
-        (issuers, log_keys)
+        let cas = b["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|k| k["use"] == "x509-svid")
+            .count();
+        (issuers, log_keys, cas)
     };
+    // The CA certificates the gateway and the agent keep.
+    let kept = |file: &Path| {
+        std::fs::read_to_string(file)
+            .unwrap()
+            .matches("BEGIN CERTIFICATE")
+            .count()
+    };
+    let (gate_ca, agent_ca) = (g.join("appliance-ca.pem"), state.join("ca.pem"));
     let wait_until = |t: i64| {
         while now() < t {
             std::thread::sleep(std::time::Duration::from_millis(100));
@@ -770,14 +785,21 @@ fn the_issuer_and_checkpoint_keys_rotate_under_a_running_gateway() {
     };
     let (signs_from, _) = rotate("issuer", "issuer-2");
     let (cp_from, retires_at) = rotate("checkpoint", "checkpoint-2");
-    assert_eq!(refresh(), (2, 2));
+    let (ca_from, ca_retires_at) = rotate("ca", "ca-2");
+    assert_eq!(refresh(), (2, 2, 2));
     run("waiting");
-    wait_until(signs_from.max(cp_from) + 1);
+    // The gateway and the agent learnt the new CA over the TLS they trust.
+    assert_eq!((kept(&gate_ca), kept(&agent_ca)), (2, 2));
+    // The new CA signs the server certificate from ca_from: both go on working across the switch.
+    wait_until(signs_from.max(cp_from).max(ca_from) + 2);
     run("overlap");
-    // Both old keys leave (the checkpoint key's is the later: it was rotated second).
-    wait_until(retires_at + 2);
-    assert_eq!(refresh(), (1, 1));
+    // (The issuer and checkpoint keys may have left by now; the old CA stays for its SVIDs.)
+    assert_eq!(refresh().2, 2);
+    // The old keys leave (the CA last: its SVIDs live as long as their EAR).
+    wait_until(retires_at.max(ca_retires_at) + 2);
+    assert_eq!(refresh(), (1, 1, 1));
     run("after");
+    assert_eq!((kept(&gate_ca), kept(&agent_ca)), (1, 1));
 }
 
 fn now() -> i64 {

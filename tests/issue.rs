@@ -2766,6 +2766,46 @@ fn the_ca_key_rotates_under_running_clients() {
     };
     let before = svid(&s);
     assert!(chains_to(&d, &before, &[&ca_a[0]]));
+    // An admin certificate of A, revoked: it does not hold A back, and it is refused by its
+    // revocation while A is trusted, at the handshake once A has gone.
+    let (early_cert, early_key) = (d.join("early.pem"), d.join("early.key"));
+    ok(&admin_with(
+        &s,
+        &fp_a,
+        Some(&kept),
+        &[
+            "issue-cert",
+            "--name",
+            "early",
+            "--key-out",
+            early_key.to_str().unwrap(),
+            "--cert-out",
+            early_cert.to_str().unwrap(),
+            "--hours",
+            "1",
+        ],
+    ));
+    ok(&admin_with(
+        &s,
+        &fp_a,
+        Some(&kept),
+        &["revoke-admin", "early"],
+    ));
+    let with_cert = |s: &Stack, cert: &std::path::Path, key: &std::path::Path| {
+        let url = s.url();
+        s.writ(&[
+            "admin",
+            "--server",
+            &url,
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            "--ca-file",
+            kept.to_str().unwrap(),
+            "runtimes",
+        ])
+    };
 
     // Refused: another purpose's key; a key on another device.
     let rotate = |s: &Stack, uri: &str| {
@@ -2806,6 +2846,7 @@ fn the_ca_key_rotates_under_running_clients() {
     // No admin or gateway certificate outstanding: A leaves when its last SVID (no longer than
     // its EAR) has expired.
     assert_eq!(retires_at, signs_from + 10);
+    assert_eq!(r["previous_clients_until"].as_i64(), Some(retires_at));
     let fp_b = r["ca_fingerprint"].as_str().unwrap().to_string();
     assert_ne!(fp_b, fp_a);
     let records = s.records();
@@ -2829,8 +2870,13 @@ fn the_ca_key_rotates_under_running_clients() {
     ok(&admin_with(&s, &fp_a, Some(&kept), &["runtimes"]));
     assert_eq!(kept_cas(&kept), [ca_a[0].clone(), ca_b.clone()]);
     assert!(!admin_with(&s, &fp_b, None, &["runtimes"]).status.success());
-    // An admin certificate issued now comes from B (only the appliance verifies it, and it
-    // trusts every published CA) and authenticates at once.
+    assert_eq!(
+        with_cert(&s, &early_cert, &early_key).status.code(),
+        Some(1)
+    );
+    // An admin certificate issued once every replica trusts B comes from B (only the appliance
+    // verifies it, and it trusts every published CA) and authenticates.
+    wait_until(signs_from - 4 + 2);
     let (cert, key) = (d.join("bob.pem"), d.join("bob.key"));
     ok(&admin_with(
         &s,
@@ -2850,24 +2896,7 @@ fn the_ca_key_rotates_under_running_clients() {
     ));
     let bob_pem = std::fs::read_to_string(&cert).unwrap();
     assert!(chains_to(&d, &bob_pem, &[&ca_b]));
-    let as_bob = |s: &Stack, file: &std::path::Path| {
-        let url = s.url();
-        s.writ(&[
-            "admin",
-            "--server",
-            &url,
-            "--cert",
-            cert.to_str().unwrap(),
-            "--key",
-            key.to_str().unwrap(),
-            "--fingerprint",
-            &fp_a,
-            "--ca-file",
-            file.to_str().unwrap(),
-            "runtimes",
-        ])
-    };
-    ok(&as_bob(&s, &kept));
+    ok(&with_cert(&s, &cert, &key));
 
     // From signs_from (and the next tick): B signs the server certificate and SVIDs.
     wait_until(signs_from + 2);
@@ -2876,21 +2905,30 @@ fn the_ca_key_rotates_under_running_clients() {
     assert!(chains_to(&d, &after, &[&ca_b]));
     assert!(!chains_to(&d, &after, &[&ca_a[0]]));
     ok(&admin_with(&s, &fp_a, Some(&kept), &["runtimes"]));
-    ok(&as_bob(&s, &kept));
+    ok(&with_cert(&s, &cert, &key));
     // A client that kept A alone and made no request during the overlap: refused, naming why.
     let out = admin_with(&s, &fp_a, Some(&stale), &["runtimes"]);
     assert!(!out.status.success());
     assert_eq!(kept_cas(&stale), &ca_a[..1]);
 
-    // A leaves the bundle when its SVIDs have expired; clients follow, and the fingerprint
-    // first pinned still names the kept file's lineage.
+    // A leaves the bundle when its SVIDs have expired; clients follow. A's fingerprint no
+    // longer names the kept file: pinning it is refused, naming the fix.
     wait_until(retires_at + 2);
     assert_eq!(bundle_cas(&s), std::slice::from_ref(&ca_b));
-    ok(&admin_with(&s, &fp_a, Some(&kept), &["runtimes"]));
+    ok(&with_cert(&s, &cert, &key));
     assert_eq!(kept_cas(&kept), std::slice::from_ref(&ca_b));
-    let text = std::fs::read_to_string(&kept).unwrap();
-    assert!(text.contains(&format!("# writ followed {fp_a}")), "{text}");
-    ok(&admin_with(&s, &fp_a, Some(&kept), &["runtimes"]));
+    let out = admin_with(&s, &fp_a, Some(&kept), &["runtimes"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("remove the file to bootstrap again"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ok(&admin_with(&s, &fp_b, Some(&kept), &["runtimes"]));
+    // A's (revoked) certificate no longer reaches the appliance: refused at the handshake.
+    assert_eq!(
+        with_cert(&s, &early_cert, &early_key).status.code(),
+        Some(2)
+    );
     // Bootstrapping with A's fingerprint no longer works: A is not served.
     let out = admin_with(&s, &fp_a, Some(&d.join("new-ca.pem")), &["runtimes"]);
     assert!(
@@ -2905,7 +2943,7 @@ fn the_ca_key_rotates_under_running_clients() {
         Some(&kept),
         &["runtimes"],
     );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("nor followed"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pin one of them"));
 
     // A restart with A still configured: the schedule's CA signs, and the printed fingerprint
     // is B's.
@@ -2914,7 +2952,7 @@ fn the_ca_key_rotates_under_running_clients() {
         s.server.as_ref().unwrap().fingerprint.as_deref(),
         Some(fp_b.as_str())
     );
-    ok(&admin_with(&s, &fp_a, Some(&kept), &["runtimes"]));
+    ok(&admin_with(&s, &fp_b, Some(&kept), &["runtimes"]));
     assert!(chains_to(&d, &svid(&s), &[&ca_b]));
     let (st, pem) = common::stack::get(&s.url(), "/v1/ca.pem");
     assert_eq!(st, 200);

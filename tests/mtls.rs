@@ -657,9 +657,14 @@ fn the_old_ca_stays_while_an_admin_certificate_it_signed_lives_and_a_stored_ca_c
     let during = admin(&token, &["runtimes"]);
     assert!(during.status.success(), "{}", text(&during));
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
-    // Alice's certificate outlives every SVID A can still sign (at most the EAR lifetime, 300 s).
-    assert_eq!(r["previous_retires_at"].as_i64().unwrap(), not_after + 5);
+    // A leaves the bundle when its SVIDs have expired (at most the EAR lifetime, 300 s); the
+    // appliance accepts alice's certificate until it expires.
     let signs_from = r["signs_from"].as_i64().unwrap();
+    assert_eq!(
+        r["previous_retires_at"].as_i64().unwrap(),
+        signs_from + 300 + 5
+    );
+    assert_eq!(r["previous_clients_until"].as_i64().unwrap(), not_after + 5);
     while now_s() < signs_from + 2 {
         std::thread::sleep(Duration::from_millis(100));
     }

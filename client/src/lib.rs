@@ -13,10 +13,11 @@
 //! A client that keeps its CAs in a file follows a rotation of the appliance's `ca` key: each
 //! [`Client::new`] reads `/v1/ca.pem` over the TLS it already trusts and keeps the CA
 //! certificates published there (those of the trust bundle: the new one is published before it
-//! signs), remembering
-//! the fingerprints it followed, so the fingerprint first pinned still names the file's
-//! lineage. A client that made no request while both CAs were published must bootstrap again
-//! with the new CA's fingerprint. A client certificate and its key (an admin's, `writ admin issue-cert`) are
+//! signs). A client that made no request while both CAs were published must bootstrap again
+//! (remove the file) with the new CA's fingerprint; so must one pinned by `--fingerprint` of a
+//! CA that has left the file.
+//!
+//! A client certificate and its key (an admin's, `writ admin issue-cert`) are
 //! presented when configured. Plain `http://` is for loopback appliances only (an authority with
 //! userinfo is refused), never through a proxy; no redirects are followed.
 #![forbid(unsafe_code)]
@@ -94,17 +95,13 @@ fn certificates_der(pem: &[u8]) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Most CA certificates kept, and fingerprints remembered as followed.
+/// Most CA certificates kept (the newest ones published).
 const MAX_KEPT: usize = 8;
-const MAX_FOLLOWED: usize = 32;
-/// The line that names a fingerprint this file followed (explanatory text before the PEM).
-const FOLLOWED: &str = "# writ followed ";
 
-/// The CA certificates a client keeps, and the fingerprints of those it kept before.
+/// The CA certificates a client keeps.
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Kept {
     cas: Vec<Vec<u8>>,
-    followed: Vec<String>,
 }
 
 impl Kept {
@@ -121,27 +118,17 @@ impl Kept {
                 path.display()
             )));
         }
-        let followed = String::from_utf8_lossy(&text)
-            .lines()
-            .filter_map(|l| l.strip_prefix(FOLLOWED))
-            .map(|f| f.trim().to_ascii_lowercase())
-            .collect();
-        Ok(Some(Kept { cas, followed }))
+        Ok(Some(Kept { cas }))
     }
 
-    /// Whether `fp` is one of these CAs' or one followed to them.
+    /// Whether `fp` is one of these CAs'.
     fn knows(&self, fp: &str) -> bool {
         let fp = fp.to_ascii_lowercase();
-        self.cas.iter().any(|c| crate::x509::fingerprint(c) == fp) || self.followed.contains(&fp)
+        self.cas.iter().any(|c| crate::x509::fingerprint(c) == fp)
     }
 
     fn write(&self, path: &std::path::Path) -> Result<(), ClientError> {
-        let mut text = String::from(
-            "# writ: the appliance's CA certificates, as its trust bundle lists them\n",
-        );
-        for f in &self.followed {
-            text.push_str(&format!("{FOLLOWED}{f}\n"));
-        }
+        let mut text = String::new();
         for der in &self.cas {
             text.push_str(&crate::x509::pem(der).map_err(transport)?);
         }
@@ -151,7 +138,12 @@ impl Kept {
             0o644,
             crate::files::Existing::Replace,
         )
-        .map_err(transport)
+        .map_err(|e| {
+            transport(format!(
+                "{}: the appliance's CA certificates could not be kept: {e}",
+                path.display()
+            ))
+        })
     }
 }
 
@@ -231,7 +223,12 @@ pub fn agent_for(
     let cas = match (kept, &trust.fingerprint) {
         (Some(k), Some(fp)) if !k.knows(fp) => {
             return Err(transport(format!(
-                "the kept CA certificates are {:?}, not the pinned {fp} nor followed from it",
+                "the kept CA certificates ({}) are {:?}, not the pinned {fp}: pin one of them, or remove the file to bootstrap again",
+                trust
+                    .ca_file
+                    .as_deref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
                 k.cas
                     .iter()
                     .map(|c| crate::x509::fingerprint(c))
@@ -264,7 +261,7 @@ pub fn agent_for(
                 .find(|d| crate::x509::fingerprint(d) == fp.to_ascii_lowercase())
             else {
                 return Err(transport(format!(
-                    "the appliance's CA certificates are {:?}, not the pinned {fp}: refusing to trust them",
+                    "the appliance's CA certificates are {:?}, not the pinned {fp}: refusing to trust it",
                     served
                         .iter()
                         .map(|c| crate::x509::fingerprint(c))
@@ -274,7 +271,6 @@ pub fn agent_for(
             if let Some(p) = &trust.ca_file {
                 Kept {
                     cas: vec![der.clone()],
-                    followed: Vec::new(),
                 }
                 .write(p)?;
             }
@@ -541,30 +537,26 @@ impl Client {
         let Some(pem) = self.get_text("/v1/ca.pem") else {
             return Ok(self);
         };
-        let listed: Vec<Vec<u8>> = certificates_der(&pem)
+        // The newest CAs published (at most MAX_KEPT).
+        let served: Vec<Vec<u8>> = certificates_der(&pem)
             .into_iter()
             .filter(|der| is_ca(der))
-            .take(MAX_KEPT)
             .collect();
+        let listed = served
+            .get(served.len().saturating_sub(MAX_KEPT)..)
+            .unwrap_or_default()
+            .to_vec();
         let Some(kept) = Kept::read(path)? else {
             return Ok(self);
         };
         let same = listed.len() == kept.cas.len() && listed.iter().all(|c| kept.cas.contains(c));
-        if listed.is_empty() || same {
+        // A list sharing no CA with those that authenticated this connection is not followed:
+        // the next connection would not verify with it.
+        if same || !listed.iter().any(|c| kept.cas.contains(c)) {
             return Ok(self);
         }
-        let mut followed = kept.followed.clone();
-        for c in &kept.cas {
-            let fp = crate::x509::fingerprint(c);
-            if !listed.contains(c) && !followed.contains(&fp) {
-                followed.push(fp);
-            }
-        }
-        let excess = followed.len().saturating_sub(MAX_FOLLOWED);
-        followed.drain(..excess);
         Kept {
             cas: listed.clone(),
-            followed,
         }
         .write(path)?;
         Ok(Client {
@@ -572,6 +564,7 @@ impl Client {
             base: self.base,
         })
     }
+
     /// `method path` with an optional JSON body and bearer token; the JSON answer (`null` for
     /// an empty one).
     pub fn call(
@@ -732,13 +725,12 @@ mod tests {
     }
 
     #[test]
-    fn a_kept_file_reads_back_its_cas_and_the_fingerprints_it_followed() {
+    fn a_kept_file_reads_back_its_cas() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ca.pem");
         let (a, b) = (certificate(true), certificate(true));
         let kept = super::Kept {
-            cas: vec![b.clone()],
-            followed: vec![crate::x509::fingerprint(&a)],
+            cas: vec![a.clone(), b.clone()],
         };
         kept.write(&path).unwrap();
         let read = super::Kept::read(&path).unwrap().unwrap();
@@ -748,7 +740,7 @@ mod tests {
         assert!(!read.knows(&crate::x509::fingerprint(&certificate(true))));
         // Nothing kept, and a file without a certificate (not taken for no file).
         assert_eq!(super::Kept::read(&dir.path().join("none")).unwrap(), None);
-        std::fs::write(&path, "# writ followed sha256:00\n").unwrap();
+        std::fs::write(&path, "# nothing\n").unwrap();
         assert!(super::Kept::read(&path).is_err());
     }
 

@@ -25,9 +25,11 @@
 //! appliance's server certificate (each replica switches within a second), SVIDs and every other
 //! certificate; until then the old one signs them. Admins' and gateways' client certificates are
 //! verified by the appliance alone, which trusts every published CA: they come from the newest
-//! published CA from the rotation on. The old CA leaves when what it signed has expired: its SVIDs
-//! (which never outlive their EAR: `ear_ttl_s` after `signs_from`) and the admins' and gateways'
-//! certificates it signed (the latest expiry among those not revoked), plus `skew_s`.
+//! published CA from [`CLIENT_TRUST_DELAY_S`] after its publication (when every replica's TLS
+//! trusts it). The old CA leaves the bundle when its SVIDs have expired (they never outlive their
+//! EAR: `ear_ttl_s` after `signs_from`, plus `skew_s`); the appliance alone goes on accepting the
+//! admins' and gateways' certificates it signed until the latest of those not revoked expires
+//! (`clients_until`). Nothing a rotated-out CA signs outlives its end.
 //!
 //! The schedule (`key_schedule`) is the keys of that purpose from the first rotation on: the
 //! configured key is its first entry, and a restart whose configured key is not in it is refused
@@ -48,6 +50,9 @@ use crate::store::{Op, Value as Db};
 pub const DEFAULT_OVERLAP_S: i64 = super::BUNDLE_LIFETIME_S;
 /// Relying parties' clock skew when the request names none, seconds.
 pub const DEFAULT_SKEW_S: i64 = 60;
+/// Seconds after a new CA's publication before admins' and gateways' certificates come from it:
+/// every replica's TLS trusts it by then (each follows the schedule every second).
+pub const CLIENT_TRUST_DELAY_S: i64 = 2;
 
 /// A rotation request.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -83,6 +88,10 @@ pub struct Rotated {
     /// A new `ca` key's CA certificate fingerprint (`sha256:<hex>`), what new clients pin.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_fingerprint: Option<String>,
+    /// For the `ca` key: until when the appliance accepts the client certificates the previous
+    /// CA signed (after it left the bundle).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_clients_until: Option<i64>,
 }
 
 /// One key of a purpose's schedule.
@@ -101,6 +110,8 @@ pub(crate) struct Entry {
     endorsement: Option<Vec<u8>>,
     /// A `ca` key's CA certificate (DER), checked against the key when read.
     certificate: Option<Vec<u8>>,
+    /// A rotated-out `ca` key: until when its client certificates are accepted.
+    clients_until: Option<i64>,
 }
 
 impl Entry {
@@ -151,11 +162,17 @@ fn purpose_of(p: &str) -> Option<&'static str> {
 
 impl Appliance {
     fn scheduled(&self, purpose: &str) -> Vec<Entry> {
+        self.scheduled_or_poisoned(purpose).unwrap_or_default()
+    }
+
+    /// The schedule of `purpose`; `None` when its lock is poisoned (the CA functions fail closed
+    /// then, rather than fall back to the configured key).
+    fn scheduled_or_poisoned(&self, purpose: &str) -> Option<Vec<Entry>> {
         self.schedule
             .entries
             .read()
             .map(|e| e.iter().filter(|x| x.purpose == purpose).cloned().collect())
-            .unwrap_or_default()
+            .ok()
     }
 
     /// The key configured for `purpose` (for the checkpoint key, the log's newest signer).
@@ -199,13 +216,17 @@ impl Appliance {
     fn configured_authority(&self) -> Option<crate::tls::Authority> {
         let key = self.config.ca_key.clone()?;
         let der = super::x509_der(self.config.ca_certificate_pem.as_deref()?).ok()?;
-        Some(crate::tls::Authority { key, der })
+        Some(crate::tls::Authority {
+            key,
+            der,
+            until: None,
+        })
     }
 
     /// The CA that signs certificates at `t` (the server's, SVIDs): the `ca` schedule's key
     /// whose time has come, or, before any rotation, the configured one. `None`: plain HTTP.
     pub fn signing_authority(&self, t: i64) -> Option<crate::tls::Authority> {
-        let entries = self.scheduled("ca");
+        let entries = self.scheduled_or_poisoned("ca")?;
         if entries.is_empty() {
             return self.configured_authority();
         }
@@ -216,31 +237,38 @@ impl Appliance {
         Some(crate::tls::Authority {
             key: e.key.clone()?,
             der: e.certificate.clone()?,
+            until: e.retires_at,
         })
     }
 
     /// The CA that signs the certificates only this appliance verifies (admins' and gateways'
-    /// client certificates) at `t`: the newest published one, which every replica trusts once
-    /// it is published.
+    /// client certificates) at `t`: the newest one published for [`CLIENT_TRUST_DELAY_S`] (every
+    /// replica's TLS trusts it by then), else the one signing now.
     pub(crate) fn client_authority(&self, t: i64) -> Option<crate::tls::Authority> {
-        let entries = self.scheduled("ca");
+        let entries = self.scheduled_or_poisoned("ca")?;
         if entries.is_empty() {
             return self.configured_authority();
         }
-        let e = entries
+        let Some(e) = entries
             .iter()
-            .filter(|e| e.published(t))
-            .max_by_key(|e| e.signs_from)?;
+            .filter(|e| e.published(t) && e.published_at.saturating_add(CLIENT_TRUST_DELAY_S) <= t)
+            .max_by_key(|e| e.signs_from)
+        else {
+            return self.signing_authority(t);
+        };
         Some(crate::tls::Authority {
             key: e.key.clone()?,
             der: e.certificate.clone()?,
+            until: e.clients_until.or(e.retires_at),
         })
     }
 
     /// The CA certificates published at `t` (DER), oldest first, with their keys' JWKs: what the
     /// trust bundle lists and what client certificates may chain to.
     pub fn published_authorities(&self, t: i64) -> Vec<(EcJwk, Vec<u8>)> {
-        let entries = self.scheduled("ca");
+        let Some(entries) = self.scheduled_or_poisoned("ca") else {
+            return Vec::new();
+        };
         if entries.is_empty() {
             return self
                 .configured_authority()
@@ -259,16 +287,25 @@ impl Appliance {
             .collect()
     }
 
-    /// What the appliance's TLS follows now: the CA that signs and the CAs published.
+    /// What the appliance's TLS follows now: the CA that signs, and the CAs client certificates
+    /// may chain to (those published, and a rotated-out one until its `clients_until`).
     pub fn certificate_authorities(&self) -> Option<(crate::tls::Authority, Vec<Vec<u8>>)> {
         let t = now().ok()?;
         let signing = self.signing_authority(t)?;
-        let published = self
+        let mut trusted: Vec<Vec<u8>> = self
             .published_authorities(t)
             .into_iter()
             .map(|(_, der)| der)
             .collect();
-        Some((signing, published))
+        for e in self.scheduled_or_poisoned("ca")? {
+            if let Some(der) = e.certificate
+                && e.clients_until.is_some_and(|u| t < u)
+                && !trusted.contains(&der)
+            {
+                trusted.push(der);
+            }
+        }
+        Some((signing, trusted))
     }
 
     /// Reads the schedule from the store (opening keys not open yet), if it changed. The first
@@ -282,7 +319,7 @@ impl Appliance {
             )
         })?;
         let rows = self.query(
-                        "SELECT purpose, uri, spki, published_at, signs_from, retires_at, endorsement, certificate
+                                    "SELECT purpose, uri, spki, published_at, signs_from, retires_at, endorsement, certificate, clients_until
              FROM key_schedule ORDER BY purpose, published_at, signs_from",
             &[],
         )?;
@@ -347,7 +384,8 @@ impl Appliance {
                 })
             };
             let certificate = r.get(7).and_then(Db::blob).map(<[u8]>::to_vec);
-            if purpose == "ca" && key.is_some() {
+            let clients_until = r.get(8).and_then(Db::int);
+            if purpose == "ca" && (key.is_some() || clients_until.is_some_and(|u| t < u)) {
                 // A stored certificate is published and chained to only if it is the key's own.
                 let c = certificate.as_deref().ok_or_else(|| {
                     start_problem(format!("the scheduled ca key {uri} has no CA certificate"))
@@ -366,6 +404,7 @@ impl Appliance {
                 retires_at,
                 endorsement: r.get(6).and_then(Db::blob).map(<[u8]>::to_vec),
                 certificate,
+                clients_until,
             });
         }
         if at_start {
@@ -640,9 +679,17 @@ impl Appliance {
                 .filter_map(|p| p.get("until").and_then(serde_json::Value::as_i64))
                 .max()
                 .unwrap_or(0),
-            // Admins' and gateways' certificates the old CA signed (from now on the new one
-            // signs those).
-            "ca" => self
+            _ => 0,
+        };
+        let retires_at = signs_from
+            .saturating_add(lifetime)
+            .max(previous_until)
+            .saturating_add(skew);
+        // The old CA's admins' and gateways' certificates (verified by the appliance alone) stay
+        // accepted until the last of those not revoked expires; nothing it signs from now on
+        // outlives that (the new CA signs them once every replica trusts it).
+        let clients_until = if purpose == "ca" {
+            let latest = self
                 .query(
                     "SELECT MAX(not_after) FROM admin_certificates WHERE revoked_at IS NULL",
                     &[],
@@ -650,13 +697,11 @@ impl Appliance {
                 .first()
                 .and_then(|r| r.first())
                 .and_then(Db::int)
-                .unwrap_or(0),
-            _ => 0,
+                .unwrap_or(0);
+            Some(retires_at.max(latest.saturating_add(skew)))
+        } else {
+            None
         };
-        let retires_at = signs_from
-            .saturating_add(lifetime)
-            .max(previous_until)
-            .saturating_add(skew);
         let previous_spki = previous.public_key().spki_der().to_vec();
         // A checkpoint key is endorsed by the one signing now: the log trusts the history only
         // through such a chain from its configured key (a row in the store is no anchor).
@@ -683,8 +728,14 @@ impl Appliance {
                         format!("the new key could not sign its CA certificate: {e}"),
                     ))
                 })?;
-            let before = self.signing_authority(t).map(|a| a.der);
-            (Some(made), before)
+            let Some(before) = self.signing_authority(t).map(|a| a.der) else {
+                return Err(refuse(Problem::new(
+                    StatusCode::CONFLICT,
+                    "no_key",
+                    "no CA signs now (its certificate is not at hand): nothing to rotate from",
+                )));
+            };
+            (Some(made), Some(before))
         } else {
             (None, None)
         };
@@ -692,25 +743,27 @@ impl Appliance {
         if self.scheduled(purpose).is_empty() {
             // The first rotation: the configured key becomes the schedule's first entry.
             effect.push(Op {
-                                sql: "INSERT INTO key_schedule (purpose, uri, spki, published_at, signs_from, retires_at, certificate)
-                      VALUES ($1, $2, $3, 0, 0, $4, $5)",
+                                                sql: "INSERT INTO key_schedule (purpose, uri, spki, published_at, signs_from, retires_at, certificate, clients_until)
+                      VALUES ($1, $2, $3, 0, 0, $4, $5, $6)",
                 params: vec![
                     purpose.into(),
                     previous.uri().to_string().into(),
                     previous_spki.clone().into(),
                     retires_at.into(),
                     previous_certificate.map_or(Db::Null, Db::from),
+                    clients_until.map_or(Db::Null, Db::from),
                 ],
                 must_affect: None,
             });
         } else {
             effect.push(Op {
-                sql: "UPDATE key_schedule SET retires_at = $3
+                sql: "UPDATE key_schedule SET retires_at = $3, clients_until = $4
                       WHERE purpose = $1 AND spki = $2 AND retires_at IS NULL",
                 params: vec![
                     purpose.into(),
                     previous_spki.clone().into(),
                     retires_at.into(),
+                    clients_until.map_or(Db::Null, Db::from),
                 ],
                 must_affect: Some(("rotation_in_progress", "the key schedule changed meanwhile")),
             });
@@ -769,6 +822,7 @@ impl Appliance {
             previous_retires_at: retires_at,
             bundle_sequence: sequence,
             ca_fingerprint: certificate.as_deref().map(crate::tls::fingerprint),
+            previous_clients_until: clients_until,
         })
     }
 

@@ -301,12 +301,14 @@ impl Appliance {
         let Some(crate::tls::Authority {
             key: ca,
             der: ca_der,
+            until,
         }) = self.signing_authority(t)
         else {
+            let p = self.no_authority();
             return Err(deny(
-                "tls_off",
+                p.code(),
                 StatusCode::SERVICE_UNAVAILABLE,
-                "this appliance has no ca key (plain HTTP): it issues no certificates".into(),
+                p.detail().to_string(),
                 &digests,
                 spend(&proofs, t, false),
             ));
@@ -317,10 +319,12 @@ impl Appliance {
             .get("exp")
             .and_then(Value::as_i64)
             .unwrap_or(t);
+        // Nor than the CA that signs it (a rotated-out one).
         let lifetime = policy
             .bundle
             .svid_lifetime_s()
             .min(ear_exp.saturating_sub(t))
+            .min(until.map_or(i64::MAX, |u| u.saturating_sub(t)))
             .max(1);
         let der = match crate::tls::client_certificate(
             &ca,

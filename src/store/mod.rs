@@ -483,8 +483,11 @@ const MIGRATIONS: &[(u32, &str)] = &[
     (
         11,
         // A ca key's self-signed CA certificate (DER), made when the key was scheduled: what the
-        // trust bundle publishes for it and what the certificates it signs chain to.
-        "ALTER TABLE key_schedule ADD COLUMN certificate {blob};",
+        // trust bundle publishes for it and what the certificates it signs chain to; and, for a
+        // rotated-out ca key, until when the appliance still accepts the admins' and gateways'
+        // client certificates it signed (after it left the bundle).
+        "ALTER TABLE key_schedule ADD COLUMN certificate {blob};
+    ALTER TABLE key_schedule ADD COLUMN clients_until {int};",
     ),
 ];
 
