@@ -155,14 +155,9 @@ fn check(a: &VerifySignature) -> Result<Result<Verified, Refusal>, String> {
                             )));
                         }
                     }
-                    let kid = keys
-                        .iter()
-                        .find(|k| k.name.as_deref() == Some(o.key_name.as_str()))
-                        .map(|k| k.kid.clone())
-                        .unwrap_or_default();
                     Verified {
                         key: o.key_name.clone(),
-                        kid,
+                        kid: o.kid.clone(),
                         names: ("payload", sha256(&o.payload)),
                         shown: json!({
                             "subjects": o.subjects,

@@ -207,11 +207,16 @@ impl TrustBundle {
                 if !valid_key_name(n) {
                     return Err(bad(format!("signing key {kid:?}: name {n:?}")));
                 }
-                if keys.iter().any(|o| o.name.as_deref() == Some(n)) {
-                    return Err(bad(format!("two signing keys named {n:?}")));
-                }
                 let form = SigningForm::parse(str_member(k, "form")?)
                     .ok_or_else(|| bad(format!("signing key {n:?}: form (digest or dsse)")))?;
+                // Several keys of one name (a rotation publishes the next before it signs), all
+                // of its one form.
+                if keys
+                    .iter()
+                    .any(|o| o.name.as_deref() == Some(n) && o.form != Some(form))
+                {
+                    return Err(bad(format!("signing keys named {n:?} of two forms")));
+                }
                 (Some(n.to_string()), Some(form))
             } else {
                 (None, None)
@@ -480,6 +485,24 @@ mod tests {
                 (Some("artifacts".into()), Some(SigningForm::Digest)),
             ]
         );
+        // Two keys of one name and form (a rotation): both kept, each with its kid.
+        let b = parses(&bundle(
+            vec![
+                jwk(1, "issuer"),
+                signing(2, "release", "dsse"),
+                signing(3, "release", "dsse"),
+            ],
+            9,
+        ))
+        .unwrap();
+        let release: Vec<_> = b
+            .keys
+            .iter()
+            .filter(|k| k.name.as_deref() == Some("release"))
+            .map(|k| k.kid.clone())
+            .collect();
+        assert_eq!(release.len(), 2);
+        assert_ne!(release[0], release[1]);
         let mut no_name = signing(2, "release", "dsse");
         no_name.as_object_mut().unwrap().remove("name");
         let mut no_form = signing(2, "release", "dsse");

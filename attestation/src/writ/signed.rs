@@ -104,6 +104,9 @@ pub struct OpenedEnvelope {
     pub predicate: Value,
     /// The signing key's name in the bundle.
     pub key_name: String,
+    /// The `kid` of the key whose signature verified (a name may have several keys during a
+    /// rotation).
+    pub kid: String,
     /// The DER signature that verified.
     pub signature: Vec<u8>,
 }
@@ -243,6 +246,7 @@ pub fn open_envelope(
         subjects,
         predicate,
         key_name: key.name.clone().unwrap_or_default(),
+        kid: key.kid.clone(),
         signature,
     })
 }
@@ -416,6 +420,37 @@ mod forms {
             open_envelope(provider, &forged, &keys, Some("artifacts"))
                 .unwrap_err()
                 .code,
+            "key_unknown"
+        );
+        // Two keys of one name (a rotation): an envelope by either opens, naming the key that
+        // verified.
+        let rotating = [
+            bundle_key(1, "release", SigningForm::Dsse),
+            bundle_key(3, "release", SigningForm::Dsse),
+        ];
+        for n in [1, 3] {
+            let o = open_envelope(
+                provider,
+                &envelope(n, statement.as_bytes()),
+                &rotating,
+                Some("release"),
+            )
+            .unwrap();
+            assert_eq!(o.key_name, "release");
+            assert_eq!(
+                o.kid,
+                EcJwk::from_verifying_key(key(n).verifying_key()).thumbprint()
+            );
+        }
+        assert_eq!(
+            open_envelope(
+                provider,
+                &envelope(4, statement.as_bytes()),
+                &rotating,
+                Some("release")
+            )
+            .unwrap_err()
+            .code,
             "key_unknown"
         );
     }
