@@ -116,15 +116,22 @@ enum AdminCommand {
         /// The admin's name.
         name: String,
     },
-    /// Rotate the issuer, ear, checkpoint or ca key without a restart (docs/keys.md): the new key
+    /// Rotate the issuer, ear, checkpoint, ca or a signing key without a restart (docs/keys.md): the new key
     /// (made first with `writ keys generate`) is published now and signs after --overlap-s; the
     /// current one stays published until what it can still sign has expired (a checkpoint key
     /// signs with the new one meanwhile). Prints the schedule.
     RotateKey {
-        /// `issuer`, `ear`, `checkpoint` or `ca` (a new CA: the answer's `ca_fingerprint` is what
-        /// new clients pin once it signs).
+        /// `issuer`, `ear`, `checkpoint`, `ca` (a new CA: the answer's `ca_fingerprint` is what
+        /// new clients pin once it signs) or `signing` (with --name and --retain-s).
         #[arg(long)]
         purpose: String,
+        /// For `signing`: the signing key's name.
+        #[arg(long)]
+        name: Option<String>,
+        /// For `signing`: seconds the old key stays published after the new one signs (a
+        /// signature does not expire; after that, verify with the trust bundle of its time).
+        #[arg(long)]
+        retain_s: Option<i64>,
         /// The new key's URI (pkcs11: or tpm:), as the appliance opens it.
         #[arg(long)]
         key_uri: String,
@@ -298,6 +305,8 @@ fn admin(a: Admin) -> Result<Value, (u8, String)> {
         }
         AdminCommand::RotateKey {
             purpose,
+            name,
+            retain_s,
             key_uri,
             overlap_s,
             skew_s,
@@ -307,6 +316,8 @@ fn admin(a: Admin) -> Result<Value, (u8, String)> {
                 key: key_uri,
                 overlap_s,
                 skew_s,
+                name,
+                retain_s,
             })
             .map_err(|e| err2(e.to_string()))?;
             call("POST", "/v1/admin/keys/rotate", Some(body))

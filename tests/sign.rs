@@ -880,3 +880,205 @@ fn writ_agent_signs_and_writ_verify_signature_checks_it_with_its_record() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("policy"));
     assert!(!nothing.exists());
 }
+
+#[test]
+fn a_signing_key_rotates_by_name_and_its_old_signatures_verify_with_the_bundle_of_their_time() {
+    let mut s = stack(Engine::Sqlite);
+    policy(&s, json!({}));
+    let rt = ready(&s, "rotator");
+    let dir = s.dir.path().to_path_buf();
+    let bundle_now = |s: &Stack, label: &str| {
+        let (st, text) = common::stack::get(&s.url(), "/v1/bundle");
+        assert_eq!(st, 200, "{text}");
+        let file = dir.join(format!("bundle-{label}.json"));
+        std::fs::write(&file, &text).unwrap();
+        let v: Value = serde_json::from_str(&text).unwrap();
+        let kids: Vec<String> = v["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|k| k["name"] == "artifacts")
+            .map(|k| k["kid"].as_str().unwrap().to_string())
+            .collect();
+        (file, kids)
+    };
+    // A signature by `artifacts` now: its file and kid.
+    let signed = |s: &Stack, label: &str| {
+        let ear = attest(s, &rt);
+        let (st, v) = sign(s, &rt, &ear, "artifacts", &digest_body(label.as_bytes()));
+        assert_eq!(st, 200, "{v}");
+        let file = dir.join(format!("{label}.sig"));
+        std::fs::write(&file, signature_of(&v)).unwrap();
+        (file, v["kid"].as_str().unwrap().to_string())
+    };
+    let verify = |s: &Stack, bundle: &Path, sig: &Path, label: &str| {
+        let digest = format!("sha256:{}", sha256_hex(label.as_bytes()));
+        verify_signature(
+            s,
+            &[
+                "--bundle",
+                bundle.to_str().unwrap(),
+                "--digest",
+                &digest,
+                "--signature",
+                sig.to_str().unwrap(),
+            ],
+        )
+    };
+    let (b0, kids0) = bundle_now(&s, "0");
+    assert_eq!(kids0.len(), 1);
+    let (sig_a, kid_a) = signed(&s, "before");
+    assert_eq!(kid_a, kids0[0]);
+
+    // Refused: no name, an unknown name, no retention, a retention for another purpose.
+    let key_b = key_uri(&s, "artifacts-2");
+    ok(&s.writ(&["keys", "generate", "--key", &key_b, "--purpose", "signing"]));
+    let rotate = |s: &Stack, extra: &[&str]| {
+        let mut a = vec![
+            "rotate-key",
+            "--key-uri",
+            &key_b,
+            "--overlap-s",
+            "2",
+            "--skew-s",
+            "0",
+        ];
+        a.extend(extra);
+        s.admin(&a)
+    };
+    for (extra, why) in [
+        (vec!["--purpose", "signing", "--retain-s", "3"], "name"),
+        (
+            vec![
+                "--purpose",
+                "signing",
+                "--name",
+                "absent",
+                "--retain-s",
+                "3",
+            ],
+            "name",
+        ),
+        (
+            vec!["--purpose", "signing", "--name", "artifacts"],
+            "retain_s",
+        ),
+        (vec!["--purpose", "issuer", "--retain-s", "3"], "retain_s"),
+    ] {
+        let out = rotate(&s, &extra);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(why),
+            "{extra:?}: {err}"
+        );
+    }
+    // B rotates `release` in (each name has its own schedule); then it is in use for any other.
+    let out = rotate(
+        &s,
+        &[
+            "--purpose",
+            "signing",
+            "--name",
+            "release",
+            "--retain-s",
+            "3",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = rotate(
+        &s,
+        &[
+            "--purpose",
+            "signing",
+            "--name",
+            "artifacts",
+            "--retain-s",
+            "3",
+        ],
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("key_in_use"));
+
+    // A fresh key for `artifacts`: published now, signing 2 s later; A stays 3 s after that.
+    let key_c = key_uri(&s, "artifacts-3");
+    ok(&s.writ(&["keys", "generate", "--key", &key_c, "--purpose", "signing"]));
+    let out = s.admin(&[
+        "rotate-key",
+        "--purpose",
+        "signing",
+        "--name",
+        "artifacts",
+        "--key-uri",
+        &key_c,
+        "--overlap-s",
+        "2",
+        "--skew-s",
+        "0",
+        "--retain-s",
+        "3",
+    ]);
+    ok(&out);
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (signs_from, retires_at) = (
+        r["signs_from"].as_i64().unwrap(),
+        r["previous_retires_at"].as_i64().unwrap(),
+    );
+    assert_eq!(retires_at, signs_from + 3);
+    let kid_c = r["kid"].as_str().unwrap().to_string();
+    let records = s.records();
+    assert!(
+        records[records.len() - 2]
+            .digests
+            .contains_key("rotated_signing_key")
+    );
+    let (b1, kids1) = bundle_now(&s, "1");
+    assert_eq!(kids1, [kid_a.clone(), kid_c.clone()]);
+
+    // During the overlap A signs; from signs_from, C. Each verifies with a bundle listing it.
+    let (sig_overlap, kid) = signed(&s, "overlap");
+    assert_eq!(kid, kid_a);
+    assert_eq!(verify(&s, &b0, &sig_overlap, "overlap").0, 0);
+    while now_s() < signs_from {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let (sig_c, kid) = signed(&s, "after");
+    assert_eq!(kid, kid_c);
+    let (code, out) = verify(&s, &b1, &sig_c, "after");
+    assert_eq!(
+        (code, out["kid"].as_str()),
+        (0, Some(kid_c.as_str())),
+        "{out}"
+    );
+    assert_eq!(verify(&s, &b0, &sig_c, "after").0, 1);
+    let (code, out) = verify(&s, &b1, &sig_a, "before");
+    assert_eq!(
+        (code, out["kid"].as_str()),
+        (0, Some(kid_a.as_str())),
+        "{out}"
+    );
+
+    // A leaves the bundle after its retention: its signatures verify with the bundle of their
+    // time, not with the current one.
+    while now_s() < retires_at + 2 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let (b2, kids2) = bundle_now(&s, "2");
+    assert_eq!(kids2, std::slice::from_ref(&kid_c));
+    assert_eq!(verify(&s, &b2, &sig_a, "before").0, 1);
+    assert_eq!(verify(&s, &b1, &sig_a, "before").0, 0);
+    assert_eq!(verify(&s, &b2, &sig_c, "after").0, 0);
+    // A restart with A still configured: C signs.
+    s.kill_and_restart();
+    let (_, kid) = signed(&s, "restarted");
+    assert_eq!(kid, kid_c);
+}
+
+fn now_s() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}

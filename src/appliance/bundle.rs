@@ -69,15 +69,24 @@ impl Appliance {
                 keys.push(jwk.to_json(Some(purpose)));
             }
         }
-        // The signing service's keys, by name.
+        // The signing service's keys, by name (several of one name during its rotation).
+        let t = now()?;
         for k in &self.config.signing_keys {
-            let mut jwk = EcJwk::from_verifying_key(k.key.public_key().verifying_key())
-                .to_json(Some("signing"));
-            if let Some(o) = jwk.as_object_mut() {
-                o.insert("name".into(), json!(k.name));
-                o.insert("form".into(), json!(k.form.as_str()));
+            let published = self
+                .scheduled_keys(&format!("signing:{}", k.name), t)
+                .unwrap_or_else(|| {
+                    vec![EcJwk::from_verifying_key(
+                        k.key.public_key().verifying_key(),
+                    )]
+                });
+            for key in published {
+                let mut jwk = key.to_json(Some("signing"));
+                if let Some(o) = jwk.as_object_mut() {
+                    o.insert("name".into(), json!(k.name));
+                    o.insert("form".into(), json!(k.form.as_str()));
+                }
+                keys.push(jwk);
             }
-            keys.push(jwk);
         }
         let (policies, generation) = self.policy_versions()?;
         let log_keys = self.log.verifier_keys();
@@ -219,7 +228,16 @@ impl Appliance {
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
-            .filter_map(|k| k.get("kid").and_then(Value::as_str).map(str::to_string));
+            .filter_map(|k| match k.get("kid").and_then(Value::as_str) {
+                Some(kid) => Some(kid.to_string()),
+                // An X.509 authority carries no kid: its key's thumbprint.
+                None => {
+                    let m = |n: &str| k.get(n).and_then(Value::as_str).unwrap_or("");
+                    EcJwk::from_members(m("kty"), m("crv"), m("x"), m("y"))
+                        .ok()
+                        .map(|j| j.thumbprint())
+                }
+            });
         let log = content
             .pointer("/log/verifier_keys")
             .and_then(Value::as_array)

@@ -68,7 +68,18 @@ pub struct RotateRequest {
     /// Relying parties' clock skew, seconds (0 to 3600).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skew_s: Option<i64>,
+    /// For `signing`: the name of the signing service's key to rotate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// For `signing` (required): seconds the old key stays published after the new one signs.
+    /// A signature does not expire: this is how long relying parties verify the old key's
+    /// signatures with the current trust bundle (after, with the bundle of their time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retain_s: Option<i64>,
 }
+
+/// The longest `retain_s`: ten years.
+pub const MAX_RETAIN_S: i64 = 10 * 365 * 86_400;
 
 /// What a rotation scheduled.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -182,7 +193,13 @@ impl Appliance {
             "ear" => self.config.ear_key.clone(),
             "checkpoint" => self.log.signing_keys().pop(),
             "ca" => self.config.ca_key.clone(),
-            _ => None,
+            p => p.strip_prefix("signing:").and_then(|n| {
+                self.config
+                    .signing_keys
+                    .iter()
+                    .find(|k| k.name == n)
+                    .map(|k| Arc::clone(&k.key))
+            }),
         }
     }
 
@@ -410,26 +427,31 @@ impl Appliance {
         if at_start {
             // One key, one purpose: no scheduled key is any other configured key.
             let c = &self.config;
-            let others: Vec<(&str, Vec<u8>)> = [("ca", &c.ca_key)]
+            let others: Vec<(String, Vec<u8>)> = [("ca", &c.ca_key)]
                 .into_iter()
-                .filter_map(|(p, k)| k.as_ref().map(|k| (p, k.public_key().spki_der().to_vec())))
-                .chain(
-                    c.signing_keys
-                        .iter()
-                        .map(|k| ("signing", k.key.public_key().spki_der().to_vec())),
-                )
+                .filter_map(|(p, k)| {
+                    k.as_ref()
+                        .map(|k| (p.to_string(), k.public_key().spki_der().to_vec()))
+                })
+                .chain(c.signing_keys.iter().map(|k| {
+                    (
+                        format!("signing:{}", k.name),
+                        k.key.public_key().spki_der().to_vec(),
+                    )
+                }))
                 .chain(
                     [("issuer", &c.issuer_key), ("ear", &c.ear_key)]
                         .into_iter()
                         .filter_map(|(p, k)| {
-                            k.as_ref().map(|k| (p, k.public_key().spki_der().to_vec()))
+                            k.as_ref()
+                                .map(|k| (p.to_string(), k.public_key().spki_der().to_vec()))
                         }),
                 )
                 .chain(
                     self.log
                         .key_history()
                         .into_iter()
-                        .map(|spki| ("checkpoint", spki)),
+                        .map(|spki| ("checkpoint".to_string(), spki)),
                 )
                 .collect();
             for e in &entries {
@@ -443,11 +465,20 @@ impl Appliance {
                     )));
                 }
             }
+            let signing: Vec<(String, Option<Arc<dyn CustodyKey>>)> = self
+                .config
+                .signing_keys
+                .iter()
+                .map(|k| (format!("signing:{}", k.name), Some(Arc::clone(&k.key))))
+                .collect();
             for (purpose, configured) in [
                 ("issuer", &self.config.issuer_key),
                 ("ear", &self.config.ear_key),
                 ("ca", &self.config.ca_key),
-            ] {
+            ]
+            .into_iter()
+            .chain(signing.iter().map(|(p, k)| (p.as_str(), k)))
+            {
                 let of: Vec<&Entry> = entries.iter().filter(|e| e.purpose == purpose).collect();
                 if of.is_empty() {
                     continue;
@@ -572,10 +603,39 @@ impl Appliance {
     pub fn rotate_key(&self, admin: &str, req: &RotateRequest) -> Result<Rotated, Problem> {
         let t = now()?;
         let refuse = |p: Problem| self.admin_refused(admin, p);
-        let Some(purpose) = purpose_of(&req.purpose) else {
-            return Err(refuse(malformed(
-                "purpose: issuer, ear, checkpoint or ca (the signing service keys' rotation is not built)",
-            )));
+        // A signing service key's schedule is its name's: `signing:<name>`.
+        let purpose_owned = match (req.purpose.as_str(), &req.name) {
+            ("signing", Some(n)) if self.config.signing_keys.iter().any(|k| &k.name == n) => {
+                format!("signing:{n}")
+            }
+            ("signing", _) => {
+                return Err(refuse(malformed(
+                    "name: the name of a signing key of this appliance",
+                )));
+            }
+            (p, None) => match purpose_of(p) {
+                Some(p) => p.to_string(),
+                None => {
+                    return Err(refuse(malformed(
+                        "purpose: issuer, ear, checkpoint, ca or signing (with name)",
+                    )));
+                }
+            },
+            (_, Some(_)) => return Err(refuse(malformed("name: for purpose signing only"))),
+        };
+        let purpose = purpose_owned.as_str();
+        let signing = purpose.starts_with("signing:");
+        let retain = match (signing, req.retain_s) {
+            (true, Some(r)) if (0..=MAX_RETAIN_S).contains(&r) => r,
+            (true, _) => {
+                return Err(refuse(malformed(format!(
+                    "retain_s (0 to {MAX_RETAIN_S}) is required for a signing key: a signature does not expire, so say how long the old key stays published after the new one signs"
+                ))));
+            }
+            (false, None) => 0,
+            (false, Some(_)) => {
+                return Err(refuse(malformed("retain_s: for purpose signing only")));
+            }
         };
         let current_uri = self
             .signing_key(purpose, t)
@@ -667,6 +727,7 @@ impl Appliance {
             "issuer" | "checkpoint" => self
                 .current_policy()?
                 .map_or(0, |(_, p)| p.bundle.max_writ_lifetime_s),
+            _ if signing => retain,
             _ => self.config.ear_ttl,
         };
         let signs_from = t.saturating_add(overlap);
@@ -803,6 +864,7 @@ impl Appliance {
             "issuer" => "rotated_issuer_key",
             "checkpoint" => "rotated_checkpoint_key",
             "ca" => "rotated_ca_key",
+            _ if signing => "rotated_signing_key",
             _ => "rotated_ear_key",
         };
         self.admin_record(admin, &[(name, digest(&spki))], effect)?;

@@ -190,8 +190,20 @@ impl Appliance {
         let policy = self.current_policy()?;
         let policy_hash = policy.as_ref().map(|(_, p)| p.hash.clone());
         let mut digests: Vec<(&str, String)> = vec![("ear", caller.ear_digest.clone())];
-        let key = self.config.signing_keys.iter().find(|k| k.name == key_name);
-        let kid = key.map(|k| {
+        // The key of that name that signs now (its rotation schedule's, or the configured one).
+        let key = self
+            .config
+            .signing_keys
+            .iter()
+            .find(|k| k.name == key_name)
+            .and_then(|k| {
+                Some(super::SigningKey {
+                    name: k.name.clone(),
+                    form: k.form,
+                    key: self.signing_key(&format!("signing:{}", k.name), t)?,
+                })
+            });
+        let kid = key.as_ref().map(|k| {
             writ_attestation::jwk::EcJwk::from_verifying_key(k.key.public_key().verifying_key())
                 .thumbprint()
         });
