@@ -538,9 +538,21 @@ fn kill_9_during_appends_loses_nothing_answered_and_contradicts_no_checkpoint() 
                     panic!("{name}: index {i} answered twice ({old} then {h})");
                 }
             }
-            // Reopen: consistent with everything answered and published.
-            let log = DecisionLog::open(engine.clone(), config(), Arc::clone(&k))
-                .unwrap_or_else(|e| panic!("{name} round {round}: reopen: {e}"));
+            // Reopen: consistent with everything answered and published. (PostgreSQL releases the
+            // killed writer's session lock when its backend notices the connection closed, which
+            // may take a moment if it was mid-statement: "store busy" until then.)
+            let reopen_by = Instant::now() + Duration::from_secs(15);
+            let log = loop {
+                match DecisionLog::open(engine.clone(), config(), Arc::clone(&k)) {
+                    Ok(log) => break log,
+                    Err(e)
+                        if e.to_string().contains("store busy") && Instant::now() < reopen_by =>
+                    {
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                    Err(e) => panic!("{name} round {round}: reopen: {e}"),
+                }
+            };
             let (size, _) = log.head();
             for (i, h) in &acked {
                 assert!(*i < size, "{name}: answered index {i} lost (size {size})");

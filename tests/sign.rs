@@ -963,6 +963,28 @@ fn a_signing_key_rotates_by_name_and_its_old_signatures_verify_with_the_bundle_o
             vec!["--purpose", "signing", "--name", "artifacts"],
             "retain_s",
         ),
+        (
+            vec![
+                "--purpose",
+                "signing",
+                "--name",
+                "artifacts",
+                "--retain-s=-1",
+            ],
+            "retain_s",
+        ),
+        (
+            vec![
+                "--purpose",
+                "signing",
+                "--name",
+                "artifacts",
+                "--retain-s",
+                "315360001",
+            ],
+            "retain_s",
+        ),
+        (vec!["--purpose", "issuer", "--name", "artifacts"], "name"),
         (vec!["--purpose", "issuer", "--retain-s", "3"], "retain_s"),
     ] {
         let out = rotate(&s, &extra);
@@ -1073,6 +1095,26 @@ fn a_signing_key_rotates_by_name_and_its_old_signatures_verify_with_the_bundle_o
     // A restart with A still configured: C signs.
     s.kill_and_restart();
     let (_, kid) = signed(&s, "restarted");
+    assert_eq!(kid, kid_c);
+    // The name keeps its form: configured as dsse now, the start is refused.
+    let digest_flag = s
+        .extra
+        .iter()
+        .position(|a| a.starts_with("artifacts=digest:"))
+        .unwrap();
+    let before = s.extra[digest_flag].clone();
+    s.extra[digest_flag] = before.replacen("artifacts=digest:", "artifacts=dsse:", 1);
+    drop(s.server.take());
+    let refused = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.start()))
+        .expect_err("a start with another form");
+    let why = refused
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
+    assert!(why.contains("one form per key"), "{why}");
+    s.extra[digest_flag] = before;
+    s.start();
+    let (_, kid) = signed(&s, "again");
     assert_eq!(kid, kid_c);
 }
 

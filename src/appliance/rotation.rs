@@ -1,7 +1,11 @@
-//! Rotation of the `issuer`, `ear`, `checkpoint` and `ca` keys without a restart (docs/keys.md,
-//! rotation).
+//! Rotation of the `issuer`, `ear`, `checkpoint`, `ca` and signing service keys without a restart
+//! (docs/keys.md, rotation).
 //!
-//! `POST /v1/admin/keys/rotate {"purpose", "key", "overlap_s", "skew_s"}` (`writ admin
+//! A signing service key rotates by name (its schedule's purpose is `signing:<name>`): a signature
+//! does not expire, so the old key stays published for the `retain_s` the request states after the
+//! new one signs (required).
+//!
+//! `POST /v1/admin/keys/rotate {"purpose", "key", "overlap_s", "skew_s", "name", "retain_s"}` (`writ admin
 //! rotate-key`): the appliance opens the new key (custody checks as at start), refuses one that is
 //! any key already in use, and records in one transaction with an `admin` record: the new key,
 //! published now and signing from `now + overlap_s` (default the trust bundle's lifetime, so that
@@ -58,7 +62,7 @@ pub const CLIENT_TRUST_DELAY_S: i64 = 2;
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RotateRequest {
-    /// `issuer`, `ear`, `checkpoint` or `ca`.
+    /// `issuer`, `ear`, `checkpoint`, `ca` or `signing` (with `name` and `retain_s`).
     pub purpose: String,
     /// The new key's URI (`pkcs11:`, `tpm:`).
     pub key: String,
@@ -123,6 +127,8 @@ pub(crate) struct Entry {
     certificate: Option<Vec<u8>>,
     /// A rotated-out `ca` key: until when its client certificates are accepted.
     clients_until: Option<i64>,
+    /// A signing key's form, as its rotation recorded it.
+    form: Option<String>,
 }
 
 impl Entry {
@@ -206,7 +212,8 @@ impl Appliance {
     /// The key that signs for `purpose` at `t`: the schedule's latest key whose time has come,
     /// or, before any rotation, the configured one.
     pub(crate) fn signing_key(&self, purpose: &str, t: i64) -> Option<Arc<dyn CustodyKey>> {
-        let entries = self.scheduled(purpose);
+        // A poisoned schedule signs nothing (never the configured key, which may have left).
+        let entries = self.scheduled_or_poisoned(purpose)?;
         if entries.is_empty() {
             return self.configured_key(purpose);
         }
@@ -219,7 +226,10 @@ impl Appliance {
 
     /// The keys of `purpose` published at `t`, when a schedule exists for it.
     pub(crate) fn scheduled_keys(&self, purpose: &str, t: i64) -> Option<Vec<EcJwk>> {
-        let entries = self.scheduled(purpose);
+        // A poisoned schedule publishes nothing of the purpose.
+        let Some(entries) = self.scheduled_or_poisoned(purpose) else {
+            return Some(Vec::new());
+        };
         (!entries.is_empty()).then(|| {
             entries
                 .iter()
@@ -336,7 +346,7 @@ impl Appliance {
             )
         })?;
         let rows = self.query(
-                                    "SELECT purpose, uri, spki, published_at, signs_from, retires_at, endorsement, certificate, clients_until
+                                                "SELECT purpose, uri, spki, published_at, signs_from, retires_at, endorsement, certificate, clients_until, form
              FROM key_schedule ORDER BY purpose, published_at, signs_from",
             &[],
         )?;
@@ -370,7 +380,11 @@ impl Appliance {
                     .map(|k| EcJwk::from_verifying_key(&k))
                     .map_err(|e| start_problem(format!("a scheduled key's SPKI: {e}")))?
             };
-            let key = if retires_at.is_some_and(|r| r <= t) {
+            // A retired key is never opened again; nor is a key of a signing name no longer
+            // configured (its schedule is neither published nor used).
+            let unconfigured =
+                purpose.starts_with("signing:") && self.configured_key(&purpose).is_none();
+            let key = if retires_at.is_some_and(|r| r <= t) || unconfigured {
                 None
             } else {
                 // Open already: here, or by the log (a checkpoint key).
@@ -422,6 +436,7 @@ impl Appliance {
                 endorsement: r.get(6).and_then(Db::blob).map(<[u8]>::to_vec),
                 certificate,
                 clients_until,
+                form: r.get(9).and_then(Db::text).map(str::to_string),
             });
         }
         if at_start {
@@ -471,6 +486,23 @@ impl Appliance {
                 .iter()
                 .map(|k| (format!("signing:{}", k.name), Some(Arc::clone(&k.key))))
                 .collect();
+            // A signing name keeps its form across rotations: a key that signed DSSE envelopes
+            // must never be published as one that signs raw digests (or the reverse).
+            for k in &self.config.signing_keys {
+                let purpose = format!("signing:{}", k.name);
+                if let Some(stored) = entries
+                    .iter()
+                    .filter(|e| e.purpose == purpose)
+                    .find_map(|e| e.form.as_deref())
+                    && stored != k.form.as_str()
+                {
+                    return Err(start_problem(format!(
+                        "keys.signing.{}: form {} but its rotation history signs {stored}: one form per key (name a new key for the other form)",
+                        k.name,
+                        k.form.as_str()
+                    )));
+                }
+            }
             for (purpose, configured) in [
                 ("issuer", &self.config.issuer_key),
                 ("ear", &self.config.ear_key),
@@ -487,8 +519,9 @@ impl Appliance {
                     .as_ref()
                     .is_some_and(|k| of.iter().any(|e| e.spki == k.public_key().spki_der()));
                 if !in_schedule {
+                    let setting = purpose.replace(':', ".");
                     return Err(start_problem(format!(
-                        "keys.{purpose} is not a key of the {purpose} key's rotation history (key_schedule): configure the key the last rotation made (writ admin keys)"
+                        "keys.{setting} is not a key of the {purpose} key's rotation history (key_schedule): configure a key of that history (the first one is enough)"
                     )));
                 }
                 if self
@@ -629,7 +662,7 @@ impl Appliance {
             (true, Some(r)) if (0..=MAX_RETAIN_S).contains(&r) => r,
             (true, _) => {
                 return Err(refuse(malformed(format!(
-                    "retain_s (0 to {MAX_RETAIN_S}) is required for a signing key: a signature does not expire, so say how long the old key stays published after the new one signs"
+                    "retain_s: 0 to {MAX_RETAIN_S}, required for a signing key (a signature does not expire: say how long the old key stays published after the new one signs)"
                 ))));
             }
             (false, None) => 0,
@@ -846,6 +879,16 @@ impl Appliance {
                 "the key schedule changed meanwhile (another rotation, or this key is scheduled)",
             )),
         });
+        // A signing name's form, on every key of its history.
+        if let Some(n) = purpose.strip_prefix("signing:")
+            && let Some(k) = self.config.signing_keys.iter().find(|k| k.name == n)
+        {
+            effect.push(Op {
+                sql: "UPDATE key_schedule SET form = $1 WHERE purpose = $2",
+                params: vec![k.form.as_str().into(), purpose.into()],
+                must_affect: None,
+            });
+        }
         if let Some(c) = &certificate {
             effect.push(Op {
                 sql: "UPDATE key_schedule SET certificate = $1 WHERE spki = $2",

@@ -485,9 +485,11 @@ const MIGRATIONS: &[(u32, &str)] = &[
         // A ca key's self-signed CA certificate (DER), made when the key was scheduled: what the
         // trust bundle publishes for it and what the certificates it signs chain to; and, for a
         // rotated-out ca key, until when the appliance still accepts the admins' and gateways'
-        // client certificates it signed (after it left the bundle).
+        // client certificates it signed (after it left the bundle); a signing key's form (digest
+        // or dsse), which its name keeps across rotations.
         "ALTER TABLE key_schedule ADD COLUMN certificate {blob};
-    ALTER TABLE key_schedule ADD COLUMN clients_until {int};",
+    ALTER TABLE key_schedule ADD COLUMN clients_until {int};
+    ALTER TABLE key_schedule ADD COLUMN form TEXT;",
     ),
 ];
 
