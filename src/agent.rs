@@ -790,6 +790,104 @@ fn get(a: &GetArgs) -> Result<(), Failure> {
     }
 }
 
+/// The oldest trust bundle the agent uses (seconds since it was issued), as gateways' default.
+const MAX_BUNDLE_AGE_S: i64 = 86_400;
+
+/// The appliance's trust bundle, kept in the state folder (`bundle.json`): fetched over the pinned
+/// TLS when the kept one is older than its refresh hint (or about to expire), and installed only if
+/// it parses strictly, is of the kept one's trust domain, is neither expired nor older than
+/// [`MAX_BUNDLE_AGE_S`], and its `spiffe_sequence` is not below the kept one's (`bundle_rollback`).
+/// A failed refresh keeps using the kept bundle while it is valid. `force`: fetch now (a writ by a
+/// key the kept bundle does not know: the appliance may have rotated its issuer key since).
+fn trust_bundle(
+    state: &Path,
+    client: &Client,
+    force: bool,
+) -> Result<writ_attestation::writ::bundle::TrustBundle, String> {
+    use writ_attestation::writ::bundle::TrustBundle;
+    let path = state.join("bundle.json");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| format!("clock: {e}"))?
+        .as_secs();
+    let now = i64::try_from(now).map_err(|e| format!("clock: {e}"))?;
+    let kept = match std::fs::read(&path) {
+        Ok(b) => Some(TrustBundle::parse(&b).map_err(|r| {
+            format!(
+                "{}: {} (remove it to fetch the bundle again)",
+                path.display(),
+                r.detail
+            )
+        })?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let age = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|m| m.elapsed().ok())
+        .map_or(i64::MAX, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let usable = |b: &TrustBundle| b.check(now, MAX_BUNDLE_AGE_S, None).is_ok();
+    if let Some(b) = &kept
+        && !force
+        && age < i64::try_from(b.refresh_hint).unwrap_or(0)
+        && b.expires_at.saturating_sub(now) > 60
+        && usable(b)
+    {
+        return Ok(b.clone());
+    }
+    let fetched = client
+        .call("GET", "/v1/bundle", None, None)
+        .map_err(|e| format!("GET /v1/bundle: {e}"))
+        .and_then(|v| serde_json::to_vec_pretty(&v).map_err(|e| e.to_string()));
+    let bytes = match (fetched, &kept) {
+        (Ok(b), _) => b,
+        (Err(_), Some(b)) if usable(b) => return Ok(b.clone()),
+        (Err(e), _) => return Err(e),
+    };
+    let new = TrustBundle::parse(&bytes)
+        .map_err(|r| format!("the appliance's trust bundle: {}", r.detail))?;
+    if let Some(old) = &kept
+        && old.trust_domain != new.trust_domain
+    {
+        return Err(format!(
+            "the appliance serves trust domain {:?}, the kept bundle is for {:?}",
+            new.trust_domain, old.trust_domain
+        ));
+    }
+    new.check(now, MAX_BUNDLE_AGE_S, kept.as_ref().map(|b| b.sequence))
+        .map_err(|r| format!("the appliance's trust bundle ({}): {}", r.code, r.detail))?;
+    writ::files::write_atomically(&path, &bytes, 0o644, writ::files::Existing::Replace)?;
+    Ok(new)
+}
+
+/// Checks that `writ` is signed by an issuer key of the appliance's trust bundle: the agent hands
+/// on nothing a gateway would refuse for its signer.
+fn check_issued(state: &Path, client: &Client, writ: &str) -> Result<(), String> {
+    use writ_attestation::writ::bundle::Purpose;
+    use writ_attestation::writ::jws::{HeaderShape, parse};
+    let token = parse(writ, "writ+jwt", HeaderShape::Kid)
+        .map_err(|r| format!("the appliance's writ: {}", r.detail))?;
+    let kid = token.kid().unwrap_or_default();
+    let mut bundle = trust_bundle(state, client, false)?;
+    if bundle.key(kid, Purpose::Issuer).is_err() {
+        // Perhaps a key published since the kept bundle: once more, fetched now.
+        bundle = trust_bundle(state, client, true)?;
+    }
+    let key = bundle
+        .key(kid, Purpose::Issuer)
+        .map_err(|r| format!("the appliance's writ ({}): {}", r.code, r.detail))?;
+    token
+        .verify(writ_attestation::crypto::default_provider(), key)
+        .map(|_| ())
+        .map_err(|r| {
+            format!(
+                "the appliance's writ ({}): {} (not by the issuer key {kid:?} of its trust bundle)",
+                r.code, r.detail
+            )
+        })
+}
+
 /// The appliance this runtime enrolled with, trusted through the pinned CA certificate.
 fn client_of(state: &Path) -> Result<Client, String> {
     let identity = read_json(
@@ -1278,6 +1376,7 @@ fn request(a: &RequestArgs) -> Result<(), Failure> {
         .get("writ")
         .and_then(Value::as_str)
         .ok_or("the appliance's answer has no writ")?;
+    check_issued(state, &client, writ)?;
     match &a.out {
         Some(p) => {
             write_private(p, format!("{writ}\n").as_bytes())?;

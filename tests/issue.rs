@@ -2958,3 +2958,105 @@ fn the_ca_key_rotates_under_running_clients() {
     assert_eq!(st, 200);
     assert_eq!(kept_cas_of(&pem), std::slice::from_ref(&ca_b));
 }
+
+#[test]
+fn writ_agent_keeps_the_trust_bundle_refuses_a_lower_sequence_and_checks_the_writs_signer() {
+    let s = Stack::new();
+    let (a, log_file, state) = common::runtime::agent_enrolled(&s, "ci-b");
+    let st = state.to_str().unwrap();
+    let tcti = s.tpm.tcti();
+    common::runtime::assign(&s, "ci-b", &common::runtime::profile_of(&a));
+    ok(&s.writ(&[
+        "agent",
+        "attest",
+        "--state",
+        st,
+        "--tcti",
+        &tcti,
+        "--event-log",
+        log_file.to_str().unwrap(),
+    ]));
+    ok(&load_policy(&s, &bundle(json!({}))));
+    let request = || {
+        s.writ(&[
+            "agent",
+            "request",
+            "--state",
+            st,
+            "--tcti",
+            &tcti,
+            "--action",
+            "exec",
+            "--resource",
+            "tools/build",
+            "--audience",
+            AUDIENCE,
+            "--tool",
+            "build",
+            "--",
+            "make",
+        ])
+    };
+    ok(&request());
+    let kept_file = state.join("bundle.json");
+    let kept: Value = serde_json::from_slice(&std::fs::read(&kept_file).unwrap()).unwrap();
+    let served = trust_bundle(&s);
+    assert_eq!(kept["spiffe_sequence"].as_u64(), Some(served.sequence));
+    let set_old = |path: &std::path::Path| {
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(3000))
+            .unwrap();
+    };
+
+    // A kept bundle whose issuer key under the writ's kid is another key: the appliance's writ
+    // does not verify with it and is not handed on.
+    let other = {
+        let k = p256::ecdsa::SigningKey::from_slice(&[7u8; 32]).unwrap();
+        writ_attestation::jwk::EcJwk::from_verifying_key(k.verifying_key())
+    };
+    let with_issuer = |keep_kid: bool| {
+        let mut forged = kept.clone();
+        for k in forged["keys"].as_array_mut().unwrap() {
+            if k["use"] == "issuer" {
+                let kid = k["kid"].clone();
+                *k = other.to_json(Some("issuer"));
+                if keep_kid {
+                    k["kid"] = kid;
+                }
+            }
+        }
+        forged
+    };
+    std::fs::write(&kept_file, with_issuer(true).to_string()).unwrap();
+    let out = request();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("signature"), "{err}");
+    // A kept bundle (fresh) that does not know the writ's key: fetched once more, and the writ
+    // verifies with the appliance's.
+    std::fs::write(&kept_file, with_issuer(false).to_string()).unwrap();
+    ok(&request());
+    let refreshed: Value = serde_json::from_slice(&std::fs::read(&kept_file).unwrap()).unwrap();
+    assert_eq!(refreshed["keys"], kept["keys"]);
+
+    // A kept bundle of a later sequence than the appliance serves (a rollback, as the agent
+    // sees it), due for refresh: refused, and kept.
+    let mut later = kept.clone();
+    later["spiffe_sequence"] = json!(served.sequence + 100);
+    std::fs::write(&kept_file, later.to_string()).unwrap();
+    set_old(&kept_file);
+    let out = request();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bundle_rollback"), "{err}");
+    let still: Value = serde_json::from_slice(&std::fs::read(&kept_file).unwrap()).unwrap();
+    assert_eq!(still["spiffe_sequence"], later["spiffe_sequence"]);
+
+    // Due for refresh with a true kept bundle: refreshed, and the writ verifies.
+    std::fs::write(&kept_file, kept.to_string()).unwrap();
+    set_old(&kept_file);
+    ok(&request());
+}
