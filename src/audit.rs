@@ -43,7 +43,8 @@ pub enum AuditCommand {
 pub struct LineageArgs {
     #[command(flatten)]
     log: LogArgs,
-    /// The writ's `jti`.
+    /// The writ's `jti` (base64url: it may begin with `-`).
+    #[arg(allow_hyphen_values = true)]
     jti: String,
 }
 
@@ -712,5 +713,31 @@ pub fn run(cmd: AuditCommand) -> ExitCode {
             eprintln!("writ audit: error: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use clap::Parser as _;
+
+    #[derive(Debug, clap::Parser)]
+    struct Lineage {
+        #[command(flatten)]
+        args: super::LineageArgs,
+    }
+
+    #[test]
+    fn a_jti_beginning_with_a_hyphen_is_a_jti() {
+        let l = Lineage::try_parse_from([
+            "lineage",
+            "--log",
+            "http://127.0.0.1:1",
+            "--key",
+            "k",
+            "-s3K3IQLeBN-hIH0GHikcw",
+        ])
+        .unwrap();
+        assert_eq!(l.args.jti, "-s3K3IQLeBN-hIH0GHikcw");
     }
 }

@@ -513,24 +513,31 @@ fn stale_appraisals_rates_revocation_and_a_missing_issuer_key_stop_issuance() {
     invariant(&s, &answered);
 }
 
-#[test]
-fn writ_agent_requests_a_writ_and_makes_its_proof_in_the_tpm() {
-    let s = Stack::new();
-    let (a, log_file, state) = common::runtime::agent_enrolled(&s, "ci-7");
-    let st = state.to_str().unwrap();
-    let tcti = s.tpm.tcti();
-    common::runtime::assign(&s, "ci-7", &common::runtime::profile_of(&a));
+/// `writ agent` enrolled as `name`, its profile assigned, attested, under the example policy: its
+/// state folder.
+fn attested_agent(s: &Stack, name: &str) -> std::path::PathBuf {
+    let (a, log_file, state) = common::runtime::agent_enrolled(s, name);
+    common::runtime::assign(s, name, &common::runtime::profile_of(&a));
     ok(&s.writ(&[
         "agent",
         "attest",
         "--state",
-        st,
+        state.to_str().unwrap(),
         "--tcti",
-        &tcti,
+        &s.tpm.tcti(),
         "--event-log",
         log_file.to_str().unwrap(),
     ]));
-    ok(&load_policy(&s, &bundle(json!({}))));
+    ok(&load_policy(s, &bundle(json!({}))));
+    state
+}
+
+#[test]
+fn writ_agent_requests_a_writ_and_makes_its_proof_in_the_tpm() {
+    let s = Stack::new();
+    let state = attested_agent(&s, "ci-7");
+    let st = state.to_str().unwrap();
+    let tcti = s.tpm.tcti();
     let writ_file = s.dir.path().join("writ.jws");
     let out = s.writ(&[
         "agent",
@@ -2962,21 +2969,9 @@ fn the_ca_key_rotates_under_running_clients() {
 #[test]
 fn writ_agent_keeps_the_trust_bundle_refuses_a_lower_sequence_and_checks_the_writs_signer() {
     let s = Stack::new();
-    let (a, log_file, state) = common::runtime::agent_enrolled(&s, "ci-b");
+    let state = attested_agent(&s, "ci-b");
     let st = state.to_str().unwrap();
     let tcti = s.tpm.tcti();
-    common::runtime::assign(&s, "ci-b", &common::runtime::profile_of(&a));
-    ok(&s.writ(&[
-        "agent",
-        "attest",
-        "--state",
-        st,
-        "--tcti",
-        &tcti,
-        "--event-log",
-        log_file.to_str().unwrap(),
-    ]));
-    ok(&load_policy(&s, &bundle(json!({}))));
     let request = || {
         s.writ(&[
             "agent",

@@ -95,28 +95,11 @@ fn client_key(dir: &Path, name: &str) -> (PathBuf, Vec<u8>) {
 fn admins_authenticate_by_certificate_and_a_runtime_certificate_never_administers() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (cp, _) = soft_key(d, "checkpoint");
+    soft_key(d, "checkpoint");
     let (ca_uri, ca) = soft_key(d, "ca");
     writ_testkit::write_secret(&d.join("admin.token"), "admin-token-0123456789");
     let db = d.join("writ.db");
-    let mut cmd = common::writ(None);
-    cmd.args([
-        "serve",
-        "--store",
-        &format!("sqlite:{}", db.display()),
-        "--checkpoint-key",
-        &cp,
-        "--ca-key",
-        &ca_uri,
-        "--allow-software-keys",
-        "--listen",
-        "127.0.0.1:0",
-        "--trust-domain",
-        TD,
-        "--admin-token-file",
-        d.join("admin.token").to_str().unwrap(),
-    ]);
-    let s = common::serve(cmd);
+    let s = common::serve(serve_soft(d, &db, &ca_uri));
     let fp = s.fingerprint.clone().unwrap();
     let ca_pem = d.join("ca.pem");
     let admin = |auth: &[&str], extra: &[&str]| {

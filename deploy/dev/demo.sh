@@ -336,7 +336,7 @@ sleep 2 # checkpoints are signed every second while the log grows
   --state "$WRIT_DEV_DIR/audit.checkpoint" --full
 echo "The lineage of the writ under the delegation (jti $child_jti), from the log:"
 "$writ" audit lineage --log "$server" --fingerprint "$fingerprint" --key "$vkey" \
-  --state "$WRIT_DEV_DIR/audit.checkpoint" "$child_jti"
+  --state "$WRIT_DEV_DIR/audit.checkpoint" -- "$child_jti"
 kill "$serve_pid" 2>/dev/null || true
 wait "$serve_pid" 2>/dev/null || true
 
