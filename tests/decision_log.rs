@@ -335,10 +335,7 @@ fn a_lost_postgres_connection_refuses_appends_then_recovers() {
     let log = DecisionLog::open(Engine::Postgres(pg.url()), config(), k).unwrap();
     log.append(&record(1)).unwrap();
     // Cut every connection of this database (the writer's among them).
-    pg.psql(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-         WHERE datname = current_database() AND pid <> pg_backend_pid()",
-    );
+    cut_connections(&pg);
     let e = log.append(&record(2)).unwrap_err();
     assert_eq!(e.code(), "store_unavailable", "{e}");
     // The writer reconnects and reloads the durable tree; the next append is sequenced after
@@ -347,6 +344,34 @@ fn a_lost_postgres_connection_refuses_appends_then_recovers() {
     assert!(i == 1 || i == 2, "{i}");
     let cp = log.checkpoint_now().unwrap();
     assert_eq!(cp.size, i + 1);
+}
+
+/// Cuts every connection of `pg`'s database but psql's own (the log writer's among them), and
+/// waits until they are gone (pg_terminate_backend only signals; an append in between could still
+/// go through a dying connection).
+fn cut_connections(pg: &Postgres) {
+    let pids = pg.psql(
+        "SELECT string_agg(pid::text, ',') FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    );
+    let pids = pids.trim();
+    assert!(!pids.is_empty(), "the log holds a connection");
+    pg.psql(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid IN ({pids})"
+    ));
+    // pg_terminate_backend only signals: wait until those backends are gone (an append in
+    // between could still go through the dying connection).
+    let gone_by = Instant::now() + Duration::from_secs(10);
+    while pg
+        .psql(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid IN ({pids})"
+        ))
+        .trim()
+        != "0"
+    {
+        assert!(Instant::now() < gone_by, "the backends were not terminated");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// A small tmpfs for the SQLite file: a real ENOSPC.
@@ -666,10 +691,7 @@ fn a_postgres_store_rolled_back_under_a_running_log_stops_it() {
         "DELETE FROM log_leaves WHERE idx >= 12; DELETE FROM log_nodes WHERE (idx + 1) * (1 << level::int) > 12; \
          DELETE FROM log_checkpoints WHERE size > 12",
     );
-    pg.psql(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-         WHERE datname = current_database() AND pid <> pg_backend_pid()",
-    );
+    cut_connections(&pg);
     // The first append after the failover finds the connection gone (refused), the next ones
     // the store behind the log (refused for good): never sequenced onto the shorter tree.
     assert!(log.append(&record(100)).is_err());
