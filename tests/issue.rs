@@ -2775,23 +2775,28 @@ fn the_ca_key_rotates_under_running_clients() {
     assert!(chains_to(&d, &before, &[&ca_a[0]]));
     // An admin certificate of A, revoked: it does not hold A back, and it is refused by its
     // revocation while A is trusted, at the handshake once A has gone.
-    let (early_cert, early_key) = (d.join("early.pem"), d.join("early.key"));
-    ok(&admin_with(
-        &s,
-        &fp_a,
-        Some(&kept),
-        &[
-            "issue-cert",
-            "--name",
-            "early",
-            "--key-out",
-            early_key.to_str().unwrap(),
-            "--cert-out",
-            early_cert.to_str().unwrap(),
-            "--hours",
-            "1",
-        ],
-    ));
+    // An admin certificate for `name` (an hour), issued with the token: its certificate and key.
+    let issue_cert = |s: &Stack, name: &str| {
+        let (cert, key) = (d.join(format!("{name}.pem")), d.join(format!("{name}.key")));
+        ok(&admin_with(
+            s,
+            &fp_a,
+            Some(&kept),
+            &[
+                "issue-cert",
+                "--name",
+                name,
+                "--key-out",
+                key.to_str().unwrap(),
+                "--cert-out",
+                cert.to_str().unwrap(),
+                "--hours",
+                "1",
+            ],
+        ));
+        (cert, key)
+    };
+    let (early_cert, early_key) = issue_cert(&s, "early");
     ok(&admin_with(
         &s,
         &fp_a,
@@ -2884,23 +2889,7 @@ fn the_ca_key_rotates_under_running_clients() {
     // An admin certificate issued once every replica trusts B comes from B (only the appliance
     // verifies it, and it trusts every published CA) and authenticates.
     wait_until(signs_from - 4 + 2);
-    let (cert, key) = (d.join("bob.pem"), d.join("bob.key"));
-    ok(&admin_with(
-        &s,
-        &fp_a,
-        Some(&kept),
-        &[
-            "issue-cert",
-            "--name",
-            "bob",
-            "--key-out",
-            key.to_str().unwrap(),
-            "--cert-out",
-            cert.to_str().unwrap(),
-            "--hours",
-            "1",
-        ],
-    ));
+    let (cert, key) = issue_cert(&s, "bob");
     let bob_pem = std::fs::read_to_string(&cert).unwrap();
     assert!(chains_to(&d, &bob_pem, &[&ca_b]));
     ok(&with_cert(&s, &cert, &key));
